@@ -1,0 +1,31 @@
+# Two entry points, both self-installing on a fresh machine:
+#   make quickstart   -- a real experiment on embedded defaults (CPU), ends with a plot and a summary
+#   make test         -- the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.engramtier-installed
+
+.PHONY: quickstart test bench install clean
+
+install: $(STAMP)
+
+# torch is installed first at the pinned CPU build when absent: a bare `torch` requirement
+# would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/engramtier quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs
