@@ -114,7 +114,7 @@ def _load_builtins() -> None:
 
 
 # Not cached on disk: numba cannot cache functions specialised on jitclass types.
-@njit
+@njit(nogil=True)
 def _replay(policy, keys, hits):
     n_hits = 0
     for t in range(keys.size):

@@ -1,3 +1,7 @@
 """Built-in policies, one per module; importing a module registers it (see engramtier.cache.policy)."""
 
-from engramtier.cache.policies import lru  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
