@@ -280,7 +280,7 @@ class NgramHasher:
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim not in (1, 2):
             raise EngramTierError(f"hashing: expected token ids shaped [T] or [B, T], got shape {tokens.shape}")
-        batch = tokens.reshape(-1, tokens.shape[-1])
+        batch = tokens if tokens.ndim == 2 else tokens[None, :]
         starts = np.arange(batch.shape[0] + 1, dtype=np.int64) * batch.shape[1]
         rows = self.hash_ragged(batch.reshape(-1), starts, threads)
         return rows.reshape(*tokens.shape, self.n_layers, self.config.heads_per_layer)
@@ -315,3 +315,28 @@ class NgramHasher:
                 torch.from_numpy(a).to(device) for a in (self.multipliers, self.primes, self.offsets)
             )
         return self._torch_consts[device]
+
+
+def hash_reference_numpy(hasher: NgramHasher, tokens: np.ndarray) -> np.ndarray:
+    """The straightforward numpy formulation of DESIGN.md's addressing for ids shaped [B, T].
+
+    Kept as the executable specification: tests check both kernels against it and the hashing
+    benchmark measures them against it. Shift by padding, XOR the products, reduce with ``%``.
+    """
+    cfg = hasher.config
+    tokens = np.asarray(tokens, dtype=np.int64)
+    seq_len = tokens.shape[1]
+    shifted = [np.pad(tokens, ((0, 0), (k, 0)), constant_values=cfg.pad_id)[:, :seq_len]
+               for k in range(cfg.max_ngram_size)]
+    layers = []
+    for li in range(hasher.n_layers):
+        m = hasher.multipliers[li]
+        heads = []
+        for oi in range(cfg.max_ngram_size - 1):
+            mix = shifted[0] * m[0]
+            for k in range(1, oi + 2):
+                mix = np.bitwise_xor(mix, shifted[k] * m[k])
+            for h in range(cfg.n_heads):
+                heads.append(mix % hasher.primes[li, oi, h] + hasher.offsets[li, oi, h])
+        layers.append(np.stack(heads, axis=-1))
+    return np.stack(layers, axis=-2)
