@@ -1,0 +1,247 @@
+"""Miss-ratio curves against independent references: the LRU policy replayed per size, brute-force
+Python models of LRU stacks and of both SHARDS samplers, and the published splitmix64 output."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engramtier.cache.mrc import MissRatioCurve, _hash32, lru_mrc, shards_mrc, sweep
+from engramtier.cache.policy import PolicyContext, make_policy, replay
+from engramtier.errors import EngramTierError
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix_top32(key, seed):
+    z = ((key ^ seed) + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return (z ^ (z >> 31)) >> 32
+
+
+def stack_depths(keys):
+    """LRU stack depth of every request (0 for a first request), with a Python list as the stack."""
+    stack, depths = [], []
+    for k in keys:
+        if k in stack:
+            depths.append(stack.index(k) + 1)
+            stack.remove(k)
+        else:
+            depths.append(0)
+        stack.insert(0, k)
+    return depths
+
+
+def lru_hits_per_size(keys, sizes):
+    keys = np.asarray(keys, dtype=np.int64)
+    ctx = PolicyContext(n_keys=int(keys.max()) + 1)
+    return [replay(make_policy("lru", int(s), ctx), keys) if s <= ctx.n_keys else None for s in sizes]
+
+
+def zipf_keys(n, n_ids, alpha, seed):
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(1.0 / np.arange(1, n_ids + 1) ** alpha)
+    return rng.permutation(n_ids)[np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1]), n_ids - 1)]
+
+
+# ------------------------------------------------------------------------------------------ exact LRU
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.integers(0, 40), min_size=1, max_size=400))
+def test_exact_curve_equals_lru_replayed_at_every_size(keys):
+    curve = lru_mrc(keys)
+    distinct = len(set(keys))
+    np.testing.assert_array_equal(curve.sizes, np.arange(1, distinct + 1))
+    assert curve.hits.tolist() == [sum(0 < d <= s for d in stack_depths(keys)) for s in curve.sizes]
+    assert curve.hits.tolist() == lru_hits_per_size(keys, curve.sizes)
+
+
+def test_exact_curve_on_a_zipf_trace_spanning_many_words():
+    keys = zipf_keys(60_000, 5_000, 1.0, seed=1)
+    sizes = [1, 2, 3, 63, 64, 65, 500, 4_999, 5_000, 7_000]
+    curve = lru_mrc(keys, sizes)
+    assert curve.hits[:-1].tolist() == lru_hits_per_size(keys, sizes[:-1])
+    assert curve.hits[-1] == curve.hits[-2]  # beyond every key, nothing more to gain
+    np.testing.assert_allclose(curve.miss_ratios, 1 - curve.hits / keys.size)
+    assert np.all(np.diff(curve.miss_ratios) <= 0)
+
+
+def test_exact_curve_on_a_hand_worked_trace():
+    # a b a c b a: depths 0 0 2 0 3 3 -> size 1: 0 hits, 2: 1, 3: 3
+    curve = lru_mrc([0, 1, 0, 2, 1, 0])
+    assert curve.sizes.tolist() == [1, 2, 3] and curve.hits.tolist() == [0, 1, 3]
+    assert curve.method == "exact-lru" and curve.requests == 6
+
+
+# --------------------------------------------------------------------------------------------- SHARDS
+
+
+def test_hash_is_splitmix64():
+    # splitmix64 seeded with 0 first outputs 0xE220A8397B1DCDAF (Vigna's reference implementation)
+    assert _hash32(0, 0) == 0xE220A839
+    for key, seed in [(1, 0), (12345, 0), (7, 99), (2**40 + 3, 5)]:
+        assert _hash32(key, seed) == splitmix_top32(key, seed)
+
+
+def shards_rate_reference(keys, sizes, rate, seed):
+    threshold = max(1, round(rate * 2**32))
+    r = threshold / 2**32
+    sampled = [k for k in keys if splitmix_top32(k, seed) < threshold]
+    depths = stack_depths(sampled)
+    expected = r * len(keys)
+    out = []
+    for size in sizes:
+        limit = 1 + math.floor((size - 1) * r)
+        hits = sum(0 < d <= limit for d in depths) + expected - len(sampled)
+        out.append(1 - min(max(hits / expected, 0.0), 1.0))
+    return out
+
+
+def shards_size_reference(keys, sizes, rate, seed, s_max):
+    threshold = max(1, round(rate * 2**32))
+    tracked, stack, weights, total = {}, [], {}, 0.0
+    for k in keys:
+        h = splitmix_top32(k, seed)
+        if h >= threshold:
+            continue
+        scale = 2**32 / threshold
+        total += scale
+        if k in stack:
+            depth = stack.index(k) + 1
+            stack.remove(k)
+            stack.insert(0, k)
+            estimate = min(math.ceil(1 + (depth - 1) * scale), max(sizes) + 1)
+            weights[estimate] = weights.get(estimate, 0.0) + scale
+            continue
+        stack.insert(0, k)
+        tracked[k] = h
+        while len(tracked) > s_max or (tracked and max(tracked.values()) >= threshold):
+            gone = max(tracked, key=tracked.get)
+            threshold = min(threshold, tracked.pop(gone))
+            stack.remove(gone)
+    n = len(keys)
+    return [1 - min(max((sum(w for e, w in weights.items() if e <= s) + n - total) / n, 0.0), 1.0) for s in sizes]
+
+
+@settings(max_examples=30, deadline=None)
+@given(keys=st.lists(st.integers(0, 300), min_size=1, max_size=400), rate=st.sampled_from([0.05, 0.3, 0.7]),
+       seed=st.integers(0, 3))
+def test_fixed_rate_shards_matches_brute_force(keys, rate, seed):
+    sizes = [1, 2, 5, 20, 100, 301]
+    if not any(splitmix_top32(k, seed) < round(rate * 2**32) for k in keys):
+        with pytest.raises(EngramTierError, match="sampled no request"):
+            shards_mrc(keys, sizes, rate=rate, seed=seed)
+        return
+    curve = shards_mrc(keys, sizes, rate=rate, seed=seed)
+    np.testing.assert_allclose(curve.miss_ratios, shards_rate_reference(keys, sizes, rate, seed), atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(keys=st.lists(st.integers(0, 300), min_size=1, max_size=400), s_max=st.integers(1, 40),
+       rate=st.sampled_from([0.2, 1.0]))
+def test_fixed_size_shards_matches_brute_force(keys, s_max, rate):
+    sizes = [1, 2, 5, 20, 100, 301]
+    if not any(splitmix_top32(k, 1) < round(rate * 2**32) for k in keys):
+        with pytest.raises(EngramTierError, match="sampled no request"):
+            shards_mrc(keys, sizes, rate=rate, s_max=s_max, seed=1)
+        return
+    curve = shards_mrc(keys, sizes, rate=rate, s_max=s_max, seed=1)
+    np.testing.assert_allclose(curve.miss_ratios, shards_size_reference(keys, sizes, rate, 1, s_max), atol=1e-12)
+
+
+def test_shards_at_full_rate_is_exact():
+    keys = zipf_keys(20_000, 2_000, 0.9, seed=2)
+    sizes = np.arange(1, 2_001, 37)
+    exact = lru_mrc(keys, sizes)
+    for curve in (shards_mrc(keys, sizes, rate=1.0), shards_mrc(keys, sizes, rate=1.0, s_max=10**6)):
+        np.testing.assert_array_equal(curve.hits, exact.hits)
+        assert curve.with_error(exact).error == pytest.approx(0.0, abs=1e-12)
+
+
+def test_shards_error_shrinks_with_the_rate_on_a_large_trace():
+    """Which keys a hash picks decides much of the error on a skewed trace, so compare means over seeds."""
+    keys = zipf_keys(400_000, 50_000, 0.8, seed=3)
+    sizes = np.unique(np.geomspace(100, 10_000, 20).astype(np.int64))
+    exact = lru_mrc(keys, sizes)
+
+    def mean_error(**sampling):
+        curves = [shards_mrc(keys, sizes, seed=seed, **sampling).with_error(exact) for seed in range(5)]
+        return np.mean([curve.error for curve in curves])
+
+    assert mean_error(rate=0.5) < mean_error(rate=0.1) < mean_error(rate=0.01) < 0.15
+    assert mean_error(rate=0.5) < 0.02
+    assert mean_error(rate=1.0, s_max=20_000) < mean_error(rate=1.0, s_max=2_000) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+@pytest.mark.parametrize("policy, params", [("lru", {}), ("belady", {}), ("belady", {"bypass": True})])
+def test_sweep_equals_one_replay_per_size_whatever_the_workers(policy, params):
+    keys = zipf_keys(20_000, 1_000, 1.0, seed=4)
+    ctx = PolicyContext(n_keys=1_000, keys=keys)
+    sizes = [1, 7, 50, 300, 1_000]
+    expected = [replay(make_policy(policy, s, ctx, **params), keys) for s in sizes]
+    for workers in (1, 3):
+        curve = sweep(keys, policy, sizes, ctx, workers=workers, **params)
+        assert curve.hits.tolist() == expected and curve.method == f"replay:{policy}"
+
+
+def test_sweep_of_lru_equals_the_exact_curve():
+    keys = zipf_keys(30_000, 3_000, 1.0, seed=5)
+    sizes = np.unique(np.geomspace(1, 3_000, 25).astype(np.int64))
+    swept = sweep(keys, "lru", sizes, PolicyContext(n_keys=3_000), workers=2)
+    np.testing.assert_array_equal(swept.hits, lru_mrc(keys, sizes).hits)
+
+
+# -------------------------------------------------------------------------------- curve and bad input
+
+
+def test_curve_error_and_dict():
+    exact = MissRatioCurve.from_hits(np.array([1, 2]), np.array([2, 6]), 10, "exact-lru")
+    estimate = MissRatioCurve.from_miss_ratios(np.array([1, 2]), np.array([0.9, 0.3]), 10, "shards(R=0.5)")
+    assert estimate.hits.tolist() == [1, 7]
+    scored = estimate.with_error(exact)
+    assert scored.error == pytest.approx((0.1 + 0.1) / 2)
+    assert json.loads(json.dumps(scored.to_dict())) == {
+        "method": "shards(R=0.5)", "requests": 10, "sizes": [1, 2], "hits": [1, 7],
+        "miss_ratios": [0.9, 0.3], "error": pytest.approx(0.1),
+    }
+    with pytest.raises(EngramTierError, match="compute both over the same trace and the same sizes"):
+        estimate.with_error(MissRatioCurve.from_hits(np.array([1, 3]), np.array([2, 6]), 10, "exact-lru"))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: lru_mrc([]), "the trace is empty"),
+        (lambda: lru_mrc([1.5, 2.0]), "row ids must be integers"),
+        (lambda: lru_mrc([3, -1]), "row id -1 is negative"),
+        (lambda: lru_mrc([1, 2], [4, 0]), "cache sizes must be whole numbers of rows > 0"),
+        (lambda: lru_mrc([1, 2], [-3]), "cache sizes must be whole numbers of rows > 0"),
+        (lambda: lru_mrc([1, 2], []), "cache sizes must be whole numbers of rows > 0"),
+        (lambda: shards_mrc([], [1]), "the trace is empty"),
+        (lambda: shards_mrc([1, 2], [0]), "cache sizes must be whole numbers of rows > 0"),
+        (lambda: shards_mrc([1, 2], [1], rate=0.0), r"sampling rate must lie in \(0, 1\], got 0.0"),
+        (lambda: shards_mrc([1, 2], [1], rate=1.5), r"sampling rate must lie in \(0, 1\], got 1.5"),
+        (lambda: shards_mrc([1, 2], [1], rate=-0.1), r"sampling rate must lie in \(0, 1\], got -0.1"),
+        (lambda: shards_mrc([1, 2], [1], s_max=0), "s_max must be a positive number of tracked keys"),
+        (lambda: sweep([], "lru", [1], PolicyContext(n_keys=3)), "the trace is empty"),
+        (lambda: sweep([1], "lru", [0], PolicyContext(n_keys=3)), "cache sizes must be whole numbers of rows > 0"),
+        (lambda: sweep([1], "lru", [1], PolicyContext(n_keys=3), workers=0), "workers must be a positive number"),
+        (lambda: sweep([1, 2], "belady", [1], PolicyContext(n_keys=3, keys=np.array([1]))),
+         r"ctx.keys \(1 requests\) is not the swept trace \(2\)"),
+        (lambda: sweep([1, 2], "belady", [1], PolicyContext(n_keys=3, keys=np.array([2, 1]))),
+         r"ctx.keys \(2 requests\) is not the swept trace \(2\)"),
+        (lambda: sweep([1], "lru", [5], PolicyContext(n_keys=3)), "capacity 5 rows exceeds the table's 3 rows"),
+    ],
+)
+def test_bad_input_raises_one_clear_line(call, message):
+    with pytest.raises(EngramTierError, match=message) as err:
+        call()
+    assert "\n" not in str(err.value)
