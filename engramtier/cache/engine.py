@@ -1,0 +1,276 @@
+"""The hierarchy engine: each cache tier is a compiled driver over an ordered stream of events.
+
+The simulator and the runtime feed the same `Engine` with a step (or many steps) of *lookups*: the
+step's unique row ids in first-occurrence order (`unique_per_step`), because one forward pass fetches
+a row once however often its tokens ask for it. Each lookup carries ``t``, the trace position of its
+row's *last* request in the step, which is what offline policies need (see `policies.belady`).
+
+Lookups are resolved one at a time, each to the end, in this order. This sequential model decides;
+the runtime may batch a step's data movement, provided it gathers the step's rows before applying
+the step's fills and evictions in event order (a later fill of the same step may evict a row that an
+earlier lookup hit).
+
+inclusive (fill on miss, no back-invalidation)
+    A lookup descends until a tier hits; every cache it missed admits the row on the way (tier ``i``
+    admits right after its miss; nothing below depends on it). A victim is just dropped, and a row
+    evicted from a lower tier stays in the tiers above: inclusion is not enforced (no
+    back-invalidation), which is what a fill-on-miss hierarchy without directory traffic does.
+    Tier ``i`` therefore sees exactly the lookups that missed tiers ``< i``, in order.
+
+exclusive (a victim hierarchy)
+    A row lives in at most one cache. A lookup that misses tier 0 descends: a hit at tier ``i > 0``
+    removes the row there (it moves up), a miss goes on; the store always hits. When the row arrives,
+    tier 0 admits it; tier 0's victim (or the row itself, if tier 0 declines it) is demoted to tier 1,
+    which admits it and demotes its own victim (or the declined row) to tier 2, and so on; the store
+    drops what reaches it (it holds every row already).
+
+Both modes separate tier by tier: tier ``i`` consumes only what tier ``i - 1`` emits, so each driver
+runs over its whole input before the next tier starts, specialised by numba to one policy type. A
+tier's stream holds two kinds of events, a row id ``k >= 0`` for LOOKUP(k) and ``-1 - v`` for
+DEMOTE(v), each with its ``t`` (a demotion carries the ``t`` of the lookup that caused it). Tier 0
+emits, for a lookup it misses, LOOKUP(k) *then* DEMOTE(victim): the fill happens when the row
+arrives, after the tiers below served it, so tier 1 must remove ``k`` (a hit) before it admits tier 0's
+victim, which could otherwise evict ``k`` from under the lookup. Each later tier keeps that order:
+per input event it emits at most one event (a missed LOOKUP forwarded, or the DEMOTE of its victim).
+
+Drivers take the policy, their input events, output buffers and a counters row, and can be called
+again on the next chunk: all state lives in the policy. A plain-Python policy runs the same driver
+source through ``driver.py_func``, as `replay` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from numba import njit
+
+from engramtier.cache.hierarchy import MODES
+from engramtier.cache.policy import is_compiled
+from engramtier.errors import EngramTierError
+
+# Per-tier counters, one int64 row per cache tier (see `Engine.counters`): LOOKUP events seen, hits,
+# rows admitted from below (promoted) or from above (demoted), victims pushed out (evicted), and
+# admissions the policy refused (declined).
+COUNTERS = ("lookups", "hits", "promoted", "demoted", "evicted", "declined")
+LOOKUPS, HITS, PROMOTED, DEMOTED, EVICTED, DECLINED = range(len(COUNTERS))
+
+
+@njit(nogil=True, cache=True)
+def unique_per_step(rows, step_starts, t0, stamp, first_index, keys_out, ts_out, starts_out):
+    """Each step's unique ``rows`` in first-occurrence order into ``keys_out``, with the trace position
+    (``t0`` + index) of the row's last request in the step into ``ts_out``; ``starts_out`` gets each
+    step's first output index, then the total, which is returned.
+
+    ``stamp`` (one int64 per table row, -1 at first, kept across calls) remembers the running index of
+    each row's latest output; ``first_index`` is the number of rows output by earlier calls. A row was
+    already seen in this step exactly when its stamp is at least the index of the step's first output,
+    and then the stamp says where to record the later position: no per-step reset, nothing allocated.
+    """
+    n = 0
+    for s in range(step_starts.size - 1):
+        starts_out[s] = n
+        step_first = first_index + n
+        for i in range(step_starts[s], step_starts[s + 1]):
+            k = rows[i]
+            j = stamp[k]
+            if j >= step_first:
+                ts_out[j - first_index] = t0 + i
+            else:
+                stamp[k] = first_index + n
+                keys_out[n] = k
+                ts_out[n] = t0 + i
+                n += 1
+    starts_out[step_starts.size - 1] = n
+    return n
+
+
+@njit(nogil=True)
+def fill_tier(policy, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
+              hits_per_step, counters):
+    """A tier that looks rows up and admits what it misses: every inclusive tier, and exclusive tier 0
+    (``demote``: its victims, or rows it declines, go down as DEMOTE events). ``events`` are lookups.
+
+    Per input event: ``hit``, and ``victim`` = what ``admit`` returned (-1 on a hit). Misses are
+    forwarded as LOOKUPs into ``out_*``; returns the number of output events.
+    """
+    n_out = 0
+    for s in range(step_starts.size - 1):
+        out_starts[s] = n_out
+        n_hits = 0
+        for j in range(step_starts[s], step_starts[s + 1]):
+            k = events[j]
+            t = ts[j]
+            if policy.lookup(k, t):
+                hit[j] = True
+                victim[j] = -1
+                n_hits += 1
+                continue
+            hit[j] = False
+            out_events[n_out] = k
+            out_ts[n_out] = t
+            n_out += 1
+            v = policy.admit(k, t)
+            victim[j] = v
+            if v == k:
+                counters[DECLINED] += 1
+            else:
+                counters[PROMOTED] += 1
+                if v >= 0:
+                    counters[EVICTED] += 1
+            if demote and v >= 0:
+                out_events[n_out] = -1 - v
+                out_ts[n_out] = t
+                n_out += 1
+        hits_per_step[s] = n_hits
+        counters[HITS] += n_hits
+    out_starts[step_starts.size - 1] = n_out
+    counters[LOOKUPS] += step_starts[step_starts.size - 1] - step_starts[0]
+    return n_out
+
+
+@njit(nogil=True)
+def victim_tier(policy, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
+                hits_per_step, counters):
+    """Exclusive tier ``i > 0``: a LOOKUP hit removes the row (it moves to tier 0), a miss is
+    forwarded; a DEMOTE is admitted and the victim (or the declined row) is demoted further.
+
+    Per input event: ``hit`` (LOOKUPs only) and ``victim`` = what ``admit`` returned for a DEMOTE
+    (-1 for a LOOKUP). Returns the number of output events.
+    """
+    n_out = 0
+    for s in range(step_starts.size - 1):
+        out_starts[s] = n_out
+        n_hits = 0
+        for j in range(step_starts[s], step_starts[s + 1]):
+            e = events[j]
+            t = ts[j]
+            victim[j] = -1
+            hit[j] = False
+            if e >= 0:
+                counters[LOOKUPS] += 1
+                if policy.remove(e):
+                    hit[j] = True
+                    n_hits += 1
+                    continue
+                out_events[n_out] = e
+            else:
+                k = -1 - e
+                v = policy.admit(k, t)
+                victim[j] = v
+                if v == k:
+                    counters[DECLINED] += 1
+                else:
+                    counters[DEMOTED] += 1
+                    if v >= 0:
+                        counters[EVICTED] += 1
+                if v < 0:
+                    continue
+                out_events[n_out] = -1 - v
+            out_ts[n_out] = t
+            n_out += 1
+        hits_per_step[s] = n_hits
+        counters[HITS] += n_hits
+    out_starts[step_starts.size - 1] = n_out
+    return n_out
+
+
+@njit(nogil=True)
+def store_tier(events, step_starts, hits_per_step):
+    """The backing store: it serves every LOOKUP that reaches it and drops the DEMOTEs (it holds every
+    row already). Returns the lookups served."""
+    for s in range(step_starts.size - 1):
+        n_hits = 0
+        for j in range(step_starts[s], step_starts[s + 1]):
+            if events[j] >= 0:
+                n_hits += 1
+        hits_per_step[s] = n_hits
+    return hits_per_step.sum()
+
+
+@njit(nogil=True)
+def drop_rows_held_above(upper, lower, n_keys):
+    """Remove from ``lower`` every row ``upper`` holds: an exclusive hierarchy whose policies start with
+    rows (a static hot set) must not hold a row twice."""
+    for k in range(n_keys):
+        if upper.contains(k):
+            lower.remove(k)
+
+
+@dataclass
+class Stream:
+    """The events one tier consumed in the last `Engine.feed`: views into reused buffers, valid until
+    the next feed. ``hit`` and ``victim`` are the driver's per-event outputs (None for the store)."""
+
+    events: np.ndarray
+    ts: np.ndarray
+    step_starts: np.ndarray
+    hit: np.ndarray | None = None
+    victim: np.ndarray | None = None
+
+
+class Engine:
+    """Runs a hierarchy's cache ``policies`` (fastest first; the store below them is implicit) over
+    consecutive chunks of steps for a table of ``n_keys`` rows. ``counters[i]`` accumulates tier
+    ``i``'s `COUNTERS`; ``streams`` holds each tier's input of the last feed (the store's last), for
+    the runtime to turn decisions into copies.
+
+    In exclusive mode a policy that starts with rows (a preloaded hot set) gives up those already
+    held by a tier above it, so the hierarchy starts exclusive too."""
+
+    def __init__(self, policies: Sequence[Any], mode: str, n_keys: int) -> None:
+        if mode not in MODES:
+            raise EngramTierError(f"engine: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        self.policies = list(policies)
+        self.mode = mode
+        if mode == "exclusive":
+            for i, lower in enumerate(self.policies):
+                for upper in self.policies[:i] if lower.occupancy() else ():
+                    compiled = is_compiled(upper) and is_compiled(lower)
+                    (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, n_keys)
+        self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
+        self.store_lookups = 0
+        self.streams: list[Stream] = []
+        self._capacity = -1  # events each buffer holds
+        self._step_capacity = -1
+
+    def feed(self, keys: np.ndarray, ts: np.ndarray, step_starts: np.ndarray) -> np.ndarray:
+        """Resolve the lookups ``keys`` (int64, unique within each step) at positions ``ts``, cut into
+        steps by ``step_starts`` (indices into ``keys``, then ``keys.size``). Returns the rows each
+        tier served per step, int64 ``[len(policies) + 1, steps]``, the store last."""
+        n_steps = step_starts.size - 1
+        self._reserve(2 * keys.size, n_steps + 1)  # exclusive tier 0 emits at most two events per lookup
+        served = np.empty((len(self.policies) + 1, n_steps), np.int64)
+        self.streams = []
+        events, ts_in, starts = keys, ts, step_starts
+        for i, policy in enumerate(self.policies):
+            out_events, out_ts, out_starts, hit, victim = self._buffers[i]
+            n = events.size
+            hit, victim, out_starts = hit[:n], victim[:n], out_starts[: n_steps + 1]
+            if i == 0 or self.mode == "inclusive":
+                driver = fill_tier if is_compiled(policy) else fill_tier.py_func
+                n_out = driver(policy, events, ts_in, starts, self.mode == "exclusive", hit, victim,
+                               out_events, out_ts, out_starts, served[i], self.counters[i])
+            else:
+                driver = victim_tier if is_compiled(policy) else victim_tier.py_func
+                n_out = driver(policy, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
+                               served[i], self.counters[i])
+            self.streams.append(Stream(events, ts_in, starts, hit, victim))
+            events, ts_in, starts = out_events[:n_out], out_ts[:n_out], out_starts
+        self.store_lookups += int(store_tier(events, starts, served[-1]))
+        self.streams.append(Stream(events, ts_in, starts))
+        return served
+
+    def _reserve(self, n_events: int, n_starts: int) -> None:
+        """Grow the per-tier event buffers (never shrink them), so that feeds of similar size reuse them."""
+        if n_events <= self._capacity and n_starts <= self._step_capacity:
+            return
+        self._capacity = max(n_events, self._capacity)
+        self._step_capacity = max(n_starts, self._step_capacity)
+        c, s = self._capacity, self._step_capacity
+        self._buffers = [
+            (np.empty(c, np.int64), np.empty(c, np.int64), np.empty(s, np.int64), np.empty(c, np.bool_),
+             np.empty(c, np.int64))
+            for _ in self.policies
+        ]

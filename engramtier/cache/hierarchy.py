@@ -1,0 +1,211 @@
+"""A hierarchy of tiers, fastest first, as a user declares it (in Python or a TOML table).
+
+Every tier but the last is a cache: a capacity (rows, or bytes such as ``"2GiB"``), a policy and a
+`TierModel`. The last tier is the backing store: it holds every row of the table, so it takes no
+policy and every lookup that reaches it hits; its capacity may be left out (the table) but never be
+smaller than the table. ``mode`` says how the caches share rows (see `engramtier.cache.engine`):
+``"inclusive"`` fills every cache a lookup missed, ``"exclusive"`` keeps each row in at most one.
+
+Byte capacities become rows only against a table (``row_bytes``), so a `Hierarchy` is validated in
+two stages: what can be checked alone on construction, the rest in `capacities` (sizes against the
+table) and `build_policies` (policy names and parameters, delegated to `make_policy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Mapping
+
+from engramtier.cache.policy import PolicyContext, make_policy
+from engramtier.cache.timing import TierModel, tier_model
+from engramtier.errors import EngramTierError
+
+MODES = ("inclusive", "exclusive")
+
+SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+}
+_UNIT_OF = {unit.lower(): scale for unit, scale in SIZE_UNITS.items()}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)\s*")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``"160000B"``.
+
+    Decimal (KB = 1000 B) and binary (KiB = 1024 B) units, case-insensitive; the result must be a
+    whole number of bytes.
+    """
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    scale = _UNIT_OF.get(match.group(2).lower()) if match else None
+    if scale is None:
+        raise EngramTierError(
+            f"size {text!r} does not parse: write a number and a unit, e.g. '2GiB' or '1.5 GB' "
+            f"(units: {', '.join(SIZE_UNITS)})"
+        )
+    nbytes = Decimal(match.group(1)) * scale
+    if nbytes != nbytes.to_integral_value():
+        raise EngramTierError(f"size {text!r} is not a whole number of bytes")
+    return int(nbytes)
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """One tier: ``capacity`` in rows (int) or bytes (a size string; None for the backing store: the
+    whole table), the ``policy`` name and its ``params`` (None for the store), and the read ``model``
+    (a `TierModel` or the name of a default one)."""
+
+    name: str
+    capacity: int | str | None
+    policy: str | None
+    params: Mapping[str, Any]
+    model: TierModel | str
+
+    def __post_init__(self) -> None:
+        where = f"tier '{self.name}'"
+        if not isinstance(self.name, str) or not self.name:
+            raise EngramTierError(f"tier name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.capacity, str):
+            parse_size(self.capacity)  # refuse a bad size now, not when the table is known
+        elif self.capacity is not None and (isinstance(self.capacity, bool) or not isinstance(self.capacity, int)):
+            raise EngramTierError(
+                f"{where}: capacity must be rows (an integer) or a size string such as '2GiB', got {self.capacity!r}"
+            )
+        elif self.capacity is not None and self.capacity <= 0:
+            raise EngramTierError(f"{where}: capacity must be positive, got {self.capacity} rows")
+        if not isinstance(self.params, Mapping):
+            raise EngramTierError(f"{where}: params must be a table of policy parameters, got {self.params!r}")
+        if not isinstance(self.model, TierModel):
+            try:
+                object.__setattr__(self, "model", tier_model(self.model))
+            except EngramTierError as err:
+                raise EngramTierError(f"{where}: {err}") from None
+
+    def rows(self, row_bytes: int) -> int | None:
+        """Capacity in rows of ``row_bytes`` (a byte size holds the rows that fit whole); None: the table."""
+        if not isinstance(self.capacity, str):
+            return self.capacity
+        rows = parse_size(self.capacity) // row_bytes
+        if rows == 0:
+            raise EngramTierError(f"tier '{self.name}': capacity {self.capacity} holds no row of {row_bytes} bytes")
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "capacity": self.capacity, "policy": self.policy, "params": dict(self.params),
+                "model": self.model.to_dict()}
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Tiers ordered fastest to slowest; the last is the backing store holding every row."""
+
+    tiers: tuple[TierSpec, ...]
+    mode: str = "inclusive"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tiers", tuple(self.tiers))
+        if not self.tiers:
+            raise EngramTierError("hierarchy: no tiers; list at least the backing store (the tier holding every row)")
+        if self.mode not in MODES:
+            raise EngramTierError(f"hierarchy: unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        names = [t.name for t in self.tiers]
+        for name in names:
+            if names.count(name) > 1:
+                raise EngramTierError(f"hierarchy: two tiers are named '{name}'; give each tier its own name")
+        for tier in self.caches:
+            if tier.capacity is None or tier.policy is None:
+                raise EngramTierError(
+                    f"hierarchy: cache tier '{tier.name}' needs a capacity and a policy "
+                    "(only the last tier, the backing store, goes without)"
+                )
+        if self.store.policy is not None:
+            raise EngramTierError(
+                f"hierarchy: the last tier '{self.store.name}' is the backing store holding every row and takes no "
+                f"policy; remove policy '{self.store.policy}' or add a tier below it"
+            )
+
+    @property
+    def caches(self) -> tuple[TierSpec, ...]:
+        return self.tiers[:-1]
+
+    @property
+    def store(self) -> TierSpec:
+        return self.tiers[-1]
+
+    def capacities(self, n_table_rows: int, row_bytes: int) -> list[int]:
+        """Rows each cache tier holds for a table of ``n_table_rows`` rows of ``row_bytes``; checks that
+        no cache exceeds the table and that the store holds it all."""
+        rows = []
+        for tier in self.caches:
+            r = tier.rows(row_bytes)
+            if r > n_table_rows:
+                raise EngramTierError(
+                    f"tier '{tier.name}': capacity {tier.capacity} ({r} rows) exceeds the table's {n_table_rows} rows; "
+                    "make it smaller or drop it (the last tier holds every row)"
+                )
+            rows.append(r)
+        store_rows = self.store.rows(row_bytes)
+        if store_rows is not None and store_rows < n_table_rows:
+            raise EngramTierError(
+                f"tier '{self.store.name}': the backing store holds {store_rows} rows but the table has "
+                f"{n_table_rows}; the last tier must hold every row (leave its capacity out)"
+            )
+        return rows
+
+    def build_policies(self, ctx: PolicyContext, row_bytes: int) -> list[Any]:
+        """One fresh policy per cache tier, sized for the table ``ctx.n_keys`` rows of ``row_bytes``."""
+        policies = []
+        for tier, rows in zip(self.caches, self.capacities(ctx.n_keys, row_bytes)):
+            try:
+                policies.append(make_policy(tier.policy, rows, ctx, **tier.params))
+            except TypeError as err:  # a parameter the policy's builder does not take
+                raise EngramTierError(
+                    f"tier '{tier.name}': policy '{tier.policy}' params {dict(tier.params)}: {err}"
+                ) from None
+            except EngramTierError as err:
+                raise EngramTierError(f"tier '{tier.name}': {err}") from None
+        return policies
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "hierarchy") -> "Hierarchy":
+        """Build from what a TOML file holds: ``{"mode": ..., "tier": [{"name", "capacity", "policy",
+        "params", "model"}, ...]}``; ``model`` is a default's name or a table of `TierModel` fields."""
+        _refuse_unknown_keys(d, ("mode", "tier"), where)
+        tiers = d.get("tier")
+        if not isinstance(tiers, list) or not tiers:
+            raise EngramTierError(f"{where}: 'tier' must be a non-empty list of tier tables, fastest first")
+        specs = []
+        for i, t in enumerate(tiers):
+            at = f"{where}: tier[{i}]"
+            if not isinstance(t, Mapping):
+                raise EngramTierError(f"{at} must be a table with name, capacity, policy, model, got {t!r}")
+            _refuse_unknown_keys(t, tuple(f.name for f in dataclasses.fields(TierSpec)), at)
+            if "name" not in t or "model" not in t:
+                raise EngramTierError(
+                    f"{at} needs a 'name' and a 'model' (a default model's name or a table of fields)"
+                )
+            model = t["model"]
+            if isinstance(model, Mapping):
+                _refuse_unknown_keys(model, tuple(f.name for f in dataclasses.fields(TierModel)), f"{at}.model")
+                try:
+                    model = TierModel(**{"name": t["name"], **model})
+                except TypeError as err:
+                    raise EngramTierError(f"{at}.model: {err}") from None
+            specs.append(TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model))
+        return cls(tuple(specs), d.get("mode", "inclusive"))
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "tier": [t.to_dict() for t in self.tiers]}
+
+
+def _refuse_unknown_keys(d: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
+    for key in d:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise EngramTierError(f"{where}: unknown key '{key}': {hint}valid keys are {', '.join(valid)}")
