@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "engramtier.model.commands",
     "engramtier.cache.commands",
     "engramtier.tiers.commands",
+    "engramtier.tiers.runtime_commands",
     "engramtier.analysis.commands",
 )
 
