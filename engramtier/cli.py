@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except EngramTierError as err:
         print(f"engramtier {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"engramtier {args.command}: interrupted", file=sys.stderr)
         return 130

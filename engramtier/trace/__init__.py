@@ -1,1 +1,10 @@
-"""engramtier.trace"""
+"""engramtier.trace: token sources -> row traces in steps -> trace files, exports and statistics.
+
+sources    text files, directories, JSONL, stdin and synthetic Zipf streams, as canonical token ids
+build      token ids -> global row ids, grouped into prefill or decode (continuous batching) steps
+rowtrace   `RowTrace`, the in-memory trace the simulator replays
+tracefile  the chunked, compressed, checksummed trace file (`TraceWriter`, `TraceReader`)
+export     libCacheSim oracleGeneral and CSV
+stats      skew, reuse, working sets and per-sub-table breakdowns
+commands   `engramtier trace | stats | export`
+"""

@@ -35,6 +35,11 @@ class RowTrace:
     def n_steps(self) -> int:
         return int(self.step_starts.size - 1)
 
+    @property
+    def n_rows(self) -> int:
+        """Requests in the trace (the name a `TraceReader` gives the same count)."""
+        return int(self.rows.size)
+
     def step(self, i: int) -> np.ndarray:
         return self.rows[self.step_starts[i] : self.step_starts[i + 1]]
 

@@ -1,0 +1,242 @@
+"""Token sources: where the canonical token ids of a row trace come from.
+
+A source yields *documents*, each an int64 array of compressed (canonical) token ids that the model
+would see as one sequence, and knows the hash config its ids are hashed under: real text goes
+through a `CompressedTokenizer` and carries that tokenizer's compression digest, so a trace built
+from it addresses exactly the rows of a model built with the same settings; a synthetic Zipf stream
+has a vocabulary of its own. Sources are iterators, so arbitrarily long inputs stream through.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from html.parser import HTMLParser
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+
+from engramtier.errors import EngramTierError
+from engramtier.model.hashing import HashConfig
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")  # Python docs' ``.rst.txt`` ends in .txt
+JSONL_SUFFIXES = (".jsonl",)
+STDIN = "-"
+_TOKENIZE_BATCH_CHARS = 1 << 20  # texts handed to the tokenizer at once (its batch call is parallel)
+
+
+def sample_text_dir() -> Path:
+    """The shipped sample of real text (Python 3.11 documentation sources, PSF licence)."""
+    return Path(str(resources.files("engramtier") / "data" / "sample_text"))
+
+
+class TokenSource(Protocol):
+    def documents(self) -> Iterator[np.ndarray]:
+        """Compressed token ids, one int64 array per document."""
+
+    def hash_config(self, table_sizes: tuple[int, ...], layer_ids: tuple[int, ...], n_heads: int,
+                    seed: int) -> HashConfig:
+        """The addressing of this source's ids under the given table shape."""
+
+    def describe(self) -> dict:
+        """JSON-ready provenance recorded in the trace's meta."""
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+class _TextOfHTML(HTMLParser):
+    """Collects the character data of an HTML page, leaving out scripts and style sheets."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._hidden += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._hidden:
+            self._hidden -= 1
+
+    def handle_data(self, data):
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextOfHTML()
+    parser.feed(html)
+    parser.close()
+    return "".join(parser.parts)
+
+
+def _read_text_file(path: Path) -> str:
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise EngramTierError(f"{path} is a binary file (it holds NUL bytes); pass text, Markdown, reST, HTML or JSONL files")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise EngramTierError(
+            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 or leave it out"
+        ) from None
+    return html_to_text(text) if path.suffix.lower() in (".html", ".htm") else text
+
+
+def _jsonl_documents(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EngramTierError(f"{where} is not valid JSON ({err.msg} at column {err.colno}); fix or remove that line") from None
+            except UnicodeDecodeError:
+                raise EngramTierError(f"{where} is not UTF-8 text; convert the file to UTF-8") from None
+            if not isinstance(record, dict) or field not in record:
+                raise EngramTierError(f"{where} has no field '{field}'; choose the text field with --field")
+            if not isinstance(record[field], str):
+                raise EngramTierError(f"{where}: field '{field}' holds {type(record[field]).__name__}, not text")
+            yield where, record[field]
+
+
+def _missing(path) -> EngramTierError:
+    return EngramTierError(f"{path} does not exist; give text files, directories, JSONL files or '-' for stdin")
+
+
+def _files_under(directory: Path) -> list[Path]:
+    suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def text_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator[tuple[str, str]]:
+    """(origin, text) of every document under ``paths``: files, directories (recursively, the
+    suffixes in TEXT_SUFFIXES and JSONL_SUFFIXES), JSONL files (one document per line, text under
+    ``field``) and ``-`` for standard input (one document). Whitespace-only documents are skipped, but
+    a named file or directory that yields no text at all is an error: a typo should not make an
+    empty trace."""
+    for item in paths:
+        if str(item) == STDIN:
+            text = sys.stdin.read()
+            if not text.strip():
+                raise EngramTierError("standard input holds no text; pipe some text in or name files instead")
+            yield "<stdin>", text
+            continue
+        path = Path(item)
+        if not path.exists():
+            raise _missing(path)
+        files = _files_under(path) if path.is_dir() else [path]
+        found = False
+        for file in files:
+            if file.suffix.lower() in JSONL_SUFFIXES:
+                docs = _jsonl_documents(file, field)
+            else:
+                docs = iter([(str(file), _read_text_file(file))])
+            for origin, text in docs:
+                if text.strip():
+                    found = True
+                    yield origin, text
+        if not found:
+            kinds = " ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
+            what = f"directory with no non-empty {kinds} files" if path.is_dir() else "file with no text"
+            raise EngramTierError(f"{path} is a {what}; point at files that hold text")
+
+
+class TextSource:
+    """Documents read from files, directories, JSONL or stdin, tokenized and compressed."""
+
+    def __init__(self, paths: list[str], tokenizer: str = "deepseek", field: str = "text"):
+        from engramtier.model.tokenizer import load_compressed_tokenizer
+
+        self.paths = [str(p) for p in paths]
+        if not self.paths:
+            raise EngramTierError("no text sources given; name files, directories, JSONL files or '-'")
+        for path in self.paths:  # fail before the tokenizer loads and the output file opens
+            if path != STDIN and not Path(path).exists():
+                raise _missing(path)
+        self.field = field
+        self.tokenizer_name = tokenizer
+        self.tokenizer = load_compressed_tokenizer(tokenizer)
+
+    def documents(self) -> Iterator[np.ndarray]:
+        batch: list[str] = []
+        size = 0
+        for _, text in text_documents(self.paths, self.field):
+            batch.append(text)
+            size += len(text)
+            if size >= _TOKENIZE_BATCH_CHARS:
+                yield from self._encode(batch)
+                batch, size = [], 0
+        if batch:
+            yield from self._encode(batch)
+
+    def _encode(self, texts: list[str]) -> Iterator[np.ndarray]:
+        for ids in self.tokenizer.encode_batch(texts):
+            if ids.size:
+                yield ids
+
+    def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
+        from engramtier.model.backbone import engram_hash_config
+
+        return engram_hash_config(self.tokenizer, self.tokenizer_name, table_sizes, layer_ids, n_heads, seed)
+
+    def describe(self) -> dict:
+        return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name}
+
+
+# -------------------------------------------------------------------------------------------- zipf
+
+
+class ZipfSource:
+    """A synthetic stream of ``n_tokens`` ids drawn i.i.d. with P(rank r) ∝ r^-alpha over ``vocab``.
+
+    Ranks map to ids through a seeded permutation, so frequent ids are spread over the vocabulary as
+    in a real tokenizer. The stream is cut into documents of ``doc_len`` tokens. Id ``vocab`` is
+    reserved as the pad id (never drawn), so the hash vocabulary holds ``vocab + 1`` ids. Sampling is
+    inverse-CDF by binary search, vectorised over blocks; any alpha >= 0 works (numpy's own zipf
+    needs alpha > 1 and an unbounded support).
+    """
+
+    block = 1 << 20
+
+    def __init__(self, alpha: float, vocab: int, n_tokens: int, seed: int = 0, doc_len: int = 4096):
+        problems = []
+        if not alpha >= 0:
+            problems.append(f"alpha must be >= 0, got {alpha}")
+        if vocab < 1:
+            problems.append(f"vocabulary must be >= 1, got {vocab}")
+        if n_tokens < 1:
+            problems.append(f"token count must be >= 1, got {n_tokens}")
+        if doc_len < 1:
+            problems.append(f"document length must be >= 1, got {doc_len}")
+        if problems:
+            raise EngramTierError("synthetic Zipf source: " + "; ".join(problems))
+        self.alpha, self.vocab, self.n_tokens, self.seed, self.doc_len = float(alpha), int(vocab), int(n_tokens), int(seed), int(doc_len)
+
+    def documents(self) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        cdf = np.cumsum(np.arange(1, self.vocab + 1, dtype=np.float64) ** -self.alpha)
+        cdf /= cdf[-1]
+        id_of_rank = rng.permutation(self.vocab).astype(np.int64)
+        per_block = max(1, self.block // self.doc_len) * self.doc_len  # whole documents per block
+        left = self.n_tokens
+        while left > 0:
+            n = min(per_block, left)
+            ids = id_of_rank[np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), self.vocab - 1)]
+            left -= n
+            yield from np.split(ids, np.arange(self.doc_len, n, self.doc_len))
+
+    def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
+        return HashConfig(vocab_size=self.vocab + 1, pad_id=self.vocab, table_sizes=tuple(table_sizes),
+                          layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer="synthetic-zipf")
+
+    def describe(self) -> dict:
+        return {"kind": "synthetic-zipf", "alpha": self.alpha, "vocab": self.vocab, "tokens": self.n_tokens,
+                "seed": self.seed, "doc_len": self.doc_len}

@@ -1,0 +1,91 @@
+"""`engramtier trace | stats | export` through `engramtier.cli.main`, including the one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engramtier.cli import main
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.trace.export import ORACLE_RECORD
+from engramtier.trace.stats import trace_stats
+from engramtier.trace.tracefile import TraceReader, load_trace
+
+SMALL_TABLE = ["--table-size", "1009", "--heads", "2", "--layers", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    (root / "one.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    (root / "two.md").write_text("# Heading\n\nThe lazy dog sleeps; the quick fox runs.\n" * 10)
+    return root
+
+
+def test_trace_stats_export_round(text_dir, tmp_path, capsys):
+    out = tmp_path / "t.trace"
+    assert main(["trace", str(text_dir), "-o", str(out), "--batch", "2", "--seq-len", "64", *SMALL_TABLE]) == 0
+    assert "fingerprint" in capsys.readouterr().out
+    trace = load_trace(out)
+    tok = load_compressed_tokenizer("deepseek")
+    n_tokens = sum(tok.encode(p.read_text()).size for p in sorted(text_dir.iterdir()))
+    assert trace.rows.size == n_tokens * trace.meta["rows_per_token"] and trace.meta["rows_per_token"] == 2 * 2
+    assert trace.meta["source"]["kind"] == "text" and trace.meta["tokenizer"] == "deepseek"
+    assert np.diff(trace.step_starts).max() == 2 * 64 * 4
+
+    assert main(["stats", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved == json.loads(json.dumps(trace_stats(trace).stats_dict()))
+    assert f"requests        {trace.rows.size}" in printed and "zipf alpha" in printed
+
+    assert main(["export", str(out), "--format", "oracle", "-o", str(tmp_path / "t.bin")]) == 0
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "t.bin", ORACLE_RECORD)["id"], trace.rows)
+    assert main(["export", str(out), "--format", "csv", "-o", str(tmp_path / "t.csv")]) == 0
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == trace.rows.size + 1
+
+
+def test_decode_and_synthetic_zipf(tmp_path):
+    out = tmp_path / "z.trace"
+    assert main(["trace", "--synthetic-zipf", "1.1", "--vocab", "500", "--tokens", "3000", "-o", str(out),
+                 "--mode", "decode", "--requests", "4", "--seq-len", "100", "--prompt-len", "10", "--max-ngram", "2",
+                 "--row-bytes", "264", *SMALL_TABLE]) == 0
+    with TraceReader(out) as reader:
+        assert reader.row_bytes == 264 and reader.n_rows == 3000 * 2
+        assert reader.meta["plan"] == {"mode": "decode", "batch": 8, "seq_len": 100, "requests": 4, "prompt_len": 10}
+        first = next(reader.steps())
+        assert first.size == 4 * 10 * 2  # the first step reads the four requests' prompts
+
+
+def test_help_has_examples(capsys):
+    for command in ("trace", "stats", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "examples:" in capsys.readouterr().out
+
+
+def one_error_line(capsys, argv, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"engramtier {argv[0]}: error: "), err
+    for w in words:
+        assert w in err, err
+
+
+def test_bad_input_is_one_line(text_dir, tmp_path, capsys):
+    out = str(tmp_path / "x.trace")
+    one_error_line(capsys, ["trace", str(tmp_path / "missing"), "-o", out], "does not exist")  # checked up front
+    (tmp_path / "empty.txt").write_text("")
+    one_error_line(capsys, ["trace", str(tmp_path / "empty.txt"), "-o", out, "--quiet"], "empty.txt is a file with no text")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{oops}\n')
+    one_error_line(capsys, ["trace", str(tmp_path / "bad.jsonl"), "-o", out, *SMALL_TABLE], "bad.jsonl line 2 is not valid JSON")
+    one_error_line(capsys, ["trace", str(text_dir), "-o", out, "--tokenizer", "nope", "--quiet"], "unknown tokenizer 'nope'")
+    one_error_line(capsys, ["trace", "-o", out], "no input")
+    one_error_line(capsys, ["trace", str(text_dir), "--synthetic-zipf", "1", "-o", out], "not both")
+    one_error_line(capsys, ["trace", str(text_dir), "-o", out, "--batch", "0", *SMALL_TABLE], "batch must be >= 1")
+    assert not (tmp_path / "x.trace").exists() and not (tmp_path / "x.trace.part").exists()
+    (tmp_path / "junk.trace").write_bytes(b"definitely not a trace")
+    one_error_line(capsys, ["stats", str(tmp_path / "junk.trace")], "not an engramtier trace file")
+    one_error_line(capsys, ["export", str(tmp_path / "none.trace"), "--format", "csv", "-o", out], "does not exist")
