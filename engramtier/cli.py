@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from engramtier import __version__
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engramtier {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print(f"engramtier {args.command}: interrupted", file=sys.stderr)

@@ -18,6 +18,12 @@ policy is a numba ``jitclass`` with these methods, which the drivers below call 
 ``t`` is the position in the full trace; offline policies (Belady, lookahead) use it to find the
 next use of a key. A user policy is any plain Python class with the same five methods: the drivers
 run their own Python source (``driver.py_func``) for it, slower but with identical semantics.
+
+Calling a jitclass method from a compiled loop costs a call plus atomic reference-count updates on
+the instance and on every array it touches, several times the work of an LRU update. So the online
+built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, the five operations are
+inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
+forward to them, and `replay` inlines them into one loop over the bare tuple.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 from numba import njit
+from numba.experimental import jitclass
 
 from engramtier.errors import EngramTierError
 
@@ -113,6 +120,62 @@ def _load_builtins() -> None:
     import engramtier.cache.policies  # noqa: F401
 
 
+# jitclass instance type -> replay loop over that policy's state tuple (see `compiled_policy`)
+_KERNELS: dict[Any, Any] = {}
+
+
+def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy) -> Any:
+    """Build the jitclass ``name`` around ``state`` (a tuple of arrays typed ``state_type``).
+
+    ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
+    key)`` and ``occupancy(state)`` are ``@njit(inline='always')`` functions of the state alone. They
+    are inlined into a loop for `replay`, and each method calls a copy of its function; both are
+    compiled without NRT (``_nrt=False``), since every inlined helper taking the tuple would otherwise
+    count every array in it. That is safe because they neither allocate nor keep arrays. A method only
+    reads ``self.state`` and makes one call, a pattern whose reference counting numba prunes.
+    """
+    lookup_, admit_, remove_, contains_, occupancy_ = (
+        njit(nogil=True, _nrt=False)(fn.py_func) for fn in (lookup, admit, remove, contains, occupancy))
+
+    class Policy:
+        def __init__(self, state):
+            self.state = state
+
+        def lookup(self, key, t):
+            return lookup_(self.state, key, t)
+
+        def admit(self, key, t):
+            return admit_(self.state, key, t)
+
+        def remove(self, key):
+            return remove_(self.state, key)
+
+        def contains(self, key):
+            return contains_(self.state, key)
+
+        def occupancy(self):
+            return occupancy_(self.state)
+
+    Policy.__name__ = Policy.__qualname__ = name
+    cls = jitclass([("state", state_type)])(Policy)
+
+    @njit(nogil=True, _nrt=False)
+    def kernel(state, keys, hits):
+        n_hits = 0
+        for t in range(keys.size):
+            k = keys[t]
+            if lookup(state, k, t):
+                hits[t] = True
+                n_hits += 1
+            else:
+                hits[t] = False
+                admit(state, k, t)
+        return n_hits
+
+    _KERNELS[cls.class_type.instance_type] = kernel
+    return cls
+
+
 # Not cached on disk: numba cannot cache functions specialised on jitclass types.
 @njit(nogil=True)
 def _replay(policy, keys, hits):
@@ -133,5 +196,8 @@ def replay(policy: Any, keys: np.ndarray, hits: np.ndarray | None = None) -> int
     keys = np.ascontiguousarray(keys, dtype=np.int64)
     if hits is None:
         hits = np.empty(keys.size, dtype=np.bool_)
+    kernel = _KERNELS.get(getattr(policy, "_numba_type_", None))
+    if kernel is not None:
+        return int(kernel(policy.state, keys, hits))
     driver = _replay if is_compiled(policy) else _replay.py_func
     return int(driver(policy, keys, hits))

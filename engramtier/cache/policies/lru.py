@@ -1,116 +1,99 @@
 """LRU: evict the row whose last use is oldest.
 
-Rows live in ``capacity`` slots linked into a circular doubly linked list whose head is the most
-recently used slot, so ``prev(head)`` is the LRU victim. Slot arrays are capacity-sized and stay in
-the CPU cache; only ``slot_of`` (one int32 per table row) is touched at random.
+Rows live in ``capacity`` slots linked into one ring (see `_lists`) whose head is the most recently
+used slot, so the tail is the victim, and a full cache hands the victim's slot to the incoming key by
+rotating the ring. Slot arrays are capacity-sized and stay in the CPU cache; only ``slot_of`` (one
+int32 per table row) is touched at random.
+
+FIFO, CLOCK and SIEVE keep the same ring: their state tuples begin with these five arrays, so they
+share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove`, `contains` and
+`occupancy`.
 """
 
 import numpy as np
-from numba import int32, int64
-from numba.experimental import jitclass
+from numba import njit, types
 
-from engramtier.cache.policy import PolicyContext, register
+from engramtier.cache.policies._lists import free_chain, give_node, move_to_head, push_head, tail, take_node, unlink
+from engramtier.cache.policy import PolicyContext, compiled_policy, register
+
+HEAD, SIZE, CAPACITY, FREE = range(4)  # indices into st
+
+STATE = types.Tuple((
+    types.int32[::1],  # slot_of[key]: slot or -1
+    types.int64[::1],  # key_of[slot]
+    types.int32[::1],  # prv[slot]
+    types.int32[::1],  # nxt[slot]
+    types.int64[::1],  # st
+))
 
 
-@jitclass([
-    ("capacity", int64),
-    ("size", int64),
-    ("head", int64),
-    ("slot_of", int32[:]),
-    ("key_of", int64[:]),
-    ("prev", int32[:]),
-    ("next", int32[:]),
-])
-class LRU:
-    def __init__(self, capacity, n_keys):
-        self.capacity = capacity
-        self.size = 0
-        self.head = -1
-        self.slot_of = np.full(n_keys, -1, np.int32)
-        self.key_of = np.full(capacity, -1, np.int64)
-        self.prev = np.zeros(capacity, np.int32)
-        self.next = np.zeros(capacity, np.int32)
+@njit(inline="always")
+def lookup(state, key, t):
+    s = state[0][key]
+    if s < 0:
+        return False
+    move_to_head(state[2], state[3], state[4], HEAD, s)
+    return True
 
-    def _unlink(self, s):
-        p = self.prev[s]
-        n = self.next[s]
-        self.next[p] = n
-        self.prev[n] = p
-        if self.head == s:
-            self.head = n if n != s else -1
 
-    def _push_head(self, s):
-        h = self.head
-        if h < 0:
-            self.prev[s] = s
-            self.next[s] = s
-        else:
-            p = self.prev[h]
-            self.prev[s] = p
-            self.next[s] = h
-            self.next[p] = s
-            self.prev[h] = s
-        self.head = s
+@njit(inline="always")
+def admit_at_head(state, key, t):
+    """Insert ``key`` as the newest row; when full, the oldest makes room (LRU and FIFO)."""
+    slot_of, key_of, prv, nxt, st = state
+    victim = -1
+    if st[SIZE] < st[CAPACITY]:
+        s = take_node(nxt, st, FREE)
+        st[SIZE] += 1
+        push_head(prv, nxt, st, HEAD, s)
+    else:
+        s = tail(prv, st, HEAD)
+        victim = key_of[s]
+        slot_of[victim] = -1
+        st[HEAD] = s
+    key_of[s] = key
+    slot_of[key] = s
+    return victim
 
-    def lookup(self, key, t):
-        s = self.slot_of[key]
-        if s < 0:
-            return False
-        if s != self.head:
-            self._unlink(s)
-            self._push_head(s)
-        return True
 
-    def admit(self, key, t):
-        victim = -1
-        if self.size < self.capacity:
-            s = self.size
-            self.size += 1
-            self._push_head(s)
-        else:
-            s = self.prev[self.head]
-            victim = self.key_of[s]
-            self.slot_of[victim] = -1
-            self.head = s  # in a circular list the LRU slot becomes the head by moving the head
-        self.key_of[s] = key
-        self.slot_of[key] = s
-        return victim
+@njit(inline="always")
+def remove(state, key):
+    slot_of, prv, nxt, st = state[0], state[2], state[3], state[4]
+    s = slot_of[key]
+    if s < 0:
+        return False
+    unlink(prv, nxt, st, HEAD, s)
+    slot_of[key] = -1
+    give_node(nxt, st, FREE, s)
+    st[SIZE] -= 1
+    return True
 
-    def remove(self, key):
-        s = self.slot_of[key]
-        if s < 0:
-            return False
-        self._unlink(s)
-        self.slot_of[key] = -1
-        # keep slots dense: move the last slot into the hole
-        last = self.size - 1
-        if s != last:
-            moved = self.key_of[last]
-            self.key_of[s] = moved
-            self.slot_of[moved] = s
-            p = self.prev[last]
-            n = self.next[last]
-            if p == last:  # `last` was alone in the list
-                self.prev[s] = s
-                self.next[s] = s
-            else:
-                self.prev[s] = p
-                self.next[s] = n
-                self.next[p] = s
-                self.prev[n] = s
-            if self.head == last:
-                self.head = s
-        self.key_of[last] = -1
-        self.size -= 1
-        return True
 
-    def contains(self, key):
-        return self.slot_of[key] >= 0
+@njit(inline="always")
+def contains(state, key):
+    return state[0][key] >= 0
 
-    def occupancy(self):
-        return self.size
+
+@njit(inline="always")
+def occupancy(state):
+    return state[4][SIZE]
+
+
+def ring_state(capacity: int, n_keys: int) -> tuple:
+    """An empty ring of ``capacity`` slots over ``n_keys`` rows (the five arrays of `STATE`)."""
+    st = np.zeros(FREE + 1, np.int64)
+    st[HEAD], st[CAPACITY], st[FREE] = -1, capacity, 0
+    return (
+        np.full(n_keys, -1, np.int32),
+        np.full(capacity, -1, np.int64),
+        np.zeros(capacity, np.int32),
+        free_chain(capacity),
+        st,
+    )
+
+
+LRU = compiled_policy("LRU", STATE, lookup, admit_at_head, remove, contains, occupancy)
 
 
 @register("lru")
 def build(capacity: int, ctx: PolicyContext) -> LRU:
-    return LRU(capacity, ctx.n_keys)
+    return LRU(ring_state(capacity, ctx.n_keys))
