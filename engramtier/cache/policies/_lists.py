@@ -1,0 +1,154 @@
+"""Circular doubly linked lists over a pool of integer nodes, shared by the built-in policies.
+
+A policy keeps its rows (and ghost entries) in nodes ``0 <= s < pool``; ``prv``/``nxt`` link the
+nodes of each list into a ring whose head ``st[q]`` (in the policy's int64 scalar array, -1 when
+empty) is the newest node, so ``prv[head]`` is the oldest. Moving the oldest node to the front is
+then just ``st[q] = tail`` (how CLOCK and FIFO-reinsertion rotate without touching links), and a
+victim's node can take the incoming key in place. Free nodes are chained through ``nxt`` from
+``st[free]``.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+
+
+def free_chain(pool: int) -> np.ndarray:
+    """``nxt`` for a pool whose nodes are all free, chained 0 -> 1 -> ... -> -1."""
+    nxt = np.arange(1, pool + 1, dtype=np.int32)
+    nxt[-1] = -1
+    return nxt
+
+
+@njit(inline="always")
+def take_node(nxt, st, free):
+    s = st[free]
+    st[free] = nxt[s]
+    return s
+
+
+@njit(inline="always")
+def give_node(nxt, st, free, s):
+    nxt[s] = st[free]
+    st[free] = s
+
+
+@njit(inline="always")
+def tail(prv, st, q):
+    return prv[st[q]]
+
+
+@njit(inline="always")
+def push_head(prv, nxt, st, q, s):
+    h = st[q]
+    if h < 0:
+        prv[s] = s
+        nxt[s] = s
+    else:
+        p = prv[h]
+        prv[s] = p
+        nxt[s] = h
+        nxt[p] = s
+        prv[h] = s
+    st[q] = s
+
+
+@njit(inline="always")
+def unlink(prv, nxt, st, q, s):
+    n = nxt[s]
+    if n == s:
+        st[q] = -1
+        return
+    p = prv[s]
+    nxt[p] = n
+    prv[n] = p
+    if st[q] == s:
+        st[q] = n
+
+
+@njit(inline="always")
+def move_to_head(prv, nxt, st, q, s):
+    h = st[q]
+    if s == h:
+        return
+    if s == prv[h]:  # the oldest node: rotating the ring puts it in front
+        st[q] = s
+        return
+    unlink(prv, nxt, st, q, s)
+    push_head(prv, nxt, st, q, s)
+
+
+# Policies with several lists over one pool (ARC, 2Q, S3-FIFO, W-TinyLFU) share a layout: their
+# state tuple begins (slot_of[key], key_of[node], prv, nxt, st, list_of[node]), where slot_of maps a
+# key to its node or -1 and list_of names the node's list; st holds the heads of up to four lists,
+# then their lengths from LENGTH, the free chain at FREE, and the policy's own scalars from SCALARS.
+LENGTH, FREE, SCALARS = 4, 8, 9
+
+
+def share(capacity: int, ratio: float) -> int:
+    """Rows of a sub-list holding ``ratio`` of ``capacity``, rounded down as libCacheSim does."""
+    return int(capacity * ratio)
+
+
+def capacity_for(rows: int, ratio: float) -> int:
+    """The smallest capacity whose ``ratio`` share holds ``rows`` rows (for error messages)."""
+    capacity = math.ceil(rows / ratio)
+    while share(capacity, ratio) < rows:
+        capacity += 1
+    return capacity
+
+
+def lists_state_type(*extra) -> types.Tuple:
+    """Numba type of a lists state tuple followed by the policy's ``extra`` arrays."""
+    return types.Tuple((types.int32[::1], types.int64[::1], types.int32[::1], types.int32[::1], types.int64[::1],
+                        types.uint8[::1]) + extra)
+
+
+def lists_state(n_keys: int, pool: int, scalars: list[int]) -> tuple:
+    """Empty lists over a pool of ``pool`` nodes, with the policy's scalars appended to st."""
+    st = np.array([-1] * 4 + [0] * 4 + [0] + list(scalars), np.int64)
+    return (
+        np.full(n_keys, -1, np.int32),
+        np.full(pool, -1, np.int64),
+        np.zeros(pool, np.int32),
+        free_chain(pool),
+        st,
+        np.zeros(pool, np.uint8),
+    )
+
+
+@njit(inline="always")
+def move(state, s, src, dst):
+    """Move node ``s`` from list ``src`` to the head of list ``dst``."""
+    prv, nxt, st, list_of = state[2], state[3], state[4], state[5]
+    unlink(prv, nxt, st, src, s)
+    st[LENGTH + src] -= 1
+    push_head(prv, nxt, st, dst, s)
+    st[LENGTH + dst] += 1
+    list_of[s] = dst
+
+
+@njit(inline="always")
+def drop(state, s, src):
+    """Forget node ``s`` of list ``src`` entirely and free it; returns its key."""
+    slot_of, key_of, prv, nxt, st = state[0], state[1], state[2], state[3], state[4]
+    unlink(prv, nxt, st, src, s)
+    st[LENGTH + src] -= 1
+    key = key_of[s]
+    slot_of[key] = -1
+    give_node(nxt, st, FREE, s)
+    return key
+
+
+@njit(inline="always")
+def insert(state, key, dst):
+    """Give ``key`` a free node at the head of list ``dst``; returns the node."""
+    slot_of, key_of, prv, nxt, st, list_of = state[0], state[1], state[2], state[3], state[4], state[5]
+    s = take_node(nxt, st, FREE)
+    push_head(prv, nxt, st, dst, s)
+    st[LENGTH + dst] += 1
+    list_of[s] = dst
+    key_of[s] = key
+    slot_of[key] = s
+    return s

@@ -1,0 +1,68 @@
+"""CLOCK: FIFO that gives a used row another lap instead of evicting it.
+
+Each slot has a ``bits``-bit counter, raised by one on a hit up to ``2**bits - 1`` and set to 0 on
+admission. To evict, the hand looks at the oldest row: if its counter is non-zero it is decremented
+and the row goes back to the front, otherwise the row is the victim. This is libCacheSim's ``Clock``
+(FIFO-reinsertion, default ``n-bit-counter=1``): in the ring of `lru` a reinsertion is just a
+rotation of the head, so a lap costs no link updates.
+"""
+
+import numpy as np
+from numba import njit, types
+
+from engramtier.cache.policies._lists import push_head, tail, take_node
+from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, contains, occupancy, remove, ring_state
+from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.errors import EngramTierError
+
+MAX_COUNT = FREE + 1  # index into st
+
+# lru's five arrays, then the counter of each slot
+STATE = types.Tuple((types.int32[::1], types.int64[::1], types.int32[::1], types.int32[::1], types.int64[::1],
+                     types.uint8[::1]))
+
+
+@njit(inline="always")
+def lookup(state, key, t):
+    s = state[0][key]
+    if s < 0:
+        return False
+    count, st = state[5], state[4]
+    if count[s] < st[MAX_COUNT]:
+        count[s] += 1
+    return True
+
+
+@njit(inline="always")
+def admit(state, key, t):
+    slot_of, key_of, prv, nxt, st, count = state
+    victim = -1
+    if st[SIZE] < st[CAPACITY]:
+        s = take_node(nxt, st, FREE)
+        st[SIZE] += 1
+        push_head(prv, nxt, st, HEAD, s)
+    else:
+        s = tail(prv, st, HEAD)
+        while count[s] > 0:
+            count[s] -= 1
+            st[HEAD] = s  # back to the front
+            s = prv[s]
+        victim = key_of[s]
+        slot_of[victim] = -1
+        st[HEAD] = s
+    key_of[s] = key
+    slot_of[key] = s
+    count[s] = 0
+    return victim
+
+
+CLOCK = compiled_policy("CLOCK", STATE, lookup, admit, remove, contains, occupancy)
+
+
+@register("clock")
+def build(capacity: int, ctx: PolicyContext, bits: int = 1) -> CLOCK:
+    if not 1 <= bits <= 8:
+        raise EngramTierError(f"policy 'clock': bits must be between 1 and 8, got {bits}")
+    slot_of, key_of, prv, nxt, st = ring_state(capacity, ctx.n_keys)
+    st = np.append(st, 2**bits - 1)
+    return CLOCK((slot_of, key_of, prv, nxt, st, np.zeros(capacity, np.uint8)))

@@ -1,0 +1,22 @@
+"""FIFO: evict the row admitted longest ago; hits change nothing.
+
+LRU's ring without the move on a hit, so admission, eviction and removal are LRU's own.
+"""
+
+from numba import njit
+
+from engramtier.cache.policies.lru import STATE, admit_at_head, contains, occupancy, remove, ring_state
+from engramtier.cache.policy import PolicyContext, compiled_policy, register
+
+
+@njit(inline="always")
+def lookup(state, key, t):
+    return state[0][key] >= 0
+
+
+FIFO = compiled_policy("FIFO", STATE, lookup, admit_at_head, remove, contains, occupancy)
+
+
+@register("fifo")
+def build(capacity: int, ctx: PolicyContext) -> FIFO:
+    return FIFO(ring_state(capacity, ctx.n_keys))

@@ -1,0 +1,75 @@
+"""SIEVE: FIFO order with a hand that sweeps from the oldest row towards the newest.
+
+A hit only marks the row visited. To evict, the hand (starting where the last eviction left it, or at
+the oldest row) clears visited marks as it moves towards newer rows, wrapping from the newest back
+to the oldest, and evicts the first unvisited row; the hand then rests on the next newer row, or on
+nothing (meaning: the oldest row, next time) when the victim was the newest. Rows are admitted at the
+front and never move, so the ring of `lru` applies unchanged. This is libCacheSim's ``Sieve``,
+including where the hand goes when the row under it is removed.
+"""
+
+import numpy as np
+from numba import njit
+
+from engramtier.cache.policies import lru
+from engramtier.cache.policies._lists import push_head, tail, take_node, unlink
+from engramtier.cache.policies.clock import STATE  # the same arrays: a visited mark per slot
+from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, contains, occupancy, ring_state
+from engramtier.cache.policy import PolicyContext, compiled_policy, register
+
+HAND = FREE + 1  # index into st: slot under the hand, -1 for none
+
+
+@njit(inline="always")
+def lookup(state, key, t):
+    s = state[0][key]
+    if s < 0:
+        return False
+    state[5][s] = 1
+    return True
+
+
+@njit(inline="always")
+def _hand_after(prv, st, s):
+    """Where the hand rests once ``s`` leaves: the next newer row, or none past the newest."""
+    return -1 if s == st[HEAD] else prv[s]
+
+
+@njit(inline="always")
+def admit(state, key, t):
+    slot_of, key_of, prv, nxt, st, visited = state
+    victim = -1
+    if st[SIZE] < st[CAPACITY]:
+        s = take_node(nxt, st, FREE)
+        st[SIZE] += 1
+    else:
+        s = st[HAND] if st[HAND] >= 0 else tail(prv, st, HEAD)
+        while visited[s]:
+            visited[s] = 0
+            s = prv[s]  # towards newer rows; the ring wraps from the newest to the oldest
+        st[HAND] = _hand_after(prv, st, s)
+        unlink(prv, nxt, st, HEAD, s)
+        victim = key_of[s]
+        slot_of[victim] = -1
+    push_head(prv, nxt, st, HEAD, s)
+    key_of[s] = key
+    slot_of[key] = s
+    visited[s] = 0
+    return victim
+
+
+@njit(inline="always")
+def remove(state, key):
+    s = state[0][key]
+    if s >= 0 and s == state[4][HAND]:
+        state[4][HAND] = _hand_after(state[2], state[4], s)
+    return lru.remove(state, key)
+
+
+SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, contains, occupancy)
+
+
+@register("sieve")
+def build(capacity: int, ctx: PolicyContext) -> SIEVE:
+    slot_of, key_of, prv, nxt, st = ring_state(capacity, ctx.n_keys)
+    return SIEVE((slot_of, key_of, prv, nxt, np.append(st, -1), np.zeros(capacity, np.uint8)))

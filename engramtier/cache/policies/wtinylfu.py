@@ -1,0 +1,252 @@
+"""W-TinyLFU: a small LRU window in front of a segmented-LRU main cache, guarded by a frequency sketch.
+
+Einziger, Friedman & Manes (2017) as libCacheSim's ``WTinyLFU`` implements it, with its defaults:
+the window holds ``window_ratio = 0.01`` of the capacity (rounded down), main (an SLRU with a
+probation segment of 1/5 and a protected segment of 4/5 of its rows, rounded down) the rest.
+Frequencies live in a count-min sketch sized as libCacheSim's minimal-increment counting Bloom
+filter for ``main`` entries at error 0.001 (10 hashes, ~14.4 uint32 counters per entry, indices
+``(h0 + i * h1) mod counters`` from the low 32 bits of XXH64 of the key with libCacheSim's two
+seeds); every counter of a key is incremented, and all counters are halved after ``32 * main``
+hits in main. There is no doorkeeper: libCacheSim has none.
+
+A miss enters the window and is counted. A window hit moves the row to the window's front; a main
+hit promotes the row (probation -> protected, whose LRU row falls back to probation) and is counted.
+While the cache is full, the window's LRU row is offered to main: taken while main has room,
+admitted in place of main's victim (probation's LRU row, else protected's) if the sketch counts it
+strictly more often, evicted otherwise, and counted in every case; an empty window lets main evict
+its victim. The window has no bound of its own: until the first eviction every row is admitted to
+it, and the first eviction moves rows into main until main is full.
+
+A main hit can evict a row: rounding can leave probation holding one row more than its share, and
+then the row that a promotion demotes from protected overfills it, so probation's LRU row is evicted
+(libCacheSim's SLRU does the same). `lookup` leaves that row's key in ``state[4][HIT_VICTIM]``
+(-1 when a lookup evicted nothing), since it has only a bool to return.
+
+libCacheSim admits nothing when the window rounds to zero rows and refuses an empty probation
+segment, so such capacities are refused (the defaults need at least 100 rows).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+
+from engramtier.cache.policies._lists import (LENGTH, SCALARS, capacity_for, drop, insert, lists_state,
+                                              lists_state_type, move, move_to_head, share, tail)
+from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.errors import EngramTierError
+
+WINDOW, PROBATION, PROTECTED = range(3)  # list ids
+(CAPACITY, MAIN_SHARE, PROBATION_SHARE, PROTECTED_SHARE, COUNTERS, AGING_PERIOD, HITS_SINCE_AGING,
+ HIT_VICTIM) = range(SCALARS, SCALARS + 8)
+
+# then the sketch's counters, each node's packed key hash, scratch for the rows of two keys
+STATE = lists_state_type(types.uint32[::1], types.uint64[::1], types.int64[::1])
+
+# libCacheSim's counting Bloom filter for n entries at error 0.001
+BITS_PER_ENTRY = -math.log(0.001) / 0.480453013918201
+N_HASHES = math.ceil(0.693147180559945 * BITS_PER_ENTRY)
+
+# XXH64 of one little-endian 8-byte word (the key), truncated to 32 bits as libCacheSim does
+P1, P2, P3 = np.uint64(0x9E3779B185EBCA87), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+P4, P5 = np.uint64(0x85EBCA77C2B2AE63), np.uint64(0x27D4EB2F165667C5)
+SEED0, SEED1 = np.uint64(0x12345678), np.uint64(0x12344321)
+LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(inline="always")
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@njit(inline="always")
+def xxh64_word(word, seed):
+    h = seed + P5 + np.uint64(8)
+    h ^= _rotl(word * P2, 31) * P1
+    h = _rotl(h, 27) * P1 + P4
+    h ^= h >> np.uint64(33)
+    h *= P2
+    h ^= h >> np.uint64(29)
+    h *= P3
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@njit(inline="always")
+def key_hash(key):
+    """The key's two 32-bit sketch hashes, packed as ``h0 | h1 << 32``."""
+    word = np.uint64(key)
+    return (xxh64_word(word, SEED0) & LOW32) | (xxh64_word(word, SEED1) << np.uint64(32))
+
+
+@njit(inline="always")
+def _estimate(state, packed, at):
+    """The sketch's count for a key (packed hash): its smallest counter. Its rows
+    ``(h0 + i * h1) mod counters`` are left in ``rows[at:at + hashes]`` for `_count`.
+
+    The modulo goes through a float reciprocal, exact after a one-step correction (the quotient of
+    32-bit operands is off by at most one), because an integer division is several times slower."""
+    sketch, st, rows = state[6], state[4], state[8]
+    h0, h1 = packed & LOW32, packed >> np.uint64(32)
+    n = np.uint64(st[COUNTERS])
+    inverse = 1.0 / st[COUNTERS]
+    least = np.uint32(0xFFFFFFFF)
+    for i in range(N_HASHES):
+        x = (h0 + np.uint64(i) * h1) & LOW32
+        r = x - np.uint64(np.int64(x * inverse)) * n
+        if r > x:  # the quotient was one too large: r wrapped below zero
+            r += n
+        elif r >= n:
+            r -= n
+        rows[at + i] = r
+        least = min(least, sketch[r])
+    return least
+
+
+@njit(inline="always")
+def _count(state, at, least):
+    """Add one use of the key whose rows are at ``at`` and whose estimate is ``least``: one to each of
+    its counters, unless all are saturated (libCacheSim's rule)."""
+    if least < np.uint32(0xFFFFFFFF):
+        sketch, rows = state[6], state[8]
+        for i in range(N_HASHES):
+            sketch[rows[at + i]] += np.uint32(1)
+
+
+@njit(inline="always")
+def _main_victim(state):
+    prv, st = state[2], state[4]
+    return tail(prv, st, PROBATION if st[LENGTH + PROBATION] > 0 else PROTECTED)
+
+
+@njit(inline="always")
+def _main_evict(state):
+    s = _main_victim(state)
+    return drop(state, s, state[5][s])
+
+
+@njit(inline="always")
+def _main_take(state, s):
+    """Move window row ``s`` into main: the lowest segment with room, else probation."""
+    st = state[4]
+    if st[LENGTH + PROBATION] < st[PROBATION_SHARE] or st[LENGTH + PROTECTED] >= st[PROTECTED_SHARE]:
+        move(state, s, WINDOW, PROBATION)
+    else:
+        move(state, s, WINDOW, PROTECTED)
+
+
+@njit(inline="always")
+def _main_hit(state, s):
+    prv, nxt, st = state[2], state[3], state[4]
+    if state[5][s] == PROTECTED:
+        move_to_head(prv, nxt, st, PROTECTED, s)
+        return
+    move(state, s, PROBATION, PROTECTED)
+    while st[LENGTH + PROTECTED] > st[PROTECTED_SHARE]:
+        move(state, tail(prv, st, PROTECTED), PROTECTED, PROBATION)
+        while st[LENGTH + PROBATION] > st[PROBATION_SHARE]:
+            st[HIT_VICTIM] = _main_evict(state)
+
+
+@njit(inline="always")
+def lookup(state, key, t):
+    s = state[0][key]
+    if s < 0:
+        return False
+    st = state[4]
+    st[HIT_VICTIM] = -1
+    if state[5][s] == WINDOW:
+        move_to_head(state[2], state[3], st, WINDOW, s)
+        return True
+    _main_hit(state, s)
+    _count(state, 0, _estimate(state, state[7][s], 0))
+    st[HITS_SINCE_AGING] += 1
+    if st[HITS_SINCE_AGING] >= st[AGING_PERIOD]:
+        st[HITS_SINCE_AGING] = 0
+        sketch = state[6]
+        for i in range(sketch.size):  # a loop: slice arithmetic would allocate
+            sketch[i] >>= np.uint32(1)
+    return True
+
+
+@njit(inline="always")
+def occupancy(state):
+    st = state[4]
+    return st[LENGTH + WINDOW] + st[LENGTH + PROBATION] + st[LENGTH + PROTECTED]
+
+
+@njit(inline="always")
+def _evict_step(state):
+    """One step of libCacheSim's WTinyLFU_evict: the evicted key, or -1 when a row only moved to main."""
+    prv, st, hash_of = state[2], state[4], state[7]
+    if st[LENGTH + WINDOW] == 0:
+        return _main_evict(state)
+    s = tail(prv, st, WINDOW)
+    offered = _estimate(state, hash_of[s], 0)
+    victim = -1
+    if st[LENGTH + PROBATION] + st[LENGTH + PROTECTED] < st[MAIN_SHARE]:
+        _main_take(state, s)
+    elif offered > _estimate(state, hash_of[_main_victim(state)], N_HASHES):
+        victim = _main_evict(state)
+        _main_take(state, s)
+    else:
+        victim = drop(state, s, WINDOW)
+    _count(state, 0, offered)  # the sketch has not changed since the estimate
+    return victim
+
+
+@njit(inline="always")
+def admit(state, key, t):
+    victim = -1
+    while occupancy(state) >= state[4][CAPACITY]:
+        victim = _evict_step(state)
+    s = insert(state, key, WINDOW)
+    state[7][s] = key_hash(key)
+    _count(state, 0, _estimate(state, state[7][s], 0))
+    return victim
+
+
+@njit(inline="always")
+def remove(state, key):
+    s = state[0][key]
+    if s < 0:
+        return False
+    drop(state, s, state[5][s])
+    return True
+
+
+@njit(inline="always")
+def contains(state, key):
+    return state[0][key] >= 0
+
+
+WTinyLFU = compiled_policy("WTinyLFU", STATE, lookup, admit, remove, contains, occupancy)
+
+
+def _segments(capacity: int, window_ratio: float) -> tuple[int, int, int]:
+    """Rows of the window, probation and protected, rounded as libCacheSim does ("seg-size=1:4")."""
+    window = share(capacity, window_ratio)
+    main = capacity - window
+    return window, int(1 / 5 * main), int(4 / 5 * main)
+
+
+@register("wtinylfu")
+def build(capacity: int, ctx: PolicyContext, window_ratio: float = 0.01) -> WTinyLFU:
+    if not 0 < window_ratio < 1:
+        raise EngramTierError(f"policy 'wtinylfu': window_ratio must lie in (0, 1), got {window_ratio}")
+    window, probation, protected = _segments(capacity, window_ratio)
+    if window < 1 or probation < 1:
+        need = capacity_for(1, window_ratio)
+        while min(_segments(need, window_ratio)[:2]) < 1:
+            need += 1
+        raise EngramTierError(
+            f"policy 'wtinylfu': {capacity} rows give a window of {window} and a probation segment of {probation}; "
+            f"both need a row: use at least {need} rows or another window_ratio"
+        )
+    main = capacity - window
+    counters = int(min(math.ceil(BITS_PER_ENTRY * main), 2**31 - 1))
+    if counters < N_HASHES:
+        counters = 2 * N_HASHES
+    scalars = [capacity, main, probation, protected, counters, 32 * main, 0, -1]
+    return WTinyLFU(lists_state(ctx.n_keys, capacity, scalars)
+                    + (np.zeros(counters, np.uint32), np.zeros(capacity, np.uint64), np.zeros(2 * N_HASHES, np.int64)))

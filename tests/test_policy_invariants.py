@@ -1,0 +1,191 @@
+"""The online policies under random requests and removals, against brute-force Python models.
+
+Every policy is checked against the set of rows it reported keeping: a request hits exactly when the
+row is in the set, an admission adds the row and takes out the key it returns, `remove` succeeds
+exactly for rows in the set, and after every operation `contains` agrees with the set for every key
+and `occupancy` is its size (never above capacity). Ghost entries must therefore never count as
+cached. The simple policies are also replayed against list models, evictions and removals included.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engramtier.cache.policies import wtinylfu
+from engramtier.cache.policy import PolicyContext, make_policy
+from engramtier.errors import EngramTierError
+
+N_KEYS = 24
+
+# name -> (capacities to draw from, parameters that make such small capacities valid)
+CONFIGS = {
+    "lru": (range(1, 9), {}),
+    "fifo": (range(1, 9), {}),
+    "clock": (range(1, 9), {"bits": 2}),
+    "lfu": (range(1, 9), {}),
+    "sieve": (range(1, 9), {}),
+    "arc": (range(1, 9), {}),
+    "twoq": (range(4, 10), {}),
+    "s3fifo": (range(7, 13), {"small_ratio": 0.3, "ghost_ratio": 0.5}),
+    "wtinylfu": (range(6, 13), {"window_ratio": 0.2}),  # 7 and 12 leave probation a row of slack
+}
+
+REQUEST, REMOVE = 0, 1
+ops = st.lists(st.tuples(st.sampled_from([REQUEST] * 4 + [REMOVE]), st.integers(0, N_KEYS - 1)), max_size=160)
+
+
+def hit_victim(policy, name: str) -> int:
+    """A row evicted by the last lookup (only W-TinyLFU's main hits evict), else -1."""
+    return int(policy.state[4][wtinylfu.HIT_VICTIM]) if name == "wtinylfu" else -1
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), sequence=ops)
+def test_reported_contents_are_the_contents(name, data, sequence):
+    capacities, params = CONFIGS[name]
+    capacity = data.draw(st.sampled_from(capacities))
+    policy = make_policy(name, capacity, PolicyContext(n_keys=N_KEYS), **params)
+    cached: set[int] = set()
+    for t, (op, key) in enumerate(sequence):
+        if op == REMOVE:
+            assert policy.remove(key) == (key in cached)
+            cached.discard(key)
+        elif policy.lookup(key, t):
+            assert key in cached
+            victim = hit_victim(policy, name)
+            if victim >= 0:
+                assert victim in cached and victim != key
+                cached.discard(victim)
+        else:
+            assert key not in cached
+            victim = policy.admit(key, t)
+            assert victim == -1 or (victim in cached and victim != key)
+            cached.discard(victim)
+            cached.add(key)
+        assert policy.occupancy() == len(cached) <= capacity
+        assert [policy.contains(k) for k in range(N_KEYS)] == [k in cached for k in range(N_KEYS)]
+
+
+class ListModel:
+    """Rows oldest first; ``bits`` holds CLOCK's counters, SIEVE's visited marks or LFU's counts."""
+
+    def __init__(self, kind: str, capacity: int, max_count: int = 1):
+        self.kind, self.capacity, self.max_count = kind, capacity, max_count
+        self.rows: list[int] = []
+        self.bits: dict[int, int] = {}
+        self.hand: int | None = None  # SIEVE: the row under the hand
+
+    def request(self, key: int) -> tuple[bool, int]:
+        if key in self.bits:
+            if self.kind == "lru":
+                self.rows.remove(key)
+                self.rows.append(key)
+            elif self.kind in ("clock", "lfu"):
+                self.bits[key] = min(self.bits[key] + 1, self.max_count)
+            elif self.kind == "sieve":
+                self.bits[key] = 1
+            if self.kind == "lfu":  # a use moves the row behind all rows with its new count
+                self.rows.remove(key)
+                self.rows.append(key)
+            return True, -1
+        victim = -1
+        if len(self.rows) == self.capacity:
+            victim = self.evict()
+        self.rows.append(key)
+        self.bits[key] = 1 if self.kind == "lfu" else 0
+        return False, victim
+
+    def evict(self) -> int:
+        if self.kind == "clock":
+            while self.bits[self.rows[0]] > 0:
+                self.bits[self.rows[0]] -= 1
+                self.rows.append(self.rows.pop(0))
+            victim = self.rows[0]
+        elif self.kind == "sieve":
+            i = self.rows.index(self.hand) if self.hand is not None else 0
+            while self.bits[self.rows[i]]:
+                self.bits[self.rows[i]] = 0
+                i = (i + 1) % len(self.rows)
+            victim = self.rows[i]
+            self.hand = self.rows[i + 1] if i + 1 < len(self.rows) else None
+        elif self.kind == "lfu":
+            victim = min(self.rows, key=lambda k: self.bits[k])  # the first, i.e. oldest, of the least used
+        else:
+            victim = self.rows[0]
+        self.remove(victim)
+        return victim
+
+    def remove(self, key: int) -> bool:
+        if key not in self.bits:
+            return False
+        i = self.rows.index(key)
+        if self.kind == "sieve" and self.hand == key:
+            self.hand = self.rows[i + 1] if i + 1 < len(self.rows) else None
+        self.rows.pop(i)
+        del self.bits[key]
+        return True
+
+
+@pytest.mark.parametrize("name,params,max_count", [
+    ("lru", {}, 1), ("fifo", {}, 1), ("clock", {}, 1), ("clock", {"bits": 2}, 3), ("sieve", {}, 1), ("lfu", {}, 10**9),
+])
+@settings(max_examples=60, deadline=None)
+@given(capacity=st.integers(1, 6), sequence=ops)
+def test_matches_list_model(name, params, max_count, capacity, sequence):
+    policy = make_policy(name, capacity, PolicyContext(n_keys=N_KEYS), **params)
+    model = ListModel(name, capacity, max_count)
+    for t, (op, key) in enumerate(sequence):
+        if op == REMOVE:
+            assert policy.remove(key) == model.remove(key)
+            continue
+        hit, victim = model.request(key)
+        assert policy.lookup(key, t) == hit
+        if not hit:
+            assert policy.admit(key, t) == victim
+
+
+def test_lfu_ties_go_to_the_least_recently_used():
+    # a hand-worked example: 1 and 2 both reach count 2, 2 last; 3 arrives and the tie is broken
+    # towards 1; then 3 (count 1) is the least used and goes first
+    policy = make_policy("lfu", 2, PolicyContext(n_keys=8))
+    for t, key in enumerate([1, 2]):
+        assert not policy.lookup(key, t)
+        policy.admit(key, t)
+    assert policy.lookup(1, 2) and policy.lookup(2, 3)
+    assert policy.admit(3, 4) == 1
+    assert policy.admit(4, 5) == 3
+
+
+def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
+    # capacity 2: 1 and 2 enter T1; a hit moves 1 to T2; 3 demotes 2, T1's LRU row (|T1| = 1 > p = 0),
+    # to ghost list B1. 2 again is a miss (ghosts are not cached) that raises p by max(|B2|/|B1|, 1)
+    # to 1 and returns 2 to T2; now |T1| = p, so REPLACE demotes T2's LRU row, 1, to B2.
+    policy = make_policy("arc", 2, PolicyContext(n_keys=8))
+    policy.admit(1, 0)
+    policy.admit(2, 1)
+    assert policy.lookup(1, 2)
+    assert policy.admit(3, 3) == 2
+    assert not policy.contains(2) and not policy.lookup(2, 4)
+    assert policy.admit(2, 4) == 1
+    assert policy.state[6][0] == 1.0
+    assert sorted(k for k in range(8) if policy.contains(k)) == [2, 3]
+
+
+@pytest.mark.parametrize("name,capacity,params,message", [
+    ("clock", 10, {"bits": 9}, "bits must be between 1 and 8"),
+    ("twoq", 10, {"in_ratio": 1.0}, "in_ratio must lie in (0, 1)"),
+    ("twoq", 3, {}, "use a capacity of at least 4 rows"),
+    ("s3fifo", 100, {"small_ratio": 0.0}, "small_ratio must lie in (0, 1)"),
+    ("s3fifo", 100, {"move_to_main": 300}, "move_to_main in 0..255"),
+    ("s3fifo", 19, {}, "use at least 20 rows"),
+    ("wtinylfu", 100, {"window_ratio": 1.0}, "window_ratio must lie in (0, 1)"),
+    ("wtinylfu", 99, {}, "use at least 100 rows"),
+    ("wtinylfu", 5, {"window_ratio": 0.2}, "a probation segment of 0; both need a row: use at least 6 rows"),
+])
+def test_refused_configurations(name, capacity, params, message):
+    with pytest.raises(EngramTierError) as err:
+        make_policy(name, capacity, PolicyContext(n_keys=1000), **params)
+    assert message in str(err.value) and "\n" not in str(err.value)
