@@ -245,3 +245,9 @@ def test_bad_input_raises_one_clear_line(call, message):
     with pytest.raises(EngramTierError, match=message) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_sweep_refuses_keys_outside_the_table():
+    ctx = PolicyContext(n_keys=10)
+    with pytest.raises(EngramTierError, match="outside the table's rows"):
+        sweep(np.array([1, 2, 10]), "lru", [2], ctx)

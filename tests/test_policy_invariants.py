@@ -189,3 +189,8 @@ def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
         make_policy(name, capacity, PolicyContext(n_keys=1000), **params)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_policy_parameters_are_refused_in_one_line():
+    with pytest.raises(EngramTierError, match="policy 'clock': unknown parameter\\(s\\) bitz; it takes bits"):
+        make_policy("clock", 4, PolicyContext(n_keys=10), bitz=2)

@@ -327,6 +327,10 @@ def sweep(
     """
     keys = _checked_keys(keys)
     sizes = _checked_sizes(sizes)
+    if keys.min() < 0 or keys.max() >= ctx.n_keys:
+        bad = keys.min() if keys.min() < 0 else keys.max()
+        raise EngramTierError(f"sweep: trace key {bad} lies outside the table's rows [0, {ctx.n_keys}); "
+                              "pass the table's row count as PolicyContext(n_keys=...)")
     if int(workers) != workers or workers < 1:
         raise EngramTierError(f"sweep: workers must be a positive number of threads, got {workers}")
     if ctx.keys is not None and not np.array_equal(ctx.keys, keys):

@@ -28,6 +28,7 @@ forward to them, and `replay` inlines them into one loop over the bare tuple.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -107,7 +108,15 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
             f"policy '{name}': capacity {capacity} rows exceeds the table's {ctx.n_keys} rows; "
             "make the tier smaller or leave it out (the last tier holds every row)"
         )
-    return _REGISTRY[name](int(capacity), ctx, **params)
+    builder = _REGISTRY[name]
+    accepted = list(inspect.signature(builder).parameters)[2:]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise EngramTierError(
+            f"policy '{name}': unknown parameter(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(accepted) if accepted else 'no parameters'}"
+        )
+    return builder(int(capacity), ctx, **params)
 
 
 def is_compiled(policy: Any) -> bool:
