@@ -1,0 +1,215 @@
+"""`engramtier simulate | sweep | mrc | report | quickstart`: experiments into run directories."""
+
+from __future__ import annotations
+
+import argparse
+
+from engramtier.errors import EngramTierError
+
+SIMULATE_EXAMPLES = """examples:
+  engramtier simulate engramtier/data/experiment.toml
+  engramtier simulate my.toml --out runs/gpu32m --window-per-token-s 5e-6
+  engramtier simulate --hierarchy tiers.toml docs.trace --window-s 0.002
+
+The run directory gets config.json, results.jsonl (one line per step, then the run's totals),
+summary.json, figures/step_timeline.png|svg and report.html. A --hierarchy file needs [hierarchy] and
+[timing] (or --window-s / --window-per-token-s) but no [trace].
+"""
+
+SWEEP_EXAMPLES = """examples:
+  engramtier sweep engramtier/data/experiment.toml
+  engramtier sweep my.toml --stages hit_rate --workers 2
+  engramtier sweep my.toml --stages stall,cxl,cost --out runs/planning
+
+Stages: hit_rate ([sweep] policies x sizes), stall ([sweep] tier_sizes), cxl ([sweep] cxl_latencies_ns),
+cost (the stall and cxl points priced with [cost]); the default runs those the config defines.
+"""
+
+MRC_EXAMPLES = """examples:
+  engramtier mrc docs.trace
+  engramtier mrc docs.trace --shards 0.001 --seeds 8 --sizes 1MiB,16MiB,256MiB
+"""
+
+REPORT_EXAMPLES = """examples:
+  engramtier report runs/quickstart-20250101-120000
+  open runs/quickstart-20250101-120000/report.html
+"""
+
+QUICKSTART_EXAMPLES = """examples:
+  engramtier quickstart
+  engramtier quickstart --out runs/first --quiet
+  engramtier quickstart --tiny          # a few KB of text, seconds instead of minutes
+
+Runs engramtier/data/experiment.toml: the shipped sample text through the DeepSeek tokenizer into a
+row trace, trace statistics, SHARDS vs exact miss-ratio curve, a policy sweep, a GPU > DRAM > NVMe
+simulation, a stall sweep over the GPU and DRAM sizes, the same with a CXL tier, a cost frontier, and
+the report. Copy the TOML to run your own.
+"""
+
+SWEEP_STAGES = ("hit_rate", "stall", "cxl", "cost")
+
+
+def _stages(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    for s in stages:
+        if s not in SWEEP_STAGES:
+            raise argparse.ArgumentTypeError(f"unknown stage '{s}'; choose from {', '.join(SWEEP_STAGES)}")
+    return stages
+
+
+def _sizes(text: str) -> list[str | int]:
+    return [int(s) if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()]
+
+
+def register(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    def add(name, help, description, epilog, run):
+        p = subparsers.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=fmt)
+        p.set_defaults(run=run)
+        return p
+
+    def common(p, out=True):
+        if out:
+            p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<command>-<time>)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("simulate", "replay a trace through a tier hierarchy, step by step",
+            "Simulate the hierarchy of an experiment file (building its trace) or of a --hierarchy file over "
+            "a trace file, charging each step its fetch time and the stall beyond the compute window.",
+            SIMULATE_EXAMPLES, run_simulate)
+    p.add_argument("path", metavar="CONFIG.toml|TRACE", help="an experiment TOML, or with --hierarchy a trace file")
+    p.add_argument("--hierarchy", metavar="H.toml", help="take [hierarchy] and [timing] from this file and "
+                   "replay the trace file given as the positional argument")
+    p.add_argument("--window-s", type=float, metavar="S", help="compute window per step (seconds); overrides [timing]")
+    p.add_argument("--window-per-token-s", type=float, metavar="S", help="compute window per token (seconds); overrides [timing]")
+    common(p)
+
+    p = add("sweep", "sweep policies x tier sizes (hit rate) and hierarchies (stall, CXL, cost)",
+            "Run the [sweep] of an experiment file: hit rate per policy and size, stall per combination of "
+            "tier sizes, a CXL tier at several latencies, and the cost frontier; parallel over cores.",
+            SWEEP_EXAMPLES, run_sweep)
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--stages", type=_stages, metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
+    p.add_argument("--workers", type=int, metavar="N", help="threads (default: [sweep] workers or every core)")
+    common(p)
+
+    p = add("mrc", "miss-ratio curve of a trace: exact LRU and SHARDS",
+            "The exact LRU miss-ratio curve (one pass, all sizes) against SHARDS sampled estimates over several "
+            "hash seeds, with their error.", MRC_EXAMPLES, run_mrc)
+    p.add_argument("trace", metavar="TRACE")
+    p.add_argument("--shards", type=float, default=0.01, metavar="R", help="SHARDS sampling rate (default 0.01)")
+    p.add_argument("--seeds", type=int, default=5, metavar="N", help="SHARDS hash seeds (default 5)")
+    p.add_argument("--sizes", type=_sizes, metavar="LIST",
+                   help="comma-separated sizes, rows or bytes such as 16MiB (default: 48 log-spaced sizes)")
+    common(p)
+
+    p = add("report", "write report.html and report.md for a run directory",
+            "One self-contained HTML page (figures inlined as SVG, summary tables, configuration and "
+            "machine) and a Markdown page, from a run directory.", REPORT_EXAMPLES, run_report)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = add("quickstart", "the whole pipeline on the shipped sample text, with a report",
+            "Text -> tokens -> row trace -> stats -> policy sweep -> hierarchy simulation with and without "
+            "CXL -> cost frontier -> report, in a few minutes on two CPU cores.", QUICKSTART_EXAMPLES, run_quickstart)
+    p.add_argument("--tiny", action="store_true", help="a few KB of text and a few sweep points (seconds)")
+    common(p)
+
+
+def _timing_overrides(args) -> dict:
+    if args.window_s is not None and args.window_per_token_s is not None:
+        raise EngramTierError("give --window-s or --window-per-token-s, not both")
+    if args.window_s is None and args.window_per_token_s is None:
+        return {}
+    return {"timing": {"window_s": args.window_s, "window_per_token_s": args.window_per_token_s}}
+
+
+def _arguments(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "run"}
+
+
+def run_simulate(args) -> None:
+    from engramtier.analysis.config import load_config
+    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
+    from engramtier.analysis.report import write_report
+    from engramtier.analysis.rundir import RunDir
+    from engramtier.trace.tracefile import load_trace
+
+    if args.hierarchy:
+        cfg = load_config(args.hierarchy, need_trace=False, overrides=_timing_overrides(args))
+        trace = load_trace(args.path)
+        run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
+    else:
+        cfg = load_config(args.path, overrides=_timing_overrides(args))
+        run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict())
+        trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
+        run.update_config(fingerprint=trace.meta.get("fingerprint"))
+    summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
+    html, _ = write_report(run.path)
+    sim = summary["simulation"]
+    rate = sim.get("tokens_per_s")
+    print(f"{run.path}: {sim['steps']} steps, stall fraction {sim['stall_fraction']:.4f}"
+          + (f", {rate:,.0f} tokens/s" if rate else "") + "; served "
+          + ", ".join(f"{t['name']} {t['served_share']:.1%}" for t in sim["tiers"]) + f"; report {html}")
+
+
+def run_sweep(args) -> None:
+    from engramtier.analysis.config import load_config
+    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
+    from engramtier.analysis.report import write_report
+    from engramtier.analysis.rundir import RunDir
+
+    cfg = load_config(args.config, overrides={"sweep": {"workers": args.workers}} if args.workers else None)
+    sw = cfg.sweep
+    configured = {"hit_rate": bool(sw.sizes), "stall": bool(sw.tier_sizes), "cxl": bool(sw.cxl_latencies_ns)}
+    configured["cost"] = configured["stall"] or configured["cxl"]
+    stages = [s for s in SWEEP_STAGES if (s in args.stages if args.stages else configured[s])]  # cost goes last
+    if "cost" in stages and not ({"stall", "cxl"} & set(stages)):
+        raise EngramTierError("--stages cost prices the stall and cxl points: add stall or cxl to --stages")
+    if not stages:
+        raise EngramTierError(f"{args.config}: [sweep] defines nothing to sweep; give sizes, tier_sizes or cxl_latencies_ns")
+    run = RunDir.create(args.out, "sweep", _arguments(args), cfg.to_dict())
+    trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
+    run.update_config(fingerprint=trace.meta.get("fingerprint"))
+    summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
+    html, _ = write_report(run.path)
+    print(f"{run.path}: stages {', '.join(stages)}; report {html}")
+    if "cost" in summary and summary["cost"]["cheapest"]:
+        best = summary["cost"]["cheapest"]
+        print(f"cheapest within {summary['cost']['budget']:.0%} stall: {best['label']} "
+              f"(${best['cost_usd']:,.2f}, stall fraction {best['stall_fraction']:.4f})")
+
+
+def run_mrc(args) -> None:
+    from engramtier.analysis.config import size_to_rows
+    from engramtier.analysis.experiment import mrc_stage, trace_summary
+    from engramtier.analysis.report import write_report
+    from engramtier.analysis.rundir import RunDir
+    from engramtier.trace.tracefile import load_trace
+
+    trace = load_trace(args.trace)
+    sizes = None
+    if args.sizes:
+        sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
+    if args.seeds < 1:
+        raise EngramTierError(f"--seeds must be >= 1, got {args.seeds}")
+    run = RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"))
+    summary = {"trace": trace_summary(trace), "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes)}
+    run.write_summary(summary)
+    html, _ = write_report(run.path)
+    m = summary["mrc"]
+    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={args.shards:g} mean abs. error {m['shards_mean_abs_error']:.4f} "
+          f"(max {m['shards_max_abs_error']:.4f} over {args.seeds} seeds); report {html}")
+
+
+def run_report(args) -> None:
+    from engramtier.analysis.report import write_report
+
+    html, md = write_report(args.run_dir)
+    print(f"{html}\n{md}")
+
+
+def run_quickstart(args) -> None:
+    from engramtier.analysis.quickstart import quickstart
+
+    quickstart(args.out, tiny=args.tiny, progress=not args.quiet)

@@ -1,0 +1,311 @@
+"""Experiment files: one TOML that says which trace, which hierarchy, what timing, what to sweep, what it costs.
+
+    [trace]      where the row trace comes from (the shipped sample text, text files, a synthetic
+                 Zipf stream or an existing trace file) and the table it addresses
+    [hierarchy]  ``mode`` and ``[[hierarchy.tier]]`` tables, read by `Hierarchy.from_dict`
+    [timing]     the compute that hides the prefetch, per step or per token
+    [sweep]      policies x one-tier sizes (hit rates); sizes per cache tier (stall); CXL latencies
+    [cost]       $/GB per tier model and the stall budget of the cost frontier
+
+Every mistake is refused with one line naming the file, the key and what to write instead: a user
+who typed ``capacty`` learns it should be ``capacity`` before anything runs. Sizes are rows (an
+integer) or bytes (a string such as ``"2GiB"``), turned into rows once the trace's ``row_bytes`` is
+known. Relative paths are read relative to the TOML file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from engramtier.analysis.cost import DEFAULT_USD_PER_GB
+from engramtier.cache.hierarchy import Hierarchy, parse_size
+from engramtier.cache.policy import policy_names
+from engramtier.errors import EngramTierError
+
+TRACE_SOURCES = ("sample", "text", "zipf", "file")
+
+
+def refuse_unknown_keys(names, valid, where: str, what: str = "key") -> None:
+    """One line for the first of ``names`` (keys of a table, or values) not in ``valid``, with the
+    closest valid one."""
+    valid = tuple(valid)
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise EngramTierError(f"{where}: unknown {what} '{name}': {hint}choose one of {', '.join(valid)}")
+
+
+def size_to_rows(size: int | str, row_bytes: int, where: str) -> int:
+    """Rows in ``size``: an integer is rows, a string is bytes ("64MiB") holding whole rows."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise EngramTierError(f"{where}: a size is rows (an integer) or bytes (a string such as '2GiB'), got {size!r}")
+    if isinstance(size, str):
+        try:
+            rows = parse_size(size) // row_bytes
+        except EngramTierError as err:
+            raise EngramTierError(f"{where}: {err}") from None
+    else:
+        rows = size
+    if rows <= 0:
+        raise EngramTierError(f"{where}: size {size!r} holds no row of {row_bytes} bytes; give a larger size")
+    return rows
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Where the row trace comes from; the names follow `engramtier trace`'s options."""
+
+    source: str = "sample"
+    paths: tuple[str, ...] = ()
+    file: str | None = None
+    tokenizer: str = "deepseek"
+    field: str = "text"
+    mode: str = "prefill"
+    batch: int = 8
+    seq_len: int = 2048
+    requests: int = 32
+    prompt_len: int = 0
+    layers: tuple[int, ...] = (1, 15)
+    heads: int = 8
+    max_ngram: int = 3
+    table_size: int = 1_000_003
+    seed: int = 0
+    row_bytes: int = 160
+    zipf_alpha: float = 1.0
+    vocab: int = 100_000
+    tokens: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Seconds of compute per step that hide the prefetch (``window``) and that a step takes without
+    stalls (``compute``), each given per step (``*_s``) or per token (``*_per_token_s``)."""
+
+    window_s: float | None = None
+    window_per_token_s: float | None = None
+    compute_s: float | None = None
+    compute_per_token_s: float | None = None
+    overlap: str = "parallel"
+
+    def per_step(self, tokens_per_step) -> tuple[Any, Any]:
+        """(window, compute) seconds for steps of ``tokens_per_step`` tokens (a number or an array)."""
+        window = self.window_s if self.window_s is not None else self.window_per_token_s * tokens_per_step
+        if self.compute_s is not None:
+            return window, self.compute_s
+        if self.compute_per_token_s is not None:
+            return window, self.compute_per_token_s * tokens_per_step
+        return window, None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """``policies`` x ``sizes``: one-tier hit rates; ``tier_sizes``: sizes per cache tier of the
+    hierarchy, every combination simulated for stall; ``cxl_latencies_ns``: a CXL tier of
+    ``cxl_capacity`` inserted above the store at each latency."""
+
+    policies: tuple[str, ...] = ("lru", "s3fifo", "wtinylfu", "belady", "static")
+    sizes: tuple[int | str, ...] = ()
+    tier_sizes: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)
+    cxl_capacity: int | str | None = None
+    cxl_latencies_ns: tuple[float, ...] = ()
+    cxl_policy: str | None = None
+    shards_rate: float = 0.01
+    shards_seeds: int = 5
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """$/GB per tier (keyed by tier name or tier model name) and the stall-fraction budget."""
+
+    usd_per_gb: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_USD_PER_GB))
+    stall_budget: float = 0.05
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    path: str
+    trace: TraceConfig
+    hierarchy: Hierarchy
+    timing: TimingConfig
+    sweep: SweepConfig
+    cost: CostConfig
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "trace": _plain(self.trace), "hierarchy": self.hierarchy.to_dict(),
+                "timing": _plain(self.timing), "sweep": _plain(self.sweep), "cost": _plain(self.cost)}
+
+
+SECTIONS = ("trace", "hierarchy", "timing", "sweep", "cost")
+
+
+def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] | None = None) -> ExperimentConfig:
+    """Read and check an experiment TOML; ``need_trace=False`` lets a hierarchy-only file through, and
+    ``overrides`` (section -> keys, e.g. from command-line options) replace the file's values."""
+    path = Path(path)
+    if not path.is_file():
+        raise EngramTierError(f"{path}: no such config file; give the path of an experiment .toml")
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise EngramTierError(f"{path}: malformed TOML: {err}") from None
+    for section, values in (overrides or {}).items():
+        doc[section] = {**doc.get(section, {}), **values}
+    return parse_config(doc, path, need_trace)
+
+
+def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) -> ExperimentConfig:
+    where = str(path)
+    refuse_unknown_keys(doc, SECTIONS, where)
+    for name in SECTIONS:
+        if name in doc and not isinstance(doc[name], Mapping):
+            raise EngramTierError(f"{where}: '{name}' must be a table ([{name}]), got {doc[name]!r}")
+    if "hierarchy" not in doc:
+        raise EngramTierError(f"{where}: no [hierarchy] section; declare the tiers with [[hierarchy.tier]] tables")
+    if need_trace and "trace" not in doc:
+        raise EngramTierError(f"{where}: no [trace] section; say where the trace comes from (source = \"sample\")")
+    trace = _trace_config(doc.get("trace", {}), path)
+    hierarchy = _hierarchy(doc["hierarchy"], f"{where}: [hierarchy]")
+    timing = _timing_config(doc.get("timing", {}), f"{where}: [timing]")
+    sweep = _sweep_config(doc.get("sweep", {}), hierarchy, f"{where}: [sweep]")
+    cost = _cost_config(doc.get("cost", {}), f"{where}: [cost]")
+    return ExperimentConfig(str(path), trace, hierarchy, timing, sweep, cost)
+
+
+def _typed(table: Mapping[str, Any], cls, where: str) -> dict:
+    """``table``'s keys checked against ``cls``'s fields, lists made tuples, numbers type-checked."""
+    refuse_unknown_keys(table, [f.name for f in fields(cls)], where)
+    defaults = cls()
+    out = {}
+    for key, value in table.items():
+        default = getattr(defaults, key)
+        if isinstance(value, list):
+            value = tuple(value)
+        expected = {bool: bool, int: int, float: (int, float), str: str, tuple: tuple}.get(type(default))
+        if expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+            raise EngramTierError(f"{where}: '{key}' must be {_kind(default)}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _kind(default) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            tuple: "a list"}.get(type(default), "a value")
+
+
+def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
+    where = f"{path}: [trace]"
+    cfg = TraceConfig(**_typed(table, TraceConfig, where))
+    if cfg.file is not None and not isinstance(cfg.file, str):
+        raise EngramTierError(f"{where}: 'file' must be a path string, got {cfg.file!r}")
+    refuse_unknown_keys([cfg.source], TRACE_SOURCES, where, "source")
+    if cfg.source == "text" and not cfg.paths:
+        raise EngramTierError(f"{where}: source = \"text\" needs paths = [\"notes/\", ...]")
+    if cfg.source == "file" and not cfg.file:
+        raise EngramTierError(f"{where}: source = \"file\" needs file = \"run.trace\"")
+    for name in ("batch", "seq_len", "requests", "heads", "max_ngram", "table_size", "row_bytes", "vocab", "tokens"):
+        if getattr(cfg, name) < 1:
+            raise EngramTierError(f"{where}: '{name}' must be >= 1, got {getattr(cfg, name)}")
+    base = path.parent
+    resolve = lambda p: str(p if Path(p).is_absolute() else base / p)  # noqa: E731
+    return replace(cfg, paths=tuple(resolve(p) for p in cfg.paths), file=cfg.file and resolve(cfg.file))
+
+
+def _hierarchy(table: Mapping[str, Any], where: str) -> Hierarchy:
+    for i, tier in enumerate(table.get("tier", []) if isinstance(table.get("tier"), list) else []):
+        if isinstance(tier, Mapping) and isinstance(tier.get("capacity"), str):
+            name = tier.get("name", f"tier[{i}]")
+            try:
+                parse_size(tier["capacity"])
+            except EngramTierError as err:
+                raise EngramTierError(f"{where}: tier '{name}' capacity: {err}") from None
+    try:
+        hierarchy = Hierarchy.from_dict(table, where)
+    except EngramTierError as err:
+        text = str(err)
+        raise EngramTierError(text if text.startswith(where) else f"{where}: {text}") from None
+    for tier in hierarchy.caches:
+        refuse_unknown_keys([tier.policy], policy_names(), f"{where}: tier '{tier.name}'", "policy")
+    return hierarchy
+
+
+def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
+    cfg = TimingConfig(**_typed(table, TimingConfig, where))
+    for name in ("window_s", "window_per_token_s", "compute_s", "compute_per_token_s"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+            raise EngramTierError(f"{where}: '{name}' must be a number of seconds >= 0, got {value!r}")
+    given = [k for k in ("window_s", "window_per_token_s") if getattr(cfg, k) is not None]
+    if len(given) != 1:
+        raise EngramTierError(f"{where}: give exactly one of window_s (seconds per step) or window_per_token_s "
+                              f"(seconds per token), got {', '.join(given) or 'neither'}")
+    if cfg.compute_s is not None and cfg.compute_per_token_s is not None:
+        raise EngramTierError(f"{where}: give compute_s or compute_per_token_s, not both")
+    if cfg.overlap not in ("parallel", "serial"):
+        raise EngramTierError(f"{where}: overlap must be \"parallel\" or \"serial\", got {cfg.overlap!r}")
+    return cfg
+
+
+def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) -> SweepConfig:
+    cfg = SweepConfig(**_typed(table, SweepConfig, where))
+    for i, size in enumerate(cfg.sizes):
+        _check_size(size, f"{where} sizes[{i}]")
+    if not isinstance(cfg.tier_sizes, Mapping):
+        raise EngramTierError(f"{where}: tier_sizes must be a table of tier name = [sizes], e.g. {{ gpu = [\"64MiB\"] }}")
+    caches = [t.name for t in hierarchy.caches]
+    refuse_unknown_keys(cfg.tier_sizes, caches, f"{where} tier_sizes")
+    tier_sizes = {}
+    for name, sizes in cfg.tier_sizes.items():
+        if not isinstance(sizes, list) or not sizes:
+            raise EngramTierError(f"{where}: tier_sizes.{name} must be a non-empty list of sizes")
+        for i, size in enumerate(sizes):
+            _check_size(size, f"{where} tier_sizes.{name}[{i}]")
+        tier_sizes[name] = tuple(sizes)
+    if cfg.cxl_latencies_ns and cfg.cxl_capacity is None:
+        raise EngramTierError(f"{where}: cxl_latencies_ns needs cxl_capacity (rows or a size such as \"1GiB\")")
+    if cfg.cxl_capacity is not None:
+        _check_size(cfg.cxl_capacity, f"{where} cxl_capacity")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 for x in cfg.cxl_latencies_ns):
+        raise EngramTierError(f"{where}: cxl_latencies_ns must be a list of nanoseconds >= 0")
+    if not 0 < cfg.shards_rate <= 1:
+        raise EngramTierError(f"{where}: shards_rate must lie in (0, 1], got {cfg.shards_rate}")
+    for name in ("shards_seeds", "workers"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EngramTierError(f"{where}: '{name}' must be an integer >= 1, got {value!r}")
+    if any(not isinstance(p, str) for p in cfg.policies):
+        raise EngramTierError(f"{where}: policies must be a list of policy names, e.g. [\"lru\", \"s3fifo\"]")
+    refuse_unknown_keys(cfg.policies + ((cfg.cxl_policy,) if cfg.cxl_policy else ()), policy_names(), where, "policy")
+    return replace(cfg, tier_sizes=tier_sizes)
+
+
+def _check_size(size, where: str) -> None:
+    """Refuse a size that does not parse now; it becomes rows once the trace's row_bytes is known."""
+    size_to_rows(size, 1, where)
+
+
+def _cost_config(table: Mapping[str, Any], where: str) -> CostConfig:
+    refuse_unknown_keys(table, [f.name for f in fields(CostConfig)], where)
+    prices = dict(DEFAULT_USD_PER_GB)
+    given = table.get("usd_per_gb", {})
+    if not isinstance(given, Mapping):
+        raise EngramTierError(f"{where}: usd_per_gb must be a table such as {{ hbm = 15.0, dram = 4.0 }}")
+    for name, price in given.items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+            raise EngramTierError(f"{where}: usd_per_gb.{name} must be dollars per GB >= 0, got {price!r}")
+        prices[name] = float(price)
+    budget = table.get("stall_budget", CostConfig().stall_budget)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 1:
+        raise EngramTierError(f"{where}: stall_budget is a stall fraction in [0, 1], got {budget!r}")
+    return CostConfig(prices, float(budget))
+
+
+def _plain(obj) -> dict:
+    return {f.name: (dict(v) if isinstance(v := getattr(obj, f.name), Mapping) else list(v) if isinstance(v, tuple) else v)
+            for f in fields(obj)}

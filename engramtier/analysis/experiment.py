@@ -1,0 +1,197 @@
+"""One experiment, in stages, into one run directory: the shared body of `simulate`, `sweep`, `mrc` and
+`quickstart`.
+
+    trace      build the row trace the [trace] table describes (saved as RUN/trace.trace) or load it
+    stats      trace statistics and the rank-frequency plot with its Zipf fit
+    mrc        exact LRU miss-ratio curve against SHARDS estimates over several hash seeds
+    hit_rate   policies x one-tier sizes
+    simulate   the declared hierarchy, step by step (per-step records and the timeline plot)
+    stall      every combination of [sweep] tier_sizes, simulated (heatmap)
+    cxl        the declared hierarchy without, then with a CXL tier at each latency
+    cost       cost of every simulated hierarchy, its frontier and the cheapest within the stall budget
+
+Each stage appends its records to results.jsonl, saves its figures, and adds its headline numbers to
+the summary, which is rewritten after every stage so an interrupted run still reports what it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engramtier.analysis import plots
+from engramtier.analysis.config import ExperimentConfig, TraceConfig, size_to_rows
+from engramtier.analysis.cost import cost_frontier
+from engramtier.analysis.rundir import RunDir
+from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, point_record, simulate_point,
+                                       stall_sweep)
+from engramtier.errors import EngramTierError
+from engramtier.trace.rowtrace import RowTrace
+
+STAGES = ("stats", "mrc", "hit_rate", "simulate", "stall", "cxl", "cost")
+TRACE_FILE = "trace.trace"
+
+
+def build_trace(cfg: TraceConfig, out: Path | None, progress: bool = True) -> RowTrace:
+    """The trace ``cfg`` describes: loaded from its file, or built into ``out`` (a trace file) and loaded."""
+    from engramtier.trace.build import StepPlan, hasher_for, write_trace
+    from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
+    from engramtier.trace.tracefile import load_trace
+
+    if cfg.source == "file":
+        return load_trace(cfg.file)
+    if cfg.source == "zipf":
+        source = ZipfSource(cfg.zipf_alpha, cfg.vocab, cfg.tokens, cfg.seed, doc_len=cfg.seq_len)
+    else:
+        source = TextSource([str(sample_text_dir())] if cfg.source == "sample" else list(cfg.paths),
+                            cfg.tokenizer, cfg.field)
+    plan = StepPlan(cfg.mode, cfg.batch, cfg.seq_len, cfg.requests, cfg.prompt_len)
+    hasher = hasher_for(source, cfg.table_size, cfg.layers, cfg.heads, cfg.max_ngram, cfg.seed)
+    write_trace(source, hasher, plan, out, cfg.row_bytes, progress=progress)
+    return load_trace(out)
+
+
+@dataclass
+class Experiment:
+    """A config, its trace and the run directory the stages write into."""
+
+    cfg: ExperimentConfig
+    trace: RowTrace
+    run: RunDir
+    progress: bool = True
+    summary: dict = field(default_factory=dict)
+    _sim_records: list = field(default_factory=list)
+
+    def rows(self, size, where: str) -> int:
+        return size_to_rows(size, self.trace.row_bytes, where)
+
+    def run_stages(self, stages, log: Callable[[str], None] = lambda _: None) -> dict:
+        self.summary.setdefault("trace", trace_summary(self.trace))
+        for stage in stages:
+            if stage not in STAGES:
+                raise EngramTierError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
+            log(f"[{stage}]")
+            getattr(self, f"stage_{stage}")()
+            self.run.write_summary(self.summary)
+        return self.summary
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def stage_stats(self) -> None:
+        from engramtier.trace.stats import trace_stats
+
+        stats = trace_stats(self.trace)
+        d = stats.stats_dict()
+        per_order = (d.pop("subtables") or {}).get("per_order")
+        self.run.append([{"experiment": "trace_stats", **d, "per_order": per_order}])
+        alpha = d["zipf_alpha"]
+        self.run.save_figure(plots.zipf_figure(stats.counts, alpha), "zipf_rank")
+        self.summary["trace"].update(unique_rows=d["unique_rows"], seen_once_fraction=d["seen_once_fraction"],
+                                     zipf_alpha=alpha)
+
+    def stage_mrc(self) -> None:
+        self.summary["mrc"] = mrc_stage(self.trace, self.run, self.cfg.sweep.shards_rate, self.cfg.sweep.shards_seeds)
+
+    def stage_hit_rate(self) -> None:
+        sw = self.cfg.sweep
+        if not sw.sizes:
+            raise EngramTierError(f"{self.cfg.path}: [sweep] sizes is empty; list the tier sizes to sweep")
+        sizes = [self.rows(s, f"{self.cfg.path}: [sweep] sizes[{i}]") for i, s in enumerate(sw.sizes)]
+        records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress)
+        self.run.append(records)
+        distinct = int(np.count_nonzero(np.bincount(self.trace.rows)))
+        self.run.save_figure(plots.hit_rate_figure(records, self.trace.row_bytes, 1 - distinct / self.trace.n_rows),
+                             "hit_rate_vs_size")
+        table = {}
+        for r in records:
+            table.setdefault(r["policy"], {})[format_bytes(r["size_bytes"])] = r["hit_rate"]
+        self.summary["hit_rate"] = table
+
+    def stage_simulate(self) -> None:
+        result = simulate_point(self.trace, self.cfg.hierarchy, self.cfg.timing, progress=self.progress)
+        per_step = result.to_dict()["per_step"]
+        names = [t["name"] for t in result.tier_totals]
+        self.run.append({"experiment": "step", "step": i, **{k: per_step[k][i] for k in
+                         ("requests", "unique", "window_s", "compute_s", "fetch_s", "stall_s", "step_s")},
+                         "served": {n: per_step["served"][n][i] for n in names}}
+                        for i in range(result.requests.size))
+        record = point_record("simulate", " > ".join(names), result)
+        self.run.append([record])
+        self._sim_records.append(record)
+        self.run.save_figure(plots.step_timeline_figure(per_step, names), "step_timeline")
+        self.summary["simulation"] = {k: v for k, v in record.items() if k not in ("experiment", "label")}
+
+    def stage_stall(self) -> None:
+        sw = self.cfg.sweep
+        if not sw.tier_sizes:
+            raise EngramTierError(f"{self.cfg.path}: [sweep] tier_sizes is empty; give sizes per cache tier, "
+                                  "e.g. tier_sizes = { gpu = [\"16MiB\", \"64MiB\"] }")
+        tier_rows = {name: sorted({self.rows(s, f"{self.cfg.path}: [sweep] tier_sizes.{name}[{i}]")
+                                   for i, s in enumerate(sizes)})
+                     for name, sizes in sw.tier_sizes.items()}
+        records = stall_sweep(self.trace, self.cfg.hierarchy, tier_rows, self.cfg.timing, sw.workers, self.progress)
+        self.run.append(records)
+        self._sim_records += records
+        self.run.save_figure(plots.stall_heatmap_figure(records, self.trace.row_bytes), "stall_heatmap")
+        lo = min(records, key=lambda r: r["stall_fraction"])
+        hi = max(records, key=lambda r: r["stall_fraction"])
+        self.summary["stall"] = {"points": len(records),
+                                 "least": {"label": lo["label"], "stall_fraction": lo["stall_fraction"]},
+                                 "most": {"label": hi["label"], "stall_fraction": hi["stall_fraction"]}}
+
+    def stage_cxl(self) -> None:
+        sw = self.cfg.sweep
+        if not sw.cxl_latencies_ns:
+            raise EngramTierError(f"{self.cfg.path}: [sweep] cxl_latencies_ns is empty; list latencies such as [170, 270, 500]")
+        cxl_rows = self.rows(sw.cxl_capacity, f"{self.cfg.path}: [sweep] cxl_capacity")
+        records = cxl_sweep(self.trace, self.cfg.hierarchy, cxl_rows, sw.cxl_latencies_ns, self.cfg.timing,
+                            sw.cxl_policy, sw.workers, self.progress)
+        self.run.append(records)
+        self._sim_records += records
+        self.run.save_figure(plots.cxl_figure(records), "cxl_swap")
+        rate = "tokens_per_s" if "tokens_per_s" in records[0] else "requests_per_s"
+        self.summary["cxl"] = [{"label": r["label"], "cxl_role": r["cxl_role"], "cxl_latency_ns": r["cxl_latency_ns"],
+                                "stall_fraction": r["stall_fraction"], rate: r[rate]} for r in records]
+
+    def stage_cost(self) -> None:
+        frontier = cost_frontier(self._sim_records, self.trace.row_bytes, self.cfg.cost.usd_per_gb,
+                                 self.cfg.cost.stall_budget)
+        self.run.append({"experiment": "cost", **p} for p in frontier["points"])
+        self.run.save_figure(plots.cost_figure(frontier), "cost_frontier")
+        self.summary["cost"] = {"budget": frontier["budget"], "prices_usd_per_gb": frontier["prices_usd_per_gb"],
+                                "frontier": sorted((p for p in frontier["points"] if p["on_frontier"]),
+                                                   key=lambda p: p["cost_usd"]),
+                                "cheapest": frontier["cheapest"]}
+
+
+def mrc_stage(trace: RowTrace, run: RunDir, rate: float, seeds: int, sizes=None) -> dict:
+    """Exact LRU curve and SHARDS at ``rate`` with hash seeds ``0..seeds-1``, at ``sizes`` (default 48
+    sizes spaced evenly in log from one row to every distinct row); records, figure, headline numbers."""
+    from engramtier.cache.mrc import lru_mrc, shards_mrc
+
+    if sizes is None:
+        unique = int(np.count_nonzero(np.bincount(trace.rows)))
+        sizes = np.unique(np.geomspace(1, unique, 48).astype(np.int64))
+    exact = lru_mrc(trace.rows, sizes)
+    estimates = [shards_mrc(trace.rows, exact.sizes, rate, seed=s).with_error(exact) for s in range(seeds)]
+    run.append({"experiment": "mrc", "size_rows": int(s), "exact_miss_ratio": float(m),
+                "shards_miss_ratios": [float(e.miss_ratios[i]) for e in estimates]}
+               for i, (s, m) in enumerate(zip(exact.sizes, exact.miss_ratios)))
+    run.save_figure(plots.mrc_figure(exact.sizes, exact.miss_ratios, [e.miss_ratios for e in estimates], rate,
+                                     trace.row_bytes), "mrc_shards")
+    errors = [e.error for e in estimates]
+    return {"sizes": int(exact.sizes.size), "shards_rate": rate, "seeds": seeds,
+            "shards_mean_abs_error": float(np.mean(errors)), "shards_max_abs_error": float(np.max(errors))}
+
+
+def trace_summary(trace: RowTrace) -> dict:
+    meta = trace.meta
+    rows_per_token = meta.get("rows_per_token")
+    return {"requests": trace.n_rows, "steps": trace.n_steps,
+            "tokens": trace.n_rows // rows_per_token if rows_per_token else None,
+            "table_rows": trace.n_table_rows, "row_bytes": trace.row_bytes,
+            "table_bytes": trace.n_table_rows * trace.row_bytes, "mode": meta.get("mode"),
+            "fingerprint": meta.get("fingerprint"), "tokenizer": meta.get("tokenizer")}

@@ -1,0 +1,205 @@
+"""The figures of a run, each a function from result records to a matplotlib figure (Agg, no display).
+
+Sizes are drawn on log axes in rows with the same sizes in bytes on a secondary top axis, because a
+policy researcher thinks in rows and a hardware planner in GiB. Every axis says its unit.
+`RunDir.save_figure` writes each as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
+
+from engramtier.analysis.sweep import format_bytes  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
+                     "svg.fonttype": "none"})
+
+# Offline policies, drawn dashed. Static preloads its hot set, so its first requests hit: it can beat
+# Belady, which is optimal only among caches that fetch on demand.
+OFFLINE = {"belady": "belady (offline, optimal on demand)", "static": "static (hot set from the trace's own counts, preloaded)",
+           "lookahead": "lookahead (sees the step's future)"}
+
+_BYTES = FuncFormatter(lambda x, _: format_bytes(x) if x > 0 else "")
+
+
+def _bytes_top_axis(ax, row_bytes: int) -> None:
+    """A top axis showing the bottom axis's rows as bytes."""
+    top = ax.secondary_xaxis("top", functions=(lambda r: r * row_bytes, lambda b: b / row_bytes))
+    top.xaxis.set_major_locator(LogLocator(base=1024, subs=(1.0, 8.0, 64.0)))
+    top.xaxis.set_major_formatter(_BYTES)
+    top.set_xlabel(f"tier size (bytes, {row_bytes} B per row)")
+
+
+def hit_rate_figure(records: Sequence[Mapping], row_bytes: int, ceiling: float | None = None) -> plt.Figure:
+    """Hit rate of one cache tier vs its size, one line per policy; ``ceiling`` (1 - distinct rows /
+    requests) is the most any cache that fetches on demand can hit, since every first request misses."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if ceiling is not None:
+        ax.axhline(ceiling, color="black", lw=0.8, ls=":", label=f"ceiling of demand caches (first requests miss): {ceiling:.3f}")
+    for policy in dict.fromkeys(r["policy"] for r in records):
+        points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["policy"] == policy)
+        sizes, rates = zip(*points)
+        ax.plot(sizes, rates, marker="o", ms=3.5, label=OFFLINE.get(policy, policy), ls="--" if policy in OFFLINE else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("tier size (rows)")
+    ax.set_ylabel("hit rate (fraction of requests)")
+    ax.set_ylim(0, 1)
+    _bytes_top_axis(ax, row_bytes)
+    ax.legend(title="policy (dashed: offline)", fontsize=7, title_fontsize=8)
+    ax.set_title("Hit rate vs tier size (single tier, whole trace)")
+    return fig
+
+
+def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figure:
+    """Stall seconds and stall fraction over the sizes of one or two cache tiers."""
+    names = list(records[0]["sizes"])
+    y_name, x_name = (names + [None])[:2] if len(names) == 2 else (None, names[0])
+    xs = sorted({r["sizes"][x_name] for r in records})
+    ys = sorted({r["sizes"][y_name] for r in records}) if y_name else [0]
+    steps = records[0]["steps"]
+    grid = {key: np.full((len(ys), len(xs)), np.nan) for key in ("stall_ms_per_step", "stall_fraction")}
+    for r in records:
+        i = ys.index(r["sizes"][y_name]) if y_name else 0
+        j = xs.index(r["sizes"][x_name])
+        grid["stall_ms_per_step"][i, j] = r["stall_seconds"] / steps * 1e3
+        grid["stall_fraction"][i, j] = r["stall_fraction"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    titles = {"stall_ms_per_step": "mean stall per step (ms)", "stall_fraction": "stall fraction of run time"}
+    for ax, key in zip(axes, grid):
+        values = grid[key]
+        im = ax.imshow(values, origin="lower", aspect="auto", cmap="magma_r")
+        fig.colorbar(im, ax=ax, label=titles[key])
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8,
+                        color="white" if im.norm(v) > 0.55 else "black")
+        ax.set_xticks(range(len(xs)), [format_bytes(x * row_bytes) for x in xs], rotation=30)
+        ax.set_xlabel(f"{x_name} tier size")
+        if y_name:
+            ax.set_yticks(range(len(ys)), [format_bytes(y * row_bytes) for y in ys])
+            ax.set_ylabel(f"{y_name} tier size")
+        else:
+            ax.set_yticks([])
+        ax.grid(False)
+        ax.set_title(titles[key])
+    fig.suptitle(f"Stall vs cache tier sizes over {steps} steps (darker: more stall; other tiers as declared)")
+    return fig
+
+
+def mrc_figure(sizes: np.ndarray, exact: np.ndarray, estimates: Sequence[np.ndarray], rate: float,
+               row_bytes: int) -> plt.Figure:
+    """Exact LRU miss-ratio curve, and the SHARDS estimates over several hash seeds as a mean and a band."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(sizes, exact, color="black", lw=2, label="exact LRU (Mattson stack distance)")
+    if len(estimates):
+        est = np.asarray(estimates)
+        mae = float(np.mean(np.abs(est - exact)))
+        ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3,
+                        label=f"SHARDS range over {len(est)} hash seeds")
+        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--",
+                label=f"SHARDS mean, R={rate:g} (mean abs. error {mae:.4f})")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("LRU cache size (rows)")
+    ax.set_ylabel("miss ratio")
+    _bytes_top_axis(ax, row_bytes)
+    ax.legend(fontsize=8)
+    ax.set_title("Miss-ratio curve: exact vs SHARDS sampling")
+    return fig
+
+
+def zipf_figure(counts: np.ndarray, alpha: float | None) -> plt.Figure:
+    """Requests per row by popularity rank (log-log) with the maximum-likelihood Zipf law."""
+    c = np.sort(counts[counts > 0])[::-1].astype(float)
+    ranks = np.arange(1, c.size + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    # thin the points evenly in log rank: millions of markers say nothing more than a thousand
+    keep = np.unique(np.geomspace(1, c.size, min(c.size, 2000)).astype(np.int64)) - 1
+    ax.plot(ranks[keep], c[keep], ".", ms=3, label=f"trace ({c.size:,} distinct rows)")
+    if alpha is not None:
+        expected = c.sum() * ranks ** -alpha / np.sum(ranks ** -alpha)
+        ax.plot(ranks, expected, color="tab:red", lw=1.5, label=f"Zipf fit, alpha = {alpha:.3f} (MLE)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("row popularity rank")
+    ax.set_ylabel("requests for the row")
+    ax.legend()
+    ax.set_title("Access frequency by rank")
+    return fig
+
+
+def cxl_figure(records: Sequence[Mapping]) -> plt.Figure:
+    """Stall fraction and tokens (or requests) per second vs CXL latency, CXL as a cache tier above the
+    store and CXL as the store, against the declared hierarchy without CXL."""
+    base = next(r for r in records if r["cxl_role"] is None)
+    rate_key = "tokens_per_s" if "tokens_per_s" in base else "requests_per_s"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, key, label in ((axes[0], "stall_fraction", "stall fraction of run time"),
+                           (axes[1], rate_key, rate_key.replace("_per_s", " per second"))):
+        for role, marker in (("cache", "o"), ("store", "s")):
+            line = sorted((r["cxl_latency_ns"], r[key]) for r in records if r["cxl_role"] == role)
+            if line:
+                name = next(r["label"] for r in records if r["cxl_role"] == role).split(" @ ")[0]
+                ax.plot(*zip(*line), marker=marker, label=f"{name} ({'above the store' if role == 'cache' else 'replaces the store'})")
+        ax.axhline(base[key], color="gray", ls="--", label=f"without CXL ({base['label']})")
+        ax.set_xlabel("CXL read latency (ns)")
+        ax.set_ylabel(label)
+        top = max(r[key] for r in records) * 1.15
+        ax.set_ylim(-0.03 * top, top)  # markers at zero stay visible
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("CXL memory swapped into the hierarchy, at several CXL latencies")
+    return fig
+
+
+def cost_figure(frontier: Mapping) -> plt.Figure:
+    """Cost vs stall fraction of every simulated hierarchy, the frontier and the budget's cheapest."""
+    points = frontier["points"]
+    cost = np.array([p["cost_usd"] for p in points])
+    stall = np.array([p["stall_fraction"] for p in points])
+    front = np.array([p["on_frontier"] for p in points])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(cost[~front], stall[~front], s=18, color="tab:gray", alpha=0.7, label="simulated hierarchy")
+    order = np.argsort(cost[front])
+    ax.plot(cost[front][order], stall[front][order], "o-", color="tab:blue", ms=5, drawstyle="steps-post",
+            label="cost frontier, numbered by cost (no cheaper point stalls less)")
+    for rank, (c, s) in enumerate(zip(cost[front][order], stall[front][order]), 1):
+        ax.annotate(str(rank), (c, s), textcoords="offset points", xytext=(3, 3), fontsize=7, color="tab:blue")
+    ax.axhline(frontier["budget"], color="tab:red", ls=":", label=f"stall budget {frontier['budget']:.0%}")
+    best = frontier["cheapest"]
+    if best is not None:
+        ax.plot(best["cost_usd"], best["stall_fraction"], "*", color="tab:red", ms=14,
+                label=f"cheapest within budget: ${best['cost_usd']:,.2f}\n{best['label']}")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"${x:,.2f}"))
+    ax.set_xlabel("memory cost (USD, all tiers incl. the store)")
+    ax.set_ylabel("stall fraction of run time")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.set_title("Cost vs stall")
+    return fig
+
+
+def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Figure:
+    """Per step: fetch time vs the compute window (stall shaded), and rows served by each tier."""
+    fetch, window, stall = (np.asarray(per_step[k]) for k in ("fetch_s", "window_s", "stall_s"))
+    steps = np.arange(fetch.size)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
+    top.plot(steps, fetch * 1e3, lw=1, label="fetch time")
+    top.plot(steps, window * 1e3, lw=1, color="black", ls="--", label="compute window")
+    top.fill_between(steps, window * 1e3, fetch * 1e3, where=stall > 0, color="tab:red", alpha=0.3, label="stall")
+    top.set_ylabel("milliseconds per step")
+    top.set_yscale("symlog", linthresh=1e-3)
+    top.legend(fontsize=8)
+    served = np.asarray([per_step["served"][n] for n in tier_names], dtype=float)
+    bottom.stackplot(steps, served, labels=list(tier_names), alpha=0.8)
+    bottom.set_ylabel("unique rows served per step")
+    bottom.set_xlabel("step")
+    bottom.legend(fontsize=8, loc="upper right")
+    fig.suptitle("Per-step fetch, stall and the tier serving each row")
+    return fig

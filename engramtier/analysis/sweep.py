@@ -1,0 +1,168 @@
+"""Sweeps: many cache sizes and policies (hit rate), many hierarchies (stall), each point one JSON record.
+
+One-tier hit rates come from `engramtier.cache.mrc`: the exact LRU curve in one pass (`lru_mrc`,
+identical to replaying LRU at each size), every other policy replayed once per size on parallel
+threads (`mrc.sweep`). Stall needs the whole hierarchy and the timing model, so each point is one
+`simulate` run; the runs share the read-only trace and go to a thread pool (the compiled drivers
+release the GIL, so threads use every core without copying the trace into processes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from engramtier.analysis.config import TimingConfig
+from engramtier.cache.hierarchy import Hierarchy, TierSpec
+from engramtier.cache.mrc import lru_mrc, sweep
+from engramtier.cache.policy import PolicyContext
+from engramtier.cache.simulator import SimResult, simulate
+from engramtier.cache.timing import tier_model
+from engramtier.errors import EngramTierError
+from engramtier.trace.rowtrace import RowTrace
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def hit_rate_sweep(trace: RowTrace, policies: Sequence[str], sizes: Sequence[int], workers: int | None = None,
+                   progress: bool = True) -> list[dict]:
+    """One record per (policy, size): hits of a single cache of ``size`` rows over the whole trace."""
+    sizes = np.asarray(sorted(set(int(s) for s in sizes)), np.int64)
+    if sizes.size == 0:
+        raise EngramTierError("hit-rate sweep: no sizes; give [sweep] sizes = [\"16MiB\", ...] or rows")
+    ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts)
+    records = []
+    for policy in tqdm(policies, desc="policy sweep", unit="policy", disable=not progress):
+        if policy == "lru":
+            curve = lru_mrc(trace.rows, sizes)
+        else:
+            curve = sweep(trace.rows, policy, sizes, ctx, workers=workers or default_workers())
+        records += [{"experiment": "hit_rate", "policy": policy, "size_rows": int(s),
+                     "size_bytes": int(s) * trace.row_bytes, "hits": int(h), "requests": curve.requests,
+                     "hit_rate": int(h) / curve.requests}
+                    for s, h in zip(curve.sizes, curve.hits)]
+    return records
+
+
+def step_seconds(trace: RowTrace, timing: TimingConfig):
+    """(window, compute) seconds per step of ``trace`` under ``timing`` (per-token figures need the
+    trace's ``rows_per_token``)."""
+    rows_per_token = trace.meta.get("rows_per_token")
+    if (timing.window_per_token_s is not None or timing.compute_per_token_s is not None) and not rows_per_token:
+        raise EngramTierError("timing: per-token seconds need a trace that records rows_per_token; "
+                              "give window_s (seconds per step) instead")
+    tokens = np.diff(trace.step_starts) / rows_per_token if rows_per_token else None
+    return timing.per_step(tokens)
+
+
+def simulate_point(trace: RowTrace, hierarchy: Hierarchy, timing: TimingConfig, progress: bool = False) -> SimResult:
+    window, compute = step_seconds(trace, timing)
+    return simulate(trace, hierarchy, compute_window_s=window, step_compute_s=compute, overlap=timing.overlap,
+                    progress=progress)
+
+
+def point_record(experiment: str, label: str, result: SimResult, **extra) -> dict:
+    """A simulation as one JSON record: the summary (tiers included) without the repeated config."""
+    summary = result.summary()
+    summary.pop("config")
+    return {"experiment": experiment, "label": label, **extra, **summary}
+
+
+def simulate_many(trace: RowTrace, points: Sequence[tuple[dict, Hierarchy]], timing: TimingConfig,
+                  workers: int | None = None, progress: bool = True, desc: str = "simulate") -> list[SimResult]:
+    """`simulate` each hierarchy of ``points`` (``(label fields, hierarchy)``) on a thread pool, in order."""
+    step_seconds(trace, timing)  # refuse a bad timing before any thread starts
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, \
+            tqdm(total=len(points), desc=desc, unit="run", disable=not progress) as bar:
+        futures = [pool.submit(simulate_point, trace, h, timing) for _, h in points]
+        results = []
+        for f in futures:
+            results.append(f.result())
+            bar.update(1)
+    return results
+
+
+def with_capacities(hierarchy: Hierarchy, rows: Mapping[str, int]) -> Hierarchy:
+    """``hierarchy`` with the cache tiers named in ``rows`` resized."""
+    unknown = set(rows) - {t.name for t in hierarchy.caches}
+    if unknown:
+        raise EngramTierError(f"sweep: no cache tier named {sorted(unknown)[0]!r}; "
+                              f"cache tiers are {', '.join(t.name for t in hierarchy.caches)}")
+    return Hierarchy(tuple(replace(t, capacity=rows[t.name]) if t.name in rows else t for t in hierarchy.tiers),
+                     hierarchy.mode)
+
+
+def cxl_tier(latency_s: float, rows: int | None = None, policy: str | None = None) -> TierSpec:
+    """A tier named ``cxl`` with the default CXL model at ``latency_s``: a cache of ``rows`` under
+    ``policy``, or (``rows`` None) a store holding the whole table."""
+    return TierSpec("cxl", rows, policy, {}, replace(tier_model("cxl"), latency_s=float(latency_s)))
+
+
+def with_cxl(hierarchy: Hierarchy, role: str, latency_s: float, rows: int | None = None,
+             policy: str | None = None) -> Hierarchy:
+    """``hierarchy`` with CXL memory swapped in. ``role="cache"``: a CXL tier of ``rows`` just above the
+    backing store, under ``policy`` (default: the last cache tier's); ``role="store"``: CXL replaces the
+    backing store and holds the whole table."""
+    if any(t.name == "cxl" for t in hierarchy.tiers):
+        raise EngramTierError("CXL sweep: the hierarchy has a tier named 'cxl' already; the sweep adds its own, "
+                              "so declare the hierarchy without it")
+    if role == "store":
+        return Hierarchy(hierarchy.caches + (cxl_tier(latency_s),), hierarchy.mode)
+    if role != "cache":
+        raise EngramTierError(f"CXL sweep: unknown role '{role}'; choose cache or store")
+    policy = policy or (hierarchy.caches[-1].policy if hierarchy.caches else "lru")
+    return Hierarchy(hierarchy.caches + (cxl_tier(latency_s, int(rows), policy), hierarchy.store), hierarchy.mode)
+
+
+def _label(rows: Mapping[str, int], row_bytes: int) -> str:
+    return " ".join(f"{name}={format_bytes(r * row_bytes)}" for name, r in rows.items())
+
+
+def stall_sweep(trace: RowTrace, hierarchy: Hierarchy, tier_rows: Mapping[str, Sequence[int]], timing: TimingConfig,
+                workers: int | None = None, progress: bool = True) -> list[dict]:
+    """One record per combination of the cache tier sizes in ``tier_rows`` (every other tier as declared)."""
+    names = list(tier_rows)
+    combos = [dict(zip(names, c)) for c in itertools.product(*(tier_rows[n] for n in names))]
+    points = [(c, with_capacities(hierarchy, c)) for c in combos]
+    results = simulate_many(trace, points, timing, workers, progress, desc="stall sweep")
+    return [point_record("stall", _label(c, trace.row_bytes), r, sizes=c) for c, r in zip(combos, results)]
+
+
+CXL_ROLES = ("cache", "store")
+
+
+def cxl_sweep(trace: RowTrace, hierarchy: Hierarchy, cxl_rows: int, latencies_ns: Sequence[float],
+              timing: TimingConfig, policy: str | None = None, workers: int | None = None,
+              progress: bool = True) -> list[dict]:
+    """The hierarchy as declared (``cxl_role`` None), then at each latency with a CXL cache tier of
+    ``cxl_rows`` above the store, and with CXL in place of the store (see `with_cxl`)."""
+    points = [({"cxl_role": None, "cxl_latency_ns": None}, hierarchy)]
+    points += [({"cxl_role": role, "cxl_latency_ns": float(ns)}, with_cxl(hierarchy, role, ns * 1e-9, cxl_rows, policy))
+               for role in CXL_ROLES for ns in latencies_ns]
+    results = simulate_many(trace, points, timing, workers, progress, desc="cxl sweep")
+
+    def label(p: dict) -> str:
+        if p["cxl_role"] is None:
+            return " > ".join(t.name for t in hierarchy.tiers)
+        what = f"cxl cache {format_bytes(cxl_rows * trace.row_bytes)}" if p["cxl_role"] == "cache" else "cxl store"
+        return f"{what} @ {p['cxl_latency_ns']:g} ns"
+
+    return [point_record("cxl", label(p), r, **p) for (p, _), r in zip(points, results)]
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (binary units, three significant digits; 1000 and up take the next unit, so
+    1023.9 KiB reads '1 MiB', not '1.02e+03 KiB')."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while abs(n) >= 1000 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{int(n)} B" if i == 0 else f"{n:.3g} {units[i]}"
