@@ -128,7 +128,7 @@ def test_unknown_policy_is_refused_by_make_policy_naming_the_tier():
 
 def test_unknown_policy_parameter_is_refused_naming_the_tier():
     h = Hierarchy((spec(params={"windows": 3}), STORE))
-    with pytest.raises(EngramTierError, match="tier 'gpu': policy 'lru' params"):
+    with pytest.raises(EngramTierError, match="tier 'gpu': policy 'lru': unknown parameter\\(s\\) windows"):
         h.build_policies(PolicyContext(n_keys=1000), 160)
 
 

@@ -15,7 +15,6 @@ known. Relative paths are read relative to the TOML file.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -24,20 +23,9 @@ from typing import Any, Mapping
 from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, parse_size
 from engramtier.cache.policy import policy_names
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, refuse_unknown
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
-
-
-def refuse_unknown_keys(names, valid, where: str, what: str = "key") -> None:
-    """One line for the first of ``names`` (keys of a table, or values) not in ``valid``, with the
-    closest valid one."""
-    valid = tuple(valid)
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(str(name), valid, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise EngramTierError(f"{where}: unknown {what} '{name}': {hint}choose one of {', '.join(valid)}")
 
 
 def size_to_rows(size: int | str, row_bytes: int, where: str) -> int:
@@ -162,7 +150,7 @@ def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] 
 
 def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) -> ExperimentConfig:
     where = str(path)
-    refuse_unknown_keys(doc, SECTIONS, where)
+    refuse_unknown(doc, SECTIONS, where)
     for name in SECTIONS:
         if name in doc and not isinstance(doc[name], Mapping):
             raise EngramTierError(f"{where}: '{name}' must be a table ([{name}]), got {doc[name]!r}")
@@ -180,7 +168,7 @@ def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) ->
 
 def _typed(table: Mapping[str, Any], cls, where: str) -> dict:
     """``table``'s keys checked against ``cls``'s fields, lists made tuples, numbers type-checked."""
-    refuse_unknown_keys(table, [f.name for f in fields(cls)], where)
+    refuse_unknown(table, [f.name for f in fields(cls)], where)
     defaults = cls()
     out = {}
     for key, value in table.items():
@@ -204,7 +192,7 @@ def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
     cfg = TraceConfig(**_typed(table, TraceConfig, where))
     if cfg.file is not None and not isinstance(cfg.file, str):
         raise EngramTierError(f"{where}: 'file' must be a path string, got {cfg.file!r}")
-    refuse_unknown_keys([cfg.source], TRACE_SOURCES, where, "source")
+    refuse_unknown([cfg.source], TRACE_SOURCES, where, "source")
     if cfg.source == "text" and not cfg.paths:
         raise EngramTierError(f"{where}: source = \"text\" needs paths = [\"notes/\", ...]")
     if cfg.source == "file" and not cfg.file:
@@ -231,7 +219,7 @@ def _hierarchy(table: Mapping[str, Any], where: str) -> Hierarchy:
         text = str(err)
         raise EngramTierError(text if text.startswith(where) else f"{where}: {text}") from None
     for tier in hierarchy.caches:
-        refuse_unknown_keys([tier.policy], policy_names(), f"{where}: tier '{tier.name}'", "policy")
+        refuse_unknown([tier.policy], policy_names(), f"{where}: tier '{tier.name}'", "policy")
     return hierarchy
 
 
@@ -259,7 +247,7 @@ def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) ->
     if not isinstance(cfg.tier_sizes, Mapping):
         raise EngramTierError(f"{where}: tier_sizes must be a table of tier name = [sizes], e.g. {{ gpu = [\"64MiB\"] }}")
     caches = [t.name for t in hierarchy.caches]
-    refuse_unknown_keys(cfg.tier_sizes, caches, f"{where} tier_sizes")
+    refuse_unknown(cfg.tier_sizes, caches, f"{where} tier_sizes")
     tier_sizes = {}
     for name, sizes in cfg.tier_sizes.items():
         if not isinstance(sizes, list) or not sizes:
@@ -281,7 +269,7 @@ def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) ->
             raise EngramTierError(f"{where}: '{name}' must be an integer >= 1, got {value!r}")
     if any(not isinstance(p, str) for p in cfg.policies):
         raise EngramTierError(f"{where}: policies must be a list of policy names, e.g. [\"lru\", \"s3fifo\"]")
-    refuse_unknown_keys(cfg.policies + ((cfg.cxl_policy,) if cfg.cxl_policy else ()), policy_names(), where, "policy")
+    refuse_unknown(cfg.policies + ((cfg.cxl_policy,) if cfg.cxl_policy else ()), policy_names(), where, "policy")
     return replace(cfg, tier_sizes=tier_sizes)
 
 
@@ -291,7 +279,7 @@ def _check_size(size, where: str) -> None:
 
 
 def _cost_config(table: Mapping[str, Any], where: str) -> CostConfig:
-    refuse_unknown_keys(table, [f.name for f in fields(CostConfig)], where)
+    refuse_unknown(table, [f.name for f in fields(CostConfig)], where)
     prices = dict(DEFAULT_USD_PER_GB)
     given = table.get("usd_per_gb", {})
     if not isinstance(given, Mapping):

@@ -14,7 +14,6 @@ table) and `build_policies` (policy names and parameters, delegated to `make_pol
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +21,7 @@ from typing import Any, Mapping
 
 from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.cache.timing import TierModel, tier_model
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, refuse_unknown
 
 MODES = ("inclusive", "exclusive")
 
@@ -163,10 +162,6 @@ class Hierarchy:
         for tier, rows in zip(self.caches, self.capacities(ctx.n_keys, row_bytes)):
             try:
                 policies.append(make_policy(tier.policy, rows, ctx, **tier.params))
-            except TypeError as err:  # a parameter the policy's builder does not take
-                raise EngramTierError(
-                    f"tier '{tier.name}': policy '{tier.policy}' params {dict(tier.params)}: {err}"
-                ) from None
             except EngramTierError as err:
                 raise EngramTierError(f"tier '{tier.name}': {err}") from None
         return policies
@@ -175,7 +170,7 @@ class Hierarchy:
     def from_dict(cls, d: Mapping[str, Any], where: str = "hierarchy") -> "Hierarchy":
         """Build from what a TOML file holds: ``{"mode": ..., "tier": [{"name", "capacity", "policy",
         "params", "model"}, ...]}``; ``model`` is a default's name or a table of `TierModel` fields."""
-        _refuse_unknown_keys(d, ("mode", "tier"), where)
+        refuse_unknown(d, ("mode", "tier"), where)
         tiers = d.get("tier")
         if not isinstance(tiers, list) or not tiers:
             raise EngramTierError(f"{where}: 'tier' must be a non-empty list of tier tables, fastest first")
@@ -184,14 +179,14 @@ class Hierarchy:
             at = f"{where}: tier[{i}]"
             if not isinstance(t, Mapping):
                 raise EngramTierError(f"{at} must be a table with name, capacity, policy, model, got {t!r}")
-            _refuse_unknown_keys(t, tuple(f.name for f in dataclasses.fields(TierSpec)), at)
+            refuse_unknown(t, tuple(f.name for f in dataclasses.fields(TierSpec)), at)
             if "name" not in t or "model" not in t:
                 raise EngramTierError(
                     f"{at} needs a 'name' and a 'model' (a default model's name or a table of fields)"
                 )
             model = t["model"]
             if isinstance(model, Mapping):
-                _refuse_unknown_keys(model, tuple(f.name for f in dataclasses.fields(TierModel)), f"{at}.model")
+                refuse_unknown(model, tuple(f.name for f in dataclasses.fields(TierModel)), f"{at}.model")
                 try:
                     model = TierModel(**{"name": t["name"], **model})
                 except TypeError as err:
@@ -201,11 +196,3 @@ class Hierarchy:
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "tier": [t.to_dict() for t in self.tiers]}
-
-
-def _refuse_unknown_keys(d: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
-    for key in d:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise EngramTierError(f"{where}: unknown key '{key}': {hint}valid keys are {', '.join(valid)}")

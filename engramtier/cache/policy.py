@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 from numba.experimental import jitclass
 
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, refuse_unknown
 
 
 @dataclass
@@ -93,14 +93,7 @@ def policy_names() -> list[str]:
 def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> Any:
     """Build the policy called ``name`` holding at most ``capacity`` rows."""
     _load_builtins()
-    if name not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise EngramTierError(
-            f"unknown policy '{name}': {hint}choose one of {', '.join(sorted(_REGISTRY))}"
-        )
+    refuse_unknown([name], sorted(_REGISTRY), what="policy")
     if int(capacity) != capacity or capacity <= 0:
         raise EngramTierError(f"policy '{name}': capacity must be a positive number of rows, got {capacity}")
     if capacity > ctx.n_keys:

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, refuse_unknown
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,7 @@ def default_tier_models() -> dict[str, TierModel]:
 def tier_model(name: str) -> TierModel:
     """The default model called ``name``; an unknown name is refused with the closest known one."""
     models = default_tier_models()
-    if name not in models:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), models, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise EngramTierError(f"unknown tier model '{name}': {hint}choose one of {', '.join(models)}")
+    refuse_unknown([name], models, what="tier model")
     return models[name]
 
 
