@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engramtier.analysis.report import write_report
-from engramtier.analysis.rundir import RunDir
+from engramtier.rundir import RunDir
 from engramtier.cache.mrc import lru_mrc
 from engramtier.cli import main
 from engramtier.errors import EngramTierError

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from engramtier.analysis.rundir import RunDir
+from engramtier.rundir import RunDir
 from engramtier.cli import main
 from engramtier.trace.tracefile import load_trace
 

@@ -132,7 +132,7 @@ def run_simulate(args) -> None:
     from engramtier.analysis.config import load_config
     from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
     from engramtier.analysis.report import write_report
-    from engramtier.analysis.rundir import RunDir
+    from engramtier.rundir import RunDir
     from engramtier.trace.tracefile import load_trace
 
     if args.hierarchy:
@@ -157,7 +157,7 @@ def run_sweep(args) -> None:
     from engramtier.analysis.config import load_config
     from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
     from engramtier.analysis.report import write_report
-    from engramtier.analysis.rundir import RunDir
+    from engramtier.rundir import RunDir
 
     cfg = load_config(args.config, overrides={"sweep": {"workers": args.workers}} if args.workers else None)
     sw = cfg.sweep
@@ -184,7 +184,7 @@ def run_mrc(args) -> None:
     from engramtier.analysis.config import size_to_rows
     from engramtier.analysis.experiment import mrc_stage, trace_summary
     from engramtier.analysis.report import write_report
-    from engramtier.analysis.rundir import RunDir
+    from engramtier.rundir import RunDir
     from engramtier.trace.tracefile import load_trace
 
     trace = load_trace(args.trace)

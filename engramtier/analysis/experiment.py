@@ -25,7 +25,7 @@ import numpy as np
 from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
-from engramtier.analysis.rundir import RunDir
+from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, point_record, simulate_point,
                                        stall_sweep)
 from engramtier.errors import EngramTierError

@@ -16,7 +16,7 @@ from pathlib import Path
 from engramtier.analysis.config import ExperimentConfig, load_config
 from engramtier.analysis.experiment import STAGES, TRACE_FILE, Experiment, build_trace
 from engramtier.analysis.report import write_report
-from engramtier.analysis.rundir import RunDir
+from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import format_bytes, with_capacities
 
 TINY_TEXT_CHARS = 4000

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engramtier.analysis.rundir import FIGURES, REPORTS, RunDir
+from engramtier.rundir import FIGURES, REPORTS, RunDir
 
 CAPTIONS = {
     "zipf_rank": "Requests per table row by popularity rank, with the maximum-likelihood Zipf law.",
