@@ -1,0 +1,319 @@
+"""A small decoder-only language model with Engram layers at chosen blocks.
+
+The model reads and predicts *base* tokenizer ids; Engram's compression to canonical ids happens only
+for hashing, through a lookup buffer. All Engram layers' row ids are computed once, when the forward
+pass begins, and requested from the row source at that moment, so that a tiered source has the whole
+attention-and-MLP time of the preceding blocks to bring the rows in.
+
+The residual stream has ``hc_mult`` branches (Engram gates each branch separately). The blocks read
+the mean of the branches and add their output to every branch: fixed, uniform hyper-connections, a
+stand-in for DeepSeek's learned ones; with hc_mult = 1 it is the ordinary residual stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engramtier.errors import EngramTierError
+from engramtier.model.engram import EngramLayer, TrainableTable
+from engramtier.model.hashing import HashConfig, NgramHasher
+from engramtier.model.rows import RowFormat
+from engramtier.model.rowsource import RowSource
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model's shape; round-trips through JSON.
+
+    vocab_size  base tokenizer vocabulary (input and output ids)
+    tokenizer   base tokenizer: a built-in name, or a tokenizer.json path relative to the run directory
+    engram      the hash config of the Engram layers (its layer_ids index the blocks), None for none
+    row_dim     D, values per table row; row_format the byte layout of the table (`RowFormat`)
+    """
+
+    vocab_size: int
+    tokenizer: str = "deepseek"
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 0  # 0: SwiGLU's usual 8/3 * d_model, rounded up to a multiple of 64
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    hc_mult: int = 1
+    engram: HashConfig | None = None
+    row_dim: int = 32
+    row_format: str = "bf16"
+    conv_kernel: int = 4
+
+    def __post_init__(self):
+        if isinstance(self.engram, dict):
+            self.engram = HashConfig.from_dict(self.engram)
+        if self.d_mlp == 0:
+            self.d_mlp = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        problems = []
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            problems.append(f"d_model {self.d_model} must split into {self.n_heads} heads of even width")
+        if self.engram is not None and max(self.engram.layer_ids) >= self.n_layers:
+            problems.append(f"Engram layer ids {list(self.engram.layer_ids)} exceed the {self.n_layers} blocks")
+        if min(self.vocab_size, self.n_layers, self.hc_mult, self.conv_kernel, self.max_seq_len) < 1:
+            problems.append("vocab_size, n_layers, hc_mult, conv_kernel and max_seq_len must be positive")
+        if problems:
+            raise EngramTierError("model config: " + "; ".join(problems))
+        RowFormat(self.row_format, self.row_dim)  # refuse a bad format or dim now, not at the first forward
+
+    @property
+    def format(self) -> RowFormat:
+        return RowFormat(self.row_format, self.row_dim)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["engram"] = self.engram.to_dict() if self.engram is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise EngramTierError(f"model config: unknown keys {sorted(unknown)}; was it written by a newer engramtier?")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def lookup_digest(lookup: np.ndarray) -> str:
+    """Identifies a compression map: equal digests compress every base id to the same canonical id."""
+    return hashlib.sha256(np.ascontiguousarray(lookup, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def engram_hash_config(tokenizer, tokenizer_name: str, table_sizes, layer_ids, n_heads: int, seed: int = 0) -> HashConfig:
+    """The hash config of a `CompressedTokenizer`, with its compression map's digest as provenance."""
+    return HashConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, table_sizes=tuple(table_sizes),
+                      layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer=tokenizer_name,
+                      tokenizer_digest=lookup_digest(tokenizer.lookup))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding on [B, heads, T, hd], pairing the two halves of each head."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Incremental decoding state of a batch: per block the attention keys and values (preallocated
+    to ``max_len``), Engram's last N-1 canonical ids (the next tokens' N-grams reach back into them),
+    and each Engram layer's ShortConv state."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        head_dim = config.d_model // config.n_heads
+        shape = (config.n_layers, batch_size, config.n_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+        hash_config = config.engram
+        self.recent_ids = None if hash_config is None else torch.full(
+            (batch_size, hash_config.max_ngram_size - 1), hash_config.pad_id, dtype=torch.int64, device=device)
+        self.conv_states: dict[int, torch.Tensor] = {}
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None, layer: int) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        start = 0 if cache is None else cache.length
+        if cache is not None:
+            cache.keys[layer, :, :, start : start + length] = k
+            cache.values[layer, :, :, start : start + length] = v
+            k, v = cache.keys[layer, :, :, : start + length], cache.values[layer, :, :, : start + length]
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new queries sit after the cached keys: query i sees keys up to start + i
+            visible = torch.arange(start + length, device=x.device) <= start + torch.arange(length, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+        return self.out(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_mlp, bias=False)
+        self.up = nn.Linear(config.d_model, config.d_mlp, bias=False)
+        self.down = nn.Linear(config.d_mlp, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """[Engram] -> attention -> MLP, each added to the residual stream."""
+
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        hash_config = config.engram
+        self.engram = None
+        if hash_config is not None and layer in hash_config.layer_ids:
+            self.engram = EngramLayer(config.d_model, hash_config.heads_per_layer, config.format,
+                                      hash_config.max_ngram_size, config.hc_mult, config.conv_kernel, config.norm_eps)
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, h, cos, sin, engram_rows, cache: KVCache | None) -> torch.Tensor:
+        """h [B, T, hc, d]; ``engram_rows`` this block's rows when it holds an Engram layer."""
+        if self.engram is not None:
+            update, conv_state = self.engram(h, engram_rows, None if cache is None else cache.conv_states.get(self.layer))
+            if cache is not None:
+                cache.conv_states[self.layer] = conv_state
+            h = h + update
+        h = h + self.attn(self.attn_norm(h.mean(dim=2)), cos, sin, cache, self.layer).unsqueeze(2)
+        return h + self.mlp(self.mlp_norm(h.mean(dim=2))).unsqueeze(2)
+
+
+class EngramLM(nn.Module):
+    """The language model. ``compress_lookup`` maps base ids to canonical ids (needed with Engram).
+
+    ``trainable_table`` gives the model its own float32 table to train; without it, every forward
+    pass must be handed a row source holding the table in ``config.row_format``.
+    """
+
+    def __init__(self, config: ModelConfig, compress_lookup: np.ndarray | None = None,
+                 trainable_table: bool = True, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        head_dim = config.d_model // config.n_heads
+        freqs = config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.hasher = self.table = None
+        if config.engram is not None:
+            self.hasher = NgramHasher(config.engram)
+            self.register_buffer("compress_lookup", self._check_lookup(compress_lookup), persistent=False)
+            if trainable_table:
+                self.table = TrainableTable(self.hasher.n_rows, config.row_dim)
+        self._init_weights(seed)
+
+    def _check_lookup(self, lookup) -> torch.Tensor:
+        hash_config = self.config.engram
+        if lookup is None:
+            raise EngramTierError("model: an Engram model needs the tokenizer's compression lookup (CompressedTokenizer.lookup)")
+        lookup = torch.as_tensor(np.asarray(lookup, dtype=np.int64))
+        if lookup.shape != (self.config.vocab_size,) or int(lookup.min()) < 0 or int(lookup.max()) >= hash_config.vocab_size:
+            raise EngramTierError(
+                f"model: the compression lookup (shape {list(lookup.shape)}) must map {self.config.vocab_size} base ids "
+                f"into [0, {hash_config.vocab_size}); it comes from another tokenizer"
+            )
+        if hash_config.tokenizer_digest and lookup_digest(lookup.numpy()) != hash_config.tokenizer_digest:
+            raise EngramTierError(
+                f"model: the tokenizer's compression map (digest {lookup_digest(lookup.numpy())}) is not the one the hash "
+                f"config was made for ({hash_config.tokenizer_digest}); load tokenizer '{hash_config.tokenizer}'"
+            )
+        return lookup
+
+    @torch.no_grad()
+    def _init_weights(self, seed: int) -> None:
+        """GPT-2 style initialisation from two generators, one for the backbone and one for Engram, so
+        that a model with and without Engram starts from the same backbone weights. Table rows start
+        as small as token embeddings: rows of unit scale would add noise many times larger than the
+        embeddings to the residual stream, and training first has to undo it."""
+        backbone, engram = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+        engram_parts = [b.engram for b in self.blocks if b.engram is not None]
+        if self.table is not None:
+            engram_parts.append(self.table)
+        engram_modules = {id(m) for part in engram_parts for m in part.modules()}
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding, TrainableTable)):
+                std = residual_std if name.endswith(("attn.out", "mlp.down")) else 0.02
+                _normal_(module.weight, std, engram if id(module) in engram_modules else backbone)
+
+    def num_params(self) -> dict:
+        table = self.table.weight.numel() if self.table is not None else (self.hasher.n_rows * self.config.row_dim if self.hasher else 0)
+        dense = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("table."))
+        return {"dense": dense, "table": table, "total": dense + table}
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        max_len = max_len or self.config.max_seq_len
+        if max_len > self.config.max_seq_len:
+            raise EngramTierError(f"model: a cache of {max_len} positions exceeds max_seq_len {self.config.max_seq_len}")
+        return KVCache(self.config, batch_size, max_len, self.rope_cos.device, self.tok_emb.weight.dtype)
+
+    def row_ids(self, base_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Global row ids [B, T, layers, (N-1)*H] of every Engram layer for these positions; with a
+        cache, the N-grams reach back into the tokens decoded before (and the cache remembers these)."""
+        canonical = self.compress_lookup[base_ids]
+        if cache is None:
+            return self.hasher.hash_torch(canonical)
+        context = torch.cat([cache.recent_ids, canonical], dim=1)
+        cache.recent_ids = context[:, context.shape[1] - cache.recent_ids.shape[1] :]
+        return self.hasher.hash_torch(context)[:, context.shape[1] - canonical.shape[1] :]
+
+    def _request_rows(self, base_ids, rows: RowSource | None, cache: KVCache | None) -> dict:
+        """Ask the row source for every Engram layer's rows now; the blocks collect them later."""
+        if self.hasher is None:
+            return {}
+        source = rows if rows is not None else self.table
+        if source is None:
+            raise EngramTierError("model: this model holds no trainable table; pass rows=FlatRowSource(...) or another row source")
+        if rows is not None and (rows.row_bytes != self.config.format.row_bytes or rows.n_rows != self.hasher.n_rows):
+            raise EngramTierError(
+                f"model: the row source holds {rows.n_rows} rows of {rows.row_bytes} B, the model needs {self.hasher.n_rows} "
+                f"rows of {self.config.format.row_bytes} B ({self.config.row_format}[{self.config.row_dim}]); open the model's own table"
+            )
+        ids = self.row_ids(base_ids, cache)
+        return {layer: source.prefetch(ids[:, :, i]) for i, layer in enumerate(self.config.engram.layer_ids)}
+
+    def forward(self, base_ids: torch.Tensor, rows: RowSource | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab] for base ids [B, T] (right padding never changes earlier positions).
+
+        ``rows`` is the row source of the Engram table (default: the trainable table); with
+        ``kv_cache`` the ids continue the cached sequences and the cache advances past them.
+        """
+        length = base_ids.shape[1]
+        start = 0 if kv_cache is None else kv_cache.length
+        limit = self.config.max_seq_len if kv_cache is None else kv_cache.max_len
+        if start + length > limit:
+            raise EngramTierError(f"model: {start + length} positions exceed the limit of {limit}; shorten the input or raise max_seq_len")
+        handles = self._request_rows(base_ids, rows, kv_cache)
+        cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
+        h = self.tok_emb(base_ids).unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1)
+        for block in self.blocks:
+            engram_rows = handles[block.layer].wait() if block.engram is not None else None
+            h = block(h, cos, sin, engram_rows, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += length
+        x = self.norm(h.mean(dim=2))
+        return self.lm_head(x) if self.lm_head is not None else x @ self.tok_emb.weight.t()
+
+
+def _normal_(weight: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """Fill from a CPU generator (reproducible on any device) and copy into place."""
+    weight.copy_(torch.empty(weight.shape).normal_(0.0, std, generator=generator))

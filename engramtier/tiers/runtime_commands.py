@@ -1,0 +1,208 @@
+"""`engramtier replay` and `engramtier generate`: the Engram model served from a tiered table.
+
+Both take a run directory of `engramtier train`; its table's LMDB copy (the nvme tier) is built into
+``RUN/table.lmdb`` on first use unless ``--table`` names one. The hierarchy comes from ``--hierarchy``
+(a TOML of ``[[tier]]`` tables, or an experiment file's ``[hierarchy]``) or is the default gpu (LRU,
+1/64 of the rows) -> dram (S3-FIFO, 1/8) -> nvme.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engramtier.errors import EngramTierError
+
+_REPLAY_EXAMPLES = """\
+examples:
+  # a trained run, its table tiered by the default hierarchy, the shipped sample text as prefill batches
+  engramtier replay --run runs/train-1 --mode prefill --batch 4 --seq-len 128 --out runs/replay-1
+
+  # no trained run: a random-initialised model (written to OUT/model) replayed as decode steps
+  engramtier replay --mode decode --requests 8 --seq-len 64 --prompt-len 16 --hierarchy tiers.toml
+
+A hierarchy file:
+  mode = "exclusive"
+  [[tier]]
+  name = "gpu"
+  capacity = "4MiB"
+  policy = "lru"
+  model = "hbm"
+  [[tier]]
+  name = "dram"
+  capacity = 200000
+  policy = "s3fifo"
+  model = "dram"
+  [[tier]]
+  name = "nvme"
+  model = "nvme"
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay text through the Engram model with a tiered and a flat table; outputs must match bitwise",
+        description="Run text (as prefill or decode steps) through an Engram model twice: with its table flat in "
+        "memory and served by a TieredTable (gpu -> dram -> nvme). Checks the outputs are bitwise equal and that "
+        "the simulator predicts the runtime's hit counts exactly; writes per-step JSON lines and a summary.",
+        epilog=_REPLAY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", dest="run_dir", help="run directory of `engramtier train` (default: a random-initialised model)")
+    p.add_argument("--text", help="text file or directory to replay (default: the shipped sample text)")
+    _serving_options(p)
+    p.add_argument("--mode", choices=["prefill", "decode"], default="prefill", help="how tokens form steps")
+    p.add_argument("--batch", type=int, default=4, help="sequences per prefill step (default 4)")
+    p.add_argument("--requests", type=int, default=4, help="sequences decoded together (default 4)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence window (default 128)")
+    p.add_argument("--prompt-len", type=int, default=0, help="decode: tokens of the first step (default 0: one)")
+    p.add_argument("--max-tokens", type=int, default=8192, help="tokens of text to replay at most (default 8192)")
+    p.add_argument("--out", help="run directory for the results (default: runs/replay-<time>)")
+    random_init = p.add_argument_group("random-initialised model (without --run)")
+    random_init.add_argument("--tokenizer", default="bpe:512", help="base tokenizer; bpe:N learns one from --text")
+    random_init.add_argument("--d-model", type=int, default=64)
+    random_init.add_argument("--layers", type=int, default=4)
+    random_init.add_argument("--heads", type=int, default=4)
+    random_init.add_argument("--engram-layers", type=int, nargs="+", default=[1, 3])
+    random_init.add_argument("--table-size", type=int, default=20011, help="rows per sub-table")
+    random_init.add_argument("--hash-heads", type=int, default=4)
+    random_init.add_argument("--row-dim", type=int, default=32)
+    random_init.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_replay)
+
+    g = subparsers.add_parser(
+        "generate",
+        help="generate text from a trained Engram model whose table is served from tiers",
+        description="Batched greedy or top-k generation with the KV cache; the Engram table is served by a "
+        "TieredTable (prefetch at forward entry). Prints each prompt's continuation, then a tier report.",
+    )
+    g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train`")
+    g.add_argument("--prompts", default="-", help="file with one prompt per line, or - for stdin (default)")
+    _serving_options(g)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--top-k", type=int, default=0, help="0 or 1: greedy (default); k > 1: sample from the top k")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch", type=int, default=8, help="prompts generated together (default 8)")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of text and a table")
+    g.set_defaults(run=_run_generate)
+
+
+def _serving_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", help="the LMDB table (default: RUN/table.lmdb, built from RUN/table on first use)")
+    p.add_argument("--hierarchy", help="hierarchy TOML (default: gpu LRU 1/64 -> dram S3-FIFO 1/8 -> nvme)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="compute device (default: cuda if present)")
+    p.add_argument("--readers", type=int, default=4, help="NVMe reader threads (default 4)")
+
+
+def _serve(args: argparse.Namespace, run_dir, record_trace: bool):
+    """(loaded run, TieredTable) for ``run_dir`` as the serving options say."""
+    import torch
+
+    from engramtier.model.train import load_model
+    from engramtier.tiers.tiered import lmdb_table_for, load_hierarchy, open_for_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngramTierError("--device cuda: CUDA is not available here; use --device cpu")
+    loaded = load_model(run_dir, device=device)
+    if loaded.model.config.engram is None:
+        raise EngramTierError(f"run {run_dir}: the model has no Engram layers, so it has no table to tier")
+    hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
+    table_path = args.table or lmdb_table_for(run_dir)
+    table = open_for_model(loaded.model, table_path, hierarchy, device=device, readers=args.readers,
+                           record_trace=record_trace)
+    return loaded, table
+
+
+def _run_replay(args: argparse.Namespace) -> None:
+    from engramtier.rundir import RunDir
+    from engramtier.tiers.replay import random_run, replay, text_batches
+    from engramtier.trace.build import StepPlan
+    from engramtier.trace.sources import sample_text_dir
+
+    text = args.text or str(sample_text_dir())
+    plan = StepPlan(mode=args.mode, batch=args.batch, seq_len=args.seq_len, requests=args.requests,
+                    prompt_len=args.prompt_len)
+    if args.max_tokens < 1:
+        raise EngramTierError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    out = RunDir.create(args.out, "replay", {k: v for k, v in vars(args).items() if not callable(v)})
+    run_dir = args.run_dir
+    if run_dir is None:
+        run_dir = random_run(out.path / "model", text, tokenizer=args.tokenizer, seed=args.seed,
+                             d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                             engram_layers=tuple(args.engram_layers), table_size=args.table_size,
+                             hash_heads=args.hash_heads, row_dim=args.row_dim)
+    loaded, table = _serve(args, run_dir, record_trace=True)
+    with table:
+        batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
+        summary, records = replay(loaded.model, loaded.rows, table, batches, plan)
+    summary["run"] = str(run_dir)
+    out.update_config(config={"hierarchy": summary["table"]["hierarchy"], "plan": summary["plan"]},
+                      fingerprint=summary["table"]["fingerprint"])
+    out.append(records)
+    out.write_summary(summary)
+    print(_replay_report(summary, out.path))
+    if not summary["bitwise_equal"]:
+        raise EngramTierError(
+            f"replay: the tiered table's outputs differ from the flat table's from step {summary['first_unequal_step']} "
+            f"on; the rows it served are wrong (details in {out.path})"
+        )
+    if not summary["simulated"]["hits_equal"]:
+        raise EngramTierError(f"replay: the simulator's hit counts differ from the runtime's (details in {out.path})")
+
+
+def _replay_report(summary: dict, path) -> str:
+    flat, tiered = summary["flat"], summary["tiered"]
+    lines = [
+        f"replay of {summary['steps']} steps ({summary['plan']['mode']}): outputs bitwise equal: "
+        f"{'yes' if summary['bitwise_equal'] else 'NO'}; simulator hit counts equal: "
+        f"{'yes' if summary['simulated']['hits_equal'] else 'NO'}",
+        f"flat table   {flat['tokens_per_s']:10.1f} tokens/s",
+        f"tiered table {tiered['tokens_per_s']:10.1f} tokens/s, stall {tiered['stall_seconds']:.4f} s "
+        f"({100 * tiered['stall_fraction']:.2f}% of the run)",
+        _tier_table(summary["tiers"]),
+        f"results in {path}",
+    ]
+    return "\n".join(lines)
+
+
+def _tier_table(tiers: list[dict]) -> str:
+    rows = [f"{'tier':8} {'policy':8} {'lookups':>9} {'hits':>9} {'hit rate':>8} {'bytes read':>11} "
+            f"{'promoted':>9} {'evicted':>9}"]
+    for t in tiers:
+        name = t["name"] + (" (emulated)" if t.get("emulated") else "")
+        rows.append(f"{name:8} {str(t['policy'] or '-'):8} {t['lookups']:9d} {t['hits']:9d} {t['hit_rate']:8.3f} "
+                    f"{t['bytes_read']:11d} {t['promoted']:9d} {t['evicted']:9d}")
+    return "\n".join(rows)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from engramtier.tiers.generate import generate
+
+    if args.prompts == "-":
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    else:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise EngramTierError(f"--prompts {path}: no such file; give a file with one prompt per line, or -")
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    loaded, table = _serve(args, args.run_dir, record_trace=False)
+    with table:
+        texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,
+                                 top_k=args.top_k, temperature=args.temperature, seed=args.seed,
+                                 batch_size=args.batch, device=table.device)
+        table.finish()
+        stats = table.stats()
+    if args.json:
+        print(json.dumps({"outputs": [{"prompt": p, "continuation": t} for p, t in zip(prompts, texts)],
+                          **totals, "table": stats}))
+        return
+    for prompt, text in zip(prompts, texts):
+        print(f"{prompt}{text}\n")
+    print(f"{totals['generated_tokens']} tokens in {totals['seconds']:.2f} s ({totals['tokens_per_s']:.1f} tokens/s); "
+          f"stall {stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)")
+    print(_tier_table(stats["tiers"]))

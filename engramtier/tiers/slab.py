@@ -1,0 +1,166 @@
+"""A cache tier: a slab of ``capacity_rows`` slots plus the map saying which table row is in which slot.
+
+The gpu, dram and cxl tiers differ only in where the slab lives and how rows are copied in and out;
+the bookkeeping is here. ``slot_of`` holds one int32 per table row (-1 = absent) so that a lookup is
+one array index, like the policies' own maps; ``id_of`` holds the row in each slot (-1 = free).
+
+The tier does not choose what to keep: the runtime's policy picks victims and slots, then calls
+`write_slots` and `evict`. `write` is the convenience form that reuses a row's slot or takes free ones.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from engramtier.errors import EngramTierError
+from engramtier.tiers.base import Tier, available_host_bytes, check_fits
+
+
+def _copy_rows(src, src_index, dst, dst_index):
+    """``dst[dst_index[i]] = src[src_index[i]]``, with a byte loop that numba turns into wide moves.
+
+    A slice assignment per row would build two array views per row and run several times slower.
+    An empty index array means "row i" (identity), so gather and scatter share this one loop.
+    """
+    width = src.shape[1]
+    n = src_index.size if src_index.size else dst_index.size
+    for i in prange(n):
+        s = src_index[i] if src_index.size else i
+        d = dst_index[i] if dst_index.size else i
+        for j in range(width):
+            dst[d, j] = src[s, j]
+
+
+# One source, two builds: the serial one wins on small batches (a parallel launch costs tens of
+# microseconds, far more on a busy machine), the parallel one on large batches with idle cores.
+_copy_rows_serial = njit(nogil=True, cache=True)(_copy_rows)
+_copy_rows_parallel = njit(nogil=True, parallel=True, cache=True)(_copy_rows)
+_NO_INDEX = np.empty(0, np.int64)
+
+
+def copy_rows(src: np.ndarray, src_index: np.ndarray | None, dst: np.ndarray, dst_index: np.ndarray | None,
+              parallel_min_rows: int) -> None:
+    """Copy rows between host arrays; identity where an index is None; threads from ``parallel_min_rows`` rows."""
+    src_index = _NO_INDEX if src_index is None else src_index
+    dst_index = _NO_INDEX if dst_index is None else dst_index
+    n = max(src_index.size, dst_index.size)
+    kernel = _copy_rows_parallel if n >= parallel_min_rows else _copy_rows_serial
+    kernel(src, src_index, dst, dst_index)
+
+
+class SlabTier(Tier):
+    """Slots and slot map shared by every cache tier; subclasses own the slab and the copies."""
+
+    def __init__(self, n_table_rows: int, capacity_rows: int, row_bytes: int, model: Any) -> None:
+        super().__init__(n_table_rows, capacity_rows, row_bytes, model)
+        map_bytes = 4 * self.n_table_rows + 8 * self.capacity_rows
+        slab_bytes = self.capacity_rows * self.row_bytes
+        room, where = self._slab_room()
+        host = available_host_bytes()
+        if where is None:  # the slab lives in host memory too
+            check_fits(self.name, map_bytes + slab_bytes, host, "host memory")
+        else:
+            check_fits(self.name, map_bytes, host, "host memory (slot map)")
+            check_fits(self.name, slab_bytes, room, where)
+        self.slot_of = np.full(self.n_table_rows, -1, np.int32)
+        self.id_of = np.full(self.capacity_rows, -1, np.int64)
+        self.evictions = 0
+
+    def _slab_room(self) -> tuple[int, str | None]:
+        """Free bytes where the slab will live and a name for that place; None: host memory."""
+        return 0, None
+
+    @abstractmethod
+    def _gather(self, slots: np.ndarray, out: Any) -> None:
+        """Copy the rows in ``slots`` into ``out``."""
+
+    @abstractmethod
+    def _scatter(self, slots: np.ndarray, rows: Any) -> None:
+        """Copy ``rows`` into ``slots``."""
+
+    def occupancy(self) -> int:
+        return int(np.count_nonzero(self.id_of >= 0))
+
+    def contains(self, ids: Any) -> np.ndarray:
+        return self.slot_of[self._ids(ids)] >= 0
+
+    def read(self, ids: Any, out: Any) -> None:
+        ids = self._ids(ids)
+        self._gather(self._held_slots(ids), out)
+        self._count_read(ids.size)
+
+    def write_slots(self, slots: Any, ids: Any, rows: Any) -> None:
+        """Put ``rows[i]`` (row ``ids[i]``) into slot ``slots[i]``, replacing what the slot held.
+
+        A row already held in a different slot is refused: it would be held twice and one copy would go
+        stale. Evict it first, or write it to its own slot.
+        """
+        ids = self._ids(ids)
+        slots = np.ascontiguousarray(slots, dtype=np.int64).reshape(-1)
+        if slots.size != ids.size:
+            raise EngramTierError(f"{self.name} tier: {slots.size} slots given for {ids.size} rows")
+        if slots.size and (slots.min() < 0 or slots.max() >= self.capacity_rows):
+            raise EngramTierError(
+                f"{self.name} tier: slot numbers must lie in 0..{self.capacity_rows - 1}, "
+                f"got {int(slots.min())}..{int(slots.max())}"
+            )
+        if np.unique(slots).size != slots.size or np.unique(ids).size != ids.size:
+            raise EngramTierError(f"{self.name} tier: a write names the same slot or row twice; deduplicate it")
+        held = self.slot_of[ids]
+        moved = (held >= 0) & (held != slots)
+        if moved.any():
+            i = int(np.flatnonzero(moved)[0])
+            raise EngramTierError(
+                f"{self.name} tier: row {ids[i]} is already held in slot {held[i]}, not slot {slots[i]}; "
+                "evict it first"
+            )
+        self._scatter(slots, rows)
+        replaced = self.id_of[slots]
+        replaced = replaced[(replaced >= 0) & (replaced != ids)]
+        self.slot_of[replaced] = -1
+        self.evictions += replaced.size
+        self.id_of[slots] = ids
+        self.slot_of[ids] = slots
+        self._count_write(ids.size)
+
+    def write(self, ids: Any, rows: Any) -> None:
+        """Store rows: a held row is overwritten in place, a new row takes a free slot."""
+        ids = self._ids(ids)
+        slots = self.slot_of[ids].astype(np.int64)
+        new = slots < 0
+        n_new = int(np.count_nonzero(new))
+        if n_new:
+            free = np.flatnonzero(self.id_of < 0)
+            if free.size < n_new:
+                raise EngramTierError(
+                    f"{self.name} tier: {n_new} new rows but only {free.size} free slots of "
+                    f"{self.capacity_rows}; evict rows first or let a policy choose slots (write_slots)"
+                )
+            slots[new] = free[:n_new]
+        self.write_slots(slots, ids, rows)
+
+    def evict(self, ids: Any) -> np.ndarray:
+        """Drop rows ``ids`` (all must be held) and return the slots they free."""
+        ids = self._ids(ids)
+        slots = self._held_slots(ids)
+        self.slot_of[ids] = -1
+        self.id_of[slots] = -1
+        self.evictions += ids.size
+        return slots
+
+    def stats(self) -> dict:
+        return {**super().stats(), "occupancy": self.occupancy(), "evictions": self.evictions}
+
+    def _held_slots(self, ids: np.ndarray) -> np.ndarray:
+        slots = self.slot_of[ids]
+        if slots.size and slots.min() < 0:
+            missing = ids[slots < 0]
+            raise EngramTierError(
+                f"{self.name} tier: {missing.size} of {ids.size} rows are not held (first: row {missing[0]}); "
+                "check contains() and read those from a lower tier"
+            )
+        return slots.astype(np.int64)

@@ -1,0 +1,735 @@
+"""The TieredTable: an Engram table served from a hierarchy of tiers, behind the model's `RowSource`.
+
+A step is one forward pass. The model asks for every Engram layer's rows at forward entry, one
+`prefetch` per layer, all before it computes anything (`EngramLM._request_rows`); the table collects
+``layers_per_step`` consecutive calls into one step, so that a step holds the rows of a forward pass in
+the order of a trace file (per token, its rows in (layer, order, head) order) and the runtime makes
+the decisions a simulation of that trace makes. Per step, in a background thread:
+
+1. dedup: the step's unique rows in first-occurrence order (`unique_per_step`, as the simulator);
+2. decide: the same `Engine` the simulator runs, fed this step, its policies kept across steps, says
+   which tier serves each row and which rows each cache admits and evicts;
+3. plan slots: each cache tier's events are replayed on its slot map (`plan_slots`): an admitted row
+   takes its victim's slot, or a free one; an exclusive tier frees the slot of a row that moves up;
+4. gather: every row the step needs (its own, and rows demoted into a tier from outside the step) is
+   read from the fastest tier that holds it *now*, before any slot changes: the engine's contract
+   (gather first, then apply fills in event order), and byte-exact because every copy of a row is the
+   same bytes. Reads are ordered by source tier, so each tier fills one contiguous run of a reused
+   staging buffer (NVMe reads go through the store's reader threads);
+5. apply: rows leaving a tier are evicted, arriving rows written into their planned slots, so each
+   cache tier's slab holds exactly what its policy holds at every step boundary;
+6. expand: the unique rows are copied out in request order, on the compute device.
+
+`wait` returns them and records the stall: wall-clock time blocked on the CPU; on a GPU the time the
+compute stream sat idle, from CUDA events around the wait. Hit counts are the engine's, so they equal
+the simulator's on the same row trace exactly; bytes read are what the tiers actually read.
+
+Offline policies (belady, lookahead) need the future of the trace: pass it in ``ctx``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from numba import njit
+
+from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
+from engramtier.cache.hierarchy import Hierarchy, TierSpec
+from engramtier.cache.policy import PolicyContext, is_compiled
+from engramtier.errors import EngramTierError
+from engramtier.tiers.cxl import CxlTier
+from engramtier.tiers.dram import DramTier
+from engramtier.tiers.gpu import GpuTier
+from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.slab import SlabTier, copy_rows
+from engramtier.trace.rowtrace import RowTrace
+
+# A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).
+STORAGE = {"gpu": GpuTier, "hbm": GpuTier, "dram": DramTier, "cxl": CxlTier}
+PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all numba threads
+
+
+@njit(nogil=True, cache=True)
+def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_free, mark, step, touched,
+               before, after):
+    """Replay one cache tier's events of a step (an `Engine` stream) on its slot map.
+
+    A lookup the tier missed and admitted (``victim`` = what ``admit`` returned: -1, a victim, or the
+    row itself when declined) takes the victim's slot or pops a free one; for an exclusive lower tier
+    (``exclusive_lower``) a lookup hit frees the row's slot (the row moves up) and a DEMOTE event
+    (-1 - row) is admitted the same way. ``free[:n_free[0]]`` is the stack of free slots, updated to
+    the step's end. Each slot touched is listed once in ``touched`` with its row ``before`` and
+    ``after`` the step (``mark[slot] == step`` once listed); ``slot_of``/``id_of`` are left as they
+    were, because the rows move only after the step's gather. Returns (slots touched, -1), or the
+    index of the first event the map contradicts (a policy admitting into a full tier, a victim not
+    held).
+    """
+    n = 0
+    bad = -1
+    for j in range(events.size):
+        e = events[j]
+        if e >= 0 and exclusive_lower:
+            if not hit[j]:
+                continue
+            s = slot_of[e]
+            if s < 0:
+                bad = j
+                break
+            if mark[s] != step:
+                mark[s] = step
+                touched[n] = s
+                before[n] = id_of[s]
+                n += 1
+            slot_of[e] = -1
+            id_of[s] = -1
+            free[n_free[0]] = s
+            n_free[0] += 1
+            continue
+        if e >= 0:
+            if hit[j]:
+                continue
+            k = e
+        else:
+            k = -1 - e
+        v = victim[j]
+        if v == k:
+            continue
+        if v < 0:
+            if n_free[0] == 0:
+                bad = j
+                break
+            n_free[0] -= 1
+            s = free[n_free[0]]
+        else:
+            s = slot_of[v]
+            if s < 0:
+                bad = j
+                break
+            slot_of[v] = -1
+        if mark[s] != step:
+            mark[s] = step
+            touched[n] = s
+            before[n] = id_of[s]
+            n += 1
+        id_of[s] = k
+        slot_of[k] = s
+    for i in range(n):
+        after[i] = id_of[touched[i]]
+    for i in range(n):  # undo, latest occupants first, then the occupants at the start
+        if after[i] >= 0:
+            slot_of[after[i]] = -1
+    for i in range(n):
+        id_of[touched[i]] = before[i]
+        if before[i] >= 0:
+            slot_of[before[i]] = touched[i]
+    return n, bad
+
+
+@njit(nogil=True, cache=True)
+def _positions(stamp, keys, first, rank, out):
+    """``out[i]`` = row of ``keys[i]`` in the staging buffer: its position among the step's needed rows
+    (``stamp[key] - first``, see `unique_per_step`) through ``rank`` (needed row -> staging row)."""
+    for i in range(keys.size):
+        out[i] = rank[stamp[keys[i]] - first]
+
+
+@njit(nogil=True)
+def _held_keys(policy, n_keys, out):
+    n = 0
+    for k in range(n_keys):
+        if policy.contains(k):
+            out[n] = k
+            n += 1
+    return n
+
+
+def held_keys(policy: Any, n_keys: int) -> np.ndarray:
+    """The rows a policy holds (a static hot set starts full), scanned once when the table opens."""
+    out = np.empty(int(policy.occupancy()), np.int64)
+    n = (_held_keys if is_compiled(policy) else _held_keys.py_func)(policy, n_keys, out)
+    return out[:n]
+
+
+class _Grow:
+    """A reused array that grows (never shrinks): `take(n)` is a view of its first ``n`` rows."""
+
+    def __init__(self, dtype: Any, row_shape: tuple[int, ...] = (), pinned: bool = False) -> None:
+        self.dtype, self.row_shape, self.pinned = dtype, row_shape, pinned
+        self.array = self._allocate(0)
+
+    def _allocate(self, n: int) -> np.ndarray:
+        if self.pinned:  # page-locked, so that copies to the GPU are DMAs off the compute stream
+            dtype = torch.from_numpy(np.empty(0, self.dtype)).dtype
+            return torch.empty((n, *self.row_shape), dtype=dtype, pin_memory=True).numpy()
+        return np.empty((n, *self.row_shape), self.dtype)
+
+    def take(self, n: int) -> np.ndarray:
+        if self.array.shape[0] < n:
+            self.array = self._allocate(max(n, 2 * self.array.shape[0]))
+        return self.array[:n]
+
+
+class _SlotPlan:
+    """The runtime's bookkeeping for one cache tier: its free slots and the slot changes of a step."""
+
+    def __init__(self, tier: SlabTier, exclusive_lower: bool) -> None:
+        self.tier = tier
+        self.exclusive_lower = exclusive_lower
+        free = np.flatnonzero(tier.id_of < 0)[::-1]  # popped from the end: lowest slot first
+        self.free = np.empty(tier.capacity_rows, np.int64)
+        self.free[: free.size] = free
+        self.n_free = np.array([free.size], np.int64)
+        self.mark = np.full(tier.capacity_rows, -1, np.int64)
+        self.touched, self.before, self.after = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
+        self.n = 0
+
+    def plan(self, stream: Any, step: int, name: str) -> None:
+        n_events = stream.events.size
+        touched, before, after = self.touched.take(n_events), self.before.take(n_events), self.after.take(n_events)
+        self.n, bad = plan_slots(stream.events, stream.hit, stream.victim, self.exclusive_lower, self.tier.slot_of,
+                                 self.tier.id_of, self.free, self.n_free, self.mark, step, touched, before, after)
+        if bad >= 0:
+            raise EngramTierError(
+                f"tiered table: tier '{name}': its policy's decision at step {step} (event {bad}) contradicts the "
+                "tier's slots (a policy admitting beyond its capacity or evicting a row it does not hold); "
+                "check the policy against the policy interface"
+            )
+
+    def arrivals(self) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, rows) that change occupant in the planned step."""
+        touched, before, after = self.touched.array[: self.n], self.before.array[: self.n], self.after.array[: self.n]
+        arrive = (after >= 0) & (after != before)
+        return touched[arrive], after[arrive]
+
+    def leaving(self) -> np.ndarray:
+        """Rows that leave their slot in the planned step (gone, or moved to another slot)."""
+        before, after = self.before.array[: self.n], self.after.array[: self.n]
+        return before[(before >= 0) & (before != after)]
+
+
+@dataclass
+class StepRecord:
+    """What one step asked for, what served it, and what it cost."""
+
+    requests: int
+    submitted: float
+    unique: int = 0
+    served: list[int] = field(default_factory=list)
+    fetch_s: float = 0.0
+    stall_s: float = 0.0
+    step_s: float | None = None
+    cuda_stall: list[tuple[Any, Any]] = field(default_factory=list)
+
+
+class _StepRows:
+    """The rows of one step, shared by its layers' handles: the fetch's future of (rows, CUDA event or
+    None), set when the step starts, and the rows once collected."""
+
+    def __init__(self, table: "TieredTable") -> None:
+        self.table = table
+        self.record: StepRecord | None = None
+        self.future: Future | None = None
+        self.grouped = False
+        self.layer_shape: tuple[int, ...] = ()
+        self.rows: torch.Tensor | None = None
+
+    def collect(self) -> torch.Tensor:
+        if self.future is None:
+            raise self.table._incomplete_step()
+        if self.rows is not None:
+            return self.rows
+        device = self.table.device
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record(stream)
+            rows, event = self.future.result()
+            stream.wait_event(event)
+            rows.record_stream(stream)  # made on the fetch stream, used on this one
+            end.record(stream)
+            self.record.cuda_stall.append((begin, end))
+        else:
+            start = time.perf_counter()
+            rows, _ = self.future.result()
+            self.record.stall_s += time.perf_counter() - start
+        shape = (*self.layer_shape[:-1], self.table.layers_per_step, self.layer_shape[-1]) if self.grouped \
+            else self.layer_shape
+        self.rows = rows.view(*shape, self.table.row_bytes)
+        return self.rows
+
+
+class RowsHandle:
+    """One `prefetch` call's rows: `wait` returns uint8 [*row_ids.shape, row_bytes] on the compute device."""
+
+    def __init__(self, step_rows: _StepRows, layer: int) -> None:
+        self.step_rows, self.layer = step_rows, layer
+
+    def wait(self) -> torch.Tensor:
+        rows = self.step_rows.collect()
+        return rows.select(-3, self.layer) if self.step_rows.grouped else rows
+
+
+class TieredTable:
+    """An Engram table in a hierarchy of tiers (`Hierarchy`: caches fastest first, then the store).
+
+    ``store``: the table's LMDB copy (`NvmeTier`), the source of truth; the cache tiers are built from
+    the hierarchy's specs: storage by tier name or model name (gpu/hbm, dram, cxl), capacity in rows or
+    bytes, the named policy. ``device``: where `wait` delivers rows (default cuda if available); the
+    gpu tier lives there (emulated in host memory on a CPU). ``layers_per_step``: consecutive
+    `prefetch` calls forming one step (the model's number of Engram layers). ``ctx``: the policies'
+    `PolicyContext` (the trace for offline policies, a profile for static placement).
+    ``record_trace``: keep every step's row ids, so that `recorded_trace` can be simulated.
+    """
+
+    def __init__(self, hierarchy: Hierarchy | Mapping[str, Any], store: NvmeTier, *, device: Any = None,
+                 layers_per_step: int = 1, ctx: PolicyContext | None = None, record_trace: bool = False) -> None:
+        self.hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
+        self.store = store
+        self.n_rows, self.row_bytes = store.n_table_rows, store.row_bytes
+        self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EngramTierError(f"tiered table: device {self.device} requested but CUDA is not available; use --device cpu")
+        if int(layers_per_step) != layers_per_step or layers_per_step < 1:
+            raise EngramTierError(f"tiered table: layers_per_step must be a positive whole number, got {layers_per_step}")
+        self.layers_per_step = int(layers_per_step)
+        ctx = ctx or PolicyContext(n_keys=self.n_rows)
+        if ctx.n_keys != self.n_rows:
+            raise EngramTierError(
+                f"tiered table: the policy context is for {ctx.n_keys} rows, the table at {store.path} has {self.n_rows}"
+            )
+        self.capacities = self.hierarchy.capacities(self.n_rows, self.row_bytes)
+        self.engine = Engine(self.hierarchy.build_policies(ctx, self.row_bytes), self.hierarchy.mode, self.n_rows)
+        self.caches: list[SlabTier] = []
+        try:
+            for spec, rows in zip(self.hierarchy.caches, self.capacities):
+                self.caches.append(self._cache_tier(spec, rows))
+            self._preload()
+        except BaseException:
+            for tier in self.caches:  # the store is the caller's until the table exists
+                tier.close()
+            raise
+        exclusive = self.hierarchy.mode == "exclusive"
+        self._plans = [_SlotPlan(tier, exclusive and i > 0) for i, tier in enumerate(self.caches)]
+        self._device_tier = self.device.type == "cuda" and bool(self.caches) and isinstance(self.caches[0], GpuTier) \
+            and not self.caches[0].emulated
+        self._stamp = np.full(self.n_rows, -1, np.int64)
+        self._first = 0  # offset of this step's needed rows in `_stamp` (see `unique_per_step`)
+        self._requests = 0  # requests before this step: its trace position t0
+        self._bounds = np.zeros(2, np.int64)
+        self._unique_starts = np.zeros(2, np.int64)
+        self._keys, self._ts, self._needed = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
+        self._rank, self._select, self._arrival_index = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
+        pinned = self.device.type == "cuda"
+        self._staging = _Grow(np.uint8, (self.row_bytes,), pinned)
+        self._arrival_rows = _Grow(np.uint8, (self.row_bytes,))
+        self._device_staging = torch.empty((0, self.row_bytes), dtype=torch.uint8, device=self.device)
+        self._fetch_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="tiered-fetch")
+        self._pending: list[torch.Tensor] = []
+        self._group: _StepRows | None = None
+        self._steps: list[StepRecord] = []
+        self._trace: list[np.ndarray] | None = [] if record_trace else None
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every kernel of a step once on nothing, so that compiling (the engine's drivers) and loading
+        them from numba's cache happen now and not in the first step's stall."""
+        nothing, no_rows = np.empty(0, np.int64), np.empty((0, self.row_bytes), np.uint8)
+        self.engine.feed(nothing, nothing, np.zeros(2, np.int64))
+        for plan, stream in zip(self._plans, self.engine.streams):
+            plan.plan(stream, -2, "warm-up")
+        unique_per_step(nothing, np.zeros(2, np.int64), 0, self._stamp, 0, nothing, nothing, np.zeros(2, np.int64))
+        _positions(self._stamp, nothing, 0, nothing, nothing)
+        copy_rows(no_rows, nothing, no_rows, None, PARALLEL_MIN_ROWS)
+        for tier in [*self.caches, self.store]:
+            tier.read(nothing, no_rows if not isinstance(tier, GpuTier) or tier.emulated
+                      else torch.empty((0, self.row_bytes), dtype=torch.uint8, device=tier.device))
+
+    @classmethod
+    def open(cls, hierarchy: Hierarchy | Mapping[str, Any], table_path: str | os.PathLike, *,
+             expect_fingerprint: str | None = None, readers: int = 4, **options: Any) -> "TieredTable":
+        """A table over the LMDB table at ``table_path``, refused if built for another hash fingerprint."""
+        hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
+        store = NvmeTier(table_path, readers=readers, expect_fingerprint=expect_fingerprint, model=hierarchy.store.model)
+        try:
+            return cls(hierarchy, store, **options)
+        except BaseException:
+            store.close()
+            raise
+
+    def _cache_tier(self, spec: TierSpec, rows: int) -> SlabTier:
+        kind = STORAGE.get(spec.name) or STORAGE.get(spec.model.name)
+        if kind is None:
+            raise EngramTierError(
+                f"tiered table: cannot tell where cache tier '{spec.name}' lives; name it (or its model) one of "
+                f"{', '.join(STORAGE)}"
+            )
+        options = {"model": spec.model, "parallel_min_rows": PARALLEL_MIN_ROWS}
+        if kind is GpuTier and self.caches and self.device.type == "cuda":
+            raise EngramTierError(f"tier '{spec.name}': a gpu tier must be the first (fastest) tier of the hierarchy")
+        if kind is GpuTier:
+            options["device"] = self.device if self.device.type == "cuda" else "cpu"
+        try:
+            return kind(self.n_rows, rows, self.row_bytes, **options)
+        except EngramTierError as err:
+            raise EngramTierError(f"tier '{spec.name}': {err}") from None
+
+    def _preload(self) -> None:
+        """Copy in the rows a policy holds from the start (a static hot set), from the store."""
+        for tier, policy in zip(self.caches, self.engine.policies):
+            if policy.occupancy():
+                keys = held_keys(policy, self.n_rows)
+                rows = np.empty((keys.size, self.row_bytes), np.uint8)
+                self.store.read(keys, rows)
+                tier.write(keys, rows if tier.device.type == "cpu" else torch.from_numpy(rows).to(tier.device))
+
+    # --- the RowSource protocol ---------------------------------------------------------------------
+
+    def prefetch(self, row_ids: torch.Tensor) -> RowsHandle:
+        """Start fetching the rows of a LongTensor of global row ids (any shape); the step starts once
+        ``layers_per_step`` calls have arrived (or at the first `wait` on an incomplete one)."""
+        if self._closed:
+            raise EngramTierError("tiered table: it was closed; open a new TieredTable")
+        if self._failed is not None:
+            raise EngramTierError(f"tiered table: an earlier step failed ({self._failed}); open a new TieredTable")
+        row_ids = torch.as_tensor(row_ids)
+        if self._pending and row_ids.shape != self._pending[0].shape:
+            raise EngramTierError(
+                f"tiered table: the layers of one step must ask for equally shaped ids, got {tuple(row_ids.shape)} "
+                f"after {tuple(self._pending[0].shape)}"
+            )
+        if not self._pending:
+            self._group = _StepRows(self)
+        self._pending.append(row_ids)
+        handle = RowsHandle(self._group, len(self._pending) - 1)
+        if len(self._pending) == self.layers_per_step:
+            self._submit()
+        return handle
+
+    def _submit(self) -> None:
+        group, pending = self._group, self._pending
+        self._pending = []
+        group.grouped = self.layers_per_step > 1
+        group.layer_shape = tuple(pending[0].shape)
+        ids = torch.stack(pending, dim=-2) if group.grouped else pending[0]
+        host_ids = np.array(ids.detach().to("cpu").numpy(), dtype=np.int64).reshape(-1)  # a copy: the caller may reuse ids
+        if host_ids.size and (host_ids.min() < 0 or host_ids.max() >= self.n_rows):
+            bad = int(host_ids.min()) if host_ids.min() < 0 else int(host_ids.max())
+            raise EngramTierError(
+                f"tiered table: row id {bad} lies outside the table's {self.n_rows} rows; the model and table differ"
+            )
+        now = time.perf_counter()
+        if self._steps and self._steps[-1].step_s is None:
+            self._steps[-1].step_s = now - self._steps[-1].submitted
+        group.record = StepRecord(int(host_ids.size), now)
+        self._steps.append(group.record)
+        if self._trace is not None:
+            self._trace.append(host_ids)
+        group.future = self._worker.submit(self._fetch_or_fail, host_ids, group.record, len(self._steps) - 1)
+
+    def _incomplete_step(self) -> EngramTierError:
+        return EngramTierError(
+            f"tiered table: a step's rows were awaited after {len(self._pending)} of its {self.layers_per_step} "
+            "layers asked for theirs; prefetch every Engram layer of a forward pass before waiting on any"
+        )
+
+    # --- one step, in the fetch thread --------------------------------------------------------------
+
+    def _fetch_or_fail(self, ids: np.ndarray, record: StepRecord, step: int) -> tuple[torch.Tensor, Any]:
+        """`_fetch`, remembering a failure: the policies and slots are then out of step, so no later step may run."""
+        if self._failed is not None:
+            raise EngramTierError(f"tiered table: an earlier step failed ({self._failed}); open a new TieredTable")
+        try:
+            return self._fetch(ids, record, step)
+        except BaseException as err:
+            self._failed = err
+            raise
+
+    def _fetch(self, ids: np.ndarray, record: StepRecord, step: int) -> tuple[torch.Tensor, Any]:
+        start = time.perf_counter()
+        n = ids.size
+        keys, ts = self._keys.take(n), self._ts.take(n)
+        self._bounds[1] = n
+        first = self._first
+        u = int(unique_per_step(ids, self._bounds, self._requests, self._stamp, first, keys, ts, self._unique_starts))
+        self._requests += n
+        served = self.engine.feed(keys[:u], ts[:u], self._unique_starts)
+        for i, (plan, stream) in enumerate(zip(self._plans, self.engine.streams)):
+            plan.plan(stream, step, self.caches[i].name)
+        arrivals = [plan.arrivals() for plan in self._plans]
+
+        # rows demoted into a tier from outside this step are needed too; they get the next positions
+        incoming = np.concatenate([rows for _, rows in arrivals]) if arrivals else np.empty(0, np.int64)
+        extra = np.unique(incoming[self._stamp[incoming] < first])
+        self._stamp[extra] = first + u + np.arange(extra.size)
+        m = u + extra.size
+        needed = self._needed.take(m)
+        needed[:u] = keys[:u]
+        needed[u:] = extra
+        self._first = first + m
+
+        staging, order, on_device = self._gather(needed)
+        rank = self._rank.take(m)
+        rank[order] = np.arange(m)
+        rows = self._deliver(ids, staging, rank, first, n)
+        self._apply(arrivals, staging, rank, first, on_device)
+        event = None
+        if self._fetch_stream is not None:
+            event = torch.cuda.Event()
+            event.record(self._fetch_stream)
+            event.synchronize()  # the pinned staging is reused by the next step
+        record.unique, record.served = u, served[:, 0].tolist()
+        record.fetch_s = time.perf_counter() - start
+        return rows, event
+
+    def _gather(self, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Read ``needed`` rows from the fastest tier holding each, ordered by tier into the staging
+        buffer; returns (staging, order: staging row -> needed index, rows at the front read on the device)."""
+        m = needed.size
+        source = np.full(m, len(self.caches), np.int64)
+        for i in range(len(self.caches) - 1, -1, -1):
+            source[self.caches[i].slot_of[needed] >= 0] = i
+        order = np.argsort(source, kind="stable")
+        bounds = np.searchsorted(source[order], np.arange(len(self.caches) + 2))
+        staging = self._staging.take(m)
+        on_device = 0
+        for i, tier in enumerate([*self.caches, self.store]):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            if lo == hi:
+                continue
+            ids = needed[order[lo:hi]]
+            if i == 0 and self._device_tier:
+                self._device_buffer(m)
+                with torch.cuda.stream(self._fetch_stream):
+                    tier.read(ids, self._device_staging[lo:hi])
+                on_device = hi
+            else:
+                tier.read(ids, staging[lo:hi])
+        if self._fetch_stream is not None and on_device < m:
+            self._device_buffer(m)
+            with torch.cuda.stream(self._fetch_stream):
+                self._device_staging[on_device:m].copy_(torch.from_numpy(staging[on_device:m]), non_blocking=True)
+        return staging, order, on_device
+
+    def _device_buffer(self, m: int) -> None:
+        if self._device_staging.shape[0] < m:
+            with torch.cuda.stream(self._fetch_stream):
+                self._device_staging = torch.empty((max(m, 2 * self._device_staging.shape[0]), self.row_bytes),
+                                                   dtype=torch.uint8, device=self.device)
+
+    def _staging_rows(self, keys: np.ndarray, rank: np.ndarray, first: int) -> np.ndarray:
+        index = self._arrival_index.take(keys.size)
+        _positions(self._stamp, keys, first, rank, index)
+        return index
+
+    def _deliver(self, ids: np.ndarray, staging: np.ndarray, rank: np.ndarray, first: int, n: int) -> torch.Tensor:
+        """The step's rows in request order, a fresh tensor on the compute device."""
+        select = self._select.take(n)
+        _positions(self._stamp, ids, first, rank, select)
+        if self._fetch_stream is None:
+            out = np.empty((n, self.row_bytes), np.uint8)
+            copy_rows(staging, select, out, None, PARALLEL_MIN_ROWS)
+            return torch.from_numpy(out)
+        with torch.cuda.stream(self._fetch_stream):
+            index = torch.from_numpy(select).to(self.device, non_blocking=True)
+            return self._device_staging.index_select(0, index)
+
+    def _apply(self, arrivals: list, staging: np.ndarray, rank: np.ndarray, first: int, on_device: int) -> None:
+        """Move the rows: evict what leaves each cache tier, write what arrives into its planned slot."""
+        for tier, plan, (slots, keys) in zip(self.caches, self._plans, arrivals):
+            leaving = plan.leaving()
+            if leaving.size:
+                tier.evict(leaving)
+            if not keys.size:
+                continue
+            index = self._staging_rows(keys, rank, first)
+            if isinstance(tier, GpuTier) and not tier.emulated:
+                with torch.cuda.stream(self._fetch_stream):
+                    rows = self._device_staging.index_select(0, torch.from_numpy(index).to(self.device))
+                    tier.write_slots(slots, keys, rows)
+                continue
+            rows = self._arrival_rows.take(keys.size)
+            copy_rows(staging, index, rows, None, PARALLEL_MIN_ROWS)
+            from_device = index < on_device  # read from a real gpu tier: those bytes are on the device only
+            if from_device.any():
+                with torch.cuda.stream(self._fetch_stream):
+                    picked = torch.from_numpy(index[from_device]).to(self.device)
+                    rows[from_device] = self._device_staging.index_select(0, picked).cpu().numpy()
+            tier.write_slots(slots, keys, rows)
+
+    # --- results ------------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Wait for every started step and close the last one's step time (call after the last forward)."""
+        if self._pending:
+            raise self._incomplete_step()
+        self._worker.submit(lambda: None).result()  # steps run in order: every earlier one has ended
+        if self._steps and self._steps[-1].step_s is None:
+            self._steps[-1].step_s = time.perf_counter() - self._steps[-1].submitted
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            for record in self._steps:
+                if record.cuda_stall:
+                    record.stall_s = sum(b.elapsed_time(e) / 1e3 for b, e in record.cuda_stall)
+                    record.cuda_stall = []
+
+    def recorded_trace(self, meta: dict | None = None) -> RowTrace:
+        """The row ids of every step so far as a `RowTrace` (needs ``record_trace=True``)."""
+        if self._trace is None:
+            raise EngramTierError("tiered table: no trace was recorded; open it with record_trace=True")
+        if not self._trace:
+            raise EngramTierError("tiered table: no step ran yet, so there is no trace to return")
+        starts = np.zeros(len(self._trace) + 1, np.int64)
+        np.cumsum([ids.size for ids in self._trace], out=starts[1:])
+        return RowTrace(np.concatenate(self._trace), starts, self.n_rows, self.row_bytes, dict(meta or {}))
+
+    def step_records(self) -> list[dict]:
+        """One JSON-ready dict per step: requests, unique rows, rows served per tier, fetch, stall and step seconds."""
+        names = [t.name for t in self.hierarchy.tiers]
+        return [{"step": i, "requests": r.requests, "unique": r.unique, "served": dict(zip(names, r.served)),
+                 "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s}
+                for i, r in enumerate(self._steps)]
+
+    def tier_stats(self) -> list[dict]:
+        """Per tier, fastest first: the engine's counters (the simulator's), ``served_bytes`` (hits x row
+        bytes, the simulator's ``bytes_read``), and what the tier really read (``bytes_read``, ``rows_read``:
+        a row is read from the fastest tier that holds it when the step starts, which can be a tier above
+        the one the policies say served it, and demoted rows are read to be copied down) and wrote."""
+        total = max(sum(r.unique for r in self._steps), 1)
+        out = []
+        for i, spec in enumerate(self.hierarchy.tiers):
+            is_store = i == len(self.caches)
+            tier = self.store if is_store else self.caches[i]
+            if is_store:
+                counts = {**dict.fromkeys(COUNTERS, 0), "lookups": self.engine.store_lookups,
+                          "hits": self.engine.store_lookups}
+            else:
+                counts = dict(zip(COUNTERS, self.engine.counters[i].tolist()))
+            moved = tier.stats()
+            out.append({
+                "name": spec.name, "storage": tier.name, "policy": spec.policy,
+                "capacity_rows": self.n_rows if is_store else tier.capacity_rows, **counts,
+                "hit_rate": counts["hits"] / counts["lookups"] if counts["lookups"] else 0.0,
+                "served_share": counts["hits"] / total, "served_bytes": counts["hits"] * self.row_bytes,
+                "bytes_read": moved["bytes_read"], "rows_read": moved["rows_read"],
+                "rows_written": moved["rows_written"], "emulated": moved.get("emulated", False),
+            })
+        return out
+
+    def stats(self) -> dict:
+        """JSON-ready totals: per tier (`tier_stats`) and per run (steps, requests, stall, fetch, step seconds)."""
+        steps = [r.step_s for r in self._steps if r.step_s is not None]
+        seconds = float(sum(steps))
+        stall = float(sum(r.stall_s for r in self._steps))
+        return {
+            "steps": len(self._steps),
+            "requests": sum(r.requests for r in self._steps),
+            "lookups": sum(r.unique for r in self._steps),
+            "fetch_seconds": float(sum(r.fetch_s for r in self._steps)),
+            "stall_seconds": stall,
+            "step_seconds": seconds,
+            "stall_fraction": stall / seconds if seconds > 0 else 0.0,
+            "mode": self.hierarchy.mode,
+            "device": str(self.device),
+            "row_bytes": self.row_bytes,
+            "n_table_rows": self.n_rows,
+            "fingerprint": self.store.manifest.get("fingerprint"),
+            "tiers": self.tier_stats(),
+            "hierarchy": self.hierarchy.to_dict(),
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._worker.shutdown(wait=True)
+        self._close_tiers()
+
+    def _close_tiers(self) -> None:
+        for tier in [*self.caches, self.store]:
+            tier.close()
+
+    def __enter__(self) -> "TieredTable":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --- serving a trained model ---------------------------------------------------------------------
+
+DEFAULT_TOP_FRACTION, DEFAULT_MIDDLE_FRACTION = 1 / 64, 1 / 8
+LMDB_TABLE = "table.lmdb"  # the LMDB copy of a run's flat table, built next to it when asked for
+
+
+def default_hierarchy(n_rows: int) -> Hierarchy:
+    """gpu (LRU, 1/64 of the rows) -> dram (S3-FIFO, 1/8) -> nvme, inclusive: the serving default."""
+    top = max(1, int(n_rows * DEFAULT_TOP_FRACTION))
+    middle = max(20, int(n_rows * DEFAULT_MIDDLE_FRACTION))  # S3-FIFO's small queue needs 20 rows
+    if middle >= n_rows:
+        raise EngramTierError(f"default hierarchy: a table of {n_rows} rows is too small to tier; give --hierarchy")
+    return Hierarchy.from_dict({"mode": "inclusive", "tier": [
+        {"name": "gpu", "capacity": top, "policy": "lru", "model": "hbm"},
+        {"name": "dram", "capacity": middle, "policy": "s3fifo", "model": "dram"},
+        {"name": "nvme", "model": "nvme"},
+    ]})
+
+
+def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
+    """A hierarchy TOML: ``mode`` and ``[[tier]]`` tables at the top, or under ``[hierarchy]`` (an
+    experiment file's section)."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise EngramTierError(f"{path}: no such hierarchy file; give a .toml with [[tier]] tables, fastest first")
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise EngramTierError(f"{path}: malformed TOML: {err}") from None
+    section = doc.get("hierarchy", doc)
+    if not isinstance(section, Mapping):
+        raise EngramTierError(f"{path}: 'hierarchy' must be a table ([hierarchy]), got {section!r}")
+    return Hierarchy.from_dict(section, where=f"{path}: [hierarchy]" if "hierarchy" in doc else str(path))
+
+
+def lmdb_table_for(run_dir: str | os.PathLike, progress: bool = False) -> str:
+    """The LMDB copy of a run's flat table (``RUN/table.lmdb``), built on first use (resumable)."""
+    from pathlib import Path
+
+    from engramtier.tiers.build import FlatTableRows, build_lmdb_table
+
+    path = Path(run_dir) / LMDB_TABLE
+    build_lmdb_table(FlatTableRows(Path(run_dir) / "table"), path, progress=progress)
+    return str(path)
+
+
+def open_for_model(model: Any, table_path: str | os.PathLike, hierarchy: Hierarchy | None = None, *,
+                   device: Any = None, readers: int = 4, record_trace: bool = False) -> TieredTable:
+    """A TieredTable serving ``model`` (an `EngramLM`): its fingerprint checked, one step per forward."""
+    config = model.config.engram
+    if config is None:
+        raise EngramTierError("tiered table: this model has no Engram layers, so there is no table to serve")
+    store = NvmeTier(table_path, readers=readers, expect_fingerprint=config.fingerprint)
+    try:
+        if store.row_bytes != model.config.format.row_bytes or store.n_table_rows != model.hasher.n_rows:
+            raise EngramTierError(
+                f"tiered table: {table_path} holds {store.n_table_rows} rows of {store.row_bytes} B, the model reads "
+                f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
+            )
+        hierarchy = hierarchy or default_hierarchy(store.n_table_rows)
+        return TieredTable(hierarchy, store, device=device, layers_per_step=len(config.layer_ids),
+                           record_trace=record_trace)
+    except BaseException:
+        store.close()
+        raise

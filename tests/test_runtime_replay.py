@@ -1,0 +1,182 @@
+"""replay and generate: bitwise-equal outputs with a tiered table, the step order of a trace, exact
+batched generation, and the command line's refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from engramtier.cli import main
+from engramtier.model.table import DATA_FILE
+from engramtier.model.train import load_model
+from engramtier.tiers.build import FlatTableRows, build_lmdb_table
+from engramtier.tiers.generate import generate
+from engramtier.tiers.replay import forward_inputs, random_run, replay, text_batches
+from engramtier.tiers.tiered import load_hierarchy, open_for_model
+from engramtier.trace.build import StepPlan
+from engramtier.trace.sources import sample_text_dir
+
+SHAPE = dict(d_model=32, n_layers=3, n_heads=2, engram_layers=(0, 2), table_size=101, hash_heads=2, row_dim=16)
+HIERARCHY = """
+mode = "{mode}"
+[[tier]]
+name = "gpu"
+capacity = 40
+policy = "lru"
+model = "hbm"
+[[tier]]
+name = "dram"
+capacity = "{dram_bytes}B"
+policy = "s3fifo"
+model = "dram"
+[[tier]]
+name = "nvme"
+model = "nvme"
+"""
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    for name in ("tutorial-appetite.rst.txt", "tutorial-interpreter.rst.txt", "tutorial-whatnow.rst.txt"):
+        shutil.copy(sample_text_dir() / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, text):
+    return random_run(tmp_path_factory.mktemp("run") / "model", text, tokenizer="bpe:300", seq_len=32, **SHAPE)
+
+
+def hierarchy_file(tmp_path, mode="inclusive", dram_rows=120):
+    path = tmp_path / f"{mode}-{dram_rows}.toml"
+    path.write_text(HIERARCHY.format(mode=mode, dram_bytes=dram_rows * 32))  # bf16[16]: 32-byte rows
+    return path
+
+
+@pytest.mark.parametrize("mode,plan_args", [
+    ("inclusive", ["--mode", "prefill", "--batch", "3", "--seq-len", "24"]),
+    ("exclusive", ["--mode", "decode", "--requests", "3", "--seq-len", "12", "--prompt-len", "4"]),
+])
+def test_replay_command_is_bitwise_equal_and_predicted(run_dir, text, tmp_path, mode, plan_args):
+    out = tmp_path / "out"
+    argv = ["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(hierarchy_file(tmp_path, mode)),
+            "--max-tokens", "400", "--device", "cpu", "--out", str(out), *plan_args]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"]
+    assert len(records) == summary["steps"] and all(r["equal"] for r in records)
+    gpu, dram, nvme = summary["tiers"]
+    assert dram["hits"] > 0 and nvme["hits"] > 0 and dram["evicted"] > 0
+    assert sum(r["requests"] for r in records) == summary["table"]["requests"]
+    assert summary["flat"]["tokens"] == summary["tiered"]["tokens"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "replay" and config["fingerprint"] == summary["table"]["fingerprint"]
+
+
+def test_replay_catches_a_table_with_other_bytes(run_dir, text, tmp_path, capsys):
+    """Same manifest, one byte changed in every row: the check must fail, not pass vacuously."""
+    altered = tmp_path / "altered"
+    shutil.copytree(run_dir / "table", altered)
+    rows = np.fromfile(altered / DATA_FILE, np.uint8).reshape(-1, 32)
+    rows[:, 0] ^= 1
+    rows.tofile(altered / DATA_FILE)
+    build_lmdb_table(FlatTableRows(altered), tmp_path / "altered.lmdb", progress=False)
+    argv = ["replay", "--run", str(run_dir), "--text", str(text), "--table", str(tmp_path / "altered.lmdb"),
+            "--hierarchy", str(hierarchy_file(tmp_path)), "--max-tokens", "100", "--seq-len", "24",
+            "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "outputs differ from the flat table's from step 0 on" in capsys.readouterr().err
+
+
+def test_a_forward_pass_is_one_step_in_trace_order(run_dir, text, tmp_path):
+    """Each step's recorded rows are the hash of its tokens, per token all layers' rows (b, t, layer, k)."""
+    loaded = load_model(run_dir)
+    plan = StepPlan(mode="decode", requests=2, seq_len=9, prompt_len=3)
+    batches = text_batches(loaded.tokenizer, text, plan, max_tokens=30)
+    with open_for_model(loaded.model, _lmdb(run_dir, tmp_path), load_hierarchy(hierarchy_file(tmp_path)),
+                        device="cpu", record_trace=True) as table:
+        summary, _ = replay(loaded.model, loaded.rows, table, batches, plan)
+        trace = table.recorded_trace()
+    assert summary["bitwise_equal"]
+    canonical = loaded.model.compress_lookup
+    expected, starts = [], [0]
+    for batch in batches:
+        rows = loaded.model.hasher.hash_torch(canonical[batch])  # the whole window at once: [B, T, L, K]
+        lo = 0
+        for ids, _ in forward_inputs(batch, plan):
+            step = rows[:, lo : lo + ids.shape[1]].reshape(-1)
+            expected.append(step.numpy())
+            starts.append(starts[-1] + step.numel())
+            lo += ids.shape[1]
+    np.testing.assert_array_equal(trace.rows, np.concatenate(expected))
+    assert trace.step_starts.tolist() == starts
+
+
+def _lmdb(run_dir, tmp_path):
+    path = tmp_path / "t.lmdb"
+    build_lmdb_table(FlatTableRows(run_dir / "table"), path, progress=False)
+    return path
+
+
+def test_batched_generation_is_exact(run_dir, tmp_path):
+    """Ragged prompts in one batch with a tiered table give what each prompt alone gives with the flat table."""
+    loaded = load_model(run_dir)
+    prompts = ["Python is", "The interpreter reads a line", "x"]
+    with open_for_model(loaded.model, _lmdb(run_dir, tmp_path), load_hierarchy(hierarchy_file(tmp_path)),
+                        device="cpu") as table:
+        texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=6, batch_size=3)
+        table.finish()
+        stats = table.stats()
+    alone = [generate(loaded.model, loaded.tokenizer, loaded.rows, [p], max_new_tokens=6, batch_size=1)[0][0]
+             for p in prompts]
+    assert texts == alone
+    assert totals["generated_tokens"] > 0 and stats["steps"] > 0 and stats["tiers"][2]["hits"] > 0
+    sampled = generate(loaded.model, loaded.tokenizer, loaded.rows, prompts, max_new_tokens=6, top_k=20, seed=3)[0]
+    again = generate(loaded.model, loaded.tokenizer, loaded.rows, prompts, max_new_tokens=6, top_k=20, seed=3)[0]
+    assert sampled == again  # seeded
+
+
+def test_generate_command(run_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Python is\n\nThe interpreter\n")
+    argv = ["generate", "--run", str(run_dir), "--prompts", str(prompts), "--max-new-tokens", "4", "--device", "cpu",
+            "--hierarchy", str(hierarchy_file(tmp_path)), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [o["prompt"] for o in result["outputs"]] == ["Python is", "The interpreter"]
+    assert [t["name"] for t in result["table"]["tiers"]] == ["gpu", "dram", "nvme"]
+    assert main(argv[:-1]) == 0
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_command_refusals(run_dir, text, tmp_path, capsys):
+    def refused(argv, message):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+    base = ["--text", str(text), "--device", "cpu", "--out", str(tmp_path / "o"), "--max-tokens", "50"]
+    refused(["replay", "--run", str(tmp_path / "nowhere"), *base], "config.json is missing")
+    other = random_run(tmp_path / "other", text, tokenizer="bpe:300", seq_len=32, seed=1,
+                       **{**SHAPE, "table_size": 103})
+    refused(["replay", "--run", str(run_dir), "--table", str(_lmdb(other, tmp_path)), *base], "was built for hash fingerprint")
+    refused(["replay", "--run", str(run_dir), "--table", str(tmp_path / "missing.lmdb"), *base], "no table at")
+    big = hierarchy_file(tmp_path, dram_rows=10**6)
+    refused(["replay", "--run", str(run_dir), "--hierarchy", str(big), *base], "exceeds the table's")
+    refused(["replay", "--run", str(run_dir), "--hierarchy", str(tmp_path / "none.toml"), *base], "no such hierarchy file")
+    refused(["generate", "--run", str(run_dir), "--prompts", str(tmp_path / "none.txt")], "no such file")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_replay_on_gpu_is_bitwise_equal(run_dir, text, tmp_path):
+    out = tmp_path / "gpu"
+    argv = ["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(hierarchy_file(tmp_path)),
+            "--max-tokens", "300", "--seq-len", "24", "--device", "cuda", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"] and not summary["tiers"][0]["emulated"]

@@ -1,0 +1,190 @@
+"""TieredTable: the simulator's hit counts exactly, the flat table's bytes exactly, slabs that mirror
+their policies, one step per forward pass, preloaded hot sets, and its refusals."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.policy import PolicyContext
+from engramtier.cache.simulator import simulate
+from engramtier.errors import EngramTierError
+from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.tiered import TieredTable
+
+N_ROWS, DIM = 400, 8
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory):
+    """A small LMDB table of random rows, laid out with a permutation and compressed, plus its flat rows."""
+    path = tmp_path_factory.mktemp("runtime") / "table"
+    source = RandomRows(N_ROWS, "bf16", DIM, seed=5)
+    profile = np.random.default_rng(0).random(N_ROWS)  # permuted layout: row id != position
+    build_lmdb_table(source, path, profile=profile, compression="zstd:1", page_kib=1, progress=False)
+    flat = np.empty((N_ROWS, source.row_bytes), np.uint8)
+    source.rows(np.arange(N_ROWS), flat)
+    return path, flat
+
+
+def hierarchy(mode, top="lru", middle="s3fifo", top_rows=12, middle_rows=30):
+    return {"mode": mode, "tier": [{"name": "gpu", "capacity": top_rows, "policy": top, "model": "hbm"},
+                                   {"name": "dram", "capacity": middle_rows, "policy": middle, "model": "dram"},
+                                   {"name": "nvme", "model": "nvme"}]}
+
+
+def zipf_steps(n_steps, seed, max_len=50):
+    """Skewed random id batches, so that hits, misses and in-step evictions all happen."""
+    rng = np.random.default_rng(seed)
+    return [(rng.zipf(1.2, size=int(rng.integers(0, max_len))) % N_ROWS).astype(np.int64) for _ in range(n_steps)]
+
+
+def assert_slabs_mirror_policies(table, flat):
+    """Every cache tier's slab holds exactly its policy's rows, each with the table's bytes."""
+    for tier, policy in zip(table.caches, table.engine.policies):
+        held = np.flatnonzero(tier.slot_of >= 0)
+        by_policy = np.array([k for k in range(N_ROWS) if policy.contains(k)], np.int64)
+        np.testing.assert_array_equal(held, by_policy)
+        rows = np.empty((held.size, flat.shape[1]), np.uint8)
+        tier.read(held, rows)
+        np.testing.assert_array_equal(rows, flat[held])
+
+
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+@pytest.mark.parametrize("top,middle", [("lru", "s3fifo"), ("clock", "lru")])
+def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
+    path, flat = table_dir
+    steps = zipf_steps(60, seed=1)
+    with TieredTable.open(hierarchy(mode, top, middle), path, device="cpu", record_trace=True) as table:
+        for ids in steps:
+            got = table.prefetch(torch.from_numpy(ids)).wait()
+            np.testing.assert_array_equal(got.numpy(), flat[ids])
+        table.finish()
+        trace = table.recorded_trace()
+        runtime, per_step = table.stats(), table.step_records()
+        assert_slabs_mirror_policies(table, flat)
+    np.testing.assert_array_equal(trace.rows, np.concatenate(steps))
+    sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode, top, middle)), compute_window_s=0.0, progress=False)
+    keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined", "served_bytes")
+    simulated = [{**t, "served_bytes": t["bytes_read"]} for t in sim.tier_stats()]
+    assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in simulated]
+    served = np.array([[s["served"][name] for s in per_step] for name in ("gpu", "dram", "nvme")])
+    np.testing.assert_array_equal(served, sim.served)
+    assert [s["unique"] for s in per_step] == sim.unique.tolist()
+    assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(mode=st.sampled_from(["inclusive", "exclusive"]),
+       batches=st.lists(st.lists(st.integers(0, N_ROWS - 1), max_size=40), min_size=1, max_size=25),
+       sizes=st.tuples(st.integers(1, 6), st.integers(1, 10)))
+def test_rows_are_the_flat_tables_bytes(table_dir, mode, batches, sizes):
+    """Tiny tiers, so that every step promotes and evicts; shapes other than 1-D pass through."""
+    path, flat = table_dir
+    spec = hierarchy(mode, "clock", "lru", top_rows=sizes[0], middle_rows=sizes[1])
+    with TieredTable.open(spec, path, device="cpu") as table:
+        for batch in batches:
+            ids = torch.tensor(batch, dtype=torch.int64)
+            if ids.numel() % 2 == 0 and ids.numel():
+                ids = ids.view(2, -1)
+            got = table.prefetch(ids).wait()
+            assert got.shape == (*ids.shape, flat.shape[1]) and got.dtype == torch.uint8
+            np.testing.assert_array_equal(got.numpy(), flat[ids.numpy()])
+        assert_slabs_mirror_policies(table, flat)
+
+
+def test_a_step_is_every_layer_of_one_forward_in_trace_order(table_dir):
+    """Two layers' [B, T, K] requests form one step ordered (b, t, layer, k), as in a trace file."""
+    path, flat = table_dir
+    rng = np.random.default_rng(3)
+    layers = [[torch.from_numpy(rng.integers(0, N_ROWS, (2, 3, 4))) for _ in range(2)] for _ in range(5)]
+    with TieredTable.open(hierarchy("inclusive"), path, device="cpu", layers_per_step=2, record_trace=True) as table:
+        for forward in layers:
+            handles = [table.prefetch(ids) for ids in forward]
+            for ids, handle in zip(forward, handles):
+                np.testing.assert_array_equal(handle.wait().numpy(), flat[ids.numpy()])
+        trace = table.recorded_trace()
+        assert table.stats()["steps"] == 5
+    expected = np.concatenate([torch.stack(forward, dim=2).reshape(-1).numpy() for forward in layers])
+    np.testing.assert_array_equal(trace.rows, expected)
+    assert trace.step_starts.tolist() == [0, 48, 96, 144, 192, 240]
+
+
+def test_a_static_hot_set_is_preloaded_and_hits_at_once(table_dir):
+    path, flat = table_dir
+    profile = np.zeros(N_ROWS, np.int64)
+    hot = np.array([7, 99, 250, 3])
+    profile[hot] = [10, 9, 8, 7]
+    spec = {"tier": [{"name": "gpu", "capacity": 4, "policy": "static", "model": "hbm"}, {"name": "nvme", "model": "nvme"}]}
+    ctx = PolicyContext(n_keys=N_ROWS, profile=profile)
+    with TieredTable.open(spec, path, device="cpu", ctx=ctx) as table:
+        ids = torch.tensor([99, 1, 3, 1, 250])
+        np.testing.assert_array_equal(table.prefetch(ids).wait().numpy(), flat[ids.numpy()])
+        gpu, store = table.stats()["tiers"]
+        assert (gpu["lookups"], gpu["hits"], gpu["declined"], store["hits"]) == (4, 3, 1, 1)
+        assert gpu["rows_read"] == 3 and store["rows_read"] == 1 + 4  # the preload read the hot set once
+
+
+def test_per_step_records_and_stall(table_dir):
+    path, _ = table_dir
+    with TieredTable.open(hierarchy("inclusive"), path, device="cpu") as table:
+        for ids in zipf_steps(4, seed=2, max_len=20):
+            table.prefetch(torch.from_numpy(ids)).wait()
+        table.finish()
+        records, stats = table.step_records(), table.stats()
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert all(r["step_s"] > 0 and 0 <= r["stall_s"] <= r["step_s"] and r["fetch_s"] > 0 for r in records)
+    assert stats["stall_seconds"] == pytest.approx(sum(r["stall_s"] for r in records))
+    assert stats["requests"] == sum(r["requests"] for r in records)
+    assert 0 <= stats["stall_fraction"] <= 1
+
+
+def test_refusals(table_dir, tmp_path, monkeypatch):
+    path, _ = table_dir
+    with pytest.raises(EngramTierError, match="no table at"):
+        TieredTable.open(hierarchy("inclusive"), tmp_path / "missing")
+    fingerprinted = tmp_path / "other"
+    build_lmdb_table(RandomRows(50, "bf16", DIM, seed=1), fingerprinted, progress=False)
+    with pytest.raises(EngramTierError, match="built for hash fingerprint None, but the model's is abc"):
+        TieredTable.open(hierarchy("inclusive"), fingerprinted, expect_fingerprint="abc")
+    with pytest.raises(EngramTierError, match=r"tier 'dram': capacity 500 \(500 rows\) exceeds the table's 400 rows"):
+        TieredTable.open(hierarchy("inclusive", middle_rows=500), path)
+    monkeypatch.setattr("engramtier.tiers.slab.available_host_bytes", lambda: 1000)
+    with pytest.raises(EngramTierError, match="tier 'gpu': gpu tier: needs .* GiB but only .* GiB are free"):
+        TieredTable.open(hierarchy("inclusive"), path, device="cpu")
+    monkeypatch.undo()
+    spec = {"tier": [{"name": "flash", "capacity": 4, "policy": "lru", "model": "nvme"}, {"name": "nvme", "model": "nvme"}]}
+    with pytest.raises(EngramTierError, match="cannot tell where cache tier 'flash' lives"):
+        TieredTable.open(spec, path, device="cpu")
+    with pytest.raises(EngramTierError, match="policy 'belady' is offline and needs the whole trace"):
+        TieredTable.open(hierarchy("inclusive", top="belady"), path, device="cpu")
+    with TieredTable.open(hierarchy("inclusive"), path, device="cpu", layers_per_step=2) as table:
+        handle = table.prefetch(torch.zeros(3, dtype=torch.int64))
+        with pytest.raises(EngramTierError, match="equally shaped ids"):
+            table.prefetch(torch.zeros(4, dtype=torch.int64))
+        with pytest.raises(EngramTierError, match="awaited after 1 of its 2 layers"):
+            handle.wait()
+    with TieredTable.open(hierarchy("inclusive"), path, device="cpu") as table:
+        with pytest.raises(EngramTierError, match="row id 400 lies outside the table's 400 rows"):
+            table.prefetch(torch.tensor([1, 400]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+def test_gpu_rows_and_hits(table_dir, mode):
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=4)
+    with TieredTable.open(hierarchy(mode), path, device="cuda", record_trace=True) as table:
+        assert not table.caches[0].emulated
+        for ids in steps:
+            got = table.prefetch(torch.from_numpy(ids).cuda()).wait()
+            assert got.device.type == "cuda"
+            np.testing.assert_array_equal(got.cpu().numpy(), flat[ids])
+        table.finish()
+        runtime = table.stats()
+        trace = table.recorded_trace()
+    sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode)), compute_window_s=0.0, progress=False)
+    assert [t["hits"] for t in runtime["tiers"]] == [t["hits"] for t in sim.tier_stats()]
