@@ -92,18 +92,9 @@ def test_short_conv_equals_a_dilated_causal_conv1d():
 
 
 @torch.no_grad()
-def test_chunked_processing_with_state_is_bitwise_equal():
-    # Bitwise only under one reduction order: multithreaded GEMMs split [2, 13] rows differently
-    # from [2, 5], so the comparison runs on one intra-op thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _check_chunked_equals_full()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _check_chunked_equals_full():
+def test_chunked_processing_with_state_equals_the_full_sequence():
+    # Equal up to float rounding: BLAS may order a GEMM's reductions differently for [2, 13] and
+    # [2, 5] rows (it does with several threads), so bitwise equality is not a property to demand here.
     layer = _layer()
     hidden = torch.randn(2, 13, HC, D_MODEL)
     rows = torch.randn(2, 13, ROWS_PER_TOKEN, 4)
@@ -112,7 +103,7 @@ def _check_chunked_equals_full():
     for lo, hi in [(0, 5), (5, 6), (6, 10), (10, 13)]:
         part, state = layer(hidden[:, lo:hi], rows[:, lo:hi], state)
         parts.append(part)
-    assert torch.equal(torch.cat(parts, dim=1), full)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-6)
 
 
 @torch.no_grad()
