@@ -149,6 +149,17 @@ def heap_push(items, pris, where, size, item, pri):
 
 
 @njit(nogil=True)
+def heap_replace_top(items, pris, where, size, item, pri):
+    """Evict the item of highest priority in favour of ``item``; returns the evicted item."""
+    victim = items[0]
+    where[victim] = -1
+    items[0] = item
+    pris[0] = pri
+    heap_sift_down(items, pris, where, 0, size)
+    return victim
+
+
+@njit(nogil=True)
 def heap_set(items, pris, where, i, pri, size):
     """Give the item at heap index ``i`` a new priority."""
     old = pris[i]

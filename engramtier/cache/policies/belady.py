@@ -22,7 +22,7 @@ from numba import boolean, int32, int64
 from numba.experimental import jitclass
 
 from engramtier.cache.nextuse import (
-    heap_delete, heap_push, heap_set, heap_sift_down, next_request_after, next_use, occurrences, trace_keys,
+    heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
 )
 from engramtier.cache.policy import PolicyContext, register
 
@@ -70,12 +70,7 @@ class Belady:
             return -1
         if self.bypass and nxt > self.heap_next[0]:
             return key
-        victim = self.heap_key[0]
-        self.where[victim] = -1
-        self.heap_key[0] = key
-        self.heap_next[0] = nxt
-        heap_sift_down(self.heap_key, self.heap_next, self.where, 0, self.size)
-        return victim
+        return heap_replace_top(self.heap_key, self.heap_next, self.where, self.size, key, nxt)
 
     def remove(self, key):
         i = self.where[key]

@@ -25,7 +25,7 @@ from numba import int32, int64
 from numba.experimental import jitclass
 
 from engramtier.cache.nextuse import (
-    heap_delete, heap_push, heap_set, heap_sift_down, next_request_after, next_use, occurrences, trace_keys,
+    heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
 )
 from engramtier.cache.policy import PolicyContext, register
 from engramtier.errors import EngramTierError
@@ -99,12 +99,7 @@ class Lookahead:
             heap_push(self.heap_key, self.heap_pri, self.where, self.size, key, pri)
             self.size += 1
             return -1
-        victim = self.heap_key[0]
-        self.where[victim] = -1
-        self.heap_key[0] = key
-        self.heap_pri[0] = pri
-        heap_sift_down(self.heap_key, self.heap_pri, self.where, 0, self.size)
-        return victim
+        return heap_replace_top(self.heap_key, self.heap_pri, self.where, self.size, key, pri)
 
     def remove(self, key):
         i = self.where[key]
