@@ -21,6 +21,17 @@ def register(subparsers) -> None:
                     "On a CPU use a small tokenizer (--tokenizer bpe:8192): an output layer over DeepSeek's "
                     "129k tokens dominates the step time.",
         argument_default=argparse.SUPPRESS,
+        epilog="""examples:
+  # a few minutes on two CPU cores: the shipped Python docs sample, an 8k BPE learned from it
+  engramtier train --text engramtier/data/sample_text --tokenizer bpe:8192 --steps 300 --out runs/train-1
+
+  # the same backbone without Engram, for comparison
+  engramtier train --text engramtier/data/sample_text --tokenizer bpe:8192 --steps 300 --no-engram
+
+  # on a GPU with DeepSeek's tokenizer and fp8 rows
+  engramtier train --text corpus/ --device cuda --row-format fp8_e4m3 --row-dim 256 --steps 20000
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--text", required=True, help="text file or directory of .txt/.rst/.md/.html/.jsonl files")
     p.add_argument("--out", help="run directory (default: runs/train-<time>)")

@@ -76,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate text from a trained Engram model whose table is served from tiers",
         description="Batched greedy or top-k generation with the KV cache; the Engram table is served by a "
         "TieredTable (prefetch at forward entry). Prints each prompt's continuation, then a tier report.",
+        epilog="""examples:
+  echo "The tutorial explains" | engramtier generate --run runs/train-1 --max-new-tokens 40
+  engramtier generate --run runs/train-1 --prompts prompts.txt --batch 8 --top-k 20 --hierarchy tiers.toml
+  engramtier generate --run runs/train-1 --prompts prompts.txt --json > out.json
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train`")
     g.add_argument("--prompts", default="-", help="file with one prompt per line, or - for stdin (default)")
