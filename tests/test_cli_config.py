@@ -117,7 +117,7 @@ def test_other_mistakes(tmp_path, capsys, old, new, message):
 
 def test_missing_config_and_run_dir(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
-    assert "no such config file" in capsys.readouterr().err
+    assert "no such file; give the path of an experiment .toml" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such run directory" in err and len(err.splitlines()) == 1

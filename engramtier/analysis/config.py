@@ -15,7 +15,6 @@ known. Relative paths are read relative to the TOML file.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +23,7 @@ from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, parse_size
 from engramtier.cache.policy import policy_names
 from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.tomlfile import read_toml
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
 
@@ -136,13 +136,7 @@ def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] 
     """Read and check an experiment TOML; ``need_trace=False`` lets a hierarchy-only file through, and
     ``overrides`` (section -> keys, e.g. from command-line options) replace the file's values."""
     path = Path(path)
-    if not path.is_file():
-        raise EngramTierError(f"{path}: no such config file; give the path of an experiment .toml")
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise EngramTierError(f"{path}: malformed TOML: {err}") from None
+    doc = read_toml(path, "an experiment .toml")
     for section, values in (overrides or {}).items():
         doc[section] = {**doc.get(section, {}), **values}
     return parse_config(doc, path, need_trace)

@@ -43,6 +43,7 @@ from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, is_compiled
 from engramtier.errors import EngramTierError
+from engramtier.tomlfile import read_toml
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import DramTier
 from engramtier.tiers.gpu import GpuTier
@@ -686,17 +687,7 @@ def default_hierarchy(n_rows: int) -> Hierarchy:
 def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
     """A hierarchy TOML: ``mode`` and ``[[tier]]`` tables at the top, or under ``[hierarchy]`` (an
     experiment file's section)."""
-    import tomllib
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise EngramTierError(f"{path}: no such hierarchy file; give a .toml with [[tier]] tables, fastest first")
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise EngramTierError(f"{path}: malformed TOML: {err}") from None
+    doc = read_toml(path, "a hierarchy .toml with [[tier]] tables, fastest first")
     section = doc.get("hierarchy", doc)
     if not isinstance(section, Mapping):
         raise EngramTierError(f"{path}: 'hierarchy' must be a table ([hierarchy]), got {section!r}")
