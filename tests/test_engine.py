@@ -42,6 +42,9 @@ class PyLRU:
     def occupancy(self):
         return len(self.rows)
 
+    def hit_victim(self):
+        return -1
+
 
 class PyEvenLRU(PyLRU):
     """An LRU that declines odd rows (an admission filter), to exercise the declined path."""
@@ -234,3 +237,19 @@ def test_exclusive_start_drops_preloaded_rows_held_above():
 def test_unknown_mode_is_refused():
     with pytest.raises(EngramTierError, match="unknown mode 'both'"):
         Engine([], "both", 10)
+
+
+def test_rows_a_hit_evicts_are_demoted_not_lost():
+    # W-TinyLFU's hits can overflow probation and evict (`hit_victim`); with a second tier large
+    # enough never to evict, every row ever looked up must still be held by one of the two tiers.
+    n_keys = 3000
+    rng = np.random.default_rng(0)
+    keys = (rng.zipf(1.05, 30_000) % n_keys).astype(np.int64)
+    ctx = PolicyContext(n_keys=n_keys)
+    top = make_policy("wtinylfu", 100, ctx)
+    engine = Engine([top, make_policy("lru", n_keys, ctx)], "exclusive", n_keys)
+    engine.feed(keys, np.arange(keys.size, dtype=np.int64), np.arange(keys.size + 1, dtype=np.int64))
+    first = engine.streams[0]
+    assert np.any(first.hit & (first.victim >= 0))  # some hits did evict
+    held = [k for k in np.unique(keys) if top.contains(k) or engine.policies[1].contains(k)]
+    assert len(held) == np.unique(keys).size

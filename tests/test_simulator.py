@@ -131,6 +131,9 @@ def python_lru_registered():
         def occupancy(self):
             return len(self.rows)
 
+        def hit_victim(self):
+            return -1
+
     saved = dict(policy_module._REGISTRY)
     policy_module.register("pylru")(lambda capacity, ctx: PyLRU(capacity))
     yield

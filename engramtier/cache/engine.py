@@ -92,8 +92,9 @@ def fill_tier(policy, events, ts, step_starts, demote, hit, victim, out_events, 
     """A tier that looks rows up and admits what it misses: every inclusive tier, and exclusive tier 0
     (``demote``: its victims, or rows it declines, go down as DEMOTE events). ``events`` are lookups.
 
-    Per input event: ``hit``, and ``victim`` = what ``admit`` returned (-1 on a hit). Misses are
-    forwarded as LOOKUPs into ``out_*``; returns the number of output events.
+    Per input event: ``hit``, and ``victim`` = what ``admit`` returned, or on a hit what the hit
+    evicted (`hit_victim`, usually -1; demoted like any victim). Misses are forwarded as LOOKUPs into
+    ``out_*``; returns the number of output events.
     """
     n_out = 0
     for s in range(step_starts.size - 1):
@@ -104,8 +105,15 @@ def fill_tier(policy, events, ts, step_starts, demote, hit, victim, out_events, 
             t = ts[j]
             if policy.lookup(k, t):
                 hit[j] = True
-                victim[j] = -1
                 n_hits += 1
+                v = policy.hit_victim()
+                victim[j] = v
+                if v >= 0:
+                    counters[EVICTED] += 1
+                    if demote:
+                        out_events[n_out] = -1 - v
+                        out_ts[n_out] = t
+                        n_out += 1
                 continue
             hit[j] = False
             out_events[n_out] = k

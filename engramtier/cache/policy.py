@@ -14,14 +14,17 @@ policy is a numba ``jitclass`` with these methods, which the drivers below call 
                               lower tier); True if it was present
     contains(key) -> bool     membership without any state change
     occupancy() -> int        rows held now
+    hit_victim() -> int       the row the last hit evicted, or -1: a hit can push a segmented
+                              policy over its share (W-TinyLFU's protected segment overflowing into a
+                              full probation); every other built-in returns -1
 
 ``t`` is the position in the full trace; offline policies (Belady, lookahead) use it to find the
-next use of a key. A user policy is any plain Python class with the same five methods: the drivers
+next use of a key. A user policy is any plain Python class with the same six methods: the drivers
 run their own Python source (``driver.py_func``) for it, slower but with identical semantics.
 
 Calling a jitclass method from a compiled loop costs a call plus atomic reference-count updates on
 the instance and on every array it touches, several times the work of an LRU update. So the online
-built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, the five operations are
+built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, the six operations are
 inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
 forward to them, and `replay` inlines them into one loop over the bare tuple.
 """
@@ -126,18 +129,27 @@ def _load_builtins() -> None:
 _KERNELS: dict[Any, Any] = {}
 
 
-def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy) -> Any:
+@njit(inline="always")
+def no_hit_victim(state):
+    """`hit_victim` of the policies whose hits never evict."""
+    return -1
+
+
+def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,
+                    hit_victim=no_hit_victim) -> Any:
     """Build the jitclass ``name`` around ``state`` (a tuple of arrays typed ``state_type``).
 
     ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
-    key)`` and ``occupancy(state)`` are ``@njit(inline='always')`` functions of the state alone. They
+    key)``, ``occupancy(state)`` and ``hit_victim(state)`` are ``@njit(inline='always')`` functions of
+    the state alone. They
     are inlined into a loop for `replay`, and each method calls a copy of its function; both are
     compiled without NRT (``_nrt=False``), since every inlined helper taking the tuple would otherwise
     count every array in it. That is safe because they neither allocate nor keep arrays. A method only
     reads ``self.state`` and makes one call, a pattern whose reference counting numba prunes.
     """
-    lookup_, admit_, remove_, contains_, occupancy_ = (
-        njit(nogil=True, _nrt=False)(fn.py_func) for fn in (lookup, admit, remove, contains, occupancy))
+    lookup_, admit_, remove_, contains_, occupancy_, hit_victim_ = (
+        njit(nogil=True, _nrt=False)(fn.py_func)
+        for fn in (lookup, admit, remove, contains, occupancy, hit_victim))
 
     class Policy:
         def __init__(self, state):
@@ -157,6 +169,9 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
 
         def occupancy(self):
             return occupancy_(self.state)
+
+        def hit_victim(self):
+            return hit_victim_(self.state)
 
     Policy.__name__ = Policy.__qualname__ = name
     cls = jitclass([("state", state_type)])(Policy)

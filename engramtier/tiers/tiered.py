@@ -56,6 +56,25 @@ STORAGE = {"gpu": GpuTier, "hbm": GpuTier, "dram": DramTier, "cxl": CxlTier}
 PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all numba threads
 
 
+@njit(inline="always")
+def _release(row, slot_of, id_of, free, n_free, mark, step, touched, before, n):
+    """Free ``row``'s slot, listing the slot as touched; the new touched count, or -1 if ``row`` holds
+    no slot (the map contradicts the policy)."""
+    s = slot_of[row]
+    if s < 0:
+        return -1
+    if mark[s] != step:
+        mark[s] = step
+        touched[n] = s
+        before[n] = id_of[s]
+        n += 1
+    slot_of[row] = -1
+    id_of[s] = -1
+    free[n_free[0]] = s
+    n_free[0] += 1
+    return n
+
+
 @njit(nogil=True, cache=True)
 def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_free, mark, step, touched,
                before, after):
@@ -64,7 +83,8 @@ def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_fre
     A lookup the tier missed and admitted (``victim`` = what ``admit`` returned: -1, a victim, or the
     row itself when declined) takes the victim's slot or pops a free one; for an exclusive lower tier
     (``exclusive_lower``) a lookup hit frees the row's slot (the row moves up) and a DEMOTE event
-    (-1 - row) is admitted the same way. ``free[:n_free[0]]`` is the stack of free slots, updated to
+    (-1 - row) is admitted the same way; a hit that evicted (``victim`` >= 0 on a hit, see
+    `hit_victim`) frees the evicted row's slot. ``free[:n_free[0]]`` is the stack of free slots, updated to
     the step's end. Each slot touched is listed once in ``touched`` with its row ``before`` and
     ``after`` the step (``mark[slot] == step`` once listed); ``slot_of``/``id_of`` are left as they
     were, because the rows move only after the step's gather. Returns (slots touched, -1), or the
@@ -78,22 +98,18 @@ def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_fre
         if e >= 0 and exclusive_lower:
             if not hit[j]:
                 continue
-            s = slot_of[e]
-            if s < 0:
+            n = _release(e, slot_of, id_of, free, n_free, mark, step, touched, before, n)
+            if n < 0:
                 bad = j
                 break
-            if mark[s] != step:
-                mark[s] = step
-                touched[n] = s
-                before[n] = id_of[s]
-                n += 1
-            slot_of[e] = -1
-            id_of[s] = -1
-            free[n_free[0]] = s
-            n_free[0] += 1
             continue
         if e >= 0:
             if hit[j]:
+                if victim[j] >= 0:  # the hit evicted a row (see `hit_victim`): free its slot
+                    n = _release(victim[j], slot_of, id_of, free, n_free, mark, step, touched, before, n)
+                    if n < 0:
+                        bad = j
+                        break
                 continue
             k = e
         else:

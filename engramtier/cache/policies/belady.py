@@ -86,6 +86,9 @@ class Belady:
     def occupancy(self):
         return self.size
 
+    def hit_victim(self):
+        return -1
+
 
 @register("belady")
 def build(capacity: int, ctx: PolicyContext, bypass: bool = False) -> Belady:

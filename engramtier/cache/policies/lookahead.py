@@ -115,6 +115,9 @@ class Lookahead:
     def occupancy(self):
         return self.size
 
+    def hit_victim(self):
+        return -1
+
 
 def _checked_step_starts(ctx: PolicyContext, n_requests: int) -> np.ndarray:
     if ctx.step_starts is None:

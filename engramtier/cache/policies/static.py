@@ -54,6 +54,9 @@ class Static:
     def occupancy(self):
         return self.size
 
+    def hit_victim(self):
+        return -1
+
 
 def hot_set(counts: np.ndarray, capacity: int) -> np.ndarray:
     """The ``capacity`` keys with the highest counts; equal counts rank the lower key id first."""

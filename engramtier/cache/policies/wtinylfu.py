@@ -20,7 +20,7 @@ it, and the first eviction moves rows into main until main is full.
 A main hit can evict a row: rounding can leave probation holding one row more than its share, and
 then the row that a promotion demotes from protected overfills it, so probation's LRU row is evicted
 (libCacheSim's SLRU does the same). `lookup` leaves that row's key in ``state[4][HIT_VICTIM]``
-(-1 when a lookup evicted nothing), since it has only a bool to return.
+(-1 when a lookup evicted nothing), which `hit_victim()` reports to the drivers.
 
 libCacheSim admits nothing when the window rounds to zero rows and refuses an empty probation
 segment, so such capacities are refused (the defaults need at least 100 rows).
@@ -220,7 +220,12 @@ def contains(state, key):
     return state[0][key] >= 0
 
 
-WTinyLFU = compiled_policy("WTinyLFU", STATE, lookup, admit, remove, contains, occupancy)
+
+@njit(inline="always")
+def hit_victim(state):
+    return state[4][HIT_VICTIM]
+
+WTinyLFU = compiled_policy("WTinyLFU", STATE, lookup, admit, remove, contains, occupancy, hit_victim)
 
 
 def _segments(capacity: int, window_ratio: float) -> tuple[int, int, int]:
