@@ -188,3 +188,21 @@ def test_gpu_rows_and_hits(table_dir, mode):
         trace = table.recorded_trace()
     sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode)), compute_window_s=0.0, progress=False)
     assert [t["hits"] for t in runtime["tiers"]] == [t["hits"] for t in sim.tier_stats()]
+
+
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+def test_rows_evicted_by_a_hit_leave_their_slot(table_dir, mode):
+    # W-TinyLFU's hits can evict (`hit_victim`); the slab must follow, or the next admission finds no slot.
+    path, flat = table_dir
+    rng = np.random.default_rng(3)
+    steps = [(rng.zipf(1.05, size=40) % N_ROWS).astype(np.int64) for _ in range(150)]
+    spec = hierarchy(mode, top="wtinylfu", middle="lru", top_rows=100, middle_rows=200)
+    hit_evictions = 0
+    with TieredTable.open(spec, path, device="cpu") as table:
+        for ids in steps:
+            np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            first = table.engine.streams[0]
+            hit_evictions += int(np.sum(first.hit & (first.victim >= 0)))
+        table.finish()
+        assert_slabs_mirror_policies(table, flat)
+    assert hit_evictions > 0
