@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/engramtier quickstart
 
+# The remote-tier tests start a real redis-server (Debian package); installed here when possible.
 test: $(STAMP)
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } || \
+	  echo "redis-server is not installed: the remote-tier tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
