@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from engramtier.errors import EngramTierError
-from engramtier.model.backbone import EngramLM, ModelConfig, lookup_digest
+from engramtier.model.backbone import EngramLM, ModelConfig
+from engramtier.model.tokenizer import lookup_digest
 from engramtier.model.hashing import HashConfig
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.table import open_table, save_table

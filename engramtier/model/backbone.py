@@ -12,7 +12,6 @@ stand-in for DeepSeek's learned ones; with hc_mult = 1 it is the ordinary residu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +26,7 @@ from engramtier.model.engram import EngramLayer, TrainableTable
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import RowFormat
 from engramtier.model.rowsource import RowSource
+from engramtier.model.tokenizer import lookup_digest
 
 
 @dataclass
@@ -93,18 +93,6 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
-
-
-def lookup_digest(lookup: np.ndarray) -> str:
-    """Identifies a compression map: equal digests compress every base id to the same canonical id."""
-    return hashlib.sha256(np.ascontiguousarray(lookup, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def engram_hash_config(tokenizer, tokenizer_name: str, table_sizes, layer_ids, n_heads: int, seed: int = 0) -> HashConfig:
-    """The hash config of a `CompressedTokenizer`, with its compression map's digest as provenance."""
-    return HashConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, table_sizes=tuple(table_sizes),
-                      layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer=tokenizer_name,
-                      tokenizer_digest=lookup_digest(tokenizer.lookup))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

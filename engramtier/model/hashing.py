@@ -89,6 +89,14 @@ class HashConfig:
             raise EngramTierError(f"hash config: unknown keys {sorted(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer, tokenizer_name: str, table_sizes, layer_ids, n_heads: int,
+                      seed: int = 0) -> "HashConfig":
+        """The config hashing a `CompressedTokenizer`'s ids, with its compression map's digest as provenance."""
+        return cls(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, table_sizes=tuple(table_sizes),
+                   layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer=tokenizer_name,
+                   tokenizer_digest=tokenizer.digest)
+
     @cached_property
     def fingerprint(self) -> str:
         """Identifies the addressing: equal fingerprints read equal rows for equal token ids."""

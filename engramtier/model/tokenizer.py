@@ -12,6 +12,7 @@ Hugging Face `tokenizer.json` file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -163,6 +164,11 @@ def canonical_key(raw: bytes) -> str | bytes:
     return norm if norm else text
 
 
+def lookup_digest(lookup: np.ndarray) -> str:
+    """Identifies a compression map: equal digests compress every base id to the same canonical id."""
+    return hashlib.sha256(np.ascontiguousarray(lookup, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
 class CompressedTokenizer:
     """A base tokenizer plus the base-id -> canonical-id lookup table of Engram's compression."""
 
@@ -185,6 +191,10 @@ class CompressedTokenizer:
     @property
     def base_vocab_size(self) -> int:
         return self.base.vocab_size
+
+    @property
+    def digest(self) -> str:
+        return lookup_digest(self.lookup)
 
     @property
     def reduction(self) -> float:

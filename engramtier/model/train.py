@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
-from engramtier.model.backbone import EngramLM, ModelConfig, engram_hash_config
+from engramtier.model.backbone import EngramLM, ModelConfig
+from engramtier.model.hashing import HashConfig
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.table import FlatTable, open_table, save_table
 from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer, load_compressed_tokenizer
@@ -190,7 +191,7 @@ def tokenize_corpus(text: str | Path, tokenizer_spec: str, run_dir: Path, val_fr
 def build_model_config(cfg: TrainConfig, tokenizer: CompressedTokenizer, tokenizer_name: str) -> ModelConfig:
     hash_config = None
     if cfg.engram:
-        hash_config = engram_hash_config(tokenizer, tokenizer_name, [cfg.table_size] * (cfg.max_ngram_size - 1),
+        hash_config = HashConfig.for_tokenizer(tokenizer, tokenizer_name, [cfg.table_size] * (cfg.max_ngram_size - 1),
                                          cfg.engram_layers, cfg.hash_heads, seed=cfg.seed)
     return ModelConfig(vocab_size=tokenizer.base_vocab_size, tokenizer=tokenizer_name, d_model=cfg.d_model,
                        n_layers=cfg.n_layers, n_heads=cfg.n_heads, max_seq_len=max(cfg.seq_len, 2048),

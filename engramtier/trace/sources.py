@@ -183,9 +183,7 @@ class TextSource:
                 yield ids
 
     def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
-        from engramtier.model.backbone import engram_hash_config
-
-        return engram_hash_config(self.tokenizer, self.tokenizer_name, table_sizes, layer_ids, n_heads, seed)
+        return HashConfig.for_tokenizer(self.tokenizer, self.tokenizer_name, table_sizes, layer_ids, n_heads, seed)
 
     def describe(self) -> dict:
         return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name}
