@@ -6,8 +6,9 @@ probation segment of 1/5 and a protected segment of 4/5 of its rows, rounded dow
 Frequencies live in a count-min sketch sized as libCacheSim's minimal-increment counting Bloom
 filter for ``main`` entries at error 0.001 (10 hashes, ~14.4 uint32 counters per entry, indices
 ``(h0 + i * h1) mod counters`` from the low 32 bits of XXH64 of the key with libCacheSim's two
-seeds); every counter of a key is incremented, and all counters are halved after ``32 * main``
-hits in main. There is no doorkeeper: libCacheSim has none.
+seeds, computed once when a row is admitted and kept with its node); every counter of a key is
+incremented, and all counters are halved after ``32 * main`` hits in main. There is no
+doorkeeper: libCacheSim has none.
 
 A miss enters the window and is counted. A window hit moves the row to the window's front; a main
 hit promotes the row (probation -> protected, whose LRU row falls back to probation) and is counted.
@@ -40,8 +41,8 @@ WINDOW, PROBATION, PROTECTED = range(3)  # list ids
 (CAPACITY, MAIN_SHARE, PROBATION_SHARE, PROTECTED_SHARE, COUNTERS, AGING_PERIOD, HITS_SINCE_AGING,
  HIT_VICTIM) = range(SCALARS, SCALARS + 8)
 
-# then the sketch's counters, each node's packed key hash, scratch for the rows of two keys
-STATE = lists_state_type(types.uint32[::1], types.uint64[::1], types.int64[::1])
+# then the sketch's counters, the indexes of each node's counters (N_HASHES a node), 1 / counters
+STATE = lists_state_type(types.uint32[::1], types.uint32[::1], types.float64[::1])
 
 # libCacheSim's counting Bloom filter for n entries at error 0.001
 BITS_PER_ENTRY = -math.log(0.001) / 0.480453013918201
@@ -52,6 +53,7 @@ P1, P2, P3 = np.uint64(0x9E3779B185EBCA87), np.uint64(0xC2B2AE3D27D4EB4F), np.ui
 P4, P5 = np.uint64(0x85EBCA77C2B2AE63), np.uint64(0x27D4EB2F165667C5)
 SEED0, SEED1 = np.uint64(0x12345678), np.uint64(0x12344321)
 LOW32 = np.uint64(0xFFFFFFFF)
+SATURATED = np.uint32(0xFFFFFFFF)  # a counter's ceiling
 
 
 @njit(inline="always")
@@ -80,37 +82,47 @@ def key_hash(key):
 
 
 @njit(inline="always")
-def _estimate(state, packed, at):
-    """The sketch's count for a key (packed hash): its smallest counter. Its rows
-    ``(h0 + i * h1) mod counters`` are left in ``rows[at:at + hashes]`` for `_count`.
+def _place(state, s, key):
+    """Store in ``rows_of`` the counters of node ``s``'s new key, ``(h0 + i * h1) mod counters``, so
+    that its estimates and counts while it stays cached hash nothing and divide nothing.
 
     The modulo goes through a float reciprocal, exact after a one-step correction (the quotient of
     32-bit operands is off by at most one), because an integer division is several times slower."""
-    sketch, st, rows = state[6], state[4], state[8]
-    h0, h1 = packed & LOW32, packed >> np.uint64(32)
-    n = np.uint64(st[COUNTERS])
-    inverse = 1.0 / st[COUNTERS]
-    least = np.uint32(0xFFFFFFFF)
+    st, rows_of = state[4], state[7]
+    packed = key_hash(key)
+    h0, h1 = np.int64(packed & LOW32), np.int64(packed >> np.uint64(32))
+    n, inverse = st[COUNTERS], state[8][0]
     for i in range(N_HASHES):
-        x = (h0 + np.uint64(i) * h1) & LOW32
-        r = x - np.uint64(np.int64(x * inverse)) * n
-        if r > x:  # the quotient was one too large: r wrapped below zero
-            r += n
-        elif r >= n:
-            r -= n
-        rows[at + i] = r
-        least = min(least, sketch[r])
+        x = (h0 + i * h1) & 0xFFFFFFFF
+        r = x - np.int64(x * inverse) * n
+        r = r + n if r < 0 else r
+        rows_of[s * N_HASHES + i] = r - n if r >= n else r
+
+
+@njit(inline="always")
+def _estimate(state, s):
+    """The sketch's count for node ``s``'s key: its smallest counter."""
+    sketch, rows_of = state[6], state[7]
+    least = SATURATED
+    for i in range(N_HASHES):
+        least = min(least, sketch[rows_of[s * N_HASHES + i]])
     return least
 
 
 @njit(inline="always")
-def _count(state, at, least):
-    """Add one use of the key whose rows are at ``at`` and whose estimate is ``least``: one to each of
-    its counters, unless all are saturated (libCacheSim's rule)."""
-    if least < np.uint32(0xFFFFFFFF):
-        sketch, rows = state[6], state[8]
-        for i in range(N_HASHES):
-            sketch[rows[at + i]] += np.uint32(1)
+def _increment(state, s):
+    sketch, rows_of = state[6], state[7]
+    for i in range(N_HASHES):
+        sketch[rows_of[s * N_HASHES + i]] += np.uint32(1)
+
+
+@njit(inline="always")
+def _count(state, s):
+    """Add one use of node ``s``'s key: one to each of its counters, unless all are saturated
+    (libCacheSim's rule). A first counter below saturation settles that without reading the
+    others, so a use costs one pass over the counters, not an estimate and then a count."""
+    if state[6][state[7][s * N_HASHES]] < SATURATED or _estimate(state, s) < SATURATED:
+        _increment(state, s)
 
 
 @njit(inline="always")
@@ -159,7 +171,7 @@ def lookup(state, key, t):
         move_to_head(state[2], state[3], st, WINDOW, s)
         return True
     _main_hit(state, s)
-    _count(state, 0, _estimate(state, state[7][s], 0))
+    _count(state, s)
     st[HITS_SINCE_AGING] += 1
     if st[HITS_SINCE_AGING] >= st[AGING_PERIOD]:
         st[HITS_SINCE_AGING] = 0
@@ -178,20 +190,22 @@ def occupancy(state):
 @njit(inline="always")
 def _evict_step(state):
     """One step of libCacheSim's WTinyLFU_evict: the evicted key, or -1 when a row only moved to main."""
-    prv, st, hash_of = state[2], state[4], state[7]
+    prv, st = state[2], state[4]
     if st[LENGTH + WINDOW] == 0:
         return _main_evict(state)
     s = tail(prv, st, WINDOW)
-    offered = _estimate(state, hash_of[s], 0)
+    offered = _estimate(state, s)
     victim = -1
     if st[LENGTH + PROBATION] + st[LENGTH + PROTECTED] < st[MAIN_SHARE]:
         _main_take(state, s)
-    elif offered > _estimate(state, hash_of[_main_victim(state)], N_HASHES):
+    elif offered > _estimate(state, _main_victim(state)):
         victim = _main_evict(state)
         _main_take(state, s)
     else:
         victim = drop(state, s, WINDOW)
-    _count(state, 0, offered)  # the sketch has not changed since the estimate
+    # counted last, as the comparison saw the sketch before it; a dropped node keeps its rows until reused
+    if offered < SATURATED:
+        _increment(state, s)
     return victim
 
 
@@ -201,8 +215,8 @@ def admit(state, key, t):
     while occupancy(state) >= state[4][CAPACITY]:
         victim = _evict_step(state)
     s = insert(state, key, WINDOW)
-    state[7][s] = key_hash(key)
-    _count(state, 0, _estimate(state, state[7][s], 0))
+    _place(state, s, key)
+    _count(state, s)
     return victim
 
 
@@ -254,4 +268,5 @@ def build(capacity: int, ctx: PolicyContext, window_ratio: float = 0.01) -> WTin
         counters = 2 * N_HASHES
     scalars = [capacity, main, probation, protected, counters, 32 * main, 0, -1]
     return WTinyLFU(lists_state(ctx.n_keys, capacity, scalars)
-                    + (np.zeros(counters, np.uint32), np.zeros(capacity, np.uint64), np.zeros(2 * N_HASHES, np.int64)))
+                    + (np.zeros(counters, np.uint32), np.zeros(capacity * N_HASHES, np.uint32),
+                       np.array([1.0 / counters])))
