@@ -1,7 +1,6 @@
 """The engine against `replay` (one tier) and against a brute-force, sequential plain-Python model of the
 inclusive and exclusive semantics written here from the module docstring, on random traces."""
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -11,39 +10,7 @@ from hypothesis import strategies as st
 from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
-
-
-class PyLRU:
-    """A plain-Python LRU with the policy interface (OrderedDict: first = least recently used)."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.rows = OrderedDict()
-
-    def lookup(self, key, t):
-        if key not in self.rows:
-            return False
-        self.rows.move_to_end(key)
-        return True
-
-    def admit(self, key, t):
-        victim = -1
-        if len(self.rows) == self.capacity:
-            victim, _ = self.rows.popitem(last=False)
-        self.rows[key] = None
-        return victim
-
-    def remove(self, key):
-        return self.rows.pop(key, 0) is None
-
-    def contains(self, key):
-        return key in self.rows
-
-    def occupancy(self):
-        return len(self.rows)
-
-    def hit_victim(self):
-        return -1
+from reference_policies import PyLRU
 
 
 class PyEvenLRU(PyLRU):

@@ -2,7 +2,6 @@
 that cannot change a result, a plain-Python policy giving the built-in's numbers, and its input errors."""
 
 import json
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from engramtier.cache.simulator import simulate
 from engramtier.cache.timing import TierModel
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
+from reference_policies import PyLRU
 
 FAST = TierModel("fast", latency_s=1e-6, bandwidth_Bps=1e8, parallelism=1)  # 2 us per 100-B row
 SLOW = TierModel("slow", latency_s=1e-5, bandwidth_Bps=1e8, parallelism=2)  # 10 us per pair + 1 us per row
@@ -106,34 +106,6 @@ def test_chunk_size_does_not_change_the_result(mode):
 @pytest.fixture
 def python_lru_registered():
     """A plain-Python LRU registered as 'pylru' in a private copy of the registry, restored afterwards."""
-
-    class PyLRU:
-        def __init__(self, capacity):
-            self.capacity, self.rows = capacity, OrderedDict()
-
-        def lookup(self, key, t):
-            if key in self.rows:
-                self.rows.move_to_end(key)
-                return True
-            return False
-
-        def admit(self, key, t):
-            victim = self.rows.popitem(last=False)[0] if len(self.rows) == self.capacity else -1
-            self.rows[key] = None
-            return victim
-
-        def remove(self, key):
-            return self.rows.pop(key, 0) is None
-
-        def contains(self, key):
-            return key in self.rows
-
-        def occupancy(self):
-            return len(self.rows)
-
-        def hit_victim(self):
-            return -1
-
     saved = dict(policy_module._REGISTRY)
     policy_module.register("pylru")(lambda capacity, ctx: PyLRU(capacity))
     yield
