@@ -152,3 +152,20 @@ def insert(state, key, dst):
     key_of[s] = key
     slot_of[key] = s
     return s
+
+
+@njit(inline="always")
+def holds(state, key, ghosts):
+    """`contains` of a multi-list policy whose list ids from ``ghosts`` on only remember keys."""
+    s = state[0][key]
+    return s >= 0 and state[5][s] < ghosts
+
+
+@njit(inline="always")
+def remove_held(state, key, ghosts):
+    """`remove` of such a policy: forget ``key`` if it is cached; a ghost entry stays."""
+    s = state[0][key]
+    if s < 0 or state[5][s] >= ghosts:
+        return False
+    drop(state, s, state[5][s])
+    return True

@@ -21,8 +21,10 @@ admission, which has just made room, always finds a free node (`remove` only fre
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (LENGTH, SCALARS, drop, insert, lists_state, lists_state_type, move,
-                                              move_to_head, tail)
+from engramtier.cache.policies._lists import (
+    LENGTH, SCALARS, drop, holds, insert, lists_state, lists_state_type, move, move_to_head, remove_held,
+    tail,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 
 T1, T2, B1, B2 = range(4)  # list ids
@@ -97,17 +99,12 @@ def admit(state, key, t):
 
 @njit(inline="always")
 def remove(state, key):
-    s = state[0][key]
-    if s < 0 or state[5][s] >= B1:
-        return False
-    drop(state, s, state[5][s])
-    return True
+    return remove_held(state, key, B1)
 
 
 @njit(inline="always")
 def contains(state, key):
-    s = state[0][key]
-    return s >= 0 and state[5][s] < B1
+    return holds(state, key, B1)
 
 
 @njit(inline="always")

@@ -20,8 +20,10 @@ fewer than 2 rows (it refuses a row as large as the queue), so such capacities a
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (LENGTH, SCALARS, capacity_for, drop, insert, lists_state,
-                                              lists_state_type, move, share, tail)
+from engramtier.cache.policies._lists import (
+    LENGTH, SCALARS, capacity_for, drop, holds, insert, lists_state, lists_state_type, move, remove_held,
+    share, tail,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.errors import EngramTierError
 
@@ -100,17 +102,12 @@ def admit(state, key, t):
 
 @njit(inline="always")
 def remove(state, key):
-    s = state[0][key]
-    if s < 0 or state[5][s] == GHOST:
-        return False
-    drop(state, s, state[5][s])
-    return True
+    return remove_held(state, key, GHOST)
 
 
 @njit(inline="always")
 def contains(state, key):
-    s = state[0][key]
-    return s >= 0 and state[5][s] != GHOST
+    return holds(state, key, GHOST)
 
 
 @njit(inline="always")

@@ -15,8 +15,10 @@ capacity whose Ain share rounds to zero rows admits nothing in libCacheSim, so i
 
 from numba import njit
 
-from engramtier.cache.policies._lists import (LENGTH, SCALARS, capacity_for, drop, insert, lists_state,
-                                              lists_state_type, move, move_to_head, share, tail)
+from engramtier.cache.policies._lists import (
+    LENGTH, SCALARS, capacity_for, drop, holds, insert, lists_state, lists_state_type, move, move_to_head,
+    remove_held, share, tail,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.errors import EngramTierError
 
@@ -68,17 +70,12 @@ def admit(state, key, t):
 
 @njit(inline="always")
 def remove(state, key):
-    s = state[0][key]
-    if s < 0 or state[5][s] == AOUT:
-        return False
-    drop(state, s, state[5][s])
-    return True
+    return remove_held(state, key, AOUT)
 
 
 @njit(inline="always")
 def contains(state, key):
-    s = state[0][key]
-    return s >= 0 and state[5][s] != AOUT
+    return holds(state, key, AOUT)
 
 
 @njit(inline="always")
