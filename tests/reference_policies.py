@@ -34,3 +34,19 @@ class PyLRU:
 
     def hit_victim(self):
         return -1
+
+
+def python_cache_hits(keys, capacity: int, recency: bool) -> int:
+    """Hits of a plain demand cache over ``keys``: LRU when ``recency``, else FIFO."""
+    cache: OrderedDict = OrderedDict()
+    hits = 0
+    for k in keys.tolist():
+        if k in cache:
+            hits += 1
+            if recency:
+                cache.move_to_end(k)
+        else:
+            cache[k] = None
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return hits

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
+from reference_policies import python_cache_hits
 
 N_KEYS, STEP = 600, 80
 
@@ -32,21 +32,6 @@ def hierarchy() -> Hierarchy:
         {"name": "gpu", "capacity": 20, "policy": "lru", "model": "hbm"},
         {"name": "dram", "capacity": 100, "policy": "fifo", "model": "dram"},
         {"name": "nvme", "model": "nvme"}]})
-
-
-def python_cache_hits(keys, capacity: int, recency: bool) -> int:
-    cache: OrderedDict = OrderedDict()
-    hits = 0
-    for k in keys.tolist():
-        if k in cache:
-            hits += 1
-            if recency:
-                cache.move_to_end(k)
-        else:
-            cache[k] = None
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-    return hits
 
 
 def test_hit_rate_sweep_matches_plain_python(trace):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -11,23 +10,9 @@ import pytest
 from engramtier.rundir import RunDir
 from engramtier.cli import main
 from engramtier.trace.tracefile import load_trace
+from reference_policies import python_cache_hits
 
 FIGURES = {"zipf_rank", "mrc_shards", "hit_rate_vs_size", "step_timeline", "stall_heatmap", "cxl_swap", "cost_frontier"}
-
-
-def lru_hits(keys: np.ndarray, capacity: int) -> int:
-    """A plain LRU cache, independent of the numba policies and of the Mattson curve."""
-    cache: OrderedDict = OrderedDict()
-    hits = 0
-    for k in keys.tolist():
-        if k in cache:
-            hits += 1
-            cache.move_to_end(k)
-        else:
-            cache[k] = None
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-    return hits
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def test_hit_rates_are_real(run):
     lru = sorted((r["size_rows"], r["hits"]) for r in records if r["policy"] == "lru")
     assert all(a[1] <= b[1] for a, b in zip(lru, lru[1:])) and lru[0][1] < lru[-1][1]
     for size, hits in lru:
-        assert hits == lru_hits(trace.rows, size)
+        assert hits == python_cache_hits(trace.rows, size, recency=True)
     by_size = {}
     for r in records:
         by_size.setdefault(r["size_rows"], {})[r["policy"]] = r["hits"]
