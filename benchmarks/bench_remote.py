@@ -28,7 +28,8 @@ from bench_tiers import rate, timed_batches, zipf_sampler
 from engramtier.provenance import machine_info
 from engramtier.tiers.build import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
-from engramtier.tiers.remote import RedisTier, calibrate_remote, populate_remote
+from engramtier.tiers.redis_store import RedisTier
+from engramtier.tiers.remote import calibrate_remote, populate_remote
 
 ROWS_PER_TOKEN = 16
 

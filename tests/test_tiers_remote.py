@@ -1,5 +1,5 @@
-"""The remote (Redis) tier against a real redis-server: byte-exact reads, refusals, resumable populate,
-a server killed mid-read, and calibration."""
+"""The remote tier on Redis against a real redis-server and a real 3-shard Redis Cluster: byte-exact reads,
+refusals, block-wise resumable populate, a server killed mid-read, and calibration."""
 
 import shutil
 import socket
@@ -14,11 +14,14 @@ from redis.crc import key_slot
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.build import RandomRows
-from engramtier.tiers.remote import RedisTier, calibrate_remote, populate_remote
+from engramtier.tiers.redis_store import RedisTier
+from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, open_remote, populate_remote
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 N_ROWS = 5000
-BLOCK_ROWS = 256  # small blocks so a read spans many hash tags
+BLOCK_ROWS = 256  # small blocks so a read spans many hash tags; 20 blocks, the last of 136 rows
+N_BLOCKS = -(-N_ROWS // BLOCK_ROWS)
 
 
 def free_port() -> int:
@@ -28,22 +31,25 @@ def free_port() -> int:
 
 
 class Server:
-    """A throwaway redis-server on a free loopback port, no persistence, in a tmp dir."""
+    """A throwaway redis-server on a free loopback port in a tmp dir; ``persist``: an fsync-always
+    append-only file, so a server killed and `restart`-ed comes back with every row."""
 
-    def __init__(self, tmp_path):
-        port = free_port()
-        self.url = f"redis://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(tmp_path), "--enable-debug-command", "local"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+    def __init__(self, tmp_path, *extra, persist=False):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
+        self.argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
+                     "--dir", str(tmp_path), "--enable-debug-command", "local", *extra]
+        self.restart()
+
+    def restart(self):
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
-        for _ in range(200):
+        for _ in range(250):
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.02)
         else:
             self.kill()
@@ -56,13 +62,50 @@ class Server:
             self.process.wait()
 
 
-@pytest.fixture
-def server(tmp_path):
+def need_redis():
     if not shutil.which(REDIS_SERVER):
         pytest.skip(f"no redis-server at {REDIS_SERVER}; install the Debian package redis-server to run these tests")
+
+
+@pytest.fixture
+def server(tmp_path):
+    need_redis()
     srv = Server(tmp_path)
     yield srv
     srv.kill()
+
+
+class Cluster:
+    """A 3-shard Redis Cluster (no replicas) on free loopback ports, made with redis-cli --cluster create."""
+
+    def __init__(self, tmp_path):
+        self.nodes = []
+        for i in range(3):
+            (tmp_path / f"node{i}").mkdir()
+            self.nodes.append(Server(tmp_path / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file",
+                                     "nodes.conf", "--cluster-port", str(free_port())))  # not port + 10000: may pass 65535
+        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True)
+        self.url = self.nodes[0].url
+        for _ in range(250):
+            if all(b"cluster_state:ok" in redis.Redis(port=n.port).execute_command("CLUSTER", "INFO")
+                   for n in self.nodes):
+                return
+            time.sleep(0.02)
+        self.kill()
+        pytest.fail("the Redis Cluster did not reach cluster_state:ok")
+
+    def kill(self):
+        for node in self.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    need_redis()
+    made = Cluster(tmp_path)
+    yield made
+    made.kill()
 
 
 class SourceRows:
@@ -86,14 +129,16 @@ class SourceRows:
         return out
 
 
-def open_tier(server, fingerprint="fp-a", prefix="t"):
+def open_tier(server, fingerprint="fp-a", prefix="t", cluster=False):
     return RedisTier(server.url, n_table_rows=N_ROWS, row_bytes=32, fingerprint=fingerprint, key_prefix=prefix,
-                     block_rows=BLOCK_ROWS)
+                     block_rows=BLOCK_ROWS, cluster=cluster)
 
 
-def test_round_trip_is_byte_exact_over_random_batches(server):
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+def test_round_trip_is_byte_exact_over_random_batches(kind, request):
+    store = request.getfixturevalue(kind)
     source = SourceRows()
-    with open_tier(server) as tier:
+    with open_tier(store, cluster=kind == "cluster") as tier:
         assert populate_remote(source, tier, batch_rows=1000, progress=False) == N_ROWS
         rng = np.random.default_rng(0)
         for size in (1, 7, 300, 5000, 9000):  # 9000 > CHUNK_KEYS with duplicates
@@ -101,10 +146,23 @@ def test_round_trip_is_byte_exact_over_random_batches(server):
             out = np.empty((size, 32), np.uint8)
             tier.read(ids, out)
             np.testing.assert_array_equal(out, source.expected(ids))
-        assert tier.contains(np.array([0, N_ROWS - 1])).all()
+        assert tier.contains(np.array([0, N_ROWS - 1])).all() and tier.populated_rows == N_ROWS
         stats = tier.stats()
-        assert stats["rows_read"] == 1 + 7 + 300 + 5000 + 9000 and stats["populated_rows"] == N_ROWS
+        assert stats["rows_read"] == 1 + 7 + 300 + 5000 + 9000 and stats["rows_written"] == N_ROWS
         assert tier.manifest["table"] == source.manifest
+    if kind == "cluster":  # the blocks really spread over the shards, each holding whole blocks
+        sizes = [redis.Redis(port=node.port).dbsize() for node in store.nodes]
+        assert all(size > 0 for size in sizes) and sum(sizes) == N_ROWS + N_BLOCKS + 1
+
+
+def test_cluster_shard_killed_mid_run_is_unavailable_and_out_untouched(cluster):
+    with open_tier(cluster, cluster=True) as tier:
+        populate_remote(SourceRows(), tier, progress=False)
+        cluster.nodes[1].kill()
+        out = np.full((N_ROWS, 32), 3, np.uint8)
+        with pytest.raises(RemoteUnavailable, match=r"remote tier redis://127.0.0.1:\d+ \(cluster\) unreachable") as err:
+            tier.read(np.arange(N_ROWS), out)
+        assert "\n" not in str(err.value) and (out == 3).all()
 
 
 def test_rows_of_one_block_share_a_cluster_slot(server):
@@ -114,18 +172,23 @@ def test_rows_of_one_block_share_a_cluster_slot(server):
     assert len(set(slots[:BLOCK_ROWS])) == 1 and len(set(slots[BLOCK_ROWS:])) == 1
 
 
-def test_write_then_contains_and_missing_row_is_one_line(server):
+def test_whole_block_writes_then_contains_and_missing_row_is_one_line(server):
     with open_tier(server) as tier:
-        rows = np.arange(2 * 32, dtype=np.uint8).reshape(2, 32)
-        tier.write(np.array([4000, 17]), rows)
-        assert tier.contains(np.array([17, 18, 4000])).tolist() == [True, False, True]
+        rows = np.random.default_rng(1).integers(0, 256, (BLOCK_ROWS, 32), dtype=np.uint8)
+        last = np.arange(19 * BLOCK_ROWS, N_ROWS)  # the short last block
+        tier.write(np.arange(BLOCK_ROWS), rows)
+        tier.write(last, rows[: last.size])
+        assert tier.contains(np.array([17, BLOCK_ROWS, N_ROWS - 1])).tolist() == [True, False, True]
+        assert tier.populated_rows == BLOCK_ROWS + last.size
         out = np.full((2, 32), 7, np.uint8)
-        tier.read(np.array([17, 4000]), out)
-        np.testing.assert_array_equal(out, rows[::-1])
+        tier.read(np.array([N_ROWS - 1, 17]), out)
+        np.testing.assert_array_equal(out, rows[[last.size - 1, 17]])
         out[:] = 9
-        with pytest.raises(EngramTierError, match=r"row 18 is missing .*populate_remote") as err:
-            tier.read(np.array([17, 18]), out)
+        with pytest.raises(EngramTierError, match=rf"row {BLOCK_ROWS + 1} is missing \(block 1 .*remote populate") as err:
+            tier.read(np.array([17, BLOCK_ROWS + 1]), out)
         assert "\n" not in str(err.value) and (out == 9).all()  # nothing written on failure
+        with pytest.raises(EngramTierError, match=r"writes go by whole blocks of 256 rows"):
+            tier.write(np.array([4000, 17]), rows[:2])
 
 
 def test_fingerprint_and_shape_mismatch_are_refused(server):
@@ -140,23 +203,37 @@ def test_fingerprint_and_shape_mismatch_are_refused(server):
         RedisTier(server.url, n_table_rows=N_ROWS, row_bytes=32, fingerprint="fp-a", key_prefix="a{b}")
 
 
-def test_populate_killed_then_resumed_writes_every_row_once(server):
-    with open_tier(server) as tier:
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+def test_populate_killed_then_resumed_writes_every_row_once(kind, request):
+    store = request.getfixturevalue(kind)
+    batch = 3 * BLOCK_ROWS
+    with open_tier(store, cluster=kind == "cluster") as tier:
         crashing = SourceRows(fail_after=3)
         with pytest.raises(RuntimeError, match="source crashed"):
-            populate_remote(crashing, tier, batch_rows=700, progress=False)
-        assert tier.populated_rows == 3 * 700
-        assert tier.stats()["rows_written"] == 3 * 700
+            populate_remote(crashing, tier, batch_rows=batch, progress=False)
+        assert tier.populated_rows == 3 * batch and tier.stats()["rows_written"] == 3 * batch
         resumed = SourceRows()
-        assert populate_remote(resumed, tier, batch_rows=700, progress=False) == N_ROWS - 3 * 700
-        assert resumed.batches == -(-(N_ROWS - 3 * 700) // 700)  # restarted exactly at the counter
+        assert populate_remote(resumed, tier, batch_rows=batch, progress=False) == N_ROWS - 3 * batch
+        assert resumed.batches == -(-(N_BLOCKS - 9) // 3)  # restarted exactly at the first missing block
         assert populate_remote(SourceRows(), tier, progress=False) == 0
         ids = np.arange(N_ROWS)
         out = np.empty((N_ROWS, 32), np.uint8)
         tier.read(ids, out)
         np.testing.assert_array_equal(out, resumed.expected(ids))
-    client = redis.Redis.from_url(server.url)
-    assert client.dbsize() == N_ROWS + 2  # every row once, the manifest and the counter
+    nodes = store.nodes if kind == "cluster" else [store]
+    assert sum(redis.Redis(port=n.port).dbsize() for n in nodes) == N_ROWS + N_BLOCKS + 1  # rows, marks, manifest
+
+
+def test_populate_fills_exactly_the_blocks_the_store_lacks(server):
+    with open_tier(server) as tier:
+        populate_remote(SourceRows(), tier, progress=False)
+        client = redis.Redis.from_url(server.url)
+        client.delete(b"{t:5}:done", *tier.keys(np.arange(5 * BLOCK_ROWS, 6 * BLOCK_ROWS)))
+    with open_tier(server) as tier:
+        assert not tier.contains(np.array([5 * BLOCK_ROWS]))[0] and tier.populated_rows == N_ROWS - BLOCK_ROWS
+        source = SourceRows()
+        assert populate_remote(source, tier, progress=False) == BLOCK_ROWS and source.batches == 1
+        assert tier.populated_rows == N_ROWS
 
 
 def test_populate_from_a_table_of_other_sizes_is_refused(server):
@@ -168,7 +245,7 @@ def test_populate_from_a_table_of_other_sizes_is_refused(server):
 
 def test_unreachable_server_is_one_line(server):
     port = free_port()
-    with pytest.raises(EngramTierError, match=rf"remote tier redis://127.0.0.1:{port} unreachable: .*Connection refused.*start the server"):
+    with pytest.raises(RemoteUnavailable, match=rf"remote tier redis://127.0.0.1:{port} unreachable: .*Connection refused.*start the server"):
         RedisTier(f"redis://127.0.0.1:{port}", n_table_rows=10, row_bytes=8, fingerprint=None, timeout_s=1)
 
 
@@ -180,7 +257,7 @@ def test_server_killed_mid_read_is_one_line_and_out_untouched(server):
         time.sleep(0.2)  # the server is now asleep: the read below waits for its reply
         threading.Timer(0.3, server.kill).start()
         out = np.full((N_ROWS, 32), 3, np.uint8)
-        with pytest.raises(EngramTierError, match=rf"remote tier {server.url} unreachable: .*\(during read\); start the server") \
+        with pytest.raises(RemoteUnavailable, match=rf"remote tier {server.url} unreachable: .*\(during read\); start the server") \
                 as err:
             tier.read(np.arange(N_ROWS), out)
         assert "\n" not in str(err.value) and (out == 3).all()
@@ -191,6 +268,16 @@ def _ignore(call, *args):
         call(*args)
     except redis.RedisError:
         pass
+
+
+def test_open_remote_builds_the_backend_and_refuses_unknown_options(server):
+    storage = {"backend": "redis", "url": server.url, "key_prefix": "o", "block_rows": BLOCK_ROWS}
+    with open_remote(storage, n_table_rows=N_ROWS, row_bytes=32, fingerprint="fp") as tier:
+        assert isinstance(tier, RedisTier) and tier.key_prefix == "o" and tier.block_rows == BLOCK_ROWS
+    with pytest.raises(EngramTierError, match=r"storage: unknown storage option 'urll'.*did you mean 'url'"):
+        open_remote({"backend": "redis", "urll": server.url}, n_table_rows=N_ROWS, row_bytes=32, fingerprint=None)
+    with pytest.raises(EngramTierError, match=r"backend must be one of redis, mooncake, got 'memcached'"):
+        open_remote({"backend": "memcached"}, n_table_rows=N_ROWS, row_bytes=32, fingerprint=None)
 
 
 def test_calibrate_returns_a_positive_model(server):

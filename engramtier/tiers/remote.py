@@ -1,21 +1,25 @@
-"""The remote tier: a table held by an existing distributed store (Redis), for tables that outgrow one machine.
+"""The remote tier: a table held by an existing distributed store, for tables that outgrow one machine.
 
-We reuse a store rather than build one: Redis (or a Redis Cluster, or a compatible server) holds each
-row as a plain string of its raw bytes, and the tier only batches requests. Key layout for prefix P:
+We reuse a store rather than build one. Every backend (`engramtier.tiers.redis_store` for Redis and
+Redis Cluster, `engramtier.tiers.mooncake_store` for Mooncake Store) keeps the table in **blocks** of
+``block_rows`` consecutive rows and shares what lives here:
 
-    {P:block}:row     the row's ``row_bytes`` bytes; ``block`` = row // ``block_rows``
-    {P}:manifest      JSON: format, n_rows, row_bytes, block_rows, hash fingerprint, source table manifest
-    {P}:done          rows populated so far (rows 0..done-1), set in the same MULTI as the rows
+- a manifest stored beside the rows (format, sizes, block size, the model's hash fingerprint, the
+  source table's manifest), written when a key prefix is first used and checked at every open, so a
+  store populated for another model or table shape is refused, never read as garbage;
+- block-wise commits: a backend's `_write_block` stores a block's rows and its "done" mark in one
+  atomic step (a Redis MULTI on the block's cluster slot, one Mooncake object put), so `populate_remote`
+  killed at any point resumes at the blocks the store lacks, with no row lost or written twice;
+- `RemoteUnavailable`, the one error a backend raises when the store cannot be reached, which the
+  runtime's failover (`engramtier.tiers.failover`) acts on; any other failure is an `EngramTierError`;
+- `calibrate_remote`, which times reads and fits the `TierModel` the simulator plans with.
 
-The ``{...}`` part is a Redis Cluster hash tag: every key of one block hashes to one slot, so the rows of
-a block live on one shard and one MGET fetches them. A read groups its ids by block, sends one MGET per
-block (at most `CHUNK_KEYS` keys each) down one pipeline, and pays one network round trip per read, not
-one per row. Rows land in the caller's buffer only once every one has arrived, so a failed read (a
-missing row, a dead server) leaves ``out`` as it was and raises one line naming the row or the server.
+`open_remote` builds a backend from the ``storage`` table of a hierarchy's last tier (TOML)::
 
-`populate_remote` copies a table into the store in batches; each batch's rows and the new ``done``
-count go in one MULTI/EXEC transaction, so a populate killed at any point resumes exactly where the
-store says it stopped, with no row lost or written twice.
+    [tier.storage]
+    backend = "redis"                 # or "mooncake"
+    url = "redis://10.0.0.5:6379"     # redis: a server or any node of a cluster (cluster = true)
+    key_prefix = "engram"
 """
 
 from __future__ import annotations
@@ -23,62 +27,87 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from typing import Any, Iterable
+from abc import abstractmethod
+from typing import Any, Iterable, Mapping
 
 import numpy as np
-import redis
 from tqdm import tqdm
 
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import Tier, default_model
 
-REMOTE_FORMAT = "engramtier-redis-table/1"
-BLOCK_ROWS = 4096  # rows per hash tag: one shard, one MGET
-CHUNK_KEYS = 4096  # most keys in one MGET/MSET request, to keep each reply a few hundred KiB
+REMOTE_FORMAT = "engramtier-remote-table/2"
+BLOCK_ROWS = 4096  # rows per block: one cluster slot / one object, one request per block read
 POPULATE_ROWS = 1 << 16
 
 
-class RedisTier(Tier):
-    """Every row of an ``n_table_rows`` x ``row_bytes`` table in Redis under ``key_prefix``.
+class RemoteUnavailable(EngramTierError):
+    """The store could not be reached (connection refused or lost, a timeout): the rows are intact
+    there, the request can be retried or served from a fallback."""
 
-    ``url`` ("redis://host:port/db") or ``host``/``port``: the server. ``fingerprint``: the model's hash
-    fingerprint; a store populated for another one is refused at open. A new prefix gets its manifest
-    written here; rows come from `populate_remote` or `write`.
+
+class RemoteTier(Tier):
+    """Every row of an ``n_table_rows`` x ``row_bytes`` table in a remote store under ``key_prefix``.
+
+    A backend implements `read` and five primitives: `_put_manifest_if_absent`, `_set_manifest`,
+    `_blocks_done`, `_write_block`, `close`; ``where`` names the store in messages.
     """
 
     name = "remote"
+    backend = "remote"
 
-    def __init__(self, url: str | None = None, *, n_table_rows: int, row_bytes: int, fingerprint: str | None,
-                 key_prefix: str = "engram", host: str = "127.0.0.1", port: int = 6379,
-                 block_rows: int = BLOCK_ROWS, timeout_s: float = 10.0, model: Any = None) -> None:
+    def __init__(self, *, n_table_rows: int, row_bytes: int, fingerprint: str | None, key_prefix: str,
+                 block_rows: int, model: Any = None) -> None:
         super().__init__(n_table_rows, n_table_rows, row_bytes, model or default_model(self.name))
-        if block_rows < 1 or any(c in key_prefix for c in "{}") or not key_prefix:
+        if int(block_rows) != block_rows or block_rows < 1 or not key_prefix or any(c in key_prefix for c in "{}/ "):
             raise EngramTierError(
-                f"remote tier: key_prefix must be non-empty without braces and block_rows >= 1, "
-                f"got {key_prefix!r} and {block_rows}"
+                f"remote tier: key_prefix must be non-empty without braces, slashes or spaces and block_rows a "
+                f"positive whole number, got {key_prefix!r} and {block_rows!r}"
             )
-        self.url = url or f"redis://{host}:{port}"
         self.key_prefix, self.block_rows, self.fingerprint = key_prefix, int(block_rows), fingerprint
-        self._client = redis.Redis.from_url(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._manifest_key, self._done_key = f"{{{key_prefix}}}:manifest", f"{{{key_prefix}}}:done"
+        self.n_blocks = -(-self.n_table_rows // self.block_rows)
+        self._done = np.zeros(self.n_blocks, bool)  # blocks seen committed: a commit is never undone
         self.round_trips = 0
-        try:
-            self.manifest = self._open_manifest()
-        except BaseException:
-            self._client.close()
-            raise
+        self.manifest: dict = {}
 
-    def _open_manifest(self) -> dict:
-        """The stored manifest, written first if this prefix is new; refused if it is another table's."""
+    # --- what a backend provides ---------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """The store's address, for messages."""
+
+    @abstractmethod
+    def _put_manifest_if_absent(self, text: str) -> str:
+        """Store ``text`` as the manifest unless one exists; return the stored one."""
+
+    @abstractmethod
+    def _set_manifest(self, text: str) -> None:
+        """Replace the stored manifest."""
+
+    @abstractmethod
+    def _blocks_done(self, blocks: np.ndarray) -> np.ndarray:
+        """Bool per block of ``blocks``: committed (every row stored) or not."""
+
+    @abstractmethod
+    def _write_block(self, block: int, rows: np.ndarray) -> None:
+        """Store block ``block``'s rows (``rows``: all of them, in order) and mark it done, atomically."""
+
+    # --- shared --------------------------------------------------------------------------------------
+
+    def _open_manifest(self) -> None:
+        """Load the stored manifest, written first if this prefix is new; refuse another table's."""
         mine = {"format": REMOTE_FORMAT, "n_rows": self.n_table_rows, "row_bytes": self.row_bytes,
                 "block_rows": self.block_rows, "fingerprint": self.fingerprint, "table": None}
-        with self._talking("open"):
-            self._client.set(self._manifest_key, json.dumps(mine, sort_keys=True), nx=True)
-            raw = self._client.get(self._manifest_key)
-        stored = json.loads(raw)
-        where = f"remote tier {self.url} key {self._manifest_key}"
-        if stored.get("format") != REMOTE_FORMAT:
-            raise EngramTierError(f"{where} holds no engramtier table (format {stored.get('format')!r}); "
+        raw = self._put_manifest_if_absent(json.dumps(mine, sort_keys=True))
+        where = f"remote tier {self.where} prefix '{self.key_prefix}'"
+        try:
+            stored = json.loads(raw)
+        except (TypeError, ValueError):
+            stored = {}
+        if not isinstance(stored, dict) or stored.get("format") != REMOTE_FORMAT:
+            found = stored.get("format") if isinstance(stored, dict) else None
+            raise EngramTierError(f"{where} holds no engramtier table of format {REMOTE_FORMAT} (found {found!r}); "
                                   "choose another key_prefix")
         if stored["fingerprint"] != self.fingerprint:
             raise EngramTierError(
@@ -92,132 +121,106 @@ class RedisTier(Tier):
                 f"opened for {self.n_table_rows} rows of {self.row_bytes} B in blocks of {self.block_rows}; "
                 "pass the stored sizes or use another key_prefix"
             )
-        return stored
+        self.manifest = stored
 
-    def _talking(self, doing: str) -> "_Unreachable":
-        return _Unreachable(self.url, doing)
+    def block_rows_of(self, block: int) -> int:
+        """Rows in ``block`` (the last one may be short)."""
+        return min(self.block_rows, self.n_table_rows - block * self.block_rows)
 
-    def keys(self, ids: np.ndarray) -> list[bytes]:
-        """The Redis keys of rows ``ids`` (one hash tag per block of rows)."""
-        prefix, block = self.key_prefix.encode(), self.block_rows
-        return [b"{%s:%d}:%d" % (prefix, row // block, row) for row in ids.tolist()]
+    def rows_in(self, blocks: np.ndarray) -> int:
+        """Rows in the blocks ``blocks``."""
+        return int(np.minimum(self.block_rows, self.n_table_rows - np.asarray(blocks, np.int64) * self.block_rows).sum())
 
-    def _by_block(self, ids: np.ndarray) -> tuple[np.ndarray, list[slice]]:
-        """A stable order grouping ``ids`` by block, and the slices of that order each one request serves."""
-        blocks = ids // self.block_rows
-        order = np.argsort(blocks, kind="stable")
-        starts = np.flatnonzero(np.diff(blocks[order], prepend=-1))
-        ends = np.append(starts[1:], ids.size)
-        return order, [slice(s, min(s + CHUNK_KEYS, end)) for start, end in zip(starts.tolist(), ends.tolist())
-                       for s in range(start, end, CHUNK_KEYS)]
+    def done_blocks(self) -> np.ndarray:
+        """Bool per block of the table: committed in the store (asks the store about the rest)."""
+        todo = np.flatnonzero(~self._done)
+        if todo.size:
+            self._done[todo] = self._blocks_done(todo)
+        return self._done.copy()
 
     @property
     def populated_rows(self) -> int:
-        """Rows 0..n-1 that `populate_remote` has committed."""
-        with self._talking("read the populate counter"):
-            return int(self._client.get(self._done_key) or 0)
+        """Rows held in committed blocks."""
+        return self.rows_in(np.flatnonzero(self.done_blocks()))
 
-    def read(self, ids: Any, out: Any) -> None:
+    def contains(self, ids: Any) -> np.ndarray:
         ids = self._ids(ids)
-        out = self._host_rows(out, ids.size, "out")
-        if ids.size == 0:
-            return
-        order, requests = self._by_block(ids)
-        keys = self.keys(ids[order])
-        with self._talking("read"):
-            pipe = self._client.pipeline(transaction=False)
-            for part in requests:
-                pipe.mget(keys[part])
-            replies = pipe.execute()
-        self.round_trips += 1
-        values = [v for reply in replies for v in reply]
-        if None in values:
-            key = keys[values.index(None)]
-            raise EngramTierError(
-                f"remote tier {self.url}: row {key.rsplit(b':', 1)[1].decode()} is missing (key {key.decode()}); "
-                "populate the store with populate_remote before reading"
-            )
-        joined = b"".join(values)
-        if len(joined) != ids.size * self.row_bytes:
-            raise EngramTierError(
-                f"remote tier {self.url}: rows under prefix '{self.key_prefix}' are not {self.row_bytes} B each; "
-                "the store holds another table: repopulate it"
-            )
-        out[order] = np.frombuffer(joined, np.uint8).reshape(ids.size, self.row_bytes)
-        self._count_read(ids.size)
+        blocks = ids // self.block_rows
+        held = self._done[blocks]
+        if not held.all():
+            self.done_blocks()
+            held = self._done[blocks]
+        return held
 
-    def write(self, ids: Any, rows: Any, *, done: int | None = None) -> None:
-        """Store ``rows[i]`` under ``ids[i]`` in one MULTI/EXEC; ``done`` also sets the populate counter
-        in that transaction (all or nothing: the counter never runs ahead of the rows)."""
+    def write(self, ids: Any, rows: Any) -> None:
+        """Store whole blocks: ``ids`` must run from a block's first row to a block's end (or the table's)."""
         ids = self._ids(ids)
         rows = self._host_rows(rows, ids.size, "rows")
-        order, requests = self._by_block(ids)
-        keys, payload = self.keys(ids[order]), rows[order]
-        with self._talking("write"):
-            pipe = self._client.pipeline(transaction=True)
-            for part in requests:
-                pipe.mset(dict(zip(keys[part], (r.tobytes() for r in payload[part]))))
-            if done is not None:
-                pipe.set(self._done_key, done)
-            pipe.execute()
+        if ids.size == 0:
+            return
+        first, last = int(ids[0]), int(ids[-1]) + 1
+        whole = first % self.block_rows == 0 and (last % self.block_rows == 0 or last == self.n_table_rows)
+        if not whole or not np.array_equal(ids, np.arange(first, last)):
+            raise EngramTierError(
+                f"remote tier {self.where}: writes go by whole blocks of {self.block_rows} rows (ids from a multiple "
+                f"of {self.block_rows} to a block's end, in order); use populate_remote to copy a table"
+            )
+        for block in range(first // self.block_rows, -(-last // self.block_rows)):
+            lo = block * self.block_rows - first
+            self._write_block(block, rows[lo: lo + self.block_rows_of(block)])
+            self._done[block] = True
         self._count_write(ids.size)
 
     def record_source(self, table_manifest: dict) -> None:
         """Keep the source table's manifest next to ours, so the store says what it holds."""
         self.manifest = {**self.manifest, "table": table_manifest}
-        with self._talking("write the manifest"):
-            self._client.set(self._manifest_key, json.dumps(self.manifest, sort_keys=True))
+        self._set_manifest(json.dumps(self.manifest, sort_keys=True))
 
-    def contains(self, ids: Any) -> np.ndarray:
-        ids = self._ids(ids)
-        done = self.populated_rows
-        held = ids < done
-        rest = ids[~held]
-        if rest.size:  # rows written outside populate order: ask the store
-            with self._talking("check rows"):
-                pipe = self._client.pipeline(transaction=False)
-                for key in self.keys(rest):
-                    pipe.exists(key)
-                held[~held] = np.array(pipe.execute(), dtype=bool)
-        return held
+    def missing_row(self, row: int) -> EngramTierError:
+        return EngramTierError(
+            f"remote tier {self.where}: row {row} is missing (block {row // self.block_rows} of prefix "
+            f"'{self.key_prefix}' was never populated); run `engramtier remote populate` before reading"
+        )
 
     def stats(self) -> dict:
-        with self._talking("read stats"):
-            used = self._client.info("memory")["used_memory"]
-        return {**super().stats(), "url": self.url, "key_prefix": self.key_prefix, "block_rows": self.block_rows,
-                "round_trips": self.round_trips, "populated_rows": self.populated_rows,
-                "server_used_memory_bytes": used}
-
-    def close(self) -> None:
-        self._client.close()
+        return {**super().stats(), "backend": self.backend, "where": self.where, "key_prefix": self.key_prefix,
+                "block_rows": self.block_rows, "round_trips": self.round_trips}
 
 
-class _Unreachable:
-    """Turns a lost connection into one line naming the server and what to do; the store is untouched
-    because reads fill ``out`` only after every reply arrived and writes are MULTI/EXEC transactions."""
-
-    def __init__(self, url: str, doing: str) -> None:
-        self.url, self.doing = url, doing
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
-        if isinstance(err, (redis.ConnectionError, redis.TimeoutError)):
-            why = " ".join(str(err).split())
-            raise EngramTierError(
-                f"remote tier {self.url} unreachable: {why} (during {self.doing}); start the server or fix the url"
-            ) from None
-        if isinstance(err, redis.RedisError):
-            raise EngramTierError(f"remote tier {self.url}: {self.doing} refused by the server: {err}") from None
+def open_remote(storage: Mapping[str, Any], *, n_table_rows: int, row_bytes: int, fingerprint: str | None,
+                model: Any = None, where: str = "storage") -> RemoteTier:
+    """A remote tier from a ``storage`` table: ``backend`` ("redis" or "mooncake") and that backend's options."""
+    options = dict(storage)
+    backend = options.pop("backend", None)
+    backends = remote_backends()
+    if backend not in backends:
+        raise EngramTierError(f"{where}: backend must be one of {', '.join(backends)}, got {backend!r}")
+    tier_class = backends[backend]()
+    refuse_unknown(options, tier_class.OPTIONS, where, what="storage option")
+    return tier_class(**options, n_table_rows=n_table_rows, row_bytes=row_bytes, fingerprint=fingerprint, model=model)
 
 
-def populate_remote(source_rows: Any, tier: RedisTier, *, batch_rows: int = POPULATE_ROWS,
+def remote_backends() -> dict[str, Any]:
+    """Backend name -> a function returning its tier class (imported on use: Mooncake is optional)."""
+    def redis_tier() -> Any:
+        from engramtier.tiers.redis_store import RedisTier
+
+        return RedisTier
+
+    def mooncake_tier() -> Any:
+        from engramtier.tiers.mooncake_store import MooncakeTier
+
+        return MooncakeTier
+
+    return {"redis": redis_tier, "mooncake": mooncake_tier}
+
+
+def populate_remote(source_rows: Any, tier: RemoteTier, *, batch_rows: int = POPULATE_ROWS,
                     progress: bool = True) -> int:
     """Copy every row of ``source_rows`` (an `NvmeTier`, or anything with ``read(ids, out)``) into ``tier``.
 
-    Resumable: starts at the store's ``done`` counter, which each batch advances in the same transaction
-    as its rows. Returns the rows written by this call.
+    Resumable: writes only the blocks the store has not committed, each in one atomic step, in runs of
+    about ``batch_rows`` rows read from the source at once. Returns the rows written by this call.
     """
     n, rb = tier.n_table_rows, tier.row_bytes
     shape = (getattr(source_rows, "n_table_rows", n), getattr(source_rows, "row_bytes", rb))
@@ -228,23 +231,30 @@ def populate_remote(source_rows: Any, tier: RedisTier, *, batch_rows: int = POPU
         )
     if tier.manifest.get("table") is None and getattr(source_rows, "manifest", None) is not None:
         tier.record_source(source_rows.manifest)
-    done = tier.populated_rows
-    buffer = np.empty((min(batch_rows, n), rb), np.uint8)
-    with tqdm(total=n, initial=done, unit="row", disable=not progress, desc=f"populate {tier.key_prefix}") as bar:
-        for first in range(done, n, batch_rows):
-            last = min(first + batch_rows, n)
+    missing = np.flatnonzero(~tier.done_blocks())
+    per_batch = max(1, batch_rows // tier.block_rows)
+    buffer = np.empty((per_batch * tier.block_rows, rb), np.uint8)
+    written = 0
+    with tqdm(total=n, initial=n - tier.rows_in(missing), unit="row", disable=not progress,
+              desc=f"populate {tier.key_prefix}") as bar:
+        # runs of consecutive missing blocks, at most per_batch long: one source read each
+        breaks = np.flatnonzero((np.diff(missing) != 1) | (np.arange(1, missing.size) % per_batch == 0)) + 1
+        for run in np.split(missing, breaks) if missing.size else []:
+            first, last = int(run[0]) * tier.block_rows, min(int(run[-1] + 1) * tier.block_rows, n)
             ids = np.arange(first, last, dtype=np.int64)
             source_rows.read(ids, buffer[: ids.size])
-            tier.write(ids, buffer[: ids.size], done=last)
+            tier.write(ids, buffer[: ids.size])
+            written += ids.size
             bar.update(ids.size)
-    return n - done
+    return written
 
 
-def calibrate_remote(tier: RedisTier, sizes: Iterable[int] = (1, 16, 256, 4096, 16384), *, repeats: int = 5,
+def calibrate_remote(tier: RemoteTier, sizes: Iterable[int] = (1, 16, 256, 4096, 16384), *, repeats: int = 5,
                      seed: int = 0) -> Any:
     """Time reads of random rows at each batch size (median of ``repeats``) and fit a `TierModel`.
 
-    One read is one pipelined round trip of MGETs of up to `CHUNK_KEYS` keys, hence the parallelism.
+    One read is one round of requests, one per block touched, sent together: hence the parallelism of
+    ``block_rows`` rows per request.
     """
     from engramtier.cache.timing import calibrate
 
@@ -260,4 +270,4 @@ def calibrate_remote(tier: RedisTier, sizes: Iterable[int] = (1, 16, 256, 4096, 
             tier.read(ids, out)
             seconds.append(time.perf_counter() - start)
         samples.append((ids.size, tier.row_bytes, statistics.median(seconds)))
-    return calibrate(samples, name="remote", parallelism=CHUNK_KEYS)
+    return calibrate(samples, name="remote", parallelism=tier.block_rows)

@@ -1,0 +1,181 @@
+"""The remote tier on Redis or a Redis Cluster: each row a plain string of its raw bytes.
+
+Key layout for prefix P (see `engramtier.tiers.remote` for what every backend shares):
+
+    {P:block}:row      the row's ``row_bytes`` bytes; ``block`` = row // ``block_rows``
+    {P:block}:done     set in the same MULTI/EXEC as the block's rows: the block is committed
+    {P}:manifest       JSON: format, sizes, block size, hash fingerprint, source table manifest
+
+The ``{...}`` part is a Redis Cluster hash tag: every key of one block hashes to one slot, so a
+block's rows live on one shard, one MGET fetches them, and a block commits in one transaction even in
+a cluster (a transaction cannot span slots). A read groups its ids by block and sends one MGET per
+block (at most `CHUNK_KEYS` keys each) down one pipeline: one network round trip per read on a single
+server, one per shard touched in a cluster, never one per row. Rows land in the caller's buffer only
+once every one has arrived, so a failed read (a missing row, a dead server) leaves ``out`` as it was.
+With the ``hiredis`` package installed, redis-py parses replies in C.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import redis
+from redis.cluster import RedisCluster
+
+from engramtier.errors import EngramTierError
+from engramtier.tiers.remote import BLOCK_ROWS, RemoteTier, RemoteUnavailable
+
+CHUNK_KEYS = 4096  # most keys in one MGET/MSET request, to keep each reply a few hundred KiB
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+                redis.exceptions.MaxConnectionsError)
+
+
+class RedisTier(RemoteTier):
+    """A table in Redis under ``key_prefix``: ``url`` ("redis://host:port/db", or ``host``/``port``);
+    ``cluster``: the url is any node of a Redis Cluster, keys are routed to their shards.
+    ``fingerprint``: the model's hash fingerprint; a store populated for another one is refused."""
+
+    backend = "redis"
+    OPTIONS = ("url", "host", "port", "key_prefix", "block_rows", "timeout_s", "cluster")
+
+    def __init__(self, url: str | None = None, *, n_table_rows: int, row_bytes: int, fingerprint: str | None,
+                 key_prefix: str = "engram", host: str = "127.0.0.1", port: int = 6379, cluster: bool = False,
+                 block_rows: int = BLOCK_ROWS, timeout_s: float = 10.0, model: Any = None) -> None:
+        super().__init__(n_table_rows=n_table_rows, row_bytes=row_bytes, fingerprint=fingerprint,
+                         key_prefix=key_prefix, block_rows=block_rows, model=model)
+        self.url, self.cluster = url or f"redis://{host}:{port}", bool(cluster)
+        self._manifest_key = f"{{{key_prefix}}}:manifest"
+        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        with self._talking("connect"):
+            self._client = RedisCluster.from_url(self.url, **options) if self.cluster \
+                else redis.Redis.from_url(self.url, **options)
+        try:
+            with self._talking("open"):
+                self._open_manifest()
+        except BaseException:
+            self._client.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        return f"{self.url} (cluster)" if self.cluster else self.url
+
+    def _talking(self, doing: str) -> "_Unreachable":
+        return _Unreachable(self.where, doing)
+
+    def keys(self, ids: np.ndarray) -> list[bytes]:
+        """The Redis keys of rows ``ids`` (one hash tag per block of rows)."""
+        prefix, block = self.key_prefix.encode(), self.block_rows
+        return [b"{%s:%d}:%d" % (prefix, row // block, row) for row in ids.tolist()]
+
+    def _done_key(self, block: int) -> bytes:
+        return b"{%s:%d}:done" % (self.key_prefix.encode(), block)
+
+    def _put_manifest_if_absent(self, text: str) -> str:
+        self._client.set(self._manifest_key, text, nx=True)
+        return self._client.get(self._manifest_key)
+
+    def _set_manifest(self, text: str) -> None:
+        with self._talking("write the manifest"):
+            self._client.set(self._manifest_key, text)
+
+    def _blocks_done(self, blocks: np.ndarray) -> np.ndarray:
+        with self._talking("read the done marks"):
+            pipe = self._client.pipeline(transaction=False)
+            for block in blocks.tolist():
+                pipe.exists(self._done_key(block))
+            return np.array(pipe.execute(), dtype=bool).reshape(-1)
+
+    def _write_block(self, block: int, rows: np.ndarray) -> None:
+        first = block * self.block_rows
+        keys = self.keys(np.arange(first, first + rows.shape[0]))
+        with self._talking("write"):
+            pipe = self._shard(block).pipeline(transaction=True)  # one slot, one shard: valid in a cluster too
+            for lo in range(0, len(keys), CHUNK_KEYS):
+                pipe.mset(dict(zip(keys[lo: lo + CHUNK_KEYS], (r.tobytes() for r in rows[lo: lo + CHUNK_KEYS]))))
+            pipe.set(self._done_key(block), 1)
+            pipe.execute()
+
+    def _shard(self, block: int) -> redis.Redis:
+        """The client of the server holding ``block`` (a cluster routes by the block's hash tag; redis-py's
+        cluster pipelines refuse multi-key commands even within one slot, so we talk to the shard)."""
+        if not self.cluster:
+            return self._client
+        return self._client.get_redis_connection(self._client.get_node_from_key(self._done_key(block)))
+
+    def _requests(self, ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, slice]]]:
+        """A stable order grouping ``ids`` by block, and (block, slice of that order) per MGET."""
+        blocks = ids // self.block_rows
+        order = np.argsort(blocks, kind="stable")
+        starts = np.flatnonzero(np.diff(blocks[order], prepend=-1))
+        ends = np.append(starts[1:], ids.size)
+        first_block = blocks[order][starts].tolist()
+        return order, [(b, slice(s, min(s + CHUNK_KEYS, end)))
+                       for b, start, end in zip(first_block, starts.tolist(), ends.tolist())
+                       for s in range(start, end, CHUNK_KEYS)]
+
+    def read(self, ids: Any, out: Any) -> None:
+        ids = self._ids(ids)
+        out = self._host_rows(out, ids.size, "out")
+        if ids.size == 0:
+            return
+        order, requests = self._requests(ids)
+        keys = self.keys(ids[order])
+        with self._talking("read"):
+            pipes: dict[int, tuple[Any, list[int]]] = {}  # shard -> (its pipeline, the requests it serves)
+            for i, (block, part) in enumerate(requests):
+                shard = self._shard(block)
+                pipe, served = pipes.setdefault(id(shard), (shard.pipeline(transaction=False), []))
+                pipe.mget(keys[part])
+                served.append(i)
+            replies: list[Any] = [None] * len(requests)
+            for pipe, served in pipes.values():
+                for i, reply in zip(served, pipe.execute()):
+                    replies[i] = reply
+        self.round_trips += len(pipes)
+        values = [v for reply in replies for v in reply]
+        if None in values:
+            raise self.missing_row(int(ids[order][values.index(None)]))
+        joined = b"".join(values)
+        if len(joined) != ids.size * self.row_bytes:
+            raise EngramTierError(
+                f"remote tier {self.where}: rows under prefix '{self.key_prefix}' are not {self.row_bytes} B each; "
+                "the store holds another table: repopulate it"
+            )
+        out[order] = np.frombuffer(joined, np.uint8).reshape(ids.size, self.row_bytes)
+        self._count_read(ids.size)
+
+    def stats(self) -> dict:
+        with self._talking("read stats"):
+            if self.cluster:
+                used = sum(node["used_memory"] for node in
+                           self._client.info("memory", target_nodes=RedisCluster.ALL_NODES).values())
+            else:
+                used = self._client.info("memory")["used_memory"]
+        return {**super().stats(), "server_used_memory_bytes": used}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _Unreachable:
+    """Turns a lost connection into `RemoteUnavailable` (one line naming the server), other server
+    errors into one `EngramTierError` line; the store is untouched either way, because reads fill
+    ``out`` only after every reply arrived and a block is written in one MULTI/EXEC."""
+
+    def __init__(self, where: str, doing: str) -> None:
+        self.where, self.doing = where, doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
+        if isinstance(err, _UNREACHABLE) or (isinstance(err, redis.exceptions.RedisClusterException)
+                                             and "connect" in str(err).lower()):
+            why = " ".join(str(err).split())
+            raise RemoteUnavailable(
+                f"remote tier {self.where} unreachable: {why} (during {self.doing}); start the server or fix the url"
+            ) from None
+        if isinstance(err, (redis.RedisError, redis.exceptions.RedisClusterException)):
+            raise EngramTierError(f"remote tier {self.where}: {self.doing} refused by the server: {err}") from None
