@@ -58,6 +58,15 @@ def test_from_dict_builds_the_declared_hierarchy():
     assert Hierarchy.from_dict(h.to_dict()) == h  # to_dict round-trips (models spelled out as tables)
 
 
+def test_a_remote_store_round_trips_with_its_storage_table():
+    d = {"tier": [{"name": "dram", "capacity": 10, "policy": "lru", "model": "dram"},
+                  {"name": "remote", "model": "remote",
+                   "storage": {"backend": "redis", "url": "redis://10.0.0.5:6379", "on_failure": "retry"}}]}
+    h = Hierarchy.from_dict(d)
+    assert h.store.storage["url"] == "redis://10.0.0.5:6379" and h.caches[0].storage == {}
+    assert Hierarchy.from_dict(h.to_dict()) == h and "storage" not in h.to_dict()["tier"][0]
+
+
 def test_mode_defaults_to_inclusive():
     h = Hierarchy.from_dict({"tier": [{"name": "nvme", "model": "nvme"}]})
     assert h.mode == "inclusive" and h.caches == ()
@@ -98,6 +107,8 @@ STORE = TierSpec("nvme", None, None, {}, "nvme")
     (lambda: Hierarchy((spec(policy=None), STORE)), "cache tier 'gpu' needs a capacity and a policy"),
     (lambda: Hierarchy((spec(capacity=None), STORE)), "cache tier 'gpu' needs a capacity and a policy"),
     (lambda: Hierarchy((spec(), TierSpec("nvme", None, "lru", {}, "nvme"))), "takes no policy"),
+    (lambda: spec(storage="redis://x"), "storage must be a table"),
+    (lambda: Hierarchy((spec(storage={"backend": "redis"}), STORE)), "cache tier 'gpu' has a storage table"),
 ])
 def test_declaration_errors(make, match):
     with pytest.raises(EngramTierError, match=match):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
@@ -56,14 +56,17 @@ def parse_size(text: str) -> int:
 @dataclass(frozen=True)
 class TierSpec:
     """One tier: ``capacity`` in rows (int) or bytes (a size string; None for the backing store: the
-    whole table), the ``policy`` name and its ``params`` (None for the store), and the read ``model``
-    (a `TierModel` or the name of a default one)."""
+    whole table), the ``policy`` name and its ``params`` (None for the store), the read ``model``
+    (a `TierModel` or the name of a default one), and for the backing store only, ``storage``: where
+    the runtime finds the rows when they are not in the local LMDB table (a remote store's backend and
+    options, see `engramtier.tiers.remote`; the simulator reads only the model)."""
 
     name: str
     capacity: int | str | None
     policy: str | None
     params: Mapping[str, Any]
     model: TierModel | str
+    storage: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"tier '{self.name}'"
@@ -79,6 +82,8 @@ class TierSpec:
             raise EngramTierError(f"{where}: capacity must be positive, got {self.capacity} rows")
         if not isinstance(self.params, Mapping):
             raise EngramTierError(f"{where}: params must be a table of policy parameters, got {self.params!r}")
+        if not isinstance(self.storage, Mapping):
+            raise EngramTierError(f"{where}: storage must be a table (backend, url, ...), got {self.storage!r}")
         if not isinstance(self.model, TierModel):
             try:
                 object.__setattr__(self, "model", tier_model(self.model))
@@ -95,8 +100,9 @@ class TierSpec:
         return rows
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "capacity": self.capacity, "policy": self.policy, "params": dict(self.params),
-                "model": self.model.to_dict()}
+        d = {"name": self.name, "capacity": self.capacity, "policy": self.policy, "params": dict(self.params),
+             "model": self.model.to_dict()}
+        return {**d, "storage": dict(self.storage)} if self.storage else d
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,12 @@ class Hierarchy:
                 raise EngramTierError(
                     f"hierarchy: cache tier '{tier.name}' needs a capacity and a policy "
                     "(only the last tier, the backing store, goes without)"
+                )
+        for tier in self.caches:
+            if tier.storage:
+                raise EngramTierError(
+                    f"hierarchy: cache tier '{tier.name}' has a storage table, but only the last tier (the backing "
+                    "store) takes one; move it there"
                 )
         if self.store.policy is not None:
             raise EngramTierError(
@@ -191,7 +203,8 @@ class Hierarchy:
                     model = TierModel(**{"name": t["name"], **model})
                 except TypeError as err:
                     raise EngramTierError(f"{at}.model: {err}") from None
-            specs.append(TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model))
+            specs.append(TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
+                                  t.get("storage", {})))
         return cls(tuple(specs), d.get("mode", "inclusive"))
 
     def to_dict(self) -> dict:

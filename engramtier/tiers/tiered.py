@@ -44,16 +44,20 @@ from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, is_compiled
 from engramtier.errors import EngramTierError
 from engramtier.tomlfile import read_toml
+from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import DramTier
+from engramtier.tiers.failover import FAILOVER_OPTIONS, FailoverStore
 from engramtier.tiers.gpu import GpuTier
 from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.remote import open_remote
 from engramtier.tiers.slab import SlabTier, copy_rows
 from engramtier.trace.rowtrace import RowTrace
 
 # A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).
 STORAGE = {"gpu": GpuTier, "hbm": GpuTier, "dram": DramTier, "cxl": CxlTier}
-PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all numba threads
+PARALLEL_MIN_ROWS = 1 << 15
+REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "fallback_rows")  # row copies of at least this many rows use all numba threads
 
 
 @njit(inline="always")
@@ -295,7 +299,8 @@ class RowsHandle:
 class TieredTable:
     """An Engram table in a hierarchy of tiers (`Hierarchy`: caches fastest first, then the store).
 
-    ``store``: the table's LMDB copy (`NvmeTier`), the source of truth; the cache tiers are built from
+    ``store``: the tier holding every row (see `open_store`): the table's LMDB copy (`NvmeTier`), or a
+    remote store behind its failover rule (`FailoverStore`); the cache tiers are built from
     the hierarchy's specs: storage by tier name or model name (gpu/hbm, dram, cxl), capacity in rows or
     bytes, the named policy. ``device``: where `wait` delivers rows (default cuda if available); the
     gpu tier lives there (emulated in host memory on a CPU). ``layers_per_step``: consecutive
@@ -304,7 +309,7 @@ class TieredTable:
     ``record_trace``: keep every step's row ids, so that `recorded_trace` can be simulated.
     """
 
-    def __init__(self, hierarchy: Hierarchy | Mapping[str, Any], store: NvmeTier, *, device: Any = None,
+    def __init__(self, hierarchy: Hierarchy | Mapping[str, Any], store: Tier, *, device: Any = None,
                  layers_per_step: int = 1, ctx: PolicyContext | None = None, record_trace: bool = False) -> None:
         self.hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
         self.store = store
@@ -318,7 +323,7 @@ class TieredTable:
         ctx = ctx or PolicyContext(n_keys=self.n_rows)
         if ctx.n_keys != self.n_rows:
             raise EngramTierError(
-                f"tiered table: the policy context is for {ctx.n_keys} rows, the table at {store.path} has {self.n_rows}"
+                f"tiered table: the policy context is for {ctx.n_keys} rows, the table has {self.n_rows}"
             )
         self.capacities = self.hierarchy.capacities(self.n_rows, self.row_bytes)
         self.engine = Engine(self.hierarchy.build_policies(ctx, self.row_bytes), self.hierarchy.mode, self.n_rows)
@@ -373,9 +378,10 @@ class TieredTable:
     @classmethod
     def open(cls, hierarchy: Hierarchy | Mapping[str, Any], table_path: str | os.PathLike, *,
              expect_fingerprint: str | None = None, readers: int = 4, **options: Any) -> "TieredTable":
-        """A table over the LMDB table at ``table_path``, refused if built for another hash fingerprint."""
+        """A table over the LMDB table at ``table_path`` (or the remote store the hierarchy's last tier names,
+        populated from it), refused if built for another hash fingerprint."""
         hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
-        store = NvmeTier(table_path, readers=readers, expect_fingerprint=expect_fingerprint, model=hierarchy.store.model)
+        store = open_store(hierarchy.store, table_path, fingerprint=expect_fingerprint, readers=readers)
         try:
             return cls(hierarchy, store, **options)
         except BaseException:
@@ -638,6 +644,7 @@ class TieredTable:
                 "served_share": counts["hits"] / total, "served_bytes": counts["hits"] * self.row_bytes,
                 "bytes_read": moved["bytes_read"], "rows_read": moved["rows_read"],
                 "rows_written": moved["rows_written"], "emulated": moved.get("emulated", False),
+                **({"remote": {k: moved[k] for k in REMOTE_FACTS}} if isinstance(tier, FailoverStore) else {}),
             })
         return out
 
@@ -721,17 +728,55 @@ def lmdb_table_for(run_dir: str | os.PathLike, progress: bool = False) -> str:
     return str(path)
 
 
-def open_for_model(model: Any, table_path: str | os.PathLike, hierarchy: Hierarchy | None = None, *,
+def open_store(spec: TierSpec, table_path: str | os.PathLike | None, *, fingerprint: str | None, readers: int = 4,
+               shape: tuple[int, int] | None = None) -> Tier:
+    """The hierarchy's backing store: the LMDB table at ``table_path``, or, when its ``storage`` table
+    names a backend, that remote store behind its failover rule (`FailoverStore`; the LMDB table is
+    the fallback for ``on_failure = "fallback"``). A remote store has the sizes of the local table, or
+    ``shape`` (rows, row bytes) when there is none."""
+    local = NvmeTier(table_path, readers=readers, expect_fingerprint=fingerprint, model=spec.model) \
+        if table_path is not None else None
+    if not spec.storage:
+        if local is None:
+            raise EngramTierError(f"tier '{spec.name}': the backing store is a local LMDB table, but no table path "
+                                  "was given; pass --table")
+        return local
+    try:
+        options = dict(spec.storage)
+        rule = {k: options.pop(k) for k in FAILOVER_OPTIONS if k in options}
+        rows, row_bytes = (local.n_table_rows, local.row_bytes) if local is not None else shape
+        remote = open_remote(options, n_table_rows=rows, row_bytes=row_bytes, model=spec.model,
+                             fingerprint=fingerprint if local is None else local.manifest["fingerprint"],
+                             where=f"tier '{spec.name}' storage")
+        fallback = local if rule.get("on_failure") == "fallback" else None
+        try:
+            store = FailoverStore(remote, **rule, fallback=fallback)
+        except BaseException:
+            remote.close()
+            raise
+        if local is not None and fallback is None:
+            local.close()
+        return store
+    except BaseException:
+        if local is not None:
+            local.close()
+        raise
+
+
+def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: Hierarchy | None = None, *,
                    device: Any = None, readers: int = 4, record_trace: bool = False) -> TieredTable:
-    """A TieredTable serving ``model`` (an `EngramLM`): its fingerprint checked, one step per forward."""
+    """A TieredTable serving ``model`` (an `EngramLM`): its fingerprint checked, one step per forward.
+    ``table_path``: the LMDB table (optional when the hierarchy's store is remote)."""
     config = model.config.engram
     if config is None:
         raise EngramTierError("tiered table: this model has no Engram layers, so there is no table to serve")
-    store = NvmeTier(table_path, readers=readers, expect_fingerprint=config.fingerprint)
+    hierarchy_store = (hierarchy or default_hierarchy(model.hasher.n_rows)).store
+    store = open_store(hierarchy_store, table_path, fingerprint=config.fingerprint, readers=readers,
+                       shape=(model.hasher.n_rows, model.config.format.row_bytes))
     try:
         if store.row_bytes != model.config.format.row_bytes or store.n_table_rows != model.hasher.n_rows:
             raise EngramTierError(
-                f"tiered table: {table_path} holds {store.n_table_rows} rows of {store.row_bytes} B, the model reads "
+                f"tiered table: the table holds {store.n_table_rows} rows of {store.row_bytes} B, the model reads "
                 f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
             )
         hierarchy = hierarchy or default_hierarchy(store.n_table_rows)

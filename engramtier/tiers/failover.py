@@ -1,0 +1,132 @@
+"""What the runtime does when its remote store goes away: stop, wait for it, or read a local copy.
+
+A remote store (`engramtier.tiers.remote`) can be killed, restarted or cut off mid-run. Its backends
+raise `RemoteUnavailable` for exactly that case, having left the caller's buffer untouched, so a read
+can be repeated or served elsewhere with nothing corrupted. The hierarchy's last tier says which, in
+its ``storage`` table (``on_failure``):
+
+- ``"error"`` (default): the read fails with one line naming the store; the run stops.
+- ``"retry"``: the read is retried, backing off up to a second, until the store answers or
+  ``retry_s`` seconds have passed (a restart within that window resumes the run; Redis must then be
+  persistent, or repopulated, for the rows to be there).
+- ``"fallback"``: reads go to a local copy of the table (the LMDB nvme tier the store was populated
+  from) while the store is down; the store is tried again every ``retry_s`` seconds. The local copy
+  must be the table the store was populated from (the manifests are compared at open).
+
+Every outage is counted in `stats`: failures, retries, seconds waited, rows served by the fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from engramtier.errors import EngramTierError
+from engramtier.tiers.base import Tier
+from engramtier.tiers.remote import RemoteTier, RemoteUnavailable
+
+ON_FAILURE = ("error", "retry", "fallback")
+FAILOVER_OPTIONS = ("on_failure", "retry_s")
+MAX_BACKOFF_S = 1.0
+
+
+class FailoverStore(Tier):
+    """A remote store ``primary`` behind the ``on_failure`` rule; ``fallback``: the local table for
+    ``"fallback"`` (an `NvmeTier` of the same table)."""
+
+    def __init__(self, primary: RemoteTier, on_failure: str = "error", retry_s: float = 30.0,
+                 fallback: Tier | None = None) -> None:
+        if on_failure not in ON_FAILURE:
+            raise EngramTierError(f"remote tier: on_failure must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}")
+        if not isinstance(retry_s, (int, float)) or isinstance(retry_s, bool) or retry_s < 0:
+            raise EngramTierError(f"remote tier: retry_s must be a number of seconds >= 0, got {retry_s!r}")
+        if on_failure == "fallback":
+            _check_same_table(primary, fallback)
+        super().__init__(primary.n_table_rows, primary.n_table_rows, primary.row_bytes, primary.model)
+        self.name = primary.name
+        self.primary, self.on_failure, self.retry_s, self.fallback = primary, on_failure, float(retry_s), fallback
+        self.manifest = primary.manifest
+        self.failures = self.retries = self.fallback_rows = 0
+        self.waited_s = 0.0
+        self._down_since: float | None = None  # fallback: when the store was last found unreachable
+
+    def read(self, ids: Any, out: Any) -> None:
+        if self.on_failure == "fallback" and self._down_since is not None:
+            if time.monotonic() - self._down_since < self.retry_s:
+                return self._read_fallback(ids, out)
+        try:
+            self.primary.read(ids, out)
+            self._down_since = None
+        except RemoteUnavailable as err:
+            self.failures += 1
+            if self.on_failure == "error":
+                raise
+            if self.on_failure == "fallback":
+                self._down_since = time.monotonic()
+                return self._read_fallback(ids, out)
+            self._retry(ids, out, err)
+        self._count_read(np.size(ids))
+
+    def _read_fallback(self, ids: Any, out: Any) -> None:
+        self.fallback.read(ids, out)
+        self.fallback_rows += np.size(ids)
+        self._count_read(np.size(ids))
+
+    def _retry(self, ids: Any, out: Any, err: RemoteUnavailable) -> None:
+        start = time.monotonic()
+        pause = 0.05
+        while True:
+            waited = time.monotonic() - start
+            if waited >= self.retry_s:
+                self.waited_s += waited
+                raise RemoteUnavailable(f"{err} (still unreachable after retrying for {self.retry_s:g} s)") from None
+            time.sleep(min(pause, self.retry_s - waited))
+            pause = min(2 * pause, MAX_BACKOFF_S)
+            self.retries += 1
+            try:
+                self.primary.read(ids, out)
+                self.waited_s += time.monotonic() - start
+                return
+            except RemoteUnavailable as again:
+                err = again
+
+    def write(self, ids: Any, rows: Any) -> None:
+        self.primary.write(ids, rows)
+
+    def contains(self, ids: Any) -> np.ndarray:
+        return self.primary.contains(ids)
+
+    def stats(self) -> dict:
+        try:
+            own = self.primary.stats()
+        except RemoteUnavailable:  # a report at the end of a run must not fail because the store went away
+            own = {"tier": self.primary.name, "backend": self.primary.backend, "where": self.primary.where}
+        return {**own, "reads": self.reads, "rows_read": self.rows_read, "bytes_read": self.rows_read * self.row_bytes,
+                "on_failure": self.on_failure, "failures": self.failures, "retries": self.retries,
+                "waited_s": self.waited_s, "fallback_rows": self.fallback_rows}
+
+    def close(self) -> None:
+        self.primary.close()
+        if self.fallback is not None:
+            self.fallback.close()
+
+
+def _check_same_table(primary: RemoteTier, fallback: Tier | None) -> None:
+    """The fallback must hold the very rows the store holds: same sizes, and the table the store was
+    populated from (its manifest, recorded by `populate_remote`)."""
+    where = f"remote tier {primary.where}"
+    if fallback is None:
+        raise EngramTierError(f"{where}: on_failure = 'fallback' needs a local copy of the table (--table PATH.lmdb)")
+    if (fallback.n_table_rows, fallback.row_bytes) != (primary.n_table_rows, primary.row_bytes):
+        raise EngramTierError(
+            f"{where}: the fallback table holds {fallback.n_table_rows} rows of {fallback.row_bytes} B, the store "
+            f"{primary.n_table_rows} rows of {primary.row_bytes} B; give the table the store was populated from"
+        )
+    source = primary.manifest.get("table")
+    if source is not None and source != getattr(fallback, "manifest", None):
+        raise EngramTierError(
+            f"{where}: the fallback table is not the table the store was populated from (their manifests differ); "
+            "give that table, or repopulate the store from this one"
+        )
