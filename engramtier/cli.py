@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "engramtier.cache.commands",
     "engramtier.tiers.commands",
     "engramtier.tiers.runtime_commands",
+    "engramtier.tiers.remote_commands",
     "engramtier.analysis.commands",
 )
 

@@ -2,20 +2,28 @@
 (error, retry across a restart, fallback to the local LMDB table) does what it says, and no row served
 is ever other than the table's."""
 
+import json
+import re
+import shutil
 import threading
 import time
+import tomllib
 
 import numpy as np
 import pytest
 import redis
-from redis_servers import Server, need_redis, server  # noqa: F401 (fixtures)
+from redis_servers import Server, free_port, need_redis, server  # noqa: F401 (fixtures)
 
+from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cli import main
 from engramtier.errors import EngramTierError
 from engramtier.tiers.build import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.redis_store import RedisTier
 from engramtier.tiers.remote import RemoteUnavailable, populate_remote
-from engramtier.tiers.tiered import TieredTable
+from engramtier.tiers.replay import random_run
+from engramtier.tiers.tiered import TieredTable, lmdb_table_for
+from engramtier.trace.sources import sample_text_dir
 
 N_ROWS, BLOCK_ROWS, STEPS, KILL_AT = 3000, 256, 8, 3
 
@@ -152,3 +160,69 @@ def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_ta
     assert "\n" not in str(err.value)
     with pytest.raises(EngramTierError, match=r"on_failure must be one of error, retry, fallback, got 'ignore'"):
         TieredTable.open(hierarchy(server.url, on_failure="ignore"), lmdb_table, device="cpu")
+
+
+def test_remote_commands_populate_resume_and_calibrate(server, lmdb_table, capsys):
+    argv = ["--table", str(lmdb_table), "--storage", "backend=redis", f"url={server.url}", "key_prefix=cli",
+            "block_rows=256"]
+    assert main(["remote", "populate", *argv, "--quiet"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["written_rows"] == first["populated_rows"] == N_ROWS and first["backend"] == "redis"
+    assert main(["remote", "populate", *argv, "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["written_rows"] == 0  # resumed: nothing left to write
+    assert main(["remote", "calibrate", *argv, "--sizes", "1", "256", "2048", "--repeats", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = tomllib.loads(result["toml"])["tier"]["model"]
+    assert model["latency_s"] > 0 and model["bandwidth_Bps"] > 0 and model == {
+        k: v for k, v in result["model"].items() if k != "name"}
+    spec = Hierarchy.from_dict({"tier": [{"name": "remote", "model": model}]}).store  # pastes into a hierarchy
+    assert spec.model.fetch_seconds(4096, 32) > spec.model.fetch_seconds(1, 32)
+
+
+@pytest.mark.parametrize("storage, match", [
+    (["backend=redis", "urll=redis://127.0.0.1:1"], r"--storage: unknown storage option 'urll': did you mean 'url'"),
+    (["backend=redis", "url=redis://127.0.0.1:{dead}", "timeout_s=1"], r"unreachable: .*start the server"),
+    (["backend", "url=x"], r"--storage: 'backend' is not KEY=VALUE"),
+])
+def test_remote_command_refusals_are_one_line(lmdb_table, storage, match, capsys):
+    storage = [s.format(dead=free_port()) for s in storage]
+    assert main(["remote", "populate", "--table", str(lmdb_table), "--storage", *storage, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1
+
+
+def test_replay_serves_a_trained_table_from_redis_bitwise_equal(server, tmp_path, capsys):
+    text = tmp_path / "text"
+    text.mkdir()
+    shutil.copy(sample_text_dir() / "tutorial-appetite.rst.txt", text)
+    run_dir = random_run(tmp_path / "model", text, tokenizer="bpe:300", seq_len=32, d_model=32, n_layers=2,
+                         n_heads=2, engram_layers=(0, 1), table_size=101, hash_heads=2, row_dim=16)
+    hierarchy_toml = tmp_path / "remote.toml"
+    hierarchy_toml.write_text(REMOTE_HIERARCHY.format(url=server.url))
+    table = lmdb_table_for(run_dir)
+    assert main(["remote", "populate", "--table", table, "--hierarchy", str(hierarchy_toml), "--quiet"]) == 0
+    out = tmp_path / "replay"
+    assert main(["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(hierarchy_toml),
+                 "--max-tokens", "300", "--batch", "2", "--seq-len", "24", "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    dram, remote = summary["tiers"]
+    assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"]
+    assert remote["storage"] == "remote" and remote["remote"]["backend"] == "redis" and remote["rows_read"] > 0
+    assert "remote" in capsys.readouterr().out
+
+
+REMOTE_HIERARCHY = """
+[[tier]]
+name = "dram"
+capacity = 60
+policy = "lru"
+model = "dram"
+[[tier]]
+name = "remote"
+model = "remote"
+[tier.storage]
+backend = "redis"
+url = "{url}"
+key_prefix = "replay"
+on_failure = "retry"
+"""
