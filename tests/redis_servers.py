@@ -1,5 +1,6 @@
-"""Real Redis servers for tests: a throwaway redis-server on a free loopback port, and a 3-shard Redis
-Cluster, each in a tmp dir; the fixtures `server` and `cluster` skip when redis-server is not installed."""
+"""Real Redis servers for tests and benchmarks: a throwaway redis-server on a free loopback port, and a
+3-shard Redis Cluster, each in a tmp dir; the fixtures `server` and `cluster` skip when redis-server is
+not installed. A server that does not come up raises RuntimeError."""
 
 import shutil
 import socket
@@ -42,7 +43,7 @@ class Server:
                 time.sleep(0.02)
         else:
             self.kill()
-            pytest.fail(f"redis-server did not answer on {self.url}")
+            raise RuntimeError(f"redis-server did not answer on {self.url}")
         client.close()
 
     def kill(self):
@@ -82,7 +83,7 @@ class Cluster:
                 return
             time.sleep(0.02)
         self.kill()
-        pytest.fail("the Redis Cluster did not reach cluster_state:ok")
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
     def kill(self):
         for node in self.nodes:

@@ -162,7 +162,7 @@ def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_ta
         TieredTable.open(hierarchy(server.url, on_failure="ignore"), lmdb_table, device="cpu")
 
 
-def test_remote_commands_populate_resume_and_calibrate(server, lmdb_table, capsys):
+def test_remote_commands_populate_resume_calibrate_and_plan(server, lmdb_table, tmp_path, capsys):
     argv = ["--table", str(lmdb_table), "--storage", "backend=redis", f"url={server.url}", "key_prefix=cli",
             "block_rows=256"]
     assert main(["remote", "populate", *argv, "--quiet"]) == 0
@@ -172,11 +172,22 @@ def test_remote_commands_populate_resume_and_calibrate(server, lmdb_table, capsy
     assert json.loads(capsys.readouterr().out)["written_rows"] == 0  # resumed: nothing left to write
     assert main(["remote", "calibrate", *argv, "--sizes", "1", "256", "2048", "--repeats", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    model = tomllib.loads(result["toml"])["tier"]["model"]
+    model = tomllib.loads(result["toml"])["model"]
     assert model["latency_s"] > 0 and model["bandwidth_Bps"] > 0 and model == {
         k: v for k, v in result["model"].items() if k != "name"}
     spec = Hierarchy.from_dict({"tier": [{"name": "remote", "model": model}]}).store  # pastes into a hierarchy
     assert spec.model.fetch_seconds(4096, 32) > spec.model.fetch_seconds(1, 32)
+
+    # the simulator plans with it: a hierarchy with a remote tail, its [tier.model] the calibration's
+    trace_path, h_path, out = tmp_path / "z.trace", tmp_path / "plan.toml", tmp_path / "plan"
+    assert main(["trace", "--synthetic-zipf", "1.0", "--vocab", "500", "--tokens", "2000", "--seq-len", "100",
+                 "--layers", "1", "--heads", "2", "--max-ngram", "2", "--table-size", "1009", "-o", str(trace_path),
+                 "--quiet"]) == 0
+    h_path.write_text(PLAN.format(url=server.url, model=result["toml"]))
+    assert main(["simulate", "--hierarchy", str(h_path), str(trace_path), "--window-s", "1e-4", "--out", str(out),
+                 "--quiet"]) == 0
+    planned = json.loads((out / "config.json").read_text())["config"]["hierarchy"]["tier"][-1]
+    assert planned["model"] == result["model"] and planned["storage"]["backend"] == "redis"
 
 
 @pytest.mark.parametrize("storage, match", [
@@ -225,4 +236,18 @@ backend = "redis"
 url = "{url}"
 key_prefix = "replay"
 on_failure = "retry"
+"""
+
+PLAN = """
+[[hierarchy.tier]]
+name = "dram"
+capacity = 200
+policy = "s3fifo"
+model = "dram"
+[[hierarchy.tier]]
+name = "remote"
+{model}
+storage = {{ backend = "redis", url = "{url}" }}
+[timing]
+compute_per_token_s = 1e-5
 """

@@ -25,7 +25,8 @@ examples:
   # a Redis Cluster: any node's url, keys routed by hash tag (one block of rows per slot)
   engramtier remote populate --table t.lmdb --storage backend=redis url=redis://10.0.0.5:7000 cluster=true
 
-  # the store named by the hierarchy file replay will use; fit a timing model for the simulator
+  # the store named by the hierarchy file replay will use; fit a timing model for the simulator: its
+  # "toml" line (model = { latency_s = ..., ... }) replaces the remote tier's model line
   engramtier remote calibrate --table t.lmdb --hierarchy remote.toml
 
 A hierarchy whose last tier is remote (on_failure: error, retry for retry_s seconds, or fallback to
@@ -116,5 +117,5 @@ def _run_remote(args: argparse.Namespace) -> None:
                                       "populated; run `engramtier remote populate` first")
             model = calibrate_remote(tier, sizes=args.sizes, repeats=args.repeats)
     fields = model.to_dict()
-    toml = "\n".join(["[tier.model]", *(f"{k} = {json.dumps(v)}" for k, v in fields.items() if k != "name")])
+    toml = "model = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in fields.items() if k != "name") + " }"
     print(json.dumps({"model": fields, "toml": toml}), file=sys.stdout)
