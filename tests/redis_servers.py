@@ -65,6 +65,15 @@ def server(tmp_path):
     srv.kill()
 
 
+@pytest.fixture
+def persistent_server(tmp_path):
+    """A server that keeps its rows across a kill and `restart` (fsync-always AOF)."""
+    need_redis()
+    srv = Server(tmp_path, persist=True)
+    yield srv
+    srv.kill()
+
+
 class Cluster:
     """A 3-shard Redis Cluster (no replicas) on free loopback ports, made with redis-cli --cluster create."""
 

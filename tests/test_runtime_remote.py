@@ -12,7 +12,7 @@ import tomllib
 import numpy as np
 import pytest
 import redis
-from redis_servers import Server, free_port, need_redis, server  # noqa: F401 (fixtures)
+from redis_servers import free_port, persistent_server, server  # noqa: F401 (fixtures)
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main
@@ -73,48 +73,38 @@ def run(table, table_rows, on_step=lambda step: None):
     return table.stats()["tiers"][-1]
 
 
-def test_error_rule_stops_with_one_line_and_the_store_is_intact(tmp_path, lmdb_table, table_rows):
-    need_redis()
-    persistent = Server(tmp_path, persist=True)
-    try:
-        populate(persistent.url, lmdb_table)
-        table = TieredTable.open(hierarchy(persistent.url), lmdb_table, device="cpu")
-        with table, pytest.raises(RemoteUnavailable, match=rf"remote tier {persistent.url} unreachable: .*start the "
-                                                           "server") as err:
-            run(table, table_rows, on_step=lambda step: step == KILL_AT and persistent.kill())
-        assert "\n" not in str(err.value)
-        with pytest.raises(EngramTierError, match="closed"):
-            table.prefetch(steps()[0])
-        persistent.restart()  # every row is still there, byte for byte
-        with NvmeTier(lmdb_table) as truth, RedisTier(persistent.url, n_table_rows=N_ROWS, row_bytes=truth.row_bytes,
-                                                      fingerprint=None, key_prefix="rt", block_rows=BLOCK_ROWS) as tier:
-            rows = np.empty_like(table_rows)
-            tier.read(np.arange(N_ROWS), rows)
-            np.testing.assert_array_equal(rows, table_rows)
-            assert populate_remote(truth, tier, progress=False) == 0
-    finally:
-        persistent.kill()
+def test_error_rule_stops_with_one_line_and_the_store_is_intact(persistent_server, lmdb_table, table_rows):
+    populate(persistent_server.url, lmdb_table)
+    table = TieredTable.open(hierarchy(persistent_server.url), lmdb_table, device="cpu")
+    with table, pytest.raises(RemoteUnavailable, match=rf"remote tier {persistent_server.url} unreachable: .*start the "
+                                                       "server") as err:
+        run(table, table_rows, on_step=lambda step: step == KILL_AT and persistent_server.kill())
+    assert "\n" not in str(err.value)
+    with pytest.raises(EngramTierError, match="closed"):
+        table.prefetch(steps()[0])
+    persistent_server.restart()  # every row is still there, byte for byte
+    with NvmeTier(lmdb_table) as truth, RedisTier(persistent_server.url, n_table_rows=N_ROWS, row_bytes=truth.row_bytes,
+                                                  fingerprint=None, key_prefix="rt", block_rows=BLOCK_ROWS) as tier:
+        rows = np.empty_like(table_rows)
+        tier.read(np.arange(N_ROWS), rows)
+        np.testing.assert_array_equal(rows, table_rows)
+        assert populate_remote(truth, tier, progress=False) == 0
 
 
-def test_retry_rule_rides_out_a_restart(tmp_path, lmdb_table, table_rows):
-    need_redis()
-    persistent = Server(tmp_path, persist=True)
-    try:
-        populate(persistent.url, lmdb_table)
+def test_retry_rule_rides_out_a_restart(persistent_server, lmdb_table, table_rows):
+    populate(persistent_server.url, lmdb_table)
 
-        def kill_and_restart(step):
-            if step == KILL_AT:
-                persistent.kill()
-                threading.Timer(0.5, persistent.restart).start()
+    def kill_and_restart(step):
+        if step == KILL_AT:
+            persistent_server.kill()
+            threading.Timer(0.5, persistent_server.restart).start()
 
-        with TieredTable.open(hierarchy(persistent.url, on_failure="retry", retry_s=20), lmdb_table,
-                              device="cpu") as table:
-            store = run(table, table_rows, on_step=kill_and_restart)
-        facts = store["remote"]
-        assert facts["failures"] >= 1 and facts["retries"] >= 1 and facts["waited_s"] >= 0.3
-        assert facts["fallback_rows"] == 0 and store["rows_read"] > 0
-    finally:
-        persistent.kill()
+    with TieredTable.open(hierarchy(persistent_server.url, on_failure="retry", retry_s=20), lmdb_table,
+                          device="cpu") as table:
+        store = run(table, table_rows, on_step=kill_and_restart)
+    facts = store["remote"]
+    assert facts["failures"] >= 1 and facts["retries"] >= 1 and facts["waited_s"] >= 0.3
+    assert facts["fallback_rows"] == 0 and store["rows_read"] > 0
 
 
 def test_retry_rule_gives_up_after_retry_s(server, lmdb_table, table_rows):
@@ -126,29 +116,24 @@ def test_retry_rule_gives_up_after_retry_s(server, lmdb_table, table_rows):
         assert time.monotonic() - start < 10
 
 
-def test_fallback_rule_serves_the_local_table_then_returns_to_the_store(tmp_path, lmdb_table, table_rows):
-    need_redis()
-    persistent = Server(tmp_path, persist=True)
-    try:
-        populate(persistent.url, lmdb_table)
+def test_fallback_rule_serves_the_local_table_then_returns_to_the_store(persistent_server, lmdb_table, table_rows):
+    populate(persistent_server.url, lmdb_table)
 
-        def outage(step):
-            if step == KILL_AT:
-                persistent.kill()
-            if step == KILL_AT + 2:
-                persistent.restart()
-                time.sleep(0.3)  # past retry_s: the next read tries the store again
+    def outage(step):
+        if step == KILL_AT:
+            persistent_server.kill()
+        if step == KILL_AT + 2:
+            persistent_server.restart()
+            time.sleep(0.3)  # past retry_s: the next read tries the store again
 
-        with TieredTable.open(hierarchy(persistent.url, on_failure="fallback", retry_s=0.2), lmdb_table,
-                              device="cpu") as table:
-            store = run(table, table_rows, on_step=outage)
-            remote_rows = table.store.primary.rows_read
-        facts = store["remote"]
-        assert facts["failures"] >= 1 and facts["fallback_rows"] > 0
-        assert remote_rows + facts["fallback_rows"] == store["rows_read"]
-        assert table.store.primary.reads > KILL_AT  # back on the store after the restart
-    finally:
-        persistent.kill()
+    with TieredTable.open(hierarchy(persistent_server.url, on_failure="fallback", retry_s=0.2), lmdb_table,
+                          device="cpu") as table:
+        store = run(table, table_rows, on_step=outage)
+        remote_rows = table.store.primary.rows_read
+    facts = store["remote"]
+    assert facts["failures"] >= 1 and facts["fallback_rows"] > 0
+    assert remote_rows + facts["fallback_rows"] == store["rows_read"]
+    assert table.store.primary.reads > KILL_AT  # back on the store after the restart
 
 
 def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_table, tmp_path):
