@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/engramtier quickstart
 
-# The remote-tier tests start a real redis-server (Debian package); installed here when possible.
+# The remote-tier tests start a real redis-server and Redis Cluster (Debian's redis-server) and a real
+# Mooncake Store (its wheel needs Debian's libibverbs1); installed here when possible, skipped if not.
 test: $(STAMP)
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } || \
-	  echo "redis-server is not installed: the remote-tier tests will be skipped"
+	@{ command -v redis-server >/dev/null && ldconfig -p | grep -q libibverbs.so.1; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    apt-get install -y -qq redis-server libibverbs1 >/dev/null; } || \
+	  echo "redis-server or libibverbs1 is not installed: the remote-tier tests that need them will be skipped"
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
