@@ -11,7 +11,6 @@ import tomllib
 
 import numpy as np
 import pytest
-import redis
 from redis_servers import free_port, persistent_server, server  # noqa: F401 (fixtures)
 
 from engramtier.cache.hierarchy import Hierarchy

@@ -8,12 +8,10 @@ import pytest
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers import mooncake_store
-from engramtier.tiers.build import RandomRows
 from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, open_remote, populate_remote
 from mooncake_fixture import MooncakeStore, free_ports, need_mooncake
+from remote_source import N_ROWS, ROW_BYTES, SourceRows
 
-N_ROWS = 5000
-ROW_BYTES = 32
 BLOCK_ROWS = 256  # small blocks so a read spans many objects
 
 
@@ -39,27 +37,6 @@ def own_store(tmp_path):
     need_mooncake()
     with MooncakeStore(tmp_path) as running:
         yield running
-
-
-class SourceRows:
-    """A table with ``read(ids, out)`` from seeded random rows; ``fail_after`` batches it raises (a crash)."""
-
-    def __init__(self, fail_after=None):
-        self.rows = RandomRows(N_ROWS, "bf16", ROW_BYTES // 2, seed=5)
-        self.n_table_rows, self.row_bytes = N_ROWS, self.rows.row_bytes
-        self.manifest = self.rows.manifest
-        self.fail_after, self.batches = fail_after, 0
-
-    def read(self, ids, out):
-        if self.fail_after is not None and self.batches == self.fail_after:
-            raise RuntimeError("source crashed")
-        self.batches += 1
-        self.rows.rows(np.asarray(ids, np.int64), out)
-
-    def expected(self, ids):
-        out = np.empty((len(ids), self.row_bytes), np.uint8)
-        self.rows.rows(np.asarray(ids, np.int64), out)
-        return out
 
 
 def open_tier(store, prefix, fingerprint="fp-a", **options):

@@ -10,36 +10,14 @@ import redis
 from redis.crc import key_slot
 
 from redis_servers import cluster, free_port, server  # noqa: F401 (fixtures)
+from remote_source import N_ROWS, SourceRows
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers.build import RandomRows
 from engramtier.tiers.redis_store import RedisTier
 from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, open_remote, populate_remote
 
-N_ROWS = 5000
 BLOCK_ROWS = 256  # small blocks so a read spans many hash tags; 20 blocks, the last of 136 rows
 N_BLOCKS = -(-N_ROWS // BLOCK_ROWS)
-
-
-class SourceRows:
-    """A table with ``read(ids, out)`` from seeded random rows; ``fail_after`` batches it raises (a crash)."""
-
-    def __init__(self, fail_after=None):
-        self.rows = RandomRows(N_ROWS, "bf16", 16, seed=5)
-        self.n_table_rows, self.row_bytes = N_ROWS, self.rows.row_bytes
-        self.manifest = self.rows.manifest
-        self.fail_after, self.batches = fail_after, 0
-
-    def read(self, ids, out):
-        if self.fail_after is not None and self.batches == self.fail_after:
-            raise RuntimeError("source crashed")
-        self.batches += 1
-        self.rows.rows(np.asarray(ids, np.int64), out)
-
-    def expected(self, ids):
-        out = np.empty((len(ids), self.row_bytes), np.uint8)
-        self.rows.rows(np.asarray(ids, np.int64), out)
-        return out
 
 
 def open_tier(server, fingerprint="fp-a", prefix="t", cluster=False):

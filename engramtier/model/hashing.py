@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numba
@@ -302,7 +302,7 @@ class NgramHasher:
         if x.numel():
             self._check_ids(int(x.min()), int(x.max()), "hashing")
         mult, primes, offsets = self._torch_constants(x.device)
-        n_orders, n_heads = self.primes.shape[1], self.primes.shape[2]
+        n_orders = self.primes.shape[1]
         seq_len = x.shape[1]
         shifted = [x] + [torch.nn.functional.pad(x, (k, 0), value=self.config.pad_id)[:, :seq_len]
                          for k in range(1, n_orders + 1)]
