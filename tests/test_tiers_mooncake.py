@@ -8,7 +8,10 @@ import pytest
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers import mooncake_store
+from engramtier.tiers.build import build_lmdb_table
+from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, open_remote, populate_remote
+from engramtier.tiers.tiered import TieredTable
 from mooncake_fixture import MooncakeStore, free_ports, need_mooncake
 from remote_source import N_ROWS, ROW_BYTES, SourceRows
 
@@ -160,3 +163,21 @@ def test_without_the_package_the_tier_says_what_to_install(monkeypatch):
                r"libibverbs1 \(pip install .*\); it does not import: No module named 'mooncake'$")
     with pytest.raises(EngramTierError, match=message):
         open_remote({"backend": "mooncake"}, n_table_rows=10, row_bytes=8, fingerprint=None)
+
+
+def test_a_tiered_table_serves_an_lmdb_table_from_mooncake(store, tmp_path):
+    path = tmp_path / "table.lmdb"
+    build_lmdb_table(SourceRows().rows, path, progress=False)
+    with NvmeTier(path) as source, open_tier(store, "served", fingerprint=source.manifest["fingerprint"]) as tier:
+        populate_remote(source, tier, progress=False)
+    hierarchy = {"tier": [{"name": "dram", "capacity": 200, "policy": "lru", "model": "dram"},
+                          {"name": "remote", "model": "remote",
+                           "storage": store.storage(key_prefix="served", block_rows=BLOCK_ROWS)}]}
+    rng = np.random.default_rng(2)
+    with TieredTable.open(hierarchy, path, device="cpu") as table:
+        for _ in range(4):
+            ids = np.minimum(rng.zipf(1.2, 500) - 1, N_ROWS - 1)
+            np.testing.assert_array_equal(table.prefetch(ids).wait().numpy(), SourceRows().expected(ids))
+        table.finish()
+        dram, remote = table.stats()["tiers"]
+    assert dram["hits"] > 0 and remote["remote"]["backend"] == "mooncake" and remote["rows_read"] > 0
