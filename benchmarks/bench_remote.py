@@ -1,10 +1,11 @@
-"""Remote tier (Redis on loopback) vs the local nvme tier (LMDB, warm) for the Engram access pattern.
+"""Remote tier vs the local nvme tier (LMDB, warm) for the Engram access pattern, side by side in one run.
 
 Each step reads ``tokens x 16`` row ids of 160 B (bf16[80]) drawn Zipf(1.0) over the table and scattered
-by a fixed permutation, deduplicated as the runtime does; both tiers serve the same batches in the same
-run. A throwaway redis-server (no persistence) is started on a free loopback port and populated from
-the LMDB table with `populate_remote`; `calibrate_remote` fits the remote TierModel, shown next to the
-default (RDMA-class) one. Loopback Redis measures the client and server software path, not a network.
+by a fixed permutation, deduplicated as the runtime does; every store serves the same batches in the
+same run: warm LMDB; one redis-server; a 3-shard Redis Cluster (one pipeline per shard); Mooncake
+Store (a master and one store process, TCP) when its package is installed. Stores are throwaway processes on loopback ports, populated from
+the LMDB table with `populate_remote`; `calibrate_remote` fits the Redis TierModel, shown next to the
+default (RDMA-class) one. Loopback measures the client and server software path, not a network.
 Prints one JSON object.
 
     python benchmarks/bench_remote.py [--quick] [--dir /tmp/engramtier-bench-remote]
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -29,29 +29,33 @@ from engramtier.provenance import machine_info
 from engramtier.tiers.build import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.redis_store import RedisTier
-from engramtier.tiers.remote import calibrate_remote, populate_remote
+from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from mooncake_fixture import MooncakeStore, mooncake_missing  # noqa: E402 (the tests' throwaway stores)
+from redis_servers import Cluster, Server  # noqa: E402
 
 ROWS_PER_TOKEN = 16
 
 
-def start_redis(workdir: str) -> tuple[subprocess.Popen, str, str]:
-    """A throwaway redis-server (no persistence) on a free loopback port: (process, url, server version)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
-                               "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}"
-    client = redis.Redis.from_url(url)
-    for _ in range(250):
-        try:
-            version = client.info("server")["redis_version"]
-            return server, url, version
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    server.kill()
-    raise SystemExit(f"redis-server did not start on {url}")
+def redis_stores(url: str, cluster_url: str, n_rows: int, row_bytes: int, fingerprint: str) -> list[tuple[str, Any]]:
+    """(name, tier) for the single server and for the cluster."""
+    single = RedisTier(url, n_table_rows=n_rows, row_bytes=row_bytes, fingerprint=fingerprint, key_prefix="bench")
+    sharded = RedisTier(cluster_url, cluster=True, n_table_rows=n_rows, row_bytes=row_bytes, fingerprint=fingerprint,
+                        key_prefix="bench")
+    return [("redis", single), ("redis-cluster-3-shards", sharded)]
+
+
+def mooncake_store(workdir: Path, n_rows: int, row_bytes: int, fingerprint: str) -> tuple[Any, list]:
+    """A throwaway Mooncake Store (master + one store client, TCP) and a tier on it; none when the
+    package is not installed (the result says why)."""
+    missing = mooncake_missing()
+    if missing:
+        return missing, []
+    store = MooncakeStore(workdir / "mooncake", segment_bytes=max(64 << 20, 2 * n_rows * row_bytes))
+    tier = open_remote(store.storage(key_prefix="bench"), n_table_rows=n_rows, row_bytes=row_bytes,
+                       fingerprint=fingerprint)
+    return store, [("mooncake-tcp", tier)]
 
 
 def main() -> None:
@@ -70,37 +74,52 @@ def main() -> None:
     result = {"benchmark": "remote", "machine": machine_info(), "rows": n_rows, "row_bytes": source.row_bytes,
               "rows_per_token": ROWS_PER_TOKEN, "steps": steps, "repeats": repeats, "results": []}
 
-    workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    server, url, version = start_redis(workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    (workdir / "cluster").mkdir()
+    server, cluster = Server(workdir), Cluster(workdir / "cluster")
+    stores: list[tuple[str, Any]] = []
+    mooncake = None
     try:
-        with NvmeTier(path) as nvme, RedisTier(url, n_table_rows=n_rows, row_bytes=source.row_bytes,
-                                              fingerprint=nvme.manifest["fingerprint"], key_prefix="bench") as remote:
-            start = time.perf_counter()
-            populate_remote(nvme, remote, progress=False)
-            populate_s = time.perf_counter() - start
-            result["redis"] = {"server_version": version, "client_version": redis.__version__,
-                               "populate_rows_per_s": n_rows / populate_s,
-                               "server_used_memory_bytes": remote.stats()["server_used_memory_bytes"]}
+        with NvmeTier(path) as nvme:
+            fingerprint = nvme.manifest["fingerprint"]
+            stores = redis_stores(server.url, cluster.url, n_rows, source.row_bytes, fingerprint)
+            mooncake, tiers = mooncake_store(workdir, n_rows, source.row_bytes, fingerprint)
+            stores += tiers
+            if isinstance(mooncake, str):
+                result["mooncake_skipped"] = mooncake
+            result["stores"] = {}
+            for name, tier in stores:
+                start = time.perf_counter()
+                written = populate_remote(nvme, tier, progress=False)
+                result["stores"][name] = {"populate_rows_per_s": written / (time.perf_counter() - start) if written
+                                          else None, **{k: v for k, v in tier.stats().items() if k.endswith("_bytes")}}
+            result["redis"] = {"server_version": redis.Redis.from_url(server.url).info("server")["redis_version"],
+                               "client_version": redis.__version__}
             for tokens in token_counts:
                 batches = [np.unique(draw(tokens * ROWS_PER_TOKEN)) for _ in range(steps)]
                 rows = sum(b.size for b in batches)
                 out = np.empty((max(b.size for b in batches), source.row_bytes), np.uint8)
                 check = np.empty_like(out)
                 nvme.read(batches[0], check[: batches[0].size])
-                remote.read(batches[0], out[: batches[0].size])
-                assert np.array_equal(out[: batches[0].size], check[: batches[0].size]), "remote rows differ"
-                for name, tier in (("nvme-warm", nvme), ("remote-redis-loopback", remote)):
-                    timed_batches(tier.read, batches, out, 1)  # warm the page cache / connection
+                for name, tier in [("nvme-warm", nvme), *stores]:
+                    tier.read(batches[0], out[: batches[0].size])
+                    assert np.array_equal(out[: batches[0].size], check[: batches[0].size]), f"{name}: rows differ"
+                    timed_batches(tier.read, batches, out, 1)  # warm the page cache / connections
                     seconds = timed_batches(tier.read, batches, out, repeats)
-                    result["results"].append({"tier": name, "tokens": tokens,
-                                              "unique_rows_per_step": rows / steps,
+                    result["results"].append({"tier": name, "tokens": tokens, "unique_rows_per_step": rows / steps,
                                               **rate(rows, seconds, source.row_bytes)})
-            model = calibrate_remote(remote, sizes=(1, 64, 1024, 4096, 16384), repeats=repeats)
-            result["remote_model"] = {"calibrated": model.to_dict(), "default": remote.model.to_dict()}
+            model = calibrate_remote(stores[0][1], sizes=(1, 64, 1024, 4096, 16384), repeats=repeats)
+            result["remote_model"] = {"calibrated": model.to_dict(), "default": stores[0][1].model.to_dict()}
+        nvme_rate = {r["tokens"]: r["rows_per_s"] for r in result["results"] if r["tier"] == "nvme-warm"}
+        for r in result["results"]:
+            r["vs_nvme_warm"] = r["rows_per_s"] / nvme_rate[r["tokens"]]
     finally:
+        for _, tier in stores:
+            tier.close()
         server.kill()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        cluster.kill()
+        if isinstance(mooncake, MooncakeStore):
+            mooncake.stop()
     print(json.dumps(result, indent=1))
 
 

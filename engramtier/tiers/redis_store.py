@@ -12,7 +12,8 @@ a cluster (a transaction cannot span slots). A read groups its ids by block and 
 block (at most `CHUNK_KEYS` keys each) down one pipeline: one network round trip per read on a single
 server, one per shard touched in a cluster, never one per row. Rows land in the caller's buffer only
 once every one has arrived, so a failed read (a missing row, a dead server) leaves ``out`` as it was.
-With the ``hiredis`` package installed, redis-py parses replies in C.
+(redis-py's C reply parser, hiredis, measured no faster here: encoding the keys and the server's
+MGET dominate, so it is not a dependency.)
 """
 
 from __future__ import annotations
