@@ -119,7 +119,7 @@ def test_populate_fills_exactly_the_blocks_the_store_lacks(server):
     with open_tier(server) as tier:
         populate_remote(SourceRows(), tier, progress=False)
         client = redis.Redis.from_url(server.url)
-        client.delete(b"{t:5}:done", *tier.keys(np.arange(5 * BLOCK_ROWS, 6 * BLOCK_ROWS)))
+        client.delete(tier._done_key(5), *tier.keys(np.arange(5 * BLOCK_ROWS, 6 * BLOCK_ROWS)))
     with open_tier(server) as tier:
         assert not tier.contains(np.array([5 * BLOCK_ROWS]))[0] and tier.populated_rows == N_ROWS - BLOCK_ROWS
         source = SourceRows()

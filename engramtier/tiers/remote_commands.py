@@ -87,6 +87,11 @@ def parse_storage(pairs: list[str]) -> dict[str, Any]:
     return storage
 
 
+def _toml(value: Any) -> str:
+    """A number as TOML writes it (a fit may find no bandwidth limit: ``inf``, which JSON cannot say)."""
+    return "inf" if value == float("inf") else json.dumps(value)
+
+
 def _run_remote(args: argparse.Namespace) -> None:
     from engramtier.cache.hierarchy import TierSpec
     from engramtier.tiers.failover import FAILOVER_OPTIONS
@@ -117,5 +122,5 @@ def _run_remote(args: argparse.Namespace) -> None:
                                       "populated; run `engramtier remote populate` first")
             model = calibrate_remote(tier, sizes=args.sizes, repeats=args.repeats)
     fields = model.to_dict()
-    toml = "model = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in fields.items() if k != "name") + " }"
+    toml = "model = { " + ", ".join(f"{k} = {_toml(v)}" for k, v in fields.items() if k != "name") + " }"
     print(json.dumps({"model": fields, "toml": toml}), file=sys.stdout)
