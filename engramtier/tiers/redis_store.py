@@ -115,14 +115,48 @@ class RedisTier(RemoteTier):
             return np.array(pipe.execute(), dtype=bool).reshape(-1)
 
     def _write_block(self, block: int, rows: np.ndarray) -> None:
-        first = block * self.block_rows
-        keys = self.keys(np.arange(first, first + rows.shape[0]))
+        """MULTI, MSETs of the block's rows, SET of its done mark, EXEC: encoded like a read's MGETs (key
+        and value arguments side by side in one byte matrix) and sent in one write."""
+        n = rows.shape[0]
+        keys = self._arguments(np.arange(block * self.block_rows, block * self.block_rows + n))
+        head = np.frombuffer(b"$%d\r\n" % self.row_bytes, np.uint8)
+        pairs = np.empty((n, keys.shape[1] + head.size + self.row_bytes + 2), np.uint8)
+        pairs[:, : keys.shape[1]] = keys
+        pairs[:, keys.shape[1]: keys.shape[1] + head.size] = head
+        pairs[:, keys.shape[1] + head.size: -2] = rows
+        pairs[:, -2:] = np.frombuffer(b"\r\n", np.uint8)
+        done = self._done_key(block)
+        commands = [b"*1\r\n$5\r\nMULTI\r\n",
+                    *(b"*%d\r\n$4\r\nMSET\r\n" % (2 * min(CHUNK_KEYS, n - lo) + 1) + pairs[lo: lo + CHUNK_KEYS].tobytes()
+                      for lo in range(0, n, CHUNK_KEYS)),
+                    b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (len(done), done),
+                    b"*1\r\n$4\r\nEXEC\r\n"]
         with self._talking("write"):
-            pipe = self._shard(block).pipeline(transaction=True)  # one slot, one shard: valid in a cluster too
-            for lo in range(0, len(keys), CHUNK_KEYS):
-                pipe.mset(dict(zip(keys[lo: lo + CHUNK_KEYS], (r.tobytes() for r in rows[lo: lo + CHUNK_KEYS]))))
-            pipe.set(self._done_key(block), 1)
-            pipe.execute()
+            results = self._exchange({id(self): (self._shard(block), commands)})[0][-1]  # one slot, one shard
+        failed = [r for r in results or [] if isinstance(r, Exception)]
+        if results is None or failed:
+            raise EngramTierError(f"remote tier {self.where}: the server refused block {block}'s transaction: "
+                                  f"{failed[0] if failed else 'aborted'}")
+
+    def _exchange(self, requests: dict[int, tuple[Any, list[bytes]]]) -> list[list[Any]]:
+        """Send every shard its encoded commands (``requests``: key -> (shard client, commands)), all
+        before reading any reply, on one pooled connection per shard; the replies, per shard in order.
+        A connection is dropped on failure: replies may be left unread on it."""
+        taken: list[tuple[Any, Any]] = []  # (pool, connection) in use
+        try:
+            for shard, commands in requests.values():
+                pool = shard.connection_pool
+                taken.append((pool, pool.get_connection()))
+                taken[-1][1].send_packed_command(commands)
+            return [[connection.read_response() for _ in commands]
+                    for (_, connection), (_, commands) in zip(taken, requests.values())]
+        except BaseException:
+            for _, connection in taken:
+                connection.disconnect()
+            raise
+        finally:
+            for pool, connection in taken:
+                pool.release(connection)
 
     def _shard(self, block: int) -> redis.Redis:
         """The client of the server holding ``block`` (a cluster routes by the block's hash tag; redis-py's
@@ -153,26 +187,15 @@ class RedisTier(RemoteTier):
         for i, (block, _) in enumerate(requests):
             shard = self._shard(block)
             shards.setdefault(id(shard), (shard, []))[1].append(i)
-        replies: list[Any] = [None] * len(requests)
-        taken: list[tuple[Any, Any]] = []  # (pool, connection) in use
+        commands = {key: (shard, [b"*%d\r\n$4\r\nMGET\r\n" % (requests[i][1].stop - requests[i][1].start + 1)
+                                  + args[requests[i][1]].tobytes() for i in served])
+                    for key, (shard, served) in shards.items()}
         with self._talking("read"):
-            try:
-                for shard, served in shards.values():  # every request goes out before any reply is read
-                    pool = shard.connection_pool
-                    taken.append((pool, pool.get_connection()))
-                    taken[-1][1].send_packed_command(
-                        [b"*%d\r\n$4\r\nMGET\r\n" % (requests[i][1].stop - requests[i][1].start + 1)
-                         + args[requests[i][1]].tobytes() for i in served])
-                for (_, connection), (_, served) in zip(taken, shards.values()):
-                    for i in served:
-                        replies[i] = connection.read_response()
-            except BaseException:
-                for _, connection in taken:  # replies may be left unread on it
-                    connection.disconnect()
-                raise
-            finally:
-                for pool, connection in taken:
-                    pool.release(connection)
+            answers = self._exchange(commands)
+        replies: list[Any] = [None] * len(requests)
+        for (_, served), answer in zip(shards.values(), answers):
+            for i, reply in zip(served, answer):
+                replies[i] = reply
         self.round_trips += len(shards)
         values = [v for reply in replies for v in reply]
         if None in values:
