@@ -13,10 +13,10 @@ a cluster (a transaction cannot span slots). A read groups its ids by block and 
 block (at most `CHUNK_KEYS` keys each), all written at once on one connection per shard before any
 reply is read: one network round trip per shard touched, never one per row.
 
-The read path encodes its requests itself: keys are fixed-width, so every key's RESP argument is one
-row of a numpy byte matrix filled from the ids at once, where redis-py would encode each key in
-Python (two thirds of a read's time when measured); replies are parsed by redis-py (in C with
-hiredis). Rows land in the caller's buffer only once every reply has arrived, so a failed read (a
+Requests are encoded here, not by redis-py: keys are fixed-width, so every key's RESP argument (and a
+populate's key-value pair) is one row of a numpy byte matrix filled from the ids at once, where
+redis-py would encode each argument in Python (two thirds of a read's time when measured); replies
+are parsed by redis-py (in C with hiredis). Rows land in the caller's buffer only once every reply has arrived, so a failed read (a
 missing row, a dead server) leaves ``out`` as it was.
 """
 
