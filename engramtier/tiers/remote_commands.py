@@ -123,4 +123,5 @@ def _run_remote(args: argparse.Namespace) -> None:
             model = calibrate_remote(tier, sizes=args.sizes, repeats=args.repeats)
     fields = model.to_dict()
     toml = "model = { " + ", ".join(f"{k} = {_toml(v)}" for k, v in fields.items() if k != "name") + " }"
-    print(json.dumps({"model": fields, "toml": toml}), file=sys.stdout)
+    strict = {k: None if v == float("inf") else v for k, v in fields.items()}  # JSON has no infinity: null
+    print(json.dumps({"model": strict, "toml": toml}, allow_nan=False), file=sys.stdout)
