@@ -19,7 +19,7 @@ Every outage is counted in `stats`: failures, retries, seconds waited, rows serv
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -30,6 +30,12 @@ from engramtier.tiers.remote import RemoteTier, RemoteUnavailable
 ON_FAILURE = ("error", "retry", "fallback")
 FAILOVER_OPTIONS = ("on_failure", "retry_s")
 MAX_BACKOFF_S = 1.0
+
+
+def split_rule(storage: Mapping[str, Any]) -> tuple[dict, dict]:
+    """A ``storage`` table as (the backend's options, the failover rule's: ``on_failure``, ``retry_s``)."""
+    options = dict(storage)
+    return options, {k: options.pop(k) for k in FAILOVER_OPTIONS if k in options}
 
 
 class FailoverStore(Tier):

@@ -16,8 +16,8 @@ reply is read: one network round trip per shard touched, never one per row.
 Requests are encoded here, not by redis-py: keys are fixed-width, so every key's RESP argument (and a
 populate's key-value pair) is one row of a numpy byte matrix filled from the ids at once, where
 redis-py would encode each argument in Python (two thirds of a read's time when measured); replies
-are parsed by redis-py (in C with hiredis). Rows land in the caller's buffer only once every reply has arrived, so a failed read (a
-missing row, a dead server) leaves ``out`` as it was.
+are parsed by redis-py (in C with hiredis). Rows land in the caller's buffer only once every reply
+has arrived, so a failed read (a missing row, a dead server) leaves ``out`` as it was.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ class RedisTier(RemoteTier):
         if ids.size == 0:
             return
         order, requests = self._requests(ids)
-        args = self._arguments(ids[order])
+        ordered = ids[order]
+        args = self._arguments(ordered)
         shards: dict[int, tuple[Any, list[int]]] = {}  # shard -> (its client, the requests it serves)
         for i, (block, _) in enumerate(requests):
             shard = self._shard(block)
@@ -199,7 +200,7 @@ class RedisTier(RemoteTier):
         self.round_trips += len(shards)
         values = [v for reply in replies for v in reply]
         if None in values:
-            raise self.missing_row(int(ids[order][values.index(None)]))
+            raise self.missing_row(int(ordered[values.index(None)]))
         joined = b"".join(values)
         if len(joined) != ids.size * self.row_bytes:
             raise EngramTierError(

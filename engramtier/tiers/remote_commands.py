@@ -94,7 +94,7 @@ def _toml(value: Any) -> str:
 
 def _run_remote(args: argparse.Namespace) -> None:
     from engramtier.cache.hierarchy import TierSpec
-    from engramtier.tiers.failover import FAILOVER_OPTIONS
+    from engramtier.tiers.failover import split_rule
     from engramtier.tiers.nvme import NvmeTier
     from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote
     from engramtier.tiers.tiered import load_hierarchy
@@ -108,7 +108,7 @@ def _run_remote(args: argparse.Namespace) -> None:
     if not spec.storage:
         raise EngramTierError(f"{args.hierarchy}: the last tier '{spec.name}' has no [tier.storage] table naming a "
                               "remote store; add one (backend, url, key_prefix)")
-    options = {k: v for k, v in spec.storage.items() if k not in FAILOVER_OPTIONS}
+    options, _ = split_rule(spec.storage)  # the failover rule is the runtime's, not populate's
     with NvmeTier(args.table) as table:
         with open_remote(options, n_table_rows=table.n_table_rows, row_bytes=table.row_bytes, model=spec.model,
                          fingerprint=table.manifest["fingerprint"], where=where) as tier:

@@ -47,7 +47,7 @@ from engramtier.tomlfile import read_toml
 from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import DramTier
-from engramtier.tiers.failover import FAILOVER_OPTIONS, FailoverStore
+from engramtier.tiers.failover import FailoverStore, split_rule
 from engramtier.tiers.gpu import GpuTier
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import open_remote
@@ -56,8 +56,9 @@ from engramtier.trace.rowtrace import RowTrace
 
 # A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).
 STORAGE = {"gpu": GpuTier, "hbm": GpuTier, "dram": DramTier, "cxl": CxlTier}
-PARALLEL_MIN_ROWS = 1 << 15
-REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "fallback_rows")  # row copies of at least this many rows use all numba threads
+PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all numba threads
+# What a remote store's tier report adds: where it is and how its outages went (see `FailoverStore`).
+REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "fallback_rows")
 
 
 @njit(inline="always")
@@ -742,8 +743,7 @@ def open_store(spec: TierSpec, table_path: str | os.PathLike | None, *, fingerpr
                                   "was given; pass --table")
         return local
     try:
-        options = dict(spec.storage)
-        rule = {k: options.pop(k) for k in FAILOVER_OPTIONS if k in options}
+        options, rule = split_rule(spec.storage)
         rows, row_bytes = (local.n_table_rows, local.row_bytes) if local is not None else shape
         remote = open_remote(options, n_table_rows=rows, row_bytes=row_bytes, model=spec.model,
                              fingerprint=fingerprint if local is None else local.manifest["fingerprint"],
@@ -770,8 +770,8 @@ def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: 
     config = model.config.engram
     if config is None:
         raise EngramTierError("tiered table: this model has no Engram layers, so there is no table to serve")
-    hierarchy_store = (hierarchy or default_hierarchy(model.hasher.n_rows)).store
-    store = open_store(hierarchy_store, table_path, fingerprint=config.fingerprint, readers=readers,
+    hierarchy = hierarchy or default_hierarchy(model.hasher.n_rows)
+    store = open_store(hierarchy.store, table_path, fingerprint=config.fingerprint, readers=readers,
                        shape=(model.hasher.n_rows, model.config.format.row_bytes))
     try:
         if store.row_bytes != model.config.format.row_bytes or store.n_table_rows != model.hasher.n_rows:
@@ -779,7 +779,6 @@ def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: 
                 f"tiered table: the table holds {store.n_table_rows} rows of {store.row_bytes} B, the model reads "
                 f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
             )
-        hierarchy = hierarchy or default_hierarchy(store.n_table_rows)
         return TieredTable(hierarchy, store, device=device, layers_per_step=len(config.layer_ids),
                            record_trace=record_trace)
     except BaseException:
