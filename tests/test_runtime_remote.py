@@ -144,6 +144,8 @@ def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_ta
     assert "\n" not in str(err.value)
     with pytest.raises(EngramTierError, match=r"on_failure must be one of error, retry, fallback, got 'ignore'"):
         TieredTable.open(hierarchy(server.url, on_failure="ignore"), lmdb_table, device="cpu")
+    with pytest.raises(EngramTierError, match=r"retry_s must be a number of seconds >= 0, got -1"):
+        TieredTable.open(hierarchy(server.url, on_failure="retry", retry_s=-1), lmdb_table, device="cpu")
 
 
 def test_remote_commands_populate_resume_calibrate_and_plan(server, lmdb_table, tmp_path, capsys):

@@ -6,12 +6,12 @@ Object layout for prefix P (see `engramtier.tiers.remote` for what every backend
     P/manifest     JSON: format, sizes, block size, hash fingerprint, source table manifest
 
 Why blocks rather than an object per row: Mooncake is built for large objects (KV-cache pages); each
-object costs a master entry, a put and a transfer of its own. With one object per row a table populates
-at ~16k rows/s (blocks of 4096 rows: ~200k rows/s; loopback TCP, 2 cores), the master holds a key per
-row, and a batched get of thousands of row objects over TCP timed out in our tests. A read by byte
-range out of a block costs one transfer per range, as a row object does (~18k rows/s either way on
-that loopback; over RDMA a range is one RDMA read), but one master lookup per block touched instead of
-per row. (Mooncake's own ``EngramStore`` returns float32 embeddings per head table; a tier moves opaque
+object costs a master entry, a put and a transfer of its own, so per-row objects make populate pay a
+put per row and the master hold a key per row (and a batched get of thousands of row objects over
+TCP timed out when we tried it). A read by byte range out of a block costs one transfer per range,
+as a row object does (over RDMA a range is one RDMA read), but one master lookup per block touched
+instead of per row; `benchmarks/bench_remote.py` measures both directions for blocks.
+(Mooncake's own ``EngramStore`` returns float32 embeddings per head table; a tier moves opaque
 rows of any format, bf16 or fp8 + scales, so we use the object API.)
 
 A block is stored by one put, and an object exists for readers only once its put completed, so the
