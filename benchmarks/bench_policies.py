@@ -1,12 +1,23 @@
-"""Throughput of the online policies against libCacheSim 0.3.5, on the same Zipf trace.
+"""Throughput of the policies against libCacheSim 0.3.5, on the same Zipf trace.
 
 A Zipf(alpha = 1.0) trace of 5M requests over 1M ids (popularity ranks shuffled over the ids, seeded)
 is replayed at 1%, 5% and 10% of the ids by each policy here (`replay`, compiled beforehand) and by
 libCacheSim's ``process_trace`` over the same trace written as an oracleGeneral file (hash table
 sized to the cache); best of 3 each, alternating. Hit counts must be equal; the speedup is their
-time over ours. ``--quick`` replays 500k requests. Prints one JSON object (progress on stderr).
+time over ours.
 
-    python benchmarks/bench_policies.py [--quick] [--policies lru,arc]
+Belady needs the future. libCacheSim reads it from the file's next-access field (the position of the
+next request for the same id, -1 for none, written by `engramtier.trace.export.next_positions` as
+our export does), so its timing excludes computing it. Ours computes next uses (and the occurrence
+index for demoted rows) once per trace, in `PolicyContext.derived`, and every size reuses them: the
+replay is timed like ``process_trace``, the one-off pass separately (``next_use_s``, best of 3 on a
+fresh context), and ``end_to_end_speedup`` charges that whole pass to each size.
+
+``--quick`` replays 500k requests. Prints one JSON object (progress on stderr); ``--merge FILE``
+also writes it into a results file, replacing that file's rows for the policies run and keeping the
+others (each with the load average of the run that measured it), so one policy can be rerun alone.
+
+    python benchmarks/bench_policies.py [--quick] [--policies lru,arc] [--merge results/policies.json]
 """
 
 from __future__ import annotations
@@ -25,13 +36,15 @@ import numba
 import numpy as np
 
 from engramtier.cache.policy import PolicyContext, make_policy, replay
+from engramtier.trace.export import next_positions
 
 N_IDS = 1_000_000
 SIZES = (0.01, 0.05, 0.10)
 LIBCACHESIM = {
     "lru": lcs.LRU, "fifo": lcs.FIFO, "clock": lcs.Clock, "lfu": lcs.LFU, "sieve": lcs.Sieve,
-    "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU,
+    "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady,
 }
+OFFLINE = {"belady"}  # policies that read the future from the context's trace
 
 
 def zipf_trace(n_req: int, n_ids: int, alpha: float, seed: int) -> np.ndarray:
@@ -42,17 +55,33 @@ def zipf_trace(n_req: int, n_ids: int, alpha: float, seed: int) -> np.ndarray:
 
 
 def write_oracle_general(keys: np.ndarray, path: str) -> None:
-    """24-byte records <I Q I q: time, id, size 1, next access (-1: no policy here reads it)."""
+    """24-byte records <I Q I q: time, id, size 1, position of the next request for the id or -1
+    (libCacheSim's ``next_access_vtime``, which its Belady ranks by)."""
     rec = np.empty(keys.size, np.dtype([("time", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]))
-    rec["time"], rec["id"], rec["size"], rec["next"] = np.arange(keys.size), keys, 1, -1
+    rec["time"], rec["id"], rec["size"] = np.arange(keys.size), keys, 1
+    rec["next"] = next_positions(keys, 0, np.full(N_IDS, -1, np.int64))
     rec.tofile(path)
 
 
-def measure(name: str, capacity: int, keys: np.ndarray, hits: np.ndarray, path: str) -> dict:
+def prepared_context(name: str, keys: np.ndarray) -> tuple[PolicyContext, float]:
+    """The context every size of ``name`` is built from, and the seconds its one-off passes over the
+    trace take (0 for an online policy, which needs none): best of 3, each on a fresh context."""
+    sample = keys[:1000]
+    replay(make_policy(name, 10, PolicyContext(n_keys=N_IDS, keys=sample)), sample, np.empty(sample.size, np.bool_))
+    if name not in OFFLINE:
+        return PolicyContext(n_keys=N_IDS), 0.0
+    best = math.inf
+    for _ in range(3):
+        ctx = PolicyContext(n_keys=N_IDS, keys=keys)
+        start = time.perf_counter()
+        make_policy(name, 1, ctx)  # fills ctx.derived: next uses, occurrence index
+        best = min(best, time.perf_counter() - start)
+    return ctx, best
+
+
+def measure(name: str, capacity: int, ctx: PolicyContext, keys: np.ndarray, hits: np.ndarray, path: str) -> dict:
     """Best of 3 runs each, ours and libCacheSim's alternating so that a change in machine load
     (other processes) weighs on both alike; each run starts from an empty cache."""
-    ctx = PolicyContext(n_keys=N_IDS)
-    replay(make_policy(name, capacity, ctx), keys[:1000], hits[:1000])  # compile outside the timing
     hashpower = max(1, math.ceil(math.log2(capacity)) + 1)
     ours_s = theirs_s = math.inf
     for _ in range(3):
@@ -70,15 +99,42 @@ def measure(name: str, capacity: int, keys: np.ndarray, hits: np.ndarray, path: 
     return {
         "policy": name, "capacity": capacity,
         "hits": our_hits, "libcachesim_hits": their_hits, "hits_equal": our_hits == their_hits,
+        "seconds": round(ours_s, 4), "libcachesim_seconds": round(theirs_s, 4),
         "requests_per_s": round(keys.size / ours_s), "libcachesim_requests_per_s": round(keys.size / theirs_s),
         "speedup": round(theirs_s / ours_s, 2),
     }
+
+
+def progress(r: dict) -> str:
+    line = (f"{r['policy']:9s} {r['capacity']:7d}  {r['requests_per_s'] / 1e6:6.1f} vs "
+            f"{r['libcachesim_requests_per_s'] / 1e6:5.1f} Mreq/s x{r['speedup']:4.1f}  hits {r['hits']} "
+            f"{'==' if r['hits_equal'] else '!='} {r['libcachesim_hits']}")
+    if "next_use_s" in r:
+        line += f"  (+{r['next_use_s']:.3f} s next uses: x{r['end_to_end_speedup']:.1f} end to end)"
+    return line
+
+
+def merged(run: dict, path: str) -> dict:
+    """``run`` plus the rows of results file ``path`` for the policies it did not measure; each kept
+    row carries the load average of the run that measured it."""
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier["trace"] != run["trace"]:
+        sys.exit(f"--merge {path}: that file measured trace {earlier['trace']}, this run {run['trace']}")
+    ran = {r["policy"] for r in run["results"]}
+    load = earlier["machine"]["load_average_1m_before_after"]
+    kept = [dict(r, load_average_1m_before_after=r.get("load_average_1m_before_after", load))
+            for r in earlier["results"] if r["policy"] not in ran]
+    results = sorted(kept + run["results"], key=lambda r: list(LIBCACHESIM).index(r["policy"]))
+    return dict(run, results=results, all_hits_equal=all(r["hits_equal"] for r in results),
+                min_speedup=min(r["speedup"] for r in results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="500k requests instead of 5M")
     parser.add_argument("--policies", default=",".join(LIBCACHESIM), help="comma-separated policy names")
+    parser.add_argument("--merge", metavar="FILE", help="also write the results into this results file")
     args = parser.parse_args()
 
     n_req = 500_000 if args.quick else 5_000_000
@@ -90,14 +146,16 @@ def main() -> None:
         path = os.path.join(tmp, "zipf.oracleGeneral.bin")
         write_oracle_general(keys, path)
         for name in args.policies.split(","):
+            ctx, next_use_s = prepared_context(name, keys)
             for fraction in SIZES:
-                r = measure(name, int(N_IDS * fraction), keys, hits, path)
+                r = measure(name, int(N_IDS * fraction), ctx, keys, hits, path)
+                if name in OFFLINE:
+                    r["next_use_s"] = round(next_use_s, 4)
+                    r["end_to_end_speedup"] = round(r["libcachesim_seconds"] / (next_use_s + r["seconds"]), 2)
                 results.append(r)
-                print(f"{name:9s} {r['capacity']:7d}  {r['requests_per_s'] / 1e6:6.1f} vs "
-                      f"{r['libcachesim_requests_per_s'] / 1e6:5.1f} Mreq/s x{r['speedup']:4.1f}  hits {r['hits']} "
-                      f"{'==' if r['hits_equal'] else '!='} {r['libcachesim_hits']}", file=sys.stderr)
+                print(progress(r), file=sys.stderr)
 
-    print(json.dumps({
+    run = {
         "benchmark": "policies",
         "trace": {"kind": "zipf", "alpha": 1.0, "requests": n_req, "ids": N_IDS, "seed": 2601_07372},
         "machine": {
@@ -110,7 +168,12 @@ def main() -> None:
         "results": results,
         "all_hits_equal": all(r["hits_equal"] for r in results),
         "min_speedup": min(r["speedup"] for r in results),
-    }, indent=1))
+    }
+    if args.merge:
+        run = merged(run, args.merge)
+        with open(args.merge, "w") as f:
+            f.write(json.dumps(run, indent=1) + "\n")
+    print(json.dumps(run, indent=1))
 
 
 if __name__ == "__main__":

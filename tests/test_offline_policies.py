@@ -1,8 +1,8 @@
 """Offline policies (belady, lookahead) and static placement against independent references.
 
 References: libCacheSim's Belady on oracleGeneral files, brute-force Python models that rescan the
-trace at every eviction, hand-worked examples, and exact identities (lookahead with a window past the
-end is Belady; lookahead with W=0 over one-request steps is LRU).
+trace at every eviction, a dict model of their heap, hand-worked examples, and exact identities
+(lookahead with a window past the end is Belady; lookahead with W=0 over one-request steps is LRU).
 """
 
 import re
@@ -13,9 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.nextuse import NEVER, next_use, occurrences
+from engramtier.cache.nextuse import (
+    NEVER, heap_delete, heap_push, heap_replace_top, heap_set, next_use, occurrences,
+)
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
+from engramtier.trace.export import next_positions
 
 FAR = 1 << 62  # "never again" in the brute-force models
 
@@ -131,6 +134,67 @@ def test_belady_hits_equal_libcachesim(tmp_path, kind):
         reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE)
         miss_ratio, _ = lcs.Belady(capacity).process_trace(reader)
         assert hits_of("belady", keys, capacity, ctx) == round((1 - miss_ratio) * n), capacity
+
+
+def test_belady_hits_equal_libcachesim_on_the_benchmark_writer(tmp_path):
+    """The benchmark's trace file: next-access field from the export's `next_positions` (libCacheSim's
+    ``next_access_vtime``: the position of the next request, -1 for none), capacities deep in the heap."""
+    keys = np.random.default_rng(11).zipf(1.05, 60_000) % 20_000
+    path = tmp_path / "trace.bin"
+    records = np.empty(keys.size, np.dtype([("t", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]))
+    records["t"], records["id"], records["size"] = np.arange(keys.size), keys, 1
+    records["next"] = next_positions(keys, 0, np.full(20_000, -1, np.int64))
+    records.tofile(path)
+    ctx = ctx_for(keys, n_keys=20_000)
+    for capacity in (4, 5, 17, 200, 1365, 5000):  # heaps ending on full and partial groups of 4 children
+        reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
+        miss_ratio, _ = lcs.Belady(capacity).process_trace(reader)
+        assert hits_of("belady", keys, capacity, ctx) == round((1 - miss_ratio) * keys.size), capacity
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_belady_replay_kernel_matches_its_methods(bypass):
+    """`replay` runs Belady's own inlined loop; a hierarchy calls its methods: same hits request by request."""
+    keys = np.random.default_rng(5).zipf(1.1, 20_000) % 3000
+    ctx = ctx_for(keys)
+    fast = np.empty(keys.size, np.bool_)
+    replay(make_policy("belady", 300, ctx, bypass=bypass), keys, fast)
+    policy = make_policy("belady", 300, ctx, bypass=bypass)
+    for t, k in enumerate(keys.tolist()):
+        hit = policy.lookup(k, t)
+        assert hit == fast[t], t
+        if not hit:
+            policy.admit(k, t)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["push", "replace", "set", "delete"]), st.integers(0, 40),
+                              st.integers(0, 60)), max_size=150))
+def test_heap_keeps_the_largest_priority_on_top(ops):
+    """The indexed 4-ary heap against a dict: top, membership, heap indices and priorities after every
+    operation (pushes, replacing the top, raising or lowering any item, deleting any item)."""
+    items, pris = np.empty(41, np.int64), np.empty(41, np.int64)
+    where = np.full(41, -1, np.int32)
+    model = {}
+    for op, item, pri in ops:
+        if op == "push" and item not in model:
+            heap_push(items, pris, where, len(model), item, pri)
+            model[item] = pri
+        elif op == "replace" and model and item not in model:
+            top = max(model.values())
+            assert model.pop(heap_replace_top(items, pris, where, len(model), item, pri)) == top
+            model[item] = pri
+        elif op == "set" and item in model:
+            heap_set(items, pris, where, where[item], pri, len(model))
+            model[item] = pri
+        elif op == "delete" and item in model:
+            heap_delete(items, pris, where, where[item], len(model))
+            del model[item]
+        size = len(model)
+        assert sorted(items[:size].tolist()) == sorted(model)
+        assert all(where[items[i]] == i and pris[i] == model[items[i]] for i in range(size))
+        assert all(where[k] == -1 for k in range(41) if k not in model)
+        assert all(pris[(i - 1) // 4] >= pris[i] for i in range(1, size))
 
 
 @settings(max_examples=60, deadline=None)

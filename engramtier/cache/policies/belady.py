@@ -15,84 +15,93 @@ Two variants, same eviction rule:
   again, and which of those goes cannot change a hit count.
 - ``bypass=True`` also refuses the missed key when its own next use is strictly farther than every
   cached key's (``admit`` returns the key), the true optimum when caching on a miss is optional.
+
+Built by `compiled_policy`, so a request costs no reference counting: the state tuple starts with
+``where`` (key -> heap index), the array `replay` prefetches. At a position where ``key`` was
+requested its next use is read straight from ``next_use[t]``; only demoted keys search their
+occurrences.
 """
 
 import numpy as np
-from numba import boolean, int32, int64
-from numba.experimental import jitclass
+from numba import njit, types
 
 from engramtier.cache.nextuse import (
     heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
 )
-from engramtier.cache.policy import PolicyContext, register
+from engramtier.cache.policy import PolicyContext, compiled_policy, register
+
+SIZE, CAPACITY, BYPASS = range(3)  # indices into st
+
+STATE = types.Tuple((
+    types.int32[::1],  # where[key]: heap index or -1
+    types.int64[::1],  # heap_key[i]
+    types.int64[::1],  # heap_next[i]: next use of heap_key[i]
+    types.int64[::1],  # the trace's keys
+    types.int64[::1],  # next_use[t]
+    types.int64[::1],  # occurrence starts
+    types.int64[::1],  # occurrence positions
+    types.int64[::1],  # st
+))
 
 
-@jitclass([
-    ("capacity", int64),
-    ("size", int64),
-    ("bypass", boolean),
-    ("keys", int64[:]),
-    ("next_use", int64[:]),
-    ("starts", int64[:]),
-    ("positions", int64[:]),
-    ("where", int32[:]),
-    ("heap_key", int64[:]),
-    ("heap_next", int64[:]),
-])
-class Belady:
-    def __init__(self, capacity, n_keys, keys, next_use, starts, positions, bypass):
-        self.capacity = capacity
-        self.size = 0
-        self.bypass = bypass
-        self.keys = keys
-        self.next_use = next_use
-        self.starts = starts
-        self.positions = positions
-        self.where = np.full(n_keys, -1, np.int32)
-        self.heap_key = np.empty(capacity, np.int64)
-        self.heap_next = np.empty(capacity, np.int64)
+@njit(inline="always")
+def _next(state, key, t):
+    return next_request_after(key, t, state[3], state[4], state[5], state[6])
 
-    def _next(self, key, t):
-        return next_request_after(key, t, self.keys, self.next_use, self.starts, self.positions)
 
-    def lookup(self, key, t):
-        i = self.where[key]
-        if i < 0:
-            return False
-        heap_set(self.heap_key, self.heap_next, self.where, i, self._next(key, t), self.size)
-        return True
+@njit(inline="always")
+def lookup(state, key, t):
+    i = state[0][key]
+    if i < 0:
+        return False
+    heap_set(state[1], state[2], state[0], i, _next(state, key, t), state[7][SIZE])
+    return True
 
-    def admit(self, key, t):
-        nxt = self._next(key, t)
-        if self.size < self.capacity:
-            heap_push(self.heap_key, self.heap_next, self.where, self.size, key, nxt)
-            self.size += 1
-            return -1
-        if self.bypass and nxt > self.heap_next[0]:
-            return key
-        return heap_replace_top(self.heap_key, self.heap_next, self.where, self.size, key, nxt)
 
-    def remove(self, key):
-        i = self.where[key]
-        if i < 0:
-            return False
-        heap_delete(self.heap_key, self.heap_next, self.where, i, self.size)
-        self.size -= 1
-        return True
-
-    def contains(self, key):
-        return self.where[key] >= 0
-
-    def occupancy(self):
-        return self.size
-
-    def hit_victim(self):
+@njit(inline="always")
+def admit(state, key, t):
+    where, heap_key, heap_next, st = state[0], state[1], state[2], state[7]
+    nxt = _next(state, key, t)
+    size = st[SIZE]
+    if size < st[CAPACITY]:
+        heap_push(heap_key, heap_next, where, size, key, nxt)
+        st[SIZE] = size + 1
         return -1
+    if st[BYPASS] and nxt > heap_next[0]:
+        return key
+    return heap_replace_top(heap_key, heap_next, where, size, key, nxt)
+
+
+@njit(inline="always")
+def remove(state, key):
+    where, st = state[0], state[7]
+    i = where[key]
+    if i < 0:
+        return False
+    heap_delete(state[1], state[2], where, i, st[SIZE])
+    st[SIZE] -= 1
+    return True
+
+
+@njit(inline="always")
+def contains(state, key):
+    return state[0][key] >= 0
+
+
+@njit(inline="always")
+def occupancy(state):
+    return state[7][SIZE]
+
+
+Belady = compiled_policy("Belady", STATE, lookup, admit, remove, contains, occupancy)
 
 
 @register("belady")
 def build(capacity: int, ctx: PolicyContext, bypass: bool = False) -> Belady:
+    keys = trace_keys(ctx, "belady")
     starts, positions = occurrences(ctx, "belady")
-    return Belady(
-        capacity, ctx.n_keys, trace_keys(ctx, "belady"), next_use(ctx, "belady"), starts, positions, bool(bypass)
-    )
+    slots = min(capacity, ctx.n_keys)  # a heap holds each key at most once
+    return Belady((
+        np.full(ctx.n_keys, -1, np.int32), np.empty(slots, np.int64), np.empty(slots, np.int64),
+        keys, next_use(ctx, "belady"), starts, positions, np.array([0, capacity, bool(bypass)], np.int64),
+    ))
