@@ -115,6 +115,37 @@ def test_other_mistakes(tmp_path, capsys, old, new, message):
     assert message in err
 
 
+def test_trace_preset_sets_defaults_that_keys_override(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text(GOOD.replace('source = "zipf"', 'source = "zipf"\npreset = "dsv41-flash"')
+                    .replace("layers = [1]\nheads = 2\nmax_ngram = 2\n", ""))
+    trace = load_config(path).trace
+    assert (trace.preset, trace.layers, trace.heads, trace.max_ngram) == ("dsv41-flash", (1, 14), 8, 4)
+    assert (trace.table_size, trace.row_bytes, trace.engram_pad) == (1009, 264, 2)  # table_size is the file's
+    path.write_text(GOOD)
+    trace = load_config(path, preset="engram-27b").trace  # --preset replaces the file's shape keys
+    assert (trace.preset, trace.layers, trace.max_ngram, trace.table_size) == ("engram-27b", (2, 15), 3, 2_262_400)
+    assert trace.vocab == 500 and trace.source == "zipf"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('source = "zipf"', 'source = "zipf"\npreset = "dsv4"', "unknown preset 'dsv4': choose one of dsv41-flash"),
+    ('source = "zipf"', 'source = "zipf"\npreset = 4', "'preset' must be a preset name"),
+    ('source = "zipf"', 'source = "file"\nfile = "x.trace"\npreset = "engram-27b"', "drop 'preset'"),
+    ('source = "zipf"', 'source = "zipf"\nengram_pad = -1', "'engram_pad' must be a base token id"),
+])
+def test_preset_mistakes(tmp_path, capsys, old, new, message):
+    err = _fail(tmp_path, capsys, GOOD.replace(old, new, 1))
+    assert message in err and "[trace]" in err
+
+
+def test_preset_option_refusals(tmp_path, capsys):
+    err = _fail(tmp_path, capsys, GOOD, "sweep", "CONFIG", "--preset", "nope", "--out", str(tmp_path / "r"))
+    assert err.endswith("--preset: unknown preset 'nope': choose one of dsv41-flash, engram-27b, engram-40b")
+    err = _fail(tmp_path, capsys, GOOD, "simulate", "--hierarchy", "CONFIG", "some.trace", "--preset", "engram-27b")
+    assert "drop --preset" in err
+
+
 def test_missing_config_and_run_dir(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
     assert "no such file; give the path of an experiment .toml" in capsys.readouterr().err

@@ -251,3 +251,27 @@ def test_sweep_refuses_keys_outside_the_table():
     ctx = PolicyContext(n_keys=10)
     with pytest.raises(EngramTierError, match="outside the table's rows"):
         sweep(np.array([1, 2, 10]), "lru", [2], ctx)
+
+
+def test_streamed_curves_equal_the_in_memory_ones(tmp_path):
+    """A trace file streamed chunk by chunk (dense keys) gives exactly the curves of the keys in memory;
+    SHARDS' sampled state grows as it goes, from a guess far too small."""
+    from engramtier.cache.mrc import KeyStream
+    from engramtier.trace.rowtrace import RowTrace
+    from engramtier.trace.tracefile import TraceReader, save_trace
+
+    rng = np.random.default_rng(5)
+    rows = rng.permutation(10**9)[np.minimum(rng.zipf(1.2, 200_000), 50_000) - 1]
+    trace = RowTrace(rows.astype(np.int64), np.arange(0, 200_001, 1000, dtype=np.int64), 10**9, 160)
+    save_trace(trace, tmp_path / "z.trace", chunk_rows=7_000)
+    keys = trace.dense_keys()
+    sizes = np.unique(np.geomspace(1, trace.n_distinct, 30).astype(np.int64))
+    with TraceReader(tmp_path / "z.trace") as reader:
+        stream = KeyStream.of_trace(reader)
+        assert (stream.n_requests, stream.n_keys) == (rows.size, trace.n_distinct)
+        np.testing.assert_array_equal(lru_mrc(stream, sizes).hits, lru_mrc(keys, sizes).hits)
+        for kwargs in ({"rate": 0.01}, {"rate": 0.1, "s_max": 300}):
+            streamed = shards_mrc(stream, sizes, seed=3, **kwargs)
+            in_memory = shards_mrc(keys, sizes, seed=3, **kwargs)
+            np.testing.assert_array_equal(streamed.miss_ratios, in_memory.miss_ratios)
+            assert streamed.method == in_memory.method

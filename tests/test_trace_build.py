@@ -153,8 +153,10 @@ def test_meta_records_layout_and_provenance():
     assert m["subtable_sizes"] == hasher.subtable_sizes.tolist()
     assert m["fingerprint"] == hasher.config.fingerprint == HashConfig.from_dict(m["hash_config"]).fingerprint
     assert m["source"] == {"kind": "list"}
+    assert m["preset"] is None and m["tokenizer_digest"] == hasher.config.tokenizer_digest
     assert trace.n_table_rows == hasher.n_rows and trace.row_bytes == 264
     trace.validate()
+    assert build_trace(source, hasher, StepPlan(), preset="engram-27b").meta["preset"] == "engram-27b"
 
 
 def test_zipf_source_traces_validate_and_stay_in_the_table():

@@ -165,3 +165,15 @@ def test_writer_refuses_bad_rows_and_leaves_no_partial_file(tmp_path):
             writer.append(np.array([1, 2, 3]), np.array([1, 1]))
     with pytest.raises(EngramTierError, match="cannot write trace file"):
         TraceWriter(tmp_path / "no" / "such" / "dir.trace", 10, 160)
+
+
+def test_header_flip_is_refused(good_file):
+    """The header has its own checksum: a flipped byte in the row count or the fingerprint is caught."""
+    data = good_file.read_bytes()
+    for word in (b'"n_table_rows": 1000', b"f00d"):
+        at = data.index(word) + len(word) - 1
+        expect_error(damaged(good_file, lambda d: d[:at] + bytes([d[at] ^ 1]) + d[at + 1 :]), "header", "corrupt")
+
+
+def test_version_1_traces_are_refused_with_rebuild(good_file):
+    expect_error(damaged(good_file, lambda d: d[:8] + struct.pack("<I", 1) + d[12:]), "version-1", "rebuild")

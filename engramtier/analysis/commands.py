@@ -10,6 +10,7 @@ SIMULATE_EXAMPLES = """examples:
   engramtier simulate engramtier/data/experiment.toml
   engramtier simulate my.toml --out runs/gpu32m --window-per-token-s 5e-6
   engramtier simulate --hierarchy tiers.toml docs.trace --window-s 0.002
+  engramtier simulate engramtier/data/experiment.toml --preset dsv41-flash   # DeepSeek-V4.1-Flash's table
 
 The run directory gets config.json, results.jsonl (one line per step, then the run's totals),
 summary.json, figures/step_timeline.png|svg and report.html. A --hierarchy file needs [hierarchy] and
@@ -20,6 +21,7 @@ SWEEP_EXAMPLES = """examples:
   engramtier sweep engramtier/data/experiment.toml
   engramtier sweep my.toml --stages hit_rate --workers 2
   engramtier sweep my.toml --stages stall,cxl,cost --out runs/planning
+  engramtier sweep my.toml --preset engram-27b
 
 Stages: hit_rate ([sweep] policies x sizes), stall ([sweep] tier_sizes), cxl ([sweep] cxl_latencies_ns),
 cost (the stall and cxl points priced with [cost]); the default runs those the config defines.
@@ -28,6 +30,10 @@ cost (the stall and cxl points priced with [cost]); the default runs those the c
 MRC_EXAMPLES = """examples:
   engramtier mrc docs.trace
   engramtier mrc docs.trace --shards 0.001 --seeds 8 --sizes 1MiB,16MiB,256MiB
+  engramtier mrc huge.trace --shards 0.001 --seeds 1 --no-exact   # a trace larger than memory, streamed
+
+Each curve is one streamed pass over the trace's dense keys: exact LRU keeps 8 bytes per distinct row
+and 1.5 bits per request, SHARDS only its sample.
 """
 
 REPORT_EXAMPLES = """examples:
@@ -83,6 +89,7 @@ def register(subparsers) -> None:
                    "replay the trace file given as the positional argument")
     p.add_argument("--window-s", type=float, metavar="S", help="compute window per step (seconds); overrides [timing]")
     p.add_argument("--window-per-token-s", type=float, metavar="S", help="compute window per token (seconds); overrides [timing]")
+    _preset_option(p)
     common(p)
 
     p = add("sweep", "sweep policies x tier sizes (hit rate) and hierarchies (stall, CXL, cost)",
@@ -92,6 +99,7 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="CONFIG.toml")
     p.add_argument("--stages", type=_stages, metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
     p.add_argument("--workers", type=int, metavar="N", help="threads (default: [sweep] workers or every core)")
+    _preset_option(p)
     common(p)
 
     p = add("mrc", "miss-ratio curve of a trace: exact LRU and SHARDS",
@@ -102,6 +110,8 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, default=5, metavar="N", help="SHARDS hash seeds (default 5)")
     p.add_argument("--sizes", type=_sizes, metavar="LIST",
                    help="comma-separated sizes, rows or bytes such as 16MiB (default: 48 log-spaced sizes)")
+    p.add_argument("--no-exact", action="store_true",
+                   help="SHARDS only: skip the exact curve (and its error), for traces too long for an exact pass")
     common(p)
 
     p = add("report", "write report.html and report.md for a run directory",
@@ -114,6 +124,12 @@ def register(subparsers) -> None:
             "CXL -> cost frontier -> report, in a few minutes on two CPU cores.", QUICKSTART_EXAMPLES, run_quickstart)
     p.add_argument("--tiny", action="store_true", help="a few KB of text and a few sweep points (seconds)")
     common(p)
+
+
+def _preset_option(p) -> None:
+    p.add_argument("--preset", metavar="NAME", help="trace a published model's table (dsv41-flash, engram-27b, "
+                   "engram-40b): replaces [trace]'s preset and table-shape keys (tokenizer, layers, heads, "
+                   "max_ngram, table_size, row_bytes, engram_pad, seed)")
 
 
 def _timing_overrides(args) -> dict:
@@ -133,18 +149,22 @@ def run_simulate(args) -> None:
     from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
-    from engramtier.trace.tracefile import load_trace
+    from engramtier.trace.tracefile import TraceReader
 
     if args.hierarchy:
+        if args.preset:
+            raise EngramTierError("--preset shapes the trace an experiment file builds; with --hierarchy the "
+                                  "trace file already has its shape: drop --preset or give an experiment file")
         cfg = load_config(args.hierarchy, need_trace=False, overrides=_timing_overrides(args))
-        trace = load_trace(args.path)
-        run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
+        with TraceReader(args.path) as trace:  # streamed chunk by chunk: a trace larger than memory is fine
+            run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
+            summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
     else:
-        cfg = load_config(args.path, overrides=_timing_overrides(args))
+        cfg = load_config(args.path, overrides=_timing_overrides(args), preset=args.preset)
         run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict())
         trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
         run.update_config(fingerprint=trace.meta.get("fingerprint"))
-    summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
+        summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
     html, _ = write_report(run.path)
     sim = summary["simulation"]
     rate = sim.get("tokens_per_s")
@@ -159,7 +179,8 @@ def run_sweep(args) -> None:
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
 
-    cfg = load_config(args.config, overrides={"sweep": {"workers": args.workers}} if args.workers else None)
+    cfg = load_config(args.config, overrides={"sweep": {"workers": args.workers}} if args.workers else None,
+                      preset=args.preset)
     sw = cfg.sweep
     configured = {"hit_rate": bool(sw.sizes), "stall": bool(sw.tier_sizes), "cxl": bool(sw.cxl_latencies_ns)}
     configured["cost"] = configured["stall"] or configured["cxl"]
@@ -185,21 +206,24 @@ def run_mrc(args) -> None:
     from engramtier.analysis.experiment import mrc_stage, trace_summary
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
-    from engramtier.trace.tracefile import load_trace
+    from engramtier.trace.tracefile import TraceReader
 
-    trace = load_trace(args.trace)
-    sizes = None
-    if args.sizes:
-        sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
     if args.seeds < 1:
         raise EngramTierError(f"--seeds must be >= 1, got {args.seeds}")
-    run = RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"))
-    summary = {"trace": trace_summary(trace), "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes)}
+    with TraceReader(args.trace) as trace:  # each curve is one streamed pass over the trace file
+        sizes = None
+        if args.sizes:
+            sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
+        run = RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"))
+        summary = {"trace": trace_summary(trace),
+                   "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes, exact=not args.no_exact,
+                                    progress=not args.quiet)}
     run.write_summary(summary)
     html, _ = write_report(run.path)
     m = summary["mrc"]
-    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={args.shards:g} mean abs. error {m['shards_mean_abs_error']:.4f} "
-          f"(max {m['shards_max_abs_error']:.4f} over {args.seeds} seeds); report {html}")
+    error = ("no exact curve (--no-exact)" if m["shards_mean_abs_error"] is None else
+             f"mean abs. error {m['shards_mean_abs_error']:.4f} (max {m['shards_max_abs_error']:.4f} over {args.seeds} seeds)")
+    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={args.shards:g} {error}; report {html}")
 
 
 def run_report(args) -> None:

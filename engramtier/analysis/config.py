@@ -1,7 +1,8 @@
 """Experiment files: one TOML that says which trace, which hierarchy, what timing, what to sweep, what it costs.
 
     [trace]      where the row trace comes from (the shipped sample text, text files, a synthetic
-                 Zipf stream or an existing trace file) and the table it addresses
+                 Zipf stream or an existing trace file) and the table it addresses (``preset = "NAME"``:
+                 a published model's shape, `engramtier.model.presets`; keys given override it)
     [hierarchy]  ``mode`` and ``[[hierarchy.tier]]`` tables, read by `Hierarchy.from_dict`
     [timing]     the compute that hides the prefetch, per step or per token
     [sweep]      policies x one-tier sizes (hit rates); sizes per cache tier (stall); CXL latencies
@@ -23,6 +24,7 @@ from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, parse_size
 from engramtier.cache.policy import policy_names
 from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.model.presets import SHAPE_KEYS, get_preset
 from engramtier.tomlfile import read_toml
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
@@ -49,6 +51,7 @@ class TraceConfig:
     """Where the row trace comes from; the names follow `engramtier trace`'s options."""
 
     source: str = "sample"
+    preset: str | None = None
     paths: tuple[str, ...] = ()
     file: str | None = None
     tokenizer: str = "deepseek"
@@ -64,6 +67,7 @@ class TraceConfig:
     table_size: int = 1_000_003
     seed: int = 0
     row_bytes: int = 160
+    engram_pad: int | None = None
     zipf_alpha: float = 1.0
     vocab: int = 100_000
     tokens: int = 1_000_000
@@ -132,13 +136,18 @@ class ExperimentConfig:
 SECTIONS = ("trace", "hierarchy", "timing", "sweep", "cost")
 
 
-def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] | None = None) -> ExperimentConfig:
-    """Read and check an experiment TOML; ``need_trace=False`` lets a hierarchy-only file through, and
-    ``overrides`` (section -> keys, e.g. from command-line options) replace the file's values."""
+def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] | None = None,
+                preset: str | None = None) -> ExperimentConfig:
+    """Read and check an experiment TOML; ``need_trace=False`` lets a hierarchy-only file through,
+    ``overrides`` (section -> keys, e.g. from command-line options) replace the file's values, and
+    ``preset`` (--preset) replaces [trace]'s preset and every table-shape key of the file with its own."""
     path = Path(path)
     doc = read_toml(path, "an experiment .toml")
     for section, values in (overrides or {}).items():
         doc[section] = {**doc.get(section, {}), **values}
+    if preset is not None and isinstance(doc.get("trace", {}), Mapping):
+        get_preset(preset)  # an unknown --preset is refused as such, not as the file's
+        doc["trace"] = {**{k: v for k, v in doc.get("trace", {}).items() if k not in SHAPE_KEYS}, "preset": preset}
     return parse_config(doc, path, need_trace)
 
 
@@ -183,9 +192,14 @@ def _kind(default) -> str:
 
 def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
     where = f"{path}: [trace]"
-    cfg = TraceConfig(**_typed(table, TraceConfig, where))
+    cfg = TraceConfig(**_typed(_with_preset(table, where), TraceConfig, where))
     if cfg.file is not None and not isinstance(cfg.file, str):
         raise EngramTierError(f"{where}: 'file' must be a path string, got {cfg.file!r}")
+    if cfg.preset is not None and cfg.source == "file":
+        raise EngramTierError(f"{where}: a trace file (source = \"file\") has its own table shape; drop 'preset'")
+    if cfg.engram_pad is not None and (isinstance(cfg.engram_pad, bool) or not isinstance(cfg.engram_pad, int)
+                                       or cfg.engram_pad < 0):
+        raise EngramTierError(f"{where}: 'engram_pad' must be a base token id >= 0, got {cfg.engram_pad!r}")
     refuse_unknown([cfg.source], TRACE_SOURCES, where, "source")
     if cfg.source == "text" and not cfg.paths:
         raise EngramTierError(f"{where}: source = \"text\" needs paths = [\"notes/\", ...]")
@@ -197,6 +211,16 @@ def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
     base = path.parent
     resolve = lambda p: str(p if Path(p).is_absolute() else base / p)  # noqa: E731
     return replace(cfg, paths=tuple(resolve(p) for p in cfg.paths), file=cfg.file and resolve(cfg.file))
+
+
+def _with_preset(table: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """[trace] with its preset's shape under the keys the file gives (those win)."""
+    name = table.get("preset")
+    if name is None:
+        return table
+    if not isinstance(name, str):
+        raise EngramTierError(f"{where}: 'preset' must be a preset name such as \"dsv41-flash\", got {name!r}")
+    return {**get_preset(name, where).trace_settings(), **table}
 
 
 def _hierarchy(table: Mapping[str, Any], where: str) -> Hierarchy:

@@ -47,10 +47,10 @@ def build_trace(cfg: TraceConfig, out: Path | None, progress: bool = True) -> Ro
         source = ZipfSource(cfg.zipf_alpha, cfg.vocab, cfg.tokens, cfg.seed, doc_len=cfg.seq_len)
     else:
         source = TextSource([str(sample_text_dir())] if cfg.source == "sample" else list(cfg.paths),
-                            cfg.tokenizer, cfg.field)
+                            cfg.tokenizer, cfg.field, cfg.engram_pad)
     plan = StepPlan(cfg.mode, cfg.batch, cfg.seq_len, cfg.requests, cfg.prompt_len)
     hasher = hasher_for(source, cfg.table_size, cfg.layers, cfg.heads, cfg.max_ngram, cfg.seed)
-    write_trace(source, hasher, plan, out, cfg.row_bytes, progress=progress)
+    write_trace(source, hasher, plan, out, cfg.row_bytes, progress=progress, preset=cfg.preset)
     return load_trace(out)
 
 
@@ -102,7 +102,7 @@ class Experiment:
         sizes = [self.rows(s, f"{self.cfg.path}: [sweep] sizes[{i}]") for i, s in enumerate(sw.sizes)]
         records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress)
         self.run.append(records)
-        distinct = int(np.count_nonzero(np.bincount(self.trace.rows)))
+        distinct = self.trace.n_distinct
         self.run.save_figure(plots.hit_rate_figure(records, self.trace.row_bytes, 1 - distinct / self.trace.n_rows),
                              "hit_rate_vs_size")
         table = {}
@@ -167,24 +167,32 @@ class Experiment:
                                 "cheapest": frontier["cheapest"]}
 
 
-def mrc_stage(trace: RowTrace, run: RunDir, rate: float, seeds: int, sizes=None) -> dict:
-    """Exact LRU curve and SHARDS at ``rate`` with hash seeds ``0..seeds-1``, at ``sizes`` (default 48
-    sizes spaced evenly in log from one row to every distinct row); records, figure, headline numbers."""
-    from engramtier.cache.mrc import lru_mrc, shards_mrc
+def mrc_stage(trace: "RowTrace | TraceReader", run: RunDir, rate: float, seeds: int, sizes=None, exact: bool = True,
+              progress: bool = False) -> dict:
+    """Exact LRU curve (unless not ``exact``) and SHARDS at ``rate`` with hash seeds ``0..seeds-1``,
+    at ``sizes`` (default 48 sizes spaced evenly in log from one row to every distinct row), each one
+    streamed pass over the trace's dense keys; records, figure, headline numbers."""
+    from engramtier.cache.mrc import KeyStream, lru_mrc, shards_mrc
 
+    stream = KeyStream.of_trace(trace)
     if sizes is None:
-        unique = int(np.count_nonzero(np.bincount(trace.rows)))
-        sizes = np.unique(np.geomspace(1, unique, 48).astype(np.int64))
-    exact = lru_mrc(trace.rows, sizes)
-    estimates = [shards_mrc(trace.rows, exact.sizes, rate, seed=s).with_error(exact) for s in range(seeds)]
-    run.append({"experiment": "mrc", "size_rows": int(s), "exact_miss_ratio": float(m),
+        sizes = np.unique(np.geomspace(1, stream.n_distinct, 48).astype(np.int64))
+    sizes = np.asarray(sizes, np.int64)
+    curve = lru_mrc(stream, sizes, progress=progress) if exact else None
+    estimates = [shards_mrc(stream, sizes, rate, seed=s, progress=progress) for s in range(seeds)]
+    if curve is not None:
+        estimates = [e.with_error(curve) for e in estimates]
+    run.append({"experiment": "mrc", "size_rows": int(s),
+                "exact_miss_ratio": None if curve is None else float(curve.miss_ratios[i]),
                 "shards_miss_ratios": [float(e.miss_ratios[i]) for e in estimates]}
-               for i, (s, m) in enumerate(zip(exact.sizes, exact.miss_ratios)))
-    run.save_figure(plots.mrc_figure(exact.sizes, exact.miss_ratios, [e.miss_ratios for e in estimates], rate,
-                                     trace.row_bytes), "mrc_shards")
-    errors = [e.error for e in estimates]
-    return {"sizes": int(exact.sizes.size), "shards_rate": rate, "seeds": seeds,
-            "shards_mean_abs_error": float(np.mean(errors)), "shards_max_abs_error": float(np.max(errors))}
+               for i, s in enumerate(sizes))
+    run.save_figure(plots.mrc_figure(sizes, None if curve is None else curve.miss_ratios,
+                                     [e.miss_ratios for e in estimates], rate, trace.row_bytes), "mrc_shards")
+    errors = [e.error for e in estimates] if curve is not None else [None]
+    return {"sizes": int(sizes.size), "shards_rate": rate, "seeds": seeds, "exact": exact,
+            "shards_mean_abs_error": None if curve is None else float(np.mean(errors)),
+            "shards_max_abs_error": None if curve is None else float(np.max(errors)),
+            "shards_miss_ratio_mean": [float(m) for m in np.mean([e.miss_ratios for e in estimates], axis=0)]}
 
 
 def trace_summary(trace: RowTrace) -> dict:
@@ -194,4 +202,4 @@ def trace_summary(trace: RowTrace) -> dict:
             "tokens": trace.n_rows // rows_per_token if rows_per_token else None,
             "table_rows": trace.n_table_rows, "row_bytes": trace.row_bytes,
             "table_bytes": trace.n_table_rows * trace.row_bytes, "mode": meta.get("mode"),
-            "fingerprint": meta.get("fingerprint"), "tokenizer": meta.get("tokenizer")}
+            "fingerprint": meta.get("fingerprint"), "preset": meta.get("preset"), "tokenizer": meta.get("tokenizer")}

@@ -93,18 +93,19 @@ def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figu
     return fig
 
 
-def mrc_figure(sizes: np.ndarray, exact: np.ndarray, estimates: Sequence[np.ndarray], rate: float,
+def mrc_figure(sizes: np.ndarray, exact: np.ndarray | None, estimates: Sequence[np.ndarray], rate: float,
                row_bytes: int) -> plt.Figure:
-    """Exact LRU miss-ratio curve, and the SHARDS estimates over several hash seeds as a mean and a band."""
+    """Exact LRU miss-ratio curve (when computed), and the SHARDS estimates over several hash seeds as
+    a mean and a band."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(sizes, exact, color="black", lw=2, label="exact LRU (Mattson stack distance)")
+    if exact is not None:
+        ax.plot(sizes, exact, color="black", lw=2, label="exact LRU (Mattson stack distance)")
     if len(estimates):
         est = np.asarray(estimates)
-        mae = float(np.mean(np.abs(est - exact)))
+        error = "" if exact is None else f" (mean abs. error {float(np.mean(np.abs(est - exact))):.4f})"
         ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3,
                         label=f"SHARDS range over {len(est)} hash seeds")
-        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--",
-                label=f"SHARDS mean, R={rate:g} (mean abs. error {mae:.4f})")
+        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"SHARDS mean, R={rate:g}{error}")
     ax.set_xscale("log")
     ax.set_ylim(0, 1)
     ax.set_xlabel("LRU cache size (rows)")

@@ -38,13 +38,15 @@ def hit_rate_sweep(trace: RowTrace, policies: Sequence[str], sizes: Sequence[int
     sizes = np.asarray(sorted(set(int(s) for s in sizes)), np.int64)
     if sizes.size == 0:
         raise EngramTierError("hit-rate sweep: no sizes; give [sweep] sizes = [\"16MiB\", ...] or rows")
-    ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts)
+    keys = trace.dense_keys()  # policy state follows the rows the trace touches, not the table
+    ctx = PolicyContext(n_keys=trace.n_distinct, keys=keys, step_starts=trace.step_starts,
+                        n_table_rows=trace.n_table_rows, row_ids=trace.row_ids())
     records = []
     for policy in tqdm(policies, desc="policy sweep", unit="policy", disable=not progress):
         if policy == "lru":
-            curve = lru_mrc(trace.rows, sizes)
+            curve = lru_mrc(keys, sizes)
         else:
-            curve = sweep(trace.rows, policy, sizes, ctx, workers=workers or default_workers())
+            curve = sweep(keys, policy, sizes, ctx, workers=workers or default_workers())
         records += [{"experiment": "hit_rate", "policy": policy, "size_rows": int(s),
                      "size_bytes": int(s) * trace.row_bytes, "hits": int(h), "requests": curve.requests,
                      "hit_rate": int(h) / curve.requests}

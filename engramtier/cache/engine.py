@@ -240,15 +240,33 @@ class Engine:
         self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
         self.store_lookups = 0
         self.streams: list[Stream] = []
+        self.first_tier = 0  # the hierarchy index of policies[0] (see `split`)
         self._capacity = -1  # events each buffer holds
         self._step_capacity = -1
+
+    def split(self, at: int) -> tuple["Engine", "Engine"]:
+        """Two engines over this one's tiers ``[:at]`` and ``[at:]``, sharing its policies and counters.
+
+        Tier ``at`` consumes only what tier ``at - 1`` emits (the upper engine's store stream), so the
+        halves can run a chunk each on two threads, the lower one a chunk behind, with the results of
+        this engine. The upper engine's ``store_lookups`` counts what it passes down."""
+        if not 0 < at < len(self.policies) + 1:
+            raise EngramTierError(f"engine: cannot split {len(self.policies)} cache tiers at {at}")
+        halves = []
+        for first, stop in ((0, at), (at, len(self.policies))):
+            half = Engine.__new__(Engine)
+            half.policies, half.mode, half.first_tier = self.policies[first:stop], self.mode, first
+            half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
+            half._capacity = half._step_capacity = -1
+            halves.append(half)
+        return halves[0], halves[1]
 
     def feed(self, keys: np.ndarray, ts: np.ndarray, step_starts: np.ndarray) -> np.ndarray:
         """Resolve the lookups ``keys`` (int64, unique within each step) at positions ``ts``, cut into
         steps by ``step_starts`` (indices into ``keys``, then ``keys.size``). Returns the rows each
         tier served per step, int64 ``[len(policies) + 1, steps]``, the store last."""
         n_steps = step_starts.size - 1
-        self._reserve(2 * keys.size, n_steps + 1)  # exclusive tier 0 emits at most two events per lookup
+        self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
         served = np.empty((len(self.policies) + 1, n_steps), np.int64)
         self.streams = []
         events, ts_in, starts = keys, ts, step_starts
@@ -256,7 +274,7 @@ class Engine:
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
             hit, victim, out_starts = hit[:n], victim[:n], out_starts[: n_steps + 1]
-            if i == 0 or self.mode == "inclusive":
+            if self.first_tier + i == 0 or self.mode == "inclusive":
                 driver = fill_tier if is_compiled(policy) else fill_tier.py_func
                 n_out = driver(policy, events, ts_in, starts, self.mode == "exclusive", hit, victim,
                                out_events, out_ts, out_starts, served[i], self.counters[i])

@@ -169,9 +169,9 @@ class Hierarchy:
         return rows
 
     def build_policies(self, ctx: PolicyContext, row_bytes: int) -> list[Any]:
-        """One fresh policy per cache tier, sized for the table ``ctx.n_keys`` rows of ``row_bytes``."""
+        """One fresh policy per cache tier, sized for the table of ``ctx.n_table_rows`` rows of ``row_bytes``."""
         policies = []
-        for tier, rows in zip(self.caches, self.capacities(ctx.n_keys, row_bytes)):
+        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes)):
             try:
                 policies.append(make_policy(tier.policy, rows, ctx, **tier.params))
             except EngramTierError as err:

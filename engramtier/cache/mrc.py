@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from numba import njit, uint64
+from tqdm import tqdm
 
 from engramtier.cache.nextuse import heap_delete, heap_push
 from engramtier.cache.policy import PolicyContext, make_policy, replay
@@ -139,11 +140,15 @@ def _unmark(bits, tree, time, now):
         _fenwick_add(tree, word, -1)
 
 
-def _mark_arrays(n_times: int, n_keys: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bits, tree, last): empty marks for ``n_times`` times, and each key's latest time (-1: none)."""
-    n_words = (n_times >> 6) + 1
-    last_dtype = np.int32 if n_times < 2**31 else np.int64
-    return np.zeros(n_words, np.uint64), np.zeros(n_words + 1, np.int32), np.full(n_keys, -1, last_dtype)
+@njit(nogil=True, cache=True)
+def _rebuild_tree(bits, tree, now):
+    """The Fenwick tree of the complete words' counts (those before ``now``'s word), in O(words)."""
+    tree[:] = 0
+    for i in range(1, min(now >> 6, bits.size) + 1):
+        tree[i] += _popcount(bits[i - 1])
+        j = i + (i & -i)
+        if j < tree.size:
+            tree[j] += tree[i]
 
 
 @njit(nogil=True)
@@ -158,27 +163,38 @@ def _hash32(key, seed):
 
 
 @njit(nogil=True, cache=True)
-def _sampled_count(keys, threshold, seed):
-    if threshold >= HASH_RANGE:
-        return keys.size
-    count = 0
+def _sample(keys, threshold, seed, table, table_ids, n_ids, ids_out, hashes_out):
+    """The requests whose key hashes below ``threshold``, as compact ids (0, 1, ... in order of first
+    sampling, through the open-addressing ``table`` of keys, -1 = empty, a power of two in size) and
+    their hashes. Returns (sampled requests, compact ids used so far)."""
+    mask = table.size - 1
+    n = 0
     for t in range(keys.size):
-        if _hash32(keys[t], seed) < threshold:
-            count += 1
-    return count
+        key = keys[t]
+        h = _hash32(key, seed)
+        if h >= threshold:
+            continue
+        i = (h * 0x9E3779B1) & mask
+        while table[i] != key and table[i] >= 0:
+            i = (i + 1) & mask
+        if table[i] < 0:
+            table[i] = key
+            table_ids[i] = n_ids
+            n_ids += 1
+        ids_out[n] = table_ids[i]
+        hashes_out[n] = h
+        n += 1
+    return n, n_ids
 
 
 @njit(nogil=True, cache=True)
-def _depth_histogram(keys, bits, tree, last, threshold, seed, max_depth):
-    """``hist[d]``: requests of stack depth ``d`` (``1 <= d <= max_depth``) among the requests whose key
-    hashes below ``threshold`` (all of them when ``threshold == HASH_RANGE``)."""
-    hist = np.zeros(max_depth + 1, np.int64)
-    n_marked = 0
-    now = 0
-    for t in range(keys.size):
-        key = keys[t]
-        if threshold < HASH_RANGE and _hash32(key, seed) >= threshold:
-            continue
+def _depth_pass(ids, bits, tree, last, state, hist):
+    """Add to ``hist[d]`` the requests of stack depth ``d`` (``d < hist.size``) among ``ids``, which
+    continue the stream whose (marked keys, time) are ``state``."""
+    max_depth = hist.size - 1
+    n_marked, now = state[0], state[1]
+    for t in range(ids.size):
+        key = ids[t]
         _publish(bits, tree, now)
         prev = last[key]
         if prev >= 0:
@@ -191,33 +207,29 @@ def _depth_histogram(keys, bits, tree, last, threshold, seed, max_depth):
         bits[now >> 6] |= uint64(1) << uint64(now & 63)
         last[key] = now
         now += 1
-    return hist
+    state[0], state[1] = n_marked, now
 
 
 @njit(nogil=True, cache=True)
-def _shards_size_histogram(keys, bits, tree, last, threshold, seed, s_max, max_size):
-    """Weighted histogram of estimated depths (``ceil(1 + (d - 1) / R)``, capped at ``max_size + 1``), total weight
-    (first requests included) and the final threshold, tracking at most ``s_max`` keys."""
-    where = np.full(last.size, -1, np.int32)  # heap of tracked keys by hash, largest on top
-    heap_key = np.empty(s_max + 1, np.int64)
-    heap_hash = np.empty(s_max + 1, np.int64)
-    hist = np.zeros(max_size + 2, np.float64)
-    total = 0.0
-    n_tracked = 0
-    now = 0
-    for t in range(keys.size):
-        key = keys[t]
-        h = _hash32(key, seed)
+def _shards_size_pass(ids, hashes, bits, tree, last, where, heap_key, heap_hash, state, hist, total, s_max):
+    """Fixed-size SHARDS over sampled ``ids``: weighted histogram of estimated depths
+    (``ceil(1 + (d - 1) / R)``, capped at ``hist.size - 1``) and total weight (first requests
+    included); ``state`` is (tracked keys, time, threshold), tracking at most ``s_max`` keys."""
+    cap = hist.size - 1
+    n_tracked, now, threshold = state[0], state[1], state[2]
+    for t in range(ids.size):
+        key = ids[t]
+        h = hashes[t]
         if h >= threshold:
             continue
         scale = HASH_RANGE / threshold  # 1 / R while this request was sampled
-        total += scale
+        total[0] += scale
         _publish(bits, tree, now)
         prev = last[key]
         if prev >= 0:
             depth = n_tracked - _marks_upto(bits, tree, prev) + 1
             _unmark(bits, tree, prev, now)
-            hist[min(np.int64(np.ceil(1 + (depth - 1) * scale)), max_size + 1)] += scale
+            hist[min(np.int64(np.ceil(1 + (depth - 1) * scale)), cap)] += scale
         bits[now >> 6] |= uint64(1) << uint64(now & 63)
         last[key] = now
         now += 1
@@ -232,10 +244,87 @@ def _shards_size_histogram(keys, bits, tree, last, threshold, seed, s_max, max_s
             _unmark(bits, tree, last[gone], now - 1)
             last[gone] = -1
             n_tracked -= 1
-    return hist, total, threshold
+    state[0], state[1], state[2] = n_tracked, now, threshold
 
 
 # ------------------------------------------------------------------------------------------- front end
+
+
+@dataclass(frozen=True)
+class KeyStream:
+    """A trace's keys (``0 <= key < n_keys``) as a stream of chunks, for curves of traces larger than
+    memory: ``chunks()`` starts a pass. Build one with `of` (an array) or `of_trace` (a trace file or
+    an in-memory trace, in dense keys)."""
+
+    chunks: Callable[[], Iterator[np.ndarray]]
+    n_requests: int
+    n_keys: int
+    n_distinct: int
+
+    @classmethod
+    def of(cls, keys: Any) -> "KeyStream":
+        keys = _checked_keys(keys)
+        n_keys = int(keys.max()) + 1
+        return cls(lambda: iter((keys,)), keys.size, n_keys, int(np.count_nonzero(np.bincount(keys, minlength=n_keys))))
+
+    @classmethod
+    def of_trace(cls, trace) -> "KeyStream":
+        from engramtier.trace.tracefile import trace_chunks
+
+        if trace.n_rows == 0:
+            raise EngramTierError("miss-ratio curve: the trace is empty; build it from non-empty text")
+        return cls(lambda: (c.rows for c in trace_chunks(trace, dense=True)), trace.n_rows, trace.n_distinct,
+                   trace.n_distinct)
+
+
+class _Marks:
+    """Marks over times (bits and their Fenwick tree, see above) and each id's latest time, grown as
+    the stream goes: SHARDS does not know ahead how many requests or keys it will sample."""
+
+    def __init__(self, n_times: int, n_ids: int):
+        n_words = (max(n_times, 1) >> 6) + 1
+        self.bits, self.tree = np.zeros(n_words, np.uint64), np.zeros(n_words + 1, np.int64)
+        self.last = np.full(max(n_ids, 1), -1, np.int64)
+        self.state = np.zeros(3, np.int64)  # (marked or tracked keys, time, threshold)
+
+    def reserve(self, more_times: int, more_ids: int, n_ids: int) -> None:
+        now = int(self.state[1])
+        if (now + more_times) >> 6 >= self.bits.size:
+            words = max(2 * self.bits.size, ((now + more_times) >> 6) + 1)
+            self.bits = np.concatenate([self.bits, np.zeros(words - self.bits.size, np.uint64)])
+            self.tree = np.zeros(words + 1, np.int64)
+            _rebuild_tree(self.bits, self.tree, now)
+        if n_ids + more_ids > self.last.size:
+            size = max(2 * self.last.size, n_ids + more_ids)
+            self.last = np.concatenate([self.last, np.full(size - self.last.size, -1, np.int64)])
+
+
+class _Sampler:
+    """Streams the sampled requests of chunks as compact ids (so state follows the sample, not the
+    keys) with their hashes, reusing its buffers."""
+
+    def __init__(self, threshold: int, seed: int):
+        self.threshold, self.seed, self.n_ids = threshold, seed, 0
+        self.table, self.table_ids = np.full(1 << 10, -1, np.int64), np.empty(1 << 10, np.int64)
+        self.ids = self.hashes = np.empty(0, np.int64)
+
+    def sample(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if 2 * (self.n_ids + keys.size) > self.table.size:
+            self._grow(2 * (self.n_ids + keys.size))
+        if self.ids.size < keys.size:
+            self.ids, self.hashes = np.empty(keys.size, np.int64), np.empty(keys.size, np.int64)
+        n, self.n_ids = _sample(keys, self.threshold, self.seed, self.table, self.table_ids, self.n_ids,
+                                self.ids, self.hashes)
+        return self.ids[:n], self.hashes[:n]
+
+    def _grow(self, entries: int) -> None:
+        size = 1 << max(10, int(entries - 1).bit_length())
+        held = self.table >= 0
+        keys, ids = self.table[held], self.table_ids[held]
+        self.table, self.table_ids = np.full(size, -1, np.int64), np.empty(size, np.int64)
+        order = np.argsort(ids)  # re-inserting in id order keeps every key's compact id
+        _sample(keys[order], HASH_RANGE, self.seed, self.table, self.table_ids, 0, np.empty(keys.size, np.int64),
+                np.empty(keys.size, np.int64))
 
 
 def _checked_keys(keys: Any) -> np.ndarray:
@@ -249,6 +338,10 @@ def _checked_keys(keys: Any) -> np.ndarray:
     if keys.min() < 0:
         raise EngramTierError(f"miss-ratio curve: row id {keys.min()} is negative; row ids are table rows >= 0")
     return np.ascontiguousarray(keys, dtype=np.int64)
+
+
+def _stream(keys: "np.ndarray | KeyStream") -> KeyStream:
+    return keys if isinstance(keys, KeyStream) else KeyStream.of(keys)
 
 
 def _checked_sizes(sizes: Any) -> np.ndarray:
@@ -266,55 +359,79 @@ def _threshold(rate: float) -> int:
     return max(1, round(rate * HASH_RANGE))
 
 
-def lru_mrc(keys: np.ndarray, sizes: Any = None) -> MissRatioCurve:
+def lru_mrc(keys: "np.ndarray | KeyStream", sizes: Any = None, progress: bool = False) -> MissRatioCurve:
     """Exact LRU hits at ``sizes`` (default: every size from 1 to the number of distinct keys), in one pass.
 
-    Memory: 4 bytes per row id up to the largest in ``keys``, plus 1.5 bits per request.
+    Memory: 8 bytes per key (up to the largest, or the stream's ``n_keys``), plus 1.5 bits per request.
     """
-    keys = _checked_keys(keys)
-    n_keys = int(keys.max()) + 1
-    if sizes is None:
-        sizes = np.arange(1, np.count_nonzero(np.bincount(keys, minlength=n_keys)) + 1)
-    sizes = _checked_sizes(sizes)
-    max_depth = int(min(sizes.max(), n_keys))
-    hist = _depth_histogram(keys, *_mark_arrays(keys.size, n_keys), HASH_RANGE, 0, max_depth)
+    stream = _stream(keys)
+    sizes = _checked_sizes(np.arange(1, stream.n_distinct + 1) if sizes is None else sizes)
+    marks = _Marks(stream.n_requests, stream.n_keys)
+    hist = np.zeros(int(min(sizes.max(), stream.n_distinct)) + 1, np.int64)
+    with tqdm(total=stream.n_requests, unit="req", unit_scale=True, desc="exact LRU", disable=not progress) as bar:
+        for chunk in stream.chunks():
+            _depth_pass(chunk, marks.bits, marks.tree, marks.last, marks.state, hist)
+            bar.update(chunk.size)
     hits_at_depth = np.cumsum(hist)
-    return MissRatioCurve.from_hits(sizes, hits_at_depth[np.minimum(sizes, max_depth)], keys.size, "exact-lru")
+    return MissRatioCurve.from_hits(sizes, hits_at_depth[np.minimum(sizes, hist.size - 1)], stream.n_requests,
+                                    "exact-lru")
 
 
 def shards_mrc(
-    keys: np.ndarray, sizes: Any, rate: float = 0.01, s_max: int | None = None, seed: int = 0
+    keys: "np.ndarray | KeyStream", sizes: Any, rate: float = 0.01, s_max: int | None = None, seed: int = 0,
+    progress: bool = False,
 ) -> MissRatioCurve:
-    """Estimated LRU miss-ratio curve from a spatially hashed sample of the keys (SHARDS).
+    """Estimated LRU miss-ratio curve from a spatially hashed sample of the keys (SHARDS), in one pass.
 
     ``rate`` is the sampling rate; with ``s_max`` it is the starting rate of fixed-size SHARDS, which
-    lowers it so that at most ``s_max`` keys are tracked.
+    lowers it so that at most ``s_max`` keys are tracked. Memory follows the sample: sampled keys get
+    compact ids, and the marks grow with the sampled requests (fixed size: at most ``s_max`` keys).
     """
-    keys = _checked_keys(keys)
+    stream = _stream(keys)
     sizes = _checked_sizes(sizes)
     threshold = _threshold(rate)
     if s_max is not None and (int(s_max) != s_max or s_max <= 0):
         raise EngramTierError(f"SHARDS: s_max must be a positive number of tracked keys, got {s_max}")
-    n_sampled = _sampled_count(keys, threshold, seed)
+    sampler = _Sampler(threshold, seed)
+    expected = threshold / HASH_RANGE * stream.n_requests
+    marks = _Marks(int(1.2 * expected) + 64, int(min(stream.n_keys, 1.2 * expected)) + 64)
+    marks.state[2] = threshold
+    r = threshold / HASH_RANGE
+    if s_max is None:
+        depth_limits = 1 + np.floor((sizes - 1) * r).astype(np.int64)  # 1 + (d - 1) / R <= size
+        hist = np.zeros(int(depth_limits.max()) + 1, np.int64)
+    else:
+        hist, total = np.zeros(int(sizes.max()) + 2, np.float64), np.zeros(1, np.float64)
+        where = np.full(0, -1, np.int32)
+        heap_key, heap_hash = np.empty(int(s_max) + 1, np.int64), np.empty(int(s_max) + 1, np.int64)
+    with tqdm(total=stream.n_requests, unit="req", unit_scale=True, desc="SHARDS", disable=not progress) as bar:
+        for chunk in stream.chunks():
+            ids, hashes = sampler.sample(chunk)
+            marks.reserve(ids.size, ids.size, sampler.n_ids)
+            if s_max is None:
+                _depth_pass(ids, marks.bits, marks.tree, marks.last, marks.state, hist)
+            else:
+                if where.size < marks.last.size:
+                    where = np.concatenate([where, np.full(marks.last.size - where.size, -1, np.int32)])
+                _shards_size_pass(ids, hashes, marks.bits, marks.tree, marks.last, where, heap_key, heap_hash,
+                                  marks.state, hist, total, int(s_max))
+                sampler.threshold = int(marks.state[2])  # later chunks need sample no more than this
+            bar.update(chunk.size)
+    n_sampled = int(marks.state[1])
     if n_sampled == 0:
         raise EngramTierError(
-            f"SHARDS: rate {rate} sampled no request of the {keys.size}; raise the rate or use a longer trace"
+            f"SHARDS: rate {rate} sampled no request of the {stream.n_requests}; raise the rate or use a longer trace"
         )
-    marks = _mark_arrays(n_sampled, int(keys.max()) + 1)
     if s_max is None:
-        r = threshold / HASH_RANGE
-        depth_limits = 1 + np.floor((sizes - 1) * r).astype(np.int64)  # 1 + (d - 1) / R <= size
-        hist = _depth_histogram(keys, *marks, threshold, seed, int(depth_limits.max()))
-        expected = r * keys.size  # SHARDS_adj: credit the sampling shortfall to the smallest depth
+        # SHARDS_adj: credit the sampling shortfall to the smallest depth
         hit_ratio = np.clip((np.cumsum(hist)[depth_limits] + expected - n_sampled) / expected, 0.0, 1.0)
         method = f"shards(R={r:.6g})"
     else:
-        max_size = int(sizes.max())
-        hist, total, final = _shards_size_histogram(keys, *marks, threshold, seed, int(s_max), max_size)
         # SHARDS_adj again: the weights of the sampled requests estimate the trace length
-        hit_ratio = np.clip((np.cumsum(hist)[sizes] + keys.size - total) / keys.size, 0.0, 1.0)
-        method = f"shards(s_max={int(s_max)}, R={final / HASH_RANGE:.6g})"
-    return MissRatioCurve.from_miss_ratios(sizes, 1.0 - hit_ratio, keys.size, method)
+        n = stream.n_requests
+        hit_ratio = np.clip((np.cumsum(hist)[sizes] + n - total[0]) / n, 0.0, 1.0)
+        method = f"shards(s_max={int(s_max)}, R={marks.state[2] / HASH_RANGE:.6g})"
+    return MissRatioCurve.from_miss_ratios(sizes, 1.0 - hit_ratio, stream.n_requests, method)
 
 
 def sweep(

@@ -49,25 +49,53 @@ from engramtier.errors import EngramTierError, refuse_unknown
 class PolicyContext:
     """What a policy may know about the workload when it is built.
 
+    Keys are ``0 <= key < n_keys``: a table's global row ids, or a trace's dense keys (the ranks of
+    the rows it touches, `engramtier.trace.rowindex`), so that policy state follows the trace, not a
+    table of hundreds of millions of rows. Then ``n_table_rows`` is the table (capacities are checked
+    against it; a tier may hold more rows than the trace touches) and ``row_ids[key]`` each key's
+    global row id (for policies that hash rows, so that they hash the same as on global ids).
+
     ``keys`` is the full request trace (needed only by offline policies), ``step_starts`` the
     index of each step's first request plus the total (len = steps + 1), and ``profile`` a per-key
-    access count used by static placement. Derived arrays are computed once and cached here so that
-    sweeping many sizes does not recompute them.
+    access count used by static placement. A streamed trace passes ``load_trace`` (returning
+    ``(keys, step_starts)``) and ``load_row_ids`` instead, so nothing is read whole unless a policy
+    asks. Derived arrays are computed once and cached here so that sweeping many sizes does not
+    recompute them.
     """
 
     n_keys: int
     keys: np.ndarray | None = None
     step_starts: np.ndarray | None = None
     profile: np.ndarray | None = None
+    n_table_rows: int | None = None
+    row_ids: np.ndarray | None = None
+    load_trace: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+    load_row_ids: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.n_table_rows is None:
+            self.n_table_rows = self.n_keys
 
     def derived(self, name: str, compute: Callable[["PolicyContext"], np.ndarray]) -> np.ndarray:
         if name not in self._derived:
             self._derived[name] = compute(self)
         return self._derived[name]
 
+    def trace_keys(self) -> np.ndarray | None:
+        """The whole request trace, loaded now if it was streamed; None when there is none."""
+        if self.keys is None and self.load_trace is not None:
+            self.keys, self.step_starts = self.load_trace()
+        return self.keys
+
+    def global_ids(self) -> np.ndarray | None:
+        """``row_ids`` (loaded now if streamed), or None when keys are global row ids already."""
+        if self.row_ids is None and self.load_row_ids is not None:
+            self.row_ids = self.load_row_ids()
+        return self.row_ids
+
     def require_keys(self, policy: str) -> np.ndarray:
-        if self.keys is None:
+        if self.trace_keys() is None:
             raise EngramTierError(
                 f"policy '{policy}' is offline and needs the whole trace: build it through the "
                 "simulator (or pass PolicyContext(keys=...))"
@@ -102,9 +130,9 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
     refuse_unknown([name], sorted(_REGISTRY), what="policy")
     if int(capacity) != capacity or capacity <= 0:
         raise EngramTierError(f"policy '{name}': capacity must be a positive number of rows, got {capacity}")
-    if capacity > ctx.n_keys:
+    if capacity > ctx.n_table_rows:
         raise EngramTierError(
-            f"policy '{name}': capacity {capacity} rows exceeds the table's {ctx.n_keys} rows; "
+            f"policy '{name}': capacity {capacity} rows exceeds the table's {ctx.n_table_rows} rows; "
             "make the tier smaller or leave it out (the last tier holds every row)"
         )
     builder = _REGISTRY[name]

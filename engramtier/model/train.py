@@ -167,7 +167,7 @@ def _prepare_tokenizer(spec: str, train_texts: list[str], run_dir: Path) -> tupl
 
 
 def _token_stream(tokenizer: CompressedTokenizer, texts: list[str]) -> np.ndarray:
-    end = tokenizer.base.pad_token_id
+    end = tokenizer.base.end_token_id
     pieces = []
     for ids in tokenizer.encode_base_batch(texts):
         pieces += [ids, np.array([end], dtype=np.int64)]

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,6 +54,7 @@ class FlatTableRows:
         self.table = open_table(path)
         self.n_rows, self.row_bytes = self.table.n_rows, self.table.row_bytes
         self.manifest = json.loads((self.table.path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        self.manifest.setdefault("preset", None)  # a trained table's shape is its model's, not a preset's
         self.identity = {"table": self.table.checksum, "fingerprint": self.table.fingerprint}
 
     def rows(self, ids: np.ndarray, out: np.ndarray) -> None:
@@ -80,7 +82,8 @@ def _normal_values(ids, dim, seed, out):
 
 
 class RandomRows:
-    """Seeded N(0, 1) rows in ``row_format`` ("bf16", "fp8_e4m3") of ``dim`` values, for tables with no model."""
+    """Seeded N(0, 1) rows in ``row_format`` ("bf16", "fp8_e4m3") of ``dim`` values, for tables with no model
+    (`for_hasher`: a table of a model's shape, which that model's hash config opens)."""
 
     def __init__(self, n_rows: int, row_format: str, dim: int, seed: int) -> None:
         from engramtier.model.rows import RowFormat
@@ -91,10 +94,21 @@ class RandomRows:
         self.n_rows, self.row_bytes, self.seed = int(n_rows), self.format.row_bytes, int(seed)
         self.manifest = {
             "format": row_format, "dim": dim, "row_bytes": self.row_bytes, "n_rows": self.n_rows,
-            "subtable_sizes": [self.n_rows], "hash_config": None, "fingerprint": None,
+            "subtable_sizes": [self.n_rows], "hash_config": None, "fingerprint": None, "preset": None,
             "source": f"random normal rows, seed {self.seed}",
         }
         self.identity = {"random": {"n_rows": self.n_rows, "format": row_format, "dim": dim, "seed": self.seed}}
+
+    @classmethod
+    def for_hasher(cls, hasher, row_format: str, dim: int, seed: int, preset: str | None = None) -> "RandomRows":
+        """Random rows for every row ``hasher`` addresses; the manifest records its sub-tables, hash config
+        (with the tokenizer and its compression digest) and ``preset``, the name of the shape it came from."""
+        rows = cls(hasher.n_rows, row_format, dim, seed)
+        config = hasher.config
+        rows.manifest.update(subtable_sizes=hasher.subtable_sizes.tolist(), hash_config=config.to_dict(),
+                             fingerprint=config.fingerprint, preset=preset)
+        rows.identity["random"]["fingerprint"] = config.fingerprint
+        return rows
 
     def rows(self, ids: np.ndarray, out: np.ndarray) -> None:
         values = np.empty((ids.size, self.format.dim), np.float32)
@@ -172,9 +186,9 @@ def build_lmdb_table(source: Any, path: str | os.PathLike, profile: np.ndarray |
         "profile_sha256": None if profile is None else hashlib.sha256(profile.tobytes()).hexdigest(),
     }
     if map_size is None:
-        page_on_disk = -(-(layout.value_bytes(layout.page_rows) + _LMDB_OVERFLOW_HEADER) // _LMDB_PAGE) * _LMDB_PAGE
-        map_size = 2 * layout.n_pages * page_on_disk + (64 << 20)
+        map_size = 2 * layout.n_pages * _page_on_disk(layout) + (64 << 20)
         map_size += 2 * source.n_rows * permutation_dtype(source.n_rows).itemsize
+    _check_free_disk(path, layout.n_pages * _page_on_disk(layout))
     _check_output_dir(path)
     env = open_environment(path, readonly=False, map_size=map_size)
     try:
@@ -193,6 +207,29 @@ def build_lmdb_table(source: Any, path: str | os.PathLike, profile: np.ndarray |
         return writer.finish()
     finally:
         env.close()
+
+
+def _page_on_disk(layout: Layout) -> int:
+    """Disk bytes of one uncompressed page: its LMDB overflow pages."""
+    return -(-(layout.value_bytes(layout.page_rows) + _LMDB_OVERFLOW_HEADER) // _LMDB_PAGE) * _LMDB_PAGE
+
+
+def _check_free_disk(path: Path, need: int) -> None:
+    """Refuse, before anything is written, a build whose uncompressed pages would not fit the free disk.
+
+    Uncompressed is the bound: zstd gains little on trained or random rows. A resumed build already
+    holds part of it in the data file, which counts as written.
+    """
+    data = path / DATA_FILE
+    need -= data.stat().st_size if data.is_file() else 0
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise EngramTierError(
+            f"table {path}: needs about {need / 2**30:.1f} GiB of disk but {existing} has {free / 2**30:.1f} GiB "
+            "free; free space, choose a directory on a larger disk, or build a smaller table (--table-size with a "
+            "preset, --rows without)"
+        )
 
 
 def _check_output_dir(path: Path) -> None:

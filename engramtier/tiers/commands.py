@@ -15,6 +15,11 @@ examples:
   engramtier build-table tables/rand4m --random --rows 4000000 --format bf16 --dim 80 --seed 0 \\
       --profile profile.npy --compression zstd:3
 
+  # random rows in DeepSeek-V4.1-Flash's shape (768,022,850 fp8 rows, ~189 GiB; refused if the disk is smaller),
+  # or the same shape with small sub-tables; the manifest holds the preset's hash config
+  engramtier build-table tables/flash --random --preset dsv41-flash
+  engramtier build-table tables/flash-small --random --preset dsv41-flash --table-size 20011
+
   # the LMDB copy of a trained flat table (the manifest and its hash fingerprint come along)
   engramtier build-table tables/engram.lmdb --from-table tables/engram --compression zstd-dict
 
@@ -38,11 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", help="directory of the LMDB table (created)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-table", metavar="TABLE_DIR", help="a flat table directory (table.bin + manifest.json)")
-    source.add_argument("--random", action="store_true", help="seeded random N(0,1) rows (needs --rows)")
-    p.add_argument("--rows", type=int, help="rows of a --random table")
-    p.add_argument("--format", default="bf16", help="row format of a --random table: bf16 or fp8_e4m3 (default bf16)")
-    p.add_argument("--dim", type=int, default=80, help="values per row of a --random table (default 80)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a --random table (default 0)")
+    source.add_argument("--random", action="store_true", help="seeded random N(0,1) rows (needs --rows or --preset)")
+    p.add_argument("--rows", type=int, help="rows of a --random table without --preset")
+    p.add_argument("--preset", metavar="NAME", help="a --random table of a published model's shape and row format "
+                   "(dsv41-flash, engram-27b, engram-40b); its rows follow from the preset's hash config")
+    p.add_argument("--table-size", type=int, help="with --preset: rows per sub-table instead of the preset's")
+    p.add_argument("--format", help="row format of a --random table: bf16 or fp8_e4m3 (default bf16, or the preset's)")
+    p.add_argument("--dim", type=int, help="values per row of a --random table (default 80, or the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a --random table's values (default 0)")
     p.add_argument("--profile", metavar="TRACE_OR_NPY",
                    help="a trace file, or per-row access counts or row ids (.npy): rows are laid out hottest first")
     p.add_argument("--compression", default="none", help="none, zstd[:LEVEL] or zstd-dict[:LEVEL] (default none)")
@@ -55,12 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build_table(args: argparse.Namespace) -> None:
-    from engramtier.tiers.build import FlatTableRows, RandomRows, build_lmdb_table, load_profile
+    from engramtier.tiers.build import FlatTableRows, build_lmdb_table, load_profile
 
     if args.random:
-        if args.rows is None:
-            raise EngramTierError("--random needs --rows N (and optionally --format, --dim, --seed)")
-        source = RandomRows(args.rows, args.format, args.dim, args.seed)
+        source = _random_rows(args)
+    elif args.preset or args.table_size is not None:
+        raise EngramTierError("--preset and --table-size shape a --random table; a --from-table table keeps its own shape")
     else:
         source = FlatTableRows(args.from_table)
     profile = load_profile(args.profile, source.n_rows) if args.profile else None
@@ -70,6 +78,32 @@ def run_build_table(args: argparse.Namespace) -> None:
         batch_pages=args.batch_pages,
     )
     print(json.dumps(summary), file=sys.stdout)
+
+
+def _random_rows(args: argparse.Namespace):
+    """The --random row source: --rows plain rows, or every row of a preset's hash config."""
+    from engramtier.tiers.build import RandomRows
+
+    if not args.preset:
+        if args.rows is None:
+            raise EngramTierError("--random needs --rows N or --preset NAME (and optionally --format, --dim, --seed)")
+        if args.table_size is not None:
+            raise EngramTierError("--table-size resizes a --preset's sub-tables; without --preset give --rows")
+        return RandomRows(args.rows, args.format or "bf16", args.dim or 80, args.seed)
+    if args.rows is not None:
+        raise EngramTierError(f"--rows conflicts with --preset: preset {args.preset}'s row count follows from its "
+                              "hash config; shrink it with --table-size")
+    from engramtier.model.hashing import HashConfig, NgramHasher
+    from engramtier.model.presets import get_preset, shape_settings
+    from engramtier.model.tokenizer import load_compressed_tokenizer
+
+    preset = get_preset(args.preset)
+    shape = shape_settings(args.preset, {"table_size": args.table_size})
+    tokenizer = load_compressed_tokenizer(shape["tokenizer"], shape["engram_pad"])
+    config = HashConfig.for_tokenizer(tokenizer, shape["tokenizer"], [shape["table_size"]] * (shape["max_ngram"] - 1),
+                                      shape["layers"], shape["heads"], seed=shape["seed"])
+    return RandomRows.for_hasher(NgramHasher(config), args.format or preset.row_format, args.dim or preset.row_dim,
+                                 args.seed, preset=args.preset)
 
 
 def _map_size(text: str) -> int:

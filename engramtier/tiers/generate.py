@@ -49,7 +49,7 @@ def generate(model: EngramLM, tokenizer, rows, prompts: list[str], *, max_new_to
                 f"{model.config.max_seq_len} positions; shorten it or lower --max-new-tokens"
             )
     generator = torch.Generator().manual_seed(seed)
-    end = tokenizer.base.pad_token_id
+    end = tokenizer.base.end_token_id
     texts, generated = [], 0
     start = time.perf_counter()
     for lo in range(0, len(encoded), batch_size):

@@ -62,7 +62,7 @@ def text_batches(tokenizer, text: str | Path, plan: StepPlan, max_tokens: int | 
     texts = [doc for _, doc in text_documents([text])]
     documents = (np.asarray(ids, np.int64) for ids in tokenizer.encode_base_batch(texts))
     per_batch = plan.batch if plan.mode == "prefill" else plan.requests
-    pad = tokenizer.base.pad_token_id
+    pad = tokenizer.base.end_token_id
     batches, pending, left = [], [], max_tokens if max_tokens is not None else float("inf")
     for window in windows(documents, plan.seq_len):
         if left <= 0:

@@ -78,11 +78,12 @@ class TraceBuilder:
 
     ``rows`` may be a view of a buffer reused by the next block: consume or copy it before asking
     for the next. ``seconds`` splits the time spent into reading+tokenizing, hashing and scheduling.
+    ``preset`` names the model shape (`engramtier.model.presets`) the hasher was made from, if any.
     """
 
     def __init__(self, source: TokenSource, hasher: NgramHasher, plan: StepPlan, block_tokens: int = 1 << 18,
-                 threads: int | None = None):
-        self.source, self.hasher, self.plan = source, hasher, plan
+                 threads: int | None = None, preset: str | None = None):
+        self.source, self.hasher, self.plan, self.preset = source, hasher, plan, preset
         self.block_tokens = block_tokens
         self.threads = threads
         self.rows_per_token = hasher.rows_per_token
@@ -104,7 +105,9 @@ class TraceBuilder:
             "subtable_sizes": self.hasher.subtable_sizes.tolist(),
             "hash_config": cfg.to_dict(),
             "fingerprint": cfg.fingerprint,
+            "preset": self.preset,
             "tokenizer": cfg.tokenizer,
+            "tokenizer_digest": cfg.tokenizer_digest,
             "source": self.source.describe(),
         }
 
@@ -233,9 +236,10 @@ class _Scheduled:
                 _Scheduled(self.steps[~early], self.slots[~early], self.rows[~early]))
 
 
-def build_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, row_bytes: int = 160) -> RowTrace:
+def build_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, row_bytes: int = 160,
+                preset: str | None = None) -> RowTrace:
     """The whole row trace in memory (for tests and small inputs; `write_trace` streams to a file)."""
-    builder = TraceBuilder(source, hasher, plan)
+    builder = TraceBuilder(source, hasher, plan, preset=preset)
     rows, counts = [], []
     for block_rows, block_counts in builder.blocks():
         rows.append(block_rows.copy())
@@ -249,14 +253,14 @@ def build_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, row_by
 
 
 def write_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, path, row_bytes: int = 160,
-                chunk_rows: int = 1 << 20, progress: bool = False) -> dict:
+                chunk_rows: int = 1 << 20, progress: bool = False, preset: str | None = None) -> dict:
     """Build the trace straight into a trace file, holding only one block in memory; returns a summary
     with the token, step and row counts and the seconds spent in each stage."""
     from tqdm import tqdm
 
     from engramtier.trace.tracefile import TraceWriter
 
-    builder = TraceBuilder(source, hasher, plan)
+    builder = TraceBuilder(source, hasher, plan, preset=preset)
     write_s = 0.0
     with TraceWriter(path, hasher.n_rows, row_bytes, builder.meta(), chunk_rows=chunk_rows) as writer, \
             tqdm(unit="tok", unit_scale=True, disable=not progress, desc="trace", leave=False) as bar:

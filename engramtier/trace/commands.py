@@ -13,6 +13,11 @@ TRACE_EXAMPLES = """examples:
   engramtier trace notes/ corpus.jsonl --field body -o decode.trace --mode decode --requests 32 --prompt-len 128
   cat book.txt | engramtier trace - -o book.trace --tokenizer cl100k --layers 2,6 --heads 4
   engramtier trace --synthetic-zipf 1.0 --vocab 100000 --tokens 2000000 -o zipf.trace
+  engramtier trace --preset dsv41-flash engramtier/data/sample_text -o flash.trace   # DeepSeek-V4.1-Flash's rows
+  engramtier trace --preset dsv41-flash --table-size 20011 notes/ -o small.trace     # its shape, small tables
+
+--preset sets the table shape of a published model (dsv41-flash, engram-27b, engram-40b): tokenizer,
+layers, heads, max n-gram, table size, row bytes, Engram pad and seed; options given explicitly override it.
 """
 
 STATS_EXAMPLES = """examples:
@@ -22,7 +27,26 @@ STATS_EXAMPLES = """examples:
 
 EXPORT_EXAMPLES = """examples:
   engramtier export docs.trace --format oracle -o docs.oracleGeneral.bin   # libCacheSim
+  engramtier export docs.trace --format oracle --stream lookups --object-size 1 -o docs.lookups.bin
   engramtier export docs.trace --format csv -o docs.csv
+
+Identical hit counts in libCacheSim (checked with its Python package 0.3.5):
+  reader      lcs.TraceReader(FILE, lcs.TraceType.ORACLE_GENERAL_TRACE); cache.process_trace(reader)
+              gives the miss ratio: hits = round((1 - miss_ratio) * records printed by this command)
+  stream      --stream lookups: the hits of `engramtier simulate`'s first cache tier (either mode; the
+              tiers below see only its misses, which libCacheSim cannot reproduce);
+              --stream requests: the hits of `engramtier sweep`'s hit_rate stage (every request)
+  size        --object-size 1 and cache size = the tier's rows; or the default object size (row bytes)
+              with lcs.ReaderInitParam(ignore_obj_size=True) as the reader's third argument. Row
+              bytes with cache size = rows x row bytes match LRU, FIFO, Clock, LFU, Sieve, TwoQ,
+              S3-FIFO and Belady too, but ARC and W-TinyLFU then count differently
+  policies    lru LRU, fifo FIFO, clock Clock (bits: n_bit_counter), lfu LFU, sieve Sieve, arc ARC,
+              twoq TwoQ (in_ratio: a_in_size_ratio, out_ratio: a_out_size_ratio), s3fifo S3FIFO
+              (small_ratio: small_size_ratio, ghost_ratio: ghost_size_ratio, move_to_main:
+              move_to_main_threshold), wtinylfu WTinyLFU (window_ratio: window_size), belady Belady
+              (oracle format only: it reads the next field); lookahead and static have no counterpart
+  csv         lcs.TraceType.CSV_TRACE with lcs.ReaderInitParam(has_header=True, has_header_set=True)
+              and time_field, obj_id_field, obj_size_field = 1, 2, 3 (no next field: no Belady)
 """
 
 
@@ -42,7 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="text/Markdown/reST/HTML files, directories (recursive), JSONL files, or - for stdin")
     p.add_argument("-o", "--output", required=True, metavar="FILE.trace")
-    p.add_argument("--tokenizer", default="deepseek", help="deepseek | cl100k | qwen | qwen3.6 | path to a tokenizer.json")
+    p.add_argument("--preset", metavar="NAME", help="the table shape of a published model: dsv41-flash, engram-27b, engram-40b")
+    p.add_argument("--tokenizer", help="deepseek (default) | cl100k | qwen | qwen3.6 | path to a tokenizer.json")
     p.add_argument("--field", default="text", help="text field of JSONL records (default: text)")
     p.add_argument("--mode", choices=("prefill", "decode"), default="prefill")
     p.add_argument("--batch", type=int, default=8, help="prefill: sequences per step (default 8)")
@@ -50,12 +75,15 @@ def register(subparsers) -> None:
     p.add_argument("--requests", type=int, default=32, help="decode: concurrent requests (default 32)")
     p.add_argument("--prompt-len", type=int, default=0,
                    help="decode: tokens of each request read in one prompt step first (default 0: none)")
-    p.add_argument("--layers", type=_int_list, default=[1, 15], help="Engram layer ids (default 1,15)")
-    p.add_argument("--heads", type=int, default=8, help="hash heads per n-gram order (default 8)")
-    p.add_argument("--max-ngram", type=int, default=3, help="largest n-gram order N (default 3)")
-    p.add_argument("--table-size", type=int, default=1_000_003, help="rows per sub-table, rounded up to a prime (default 1000003)")
-    p.add_argument("--seed", type=int, default=0, help="hash seed (and the Zipf stream's seed)")
-    p.add_argument("--row-bytes", type=int, default=160, help="bytes per row (default 160: bf16[80])")
+    p.add_argument("--layers", type=_int_list, help="Engram layer ids (default 1,15)")
+    p.add_argument("--heads", type=int, help="hash heads per n-gram order (default 8)")
+    p.add_argument("--max-ngram", type=int, help="largest n-gram order N (default 3)")
+    p.add_argument("--table-size", type=int, help="rows per sub-table, rounded up to a prime (default 1000003)")
+    p.add_argument("--seed", type=int, help="hash seed and the Zipf stream's seed (default 0)")
+    p.add_argument("--row-bytes", type=int, help="bytes per row (default 160: bf16[80])")
+    p.add_argument("--engram-pad", type=int, metavar="BASE_ID",
+                   help="base token id standing for positions before a sequence's start (default: the "
+                   "tokenizer's, 2 for deepseek)")
     p.add_argument("--chunk-rows", type=int, default=1 << 20, help="row ids per file chunk (default 1048576)")
     p.add_argument("--synthetic-zipf", type=float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
     p.add_argument("--vocab", type=int, default=100_000, help="synthetic vocabulary size (default 100000)")
@@ -72,31 +100,39 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("export", help="convert a trace file for other cache simulators", epilog=EXPORT_EXAMPLES,
                               formatter_class=fmt, description="oracle: libCacheSim's oracleGeneral binary "
-                              "(time = step, id = row, size = row bytes, next request position); csv: time,id,size.")
+                              "(time = step, id = row, size = object size, position of the id's next record in "
+                              "the stream); csv: time,id,size.")
     p.add_argument("trace", metavar="FILE.trace")
     p.add_argument("--format", choices=("oracle", "csv"), required=True)
     p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--stream", choices=("requests", "lookups"), default="requests",
+                   help="requests: every row id (default); lookups: per step its unique rows, what simulate replays")
+    p.add_argument("--object-size", type=int, metavar="N",
+                   help="size field of every record (default: the trace's row bytes; 1: cache sizes count rows)")
     p.set_defaults(run=run_export)
 
 
 def run_trace(args) -> None:
+    from engramtier.model.presets import SHAPE_KEYS, shape_settings
     from engramtier.trace.build import StepPlan, hasher_for, write_trace
     from engramtier.trace.sources import TextSource, ZipfSource
 
+    shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
     if args.synthetic_zipf is not None:
         if args.sources:
             raise EngramTierError("give either SOURCE paths or --synthetic-zipf, not both")
-        source = ZipfSource(args.synthetic_zipf, args.vocab, args.tokens, args.seed, doc_len=args.seq_len)
+        source = ZipfSource(args.synthetic_zipf, args.vocab, args.tokens, shape["seed"], doc_len=args.seq_len)
     elif not args.sources:
         raise EngramTierError("no input: name text files, directories, JSONL files or '-', or use --synthetic-zipf")
     else:
-        source = TextSource(args.sources, args.tokenizer, args.field)
+        source = TextSource(args.sources, shape["tokenizer"], args.field, shape["engram_pad"])
     plan = StepPlan(args.mode, args.batch, args.seq_len, args.requests, args.prompt_len)
-    hasher = hasher_for(source, args.table_size, args.layers, args.heads, args.max_ngram, args.seed)
-    summary = write_trace(source, hasher, plan, args.output, args.row_bytes, args.chunk_rows, progress=not args.quiet)
-    print(f"{args.output}: {summary['tokens']} tokens, {summary['steps']} steps, {summary['rows']} row ids "
-          f"({summary['bytes'] / summary['rows']:.2f} bytes each), table of {hasher.n_rows} rows, "
-          f"fingerprint {hasher.config.fingerprint}")
+    hasher = hasher_for(source, shape["table_size"], shape["layers"], shape["heads"], shape["max_ngram"], shape["seed"])
+    summary = write_trace(source, hasher, plan, args.output, shape["row_bytes"], args.chunk_rows,
+                          progress=not args.quiet, preset=args.preset)
+    print(f"{args.output}: {summary['tokens']:,} tokens, {summary['steps']:,} steps, {summary['rows']:,} row ids "
+          f"({summary['bytes'] / summary['rows']:.2f} bytes each), table of {hasher.n_rows:,} rows, "
+          f"fingerprint {hasher.config.fingerprint}" + (f", preset {args.preset}" if args.preset else ""))
 
 
 def run_stats(args) -> None:
@@ -128,5 +164,5 @@ def run_export(args) -> None:
     from engramtier.trace.tracefile import TraceReader
 
     with TraceReader(args.trace) as reader:
-        n = export_trace(reader, args.output, args.format)
-    print(f"{args.output}: {n} records ({args.format})")
+        n = export_trace(reader, args.output, args.format, args.stream, args.object_size)
+    print(f"{args.output}: {n} records ({args.format}, {args.stream})")

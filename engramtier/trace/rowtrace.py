@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from engramtier.errors import EngramTierError
+from engramtier.trace.rowindex import dense_keys
 
 
 @dataclass
@@ -23,6 +24,9 @@ class RowTrace:
     n_table_rows rows in the table the ids address (ids must lie in ``[0, n_table_rows)``)
     row_bytes    bytes per row (160 for bf16[80]; 264 for fp8_e4m3[256] + scales)
     meta         free-form provenance: hash fingerprint, config, source
+
+    Policies and statistics index the *dense keys* of the rows (`dense_keys`, `row_ids`; see
+    `engramtier.trace.rowindex`), computed once when first asked for (a trace file stores them).
     """
 
     rows: np.ndarray
@@ -30,6 +34,22 @@ class RowTrace:
     n_table_rows: int
     row_bytes: int
     meta: dict[str, Any] = field(default_factory=dict)
+    _dense: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def dense_keys(self) -> np.ndarray:
+        """Each request's dense key: its row's place in the order the trace first requests rows."""
+        if self._dense is None:
+            self._dense = dense_keys(self.rows)
+        return self._dense[0]
+
+    def row_ids(self) -> np.ndarray:
+        """The distinct row ids in key order: dense key ``k`` is row ``row_ids()[k]``."""
+        self.dense_keys()
+        return self._dense[1]
+
+    @property
+    def n_distinct(self) -> int:
+        return int(self.row_ids().size)
 
     @property
     def n_steps(self) -> int:

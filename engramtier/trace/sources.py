@@ -152,7 +152,10 @@ def text_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator
 class TextSource:
     """Documents read from files, directories, JSONL or stdin, tokenized and compressed."""
 
-    def __init__(self, paths: list[str], tokenizer: str = "deepseek", field: str = "text"):
+    def __init__(self, paths: list[str], tokenizer: str = "deepseek", field: str = "text",
+                 engram_pad: int | None = None):
+        """``engram_pad``: the base id that stands for positions before a sequence's start (None: the
+        tokenizer's default)."""
         from engramtier.model.tokenizer import load_compressed_tokenizer
 
         self.paths = [str(p) for p in paths]
@@ -163,7 +166,7 @@ class TextSource:
                 raise _missing(path)
         self.field = field
         self.tokenizer_name = tokenizer
-        self.tokenizer = load_compressed_tokenizer(tokenizer)
+        self.tokenizer = load_compressed_tokenizer(tokenizer, engram_pad)
 
     def documents(self) -> Iterator[np.ndarray]:
         batch: list[str] = []
@@ -186,7 +189,8 @@ class TextSource:
         return HashConfig.for_tokenizer(self.tokenizer, self.tokenizer_name, table_sizes, layer_ids, n_heads, seed)
 
     def describe(self) -> dict:
-        return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name}
+        return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name,
+                "engram_pad": self.tokenizer.pad_base_id}
 
 
 # -------------------------------------------------------------------------------------------- zipf

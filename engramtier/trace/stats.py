@@ -1,8 +1,8 @@
 """What a row trace looks like to a cache: skew, reuse, working sets, and where the requests go.
 
-One streaming pass over the chunks (numba) keeps three arrays over the table's rows (request count,
-position and step of the last request), so a trace file of any length is summarised in 24 bytes per
-table row:
+One streaming pass over the chunks (numba) keeps three arrays over the rows the trace touches (request
+count, position and step of the last request, indexed by dense key, see `engramtier.trace.rowindex`),
+so a trace file of any length over a table of any size is summarised in 24 bytes per distinct row:
 
 requests, unique rows   and the fraction of unique rows requested only once (one-hit wonders, which
                         no cache can serve)
@@ -101,7 +101,9 @@ class TraceStats:
 
     requests: int
     steps: int
-    counts: np.ndarray  # requests per table row
+    table_rows: int
+    counts: np.ndarray  # requests per distinct row, in dense key order
+    row_ids: np.ndarray  # the distinct rows: counts[k] is for row row_ids[k]
     reuse_hist: np.ndarray  # log2 buckets, see _REUSE_BUCKETS
     window_unique: dict[int, np.ndarray]  # window length in steps -> unique rows per window
     window_requests: dict[int, np.ndarray]  # window length in steps -> requests per window
@@ -109,7 +111,7 @@ class TraceStats:
 
     @property
     def unique_rows(self) -> int:
-        return int(np.count_nonzero(self.counts))
+        return int(self.counts.size)
 
     @property
     def seen_once_fraction(self) -> float:
@@ -142,13 +144,13 @@ class TraceStats:
         if not all(k in self.meta for k in keys):
             return None
         sizes = np.asarray(self.meta["subtable_sizes"], np.int64)
-        if sizes.sum() != self.counts.size:
+        if sizes.sum() != self.table_rows:
             raise EngramTierError(
-                f"trace stats: the meta's sub-tables hold {sizes.sum()} rows but the table has {self.counts.size}"
+                f"trace stats: the meta's sub-tables hold {sizes.sum()} rows but the table has {self.table_rows}"
             )
-        starts = np.cumsum(sizes) - sizes
-        requests = np.add.reduceat(self.counts, starts)
-        unique = np.add.reduceat((self.counts > 0).astype(np.int64), starts)
+        subtable = np.searchsorted(np.cumsum(sizes), self.row_ids, side="right")  # of each distinct row
+        requests = np.bincount(subtable, weights=self.counts, minlength=sizes.size).astype(np.int64)
+        unique = np.bincount(subtable, minlength=sizes.size)
         layers, n_heads, orders = self.meta["layer_ids"], self.meta["n_heads"], range(2, self.meta["max_ngram"] + 1)
         names = [(l, o, h) for l in layers for o in orders for h in range(n_heads)]
         per_subtable = [{"layer": l, "order": o, "head": h, "rows": int(sizes[i]), "requests": int(requests[i]),
@@ -165,7 +167,7 @@ class TraceStats:
         return {
             "requests": self.requests,
             "steps": self.steps,
-            "table_rows": int(self.counts.size),
+            "table_rows": self.table_rows,
             "unique_rows": self.unique_rows,
             "seen_once_fraction": self.seen_once_fraction,
             "zipf_alpha": self.zipf_alpha(),
@@ -182,7 +184,7 @@ def trace_stats(trace: RowTrace | TraceReader, window_steps: tuple[int, ...] = W
     """One pass over ``trace`` (streamed chunk by chunk when it is a file)."""
     if trace.n_rows == 0:
         raise EngramTierError("trace stats: the trace is empty")
-    n = trace.n_table_rows
+    n = trace.n_distinct
     counts = np.zeros(n, np.int64)
     last_pos = np.full(n, -1, np.int64)
     last_step = np.full(n, -1, np.int64)
@@ -191,7 +193,7 @@ def trace_stats(trace: RowTrace | TraceReader, window_steps: tuple[int, ...] = W
     n_windows = (trace.n_steps + windows - 1) // windows
     unique = {int(w): np.zeros(m, np.int64) for w, m in zip(windows, n_windows)}
     requests = {int(w): np.zeros(m, np.int64) for w, m in zip(windows, n_windows)}
-    for chunk in trace_chunks(trace):
+    for chunk in trace_chunks(trace, dense=True):
         if chunk.step_counts.size == 0:
             continue
         last = chunk.first_step + chunk.step_counts.size - 1
@@ -205,4 +207,5 @@ def trace_stats(trace: RowTrace | TraceReader, window_steps: tuple[int, ...] = W
             unique[int(w)][span] += local[j, : span.stop - span.start]
             requests[int(w)][span] += np.bincount(step_of_chunk // w - first_window[j], weights=chunk.step_counts,
                                                   minlength=span.stop - span.start).astype(np.int64)
-    return TraceStats(trace.n_rows, trace.n_steps, counts, reuse_hist, unique, requests, dict(trace.meta))
+    return TraceStats(trace.n_rows, trace.n_steps, trace.n_table_rows, counts, trace.row_ids(), reuse_hist, unique,
+                      requests, dict(trace.meta))

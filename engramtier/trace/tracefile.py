@@ -2,22 +2,30 @@
 
 Layout (all integers little-endian)::
 
-    header   MAGIC (8 bytes) | u32 version | u32 length | JSON {n_table_rows, row_bytes, meta}
-    chunk*   CHUNK_MAGIC | u32 steps | u64 rows | u64 payload bytes | u8 width | u32 crc32 | payload
-    index    per chunk: u64 file offset, u64 first step, u64 first row
-    trailer  u64 index offset | u64 chunks | u64 steps | u64 rows | u32 crc32 | END_MAGIC
+    header    MAGIC (8 bytes) | u32 version | u32 length | u32 crc32 | JSON {n_table_rows, row_bytes, meta}
+    chunk*    FRAME: whole steps, their step counts and their rows as *dense keys*
+    distinct  FRAME*: the distinct row ids the trace touches, in key order (dense key k is row_ids[k])
+    steps     FRAME: every step's row count
+    index     per chunk: u64 file offset, u64 first step, u64 first row
+    trailer   u64 index, distinct and steps offsets | u64 chunks, steps, rows, distinct | u32 crc32 | END_MAGIC
 
-A chunk holds whole steps: its payload is one zstandard frame of the step row counts (int64) and
-then the row ids, delta coded (each id minus the one before it), zigzag mapped to unsigned, narrowed
-to ``width`` bytes (4 while the table has fewer than 2**31 rows) and byte-shuffled (all first bytes,
-then all second bytes...). On the position-major traces of real text this takes the size from 8
-bytes per row id to about 1.5, against about 1.9 for zstd on narrowed ids alone and 2.0 on raw int64
-(level 3; `benchmarks/bench_trace.py` measures it). The crc32 covers the chunk's header fields and
-payload, so a flipped byte anywhere is caught before decoding. The index at the end lets a reader
-seek to any step, and walk the chunks backwards, without decoding the ones before it.
+    FRAME     CHUNK_MAGIC | u32 steps | u64 ids | u64 payload bytes | u8 width | u32 crc32 | payload
 
-The meta of a trace built from tokens records its hash config and ``fingerprint``; a reader given
-``expect_fingerprint`` refuses a trace built for other addressing.
+A frame's payload is one zstandard frame of its step counts (int64) and then its ids, delta coded
+(each id minus the one before it), zigzag mapped to unsigned, narrowed to ``width`` bytes (4 while
+the ids stay below 2**31) and byte-shuffled (all first bytes, then all second bytes...). On the
+position-major traces of real text this takes 8 bytes per row id to about 1.5 (`bench_trace.py`).
+Each crc32 covers its header fields and payload, so a flipped byte anywhere is caught before
+anything is decoded, and every count is checked against the file before a compiled kernel sees it.
+
+Chunks hold dense keys (see `engramtier.trace.rowindex`): the simulator, miss-ratio curves and
+statistics keep state per key, so they read keys directly and size their state by the trace's
+distinct rows, not by the table. Readers asking for global row ids get ``row_ids[keys]``. The
+writer collects the distinct rows while it writes, then renumbers its chunks once when it closes.
+
+The meta of a trace built from tokens records its hash config, ``fingerprint``, preset and
+tokenizer digest; a reader given ``expect_fingerprint`` refuses a trace built for other addressing.
+Version 1 files (before dense keys and DeepSeek's exact tokenizer compression) are refused: rebuild.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -35,27 +44,30 @@ import zstandard
 from numba import njit
 
 from engramtier.errors import EngramTierError
+from engramtier.trace.rowindex import FirstSeen, RowIndex
 from engramtier.trace.rowtrace import RowTrace
 
 MAGIC = b"ENGTRACE"
 END_MAGIC = b"ENGTEND\x00"
 CHUNK_MAGIC = b"CHNK"
-VERSION = 1
-_HEAD = struct.Struct("<8sII")
+VERSION = 2
+_HEAD = struct.Struct("<8sIII")
 _CHUNK = struct.Struct("<4sIQQBI")
-_TRAILER = struct.Struct("<QQQQI8s")
+_TRAILER = struct.Struct("<QQQQQQQI8s")
 _INDEX = np.dtype([("offset", "<u8"), ("first_step", "<u8"), ("first_row", "<u8")])
 
 
 @dataclass
 class TraceChunk:
-    """Whole steps of a trace: ``rows`` in request order, ``step_counts`` rows per step."""
+    """Whole steps of a trace: ``rows`` in request order (dense keys when ``dense``, else global row
+    ids), ``step_counts`` rows per step."""
 
     index: int
     first_step: int
     first_row: int
     rows: np.ndarray
     step_counts: np.ndarray
+    dense: bool = False
 
     @property
     def step_starts(self) -> np.ndarray:
@@ -109,11 +121,44 @@ def _width_for(n_table_rows: int) -> int:
     return 4 if 2 * n_table_rows <= 1 << 32 else 8
 
 
-class TraceWriter:
-    """Appends steps to a trace file, holding at most about ``chunk_rows`` rows in memory.
+def _encode_frame(compressor, counts: np.ndarray, ids: np.ndarray, width: int, buf: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """One FRAME of ``counts`` (int64) and ``ids`` (see the module docstring), and the (maybe grown) ``buf``."""
+    head = 8 * counts.size
+    if buf.size < head + width * ids.size:
+        buf = np.empty(head + width * ids.size, np.uint8)
+    buf[:head] = np.asarray(counts, "<i8").view(np.uint8)
+    encode_rows(ids, width, buf[head:])
+    payload = compressor.compress(buf[: head + width * ids.size])
+    fields = _CHUNK.pack(CHUNK_MAGIC, counts.size, ids.size, len(payload), width, 0)[:-4]
+    return fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields))) + payload, buf
 
-    The file is written under ``PATH.part`` and renamed when the writer closes cleanly, so a crash or
-    an exception never leaves a half-written file under the real name.
+
+def _decode_frame(raw: bytes, decompressor) -> tuple[np.ndarray, np.ndarray] | None:
+    """(counts, ids) of one FRAME filling ``raw`` exactly, or None when anything in it does not check out."""
+    if len(raw) < _CHUNK.size:
+        return None
+    magic, n_counts, n_ids, n_payload, width, crc = _CHUNK.unpack_from(raw)
+    payload = raw[_CHUNK.size :]
+    if (magic != CHUNK_MAGIC or width not in (4, 8) or n_payload != len(payload)
+            or zlib.crc32(payload, zlib.crc32(raw[: _CHUNK.size - 4])) != crc):
+        return None
+    size = 8 * n_counts + width * n_ids
+    try:
+        data = decompressor.decompress(payload, max_output_size=size)
+    except zstandard.ZstdError:
+        return None
+    if len(data) != size:
+        return None
+    return np.frombuffer(data, "<i8", n_counts).astype(np.int64), decode_rows(data[8 * n_counts :], n_ids, width)
+
+
+class TraceWriter:
+    """Appends steps to a trace file, holding at most about ``chunk_rows`` rows in memory (plus the set
+    of distinct rows: a bit per table row, see `RowIndex`).
+
+    Chunks of global row ids go to ``PATH.part.raw`` as they fill; `close` renumbers them to dense
+    keys into ``PATH.part`` and renames that to ``PATH``, so a crash or an exception never leaves a
+    half-written file under the real name.
     """
 
     def __init__(self, path, n_table_rows: int, row_bytes: int, meta: dict | None = None,
@@ -126,23 +171,30 @@ class TraceWriter:
         self.n_table_rows, self.row_bytes, self.chunk_rows = int(n_table_rows), int(row_bytes), int(chunk_rows)
         self.width = _width_for(self.n_table_rows)
         self.n_steps = self.n_rows = self.bytes_written = 0
+        self._header = json.dumps({"n_table_rows": self.n_table_rows, "row_bytes": self.row_bytes, "meta": meta or {}}).encode()
         self._compressor = zstandard.ZstdCompressor(level=level)
-        self._index: list[tuple[int, int, int]] = []
+        self._row_index = RowIndex(self.n_table_rows)
+        self._raw_frames: list[tuple[int, int]] = []  # (offset, length) in the raw file
+        self._raw_bytes = 0
+        self._step_counts: list[np.ndarray] = []
         self._rows = np.empty(self.chunk_rows, np.int64)  # rows of the steps not yet written
-        self._encoded = np.empty(0, np.uint8)  # reused for each chunk's payload before compression
+        self._encoded = np.empty(0, np.uint8)  # reused for each frame's payload before compression
         self._n_buffered = 0
         self._counts: list[np.ndarray] = []
         self._part = self.path.with_name(self.path.name + ".part")
-        header = json.dumps({"n_table_rows": self.n_table_rows, "row_bytes": self.row_bytes, "meta": meta or {}}).encode()
+        self._raw_path = self.path.with_name(self.path.name + ".part.raw")
+        self._file = None
+        self._raw = self._open(self._raw_path)
+
+    def _open(self, path: Path):
         try:
-            self._file = open(self._part, "wb")
+            return open(path, "w+b")
         except OSError as err:
             raise EngramTierError(f"cannot write trace file {self.path}: {err.strerror}; choose a writable path") from None
-        self._write(_HEAD.pack(MAGIC, VERSION, len(header)) + header)
 
-    def _write(self, data: bytes) -> None:
-        self._file.write(data)
-        self.bytes_written += len(data)
+    def _failed(self, err: OSError) -> EngramTierError:
+        self.abandon()
+        return EngramTierError(f"cannot write trace file {self.path}: {err.strerror}; free space or choose another path")
 
     def append_step(self, rows: np.ndarray) -> None:
         self.append(rows, np.array([np.size(rows)], np.int64))
@@ -159,6 +211,7 @@ class TraceWriter:
                 raise EngramTierError(
                     f"trace writer {self.path}: row id {lo if lo < 0 else hi} lies outside the table's {self.n_table_rows} rows"
                 )
+            self._row_index.add(rows)
         if self._n_buffered + rows.size > self._rows.size:
             self._rows = np.concatenate([self._rows[: self._n_buffered], np.empty(rows.size, np.int64)])
         self._rows[self._n_buffered : self._n_buffered + rows.size] = rows
@@ -175,42 +228,85 @@ class TraceWriter:
         first, done = 0, 0
         while first < counts.size and (final or ends[-1] - done >= self.chunk_rows):
             last = max(first + 1, int(np.searchsorted(ends, done + self.chunk_rows, side="right")))
-            self._write_chunk(self._rows[done : ends[last - 1]], counts[first:last])
+            self._write_raw_chunk(self._rows[done : ends[last - 1]], counts[first:last])
             first, done = last, int(ends[last - 1])
         left = self._n_buffered - done
         self._rows[:left] = self._rows[done : self._n_buffered]
         self._n_buffered = left
         self._counts = [counts[first:]]
 
-    def _write_chunk(self, rows: np.ndarray, counts: np.ndarray) -> None:
-        head = 8 * counts.size  # the payload is the step counts, then the encoded rows
-        if self._encoded.size < head + self.width * rows.size:
-            self._encoded = np.empty(head + self.width * rows.size, np.uint8)
-        self._encoded[:head] = counts.astype("<i8").view(np.uint8)
-        encode_rows(rows, self.width, self._encoded[head:])
-        payload = self._compressor.compress(self._encoded[: head + self.width * rows.size])
-        fields = _CHUNK.pack(CHUNK_MAGIC, counts.size, rows.size, len(payload), self.width, 0)[:-4]
-        crc = zlib.crc32(payload, zlib.crc32(fields))
-        self._index.append((self.bytes_written, self.n_steps, self.n_rows))
-        self._write(fields + struct.pack("<I", crc) + payload)
+    def _write_raw_chunk(self, rows: np.ndarray, counts: np.ndarray) -> None:
+        frame, self._encoded = _encode_frame(self._compressor, counts, rows, self.width, self._encoded)
+        try:
+            self._raw.write(frame)
+        except OSError as err:
+            raise self._failed(err) from None
+        self._raw_frames.append((self._raw_bytes, len(frame)))
+        self._raw_bytes += len(frame)
+        self._step_counts.append(counts.copy())
         self.n_steps += counts.size
         self.n_rows += rows.size
 
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.bytes_written += len(data)
+
     def close(self) -> None:
-        if self._file.closed:
+        if self._raw.closed:
             return
         self._flush(final=True)
-        index = np.array(self._index, _INDEX).tobytes()
-        offset = self.bytes_written
-        fields = _TRAILER.pack(offset, len(self._index), self.n_steps, self.n_rows, 0, END_MAGIC)
-        crc = zlib.crc32(fields[:32], zlib.crc32(index))
-        self._write(index + _TRAILER.pack(offset, len(self._index), self.n_steps, self.n_rows, crc, END_MAGIC))
-        self._file.close()
+        try:
+            self._finish()
+        except OSError as err:
+            raise self._failed(err) from None
         os.replace(self._part, self.path)
 
-    def abandon(self) -> None:
-        """Drop the partial file."""
+    def _finish(self) -> None:
+        """Renumber the raw chunks to dense keys and write the file under ``PATH.part``."""
+        sorted_row_ids = self._row_index.finish()
+        first_seen = FirstSeen(sorted_row_ids.size)
+        key_width = _width_for(max(sorted_row_ids.size, 1))
+        self._file = open(self._part, "wb")
+        self._write(_HEAD.pack(MAGIC, VERSION, len(self._header), zlib.crc32(self._header)) + self._header)
+        decompressor = zstandard.ZstdDecompressor()
+        index, keys = [], np.empty(0, np.int64)
+        first_step = first_row = 0
+        self._raw.seek(0)
+        for offset, length in self._raw_frames:
+            counts, rows = _decode_frame(self._raw.read(length), decompressor)
+            if keys.size < rows.size:
+                keys = np.empty(rows.size, np.int64)
+            first_seen.keys(self._row_index.ranks(rows, keys[: rows.size]), keys[: rows.size])
+            index.append((self.bytes_written, first_step, first_row))
+            frame, self._encoded = _encode_frame(self._compressor, counts, keys[: rows.size], key_width, self._encoded)
+            self._write(frame)
+            first_step += counts.size
+            first_row += rows.size
+        self._raw.close()
+        self._raw_path.unlink()
+        row_ids = first_seen.row_ids(sorted_row_ids)
+        distinct_offset = self.bytes_written
+        no_counts = np.empty(0, np.int64)
+        for lo in range(0, row_ids.size, self.chunk_rows):
+            frame, self._encoded = _encode_frame(self._compressor, no_counts, row_ids[lo : lo + self.chunk_rows],
+                                                 self.width, self._encoded)
+            self._write(frame)
+        steps_offset = self.bytes_written
+        all_counts = np.concatenate(self._step_counts) if self._step_counts else no_counts
+        frame, self._encoded = _encode_frame(self._compressor, all_counts, no_counts, 4, self._encoded)
+        self._write(frame)
+        index_bytes = np.array(index, _INDEX).tobytes()
+        offsets = (self.bytes_written, distinct_offset, steps_offset, len(index), self.n_steps, self.n_rows, row_ids.size)
+        fields = _TRAILER.pack(*offsets, 0, END_MAGIC)[: 7 * 8]
+        self._write(index_bytes + _TRAILER.pack(*offsets, zlib.crc32(fields, zlib.crc32(index_bytes)), END_MAGIC))
         self._file.close()
+
+    def abandon(self) -> None:
+        """Drop the partial files."""
+        for f in (self._raw, self._file):
+            if f is not None:
+                f.close()
+        self._raw_path.unlink(missing_ok=True)
         self._part.unlink(missing_ok=True)
 
     def __enter__(self) -> "TraceWriter":
@@ -224,7 +320,11 @@ class TraceWriter:
 
 
 class TraceReader:
-    """Reads a trace file chunk by chunk; nothing is loaded whole unless `read_all` is asked for."""
+    """Reads a trace file chunk by chunk; nothing is loaded whole unless `read_all` is asked for.
+
+    Every count in the header, trailer and index is checked against the file when it is opened, and
+    every frame against its checksum and the index when it is read.
+    """
 
     def __init__(self, path, expect_fingerprint: str | None = None):
         self.path = Path(path)
@@ -233,6 +333,7 @@ class TraceReader:
         self._file = open(self.path, "rb")
         self._decompressor = zstandard.ZstdDecompressor()
         try:
+            self._size = os.fstat(self._file.fileno()).st_size
             self._read_header()
             self._read_index()
         except BaseException:
@@ -245,25 +346,40 @@ class TraceReader:
                 "is expected; rebuild the trace with the model's tokenizer and table settings"
             )
 
+    def _corrupt(self, what: str) -> EngramTierError:
+        return EngramTierError(f"{self.path}: {what} is corrupt (checksum or count mismatch); the file was damaged, rebuild it")
+
     def _read_header(self) -> None:
         head = self._file.read(_HEAD.size)
-        if len(head) < _HEAD.size or head[:8] != MAGIC:
+        if len(head) < 12 or head[:8] != MAGIC:
             raise EngramTierError(f"{self.path} is not an engramtier trace file (wrong magic bytes); build one with `engramtier trace`")
-        _, version, length = _HEAD.unpack(head)
+        version = struct.unpack_from("<I", head, 8)[0]
+        if version < VERSION:
+            raise EngramTierError(
+                f"{self.path} is a version-{version} trace from an older engramtier (other tokenizer compression, "
+                "no dense row keys); rebuild it with `engramtier trace`"
+            )
         if version > VERSION:
             raise EngramTierError(
                 f"{self.path} uses trace format version {version}, newer than the {VERSION} this engramtier reads; upgrade engramtier"
             )
-        blob = self._file.read(length)
-        if len(blob) < length:
+        if len(head) < _HEAD.size:
             raise self._truncated()
+        _, _, length, crc = _HEAD.unpack(head)
+        if _HEAD.size + length + _TRAILER.size > self._size:
+            raise self._corrupt("the header") if length > self._size else self._truncated()
+        blob = self._file.read(length)
+        if zlib.crc32(blob) != crc:
+            raise self._corrupt("the header")
         try:
             header = json.loads(blob)
             self.n_table_rows = int(header["n_table_rows"])
             self.row_bytes = int(header["row_bytes"])
             self.meta = dict(header["meta"])
         except (ValueError, KeyError, TypeError):
-            raise EngramTierError(f"{self.path}: the header is corrupt (not the expected JSON); rebuild the trace") from None
+            raise self._corrupt("the header") from None
+        if self.n_table_rows < 1 or self.row_bytes < 1:
+            raise self._corrupt("the header")
         self._data_start = _HEAD.size + length
 
     def _truncated(self) -> EngramTierError:
@@ -272,60 +388,100 @@ class TraceReader:
         )
 
     def _read_index(self) -> None:
-        size = os.fstat(self._file.fileno()).st_size
-        if size < self._data_start + _TRAILER.size:
-            raise self._truncated()
-        self._file.seek(size - _TRAILER.size)
+        self._file.seek(self._size - _TRAILER.size)
         trailer = self._file.read(_TRAILER.size)
-        offset, n_chunks, n_steps, n_rows, crc, end = _TRAILER.unpack(trailer)
+        (index_offset, distinct_offset, steps_offset, n_chunks, n_steps, n_rows, n_distinct, crc,
+         end) = _TRAILER.unpack(trailer)
         if end != END_MAGIC:
             raise self._truncated()
         index_bytes = n_chunks * _INDEX.itemsize
-        ok = self._data_start <= offset and offset + index_bytes == size - _TRAILER.size
+        ok = (self._data_start <= distinct_offset <= steps_offset < index_offset
+              and index_offset + index_bytes == self._size - _TRAILER.size)
         if ok:
-            self._file.seek(offset)
+            self._file.seek(index_offset)
             index = self._file.read(index_bytes)
-            ok = zlib.crc32(trailer[:32], zlib.crc32(index)) == crc
+            ok = zlib.crc32(trailer[: 7 * 8], zlib.crc32(index)) == crc
         if not ok:
             raise EngramTierError(f"{self.path}: the chunk index is corrupt (checksum mismatch); rebuild the trace")
         self._index = np.frombuffer(index, _INDEX)
-        self._index_offset = offset
-        self.n_chunks, self.n_steps, self.n_rows = int(n_chunks), int(n_steps), int(n_rows)
+        self._index_offset, self._distinct_offset, self._steps_offset = index_offset, distinct_offset, steps_offset
+        self.n_chunks, self.n_steps, self.n_rows, self.n_distinct = int(n_chunks), int(n_steps), int(n_rows), int(n_distinct)
+        offsets = np.append(self._index["offset"].astype(np.int64), distinct_offset)
+        firsts = [np.append(self._index[f].astype(np.int64), total) for f, total in
+                  (("first_step", self.n_steps), ("first_row", self.n_rows))]
+        if (self.n_chunks and (offsets[0] != self._data_start or np.any(np.diff(offsets) <= 0)
+                               or firsts[0][0] != 0 or firsts[1][0] != 0)
+                or any(np.any(np.diff(f) < 0) for f in firsts)
+                or self.n_distinct > min(self.n_rows, self.n_table_rows) or (self.n_rows > 0) != (self.n_distinct > 0)):
+            raise EngramTierError(f"{self.path}: the chunk index is corrupt (its counts contradict the file); rebuild the trace")
 
     @property
     def fingerprint(self) -> str | None:
         return self.meta.get("fingerprint")
 
-    def read_chunk(self, i: int) -> TraceChunk:
-        offset = int(self._index["offset"][i])
-        end = int(self._index["offset"][i + 1]) if i + 1 < self.n_chunks else self._index_offset
-        self._file.seek(offset)
-        raw = self._file.read(end - offset)
-        corrupt = EngramTierError(
-            f"{self.path}: chunk {i} at byte {offset} is corrupt (checksum mismatch); the file was damaged, rebuild it"
-        )
-        if len(raw) < _CHUNK.size:
-            raise corrupt
-        magic, n_steps, n_rows, n_payload, width, crc = _CHUNK.unpack_from(raw)
-        payload = raw[_CHUNK.size :]
-        if magic != CHUNK_MAGIC or n_payload != len(payload) or zlib.crc32(payload, zlib.crc32(raw[: _CHUNK.size - 4])) != crc:
-            raise corrupt
-        data = self._decompressor.decompress(payload, max_output_size=8 * n_steps + width * n_rows)
-        counts = np.frombuffer(data, "<i8", n_steps).astype(np.int64)
-        rows = decode_rows(data[8 * n_steps :], n_rows, width)
-        return TraceChunk(i, int(self._index["first_step"][i]), int(self._index["first_row"][i]), rows, counts)
+    def _frame_at(self, start: int, end: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        self._file.seek(start)
+        frame = _decode_frame(self._file.read(end - start), self._decompressor)
+        if frame is None:
+            raise self._corrupt(what)
+        return frame
 
-    def chunks(self, reverse: bool = False) -> Iterator[TraceChunk]:
+    def read_chunk(self, i: int, dense: bool = False) -> TraceChunk:
+        """Chunk ``i``: dense keys when ``dense``, else global row ids."""
+        offset = int(self._index["offset"][i])
+        end = int(self._index["offset"][i + 1]) if i + 1 < self.n_chunks else self._distinct_offset
+        what = f"chunk {i} at byte {offset}"
+        counts, keys = self._frame_at(offset, end, what)
+        first_step, first_row = int(self._index["first_step"][i]), int(self._index["first_row"][i])
+        next_step = int(self._index["first_step"][i + 1]) if i + 1 < self.n_chunks else self.n_steps
+        next_row = int(self._index["first_row"][i + 1]) if i + 1 < self.n_chunks else self.n_rows
+        if (counts.size != next_step - first_step or keys.size != next_row - first_row
+                or (counts.size and counts.min() < 0) or counts.sum() != keys.size
+                or (keys.size and (keys.min() < 0 or keys.max() >= self.n_distinct))):
+            raise self._corrupt(what)
+        return TraceChunk(i, first_step, first_row, keys if dense else self.row_ids()[keys], counts, dense)
+
+    def row_ids(self) -> np.ndarray:
+        """The distinct row ids the trace touches, in key order: dense key ``k`` is row ``row_ids()[k]``."""
+        return self._row_ids
+
+    @cached_property
+    def _row_ids(self) -> np.ndarray:
+        parts, at = [], self._distinct_offset
+        while at < self._steps_offset:
+            self._file.seek(at)
+            fields = self._file.read(_CHUNK.size)
+            if len(fields) < _CHUNK.size:
+                raise self._corrupt("the distinct-row table")
+            end = at + _CHUNK.size + _CHUNK.unpack(fields)[3]
+            parts.append(self._frame_at(at, min(end, self._steps_offset), "the distinct-row table")[1])
+            at = end
+        ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        if ids.size != self.n_distinct or (ids.size and (ids.min() < 0 or ids.max() >= self.n_table_rows)):
+            raise self._corrupt("the distinct-row table")
+        return ids
+
+    @cached_property
+    def step_starts(self) -> np.ndarray:
+        """Index of each step's first request, then ``n_rows`` (read from the file's step table)."""
+        counts, ids = self._frame_at(self._steps_offset, self._index_offset, "the step table")
+        if counts.size != self.n_steps or ids.size or (counts.size and counts.min() < 0) or counts.sum() != self.n_rows:
+            raise self._corrupt("the step table")
+        starts = np.zeros(counts.size + 1, np.int64)
+        np.cumsum(counts, out=starts[1:])
+        return starts
+
+    def chunks(self, reverse: bool = False, dense: bool = False) -> Iterator[TraceChunk]:
         order = range(self.n_chunks - 1, -1, -1) if reverse else range(self.n_chunks)
         for i in order:
-            yield self.read_chunk(i)
+            yield self.read_chunk(i, dense)
 
     def steps(self) -> Iterator[np.ndarray]:
         """Each step's row ids, in order."""
         for chunk in self.chunks():
             yield from np.split(chunk.rows, chunk.step_starts[1:-1])
 
-    def read_steps(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def read_steps(self, first: int, stop: int, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(rows, step_starts) of steps ``first`` to ``stop - 1``, decoding only the chunks holding them."""
         if not 0 <= first <= stop <= self.n_steps:
             raise EngramTierError(f"{self.path}: steps [{first}, {stop}) are not within the trace's {self.n_steps} steps")
@@ -333,7 +489,7 @@ class TraceReader:
         hi = int(np.searchsorted(self._index["first_step"], stop, side="left"))
         rows, counts = [], []
         for i in range(lo, max(lo, hi)):
-            chunk = self.read_chunk(i)
+            chunk = self.read_chunk(i, dense)
             a, b = max(first - chunk.first_step, 0), min(stop - chunk.first_step, chunk.step_counts.size)
             starts = chunk.step_starts
             rows.append(chunk.rows[starts[a] : starts[b]])
@@ -343,9 +499,15 @@ class TraceReader:
         np.cumsum(counts, out=step_starts[1:])
         return (np.concatenate(rows) if rows else np.empty(0, np.int64)), step_starts
 
+    def dense_keys(self) -> np.ndarray:
+        """Every request's dense key, in order (the whole trace in memory: offline policies need it)."""
+        return self.read_steps(0, self.n_steps, dense=True)[0]
+
     def read_all(self) -> RowTrace:
-        rows, step_starts = self.read_steps(0, self.n_steps)
-        return RowTrace(rows, step_starts, self.n_table_rows, self.row_bytes, dict(self.meta))
+        keys, step_starts = self.read_steps(0, self.n_steps, dense=True)
+        row_ids = self.row_ids()
+        return RowTrace(row_ids[keys], step_starts, self.n_table_rows, self.row_bytes, dict(self.meta),
+                        _dense=(keys, row_ids))
 
     def close(self) -> None:
         self._file.close()
@@ -357,13 +519,14 @@ class TraceReader:
         self.close()
 
 
-def trace_chunks(trace: "RowTrace | TraceReader", reverse: bool = False) -> Iterator[TraceChunk]:
-    """The chunks of a trace file, or an in-memory trace as one chunk: consumers (stats, exports)
-    stream both the same way."""
+def trace_chunks(trace: "RowTrace | TraceReader", reverse: bool = False, dense: bool = False) -> Iterator[TraceChunk]:
+    """The chunks of a trace file, or an in-memory trace as one chunk: consumers (simulator, stats,
+    exports) stream both the same way. ``dense``: the rows as dense keys."""
     if isinstance(trace, TraceReader):
-        yield from trace.chunks(reverse)
+        yield from trace.chunks(reverse, dense)
     else:
-        yield TraceChunk(0, 0, 0, trace.rows, np.diff(trace.step_starts))
+        rows = trace.dense_keys() if dense else trace.rows
+        yield TraceChunk(0, 0, 0, rows, np.diff(trace.step_starts), dense)
 
 
 def save_trace(trace: RowTrace, path, chunk_rows: int = 1 << 20) -> None:

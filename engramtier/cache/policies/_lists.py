@@ -6,12 +6,25 @@ empty) is the newest node, so ``prv[head]`` is the oldest. Moving the oldest nod
 then just ``st[q] = tail`` (how CLOCK and FIFO-reinsertion rotate without touching links), and a
 victim's node can take the incoming key in place. Free nodes are chained through ``nxt`` from
 ``st[free]``.
+
+Every node holds a distinct key, so a pool never needs more nodes than there are keys: `bounded_pool`
+caps it there, which keeps a tier far larger than a trace's working set (a 32 GiB DRAM tier over a
+trace's dense keys) from allocating nodes no key can ever fill. A few nodes of slack cover a key
+that is briefly in two lists while it moves.
 """
 
 import math
 
 import numpy as np
 from numba import njit, types
+
+
+POOL_SLACK = 2
+
+
+def bounded_pool(nodes: int, n_keys: int) -> int:
+    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring)."""
+    return min(int(nodes), int(n_keys) + POOL_SLACK)
 
 
 def free_chain(pool: int) -> np.ndarray:
@@ -106,7 +119,9 @@ def lists_state_type(*extra) -> types.Tuple:
 
 
 def lists_state(n_keys: int, pool: int, scalars: list[int]) -> tuple:
-    """Empty lists over a pool of ``pool`` nodes, with the policy's scalars appended to st."""
+    """Empty lists over a pool of ``pool`` nodes (at most `bounded_pool`), with the policy's scalars
+    appended to st."""
+    pool = bounded_pool(pool, n_keys)
     st = np.array([-1] * 4 + [0] * 4 + [0] + list(scalars), np.int64)
     return (
         np.full(n_keys, -1, np.int32),

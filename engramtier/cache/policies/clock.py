@@ -65,4 +65,4 @@ def build(capacity: int, ctx: PolicyContext, bits: int = 1) -> CLOCK:
         raise EngramTierError(f"policy 'clock': bits must be between 1 and 8, got {bits}")
     slot_of, key_of, prv, nxt, st = ring_state(capacity, ctx.n_keys)
     st = np.append(st, 2**bits - 1)
-    return CLOCK((slot_of, key_of, prv, nxt, st, np.zeros(capacity, np.uint8)))
+    return CLOCK((slot_of, key_of, prv, nxt, st, np.zeros(key_of.size, np.uint8)))

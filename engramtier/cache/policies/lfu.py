@@ -15,7 +15,7 @@ that count is not present, or, for a slot alone in its bucket, by relabelling th
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import free_chain, give_node, push_head, take_node, unlink
+from engramtier.cache.policies._lists import bounded_pool, free_chain, give_node, push_head, take_node, unlink
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 
 SIZE, CAPACITY, FREE, LOWEST, FREE_BUCKET = range(5)  # indices into st; LOWEST: bucket with the fewest uses
@@ -149,16 +149,17 @@ LFU = compiled_policy("LFU", STATE, lookup, admit, remove, contains, occupancy)
 @register("lfu")
 def build(capacity: int, ctx: PolicyContext) -> LFU:
     st = np.array([0, capacity, 0, -1, 0], np.int64)
+    slots = bounded_pool(capacity, ctx.n_keys)
     return LFU((
         np.full(ctx.n_keys, -1, np.int32),
-        np.full(capacity, -1, np.int64),
-        np.zeros(capacity, np.int32),
-        free_chain(capacity),
+        np.full(slots, -1, np.int64),
+        np.zeros(slots, np.int32),
+        free_chain(slots),
         st,
-        np.zeros(capacity, np.int64),
-        np.zeros(capacity, np.int32),
-        np.zeros(capacity + 1, np.int64),
-        np.full(capacity + 1, -1, np.int64),
-        free_chain(capacity + 1),
-        np.zeros(capacity + 1, np.int32),
+        np.zeros(slots, np.int64),
+        np.zeros(slots, np.int32),
+        np.zeros(slots + 1, np.int64),
+        np.full(slots + 1, -1, np.int64),
+        free_chain(slots + 1),
+        np.zeros(slots + 1, np.int32),
     ))

@@ -65,8 +65,8 @@ class Lookahead:
         self.positions = positions
         self.step_starts = step_starts
         self.where = np.full(n_keys, -1, np.int32)
-        self.heap_key = np.empty(capacity, np.int64)
-        self.heap_pri = np.empty(capacity, np.int64)
+        self.heap_key = np.empty(min(capacity, n_keys), np.int64)  # a heap holds each key at most once
+        self.heap_pri = np.empty(min(capacity, n_keys), np.int64)
 
     def _slide(self, t):
         """Move the window to the step holding ``t``; give cached keys met in the new part their next use."""
@@ -120,7 +120,7 @@ class Lookahead:
 
 
 def _checked_step_starts(ctx: PolicyContext, n_requests: int) -> np.ndarray:
-    if ctx.step_starts is None:
+    if ctx.trace_keys() is None or ctx.step_starts is None:
         raise EngramTierError(
             "policy 'lookahead' needs the trace's step boundaries: build it through the simulator "
             "(or pass PolicyContext(step_starts=...))"

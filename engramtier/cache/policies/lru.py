@@ -13,7 +13,7 @@ share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import free_chain, give_node, move_to_head, push_head, tail, take_node, unlink
+from engramtier.cache.policies._lists import bounded_pool, free_chain, give_node, move_to_head, push_head, tail, take_node, unlink
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 
 HEAD, SIZE, CAPACITY, FREE = range(4)  # indices into st
@@ -79,14 +79,16 @@ def occupancy(state):
 
 
 def ring_state(capacity: int, n_keys: int) -> tuple:
-    """An empty ring of ``capacity`` slots over ``n_keys`` rows (the five arrays of `STATE`)."""
+    """An empty ring of ``capacity`` slots over ``n_keys`` rows (the five arrays of `STATE`); slots
+    are allocated only up to `bounded_pool`."""
     st = np.zeros(FREE + 1, np.int64)
     st[HEAD], st[CAPACITY], st[FREE] = -1, capacity, 0
+    slots = bounded_pool(capacity, n_keys)
     return (
         np.full(n_keys, -1, np.int32),
-        np.full(capacity, -1, np.int64),
-        np.zeros(capacity, np.int32),
-        free_chain(capacity),
+        np.full(slots, -1, np.int64),
+        np.zeros(slots, np.int32),
+        free_chain(slots),
         st,
     )
 

@@ -72,4 +72,4 @@ SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, contains, occupan
 @register("sieve")
 def build(capacity: int, ctx: PolicyContext) -> SIEVE:
     slot_of, key_of, prv, nxt, st = ring_state(capacity, ctx.n_keys)
-    return SIEVE((slot_of, key_of, prv, nxt, np.append(st, -1), np.zeros(capacity, np.uint8)))
+    return SIEVE((slot_of, key_of, prv, nxt, np.append(st, -1), np.zeros(key_of.size, np.uint8)))

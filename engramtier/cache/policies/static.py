@@ -3,7 +3,8 @@
 This is the paper's Zipf-aware hot set: Engram rows are Zipf-distributed, so the rows most used in a
 profiling run are loaded into the fast tier once and kept. The profile is ``ctx.profile`` (request
 counts per key, from a profiling prefix or another trace), else the counts of ``ctx.keys``. Ties in
-count go to the lower key id, so the hot set is a deterministic function of the profile.
+count go to the lower row id (``ctx.row_ids`` when keys are a trace's dense keys), so the hot set is a
+deterministic function of the profile.
 
 Pinned rows start resident (they are preloaded before serving), so their first request is a hit. A
 miss on any other row is declined (``admit`` returns the key). A pinned row removed by an exclusive
@@ -58,9 +59,12 @@ class Static:
         return -1
 
 
-def hot_set(counts: np.ndarray, capacity: int) -> np.ndarray:
-    """The ``capacity`` keys with the highest counts; equal counts rank the lower key id first."""
-    return np.argsort(-counts, kind="stable")[:capacity]
+def hot_set(counts: np.ndarray, capacity: int, row_ids: np.ndarray | None = None) -> np.ndarray:
+    """The ``capacity`` keys with the highest counts; equal counts rank the lower row id first (the
+    key itself when ``row_ids`` is None)."""
+    if row_ids is None:
+        return np.argsort(-counts, kind="stable")[:capacity]
+    return np.lexsort((row_ids, -counts))[:capacity]
 
 
 @register("static")
@@ -72,11 +76,11 @@ def build(capacity: int, ctx: PolicyContext) -> Static:
                 f"policy 'static': the profile must hold one non-negative integer count per row ({ctx.n_keys}), "
                 f"got shape {counts.shape} dtype {counts.dtype}; build it with np.bincount(keys, minlength=n_keys)"
             )
-    elif ctx.keys is not None:
+    elif ctx.trace_keys() is not None:
         counts = np.bincount(trace_keys(ctx, "static"), minlength=ctx.n_keys)
     else:
         raise EngramTierError(
             "policy 'static' needs a frequency profile (PolicyContext(profile=counts per row)) "
             "or the trace to count (PolicyContext(keys=...))"
         )
-    return Static(hot_set(counts.astype(np.int64), capacity), ctx.n_keys)
+    return Static(hot_set(counts.astype(np.int64), capacity, ctx.global_ids()), ctx.n_keys)

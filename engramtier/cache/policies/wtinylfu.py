@@ -41,8 +41,10 @@ WINDOW, PROBATION, PROTECTED = range(3)  # list ids
 (CAPACITY, MAIN_SHARE, PROBATION_SHARE, PROTECTED_SHARE, COUNTERS, AGING_PERIOD, HITS_SINCE_AGING,
  HIT_VICTIM) = range(SCALARS, SCALARS + 8)
 
-# then the sketch's counters, the indexes of each node's counters (N_HASHES a node), 1 / counters
-STATE = lists_state_type(types.uint32[::1], types.uint32[::1], types.float64[::1])
+# then the sketch's counters, the indexes of each node's counters (N_HASHES a node), 1 / counters, and
+# each key's global row id (empty when keys are row ids): the sketch hashes rows, so dense keys
+# (`PolicyContext.row_ids`) count exactly as the global ids would
+STATE = lists_state_type(types.uint32[::1], types.uint32[::1], types.float64[::1], types.int64[::1])
 
 # libCacheSim's counting Bloom filter for n entries at error 0.001
 BITS_PER_ENTRY = -math.log(0.001) / 0.480453013918201
@@ -88,8 +90,8 @@ def _place(state, s, key):
 
     The modulo goes through a float reciprocal, exact after a one-step correction (the quotient of
     32-bit operands is off by at most one), because an integer division is several times slower."""
-    st, rows_of = state[4], state[7]
-    packed = key_hash(key)
+    st, rows_of, row_ids = state[4], state[7], state[9]
+    packed = key_hash(row_ids[key] if row_ids.size else key)
     h0, h1 = np.int64(packed & LOW32), np.int64(packed >> np.uint64(32))
     n, inverse = st[COUNTERS], state[8][0]
     for i in range(N_HASHES):
@@ -267,6 +269,8 @@ def build(capacity: int, ctx: PolicyContext, window_ratio: float = 0.01) -> WTin
     if counters < N_HASHES:
         counters = 2 * N_HASHES
     scalars = [capacity, main, probation, protected, counters, 32 * main, 0, -1]
-    return WTinyLFU(lists_state(ctx.n_keys, capacity, scalars)
-                    + (np.zeros(counters, np.uint32), np.zeros(capacity * N_HASHES, np.uint32),
-                       np.array([1.0 / counters])))
+    lists = lists_state(ctx.n_keys, capacity, scalars)
+    row_ids = ctx.global_ids()
+    return WTinyLFU(lists + (np.zeros(counters, np.uint32), np.zeros(lists[1].size * N_HASHES, np.uint32),
+                             np.array([1.0 / counters]),
+                             np.empty(0, np.int64) if row_ids is None else np.ascontiguousarray(row_ids, np.int64)))
