@@ -190,6 +190,12 @@ def _prefetch(typingctx, array, index):
 
 
 @njit(inline="always")
+def holds_key(state, key):
+    """`contains` of the policies whose state begins with key -> slot or heap index (-1: not held)."""
+    return state[0][key] >= 0
+
+
+@njit(inline="always")
 def no_hit_victim(state):
     """`hit_victim` of the policies whose hits never evict."""
     return -1

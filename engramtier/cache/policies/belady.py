@@ -28,7 +28,7 @@ from numba import njit, types
 from engramtier.cache.nextuse import (
     heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
 )
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 SIZE, CAPACITY, BYPASS = range(3)  # indices into st
 
@@ -84,16 +84,11 @@ def remove(state, key):
 
 
 @njit(inline="always")
-def contains(state, key):
-    return state[0][key] >= 0
-
-
-@njit(inline="always")
 def occupancy(state):
     return state[7][SIZE]
 
 
-Belady = compiled_policy("Belady", STATE, lookup, admit, remove, contains, occupancy)
+Belady = compiled_policy("Belady", STATE, lookup, admit, remove, holds_key, occupancy)
 
 
 @register("belady")

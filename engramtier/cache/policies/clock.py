@@ -11,8 +11,8 @@ import numpy as np
 from numba import njit, types
 
 from engramtier.cache.policies._lists import push_head, tail, take_node
-from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, contains, occupancy, remove, ring_state
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, occupancy, remove, ring_state
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
 
 MAX_COUNT = FREE + 1  # index into st
@@ -56,7 +56,7 @@ def admit(state, key, t):
     return victim
 
 
-CLOCK = compiled_policy("CLOCK", STATE, lookup, admit, remove, contains, occupancy)
+CLOCK = compiled_policy("CLOCK", STATE, lookup, admit, remove, holds_key, occupancy)
 
 
 @register("clock")

@@ -5,8 +5,8 @@ LRU's ring without the move on a hit, so admission, eviction and removal are LRU
 
 from numba import njit
 
-from engramtier.cache.policies.lru import STATE, admit_at_head, contains, occupancy, remove, ring_state
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policies.lru import STATE, admit_at_head, occupancy, remove, ring_state
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 
 @njit(inline="always")
@@ -14,7 +14,7 @@ def lookup(state, key, t):
     return state[0][key] >= 0
 
 
-FIFO = compiled_policy("FIFO", STATE, lookup, admit_at_head, remove, contains, occupancy)
+FIFO = compiled_policy("FIFO", STATE, lookup, admit_at_head, remove, holds_key, occupancy)
 
 
 @register("fifo")

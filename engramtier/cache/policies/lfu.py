@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, types
 
 from engramtier.cache.policies._lists import bounded_pool, free_chain, give_node, push_head, take_node, unlink
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 SIZE, CAPACITY, FREE, LOWEST, FREE_BUCKET = range(5)  # indices into st; LOWEST: bucket with the fewest uses
 
@@ -134,16 +134,11 @@ def remove(state, key):
 
 
 @njit(inline="always")
-def contains(state, key):
-    return state[0][key] >= 0
-
-
-@njit(inline="always")
 def occupancy(state):
     return state[4][SIZE]
 
 
-LFU = compiled_policy("LFU", STATE, lookup, admit, remove, contains, occupancy)
+LFU = compiled_policy("LFU", STATE, lookup, admit, remove, holds_key, occupancy)
 
 
 @register("lfu")

@@ -6,7 +6,7 @@ rotating the ring. Slot arrays are capacity-sized and stay in the CPU cache; onl
 int32 per table row) is touched at random.
 
 FIFO, CLOCK and SIEVE keep the same ring: their state tuples begin with these five arrays, so they
-share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove`, `contains` and
+share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove` and
 `occupancy`.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, types
 
 from engramtier.cache.policies._lists import bounded_pool, free_chain, give_node, move_to_head, push_head, tail, take_node, unlink
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 HEAD, SIZE, CAPACITY, FREE = range(4)  # indices into st
 
@@ -69,11 +69,6 @@ def remove(state, key):
 
 
 @njit(inline="always")
-def contains(state, key):
-    return state[0][key] >= 0
-
-
-@njit(inline="always")
 def occupancy(state):
     return state[4][SIZE]
 
@@ -93,7 +88,7 @@ def ring_state(capacity: int, n_keys: int) -> tuple:
     )
 
 
-LRU = compiled_policy("LRU", STATE, lookup, admit_at_head, remove, contains, occupancy)
+LRU = compiled_policy("LRU", STATE, lookup, admit_at_head, remove, holds_key, occupancy)
 
 
 @register("lru")

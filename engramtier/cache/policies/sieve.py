@@ -14,8 +14,8 @@ from numba import njit
 from engramtier.cache.policies import lru
 from engramtier.cache.policies._lists import push_head, tail, take_node, unlink
 from engramtier.cache.policies.clock import STATE  # the same arrays: a visited mark per slot
-from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, contains, occupancy, ring_state
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, occupancy, ring_state
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 HAND = FREE + 1  # index into st: slot under the hand, -1 for none
 
@@ -66,7 +66,7 @@ def remove(state, key):
     return lru.remove(state, key)
 
 
-SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, contains, occupancy)
+SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, holds_key, occupancy)
 
 
 @register("sieve")

@@ -34,7 +34,7 @@ from numba import njit, types
 
 from engramtier.cache.policies._lists import (LENGTH, SCALARS, capacity_for, drop, insert, lists_state,
                                               lists_state_type, move, move_to_head, share, tail)
-from engramtier.cache.policy import PolicyContext, compiled_policy, register
+from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
 
 WINDOW, PROBATION, PROTECTED = range(3)  # list ids
@@ -231,17 +231,12 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
-def contains(state, key):
-    return state[0][key] >= 0
-
-
 
 @njit(inline="always")
 def hit_victim(state):
     return state[4][HIT_VICTIM]
 
-WTinyLFU = compiled_policy("WTinyLFU", STATE, lookup, admit, remove, contains, occupancy, hit_victim)
+WTinyLFU = compiled_policy("WTinyLFU", STATE, lookup, admit, remove, holds_key, occupancy, hit_victim)
 
 
 def _segments(capacity: int, window_ratio: float) -> tuple[int, int, int]:
