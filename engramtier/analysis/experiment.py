@@ -30,6 +30,7 @@ from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, 
                                        stall_sweep)
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
+from engramtier.trace.tracefile import TraceReader
 
 STAGES = ("stats", "mrc", "hit_rate", "simulate", "stall", "cxl", "cost")
 TRACE_FILE = "trace.trace"
@@ -167,7 +168,7 @@ class Experiment:
                                 "cheapest": frontier["cheapest"]}
 
 
-def mrc_stage(trace: "RowTrace | TraceReader", run: RunDir, rate: float, seeds: int, sizes=None, exact: bool = True,
+def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: int, sizes=None, exact: bool = True,
               progress: bool = False) -> dict:
     """Exact LRU curve (unless not ``exact``) and SHARDS at ``rate`` with hash seeds ``0..seeds-1``,
     at ``sizes`` (default 48 sizes spaced evenly in log from one row to every distinct row), each one

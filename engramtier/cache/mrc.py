@@ -36,6 +36,8 @@ from tqdm import tqdm
 from engramtier.cache.nextuse import heap_delete, heap_push
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
+from engramtier.trace.rowindex import popcount
+from engramtier.trace.tracefile import trace_chunks
 
 HASH_RANGE = 1 << 32  # sampling compares the top 32 bits of a key's 64-bit hash with the threshold
 
@@ -97,14 +99,6 @@ class MissRatioCurve:
 
 
 @njit(nogil=True)
-def _popcount(x):
-    x = x - ((x >> uint64(1)) & uint64(0x5555555555555555))
-    x = (x & uint64(0x3333333333333333)) + ((x >> uint64(2)) & uint64(0x3333333333333333))
-    x = (x + (x >> uint64(4))) & uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * uint64(0x0101010101010101)) >> uint64(56))
-
-
-@njit(nogil=True)
 def _fenwick_add(tree, word, delta):
     i = word + 1
     while i < tree.size:
@@ -117,14 +111,14 @@ def _publish(bits, tree, now):
     """At the first time of a word, the previous word is complete: add its count to the tree."""
     if now & 63 == 0 and now > 0:
         word = (now >> 6) - 1
-        _fenwick_add(tree, word, _popcount(bits[word]))
+        _fenwick_add(tree, word, popcount(bits[word]))
 
 
 @njit(nogil=True)
 def _marks_upto(bits, tree, time):
     """Marks at times ``0..time``."""
     word = time >> 6
-    total = _popcount(bits[word] & (~uint64(0) >> uint64(63 - (time & 63))))
+    total = popcount(bits[word] & (~uint64(0) >> uint64(63 - (time & 63))))
     i = word
     while i > 0:
         total += tree[i]
@@ -145,7 +139,7 @@ def _rebuild_tree(bits, tree, now):
     """The Fenwick tree of the complete words' counts (those before ``now``'s word), in O(words)."""
     tree[:] = 0
     for i in range(1, min(now >> 6, bits.size) + 1):
-        tree[i] += _popcount(bits[i - 1])
+        tree[i] += popcount(bits[i - 1])
         j = i + (i & -i)
         if j < tree.size:
             tree[j] += tree[i]
@@ -269,8 +263,6 @@ class KeyStream:
 
     @classmethod
     def of_trace(cls, trace) -> "KeyStream":
-        from engramtier.trace.tracefile import trace_chunks
-
         if trace.n_rows == 0:
             raise EngramTierError("miss-ratio curve: the trace is empty; build it from non-empty text")
         return cls(lambda: (c.rows for c in trace_chunks(trace, dense=True)), trace.n_rows, trace.n_distinct,

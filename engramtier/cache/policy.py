@@ -49,8 +49,8 @@ from engramtier.errors import EngramTierError, refuse_unknown
 class PolicyContext:
     """What a policy may know about the workload when it is built.
 
-    Keys are ``0 <= key < n_keys``: a table's global row ids, or a trace's dense keys (the ranks of
-    the rows it touches, `engramtier.trace.rowindex`), so that policy state follows the trace, not a
+    Keys are ``0 <= key < n_keys``: a table's global row ids, or a trace's dense keys (the rows it
+    touches, numbered by first request, `engramtier.trace.rowindex`), so that policy state follows the trace, not a
     table of hundreds of millions of rows. Then ``n_table_rows`` is the table (capacities are checked
     against it; a tier may hold more rows than the trace touches) and ``row_ids[key]`` each key's
     global row id (for policies that hash rows, so that they hash the same as on global ids).

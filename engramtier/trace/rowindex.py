@@ -14,8 +14,8 @@ static placement's ties), so every result equals the result on global row ids.
 in row order, which `FirstSeen` turns into first-request order. Two representations, chosen by
 table size, give the same ranks:
 
-bitmap   one bit per table row plus a running popcount per 64-bit word: 1.5 bits per table row (144 MB
-         for 768M rows), and a key is two memory reads and a popcount, ~10x faster than a search
+bitmap   one bit per table row plus a running popcount (int64) per 64-bit word: 2 bits per table row
+         (192 MB for 768M rows), and a rank is two memory reads and a popcount, no search
 sorted   the distinct rows themselves, merged from sorted runs as they arrive (like an LSM tree, each
          row is merged O(log n) times); a key is a binary search. For tables too large for a bitmap.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
-# Tables up to this many rows use the bitmap (at most 1.5 GiB of it); larger ones the sorted runs.
+# Tables up to this many rows use the bitmap (at most 2 GiB with its ranks); larger ones the sorted runs.
 BITMAP_MAX_ROWS = 1 << 33
 
 
@@ -37,7 +37,8 @@ def _mark(bits, rows):
 
 
 @njit(inline="always")
-def _popcount(x):
+def popcount(x):
+    """Set bits of a uint64 (SWAR), as int64: the rank bitmap here and the miss-ratio curves' marks."""
     x = x - ((x >> uint64(1)) & uint64(0x5555555555555555))
     x = (x & uint64(0x3333333333333333)) + ((x >> uint64(2)) & uint64(0x3333333333333333))
     x = (x + (x >> uint64(4))) & uint64(0x0F0F0F0F0F0F0F0F)
@@ -51,7 +52,7 @@ def _word_ranks(bits):
     total = 0
     for w in range(bits.size):
         ranks[w] = total
-        total += _popcount(bits[w])
+        total += popcount(bits[w])
     return ranks, total
 
 
@@ -62,7 +63,7 @@ def _set_positions(bits, out):
         word = bits[w]
         while word:
             low = word & (~word + uint64(1))
-            out[n] = (w << 6) + _popcount(low - uint64(1))
+            out[n] = (w << 6) + popcount(low - uint64(1))
             n += 1
             word ^= low
 
@@ -73,7 +74,7 @@ def _bitmap_keys(bits, ranks, rows, out):
         k = rows[i]
         w = k >> 6
         below = bits[w] & ((uint64(1) << uint64(k & 63)) - uint64(1))
-        out[i] = ranks[w] + _popcount(below)
+        out[i] = ranks[w] + popcount(below)
 
 
 @njit(nogil=True, cache=True)
@@ -137,10 +138,6 @@ class RowIndex:
             self.row_ids = self._runs[0] if len(self._runs) == 1 else np.unique(np.concatenate(self._runs or [np.empty(0, np.int64)]))
             self._runs = []
         return self.row_ids
-
-    @property
-    def n_distinct(self) -> int:
-        return int(self.row_ids.size)
 
     def ranks(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Ranks of ``rows`` among the distinct rows in row order (each must have been added)."""
