@@ -89,3 +89,30 @@ def test_bad_input_is_one_line(text_dir, tmp_path, capsys):
     (tmp_path / "junk.trace").write_bytes(b"definitely not a trace")
     one_error_line(capsys, ["stats", str(tmp_path / "junk.trace")], "not an engramtier trace file")
     one_error_line(capsys, ["export", str(tmp_path / "none.trace"), "--format", "csv", "-o", out], "does not exist")
+
+
+def test_streamed_commands_refuse_damaged_and_old_traces_in_one_line(tmp_path, capsys):
+    """`mrc` and `simulate --hierarchy` stream the file: a flipped header byte or a version-1 file is
+    refused before anything runs."""
+    import struct
+
+    from engramtier.trace.rowtrace import RowTrace
+    from engramtier.trace.tracefile import save_trace
+
+    rows = np.random.default_rng(0).integers(0, 5000, 4000)
+    save_trace(RowTrace(rows, np.arange(0, 4001, 100), 5000, 160), tmp_path / "good.trace")
+    data = (tmp_path / "good.trace").read_bytes()
+    at = data.index(b'"row_bytes"') + 3
+    (tmp_path / "flipped.trace").write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+    (tmp_path / "old.trace").write_bytes(data[:8] + struct.pack("<I", 1) + data[12:])
+    (tmp_path / "h.toml").write_text('[hierarchy]\n[[hierarchy.tier]]\nname = "dram"\ncapacity = 100\npolicy = "lru"\n'
+                                     'model = "dram"\n[[hierarchy.tier]]\nname = "nvme"\nmodel = "nvme"\n'
+                                     '[timing]\nwindow_s = 0.001\ncompute_s = 0.001\n')
+    out = str(tmp_path / "run")
+    one_error_line(capsys, ["mrc", str(tmp_path / "flipped.trace"), "--out", out, "--quiet"], "header is corrupt")
+    one_error_line(capsys, ["mrc", str(tmp_path / "old.trace"), "--out", out, "--quiet", "--no-exact"], "version-1", "rebuild")
+    one_error_line(capsys, ["simulate", "--hierarchy", str(tmp_path / "h.toml"), str(tmp_path / "flipped.trace"),
+                            "--out", out, "--quiet"], "header is corrupt")
+    assert main(["mrc", str(tmp_path / "good.trace"), "--out", out, "--quiet", "--no-exact", "--seeds", "1",
+                 "--shards", "0.5"]) == 0
+    assert "no exact curve (--no-exact)" in capsys.readouterr().out

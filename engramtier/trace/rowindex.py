@@ -5,8 +5,7 @@ which a trace touches a fraction. Policies, miss-ratio curves and statistics kee
 they index dense keys ``0 .. n_distinct - 1`` instead of global row ids: their memory follows the
 trace, not the table. Keys are numbered by first request, so hot rows (requested early and often)
 get small keys that share cache lines: the simulator's per-key arrays are read at random on every
-lookup, and this order makes the engine 2.5x and per-step de-duplication 5x faster than row order
-(measured on the Python docs at the 768M-row layout). Nothing a policy decides depends on key
+lookup, and in row order a hot row's entry is as far from the next hot row's as any. Nothing a policy decides depends on key
 values, except what it hashes or ranks by row: those read ``row_ids[key]`` (W-TinyLFU's sketch,
 static placement's ties), so every result equals the result on global row ids.
 
