@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from engramtier import __version__
 from engramtier.errors import EngramTierError
+from engramtier.outputs import atomic_output, write_text_atomic
 
 CONFIG, RESULTS, SUMMARY, FIGURES = "config.json", "results.jsonl", "summary.json", "figures"
 FIGURE_FORMATS = ("png", "svg")
@@ -83,7 +84,7 @@ class RunDir:
         return run
 
     def _write(self, name: str, obj: Any) -> None:
-        (self.path / name).write_text(json.dumps(to_json(obj), indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(self.path / name, json.dumps(to_json(obj), indent=2) + "\n")
 
     def update_config(self, **fields: Any) -> None:
         """Add ``fields`` to ``config.json`` (e.g. the fingerprint once the trace is built)."""
@@ -105,7 +106,8 @@ class RunDir:
         paths = []
         for fmt in FIGURE_FORMATS:
             path = self.path / FIGURES / f"{name}.{fmt}"
-            fig.savefig(path, dpi=120 if fmt == "png" else None, bbox_inches="tight")
+            with atomic_output(path, "figure") as part:
+                fig.savefig(part, format=fmt, dpi=120 if fmt == "png" else None, bbox_inches="tight")
             paths.append(path)
         plt.close(fig)
         return paths

@@ -42,7 +42,7 @@ def test_directories_are_read_recursively_in_order(corpus):
 def test_named_files_jsonl_field_and_stdin(corpus, monkeypatch):
     (corpus / "f.jsonl").write_text(json.dumps({"body": "x y", "text": 3}) + "\n")
     assert [t for _, t in text_documents([corpus / "f.jsonl"], field="body")] == ["x y"]
-    monkeypatch.setattr("sys.stdin", io.StringIO("from standard input"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"from standard input")))
     assert list(text_documents(["-", corpus / "a.txt"])) == [("<stdin>", "from standard input"),
                                                              (str(corpus / "a.txt"), "Plain text file.\n")]
 
@@ -83,7 +83,7 @@ def test_missing_paths_empty_directories_and_empty_stdin(tmp_path, monkeypatch):
     (tmp_path / "d" / "code.py").write_text("x = 1\n")
     with pytest.raises(EngramTierError, match=r"d is a directory with no non-empty .* files"):
         list(text_documents([tmp_path / "d"]))
-    monkeypatch.setattr("sys.stdin", io.StringIO("   "))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"   ")))
     with pytest.raises(EngramTierError, match="standard input holds no text"):
         list(text_documents(["-"]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engramtier.argtypes import fraction, name_list, nonnegative_float, positive_int, size_list
 from engramtier.errors import EngramTierError
 
 SIMULATE_EXAMPLES = """examples:
@@ -55,18 +56,6 @@ the report. Copy the TOML to run your own.
 SWEEP_STAGES = ("hit_rate", "stall", "cxl", "cost")
 
 
-def _stages(text: str) -> list[str]:
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    for s in stages:
-        if s not in SWEEP_STAGES:
-            raise argparse.ArgumentTypeError(f"unknown stage '{s}'; choose from {', '.join(SWEEP_STAGES)}")
-    return stages
-
-
-def _sizes(text: str) -> list[str | int]:
-    return [int(s) if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()]
-
-
 def register(subparsers) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -87,8 +76,8 @@ def register(subparsers) -> None:
     p.add_argument("path", metavar="CONFIG.toml|TRACE", help="an experiment TOML, or with --hierarchy a trace file")
     p.add_argument("--hierarchy", metavar="H.toml", help="take [hierarchy] and [timing] from this file and "
                    "replay the trace file given as the positional argument")
-    p.add_argument("--window-s", type=float, metavar="S", help="compute window per step (seconds); overrides [timing]")
-    p.add_argument("--window-per-token-s", type=float, metavar="S", help="compute window per token (seconds); overrides [timing]")
+    p.add_argument("--window-s", type=nonnegative_float, metavar="S", help="compute window per step (seconds); overrides [timing]")
+    p.add_argument("--window-per-token-s", type=nonnegative_float, metavar="S", help="compute window per token (seconds); overrides [timing]")
     _preset_option(p)
     common(p)
 
@@ -97,8 +86,8 @@ def register(subparsers) -> None:
             "tier sizes, a CXL tier at several latencies, and the cost frontier; parallel over cores.",
             SWEEP_EXAMPLES, run_sweep)
     p.add_argument("config", metavar="CONFIG.toml")
-    p.add_argument("--stages", type=_stages, metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
-    p.add_argument("--workers", type=int, metavar="N", help="threads (default: [sweep] workers or every core)")
+    p.add_argument("--stages", type=name_list(SWEEP_STAGES), metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="threads (default: [sweep] workers or every core)")
     _preset_option(p)
     common(p)
 
@@ -106,9 +95,9 @@ def register(subparsers) -> None:
             "The exact LRU miss-ratio curve (one pass, all sizes) against SHARDS sampled estimates over several "
             "hash seeds, with their error.", MRC_EXAMPLES, run_mrc)
     p.add_argument("trace", metavar="TRACE")
-    p.add_argument("--shards", type=float, default=0.01, metavar="R", help="SHARDS sampling rate (default 0.01)")
-    p.add_argument("--seeds", type=int, default=5, metavar="N", help="SHARDS hash seeds (default 5)")
-    p.add_argument("--sizes", type=_sizes, metavar="LIST",
+    p.add_argument("--shards", type=fraction, default=0.01, metavar="R", help="SHARDS sampling rate (default 0.01)")
+    p.add_argument("--seeds", type=positive_int, default=5, metavar="N", help="SHARDS hash seeds (default 5)")
+    p.add_argument("--sizes", type=size_list, metavar="LIST",
                    help="comma-separated sizes, rows or bytes such as 16MiB (default: 48 log-spaced sizes)")
     p.add_argument("--no-exact", action="store_true",
                    help="SHARDS only: skip the exact curve (and its error), for traces too long for an exact pass")
@@ -208,8 +197,6 @@ def run_mrc(args) -> None:
     from engramtier.rundir import RunDir
     from engramtier.trace.tracefile import TraceReader
 
-    if args.seeds < 1:
-        raise EngramTierError(f"--seeds must be >= 1, got {args.seeds}")
     with TraceReader(args.trace) as trace:  # each curve is one streamed pass over the trace file
         sizes = None
         if args.sizes:

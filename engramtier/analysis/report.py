@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engramtier.outputs import write_text_atomic
 from engramtier.rundir import FIGURES, REPORTS, RunDir
 
 CAPTIONS = {
@@ -165,7 +166,7 @@ def write_report(path) -> tuple[Path, Path]:
     run = RunDir.open(path)
     blocks = report_blocks(run)
     html_path, md_path = (run.path / name for name in REPORTS)
-    html_path.write_text(render_html(run, blocks), encoding="utf-8")
-    md_path.write_text(render_markdown(blocks), encoding="utf-8")
+    write_text_atomic(html_path, render_html(run, blocks))
+    write_text_atomic(md_path, render_markdown(blocks))
     return html_path, md_path
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -36,25 +38,25 @@ def register(subparsers) -> None:
     p.add_argument("--text", required=True, help="text file or directory of .txt/.rst/.md/.html/.jsonl files")
     p.add_argument("--out", help="run directory (default: runs/train-<time>)")
     p.add_argument("--tokenizer", help="deepseek (default) | cl100k | qwen | qwen3.6 | a tokenizer.json | bpe:N (learn N tokens from the text)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of the dense weights")
-    p.add_argument("--table-lr", type=float, help="peak learning rate of the Engram table (SparseAdam)")
-    p.add_argument("--eval-every", type=int, help="steps between validations (0: only at the end)")
-    p.add_argument("--eval-tokens", type=int, help="held-out tokens per validation")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--seq-len", type=positive_int)
+    p.add_argument("--lr", type=positive_float, help="peak learning rate of the dense weights")
+    p.add_argument("--table-lr", type=positive_float, help="peak learning rate of the Engram table (SparseAdam)")
+    p.add_argument("--eval-every", type=nonnegative_int, help="steps between validations (0: only at the end)")
+    p.add_argument("--eval-tokens", type=positive_int, help="held-out tokens per validation")
+    p.add_argument("--seed", type=seed)
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--d-model", type=int)
-    p.add_argument("--layers", dest="n_layers", type=int)
-    p.add_argument("--heads", dest="n_heads", type=int)
-    p.add_argument("--hc-mult", type=int, help="branches of the residual stream")
+    p.add_argument("--d-model", type=positive_int)
+    p.add_argument("--layers", dest="n_layers", type=positive_int)
+    p.add_argument("--heads", dest="n_heads", type=positive_int)
+    p.add_argument("--hc-mult", type=positive_int, help="branches of the residual stream")
     p.add_argument("--engram", action=argparse.BooleanOptionalAction, help="add Engram layers (default: yes)")
-    p.add_argument("--engram-layers", type=int, nargs="+", help="blocks that hold an Engram layer")
-    p.add_argument("--table-size", type=int, help="rows per sub-table (each head takes the next unused prime above)")
-    p.add_argument("--max-ngram", dest="max_ngram_size", type=int, help="N: orders 2..N are hashed")
-    p.add_argument("--hash-heads", type=int, help="hash heads per order")
-    p.add_argument("--row-dim", type=int, help="D, values per table row")
+    p.add_argument("--engram-layers", type=nonnegative_int, nargs="+", help="blocks that hold an Engram layer")
+    p.add_argument("--table-size", type=positive_int, help="rows per sub-table (each head takes the next unused prime above)")
+    p.add_argument("--max-ngram", dest="max_ngram_size", type=positive_int, help="N: orders 2..N are hashed")
+    p.add_argument("--hash-heads", type=positive_int, help="hash heads per order")
+    p.add_argument("--row-dim", type=positive_int, help="D, values per table row")
     p.add_argument("--row-format", choices=["bf16", "fp8_e4m3"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)

@@ -29,6 +29,35 @@ from engramtier.errors import EngramTierError
 _INT64_MAX = np.iinfo(np.int64).max
 _SEED_LAYER_STRIDE = 10007
 
+# The largest table shape accepted: 2**40 rows per sub-table keeps every global row id and every
+# prime's trial-division search fast and inside int64; more heads, orders or layers than these are
+# typos (DeepSeek-V4.1-Flash: 8 heads, orders 2..4, 2 layers), and would run for hours.
+MAX_TABLE_SIZE = 1 << 40
+MAX_HEADS = 64
+MAX_NGRAM = 8
+MAX_LAYERS = 64
+
+
+def shape_problems(table_sizes, layer_ids, n_heads: int) -> list[str]:
+    """What is wrong with a table shape (empty: nothing), checked before any prime is searched."""
+    problems = []
+    sizes, layers = list(table_sizes), list(layer_ids)
+    if not sizes:
+        problems.append("max n-gram must be >= 2 (Engram hashes orders 2..N)")
+    elif any(s < 2 for s in sizes):
+        problems.append(f"table sizes need one size >= 2 per order 2..N, got {sizes}")
+    elif max(sizes) > MAX_TABLE_SIZE:
+        problems.append(f"table size {max(sizes):,} exceeds {MAX_TABLE_SIZE:,} rows per sub-table")
+    if len(sizes) + 1 > MAX_NGRAM:
+        problems.append(f"max n-gram {len(sizes) + 1} exceeds {MAX_NGRAM}")
+    if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+        problems.append(f"layer ids must be distinct non-negative layer numbers, got {layers}")
+    elif len(layers) > MAX_LAYERS:
+        problems.append(f"{len(layers)} Engram layers exceed {MAX_LAYERS}")
+    if not 1 <= n_heads <= MAX_HEADS:
+        problems.append(f"hash heads must be in 1..{MAX_HEADS}, got {n_heads}")
+    return problems
+
 
 @dataclass(frozen=True)
 class HashConfig:
@@ -61,12 +90,7 @@ class HashConfig:
             problems.append(f"vocab_size must be positive, got {self.vocab_size}")
         elif not 0 <= self.pad_id < self.vocab_size:
             problems.append(f"pad_id {self.pad_id} lies outside the vocabulary [0, {self.vocab_size})")
-        if not self.table_sizes or any(s < 2 for s in self.table_sizes):
-            problems.append(f"table_sizes needs one size >= 2 per order 2..N, got {list(self.table_sizes)}")
-        if not self.layer_ids or len(set(self.layer_ids)) != len(self.layer_ids) or min(self.layer_ids) < 0:
-            problems.append(f"layer_ids must be distinct non-negative layer numbers, got {list(self.layer_ids)}")
-        if self.n_heads < 1:
-            problems.append(f"n_heads must be >= 1, got {self.n_heads}")
+        problems += shape_problems(self.table_sizes, self.layer_ids, self.n_heads)
         if problems:
             raise EngramTierError("hash config: " + "; ".join(problems))
 

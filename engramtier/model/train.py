@@ -31,10 +31,11 @@ from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM, ModelConfig
-from engramtier.model.hashing import HashConfig
+from engramtier.model.hashing import HashConfig, shape_problems
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.table import FlatTable, open_table, save_table
 from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer, load_compressed_tokenizer
+from engramtier.outputs import atomic_output, write_text_atomic
 from engramtier.provenance import machine_info
 from engramtier.trace.sources import text_documents
 
@@ -83,6 +84,22 @@ class TrainConfig:
             raise EngramTierError(f"train: {', '.join(small)} must be at least 1")
         if not 0 < self.val_fraction < 1:
             raise EngramTierError(f"train: the held-out fraction must lie in (0, 1), got {self.val_fraction}")
+        problems = []
+        if self.d_model % self.n_heads:
+            problems.append(f"--d-model {self.d_model} is not a multiple of --heads {self.n_heads}")
+        if self.engram:
+            outside = [l for l in self.engram_layers if not 0 <= l < self.n_layers]
+            if outside:
+                problems.append(f"--engram-layers {outside} lie outside blocks 0..{self.n_layers - 1}")
+            else:
+                problems += shape_problems([self.table_size] * max(self.max_ngram_size - 1, 0),
+                                           self.engram_layers, self.hash_heads)
+        if problems:
+            raise EngramTierError("train: " + "; ".join(problems) + "; see engramtier train --help")
+        if not Path(self.text).exists():
+            raise EngramTierError(f"train: --text {self.text} does not exist; give a text file or directory")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise EngramTierError(f"train: --out {self.out} is a file, not a run directory; pass another --out")
 
 
 @dataclass
@@ -319,7 +336,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "model_config": model_config.to_dict(),
         "machine": machine_info(),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -328,9 +345,10 @@ def save_run(model: EngramLM, run_dir: Path) -> None:
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(model.config.to_json() + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "config.json", model.config.to_json() + "\n")
     dense = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items() if not n.startswith("table.")}
-    save_file(dense, str(run_dir / "model.safetensors"))
+    with atomic_output(run_dir / "model.safetensors", "model") as part:
+        save_file(dense, str(part))
     if model.table is not None:
         save_table(run_dir / "table", model.table.export(model.config.format), model.config.format, model.hasher)
 

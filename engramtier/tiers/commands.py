@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from engramtier.argtypes import positive_int, seed
 from engramtier.errors import EngramTierError
 
 _EXAMPLES = """\
@@ -44,19 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-table", metavar="TABLE_DIR", help="a flat table directory (table.bin + manifest.json)")
     source.add_argument("--random", action="store_true", help="seeded random N(0,1) rows (needs --rows or --preset)")
-    p.add_argument("--rows", type=int, help="rows of a --random table without --preset")
+    p.add_argument("--rows", type=positive_int, help="rows of a --random table without --preset")
     p.add_argument("--preset", metavar="NAME", help="a --random table of a published model's shape and row format "
                    "(dsv41-flash, engram-27b, engram-40b); its rows follow from the preset's hash config")
-    p.add_argument("--table-size", type=int, help="with --preset: rows per sub-table instead of the preset's")
+    p.add_argument("--table-size", type=positive_int, help="with --preset: rows per sub-table instead of the preset's")
     p.add_argument("--format", help="row format of a --random table: bf16 or fp8_e4m3 (default bf16, or the preset's)")
-    p.add_argument("--dim", type=int, help="values per row of a --random table (default 80, or the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a --random table's values (default 0)")
+    p.add_argument("--dim", type=positive_int, help="values per row of a --random table (default 80, or the preset's)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of a --random table's values (default 0)")
     p.add_argument("--profile", metavar="TRACE_OR_NPY",
                    help="a trace file, or per-row access counts or row ids (.npy): rows are laid out hottest first")
     p.add_argument("--compression", default="none", help="none, zstd[:LEVEL] or zstd-dict[:LEVEL] (default none)")
-    p.add_argument("--page-kib", type=int, default=16, help="page size in KiB (default 16)")
+    p.add_argument("--page-kib", type=positive_int, default=16, help="page size in KiB (default 16)")
     p.add_argument("--map-size", metavar="SIZE", help="LMDB map size, e.g. 64GiB (default: twice the raw table)")
-    p.add_argument("--batch-pages", type=int, metavar="N",
+    p.add_argument("--batch-pages", type=positive_int, metavar="N",
                    help="pages per write transaction, the most a crash loses (default: 32 MiB of rows)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_build_table)

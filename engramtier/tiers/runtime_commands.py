@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
 from engramtier.errors import EngramTierError
 
 _REPLAY_EXAMPLES = """\
@@ -53,22 +54,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text", help="text file or directory to replay (default: the shipped sample text)")
     _serving_options(p)
     p.add_argument("--mode", choices=["prefill", "decode"], default="prefill", help="how tokens form steps")
-    p.add_argument("--batch", type=int, default=4, help="sequences per prefill step (default 4)")
-    p.add_argument("--requests", type=int, default=4, help="sequences decoded together (default 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence window (default 128)")
-    p.add_argument("--prompt-len", type=int, default=0, help="decode: tokens of the first step (default 0: one)")
-    p.add_argument("--max-tokens", type=int, default=8192, help="tokens of text to replay at most (default 8192)")
+    p.add_argument("--batch", type=positive_int, default=4, help="sequences per prefill step (default 4)")
+    p.add_argument("--requests", type=positive_int, default=4, help="sequences decoded together (default 4)")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence window (default 128)")
+    p.add_argument("--prompt-len", type=nonnegative_int, default=0, help="decode: tokens of the first step (default 0: one)")
+    p.add_argument("--max-tokens", type=positive_int, default=8192, help="tokens of text to replay at most (default 8192)")
     p.add_argument("--out", help="run directory for the results (default: runs/replay-<time>)")
     random_init = p.add_argument_group("random-initialised model (without --run)")
     random_init.add_argument("--tokenizer", default="bpe:512", help="base tokenizer; bpe:N learns one from --text")
-    random_init.add_argument("--d-model", type=int, default=64)
-    random_init.add_argument("--layers", type=int, default=4)
-    random_init.add_argument("--heads", type=int, default=4)
-    random_init.add_argument("--engram-layers", type=int, nargs="+", default=[1, 3])
-    random_init.add_argument("--table-size", type=int, default=20011, help="rows per sub-table")
-    random_init.add_argument("--hash-heads", type=int, default=4)
-    random_init.add_argument("--row-dim", type=int, default=32)
-    random_init.add_argument("--seed", type=int, default=0)
+    random_init.add_argument("--d-model", type=positive_int, default=64)
+    random_init.add_argument("--layers", type=positive_int, default=4)
+    random_init.add_argument("--heads", type=positive_int, default=4)
+    random_init.add_argument("--engram-layers", type=nonnegative_int, nargs="+", default=[1, 3])
+    random_init.add_argument("--table-size", type=positive_int, default=20011, help="rows per sub-table")
+    random_init.add_argument("--hash-heads", type=positive_int, default=4)
+    random_init.add_argument("--row-dim", type=positive_int, default=32)
+    random_init.add_argument("--seed", type=seed, default=0)
     p.set_defaults(run=_run_replay)
 
     g = subparsers.add_parser(
@@ -86,11 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train`")
     g.add_argument("--prompts", default="-", help="file with one prompt per line, or - for stdin (default)")
     _serving_options(g)
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--top-k", type=int, default=0, help="0 or 1: greedy (default); k > 1: sample from the top k")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch", type=int, default=8, help="prompts generated together (default 8)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=32)
+    g.add_argument("--top-k", type=nonnegative_int, default=0, help="0 or 1: greedy (default); k > 1: sample from the top k")
+    g.add_argument("--temperature", type=positive_float, default=1.0)
+    g.add_argument("--seed", type=seed, default=0)
+    g.add_argument("--batch", type=positive_int, default=8, help="prompts generated together (default 8)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text and a table")
     g.set_defaults(run=_run_generate)
 
@@ -99,7 +100,7 @@ def _serving_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", help="the LMDB table (default: RUN/table.lmdb, built from RUN/table on first use)")
     p.add_argument("--hierarchy", help="hierarchy TOML (default: gpu LRU 1/64 -> dram S3-FIFO 1/8 -> nvme)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="compute device (default: cuda if present)")
-    p.add_argument("--readers", type=int, default=4, help="NVMe reader threads (default 4)")
+    p.add_argument("--readers", type=positive_int, default=4, help="NVMe reader threads (default 4)")
 
 
 def _serve(args: argparse.Namespace, run_dir, record_trace: bool):
@@ -131,8 +132,6 @@ def _run_replay(args: argparse.Namespace) -> None:
     text = args.text or str(sample_text_dir())
     plan = StepPlan(mode=args.mode, batch=args.batch, seq_len=args.seq_len, requests=args.requests,
                     prompt_len=args.prompt_len)
-    if args.max_tokens < 1:
-        raise EngramTierError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     out = RunDir.create(args.out, "replay", {k: v for k, v in vars(args).items() if not callable(v)})
     run_dir = args.run_dir
     if run_dir is None:
@@ -188,14 +187,18 @@ def _run_generate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from engramtier.tiers.generate import generate
+    from engramtier.trace.sources import decode_text
 
     if args.prompts == "-":
-        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        text = decode_text(sys.stdin.buffer.read(), "standard input")
     else:
         path = Path(args.prompts)
         if not path.is_file():
             raise EngramTierError(f"--prompts {path}: no such file; give a file with one prompt per line, or -")
-        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = decode_text(path.read_bytes(), f"--prompts {path}")
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise EngramTierError("generate: no prompts; give a file with one prompt per line, or pipe them in")
     loaded, table = _serve(args, args.run_dir, record_trace=False)
     with table:
         texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,

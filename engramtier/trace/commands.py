@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from engramtier.argtypes import int_list, nonnegative_int, positive_float, positive_int, seed
 from engramtier.errors import EngramTierError
 
 TRACE_EXAMPLES = """examples:
@@ -50,13 +51,6 @@ Identical hit counts in libCacheSim (checked with its Python package 0.3.5):
 """
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
 def register(subparsers) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("trace", help="build a row trace file from text or a synthetic Zipf stream",
@@ -70,24 +64,24 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", help="deepseek (default) | cl100k | qwen | qwen3.6 | path to a tokenizer.json")
     p.add_argument("--field", default="text", help="text field of JSONL records (default: text)")
     p.add_argument("--mode", choices=("prefill", "decode"), default="prefill")
-    p.add_argument("--batch", type=int, default=8, help="prefill: sequences per step (default 8)")
-    p.add_argument("--seq-len", type=int, default=2048, help="max tokens per sequence or request (default 2048)")
-    p.add_argument("--requests", type=int, default=32, help="decode: concurrent requests (default 32)")
-    p.add_argument("--prompt-len", type=int, default=0,
+    p.add_argument("--batch", type=positive_int, default=8, help="prefill: sequences per step (default 8)")
+    p.add_argument("--seq-len", type=positive_int, default=2048, help="max tokens per sequence or request (default 2048)")
+    p.add_argument("--requests", type=positive_int, default=32, help="decode: concurrent requests (default 32)")
+    p.add_argument("--prompt-len", type=nonnegative_int, default=0,
                    help="decode: tokens of each request read in one prompt step first (default 0: none)")
-    p.add_argument("--layers", type=_int_list, help="Engram layer ids (default 1,15)")
-    p.add_argument("--heads", type=int, help="hash heads per n-gram order (default 8)")
-    p.add_argument("--max-ngram", type=int, help="largest n-gram order N (default 3)")
-    p.add_argument("--table-size", type=int, help="rows per sub-table, rounded up to a prime (default 1000003)")
-    p.add_argument("--seed", type=int, help="hash seed and the Zipf stream's seed (default 0)")
-    p.add_argument("--row-bytes", type=int, help="bytes per row (default 160: bf16[80])")
-    p.add_argument("--engram-pad", type=int, metavar="BASE_ID",
+    p.add_argument("--layers", type=int_list, help="Engram layer ids (default 1,15)")
+    p.add_argument("--heads", type=positive_int, help="hash heads per n-gram order (default 8)")
+    p.add_argument("--max-ngram", type=positive_int, help="largest n-gram order N (default 3)")
+    p.add_argument("--table-size", type=positive_int, help="rows per sub-table, rounded up to a prime (default 1000003)")
+    p.add_argument("--seed", type=seed, help="hash seed and the Zipf stream's seed (default 0)")
+    p.add_argument("--row-bytes", type=positive_int, help="bytes per row (default 160: bf16[80])")
+    p.add_argument("--engram-pad", type=nonnegative_int, metavar="BASE_ID",
                    help="base token id standing for positions before a sequence's start (default: the "
                    "tokenizer's, 2 for deepseek)")
-    p.add_argument("--chunk-rows", type=int, default=1 << 20, help="row ids per file chunk (default 1048576)")
-    p.add_argument("--synthetic-zipf", type=float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
-    p.add_argument("--vocab", type=int, default=100_000, help="synthetic vocabulary size (default 100000)")
-    p.add_argument("--tokens", type=int, default=1_000_000, help="synthetic token count (default 1000000)")
+    p.add_argument("--chunk-rows", type=positive_int, default=1 << 20, help="row ids per file chunk (default 1048576)")
+    p.add_argument("--synthetic-zipf", type=positive_float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
+    p.add_argument("--vocab", type=positive_int, default=100_000, help="synthetic vocabulary size (default 100000)")
+    p.add_argument("--tokens", type=positive_int, default=1_000_000, help="synthetic token count (default 1000000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_trace)
 
@@ -107,17 +101,23 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--stream", choices=("requests", "lookups"), default="requests",
                    help="requests: every row id (default); lookups: per step its unique rows, what simulate replays")
-    p.add_argument("--object-size", type=int, metavar="N",
+    p.add_argument("--object-size", type=positive_int, metavar="N",
                    help="size field of every record (default: the trace's row bytes; 1: cache sizes count rows)")
     p.set_defaults(run=run_export)
 
 
 def run_trace(args) -> None:
+    from engramtier.model.hashing import shape_problems
     from engramtier.model.presets import SHAPE_KEYS, shape_settings
+    from engramtier.outputs import check_output_file
     from engramtier.trace.build import StepPlan, hasher_for, write_trace
     from engramtier.trace.sources import TextSource, ZipfSource
 
+    check_output_file(args.output, "-o")
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
+    problems = shape_problems([shape["table_size"]] * max(shape["max_ngram"] - 1, 0), shape["layers"], shape["heads"])
+    if problems:
+        raise EngramTierError("table shape: " + "; ".join(problems) + "; see engramtier trace --help")
     if args.synthetic_zipf is not None:
         if args.sources:
             raise EngramTierError("give either SOURCE paths or --synthetic-zipf, not both")
@@ -136,13 +136,16 @@ def run_trace(args) -> None:
 
 
 def run_stats(args) -> None:
+    from engramtier.outputs import atomic_output, check_output_file
     from engramtier.trace.stats import trace_stats
     from engramtier.trace.tracefile import TraceReader
 
+    if args.json:
+        check_output_file(args.json, "--json")
     with TraceReader(args.trace) as reader:
         stats = trace_stats(reader).stats_dict()
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+        with atomic_output(args.json, "--json") as part, open(part, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
     alpha = stats["zipf_alpha"]
     lines = [
@@ -160,9 +163,10 @@ def run_stats(args) -> None:
 
 
 def run_export(args) -> None:
+    from engramtier.outputs import atomic_output
     from engramtier.trace.export import export_trace
     from engramtier.trace.tracefile import TraceReader
 
-    with TraceReader(args.trace) as reader:
-        n = export_trace(reader, args.output, args.format, args.stream, args.object_size)
+    with TraceReader(args.trace) as reader, atomic_output(args.output, "-o") as part:
+        n = export_trace(reader, part, args.format, args.stream, args.object_size)
     print(f"{args.output}: {n} records ({args.format}, {args.stream})")

@@ -9,8 +9,10 @@ has a vocabulary of its own. Sources are iterators, so arbitrarily long inputs s
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
+import zlib
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,7 @@ from engramtier.model.hashing import HashConfig
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")  # Python docs' ``.rst.txt`` ends in .txt
 JSONL_SUFFIXES = (".jsonl",)
+GZIP_SUFFIX = ".gz"  # any of the above compressed (Debian ships its docs so): read decompressed
 STDIN = "-"
 _TOKENIZE_BATCH_CHARS = 1 << 20  # texts handed to the tokenizer at once (its batch call is parallel)
 
@@ -75,21 +78,41 @@ def html_to_text(html: str) -> str:
     return "".join(parser.parts)
 
 
-def _read_text_file(path: Path) -> str:
+def _kind_suffix(path: Path) -> str:
+    """The suffix that says what a file holds: ``notes.rst.gz`` is reST (read decompressed)."""
+    suffixes = [x.lower() for x in path.suffixes]
+    return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == GZIP_SUFFIX else path.suffix.lower()
+
+
+def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
-    if b"\x00" in raw:
-        raise EngramTierError(f"{path} is a binary file (it holds NUL bytes); pass text, Markdown, reST, HTML or JSONL files")
+    if path.suffix.lower() != GZIP_SUFFIX:
+        return raw
     try:
-        text = raw.decode("utf-8")
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+        raise EngramTierError(f"{path} is not a readable gzip file ({err}); recompress it or leave it out") from None
+
+
+def decode_text(raw: bytes, where: str) -> str:
+    """``raw`` as UTF-8 text, or one line saying why it is not text."""
+    if b"\x00" in raw:
+        raise EngramTierError(f"{where} is a binary file (it holds NUL bytes); pass text, Markdown, reST, HTML or JSONL")
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise EngramTierError(
-            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 or leave it out"
+            f"{where} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 or leave it out"
         ) from None
-    return html_to_text(text) if path.suffix.lower() in (".html", ".htm") else text
+
+
+def _read_text_file(path: Path) -> str:
+    text = decode_text(_read_bytes(path), str(path))
+    return html_to_text(text) if _kind_suffix(path) in (".html", ".htm") else text
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[tuple[str, str]]:
-    with open(path, "rb") as f:
+    with (gzip.open(path, "rb") if path.suffix.lower() == GZIP_SUFFIX else open(path, "rb")) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -113,18 +136,18 @@ def _missing(path) -> EngramTierError:
 
 def _files_under(directory: Path) -> list[Path]:
     suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(p for p in directory.rglob("*") if p.is_file() and _kind_suffix(p) in suffixes)
 
 
 def text_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator[tuple[str, str]]:
     """(origin, text) of every document under ``paths``: files, directories (recursively, the
-    suffixes in TEXT_SUFFIXES and JSONL_SUFFIXES), JSONL files (one document per line, text under
+    suffixes in TEXT_SUFFIXES and JSONL_SUFFIXES, each optionally .gz), JSONL files (one document per line, text under
     ``field``) and ``-`` for standard input (one document). Whitespace-only documents are skipped, but
     a named file or directory that yields no text at all is an error: a typo should not make an
     empty trace."""
     for item in paths:
         if str(item) == STDIN:
-            text = sys.stdin.read()
+            text = decode_text(sys.stdin.buffer.read(), "standard input")
             if not text.strip():
                 raise EngramTierError("standard input holds no text; pipe some text in or name files instead")
             yield "<stdin>", text
@@ -135,7 +158,7 @@ def text_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator
         files = _files_under(path) if path.is_dir() else [path]
         found = False
         for file in files:
-            if file.suffix.lower() in JSONL_SUFFIXES:
+            if _kind_suffix(file) in JSONL_SUFFIXES:
                 docs = _jsonl_documents(file, field)
             else:
                 docs = iter([(str(file), _read_text_file(file))])
