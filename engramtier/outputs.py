@@ -38,6 +38,11 @@ def atomic_output(path: str | os.PathLike, option: str) -> Iterator[Path]:
     part = final.with_name(final.name + ".part")
     try:
         yield part
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        if err.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(err.errno, err.strerror, str(final)) from None
+        raise
     except BaseException:
         part.unlink(missing_ok=True)
         raise
