@@ -16,6 +16,7 @@ known. Relative paths are read relative to the TOML file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,7 @@ from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, parse_size
 from engramtier.cache.policy import policy_names
 from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.model.hashing import shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
 from engramtier.tomlfile import read_toml
 
@@ -208,6 +210,17 @@ def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
     for name in ("batch", "seq_len", "requests", "heads", "max_ngram", "table_size", "row_bytes", "vocab", "tokens"):
         if getattr(cfg, name) < 1:
             raise EngramTierError(f"{where}: '{name}' must be >= 1, got {getattr(cfg, name)}")
+    if cfg.prompt_len < 0:
+        raise EngramTierError(f"{where}: 'prompt_len' must be >= 0, got {cfg.prompt_len}")
+    if not 0 <= cfg.seed < 2**63:
+        raise EngramTierError(f"{where}: 'seed' must be an integer in [0, 2**63), got {cfg.seed}")
+    if not (cfg.zipf_alpha > 0 and math.isfinite(cfg.zipf_alpha)):
+        raise EngramTierError(f"{where}: 'zipf_alpha' must be a finite number > 0, got {cfg.zipf_alpha}")
+    if not all(isinstance(l, int) and not isinstance(l, bool) for l in cfg.layers):
+        raise EngramTierError(f"{where}: 'layers' must be a list of layer numbers such as [1, 15], got {list(cfg.layers)}")
+    problems = shape_problems([cfg.table_size] * (cfg.max_ngram - 1), cfg.layers, cfg.heads)
+    if problems:
+        raise EngramTierError(f"{where}: " + "; ".join(problems))
     base = path.parent
     resolve = lambda p: str(p if Path(p).is_absolute() else base / p)  # noqa: E731
     return replace(cfg, paths=tuple(resolve(p) for p in cfg.paths), file=cfg.file and resolve(cfg.file))

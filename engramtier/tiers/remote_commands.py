@@ -13,6 +13,7 @@ import sys
 import tomllib
 from typing import Any
 
+from engramtier.argtypes import positive_int
 from engramtier.errors import EngramTierError
 
 _EXAMPLES = """\
@@ -65,11 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         named.add_argument("--hierarchy", help="hierarchy TOML whose last tier has a [tier.storage] table")
         named.add_argument("--storage", nargs="+", metavar="KEY=VALUE",
                            help="the store's options, e.g. backend=redis url=redis://host:6379 key_prefix=engram")
-    populate.add_argument("--batch-rows", type=int, default=1 << 16, help="rows read from the table at once")
+    populate.add_argument("--batch-rows", type=positive_int, default=1 << 16, help="rows read from the table at once")
     populate.add_argument("--quiet", action="store_true", help="no progress bar")
-    calibrate.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 256, 4096, 16384],
+    calibrate.add_argument("--sizes", type=positive_int, nargs="+", default=[1, 16, 256, 4096, 16384],
                            help="rows per timed read (default 1 16 256 4096 16384)")
-    calibrate.add_argument("--repeats", type=int, default=5, help="timed reads per size; the median is kept")
+    calibrate.add_argument("--repeats", type=positive_int, default=5, help="timed reads per size; the median is kept")
     p.set_defaults(run=_run_remote)
 
 
