@@ -17,7 +17,7 @@ Two row formats: bf16[80] (160 B, 16 rows per token) and fp8_e4m3[256] + scales 
 token). rows/s counts unique rows delivered; GB/s their bytes. Tables are built once into --dir and
 reused (the build is resumable; delete the directory to rebuild). Prints one JSON object.
 
-    python benchmarks/bench_tiers.py [--quick] [--dir /tmp/engramtier-bench-tiers]
+    python benchmarks/bench_tiers.py [--quick] [--device cuda] [--dir /tmp/engramtier-bench-tiers]
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ def build_tables(root: Path, fmt_name: str, n_rows: int, variants: list[dict], p
     return tables
 
 
-def bench_cache_tiers(table: dict, batches, repeats: int) -> list[dict]:
-    """gpu-emulated, dram, dram-serial and cxl-modeled, each holding the whole table."""
+def bench_cache_tiers(table: dict, batches, repeats: int, device: str) -> list[dict]:
+    """gpu (emulated in host memory on --device cpu), dram, dram-serial and cxl-modeled, each holding the
+    whole table; a gpu read delivers rows to host memory like the others."""
     n, rb = table["rows"], table["row_bytes"]
     everything = np.empty((n, rb), np.uint8)
     with NvmeTier(table["path"]) as nvme:
@@ -118,7 +119,7 @@ def bench_cache_tiers(table: dict, batches, repeats: int) -> list[dict]:
     out = np.empty((max(b.size for b in batches), rb), np.uint8)
     results = []
     makers = {
-        "gpu-emulated": lambda: GpuTier(n, n, rb, device="cpu"),
+        "gpu" if device == "cuda" else "gpu-emulated": lambda: GpuTier(n, n, rb, device=device),
         "dram": lambda: DramTier(n, n, rb),
         "dram-serial": lambda: DramTier(n, n, rb, parallel_min_rows=1 << 62),
         "cxl-modeled": lambda: CxlTier(n, n, rb, binding="modeled"),
@@ -169,13 +170,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small tables and few batches (about a minute)")
     parser.add_argument("--dir", default="/tmp/engramtier-bench-tiers", help="where the LMDB tables are built")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the gpu tier lives")
     args = parser.parse_args()
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
     sizes = {"bf16x80": 200_000, "fp8x256": 100_000} if args.quick else {"bf16x80": 4_000_000, "fp8x256": 2_000_000}
     token_counts = [512] if args.quick else [512, 4096]
     n_batches = 4 if args.quick else 12
-    report = {"benchmark": "tiers", "quick": args.quick, "zipf": 1.0, "batches": n_batches,
+    report = {"benchmark": "tiers", "quick": args.quick, "device": args.device, "zipf": 1.0, "batches": n_batches,
               "token_counts": token_counts, "tables": [], "results": []}
     for fmt_name, n_rows in sizes.items():
         draw = zipf_sampler(n_rows, seed=1)
@@ -191,7 +193,7 @@ def main() -> None:
             batches = [np.unique(draw(lookups)) for _ in range(n_batches)]
             shape = {"format": fmt_name, "tokens": tokens, "lookups_per_batch": lookups,
                      "unique_rows_per_batch": float(np.mean([b.size for b in batches]))}
-            for entry in bench_cache_tiers(tables[0], batches, args.repeats):
+            for entry in bench_cache_tiers(tables[0], batches, args.repeats, args.device):
                 report["results"].append({**shape, **entry})
             for table in tables:
                 readers_list = (1, 2) if table is tables[0] else (1,)

@@ -311,6 +311,13 @@ class NvmeTier(Tier):
         self._closed = False
 
     def _load(self, expect_fingerprint: str | None) -> tuple[dict, Layout, bytes | None, np.ndarray | None]:
+        try:
+            return self._load_meta(expect_fingerprint)
+        except (lmdb.Error, ValueError, KeyError, TypeError, struct.error) as err:  # damaged metadata
+            raise EngramTierError(f"nvme tier: {self.path} is corrupt ({type(err).__name__}: {err}); "
+                                  "rebuild the table with build-table") from None
+
+    def _load_meta(self, expect_fingerprint: str | None) -> tuple[dict, Layout, bytes | None, np.ndarray | None]:
         where = f"nvme tier: {self.path}"
         try:
             meta_db = self.env.open_db(b"meta", create=False)
@@ -473,9 +480,17 @@ def _open_table(path: Path) -> lmdb.Environment:
     if not (path / DATA_FILE).is_file():
         raise EngramTierError(f"nvme tier: {path} is not an engramtier table (no {DATA_FILE} in it)")
     try:
-        return open_environment(path, readonly=True)
+        env = open_environment(path, readonly=True)
     except lmdb.Error as err:
         raise EngramTierError(f"nvme tier: {path} is not an engramtier table ({err})") from None
+    # LMDB maps the file and trusts it: a page past a truncated file's end is a SIGBUS, not an error.
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / DATA_FILE).stat().st_size
+    if size < needed:
+        env.close()
+        raise EngramTierError(f"nvme tier: {path / DATA_FILE} is truncated ({size:,} of {needed:,} bytes); "
+                              "rebuild the table with build-table")
+    return env
 
 
 def load_permutation(env: lmdb.Environment, kind: bytes, n: int) -> np.ndarray:
