@@ -1,6 +1,6 @@
 # Two entry points, both self-installing on a fresh machine:
 #   make quickstart   -- a real experiment on embedded defaults (CPU), ends with a plot and a summary
-#   make test         -- the test suite (what .ci/run calls)
+#   make test         -- the linter (ruff) and the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -28,6 +28,7 @@ test: $(STAMP)
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
 	    apt-get install -y -qq redis-server libibverbs1 >/dev/null; } || \
 	  echo "redis-server or libibverbs1 is not installed: the remote-tier tests that need them will be skipped"
+	$(BIN)/ruff check engramtier tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -15,7 +15,18 @@ as the runtime does, and read from each tier:
 
 Two row formats: bf16[80] (160 B, 16 rows per token) and fp8_e4m3[256] + scales (264 B, 24 rows per
 token). rows/s counts unique rows delivered; GB/s their bytes. Tables are built once into --dir and
-reused (the build is resumable; delete the directory to rebuild). Prints one JSON object.
+reused (the build is resumable; delete the directory to rebuild).
+
+With --device cuda a "gather" section compares the two ways rows of a pinned DramTier reach the GPU,
+on a table of --gather-rows random rows (far larger than the GPU's L2, which could otherwise serve
+repeated reads of host memory) and batches of 512, 4096 and 32768 tokens' unique rows:
+
+    copy   a CPU gather into pinned staging, then one async copy (`DramTier`'s default)
+    uva    the GPU gathers from the pinned slab over UVA (`gather="uva"`, `engramtier.tiers.uva`)
+
+each timed end to end (from `read_async` to the device holding every batch), as rows/s, GB/s and a
+fraction of the pinned host-to-device bandwidth measured by one large pinned ``copy_`` timed with CUDA
+events. Without --device cuda the section says it was skipped. Prints one JSON object.
 
     python benchmarks/bench_tiers.py [--quick] [--device cuda] [--dir /tmp/engramtier-bench-tiers]
 """
@@ -31,7 +42,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from engramtier.model.rows import RowFormat
 from engramtier.provenance import machine_info
 from engramtier.tiers.build import RandomRows, build_lmdb_table
 from engramtier.tiers.cxl import CxlTier
@@ -44,6 +57,8 @@ FORMATS = {  # name: (format, dim, rows per token)
     "fp8x256": ("fp8_e4m3", 256, 24),
 }
 NVME_TARGET_ROWS_PER_S = 500_000
+GATHER_TOKENS = (512, 4096, 32768)
+H2D_PROBE_BYTES = 1 << 30
 
 
 def zipf_sampler(n_rows: int, seed: int):
@@ -165,16 +180,80 @@ def bench_nvme(table: dict, batches, repeats: int, readers_list, cold: bool) -> 
     return results
 
 
+def pinned_h2d_GB_per_s(repeats: int) -> float:
+    """Bandwidth of one large pinned host -> device ``copy_`` (median of ``repeats``, CUDA events)."""
+    host = torch.empty(H2D_PROBE_BYTES, dtype=torch.uint8, pin_memory=True)
+    device = torch.empty(H2D_PROBE_BYTES, dtype=torch.uint8, device="cuda")
+    device.copy_(host, non_blocking=True)  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        device.copy_(host, non_blocking=True)
+        end.record()
+        end.synchronize()
+        seconds.append(start.elapsed_time(end) / 1e3)
+    return H2D_PROBE_BYTES / statistics.median(seconds) / 1e9
+
+
+def to_device_seconds(tier: DramTier, batches, out, repeats: int) -> float:
+    """Median over ``repeats`` passes of the seconds from the first `read_async` until every batch is on
+    the device (reads queue on the tier's stream; the copy path's two staging buffers overlap gathers and
+    copies)."""
+    seconds = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for ids in batches:
+            tier.read_async(ids, out[: ids.size])
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def bench_gather(n_rows: int, n_batches: int, repeats: int) -> dict:
+    """Rows of a pinned DramTier to the GPU, copy vs uva, against the pinned host-to-device bandwidth."""
+    h2d = pinned_h2d_GB_per_s(max(repeats, 5))
+    results = []
+    for fmt_name, (kind, dim, per_token) in FORMATS.items():
+        rb = RowFormat(kind, dim).row_bytes
+        rows = torch.randint(0, 256, (n_rows, rb), dtype=torch.uint8).numpy()
+        draw = zipf_sampler(n_rows, seed=2)
+        batches_of = {tokens: [np.unique(draw(tokens * per_token)) for _ in range(n_batches)] for tokens in GATHER_TOKENS}
+        for gather in ("copy", "uva"):  # the same batches through both
+            tier = DramTier(n_rows, n_rows, rb, device="cuda", gather=gather)
+            tier.write_slots(np.arange(n_rows), np.arange(n_rows), rows)
+            for tokens, batches in batches_of.items():
+                out = torch.empty((max(b.size for b in batches), rb), dtype=torch.uint8, device="cuda")
+                to_device_seconds(tier, batches, out, 1)  # warm-up: kernels, staging buffers at full size
+                seconds = to_device_seconds(tier, batches, out, repeats)
+                last = batches[-1]
+                entry = rate(sum(b.size for b in batches), seconds, rb)
+                results.append({"format": fmt_name, "tokens": tokens, "gather": gather,
+                                "unique_rows_per_batch": float(np.mean([b.size for b in batches])), **entry,
+                                "fraction_of_pinned_h2d": entry["GB_per_s"] / h2d,
+                                "equal": bool(np.array_equal(out[: last.size].cpu().numpy(), rows[last]))})
+            tier.close()
+            del tier
+    return {"rows": n_rows, "pinned_h2d_GB_per_s": h2d, "h2d_probe_bytes": H2D_PROBE_BYTES, "results": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small tables and few batches (about a minute)")
     parser.add_argument("--dir", default="/tmp/engramtier-bench-tiers", help="where the LMDB tables are built")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the gpu tier lives")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the gpu tier lives; cuda adds the copy vs uva gather comparison")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows of every LMDB table (default 4M bf16 / 2M fp8, quick 200k / 100k)")
+    parser.add_argument("--gather-rows", type=int, default=8_000_000, help="rows of the gather comparison's table")
     args = parser.parse_args()
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
     sizes = {"bf16x80": 200_000, "fp8x256": 100_000} if args.quick else {"bf16x80": 4_000_000, "fp8x256": 2_000_000}
+    if args.rows:
+        sizes = dict.fromkeys(sizes, args.rows)
     token_counts = [512] if args.quick else [512, 4096]
     n_batches = 4 if args.quick else 12
     report = {"benchmark": "tiers", "quick": args.quick, "device": args.device, "zipf": 1.0, "batches": n_batches,
@@ -203,6 +282,8 @@ def main() -> None:
             and r["table"].endswith("none-16k-profiled")]
     report["nvme_target"] = {"rows_per_s": NVME_TARGET_ROWS_PER_S, "warm_uncompressed_profiled_min": min(warm),
                              "met": min(warm) >= NVME_TARGET_ROWS_PER_S}
+    report["gather"] = bench_gather(args.gather_rows, n_batches, args.repeats) if args.device == "cuda" \
+        else "skipped: no CUDA (run with --device cuda on a GPU machine)"
     report["machine"] = machine_info()
     print(json.dumps(report, indent=2))
 

@@ -5,6 +5,8 @@ must say what is wrong, where (a file, a key, an argument) and what to do about 
 """
 
 import difflib
+import math
+import reprlib
 from typing import Iterable
 
 
@@ -22,3 +24,27 @@ def refuse_unknown(names: Iterable, valid: Iterable, where: str = "", what: str 
             hint = f"did you mean '{close[0]}'? " if close else ""
             prefix = f"{where}: " if where else ""
             raise EngramTierError(f"{prefix}unknown {what} '{name}': {hint}choose one of {', '.join(valid)}")
+
+
+def check_number(value, what: str, *, integer: bool = False, low=None, high=None, low_open: bool = False):
+    """``value`` when it is a number in [low, high] (``low_open``: (low, high]), else one line naming
+    ``what`` (e.g. "experiment.toml: [trace] 'seed'"). A bool is no number (TOML's ``true`` is not 1),
+    NaN and infinities never pass, and ``integer`` refuses a float even when whole (``4.0``): a file
+    says what it means, and a value read from one must not turn into garbage several steps later."""
+    kind = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        kind += f" in {'(' if low_open else '['}{_shown(low)}, {_shown(high)}]"
+    elif low is not None:
+        kind += f" {'>' if low_open else '>='} {_shown(low)}"
+    elif high is not None:
+        kind += f" <= {_shown(high)}"
+    ok = (isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+          and (isinstance(value, int) or math.isfinite(value))
+          and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high))
+    if not ok:
+        raise EngramTierError(f"{what} must be {kind}, got {reprlib.repr(value)}")
+    return value
+
+
+def _shown(bound) -> str:
+    return f"{bound:,}" if isinstance(bound, int) else f"{bound:g}"

@@ -151,6 +151,9 @@ CASES = [
     Case("train-lr-negative", "train --text {text} --lr=-1 --out {out}/t", ("--lr",)),
     Case("train-row-format", "train --text {text} --row-format fp4 --out {out}/t", ("--row-format",)),
     Case("train-out-is-file", "train --text {text} --out {experiment}", ("is a file",)),
+    Case("train-file-limit", "train --text {text} --tokenizer bpe:300 --steps 2 --seq-len 8 --eval-tokens 64 --quiet "
+         "--out {out}/tl", ("File too large",), max_file_bytes=64 << 10,
+         outputs=("{out}/tl/model.safetensors", "{out}/tl/summary.json")),
     # build-table
     Case("build-no-source", "build-table {out}/b", ("--from-table", "--random")),
     Case("build-random-no-rows", "build-table {out}/b --random", ("--rows",)),
@@ -174,6 +177,8 @@ CASES = [
     Case("report-file", "report {experiment}", ("run directory",)),
     Case("report-not-a-run", "report {out}", ("not a run directory",)),
     Case("report-corrupt-config", "report {corrupt_run}", ("not valid JSON",)),
+    Case("report-file-limit", "report {mrc_run}", ("report", "File too large"), max_file_bytes=2048,
+         outputs=("{mrc_run}/report.html", "{mrc_run}/report.md")),
     # replay, generate, remote, quickstart
     Case("replay-batch-zero", "replay --batch 0", ("--batch",)),
     Case("replay-missing-run", "replay --run {out}/none --out {out}/rp", ("none",)),
@@ -244,6 +249,12 @@ def _write_fixtures(root: Path) -> dict[str, str]:
     paths["bad_jsonl"].write_text('{"text": "fine"}\n{oops}\n')
     paths["empty"] = root / "empty.trace"
     paths["empty"].write_bytes(b"")
+    mrc_run = root / "mrc_run"
+    subprocess.run([*ENGRAMTIER, "mrc", str(trace), "--out", str(mrc_run), "--seeds", "1", "--quiet"], check=True,
+                   capture_output=True)
+    for report in ("report.html", "report.md"):
+        (mrc_run / report).unlink()
+    paths["mrc_run"] = mrc_run
     corrupt_run = root / "corrupt_run"
     corrupt_run.mkdir()
     (corrupt_run / "config.json").write_text('{"command": "simulate", ')

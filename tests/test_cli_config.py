@@ -102,8 +102,8 @@ def test_size_that_does_not_parse(tmp_path, capsys, text):
 @pytest.mark.parametrize("old, new, message", [
     ("window_s = 1e-4", "", "give exactly one of window_s"),
     ("window_s = 1e-4", "window_s = 1e-4\nwindow_per_token_s = 1e-6", "give exactly one of window_s"),
-    ("window_s = 1e-4", "window_s = \"fast\"", "must be a number of seconds"),
-    ("window_s = 1e-4", "window_s = -1.0", "must be a number of seconds >= 0"),
+    ("window_s = 1e-4", "window_s = \"fast\"", "[timing]: 'window_s' (seconds) must be a finite number"),
+    ("window_s = 1e-4", "window_s = -1.0", "'window_s' (seconds) must be a finite number >= 0, got -1.0"),
     ("sizes = [100, \"64KiB\"]", "sizes = [100]\nworkers = \"all\"", "'workers' must be an integer >= 1"),
     ("source = \"zipf\"", "source = \"zip\"", "did you mean 'zipf'"),
     ("policy = \"fifo\"", "policy = \"fifoo\"", "did you mean 'fifo'"),
@@ -132,7 +132,7 @@ def test_trace_preset_sets_defaults_that_keys_override(tmp_path):
     ('source = "zipf"', 'source = "zipf"\npreset = "dsv4"', "unknown preset 'dsv4': choose one of dsv41-flash"),
     ('source = "zipf"', 'source = "zipf"\npreset = 4', "'preset' must be a preset name"),
     ('source = "zipf"', 'source = "file"\nfile = "x.trace"\npreset = "engram-27b"', "drop 'preset'"),
-    ('source = "zipf"', 'source = "zipf"\nengram_pad = -1', "'engram_pad' must be a base token id"),
+    ('source = "zipf"', 'source = "zipf"\nengram_pad = -1', "'engram_pad' (a base token id) must be an integer >= 0"),
 ])
 def test_preset_mistakes(tmp_path, capsys, old, new, message):
     err = _fail(tmp_path, capsys, GOOD.replace(old, new, 1))

@@ -128,9 +128,12 @@ def test_fingerprint_changes_with_every_addressing_field():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(vocab_size=0, pad_id=0), "vocab_size"),
     (dict(vocab_size=10, pad_id=10), "pad_id"),
-    (dict(vocab_size=10, pad_id=0, table_sizes=()), "table_sizes"),
-    (dict(vocab_size=10, pad_id=0, layer_ids=(1, 1)), "layer_ids"),
-    (dict(vocab_size=10, pad_id=0, n_heads=0), "n_heads"),
+    (dict(vocab_size=10, pad_id=0, table_sizes=()), "max n-gram must be >= 2"),
+    (dict(vocab_size=10, pad_id=0, table_sizes=(1,)), "table sizes need one size >= 2"),
+    (dict(vocab_size=10, pad_id=0, table_sizes=(2**41,)), "exceeds"),
+    (dict(vocab_size=10, pad_id=0, layer_ids=(1, 1)), "layer ids must be distinct"),
+    (dict(vocab_size=10, pad_id=0, n_heads=0), "hash heads must be in 1..64"),
+    (dict(vocab_size=10, pad_id=0, n_heads=65), "hash heads must be in 1..64"),
 ])
 def test_bad_configs_are_refused_in_one_line(kwargs, message):
     with pytest.raises(EngramTierError, match=message) as err:

@@ -11,7 +11,7 @@ import tomllib
 
 import numpy as np
 import pytest
-from redis_servers import free_port, persistent_server, server  # noqa: F401 (fixtures)
+from redis_servers import free_port
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main

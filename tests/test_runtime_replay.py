@@ -167,7 +167,8 @@ def test_command_refusals(run_dir, text, tmp_path, capsys):
     refused(["replay", "--run", str(run_dir), "--table", str(tmp_path / "missing.lmdb"), *base], "no table at")
     big = hierarchy_file(tmp_path, dram_rows=10**6)
     refused(["replay", "--run", str(run_dir), "--hierarchy", str(big), *base], "exceeds the table's")
-    refused(["replay", "--run", str(run_dir), "--hierarchy", str(tmp_path / "none.toml"), *base], "no such file; give the path of a hierarchy .toml")
+    refused(["replay", "--run", str(run_dir), "--hierarchy", str(tmp_path / "none.toml"), *base],
+            "no such file; give the path of a hierarchy .toml")
     refused(["generate", "--run", str(run_dir), "--prompts", str(tmp_path / "none.txt")], "no such file")
 
 

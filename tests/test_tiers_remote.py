@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from redis_servers import cluster, free_port, server  # noqa: F401 (fixtures)
+from redis_servers import free_port
 from remote_source import N_ROWS, SourceRows
 
 from engramtier.errors import EngramTierError
@@ -136,7 +136,8 @@ def test_populate_from_a_table_of_other_sizes_is_refused(server):
 
 def test_unreachable_server_is_one_line(server):
     port = free_port()
-    with pytest.raises(RemoteUnavailable, match=rf"remote tier redis://127.0.0.1:{port} unreachable: .*Connection refused.*start the server"):
+    unreachable = rf"remote tier redis://127.0.0.1:{port} unreachable: .*Connection refused.*start the server"
+    with pytest.raises(RemoteUnavailable, match=unreachable):
         RedisTier(f"redis://127.0.0.1:{port}", n_table_rows=10, row_bytes=8, fingerprint=None, timeout_s=1)
 
 

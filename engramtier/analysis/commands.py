@@ -77,7 +77,8 @@ def register(subparsers) -> None:
     p.add_argument("--hierarchy", metavar="H.toml", help="take [hierarchy] and [timing] from this file and "
                    "replay the trace file given as the positional argument")
     p.add_argument("--window-s", type=nonnegative_float, metavar="S", help="compute window per step (seconds); overrides [timing]")
-    p.add_argument("--window-per-token-s", type=nonnegative_float, metavar="S", help="compute window per token (seconds); overrides [timing]")
+    p.add_argument("--window-per-token-s", type=nonnegative_float, metavar="S",
+                   help="compute window per token (seconds); overrides [timing]")
     _preset_option(p)
     common(p)
 

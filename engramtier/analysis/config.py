@@ -16,24 +16,27 @@ known. Relative paths are read relative to the TOML file.
 
 from __future__ import annotations
 
-import math
+import reprlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, parse_size
 from engramtier.cache.policy import policy_names
-from engramtier.errors import EngramTierError, refuse_unknown
-from engramtier.model.hashing import shape_problems
+from engramtier.errors import EngramTierError, check_number, refuse_unknown
+from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
 from engramtier.tomlfile import read_toml
+from engramtier.trace.build import MODES
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
+MAX_ZIPF_VOCAB = 1 << 26  # the synthetic source keeps 24 bytes per id (its CDF and rank permutation): 1.5 GiB
 
 
-def size_to_rows(size: int | str, row_bytes: int, where: str) -> int:
-    """Rows in ``size``: an integer is rows, a string is bytes ("64MiB") holding whole rows."""
+def size_to_rows(size: int | str, row_bytes: int, where: str, n_table_rows: int | None = None) -> int:
+    """Rows in ``size``: an integer is rows, a string is bytes ("64MiB") holding whole rows; with
+    ``n_table_rows``, more rows than the table has are refused (a cache larger than its table)."""
     if isinstance(size, bool) or not isinstance(size, (int, str)):
         raise EngramTierError(f"{where}: a size is rows (an integer) or bytes (a string such as '2GiB'), got {size!r}")
     if isinstance(size, str):
@@ -45,6 +48,9 @@ def size_to_rows(size: int | str, row_bytes: int, where: str) -> int:
         rows = size
     if rows <= 0:
         raise EngramTierError(f"{where}: size {size!r} holds no row of {row_bytes} bytes; give a larger size")
+    if n_table_rows is not None and rows > n_table_rows:
+        raise EngramTierError(f"{where}: size {size!r} is {rows:,} rows, more than the table's {n_table_rows:,}; "
+                              f"give at most {n_table_rows} rows ({n_table_rows * row_bytes:,} bytes)")
     return rows
 
 
@@ -134,6 +140,28 @@ class ExperimentConfig:
         return {"path": self.path, "trace": _plain(self.trace), "hierarchy": self.hierarchy.to_dict(),
                 "timing": _plain(self.timing), "sweep": _plain(self.sweep), "cost": _plain(self.cost)}
 
+    def check_stages(self, stages: Iterable[str], n_table_rows: int | None = None, row_bytes: int | None = None) -> None:
+        """Refuse, naming the file and key, what would make one of ``stages`` fail halfway: a [sweep]
+        list it sweeps left empty and, once the table is known (``n_table_rows`` rows of ``row_bytes``),
+        a size larger than the table. Run before the trace is built and again once it is open, so that
+        the last stage's mistake does not surface only after the other stages have run."""
+        sw, where, stages = self.sweep, f"{self.path}: [sweep]", set(stages)
+        swept = {"hit_rate": ("sizes", [(f"sizes[{i}]", s) for i, s in enumerate(sw.sizes)]),
+                 "stall": ("tier_sizes", [(f"tier_sizes.{name}[{i}]", s) for name, sizes in sw.tier_sizes.items()
+                                          for i, s in enumerate(sizes)]),
+                 "cxl": ("cxl_latencies_ns", [("cxl_capacity", sw.cxl_capacity)] if sw.cxl_latencies_ns else [])}
+        for stage, (key, sizes) in swept.items():
+            if stage not in stages:
+                continue
+            if not sizes:
+                raise EngramTierError(f"{where} {key} is empty, so stage {stage} has nothing to sweep; "
+                                      f"give {key} or leave {stage} out of --stages")
+            if n_table_rows is not None:
+                for name, size in sizes:
+                    size_to_rows(size, row_bytes, f"{where} {name}", n_table_rows)
+        if n_table_rows is not None and stages & {"simulate", "stall", "cxl"}:
+            self.hierarchy.capacities(n_table_rows, row_bytes)
+
 
 SECTIONS = ("trace", "hierarchy", "timing", "sweep", "cost")
 
@@ -146,7 +174,8 @@ def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] 
     path = Path(path)
     doc = read_toml(path, "an experiment .toml")
     for section, values in (overrides or {}).items():
-        doc[section] = {**doc.get(section, {}), **values}
+        if isinstance(doc.get(section, {}), Mapping):  # anything else is refused by parse_config
+            doc[section] = {**doc.get(section, {}), **values}
     if preset is not None and isinstance(doc.get("trace", {}), Mapping):
         get_preset(preset)  # an unknown --preset is refused as such, not as the file's
         doc["trace"] = {**{k: v for k, v in doc.get("trace", {}).items() if k not in SHAPE_KEYS}, "preset": preset}
@@ -164,7 +193,7 @@ def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) ->
     if need_trace and "trace" not in doc:
         raise EngramTierError(f"{where}: no [trace] section; say where the trace comes from (source = \"sample\")")
     trace = _trace_config(doc.get("trace", {}), path)
-    hierarchy = _hierarchy(doc["hierarchy"], f"{where}: [hierarchy]")
+    hierarchy = Hierarchy.from_dict(doc["hierarchy"], f"{where}: [hierarchy]")
     timing = _timing_config(doc.get("timing", {}), f"{where}: [timing]")
     sweep = _sweep_config(doc.get("sweep", {}), hierarchy, f"{where}: [sweep]")
     cost = _cost_config(doc.get("cost", {}), f"{where}: [cost]")
@@ -172,52 +201,51 @@ def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) ->
 
 
 def _typed(table: Mapping[str, Any], cls, where: str) -> dict:
-    """``table``'s keys checked against ``cls``'s fields, lists made tuples, numbers type-checked."""
+    """``table``'s keys checked against ``cls``'s fields, lists made tuples, and a value whose default
+    is text or a list checked to be one (numbers are checked with their bounds, by `check_number`)."""
     refuse_unknown(table, [f.name for f in fields(cls)], where)
     defaults = cls()
     out = {}
     for key, value in table.items():
-        default = getattr(defaults, key)
-        if isinstance(value, list):
-            value = tuple(value)
-        expected = {bool: bool, int: int, float: (int, float), str: str, tuple: tuple}.get(type(default))
-        if expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
-            raise EngramTierError(f"{where}: '{key}' must be {_kind(default)}, got {value!r}")
-        out[key] = value
+        kind = type(getattr(defaults, key))
+        if kind in _KINDS and not isinstance(tuple(value) if isinstance(value, list) else value, kind):
+            raise EngramTierError(f"{where}: '{key}' must be {_KINDS[kind]}, got {reprlib.repr(value)}")
+        out[key] = tuple(value) if isinstance(value, list) else value
     return out
 
 
-def _kind(default) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            tuple: "a list"}.get(type(default), "a value")
+_KINDS = {str: "a string", tuple: "a list"}
+
+# [trace]'s integers and their bounds: the shape's limits are the hasher's, the vocabulary's what the
+# synthetic source can hold in memory, the seed what a uint64 hash seed takes as a signed integer.
+_TRACE_INTEGERS = (("batch", 1, None), ("seq_len", 1, None), ("requests", 1, None), ("prompt_len", 0, None),
+                   ("heads", 1, MAX_HEADS), ("max_ngram", 2, MAX_NGRAM), ("table_size", 2, MAX_TABLE_SIZE),
+                   ("seed", 0, 2**63 - 1), ("row_bytes", 1, None), ("vocab", 1, MAX_ZIPF_VOCAB), ("tokens", 1, None))
 
 
 def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
     where = f"{path}: [trace]"
     cfg = TraceConfig(**_typed(_with_preset(table, where), TraceConfig, where))
     if cfg.file is not None and not isinstance(cfg.file, str):
-        raise EngramTierError(f"{where}: 'file' must be a path string, got {cfg.file!r}")
+        raise EngramTierError(f"{where}: 'file' must be a path string, got {reprlib.repr(table.get('file'))}")
     if cfg.preset is not None and cfg.source == "file":
         raise EngramTierError(f"{where}: a trace file (source = \"file\") has its own table shape; drop 'preset'")
-    if cfg.engram_pad is not None and (isinstance(cfg.engram_pad, bool) or not isinstance(cfg.engram_pad, int)
-                                       or cfg.engram_pad < 0):
-        raise EngramTierError(f"{where}: 'engram_pad' must be a base token id >= 0, got {cfg.engram_pad!r}")
     refuse_unknown([cfg.source], TRACE_SOURCES, where, "source")
+    refuse_unknown([cfg.mode], MODES, where, "mode")
     if cfg.source == "text" and not cfg.paths:
         raise EngramTierError(f"{where}: source = \"text\" needs paths = [\"notes/\", ...]")
+    if not all(isinstance(p, str) for p in cfg.paths):
+        raise EngramTierError(f"{where}: 'paths' must be a list of path strings, got {reprlib.repr(list(cfg.paths))}")
     if cfg.source == "file" and not cfg.file:
         raise EngramTierError(f"{where}: source = \"file\" needs file = \"run.trace\"")
-    for name in ("batch", "seq_len", "requests", "heads", "max_ngram", "table_size", "row_bytes", "vocab", "tokens"):
-        if getattr(cfg, name) < 1:
-            raise EngramTierError(f"{where}: '{name}' must be >= 1, got {getattr(cfg, name)}")
-    if cfg.prompt_len < 0:
-        raise EngramTierError(f"{where}: 'prompt_len' must be >= 0, got {cfg.prompt_len}")
-    if not 0 <= cfg.seed < 2**63:
-        raise EngramTierError(f"{where}: 'seed' must be an integer in [0, 2**63), got {cfg.seed}")
-    if not (cfg.zipf_alpha > 0 and math.isfinite(cfg.zipf_alpha)):
-        raise EngramTierError(f"{where}: 'zipf_alpha' must be a finite number > 0, got {cfg.zipf_alpha}")
+    for key, low, high in _TRACE_INTEGERS:
+        check_number(getattr(cfg, key), f"{where}: '{key}'", integer=True, low=low, high=high)
+    if cfg.engram_pad is not None:
+        check_number(cfg.engram_pad, f"{where}: 'engram_pad' (a base token id)", integer=True, low=0)
+    check_number(cfg.zipf_alpha, f"{where}: 'zipf_alpha'", low=0, low_open=True)
     if not all(isinstance(l, int) and not isinstance(l, bool) for l in cfg.layers):
-        raise EngramTierError(f"{where}: 'layers' must be a list of layer numbers such as [1, 15], got {list(cfg.layers)}")
+        raise EngramTierError(f"{where}: 'layers' must be a list of layer numbers such as [1, 15], "
+                              f"got {reprlib.repr(list(cfg.layers))}")
     problems = shape_problems([cfg.table_size] * (cfg.max_ngram - 1), cfg.layers, cfg.heads)
     if problems:
         raise EngramTierError(f"{where}: " + "; ".join(problems))
@@ -236,30 +264,11 @@ def _with_preset(table: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return {**get_preset(name, where).trace_settings(), **table}
 
 
-def _hierarchy(table: Mapping[str, Any], where: str) -> Hierarchy:
-    for i, tier in enumerate(table.get("tier", []) if isinstance(table.get("tier"), list) else []):
-        if isinstance(tier, Mapping) and isinstance(tier.get("capacity"), str):
-            name = tier.get("name", f"tier[{i}]")
-            try:
-                parse_size(tier["capacity"])
-            except EngramTierError as err:
-                raise EngramTierError(f"{where}: tier '{name}' capacity: {err}") from None
-    try:
-        hierarchy = Hierarchy.from_dict(table, where)
-    except EngramTierError as err:
-        text = str(err)
-        raise EngramTierError(text if text.startswith(where) else f"{where}: {text}") from None
-    for tier in hierarchy.caches:
-        refuse_unknown([tier.policy], policy_names(), f"{where}: tier '{tier.name}'", "policy")
-    return hierarchy
-
-
 def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
     cfg = TimingConfig(**_typed(table, TimingConfig, where))
     for name in ("window_s", "window_per_token_s", "compute_s", "compute_per_token_s"):
-        value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
-            raise EngramTierError(f"{where}: '{name}' must be a number of seconds >= 0, got {value!r}")
+        if getattr(cfg, name) is not None:
+            check_number(getattr(cfg, name), f"{where}: '{name}' (seconds)", low=0)
     given = [k for k in ("window_s", "window_per_token_s") if getattr(cfg, k) is not None]
     if len(given) != 1:
         raise EngramTierError(f"{where}: give exactly one of window_s (seconds per step) or window_per_token_s "
@@ -290,16 +299,18 @@ def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) ->
         raise EngramTierError(f"{where}: cxl_latencies_ns needs cxl_capacity (rows or a size such as \"1GiB\")")
     if cfg.cxl_capacity is not None:
         _check_size(cfg.cxl_capacity, f"{where} cxl_capacity")
-    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 for x in cfg.cxl_latencies_ns):
-        raise EngramTierError(f"{where}: cxl_latencies_ns must be a list of nanoseconds >= 0")
-    if not 0 < cfg.shards_rate <= 1:
-        raise EngramTierError(f"{where}: shards_rate must lie in (0, 1], got {cfg.shards_rate}")
-    for name in ("shards_seeds", "workers"):
-        value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise EngramTierError(f"{where}: '{name}' must be an integer >= 1, got {value!r}")
+    for i, latency in enumerate(cfg.cxl_latencies_ns):
+        check_number(latency, f"{where} cxl_latencies_ns[{i}] (nanoseconds)", low=0)
+    check_number(cfg.shards_rate, f"{where}: 'shards_rate' (the fraction of keys sampled)", low=0, high=1,
+                 low_open=True)
+    check_number(cfg.shards_seeds, f"{where}: 'shards_seeds'", integer=True, low=1)
+    if cfg.workers is not None:
+        check_number(cfg.workers, f"{where}: 'workers'", integer=True, low=1)
     if any(not isinstance(p, str) for p in cfg.policies):
         raise EngramTierError(f"{where}: policies must be a list of policy names, e.g. [\"lru\", \"s3fifo\"]")
+    if cfg.sizes and not cfg.policies:
+        raise EngramTierError(f"{where}: sizes are swept for each of 'policies', but it is empty; "
+                              "list at least one, e.g. policies = [\"lru\"]")
     refuse_unknown(cfg.policies + ((cfg.cxl_policy,) if cfg.cxl_policy else ()), policy_names(), where, "policy")
     return replace(cfg, tier_sizes=tier_sizes)
 
@@ -316,12 +327,9 @@ def _cost_config(table: Mapping[str, Any], where: str) -> CostConfig:
     if not isinstance(given, Mapping):
         raise EngramTierError(f"{where}: usd_per_gb must be a table such as {{ hbm = 15.0, dram = 4.0 }}")
     for name, price in given.items():
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
-            raise EngramTierError(f"{where}: usd_per_gb.{name} must be dollars per GB >= 0, got {price!r}")
-        prices[name] = float(price)
-    budget = table.get("stall_budget", CostConfig().stall_budget)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 1:
-        raise EngramTierError(f"{where}: stall_budget is a stall fraction in [0, 1], got {budget!r}")
+        prices[name] = float(check_number(price, f"{where}: usd_per_gb.{name} (dollars per GB)", low=0))
+    budget = check_number(table.get("stall_budget", CostConfig().stall_budget),
+                          f"{where}: 'stall_budget' (a stall fraction)", low=0, high=1)
     return CostConfig(prices, float(budget))
 
 

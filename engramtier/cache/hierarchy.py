@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
-from engramtier.cache.policy import PolicyContext, make_policy
+from engramtier.cache.policy import PolicyContext, make_policy, policy_names
 from engramtier.cache.timing import TierModel, tier_model
 from engramtier.errors import EngramTierError, refuse_unknown
 
@@ -73,7 +73,10 @@ class TierSpec:
         if not isinstance(self.name, str) or not self.name:
             raise EngramTierError(f"tier name must be a non-empty string, got {self.name!r}")
         if isinstance(self.capacity, str):
-            parse_size(self.capacity)  # refuse a bad size now, not when the table is known
+            try:
+                parse_size(self.capacity)  # refuse a bad size now, not when the table is known
+            except EngramTierError as err:
+                raise EngramTierError(f"{where} capacity: {err}") from None
         elif self.capacity is not None and (isinstance(self.capacity, bool) or not isinstance(self.capacity, int)):
             raise EngramTierError(
                 f"{where}: capacity must be rows (an integer) or a size string such as '2GiB', got {self.capacity!r}"
@@ -82,6 +85,9 @@ class TierSpec:
             raise EngramTierError(f"{where}: capacity must be positive, got {self.capacity} rows")
         if not isinstance(self.params, Mapping):
             raise EngramTierError(f"{where}: params must be a table of policy parameters, got {self.params!r}")
+        for key, value in self.params.items():  # every policy parameter is a number or a flag
+            if not isinstance(value, (bool, int, float)):
+                raise EngramTierError(f"{where}: params.{key} must be a number or true/false, got {value!r}")
         if not isinstance(self.storage, Mapping):
             raise EngramTierError(f"{where}: storage must be a table (backend, url, ...), got {self.storage!r}")
         if not isinstance(self.model, TierModel):
@@ -107,36 +113,40 @@ class TierSpec:
 
 @dataclass(frozen=True)
 class Hierarchy:
-    """Tiers ordered fastest to slowest; the last is the backing store holding every row."""
+    """Tiers ordered fastest to slowest; the last is the backing store holding every row. ``where``
+    says where it was declared (a TOML file and table), so that a capacity refused only once the
+    table is known still names the file."""
 
     tiers: tuple[TierSpec, ...]
     mode: str = "inclusive"
+    where: str = field(default="hierarchy", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiers", tuple(self.tiers))
+        where = self.where
         if not self.tiers:
-            raise EngramTierError("hierarchy: no tiers; list at least the backing store (the tier holding every row)")
+            raise EngramTierError(f"{where}: no tiers; list at least the backing store (the tier holding every row)")
         if self.mode not in MODES:
-            raise EngramTierError(f"hierarchy: unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+            raise EngramTierError(f"{where}: unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         names = [t.name for t in self.tiers]
         for name in names:
             if names.count(name) > 1:
-                raise EngramTierError(f"hierarchy: two tiers are named '{name}'; give each tier its own name")
+                raise EngramTierError(f"{where}: two tiers are named '{name}'; give each tier its own name")
         for tier in self.caches:
             if tier.capacity is None or tier.policy is None:
                 raise EngramTierError(
-                    f"hierarchy: cache tier '{tier.name}' needs a capacity and a policy "
+                    f"{where}: cache tier '{tier.name}' needs a capacity and a policy "
                     "(only the last tier, the backing store, goes without)"
                 )
         for tier in self.caches:
             if tier.storage:
                 raise EngramTierError(
-                    f"hierarchy: cache tier '{tier.name}' has a storage table, but only the last tier (the backing "
+                    f"{where}: cache tier '{tier.name}' has a storage table, but only the last tier (the backing "
                     "store) takes one; move it there"
                 )
         if self.store.policy is not None:
             raise EngramTierError(
-                f"hierarchy: the last tier '{self.store.name}' is the backing store holding every row and takes no "
+                f"{where}: the last tier '{self.store.name}' is the backing store holding every row and takes no "
                 f"policy; remove policy '{self.store.policy}' or add a tier below it"
             )
 
@@ -151,19 +161,20 @@ class Hierarchy:
     def capacities(self, n_table_rows: int, row_bytes: int) -> list[int]:
         """Rows each cache tier holds for a table of ``n_table_rows`` rows of ``row_bytes``; checks that
         no cache exceeds the table and that the store holds it all."""
-        rows = []
-        for tier in self.caches:
-            r = tier.rows(row_bytes)
+        at = self._at()
+        try:
+            *rows, store_rows = (tier.rows(row_bytes) for tier in self.tiers)
+        except EngramTierError as err:
+            raise EngramTierError(at + str(err)) from None
+        for tier, r in zip(self.caches, rows):
             if r > n_table_rows:
                 raise EngramTierError(
-                    f"tier '{tier.name}': capacity {tier.capacity} ({r} rows) exceeds the table's {n_table_rows} rows; "
-                    "make it smaller or drop it (the last tier holds every row)"
+                    f"{at}tier '{tier.name}': capacity {tier.capacity} ({r} rows) exceeds the table's {n_table_rows} "
+                    "rows; make it smaller or drop it (the last tier holds every row)"
                 )
-            rows.append(r)
-        store_rows = self.store.rows(row_bytes)
         if store_rows is not None and store_rows < n_table_rows:
             raise EngramTierError(
-                f"tier '{self.store.name}': the backing store holds {store_rows} rows but the table has "
+                f"{at}tier '{self.store.name}': the backing store holds {store_rows} rows but the table has "
                 f"{n_table_rows}; the last tier must hold every row (leave its capacity out)"
             )
         return rows
@@ -175,8 +186,12 @@ class Hierarchy:
             try:
                 policies.append(make_policy(tier.policy, rows, ctx, **tier.params))
             except EngramTierError as err:
-                raise EngramTierError(f"tier '{tier.name}': {err}") from None
+                raise EngramTierError(f"{self._at()}tier '{tier.name}': {err}") from None
         return policies
+
+    def _at(self) -> str:
+        """The prefix naming the file a refusal against the table comes from (none when built in code)."""
+        return "" if self.where == "hierarchy" else f"{self.where}: "
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "hierarchy") -> "Hierarchy":
@@ -199,13 +214,22 @@ class Hierarchy:
             model = t["model"]
             if isinstance(model, Mapping):
                 refuse_unknown(model, tuple(f.name for f in dataclasses.fields(TierModel)), f"{at}.model")
+                if not {"latency_s", "bandwidth_Bps"} <= set(model) or not isinstance(model.get("name", ""), str):
+                    raise EngramTierError(f"{at}.model: needs latency_s and bandwidth_Bps (numbers; parallelism and a "
+                                          f"name string are optional), got {model!r}")
                 try:
                     model = TierModel(**{"name": t["name"], **model})
-                except TypeError as err:
+                except EngramTierError as err:
                     raise EngramTierError(f"{at}.model: {err}") from None
-            specs.append(TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
-                                  t.get("storage", {})))
-        return cls(tuple(specs), d.get("mode", "inclusive"))
+            try:
+                spec = TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
+                                t.get("storage", {}))
+            except EngramTierError as err:
+                raise EngramTierError(f"{where}: {err}") from None
+            if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below
+                refuse_unknown([spec.policy], policy_names(), f"{where}: tier '{spec.name}'", "policy")
+            specs.append(spec)
+        return cls(tuple(specs), d.get("mode", "inclusive"), where)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "tier": [t.to_dict() for t in self.tiers]}

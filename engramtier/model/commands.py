@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--text", required=True, help="text file or directory of .txt/.rst/.md/.html/.jsonl files")
     p.add_argument("--out", help="run directory (default: runs/train-<time>)")
-    p.add_argument("--tokenizer", help="deepseek (default) | cl100k | qwen | qwen3.6 | a tokenizer.json | bpe:N (learn N tokens from the text)")
+    p.add_argument("--tokenizer", help="deepseek (default) | cl100k | qwen | qwen3.6 | a tokenizer.json | "
+                   "bpe:N (learn N tokens from the text)")
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--seq-len", type=positive_int)

@@ -16,12 +16,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from engramtier import __version__
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, check_number
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import RowFormat
 
@@ -106,18 +107,10 @@ def open_table(path: str | Path, expect_fingerprint: str | None = None,
     """Open a table directory, refusing it if it does not match the model that will read it."""
     path = Path(path)
     manifest = _read_manifest(path)
-    try:
-        row_format = RowFormat(manifest["format"], int(manifest["dim"]))
-        hash_config = HashConfig.from_dict(manifest["hash_config"])
-        sizes = np.asarray(manifest["subtable_sizes"], dtype=np.int64)
-        n_rows, row_bytes, checksum = int(manifest["n_rows"]), int(manifest["row_bytes"]), manifest["checksum"]
-        recorded_fingerprint = manifest["fingerprint"]
-    except KeyError as err:
-        raise EngramTierError(f"table {path}: {MANIFEST_FILE} lacks the key {err}; rebuild the table") from None
-    except EngramTierError as err:
-        raise EngramTierError(f"table {path}: {err}") from None
-    if row_bytes != row_format.row_bytes or sizes.sum() != n_rows or recorded_fingerprint != hash_config.fingerprint:
-        raise EngramTierError(f"table {path}: {MANIFEST_FILE} contradicts itself (row size, row count or fingerprint); rebuild the table")
+    row_format, hash_config, sizes = check_manifest(manifest, f"table {path}: {MANIFEST_FILE}")
+    n_rows, row_bytes, checksum = manifest["n_rows"], row_format.row_bytes, manifest.get("checksum")
+    if not isinstance(checksum, str):
+        raise EngramTierError(f"table {path}: {MANIFEST_FILE} lacks the key 'checksum' (a string); rebuild the table")
     if expect_fingerprint is not None and expect_fingerprint != hash_config.fingerprint:
         raise EngramTierError(
             f"table {path} was built for hash config {hash_config.fingerprint}, the model uses {expect_fingerprint}: "
@@ -144,6 +137,33 @@ def open_table(path: str | Path, expect_fingerprint: str | None = None,
     return table
 
 
+def check_manifest(manifest: Any, where: str, hashed: bool = True) -> tuple[RowFormat, HashConfig | None, np.ndarray]:
+    """(row format, hash config, sub-table sizes) of a table manifest, flat or LMDB (``where`` names
+    it), refused in one line unless every key is there, of its type, and agrees with the others: the
+    row size with the format, the sub-tables with the row count, the fingerprint with the hash config.
+    A table of random rows (not ``hashed``) has no hash config and no fingerprint."""
+    if not isinstance(manifest, dict):
+        raise EngramTierError(f"{where} is not a JSON object; rebuild the table")
+    try:
+        dim = check_number(manifest["dim"], f"{where}: 'dim'", integer=True, low=1)
+        row_format = RowFormat(manifest["format"], dim)
+        config = manifest["hash_config"]
+        hash_config = None if config is None and not hashed else HashConfig.from_dict(config)
+        sizes = np.asarray(manifest["subtable_sizes"], dtype=np.int64).reshape(-1)
+        n_rows, row_bytes, fingerprint = manifest["n_rows"], manifest["row_bytes"], manifest["fingerprint"]
+    except KeyError as err:
+        raise EngramTierError(f"{where} lacks the key {err}; rebuild the table") from None
+    except (TypeError, ValueError, OverflowError) as err:
+        raise EngramTierError(f"{where} is malformed ({type(err).__name__}: {err}); rebuild the table") from None
+    except EngramTierError as err:
+        raise EngramTierError(f"{where}: {err}") from None
+    if (row_bytes != row_format.row_bytes or isinstance(n_rows, bool) or not isinstance(n_rows, int)
+            or not sizes.size or sizes.min() < 1 or sizes.sum() != n_rows
+            or fingerprint != (hash_config and hash_config.fingerprint)):
+        raise EngramTierError(f"{where} contradicts itself (row size, row count or fingerprint); rebuild the table")
+    return row_format, hash_config, sizes
+
+
 def _read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise EngramTierError(f"table {path} does not exist; give the directory that holds {MANIFEST_FILE} and {DATA_FILE}")
@@ -151,9 +171,13 @@ def _read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise EngramTierError(f"table {path}: {MANIFEST_FILE} is missing; this is not a table directory")
     try:
-        return json.loads(manifest_path.read_text(encoding="utf-8"))
+        return json.loads(manifest_path.read_bytes())
+    except OSError as err:
+        raise EngramTierError(f"table {path}: cannot read {MANIFEST_FILE} ({err.strerror})") from None
     except json.JSONDecodeError as err:
         raise EngramTierError(f"table {path}: {MANIFEST_FILE} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except ValueError:  # not UTF-8
+        raise EngramTierError(f"table {path}: {MANIFEST_FILE} is not valid JSON (not UTF-8 text)") from None
 
 
 def _file_checksum(path: Path) -> str:

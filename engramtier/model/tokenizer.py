@@ -91,7 +91,8 @@ class HFTokenizer(BaseTokenizer):
 
         path = Path(path)
         if not path.is_file():
-            raise EngramTierError(f"tokenizer file {path} does not exist; give a tokenizer.json path or one of {', '.join(BUILTIN_TOKENIZERS)}")
+            raise EngramTierError(f"tokenizer file {path} does not exist; give a tokenizer.json path or one of "
+                                  f"{', '.join(BUILTIN_TOKENIZERS)}")
         try:
             self._tok = Tokenizer.from_file(str(path))
             spec = json.loads(path.read_text(encoding="utf-8"))

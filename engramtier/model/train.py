@@ -342,13 +342,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 def save_run(model: EngramLM, run_dir: Path) -> None:
     """config.json, model.safetensors and, with Engram, the table in the config's row format."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.json", model.config.to_json() + "\n")
     dense = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items() if not n.startswith("table.")}
     with atomic_output(run_dir / "model.safetensors", "model") as part:
-        save_file(dense, str(part))
+        part.write_bytes(save(dense))  # written by Python, so a full disk is an OSError naming the file
     if model.table is not None:
         save_table(run_dir / "table", model.table.export(model.config.format), model.config.format, model.hasher)
 

@@ -43,6 +43,7 @@ from engramtier.tiers.nvme import (
 # sizing pages to fit that exactly keeps a "16 KiB" page in 16 KiB of disk instead of 20.
 _LMDB_PAGE, _LMDB_OVERFLOW_HEADER = 4096, 16
 _DICT_SAMPLE_PAGES = 512
+_LOCK_FILE = "lock.mdb"  # LMDB's, beside DATA_FILE
 
 
 class FlatTableRows:
@@ -233,9 +234,11 @@ def _check_free_disk(path: Path, need: int) -> None:
 
 
 def _check_output_dir(path: Path) -> None:
+    """A new or empty directory, or one holding a table (finished or not) to resume; LMDB creates its
+    lock file before the data file, so a build killed between the two left only the lock file."""
     if path.exists() and not path.is_dir():
         raise EngramTierError(f"table output {path} exists and is not a directory; choose a new directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / DATA_FILE).is_file():
+    if path.is_dir() and not (path / DATA_FILE).is_file() and {p.name for p in path.iterdir()} - {_LOCK_FILE}:
         raise EngramTierError(f"table output {path} is not empty and holds no engramtier table; choose a new directory")
     path.mkdir(parents=True, exist_ok=True)
 

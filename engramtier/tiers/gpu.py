@@ -18,6 +18,18 @@ from engramtier.tiers.base import default_model
 from engramtier.tiers.slab import SlabTier, copy_rows
 
 
+def resolve_device(device: Any, where: str) -> torch.device:
+    """``device`` named as the tensors on it name theirs ("cuda" becomes "cuda:N", the current one): an
+    unnumbered "cuda" compares unequal to every tensor's device. A CUDA device without CUDA is refused."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngramTierError(f"{where}: device {device} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class GpuTier(SlabTier):
     """Device-memory cache tier; ``device`` defaults to cuda:0 when CUDA exists, else the CPU (emulated).
 
@@ -32,9 +44,7 @@ class GpuTier(SlabTier):
                  parallel_min_rows: int = 1 << 15, model: Any = None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise EngramTierError(f"gpu tier: device {self.device} requested but CUDA is not available")
+        self.device = resolve_device(device, "gpu tier")
         self.emulated = self.device.type != "cuda"
         self.parallel_min_rows = int(parallel_min_rows)
         super().__init__(n_table_rows, capacity_rows, row_bytes, model or default_model("hbm"))

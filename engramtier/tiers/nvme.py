@@ -240,9 +240,23 @@ class Layout:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Layout":
+        """The stored layout, refused (ValueError) unless each field has its type and range: the page
+        arithmetic of every read trusts them."""
         fields = json.loads(raw)
-        fields.pop("n_pages")
-        return cls(**fields)
+        if not isinstance(fields, dict):
+            raise ValueError(f"layout {fields!r} is not a JSON object")
+        n_pages = fields.pop("n_pages")
+        layout = cls(**fields)
+        counts = (layout.n_rows, layout.row_bytes, layout.page_rows, n_pages)
+        if (not all(type(c) is int and c >= 1 for c in counts) or n_pages != layout.n_pages
+                or type(layout.permuted) is not bool or layout.checksum != "xxh64"
+                or not isinstance(layout.compression, str)):
+            raise ValueError(f"layout {fields} does not hold together")
+        try:
+            Compression.parse(layout.compression)
+        except EngramTierError as err:
+            raise ValueError(str(err)) from None
+        return layout
 
 
 def layout_chunk_keys(kind: bytes, n: int) -> list[bytes]:
@@ -328,20 +342,22 @@ class NvmeTier(Tier):
                 raise EngramTierError(f"{where} is not an engramtier table (format {txn.get(b'format')!r})")
             layout = Layout.from_json(txn.get(b"layout"))
             done = COUNT.unpack(txn.get(b"done_pages"))[0]
-            if txn.get(b"complete") is None:
+            complete = txn.get(b"complete")
+            if complete is None:
                 raise EngramTierError(
                     f"{where} is an unfinished build ({done} of {layout.n_pages} pages written); "
                     "rerun the same build-table command to finish it"
                 )
             manifest = json.loads(txn.get(b"manifest"))
             zdict = txn.get(b"zdict")
+        _check_meta(where, layout, done, json.loads(complete), manifest, zdict)
         found = manifest.get("fingerprint")
         if expect_fingerprint is not None and found != expect_fingerprint:
             raise EngramTierError(
                 f"{where} was built for hash fingerprint {found}, but the model's is {expect_fingerprint}; "
                 "rebuild the table from this model's table (build-table --from-table)"
             )
-        pos_of_row = load_permutation(self.env, b"pos", layout.n_rows) if layout.permuted else None
+        pos_of_row = checked_permutation(self.env, layout.n_rows, where) if layout.permuted else None
         return manifest, layout, zdict, pos_of_row
 
     def contains(self, ids: Any) -> np.ndarray:
@@ -402,7 +418,10 @@ class NvmeTier(Tier):
             get, key = txn.get, PAGE_KEY.pack
             for page in pages.tolist():
                 n = min(lay.page_rows, lay.n_rows - page * lay.page_rows)
-                value = get(key(page))
+                try:
+                    value = get(key(page))
+                except lmdb.Error as err:  # a damaged B-tree page on the way to this one
+                    raise self._corrupt(page, f"LMDB: {err}") from None
                 if value is None:
                     raise self._corrupt(page, "page missing")
                 if len(value) < HEADER_BYTES + ROW_SUM_BYTES * n:
@@ -442,7 +461,11 @@ class NvmeTier(Tier):
         decompress = getattr(self._local, "decompress", None)
         if decompress is None:
             zdict = zstandard.ZstdCompressionDict(self._zdict) if self._zdict else None
-            dctx = zstandard.ZstdDecompressor(dict_data=zdict)
+            try:
+                dctx = zstandard.ZstdDecompressor(dict_data=zdict)
+            except zstandard.ZstdError as err:
+                raise EngramTierError(f"nvme tier: the zstd dictionary of {self.path} is corrupt ({err}); "
+                                      "rebuild the table with build-table") from None
             decompress = self._local.decompress = dctx.decompress
         return decompress
 
@@ -484,7 +507,11 @@ def _open_table(path: Path) -> lmdb.Environment:
     except lmdb.Error as err:
         raise EngramTierError(f"nvme tier: {path} is not an engramtier table ({err})") from None
     # LMDB maps the file and trusts it: a page past a truncated file's end is a SIGBUS, not an error.
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    try:
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    except lmdb.Error as err:
+        env.close()
+        raise EngramTierError(f"nvme tier: {path / DATA_FILE} is corrupt ({err}); rebuild the table with build-table") from None
     size = (path / DATA_FILE).stat().st_size
     if size < needed:
         env.close()
@@ -493,15 +520,60 @@ def _open_table(path: Path) -> lmdb.Environment:
     return env
 
 
+def _check_meta(where: str, layout: Layout, done: int, summary: dict, manifest: Any, zdict: bytes | None) -> None:
+    """Refuse metadata whose copies disagree. LMDB keeps no checksums, so a damaged byte in the layout,
+    the completion record or the manifest is caught by comparing what each says about the table (a
+    changed digit in one of them no longer matches the others); pages carry their own checksums."""
+    said = {"rows": layout.n_rows, "pages": layout.n_pages, "page_rows": layout.page_rows,
+            "compression": layout.compression, "permuted": layout.permuted}
+    ok = (done == layout.n_pages and isinstance(summary, dict) and all(summary.get(k) == v for k, v in said.items())
+          and isinstance(manifest, dict) and manifest.get("n_rows") == layout.n_rows
+          and manifest.get("row_bytes") == layout.row_bytes
+          and (zdict is not None) == layout.compression.startswith("zstd-dict"))
+    if ok and manifest.get("hash_config") is None:
+        ok = manifest.get("fingerprint") is None
+    elif ok:  # a table for a model: the model's modules are loaded by whoever opens it
+        from engramtier.model.table import check_manifest
+
+        check_manifest(manifest, f"{where}: the manifest")
+    if not ok:
+        raise EngramTierError(f"{where} is corrupt (its layout, completion record and manifest disagree); "
+                              "rebuild the table with build-table")
+
+
+def checked_permutation(env: lmdb.Environment, n: int, where: str) -> np.ndarray:
+    """The row -> position array of a permuted table, checked against its stored inverse (position ->
+    row) one chunk at a time: a damaged entry would send a row's reads to another row's position, and
+    that row's checksum, seeded with the position, would pass."""
+    pos = load_permutation(env, b"pos", n)
+    db = env.open_db(b"layout", create=False)
+    with env.begin(db=db, buffers=True) as txn:
+        for c, key in enumerate(layout_chunk_keys(b"row", n)):
+            row = _permutation_chunk(txn.get(key), env, b"row", n)
+            lo = c * LAYOUT_CHUNK
+            if (row.size != min(LAYOUT_CHUNK, n - lo) or row.min() < 0 or row.max() >= n
+                    or not np.array_equal(pos[row], np.arange(lo, lo + row.size))):
+                raise EngramTierError(f"{where} is corrupt (its row permutation is damaged); "
+                                      "rebuild the table with build-table")
+    return pos
+
+
 def load_permutation(env: lmdb.Environment, kind: bytes, n: int) -> np.ndarray:
     """The ``kind`` (b"pos" or b"row") permutation array of a table, read back from its chunks."""
     db = env.open_db(b"layout", create=False)
     with env.begin(db=db) as txn:
-        chunks = [txn.get(key) for key in layout_chunk_keys(kind, n)]
-    if any(c is None for c in chunks):
-        raise EngramTierError(f"nvme tier: {env.path()} lacks its {kind.decode()} layout; rebuild the table")
+        chunks = [_permutation_chunk(txn.get(key), env, kind, n) for key in layout_chunk_keys(kind, n)]
+    values = np.concatenate(chunks) if chunks else np.empty(0, permutation_dtype(n))
+    if values.size != n:
+        raise EngramTierError(f"nvme tier: {env.path()} has a damaged {kind.decode()} layout; rebuild the table")
+    return values
+
+
+def _permutation_chunk(raw: Any, env: lmdb.Environment, kind: bytes, n: int) -> np.ndarray:
     dtype = permutation_dtype(n)
-    return np.concatenate([np.frombuffer(c, dtype) for c in chunks]) if chunks else np.empty(0, dtype)
+    if raw is None or len(raw) % dtype.itemsize:
+        raise EngramTierError(f"nvme tier: {env.path()} lacks its {kind.decode()} layout; rebuild the table")
+    return np.frombuffer(raw, dtype)
 
 
 def permutation_dtype(n: int) -> np.dtype:

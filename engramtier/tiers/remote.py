@@ -9,7 +9,8 @@ Redis Cluster, `engramtier.tiers.mooncake_store` for Mooncake Store) keeps the t
   store populated for another model or table shape is refused, never read as garbage;
 - block-wise commits: a backend's `_write_block` stores a block's rows and its "done" mark in one
   atomic step (a Redis MULTI on the block's cluster slot, one Mooncake object put), so `populate_remote`
-  killed at any point resumes at the blocks the store lacks, with no row lost or written twice;
+  killed at any point resumes at the blocks the store lacks, with no row lost or written twice (and
+  resuming from another table, one whose manifest differs from the one recorded, is refused);
 - `RemoteUnavailable`, the one error a backend raises when the store cannot be reached, which the
   runtime's failover (`engramtier.tiers.failover`) acts on; any other failure is an `EngramTierError`;
 - `calibrate_remote`, which times reads and fits the `TierModel` the simulator plans with.
@@ -220,7 +221,9 @@ def populate_remote(source_rows: Any, tier: RemoteTier, *, batch_rows: int = POP
     """Copy every row of ``source_rows`` (an `NvmeTier`, or anything with ``read(ids, out)``) into ``tier``.
 
     Resumable: writes only the blocks the store has not committed, each in one atomic step, in runs of
-    about ``batch_rows`` rows read from the source at once. Returns the rows written by this call.
+    about ``batch_rows`` rows read from the source at once. Returns the rows written by this call. A store
+    recorded as populated from another table (its manifest differs from ``source_rows.manifest``) is
+    refused, finished or not: resuming it would mix the two tables' rows.
     """
     n, rb = tier.n_table_rows, tier.row_bytes
     shape = (getattr(source_rows, "n_table_rows", n), getattr(source_rows, "row_bytes", rb))
@@ -229,8 +232,18 @@ def populate_remote(source_rows: Any, tier: RemoteTier, *, batch_rows: int = POP
             f"populate_remote: the source has {shape[0]} rows of {shape[1]} B, "
             f"the remote tier {n} rows of {rb} B; open the tier with the source's sizes"
         )
-    if tier.manifest.get("table") is None and getattr(source_rows, "manifest", None) is not None:
-        tier.record_source(source_rows.manifest)
+    recorded, source = tier.manifest.get("table"), getattr(source_rows, "manifest", None)
+    if recorded is not None and source is not None and recorded != source:
+        # resuming would mix two tables' rows (or call another table's rows this one's): same sizes and
+        # fingerprint, other values (a retrained table, another seed)
+        differ = sorted(k for k in set(recorded) | set(source) if recorded.get(k) != source.get(k))
+        raise EngramTierError(
+            f"remote tier {tier.where} prefix '{tier.key_prefix}' holds rows populated from another table (its "
+            f"recorded manifest differs in {', '.join(map(str, differ))}); populate another key_prefix, or delete "
+            "this prefix's keys from the store and populate it again"
+        )
+    if recorded is None and source is not None:
+        tier.record_source(source)
     missing = np.flatnonzero(~tier.done_blocks())
     per_batch = max(1, batch_rows // tier.block_rows)
     buffer = np.empty((per_batch * tier.block_rows, rb), np.uint8)

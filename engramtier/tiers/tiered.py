@@ -15,7 +15,8 @@ the decisions a simulation of that trace makes. Per step, in a background thread
    read from the fastest tier that holds it *now*, before any slot changes: the engine's contract
    (gather first, then apply fills in event order), and byte-exact because every copy of a row is the
    same bytes. Reads are ordered by source tier, so each tier fills one contiguous run of a reused
-   staging buffer (NVMe reads go through the store's reader threads);
+   staging buffer (NVMe reads go through the store's reader threads; a real gpu tier, and a dram tier
+   with ``dram_gather="uva"``, fill the front of the device staging directly);
 5. apply: rows leaving a tier are evicted, arriving rows written into their planned slots, so each
    cache tier's slab holds exactly what its policy holds at every step boundary;
 6. expand: the unique rows are copied out in request order, on the compute device.
@@ -42,11 +43,11 @@ from numba import njit
 from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, is_compiled
-from engramtier.errors import EngramTierError
+from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tomlfile import read_toml
 from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
-from engramtier.tiers.dram import DramTier
+from engramtier.tiers.dram import GATHERS, DramTier
 from engramtier.tiers.failover import FailoverStore, split_rule
 from engramtier.tiers.gpu import GpuTier
 from engramtier.tiers.nvme import NvmeTier
@@ -308,10 +309,13 @@ class TieredTable:
     `prefetch` calls forming one step (the model's number of Engram layers). ``ctx``: the policies'
     `PolicyContext` (the trace for offline policies, a profile for static placement).
     ``record_trace``: keep every step's row ids, so that `recorded_trace` can be simulated.
+    ``dram_gather``: how a dram tier's rows reach a CUDA device: "copy" (a CPU gather into pinned
+    staging, then one copy) or "uva" (the GPU gathers them out of the pinned slab, `engramtier.tiers.uva`).
     """
 
     def __init__(self, hierarchy: Hierarchy | Mapping[str, Any], store: Tier, *, device: Any = None,
-                 layers_per_step: int = 1, ctx: PolicyContext | None = None, record_trace: bool = False) -> None:
+                 layers_per_step: int = 1, ctx: PolicyContext | None = None, record_trace: bool = False,
+                 dram_gather: str = "copy") -> None:
         self.hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
         self.store = store
         self.n_rows, self.row_bytes = store.n_table_rows, store.row_bytes
@@ -321,6 +325,8 @@ class TieredTable:
         if int(layers_per_step) != layers_per_step or layers_per_step < 1:
             raise EngramTierError(f"tiered table: layers_per_step must be a positive whole number, got {layers_per_step}")
         self.layers_per_step = int(layers_per_step)
+        refuse_unknown([dram_gather], GATHERS, "tiered table", "dram_gather")
+        self.dram_gather = dram_gather
         ctx = ctx or PolicyContext(n_keys=self.n_rows)
         if ctx.n_keys != self.n_rows:
             raise EngramTierError(
@@ -332,6 +338,7 @@ class TieredTable:
         try:
             for spec, rows in zip(self.hierarchy.caches, self.capacities):
                 self.caches.append(self._cache_tier(spec, rows))
+            self._device_tiers = self._count_device_tiers()
             self._preload()
         except BaseException:
             for tier in self.caches:  # the store is the caller's until the table exists
@@ -339,8 +346,6 @@ class TieredTable:
             raise
         exclusive = self.hierarchy.mode == "exclusive"
         self._plans = [_SlotPlan(tier, exclusive and i > 0) for i, tier in enumerate(self.caches)]
-        self._device_tier = self.device.type == "cuda" and bool(self.caches) and isinstance(self.caches[0], GpuTier) \
-            and not self.caches[0].emulated
         self._stamp = np.full(self.n_rows, -1, np.int64)
         self._first = 0  # offset of this step's needed rows in `_stamp` (see `unique_per_step`)
         self._requests = 0  # requests before this step: its trace position t0
@@ -362,6 +367,18 @@ class TieredTable:
         self._closed = False
         self._warm_up()
 
+    def _count_device_tiers(self) -> int:
+        """How many leading cache tiers read straight into device memory (a real gpu tier, uva dram
+        tiers): their rows fill the front of the step's device staging, the rest comes through the host."""
+        on_device = [(isinstance(t, GpuTier) and not t.emulated) or (isinstance(t, DramTier) and t.gather == "uva")
+                     for t in self.caches]
+        n = on_device.index(False) if False in on_device else len(on_device)
+        if True in on_device[n:]:
+            name = self.hierarchy.caches[n + on_device[n:].index(True)].name
+            raise EngramTierError(f"tier '{name}': a uva dram tier reads into device memory, so only gpu or uva tiers "
+                                  "may come before it; move it up or use dram_gather 'copy'")
+        return n
+
     def _warm_up(self) -> None:
         """Run every kernel of a step once on nothing, so that compiling (the engine's drivers) and loading
         them from numba's cache happen now and not in the first step's stall."""
@@ -372,9 +389,9 @@ class TieredTable:
         unique_per_step(nothing, np.zeros(2, np.int64), 0, self._stamp, 0, nothing, nothing, np.zeros(2, np.int64))
         _positions(self._stamp, nothing, 0, nothing, nothing)
         copy_rows(no_rows, nothing, no_rows, None, PARALLEL_MIN_ROWS)
-        for tier in [*self.caches, self.store]:
-            tier.read(nothing, no_rows if not isinstance(tier, GpuTier) or tier.emulated
-                      else torch.empty((0, self.row_bytes), dtype=torch.uint8, device=tier.device))
+        for i, tier in enumerate([*self.caches, self.store]):
+            tier.read(nothing, torch.empty((0, self.row_bytes), dtype=torch.uint8, device=self.device)
+                      if i < self._device_tiers else no_rows)
 
     @classmethod
     def open(cls, hierarchy: Hierarchy | Mapping[str, Any], table_path: str | os.PathLike, *,
@@ -401,6 +418,10 @@ class TieredTable:
             raise EngramTierError(f"tier '{spec.name}': a gpu tier must be the first (fastest) tier of the hierarchy")
         if kind is GpuTier:
             options["device"] = self.device if self.device.type == "cuda" else "cpu"
+        if kind is DramTier:
+            options["gather"] = self.dram_gather
+            if self.dram_gather == "uva":
+                options["device"] = self.device
         try:
             return kind(self.n_rows, rows, self.row_bytes, **options)
         except EngramTierError as err:
@@ -413,7 +434,8 @@ class TieredTable:
                 keys = held_keys(policy, self.n_rows)
                 rows = np.empty((keys.size, self.row_bytes), np.uint8)
                 self.store.read(keys, rows)
-                tier.write(keys, rows if tier.device.type == "cpu" else torch.from_numpy(rows).to(tier.device))
+                on_device = isinstance(tier, GpuTier) and not tier.emulated
+                tier.write(keys, torch.from_numpy(rows).to(tier.device) if on_device else rows)
 
     # --- the RowSource protocol ---------------------------------------------------------------------
 
@@ -530,7 +552,7 @@ class TieredTable:
             if lo == hi:
                 continue
             ids = needed[order[lo:hi]]
-            if i == 0 and self._device_tier:
+            if i < self._device_tiers:
                 self._device_buffer(m)
                 with torch.cuda.stream(self._fetch_stream):
                     tier.read(ids, self._device_staging[lo:hi])
@@ -582,7 +604,7 @@ class TieredTable:
                 continue
             rows = self._arrival_rows.take(keys.size)
             copy_rows(staging, index, rows, None, PARALLEL_MIN_ROWS)
-            from_device = index < on_device  # read from a real gpu tier: those bytes are on the device only
+            from_device = index < on_device  # read by a device tier (gpu, uva dram): those bytes are on the device only
             if from_device.any():
                 with torch.cuda.stream(self._fetch_stream):
                     picked = torch.from_numpy(index[from_device]).to(self.device)
@@ -664,6 +686,7 @@ class TieredTable:
             "stall_fraction": stall / seconds if seconds > 0 else 0.0,
             "mode": self.hierarchy.mode,
             "device": str(self.device),
+            "dram_gather": self.dram_gather,
             "row_bytes": self.row_bytes,
             "n_table_rows": self.n_rows,
             "fingerprint": self.store.manifest.get("fingerprint"),

@@ -143,15 +143,10 @@ class TraceStats:
         keys = ("subtable_sizes", "layer_ids", "n_heads", "max_ngram")
         if not all(k in self.meta for k in keys):
             return None
-        sizes = np.asarray(self.meta["subtable_sizes"], np.int64)
-        if sizes.sum() != self.table_rows:
-            raise EngramTierError(
-                f"trace stats: the meta's sub-tables hold {sizes.sum()} rows but the table has {self.table_rows}"
-            )
+        sizes, layers, n_heads, orders = self._layout()
         subtable = np.searchsorted(np.cumsum(sizes), self.row_ids, side="right")  # of each distinct row
         requests = np.bincount(subtable, weights=self.counts, minlength=sizes.size).astype(np.int64)
         unique = np.bincount(subtable, minlength=sizes.size)
-        layers, n_heads, orders = self.meta["layer_ids"], self.meta["n_heads"], range(2, self.meta["max_ngram"] + 1)
         names = [(l, o, h) for l in layers for o in orders for h in range(n_heads)]
         per_subtable = [{"layer": l, "order": o, "head": h, "rows": int(sizes[i]), "requests": int(requests[i]),
                          "unique_rows": int(unique[i])} for i, (l, o, h) in enumerate(names)]
@@ -162,6 +157,23 @@ class TraceStats:
                               "requests": int(requests[i : i + n_heads].sum()),
                               "unique_rows": int(unique[i : i + n_heads].sum())})
         return {"per_order": per_order, "per_subtable": per_subtable}
+
+    def _layout(self) -> tuple[np.ndarray, list, int, range]:
+        """(sub-table sizes, layer ids, heads, orders) from the meta, refused unless they describe the
+        table: one size per (layer, order, head), adding up to its rows."""
+        meta = self.meta
+        try:
+            sizes = np.asarray(meta["subtable_sizes"], np.int64).reshape(-1)
+            layers, n_heads, max_ngram = list(meta["layer_ids"]), int(meta["n_heads"]), int(meta["max_ngram"])
+        except (TypeError, ValueError, OverflowError):
+            sizes = layers = None
+        if (sizes is None or not sizes.size or n_heads < 1 or max_ngram < 2 or len(layers) * (max_ngram - 1) * n_heads != sizes.size
+                or sizes.min() < 1 or sizes.sum() != self.table_rows):
+            raise EngramTierError(
+                f"trace stats: the trace meta's sub-table layout (subtable_sizes, layer_ids, n_heads, max_ngram) does "
+                f"not describe its table of {self.table_rows} rows; the trace was damaged or hand-edited, rebuild it"
+            )
+        return sizes, layers, n_heads, range(2, max_ngram + 1)
 
     def stats_dict(self) -> dict:
         return {

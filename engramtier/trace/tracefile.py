@@ -133,13 +133,16 @@ def _encode_frame(compressor, counts: np.ndarray, ids: np.ndarray, width: int, b
     return fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields))) + payload, buf
 
 
-def _decode_frame(raw: bytes, decompressor) -> tuple[np.ndarray, np.ndarray] | None:
-    """(counts, ids) of one FRAME filling ``raw`` exactly, or None when anything in it does not check out."""
+def _decode_frame(raw: bytes, decompressor, most_counts: int, most_ids: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(counts, ids) of one FRAME filling ``raw`` exactly, or None when anything in it does not check
+    out, including more than ``most_counts`` counts or ``most_ids`` ids (what the index leaves room
+    for): nothing is decompressed into a buffer sized by an unchecked count."""
     if len(raw) < _CHUNK.size:
         return None
     magic, n_counts, n_ids, n_payload, width, crc = _CHUNK.unpack_from(raw)
     payload = raw[_CHUNK.size :]
     if (magic != CHUNK_MAGIC or width not in (4, 8) or n_payload != len(payload)
+            or n_counts > most_counts or n_ids > most_ids
             or zlib.crc32(payload, zlib.crc32(raw[: _CHUNK.size - 4])) != crc):
         return None
     size = 8 * n_counts + width * n_ids
@@ -273,7 +276,7 @@ class TraceWriter:
         first_step = first_row = 0
         self._raw.seek(0)
         for offset, length in self._raw_frames:
-            counts, rows = _decode_frame(self._raw.read(length), decompressor)
+            counts, rows = _decode_frame(self._raw.read(length), decompressor, self.n_steps, self.n_rows)
             if keys.size < rows.size:
                 keys = np.empty(rows.size, np.int64)
             first_seen.keys(self._row_index.ranks(rows, keys[: rows.size]), keys[: rows.size])
@@ -328,9 +331,14 @@ class TraceReader:
 
     def __init__(self, path, expect_fingerprint: str | None = None):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise EngramTierError(f"{self.path} is a directory, not a trace file; give a file built by `engramtier trace`")
         if not self.path.is_file():
             raise EngramTierError(f"trace file {self.path} does not exist; build one with `engramtier trace`")
-        self._file = open(self.path, "rb")
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as err:
+            raise EngramTierError(f"cannot read trace file {self.path} ({err.strerror}); give a readable path") from None
         self._decompressor = zstandard.ZstdDecompressor()
         try:
             self._size = os.fstat(self._file.fileno()).st_size
@@ -376,7 +384,7 @@ class TraceReader:
             self.n_table_rows = int(header["n_table_rows"])
             self.row_bytes = int(header["row_bytes"])
             self.meta = dict(header["meta"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             raise self._corrupt("the header") from None
         if self.n_table_rows < 1 or self.row_bytes < 1:
             raise self._corrupt("the header")
@@ -419,22 +427,24 @@ class TraceReader:
     def fingerprint(self) -> str | None:
         return self.meta.get("fingerprint")
 
-    def _frame_at(self, start: int, end: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def _frame_at(self, start: int, end: int, what: str, most_counts: int, most_ids: int) -> tuple[np.ndarray, np.ndarray]:
         self._file.seek(start)
-        frame = _decode_frame(self._file.read(end - start), self._decompressor)
+        frame = _decode_frame(self._file.read(end - start), self._decompressor, most_counts, most_ids)
         if frame is None:
             raise self._corrupt(what)
         return frame
 
     def read_chunk(self, i: int, dense: bool = False) -> TraceChunk:
         """Chunk ``i``: dense keys when ``dense``, else global row ids."""
+        if not 0 <= i < self.n_chunks:
+            raise EngramTierError(f"{self.path}: no chunk {i}; the trace has {self.n_chunks}")
         offset = int(self._index["offset"][i])
         end = int(self._index["offset"][i + 1]) if i + 1 < self.n_chunks else self._distinct_offset
         what = f"chunk {i} at byte {offset}"
-        counts, keys = self._frame_at(offset, end, what)
         first_step, first_row = int(self._index["first_step"][i]), int(self._index["first_row"][i])
         next_step = int(self._index["first_step"][i + 1]) if i + 1 < self.n_chunks else self.n_steps
         next_row = int(self._index["first_row"][i + 1]) if i + 1 < self.n_chunks else self.n_rows
+        counts, keys = self._frame_at(offset, end, what, next_step - first_step, next_row - first_row)
         if (counts.size != next_step - first_step or keys.size != next_row - first_row
                 or (counts.size and counts.min() < 0) or counts.sum() != keys.size
                 or (keys.size and (keys.min() < 0 or keys.max() >= self.n_distinct))):
@@ -454,7 +464,8 @@ class TraceReader:
             if len(fields) < _CHUNK.size:
                 raise self._corrupt("the distinct-row table")
             end = at + _CHUNK.size + _CHUNK.unpack(fields)[3]
-            parts.append(self._frame_at(at, min(end, self._steps_offset), "the distinct-row table")[1])
+            left = self.n_distinct - sum(p.size for p in parts)
+            parts.append(self._frame_at(at, min(end, self._steps_offset), "the distinct-row table", 0, left)[1])
             at = end
         ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
         if ids.size != self.n_distinct or (ids.size and (ids.min() < 0 or ids.max() >= self.n_table_rows)):
@@ -464,7 +475,7 @@ class TraceReader:
     @cached_property
     def step_starts(self) -> np.ndarray:
         """Index of each step's first request, then ``n_rows`` (read from the file's step table)."""
-        counts, ids = self._frame_at(self._steps_offset, self._index_offset, "the step table")
+        counts, ids = self._frame_at(self._steps_offset, self._index_offset, "the step table", self.n_steps, 0)
         if counts.size != self.n_steps or ids.size or (counts.size and counts.min() < 0) or counts.sum() != self.n_rows:
             raise self._corrupt("the step table")
         starts = np.zeros(counts.size + 1, np.int64)
