@@ -270,3 +270,51 @@ def test_several_processes_read_one_table_at_once(tables, source):
     assert hashlib.sha256(out.tobytes()).hexdigest() == want
     for proc in procs:
         assert proc.communicate(timeout=60)[0].strip() == want and proc.returncode == 0
+
+
+def _stored_values(table_dir):
+    """Every stored value no page checksum covers: meta (layout, manifest, completion...) and the permutation."""
+    env = lmdb.open(str(table_dir), readonly=True, lock=False, max_dbs=3)
+    values = {}
+    with env.begin() as txn:
+        names = {bytes(k) for k, _ in txn.cursor()}  # the named databases: meta, pages and (permuted) layout
+    for db in sorted(names - {b"pages"}):
+        with env.begin(db=env.open_db(db, create=False)) as txn:
+            values.update({(db, bytes(k)): bytes(v) for k, v in txn.cursor()})
+    env.close()
+    return values
+
+
+@pytest.mark.parametrize("layout", ["profiled-raw", "zstd-dict"])
+def test_damaged_metadata_is_refused_never_read_wrong(tables, source, tmp_path, layout):
+    """LMDB keeps no checksums: a changed digit in the layout, manifest or completion record, or a
+    changed entry of the row permutation, must be refused at open (each is checked against another
+    copy of what it says) and never read as other rows. Every copy of each value is damaged in turn;
+    LMDB's stale copies in free pages may change nothing, but the live one must be caught."""
+    data = (tables[layout] / DATA_FILE).read_bytes()
+    want = source_rows(source, np.arange(N_ROWS))
+    rng = np.random.default_rng(3)
+    for (db, key), value in _stored_values(tables[layout]).items():
+        if key in (b"build", b"zdict"):  # what a resumed build compares; the zstd dictionary is checked by the rows
+            continue
+        copies = [at for at in range(len(data)) if data.startswith(value, at)] if len(value) >= 8 else []
+        digits = ([i for i, b in enumerate(value) if chr(b).isdigit()] if value.startswith(b"{")  # JSON: its numbers
+                  else list(range(len(value))))
+        refused = 0
+        for at in copies:
+            for i in rng.choice(digits, min(4, len(digits)), replace=False).tolist():
+                bad = bytearray(data)
+                bad[at + i] = ord("7") if bad[at + i] != ord("7") else ord("3")
+                table = tmp_path / "bad"
+                table.mkdir(exist_ok=True)
+                (table / DATA_FILE).write_bytes(bytes(bad))
+                try:
+                    with NvmeTier(table) as tier:
+                        out = np.empty((N_ROWS, tier.row_bytes), np.uint8)
+                        tier.read(np.arange(N_ROWS), out)
+                except EngramTierError as err:
+                    assert "\n" not in str(err) and str(table) in str(err)
+                    refused += 1
+                    continue
+                np.testing.assert_array_equal(out, want, err_msg=f"{db} {key} byte {i} of the copy at {at}")
+        assert refused or not copies, f"no damage to {db} {key} was caught"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +15,9 @@ from engramtier.errors import EngramTierError
 from engramtier.trace.build import StepPlan, build_trace, hasher_for
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import ZipfSource
-from engramtier.trace.tracefile import TraceReader, TraceWriter, decode_rows, encode_rows, load_trace, save_trace
+from engramtier.trace.stats import trace_stats
+from engramtier.trace.tracefile import (TraceReader, TraceWriter, _decode_frame, decode_rows, encode_rows, load_trace,
+                                         save_trace)
 
 
 def random_trace(rng, n_steps, n_table_rows, max_step=40, meta=None) -> RowTrace:
@@ -177,3 +181,50 @@ def test_header_flip_is_refused(good_file):
 
 def test_version_1_traces_are_refused_with_rebuild(good_file):
     expect_error(damaged(good_file, lambda d: d[:8] + struct.pack("<I", 1) + d[12:]), "version-1", "rebuild")
+
+
+def test_a_directory_or_a_text_file_is_no_trace(tmp_path, good_file):
+    expect_error(tmp_path, "is a directory, not a trace file")
+    text = tmp_path / "exp.toml"
+    text.write_text('[trace]\nsource = "zipf"\n')
+    expect_error(text, "not an engramtier trace file")
+
+
+def test_a_frame_claiming_more_rows_than_the_index_is_refused_before_decompressing(good_file):
+    """A frame whose checksum holds but whose counts exceed what the index leaves room for (a writer
+    bug, or a crafted file) is refused before its payload is decompressed: a zstd frame without its
+    content size would otherwise be given an output buffer of the claimed size, petabytes here."""
+    with TraceReader(good_file) as reader:
+        second, end = int(reader._index["offset"][1]), int(reader._index["offset"][2])
+        steps = int(reader._index["first_step"][2] - reader._index["first_step"][1])
+        rows = int(reader._index["first_row"][2] - reader._index["first_row"][1])
+    data = good_file.read_bytes()
+    n_steps, n_ids, n_payload, width = struct.unpack_from("<IQQB", data, second + 4)
+    assert (n_steps, n_ids, second + 29 + n_payload) == (steps, rows, end)
+    payload = zstandard.ZstdDecompressor().decompress(data[second + 29 : end])
+    payload = zstandard.ZstdCompressor(write_content_size=False).compress(payload)
+
+    def frame(ids):
+        fields = struct.pack("<4sIQQB", b"CHNK", n_steps, ids, len(payload), width)
+        return fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields))) + payload
+
+    decompressor = zstandard.ZstdDecompressor()
+    counts, keys = _decode_frame(frame(n_ids), decompressor, steps, rows)
+    assert counts.size == steps and keys.size == rows
+    assert _decode_frame(frame(1 << 50), decompressor, steps, rows) is None
+
+
+def test_stats_refuse_a_meta_layout_that_does_not_describe_the_table(tmp_path):
+    trace = random_trace(np.random.default_rng(1), 20, 100)
+    for meta in ({"subtable_sizes": [50, 40], "layer_ids": [1], "n_heads": 2, "max_ngram": 2},  # 90 rows, not 100
+                 {"subtable_sizes": [50, 50], "layer_ids": [1], "n_heads": 10**12, "max_ngram": 2},
+                 {"subtable_sizes": "50,50", "layer_ids": [1], "n_heads": 2, "max_ngram": 2},
+                 {"subtable_sizes": [50, 50], "layer_ids": [1], "n_heads": 2, "max_ngram": [3]}):
+        path = tmp_path / "meta.trace"
+        save_trace(RowTrace(trace.rows, trace.step_starts, 100, 160, meta), path)
+        with TraceReader(path) as reader, pytest.raises(EngramTierError, match="sub-table layout .* does not describe"):
+            trace_stats(reader).stats_dict()
+    save_trace(RowTrace(trace.rows, trace.step_starts, 100, 160,
+                        {"subtable_sizes": [50, 50], "layer_ids": [1], "n_heads": 2, "max_ngram": 2}), path)
+    with TraceReader(path) as reader:
+        assert [s["rows"] for s in trace_stats(reader).stats_dict()["subtables"]["per_subtable"]] == [50, 50]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,9 @@ def open_table(path: str | Path, expect_fingerprint: str | None = None,
     manifest = _read_manifest(path)
     row_format, hash_config, sizes = check_manifest(manifest, f"table {path}: {MANIFEST_FILE}")
     n_rows, row_bytes, checksum = manifest["n_rows"], row_format.row_bytes, manifest.get("checksum")
-    if not isinstance(checksum, str):
-        raise EngramTierError(f"table {path}: {MANIFEST_FILE} lacks the key 'checksum' (a string); rebuild the table")
+    if not isinstance(checksum, str) or not re.fullmatch(r"blake2b-256:[0-9a-f]{64}", checksum):
+        raise EngramTierError(f"table {path}: {MANIFEST_FILE} lacks the key 'checksum' (blake2b-256:HEX); "
+                              "rebuild the table")
     if expect_fingerprint is not None and expect_fingerprint != hash_config.fingerprint:
         raise EngramTierError(
             f"table {path} was built for hash config {hash_config.fingerprint}, the model uses {expect_fingerprint}: "
@@ -145,8 +147,10 @@ def check_manifest(manifest: Any, where: str, hashed: bool = True) -> tuple[RowF
     if not isinstance(manifest, dict):
         raise EngramTierError(f"{where} is not a JSON object; rebuild the table")
     try:
-        dim = check_number(manifest["dim"], f"{where}: 'dim'", integer=True, low=1)
-        row_format = RowFormat(manifest["format"], dim)
+        dim, kind = check_number(manifest["dim"], f"{where}: 'dim'", integer=True, low=1), manifest["format"]
+        if not isinstance(kind, str) or not kind.isidentifier():
+            raise EngramTierError(f"'format' must be a row format name such as 'bf16', got {kind!r}")
+        row_format = RowFormat(kind, dim)
         config = manifest["hash_config"]
         hash_config = None if config is None and not hashed else HashConfig.from_dict(config)
         sizes = np.asarray(manifest["subtable_sizes"], dtype=np.int64).reshape(-1)

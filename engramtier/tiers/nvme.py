@@ -530,8 +530,8 @@ def _check_meta(where: str, layout: Layout, done: int, summary: dict, manifest: 
           and isinstance(manifest, dict) and manifest.get("n_rows") == layout.n_rows
           and manifest.get("row_bytes") == layout.row_bytes
           and (zdict is not None) == layout.compression.startswith("zstd-dict"))
-    if ok and manifest.get("hash_config") is None:
-        ok = manifest.get("fingerprint") is None
+    if ok and manifest.get("hash_config") is None:  # random rows: one sub-table, no addressing
+        ok = manifest.get("fingerprint") is None and manifest.get("subtable_sizes") == [layout.n_rows]
     elif ok:  # a table for a model: the model's modules are loaded by whoever opens it
         from engramtier.model.table import check_manifest
 
