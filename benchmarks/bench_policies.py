@@ -67,7 +67,7 @@ def prepared_context(name: str, keys: np.ndarray) -> tuple[PolicyContext, float]
     """The context every size of ``name`` is built from, and the seconds its one-off passes over the
     trace take (0 for an online policy, which needs none): best of 3, each on a fresh context."""
     sample = keys[:1000]
-    replay(make_policy(name, 10, PolicyContext(n_keys=N_IDS, keys=sample)), sample, np.empty(sample.size, np.bool_))
+    replay(make_policy(name, 100, PolicyContext(n_keys=N_IDS, keys=sample)), sample, np.empty(sample.size, np.bool_))
     if name not in OFFLINE:
         return PolicyContext(n_keys=N_IDS), 0.0
     best = math.inf

@@ -1,1 +1,14 @@
-"""engramtier.cache"""
+"""Which rows each tier keeps, and what that costs a step: policies, the engine, the simulator.
+
+policy      the six-operation policy interface, the registry, `compiled_policy`, single-tier `replay`
+policies/   the built-ins, one per module (lru fifo clock sieve lfu arc twoq s3fifo wtinylfu belady
+            lookahead static); `_lists` holds the linked lists they share
+nextuse     next-use arrays and the heap the offline policies (belady, lookahead) rank them in
+hierarchy   a hierarchy of tiers as the user declares it (TOML or Python): capacities, policies, models
+engine      the tiers of a hierarchy as compiled drivers over streams of lookups and demotions
+simulator   replays a trace through a hierarchy in steps and charges each step its fetch and stall
+mrc         miss-ratio curves: exact one-pass LRU, SHARDS sampling, any policy at many sizes
+timing      `TierModel`: latency per wave plus bandwidth, its defaults and its fit to measurements
+
+The runtime (tiers/) drives the same engine and policies; nothing here imports tiers/.
+"""

@@ -33,9 +33,10 @@ arrives, after the tiers below served it, so tier 1 must remove ``k`` (a hit) be
 victim, which could otherwise evict ``k`` from under the lookup. Each later tier keeps that order:
 per input event it emits at most one event (a missed LOOKUP forwarded, or the DEMOTE of its victim).
 
-Drivers take the policy, their input events, output buffers and a counters row, and can be called
-again on the next chunk: all state lives in the policy. A plain-Python policy runs the same driver
-source through ``driver.py_func``, as `replay` does.
+Drivers take the policy (or a built-in's bare state tuple), their input events, output buffers and a
+counters row, and can be called again on the next chunk: all state lives in the policy. One source
+(`make_drivers`) is compiled per built-in policy type with its operations inlined, compiled once over
+method calls for other jitclass policies, and run as Python for a plain-Python policy.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache.hierarchy import MODES
-from engramtier.cache.policy import is_compiled
+from engramtier.cache.policy import PREFETCH_AHEAD, inline_ops, is_compiled
 from engramtier.errors import EngramTierError
 
 # Per-tier counters, one int64 row per cache tier (see `Engine.counters`): LOOKUP events seen, hits,
@@ -86,102 +87,161 @@ def unique_per_step(rows, step_starts, t0, stamp, first_index, keys_out, ts_out,
     return n
 
 
-@njit(nogil=True)
-def fill_tier(policy, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
-              hits_per_step, counters):
-    """A tier that looks rows up and admits what it misses: every inclusive tier, and exclusive tier 0
-    (``demote``: its victims, or rows it declines, go down as DEMOTE events). ``events`` are lookups.
+def make_drivers(lookup, admit, remove, hit_victim, prefetch):
+    """The two cache-tier drivers over a ``target`` that the operations ``lookup(target, key, t)``,
+    ``admit(target, key, t)``, ``remove(target, key)``, ``hit_victim(target)`` and ``prefetch(target,
+    key)`` act on, as plain Python functions (compile them with `numba.njit`).
 
-    Per input event: ``hit``, and ``victim`` = what ``admit`` returned, or on a hit what the hit
-    evicted (`hit_victim`, usually -1; demoted like any victim). Misses are forwarded as LOOKUPs into
-    ``out_*``; returns the number of output events.
+    One source serves every kind of policy: a built-in `compiled_policy` passes its inline functions
+    and its bare state tuple, so the whole tier is one loop without calls or reference counting that
+    also prefetches each key's entry `PREFETCH_AHEAD` events ahead; any other policy passes functions
+    that call its methods (`METHOD_OPS`).
     """
-    n_out = 0
-    for s in range(step_starts.size - 1):
-        out_starts[s] = n_out
-        n_hits = 0
-        for j in range(step_starts[s], step_starts[s + 1]):
-            k = events[j]
-            t = ts[j]
-            if policy.lookup(k, t):
-                hit[j] = True
-                n_hits += 1
-                v = policy.hit_victim()
-                victim[j] = v
-                if v >= 0:
-                    counters[EVICTED] += 1
-                    if demote:
-                        out_events[n_out] = -1 - v
-                        out_ts[n_out] = t
-                        n_out += 1
-                continue
-            hit[j] = False
-            out_events[n_out] = k
-            out_ts[n_out] = t
-            n_out += 1
-            v = policy.admit(k, t)
-            victim[j] = v
-            if v == k:
-                counters[DECLINED] += 1
-            else:
-                counters[PROMOTED] += 1
-                if v >= 0:
-                    counters[EVICTED] += 1
-            if demote and v >= 0:
-                out_events[n_out] = -1 - v
-                out_ts[n_out] = t
-                n_out += 1
-        hits_per_step[s] = n_hits
-        counters[HITS] += n_hits
-    out_starts[step_starts.size - 1] = n_out
-    counters[LOOKUPS] += step_starts[step_starts.size - 1] - step_starts[0]
-    return n_out
 
+    def fill_tier(target, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
+                  hits_per_step, counters):
+        """A tier that looks rows up and admits what it misses: every inclusive tier, and exclusive
+        tier 0 (``demote``: its victims, or rows it declines, go down as DEMOTE events). ``events``
+        are lookups.
 
-@njit(nogil=True)
-def victim_tier(policy, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
-                hits_per_step, counters):
-    """Exclusive tier ``i > 0``: a LOOKUP hit removes the row (it moves to tier 0), a miss is
-    forwarded; a DEMOTE is admitted and the victim (or the declined row) is demoted further.
-
-    Per input event: ``hit`` (LOOKUPs only) and ``victim`` = what ``admit`` returned for a DEMOTE
-    (-1 for a LOOKUP). Returns the number of output events.
-    """
-    n_out = 0
-    for s in range(step_starts.size - 1):
-        out_starts[s] = n_out
-        n_hits = 0
-        for j in range(step_starts[s], step_starts[s + 1]):
-            e = events[j]
-            t = ts[j]
-            victim[j] = -1
-            hit[j] = False
-            if e >= 0:
-                counters[LOOKUPS] += 1
-                if policy.remove(e):
+        Per input event: ``hit``, and ``victim`` = what ``admit`` returned, or on a hit what the hit
+        evicted (`hit_victim`, usually -1; demoted like any victim). Misses are forwarded as LOOKUPs
+        into ``out_*``; returns the number of output events.
+        """
+        n_out = 0
+        last = step_starts[step_starts.size - 1]
+        for s in range(step_starts.size - 1):
+            out_starts[s] = n_out
+            n_hits = 0
+            for j in range(step_starts[s], step_starts[s + 1]):
+                if j + PREFETCH_AHEAD < last:
+                    prefetch(target, events[j + PREFETCH_AHEAD])
+                k = events[j]
+                t = ts[j]
+                if lookup(target, k, t):
                     hit[j] = True
                     n_hits += 1
+                    v = hit_victim(target)
+                    victim[j] = v
+                    if v >= 0:
+                        counters[EVICTED] += 1
+                        if demote:
+                            out_events[n_out] = -1 - v
+                            out_ts[n_out] = t
+                            n_out += 1
                     continue
-                out_events[n_out] = e
-            else:
-                k = -1 - e
-                v = policy.admit(k, t)
+                hit[j] = False
+                out_events[n_out] = k
+                out_ts[n_out] = t
+                n_out += 1
+                v = admit(target, k, t)
                 victim[j] = v
                 if v == k:
                     counters[DECLINED] += 1
                 else:
-                    counters[DEMOTED] += 1
+                    counters[PROMOTED] += 1
                     if v >= 0:
                         counters[EVICTED] += 1
-                if v < 0:
-                    continue
-                out_events[n_out] = -1 - v
-            out_ts[n_out] = t
-            n_out += 1
-        hits_per_step[s] = n_hits
-        counters[HITS] += n_hits
-    out_starts[step_starts.size - 1] = n_out
-    return n_out
+                if demote and v >= 0:
+                    out_events[n_out] = -1 - v
+                    out_ts[n_out] = t
+                    n_out += 1
+            hits_per_step[s] = n_hits
+            counters[HITS] += n_hits
+        out_starts[step_starts.size - 1] = n_out
+        counters[LOOKUPS] += last - step_starts[0]
+        return n_out
+
+    def victim_tier(target, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
+                    hits_per_step, counters):
+        """Exclusive tier ``i > 0``: a LOOKUP hit removes the row (it moves to tier 0), a miss is
+        forwarded; a DEMOTE is admitted and the victim (or the declined row) is demoted further.
+
+        Per input event: ``hit`` (LOOKUPs only) and ``victim`` = what ``admit`` returned for a DEMOTE
+        (-1 for a LOOKUP). Returns the number of output events.
+        """
+        n_out = 0
+        last = step_starts[step_starts.size - 1]
+        for s in range(step_starts.size - 1):
+            out_starts[s] = n_out
+            n_hits = 0
+            for j in range(step_starts[s], step_starts[s + 1]):
+                if j + PREFETCH_AHEAD < last:
+                    ahead = events[j + PREFETCH_AHEAD]
+                    prefetch(target, ahead if ahead >= 0 else -1 - ahead)
+                e = events[j]
+                t = ts[j]
+                victim[j] = -1
+                hit[j] = False
+                if e >= 0:
+                    counters[LOOKUPS] += 1
+                    if remove(target, e):
+                        hit[j] = True
+                        n_hits += 1
+                        continue
+                    out_events[n_out] = e
+                else:
+                    k = -1 - e
+                    v = admit(target, k, t)
+                    victim[j] = v
+                    if v == k:
+                        counters[DECLINED] += 1
+                    else:
+                        counters[DEMOTED] += 1
+                        if v >= 0:
+                            counters[EVICTED] += 1
+                    if v < 0:
+                        continue
+                    out_events[n_out] = -1 - v
+                out_ts[n_out] = t
+                n_out += 1
+            hits_per_step[s] = n_hits
+            counters[HITS] += n_hits
+        out_starts[step_starts.size - 1] = n_out
+        return n_out
+
+    return fill_tier, victim_tier
+
+
+def _method_lookup(policy, key, t):
+    return policy.lookup(key, t)
+
+
+def _method_admit(policy, key, t):
+    return policy.admit(key, t)
+
+
+def _method_remove(policy, key):
+    return policy.remove(key)
+
+
+def _method_hit_victim(policy):
+    return policy.hit_victim()
+
+
+def _no_prefetch(policy, key):
+    pass
+
+
+METHOD_OPS = (_method_lookup, _method_admit, _method_remove, _method_hit_victim, _no_prefetch)
+_PYTHON_DRIVERS = make_drivers(*METHOD_OPS)
+_DRIVERS: dict[Any, tuple[Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim)
+
+
+def drivers_for(policy: Any) -> tuple[Any, Any, Any]:
+    """(target, fill driver, victim driver) for ``policy``: its bare state and drivers specialised to
+    it for a `compiled_policy`, the policy with method-calling drivers for other jitclasses (compiled)
+    and plain Python policies (run as Python); compiled drivers are built once per policy type."""
+    if not is_compiled(policy):
+        return (policy, *_PYTHON_DRIVERS)
+    kind = policy._numba_type_
+    ops = inline_ops(policy)
+    if kind not in _DRIVERS:
+        if ops is None:
+            _DRIVERS[kind] = tuple(njit(nogil=True)(d) for d in make_drivers(*(njit(inline="always")(f) for f in METHOD_OPS)))
+        else:
+            _DRIVERS[kind] = tuple(njit(nogil=True, _nrt=False)(d) for d in make_drivers(*ops))
+    return (policy if ops is None else policy.state, *_DRIVERS[kind])
 
 
 @njit(nogil=True)
@@ -237,6 +297,7 @@ class Engine:
                 for upper in self.policies[:i] if lower.occupancy() else ():
                     compiled = is_compiled(upper) and is_compiled(lower)
                     (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, n_keys)
+        self._drivers = [drivers_for(policy) for policy in self.policies]
         self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
         self.store_lookups = 0
         self.streams: list[Stream] = []
@@ -256,6 +317,7 @@ class Engine:
         for first, stop in ((0, at), (at, len(self.policies))):
             half = Engine.__new__(Engine)
             half.policies, half.mode, half.first_tier = self.policies[first:stop], self.mode, first
+            half._drivers = self._drivers[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
             halves.append(half)
@@ -274,14 +336,13 @@ class Engine:
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
             hit, victim, out_starts = hit[:n], victim[:n], out_starts[: n_steps + 1]
+            target, fill, victim_driver = self._drivers[i]
             if self.first_tier + i == 0 or self.mode == "inclusive":
-                driver = fill_tier if is_compiled(policy) else fill_tier.py_func
-                n_out = driver(policy, events, ts_in, starts, self.mode == "exclusive", hit, victim,
-                               out_events, out_ts, out_starts, served[i], self.counters[i])
+                n_out = fill(target, events, ts_in, starts, self.mode == "exclusive", hit, victim,
+                             out_events, out_ts, out_starts, served[i], self.counters[i])
             else:
-                driver = victim_tier if is_compiled(policy) else victim_tier.py_func
-                n_out = driver(policy, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
-                               served[i], self.counters[i])
+                n_out = victim_driver(target, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
+                                      served[i], self.counters[i])
             self.streams.append(Stream(events, ts_in, starts, hit, victim))
             events, ts_in, starts = out_events[:n_out], out_ts[:n_out], out_starts
         self.store_lookups += int(store_tier(events, starts, served[-1]))

@@ -26,7 +26,8 @@ Calling a jitclass method from a compiled loop costs a call plus atomic referenc
 the instance and on every array it touches, several times the work of an LRU update. So the online
 built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, the six operations are
 inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
-forward to them, and `replay` inlines them into one loop over the bare tuple.
+forward to them, and `replay` and the engine's drivers (`engine.make_drivers`) inline them into one
+loop over the bare tuple.
 """
 
 from __future__ import annotations
@@ -156,11 +157,13 @@ def _load_builtins() -> None:
     import engramtier.cache.policies  # noqa: F401
 
 
-# jitclass instance type -> replay loop over that policy's state tuple (see `compiled_policy`)
+# jitclass instance type -> replay loop over that policy's state tuple, and its inline operations
+# (lookup, admit, remove, hit_victim, prefetch) for the engine's drivers (see `compiled_policy`)
 _KERNELS: dict[Any, Any] = {}
+_INLINE_OPS: dict[Any, tuple] = {}
 
-# How many requests ahead the replay loop prefetches a key's entry of the per-key array.
-_PREFETCH_AHEAD = 8
+# How many requests ahead compiled loops prefetch a key's entry of the per-key array.
+PREFETCH_AHEAD = 8
 
 
 @intrinsic
@@ -187,6 +190,18 @@ def _prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
+
+
+@njit(inline="always")
+def prefetch_key(state, key):
+    """Start loading ``key``'s entry of the state's first (per-key) array."""
+    _prefetch(state[0], key)
+
+
+def inline_ops(policy: Any) -> tuple | None:
+    """The inline (lookup, admit, remove, hit_victim, prefetch) functions of a `compiled_policy`
+    instance, which act on its ``state`` tuple; None for any other policy."""
+    return _INLINE_OPS.get(getattr(policy, "_numba_type_", None))
 
 
 @njit(inline="always")
@@ -247,8 +262,8 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     def kernel(state, keys, hits):
         n_hits = 0
         for t in range(keys.size):
-            if t + _PREFETCH_AHEAD < keys.size:
-                _prefetch(state[0], keys[t + _PREFETCH_AHEAD])
+            if t + PREFETCH_AHEAD < keys.size:
+                _prefetch(state[0], keys[t + PREFETCH_AHEAD])
             k = keys[t]
             if lookup(state, k, t):
                 hits[t] = True
@@ -259,6 +274,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
         return n_hits
 
     _KERNELS[cls.class_type.instance_type] = kernel
+    _INLINE_OPS[cls.class_type.instance_type] = (lookup, admit, remove, hit_victim, prefetch_key)
     return cls
 
 

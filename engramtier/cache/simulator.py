@@ -171,7 +171,7 @@ def _lookup_chunks(trace: RowTrace | TraceReader, n_keys: int, chunk_requests: i
     stamp = np.full(n_keys, -1, np.int64)
     buffers = _StepBuffers()
     lookups_before = 0
-    for chunk in trace_chunks(trace, dense=True):
+    for chunk in _read_ahead(trace_chunks(trace, dense=True)):
         starts = chunk.step_starts
         bounds = _chunk_bounds(starts, chunk_requests)
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -181,6 +181,17 @@ def _lookup_chunks(trace: RowTrace | TraceReader, n_keys: int, chunk_requests: i
                                 lookups_before, keys_buf, ts_buf, step_unique)
             lookups_before += n
             yield chunk.first_step + a, keys_buf[:n], ts_buf[:n], step_unique
+
+
+def _read_ahead(chunks):
+    """The items of ``chunks``, each next one already being produced on a worker thread while the
+    caller works on the current one: decompressing and decoding a trace chunk releases the GIL, so
+    reading the file overlaps tier 0 instead of preceding it."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 def _feed_on_two_threads(engine: Engine, lookups, unique: np.ndarray, served: np.ndarray, bar) -> None:

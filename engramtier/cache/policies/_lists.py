@@ -7,6 +7,10 @@ then just ``st[q] = tail`` (how CLOCK and FIFO-reinsertion rotate without touchi
 victim's node can take the incoming key in place. Free nodes are chained through ``nxt`` from
 ``st[free]``.
 
+A node's fields (its key, links, list and whatever a policy keeps per node) are one record of a
+structured array (`node_records`), and the state holds strided views of them: following a list then
+touches one cache line per node, not one per field, which is what bounds a tier of millions of rows.
+
 Every node holds a distinct key, so a pool never needs more nodes than there are keys: `bounded_pool`
 caps it there, which keeps a tier far larger than a trace's working set (a 32 GiB DRAM tier over a
 trace's dense keys) from allocating nodes no key can ever fill. A few nodes of slack cover a key
@@ -32,6 +36,19 @@ def free_chain(pool: int) -> np.ndarray:
     nxt = np.arange(1, pool + 1, dtype=np.int32)
     nxt[-1] = -1
     return nxt
+
+
+# Numba types of the views into node records: strided ("A" layout) 1-D arrays.
+NODE_KEYS, NODE_LINKS, NODE_BYTES = types.int64[:], types.int32[:], types.uint8[:]
+
+
+def node_records(pool: int, fields=()) -> np.ndarray:
+    """``pool`` free nodes: records of ``key`` (int64, -1), ``prv`` and ``nxt`` (int32, the free
+    chain 0 -> 1 -> ... -> -1) and then ``fields``, (name, dtype) pairs, zeroed."""
+    nodes = np.zeros(pool, np.dtype([("key", np.int64), ("prv", np.int32), ("nxt", np.int32), *fields], align=True))
+    nodes["key"] = -1
+    nodes["nxt"] = free_chain(pool)
+    return nodes
 
 
 @njit(inline="always")
@@ -113,24 +130,18 @@ def capacity_for(rows: int, ratio: float) -> int:
 
 
 def lists_state_type(*extra) -> types.Tuple:
-    """Numba type of a lists state tuple followed by the policy's ``extra`` arrays."""
-    return types.Tuple((types.int32[::1], types.int64[::1], types.int32[::1], types.int32[::1], types.int64[::1],
-                        types.uint8[::1]) + extra)
+    """Numba type of a lists state tuple followed by the policy's ``extra`` arrays (`NODE_BYTES` for
+    a per-node field of `lists_state`)."""
+    return types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_BYTES) + extra)
 
 
-def lists_state(n_keys: int, pool: int, scalars: list[int]) -> tuple:
+def lists_state(n_keys: int, pool: int, scalars: list[int], node_fields=()) -> tuple:
     """Empty lists over a pool of ``pool`` nodes (at most `bounded_pool`), with the policy's scalars
-    appended to st."""
-    pool = bounded_pool(pool, n_keys)
+    appended to st and views of its per-node ``node_fields`` ((name, dtype) pairs) appended to the tuple."""
+    nodes = node_records(bounded_pool(pool, n_keys), [("list", np.uint8), *node_fields])
     st = np.array([-1] * 4 + [0] * 4 + [0] + list(scalars), np.int64)
-    return (
-        np.full(n_keys, -1, np.int32),
-        np.full(pool, -1, np.int64),
-        np.zeros(pool, np.int32),
-        free_chain(pool),
-        st,
-        np.zeros(pool, np.uint8),
-    )
+    return (np.full(n_keys, -1, np.int32), nodes["key"], nodes["prv"], nodes["nxt"], st, nodes["list"],
+            *(nodes[name] for name, _ in node_fields))
 
 
 @njit(inline="always")

@@ -10,7 +10,7 @@ rotation of the head, so a lap costs no link updates.
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import push_head, tail, take_node
+from engramtier.cache.policies._lists import NODE_BYTES, NODE_KEYS, NODE_LINKS, push_head, tail, take_node
 from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, occupancy, remove, ring_state
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
@@ -18,8 +18,7 @@ from engramtier.errors import EngramTierError
 MAX_COUNT = FREE + 1  # index into st
 
 # lru's five arrays, then the counter of each slot
-STATE = types.Tuple((types.int32[::1], types.int64[::1], types.int32[::1], types.int32[::1], types.int64[::1],
-                     types.uint8[::1]))
+STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_BYTES))
 
 
 @njit(inline="always")
@@ -63,6 +62,4 @@ CLOCK = compiled_policy("CLOCK", STATE, lookup, admit, remove, holds_key, occupa
 def build(capacity: int, ctx: PolicyContext, bits: int = 1) -> CLOCK:
     if not 1 <= bits <= 8:
         raise EngramTierError(f"policy 'clock': bits must be between 1 and 8, got {bits}")
-    slot_of, key_of, prv, nxt, st = ring_state(capacity, ctx.n_keys)
-    st = np.append(st, 2**bits - 1)
-    return CLOCK((slot_of, key_of, prv, nxt, st, np.zeros(key_of.size, np.uint8)))
+    return CLOCK(ring_state(capacity, ctx.n_keys, extra_scalars=[2**bits - 1], slot_fields=[("ref", np.uint8)]))

@@ -13,16 +13,17 @@ share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import bounded_pool, free_chain, give_node, move_to_head, push_head, tail, take_node, unlink
+from engramtier.cache.policies._lists import (NODE_KEYS, NODE_LINKS, bounded_pool, give_node, move_to_head, node_records,
+                                              push_head, tail, take_node, unlink)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 HEAD, SIZE, CAPACITY, FREE = range(4)  # indices into st
 
 STATE = types.Tuple((
     types.int32[::1],  # slot_of[key]: slot or -1
-    types.int64[::1],  # key_of[slot]
-    types.int32[::1],  # prv[slot]
-    types.int32[::1],  # nxt[slot]
+    NODE_KEYS,  # key_of[slot]
+    NODE_LINKS,  # prv[slot]
+    NODE_LINKS,  # nxt[slot]
     types.int64[::1],  # st
 ))
 
@@ -73,19 +74,14 @@ def occupancy(state):
     return state[4][SIZE]
 
 
-def ring_state(capacity: int, n_keys: int) -> tuple:
-    """An empty ring of ``capacity`` slots over ``n_keys`` rows (the five arrays of `STATE`); slots
-    are allocated only up to `bounded_pool`."""
-    st = np.zeros(FREE + 1, np.int64)
-    st[HEAD], st[CAPACITY], st[FREE] = -1, capacity, 0
-    slots = bounded_pool(capacity, n_keys)
-    return (
-        np.full(n_keys, -1, np.int32),
-        np.full(slots, -1, np.int64),
-        np.zeros(slots, np.int32),
-        free_chain(slots),
-        st,
-    )
+def ring_state(capacity: int, n_keys: int, extra_scalars=(), slot_fields=()) -> tuple:
+    """An empty ring of ``capacity`` slots over ``n_keys`` rows (the five arrays of `STATE`, st
+    followed by ``extra_scalars``), then views of the per-slot ``slot_fields`` ((name, dtype) pairs,
+    kept in the slot records, see `_lists`); slots are allocated only up to `bounded_pool`."""
+    st = np.array([-1, 0, capacity, 0, *extra_scalars], np.int64)  # HEAD, SIZE, CAPACITY, FREE
+    slots = node_records(bounded_pool(capacity, n_keys), slot_fields)
+    return (np.full(n_keys, -1, np.int32), slots["key"], slots["prv"], slots["nxt"], st,
+            *(slots[name] for name, _ in slot_fields))
 
 
 LRU = compiled_policy("LRU", STATE, lookup, admit_at_head, remove, holds_key, occupancy)

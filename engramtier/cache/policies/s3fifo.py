@@ -18,10 +18,10 @@ fewer than 2 rows (it refuses a row as large as the queue), so such capacities a
 """
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
 from engramtier.cache.policies._lists import (
-    LENGTH, SCALARS, capacity_for, drop, holds, insert, lists_state, lists_state_type, move, remove_held,
+    LENGTH, NODE_BYTES, SCALARS, capacity_for, drop, holds, insert, lists_state, lists_state_type, move, remove_held,
     share, tail,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
@@ -30,7 +30,7 @@ from engramtier.errors import EngramTierError
 SMALL, MAIN, GHOST = range(3)  # list ids
 CAPACITY, SMALL_SHARE, MAIN_SHARE, GHOST_SHARE, MOVE_TO_MAIN, MAX_FREQ, HAS_EVICTED = range(SCALARS, SCALARS + 7)
 
-STATE = lists_state_type(types.uint8[::1])  # then freq[node]
+STATE = lists_state_type(NODE_BYTES)  # then freq[node]
 
 
 @njit(inline="always")
@@ -133,5 +133,4 @@ def build(capacity: int, ctx: PolicyContext, small_ratio: float = 0.1, ghost_rat
             f"and needs 2: use at least {capacity_for(2, small_ratio)} rows or a larger small_ratio"
         )
     scalars = [capacity, small, capacity - small, ghost, move_to_main, max(move_to_main, 3), 0]
-    lists = lists_state(ctx.n_keys, capacity + ghost, scalars)
-    return S3FIFO(lists + (np.zeros(lists[1].size, np.uint8),))
+    return S3FIFO(lists_state(ctx.n_keys, capacity + ghost, scalars, [("freq", np.uint8)]))

@@ -71,5 +71,4 @@ SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, holds_key, occupa
 
 @register("sieve")
 def build(capacity: int, ctx: PolicyContext) -> SIEVE:
-    slot_of, key_of, prv, nxt, st = ring_state(capacity, ctx.n_keys)
-    return SIEVE((slot_of, key_of, prv, nxt, np.append(st, -1), np.zeros(key_of.size, np.uint8)))
+    return SIEVE(ring_state(capacity, ctx.n_keys, extra_scalars=[-1], slot_fields=[("visited", np.uint8)]))
