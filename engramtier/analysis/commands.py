@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engramtier.argtypes import fraction, name_list, nonnegative_float, positive_int, size_list
 from engramtier.errors import EngramTierError
@@ -79,6 +80,10 @@ def register(subparsers) -> None:
     p.add_argument("--window-s", type=nonnegative_float, metavar="S", help="compute window per step (seconds); overrides [timing]")
     p.add_argument("--window-per-token-s", type=nonnegative_float, metavar="S",
                    help="compute window per token (seconds); overrides [timing]")
+    p.add_argument("--compute-s", type=nonnegative_float, metavar="S",
+                   help="compute per step without stalls (seconds); overrides [timing] (default: the window)")
+    p.add_argument("--compute-per-token-s", type=nonnegative_float, metavar="S",
+                   help="compute per token without stalls (seconds); overrides [timing]")
     _preset_option(p)
     common(p)
 
@@ -123,11 +128,22 @@ def _preset_option(p) -> None:
 
 
 def _timing_overrides(args) -> dict:
-    if args.window_s is not None and args.window_per_token_s is not None:
-        raise EngramTierError("give --window-s or --window-per-token-s, not both")
-    if args.window_s is None and args.window_per_token_s is None:
-        return {}
-    return {"timing": {"window_s": args.window_s, "window_per_token_s": args.window_per_token_s}}
+    """[timing] keys the options replace: a window option replaces both window keys, a compute
+    option both compute keys (one of each pair at most)."""
+    timing = {}
+    for per_step, per_token in (("window_s", "window_per_token_s"), ("compute_s", "compute_per_token_s")):
+        given = [getattr(args, per_step), getattr(args, per_token)]
+        if None not in given:
+            raise EngramTierError(f"give --{per_step.replace('_', '-')} or --{per_token.replace('_', '-')}, not both")
+        if given != [None, None]:
+            timing.update({per_step: given[0], per_token: given[1]})
+    return {"timing": timing} if timing else {}
+
+
+def _say_assumptions(summary: dict) -> None:
+    """Print what the numbers assume but the user did not say (one line each, on stderr)."""
+    if summary.get("timing_assumption"):
+        print(f"note: {summary['timing_assumption']}", file=sys.stderr)
 
 
 def _arguments(args) -> dict:
@@ -149,12 +165,14 @@ def run_simulate(args) -> None:
         with TraceReader(args.path) as trace:  # streamed chunk by chunk: a trace larger than memory is fine
             run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
             summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
+            _say_assumptions(summary)
     else:
         cfg = load_config(args.path, overrides=_timing_overrides(args), preset=args.preset)
         run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict())
         trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
         run.update_config(fingerprint=trace.meta.get("fingerprint"))
         summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
+        _say_assumptions(summary)
     html, _ = write_report(run.path)
     sim = summary["simulation"]
     rate = sim.get("tokens_per_s")
@@ -183,6 +201,7 @@ def run_sweep(args) -> None:
     trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
     run.update_config(fingerprint=trace.meta.get("fingerprint"))
     summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
+    _say_assumptions(summary)
     html, _ = write_report(run.path)
     print(f"{run.path}: stages {', '.join(stages)}; report {html}")
     if "cost" in summary and summary["cost"]["cheapest"]:

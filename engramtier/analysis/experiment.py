@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from engramtier.analysis import plots
-from engramtier.analysis.config import ExperimentConfig, TraceConfig, size_to_rows
+from engramtier.analysis.config import ExperimentConfig, TimingConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
 from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, point_record, simulate_point,
@@ -33,6 +33,16 @@ from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader
 
 STAGES = ("stats", "mrc", "hit_rate", "simulate", "stall", "cxl", "cost")
+TIMED_STAGES = ("simulate", "stall", "cxl")
+
+
+def timing_assumption(timing: TimingConfig) -> str | None:
+    """The one line saying what step time is assumed when [timing] gives no compute, else None."""
+    if timing.compute_s is not None or timing.compute_per_token_s is not None:
+        return None
+    return ("[timing] gives no compute_s or compute_per_token_s, so each step is taken to compute for exactly its "
+            "prefetch window and nothing else (stall fraction = stall / (window + stall)); give compute_per_token_s "
+            "(or --compute-per-token-s) for the model's real step time")
 TRACE_FILE = "trace.trace"
 
 
@@ -71,6 +81,8 @@ class Experiment:
 
     def run_stages(self, stages, log: Callable[[str], None] = lambda _: None) -> dict:
         self.summary.setdefault("trace", trace_summary(self.trace))
+        if set(stages) & set(TIMED_STAGES):
+            self.summary["timing_assumption"] = timing_assumption(self.cfg.timing)
         for stage in stages:
             if stage not in STAGES:
                 raise EngramTierError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")

@@ -87,6 +87,18 @@ def unique_per_step(rows, step_starts, t0, stamp, first_index, keys_out, ts_out,
     return n
 
 
+@njit(inline="always")
+def count_admission(counters, column, key, victim):
+    """Count what ``admit(key)`` returned: declined (``victim == key``), or admitted into ``column``
+    (PROMOTED from below, DEMOTED from above) and maybe evicting ``victim``."""
+    if victim == key:
+        counters[DECLINED] += 1
+    else:
+        counters[column] += 1
+        if victim >= 0:
+            counters[EVICTED] += 1
+
+
 def make_drivers(lookup, admit, remove, hit_victim, prefetch):
     """The two cache-tier drivers over a ``target`` that the operations ``lookup(target, key, t)``,
     ``admit(target, key, t)``, ``remove(target, key)``, ``hit_victim(target)`` and ``prefetch(target,
@@ -136,12 +148,7 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                 n_out += 1
                 v = admit(target, k, t)
                 victim[j] = v
-                if v == k:
-                    counters[DECLINED] += 1
-                else:
-                    counters[PROMOTED] += 1
-                    if v >= 0:
-                        counters[EVICTED] += 1
+                count_admission(counters, PROMOTED, k, v)
                 if demote and v >= 0:
                     out_events[n_out] = -1 - v
                     out_ts[n_out] = t
@@ -184,12 +191,7 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                     k = -1 - e
                     v = admit(target, k, t)
                     victim[j] = v
-                    if v == k:
-                        counters[DECLINED] += 1
-                    else:
-                        counters[DEMOTED] += 1
-                        if v >= 0:
-                            counters[EVICTED] += 1
+                    count_admission(counters, DEMOTED, k, v)
                     if v < 0:
                         continue
                     out_events[n_out] = -1 - v

@@ -1,0 +1,66 @@
+"""What an experiment assumes is said: step time without a compute figure is stated in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engramtier.cli import main
+
+HIERARCHY = """\
+[hierarchy]
+[[hierarchy.tier]]
+name = "gpu"
+capacity = 300
+policy = "lru"
+model = "hbm"
+[[hierarchy.tier]]
+name = "nvme"
+model = "nvme"
+[timing]
+window_per_token_s = 3e-6
+"""
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("timing") / "z.trace"
+    assert main(["trace", "--synthetic-zipf", "1.0", "--vocab", "3000", "--tokens", "20000", "--table-size", "10007",
+                 "--layers", "1", "--heads", "2", "--batch", "4", "--seq-len", "256", "-o", str(path), "--quiet"]) == 0
+    return path
+
+
+def simulate(tmp_path, trace, capsys, *options):
+    hierarchy = tmp_path / "h.toml"
+    hierarchy.write_text(HIERARCHY)
+    out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    code = main(["simulate", "--hierarchy", str(hierarchy), str(trace), "--out", str(out), "--quiet", *options])
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text()) if code == 0 else None
+    steps = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] if code == 0 else []
+    return code, captured.err, summary, [s for s in steps if s["experiment"] == "step"]
+
+
+def test_a_window_without_compute_is_stated_as_an_assumption(tmp_path, trace, capsys):
+    code, err, summary, steps = simulate(tmp_path, trace, capsys)
+    assert code == 0 and len(steps) > 1
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "no compute_s or compute_per_token_s" in notes[0] and "--compute-per-token-s" in notes[0]
+    assert summary["timing_assumption"] in notes[0]
+    sim = summary["simulation"]
+    assert all(s["compute_s"] == s["window_s"] for s in steps)
+    assert sim["compute_seconds"] == pytest.approx(sum(s["window_s"] for s in steps))
+
+
+def test_a_compute_option_removes_the_assumption_and_changes_the_step_time(tmp_path, trace, capsys):
+    _, _, assumed, _ = simulate(tmp_path, trace, capsys)
+    code, err, given, _ = simulate(tmp_path, trace, capsys, "--compute-per-token-s", "5e-5")
+    assert code == 0 and "note:" not in err and given["timing_assumption"] is None
+    assert given["simulation"]["compute_seconds"] == pytest.approx(assumed["simulation"]["compute_seconds"] * 50 / 3)
+    assert given["simulation"]["stall_seconds"] == pytest.approx(assumed["simulation"]["stall_seconds"])
+
+
+def test_both_compute_options_are_one_line_refused(tmp_path, trace, capsys):
+    code, err, _, _ = simulate(tmp_path, trace, capsys, "--compute-s", "1", "--compute-per-token-s", "5e-5")
+    assert code == 2 and len(err.splitlines()) == 1 and "--compute-s or --compute-per-token-s, not both" in err
