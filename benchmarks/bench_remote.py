@@ -26,10 +26,10 @@ import redis
 
 from bench_tiers import rate, timed_batches, zipf_sampler
 from engramtier.provenance import machine_info
-from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
-from engramtier.tiers.redis_store import RedisTier
 from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote
+from engramtier.tiers.remote.redis import RedisTier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from mooncake_fixture import MooncakeStore, mooncake_missing  # noqa: E402 (the tests' throwaway stores)

@@ -60,9 +60,10 @@ from engramtier.model.hashing import NgramHasher
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
 from engramtier.provenance import machine_info
-from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import drop_page_cache
 from engramtier.tiers.replay import forward_inputs, replay, text_batches
+from engramtier.tiers.open import open_table
 from engramtier.tiers.tiered import TieredTable
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
@@ -172,7 +173,7 @@ def hierarchy(name: str, n_rows: int, args) -> Hierarchy:
 
 
 def open_tiered(model, lmdb_dir: Path, args, name: str, gather: str, record_trace: bool = False) -> TieredTable:
-    return TieredTable.open(hierarchy(name, model.hasher.n_rows, args), lmdb_dir,
+    return open_table(hierarchy(name, model.hasher.n_rows, args), lmdb_dir,
                             expect_fingerprint=model.config.engram.fingerprint, readers=args.readers,
                             device=args.device, layers_per_step=len(model.config.engram.layer_ids),
                             record_trace=record_trace, dram_gather=gather)

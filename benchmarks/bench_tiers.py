@@ -46,7 +46,7 @@ import torch
 
 from engramtier.model.rows import RowFormat
 from engramtier.provenance import machine_info
-from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import DramTier
 from engramtier.tiers.gpu import GpuTier

@@ -22,7 +22,7 @@ _COMMAND_MODULES = (
     "engramtier.model.commands",
     "engramtier.tiers.commands",
     "engramtier.tiers.runtime_commands",
-    "engramtier.tiers.remote_commands",
+    "engramtier.tiers.remote.commands",
     "engramtier.analysis.commands",
 )
 

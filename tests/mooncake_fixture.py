@@ -30,10 +30,10 @@ def mooncake_binary(name: str) -> str | None:
 
 def mooncake_missing() -> str | None:
     """Why a Mooncake Store cannot be started here, or None when it can."""
-    from engramtier.tiers import mooncake_store  # sets Mooncake's log level before loading it
+    from engramtier.tiers.remote import mooncake  # sets Mooncake's log level before loading it
 
-    if mooncake_store.IMPORT_ERROR:
-        return f"the package mooncake-transfer-engine-non-cuda does not import ({mooncake_store.IMPORT_ERROR})"
+    if mooncake.IMPORT_ERROR:
+        return f"the package mooncake-transfer-engine-non-cuda does not import ({mooncake.IMPORT_ERROR})"
     absent = [name for name in ("mooncake_master", "mooncake_client") if mooncake_binary(name) is None]
     return f"{' and '.join(absent)} not found next to {sys.executable} or on PATH" if absent else None
 

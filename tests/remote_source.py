@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from engramtier.tiers.build import RandomRows
+from engramtier.tiers.lmdb_table import RandomRows
 
 N_ROWS = 5000
 ROW_BYTES = 32  # bf16[16]

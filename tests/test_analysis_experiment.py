@@ -1,4 +1,5 @@
-"""What an experiment assumes is said: step time without a compute figure is stated in one line."""
+"""What an experiment assumes is said (step time without a compute figure, in one line), and one hierarchy
+file serves every command."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import pytest
 
+from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.cli import main
 
 HIERARCHY = """\
@@ -31,9 +33,9 @@ def trace(tmp_path_factory):
     return path
 
 
-def simulate(tmp_path, trace, capsys, *options):
+def simulate(tmp_path, trace, capsys, *options, text=HIERARCHY):
     hierarchy = tmp_path / "h.toml"
-    hierarchy.write_text(HIERARCHY)
+    hierarchy.write_text(text)
     out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
     code = main(["simulate", "--hierarchy", str(hierarchy), str(trace), "--out", str(out), "--quiet", *options])
     captured = capsys.readouterr()
@@ -64,3 +66,16 @@ def test_a_compute_option_removes_the_assumption_and_changes_the_step_time(tmp_p
 def test_both_compute_options_are_one_line_refused(tmp_path, trace, capsys):
     code, err, _, _ = simulate(tmp_path, trace, capsys, "--compute-s", "1", "--compute-per-token-s", "5e-5")
     assert code == 2 and len(err.splitlines()) == 1 and "--compute-s or --compute-per-token-s, not both" in err
+
+
+def test_the_runtime_hierarchy_format_simulates_identically(tmp_path, trace, capsys):
+    """replay's hierarchy file (``mode`` and ``[[tier]]`` at the top) and an experiment file's
+    ``[hierarchy]`` are one format: simulate takes both, the runtime's loader reads both."""
+    top_level = HIERARCHY.replace("[hierarchy]\n", 'mode = "inclusive"\n').replace("[[hierarchy.tier]]", "[[tier]]")
+    _, _, nested, _ = simulate(tmp_path, trace, capsys)
+    code, err, flat, _ = simulate(tmp_path, trace, capsys, text=top_level)
+    assert code == 0, err
+    assert flat["simulation"]["tiers"] == nested["simulation"]["tiers"] and flat["simulation"]["tiers"][0]["hits"] > 0
+    (tmp_path / "nested.toml").write_text(HIERARCHY)
+    (tmp_path / "flat.toml").write_text(top_level)
+    assert load_hierarchy(tmp_path / "nested.toml") == load_hierarchy(tmp_path / "flat.toml")

@@ -12,7 +12,7 @@ from engramtier.analysis.config import load_config
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main
 from engramtier.errors import EngramTierError, check_number
-from engramtier.tiers.tiered import load_hierarchy
+from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.trace.tracefile import TraceReader
 
 GOOD = textwrap.dedent("""\

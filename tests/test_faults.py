@@ -26,7 +26,7 @@ import redis
 
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
-from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import open_remote
 

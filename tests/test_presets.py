@@ -102,7 +102,7 @@ def test_build_table_with_a_preset(tmp_path, capsys):
 
 def test_build_table_refuses_a_preset_that_does_not_fit_the_disk(tmp_path, capsys, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("engramtier.tiers.build.shutil.disk_usage", lambda path: usage(2**40, 2**40 - 2**30, 2**30))
+    monkeypatch.setattr("engramtier.tiers.lmdb_table.shutil.disk_usage", lambda path: usage(2**40, 2**40 - 2**30, 2**30))
     out = tmp_path / "flash"
     one_error_line(capsys, ["build-table", str(out), "--random", "--preset", "dsv41-flash"],
                    "needs about 192.", "1.0 GiB free", "--table-size")

@@ -16,12 +16,12 @@ from redis_servers import free_port
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
-from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
-from engramtier.tiers.redis_store import RedisTier
 from engramtier.tiers.remote import RemoteUnavailable, populate_remote
+from engramtier.tiers.remote.redis import RedisTier
 from engramtier.tiers.replay import random_run
-from engramtier.tiers.tiered import TieredTable, lmdb_table_for
+from engramtier.tiers.open import lmdb_table_for, open_table
 from engramtier.trace.sources import sample_text_dir
 
 N_ROWS, BLOCK_ROWS, STEPS, KILL_AT = 3000, 256, 8, 3
@@ -74,7 +74,7 @@ def run(table, table_rows, on_step=lambda step: None):
 
 def test_error_rule_stops_with_one_line_and_the_store_is_intact(persistent_server, lmdb_table, table_rows):
     populate(persistent_server.url, lmdb_table)
-    table = TieredTable.open(hierarchy(persistent_server.url), lmdb_table, device="cpu")
+    table = open_table(hierarchy(persistent_server.url), lmdb_table, device="cpu")
     with table, pytest.raises(RemoteUnavailable, match=rf"remote tier {persistent_server.url} unreachable: .*start the "
                                                        "server") as err:
         run(table, table_rows, on_step=lambda step: step == KILL_AT and persistent_server.kill())
@@ -98,7 +98,7 @@ def test_retry_rule_rides_out_a_restart(persistent_server, lmdb_table, table_row
             persistent_server.kill()
             threading.Timer(0.5, persistent_server.restart).start()
 
-    with TieredTable.open(hierarchy(persistent_server.url, on_failure="retry", retry_s=20), lmdb_table,
+    with open_table(hierarchy(persistent_server.url, on_failure="retry", retry_s=20), lmdb_table,
                           device="cpu") as table:
         store = run(table, table_rows, on_step=kill_and_restart)
     facts = store["remote"]
@@ -108,7 +108,7 @@ def test_retry_rule_rides_out_a_restart(persistent_server, lmdb_table, table_row
 
 def test_retry_rule_gives_up_after_retry_s(server, lmdb_table, table_rows):
     populate(server.url, lmdb_table)
-    with TieredTable.open(hierarchy(server.url, on_failure="retry", retry_s=0.3), lmdb_table, device="cpu") as table:
+    with open_table(hierarchy(server.url, on_failure="retry", retry_s=0.3), lmdb_table, device="cpu") as table:
         start = time.monotonic()
         with pytest.raises(RemoteUnavailable, match=r"still unreachable after retrying for 0.3 s"):
             run(table, table_rows, on_step=lambda step: step == KILL_AT and server.kill())
@@ -125,7 +125,7 @@ def test_fallback_rule_serves_the_local_table_then_returns_to_the_store(persiste
             persistent_server.restart()
             time.sleep(0.3)  # past retry_s: the next read tries the store again
 
-    with TieredTable.open(hierarchy(persistent_server.url, on_failure="fallback", retry_s=0.2), lmdb_table,
+    with open_table(hierarchy(persistent_server.url, on_failure="fallback", retry_s=0.2), lmdb_table,
                           device="cpu") as table:
         store = run(table, table_rows, on_step=outage)
         remote_rows = table.store.primary.rows_read
@@ -140,12 +140,12 @@ def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_ta
     other = tmp_path / "other.lmdb"
     build_lmdb_table(RandomRows(N_ROWS, "bf16", 16, seed=4), other, progress=False)
     with pytest.raises(EngramTierError, match="not the table the store was populated from") as err:
-        TieredTable.open(hierarchy(server.url, on_failure="fallback"), other, device="cpu")
+        open_table(hierarchy(server.url, on_failure="fallback"), other, device="cpu")
     assert "\n" not in str(err.value)
     with pytest.raises(EngramTierError, match=r"on_failure must be one of error, retry, fallback, got 'ignore'"):
-        TieredTable.open(hierarchy(server.url, on_failure="ignore"), lmdb_table, device="cpu")
+        open_table(hierarchy(server.url, on_failure="ignore"), lmdb_table, device="cpu")
     with pytest.raises(EngramTierError, match=r"retry_s must be a number of seconds >= 0, got -1"):
-        TieredTable.open(hierarchy(server.url, on_failure="retry", retry_s=-1), lmdb_table, device="cpu")
+        open_table(hierarchy(server.url, on_failure="retry", retry_s=-1), lmdb_table, device="cpu")
 
 
 def test_remote_commands_populate_resume_calibrate_and_plan(server, lmdb_table, tmp_path, capsys):

@@ -11,10 +11,11 @@ import torch
 from engramtier.cli import main
 from engramtier.model.table import DATA_FILE
 from engramtier.model.train import load_model
-from engramtier.tiers.build import FlatTableRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.generate import generate
 from engramtier.tiers.replay import forward_inputs, random_run, replay, text_batches
-from engramtier.tiers.tiered import load_hierarchy, open_for_model
+from engramtier.cache.hierarchy import load_hierarchy
+from engramtier.tiers.open import open_for_model
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
 

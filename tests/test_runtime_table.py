@@ -11,8 +11,8 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
-from engramtier.tiers.build import RandomRows, build_lmdb_table
-from engramtier.tiers.tiered import TieredTable
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
+from engramtier.tiers.open import open_table
 
 N_ROWS, DIM = 400, 8
 
@@ -57,7 +57,7 @@ def assert_slabs_mirror_policies(table, flat):
 def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
     path, flat = table_dir
     steps = zipf_steps(60, seed=1)
-    with TieredTable.open(hierarchy(mode, top, middle), path, device="cpu", record_trace=True) as table:
+    with open_table(hierarchy(mode, top, middle), path, device="cpu", record_trace=True) as table:
         for ids in steps:
             got = table.prefetch(torch.from_numpy(ids)).wait()
             np.testing.assert_array_equal(got.numpy(), flat[ids])
@@ -84,7 +84,7 @@ def test_rows_are_the_flat_tables_bytes(table_dir, mode, batches, sizes):
     """Tiny tiers, so that every step promotes and evicts; shapes other than 1-D pass through."""
     path, flat = table_dir
     spec = hierarchy(mode, "clock", "lru", top_rows=sizes[0], middle_rows=sizes[1])
-    with TieredTable.open(spec, path, device="cpu") as table:
+    with open_table(spec, path, device="cpu") as table:
         for batch in batches:
             ids = torch.tensor(batch, dtype=torch.int64)
             if ids.numel() % 2 == 0 and ids.numel():
@@ -100,7 +100,7 @@ def test_a_step_is_every_layer_of_one_forward_in_trace_order(table_dir):
     path, flat = table_dir
     rng = np.random.default_rng(3)
     layers = [[torch.from_numpy(rng.integers(0, N_ROWS, (2, 3, 4))) for _ in range(2)] for _ in range(5)]
-    with TieredTable.open(hierarchy("inclusive"), path, device="cpu", layers_per_step=2, record_trace=True) as table:
+    with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2, record_trace=True) as table:
         for forward in layers:
             handles = [table.prefetch(ids) for ids in forward]
             for ids, handle in zip(forward, handles):
@@ -119,7 +119,7 @@ def test_a_static_hot_set_is_preloaded_and_hits_at_once(table_dir):
     profile[hot] = [10, 9, 8, 7]
     spec = {"tier": [{"name": "gpu", "capacity": 4, "policy": "static", "model": "hbm"}, {"name": "nvme", "model": "nvme"}]}
     ctx = PolicyContext(n_keys=N_ROWS, profile=profile)
-    with TieredTable.open(spec, path, device="cpu", ctx=ctx) as table:
+    with open_table(spec, path, device="cpu", ctx=ctx) as table:
         ids = torch.tensor([99, 1, 3, 1, 250])
         np.testing.assert_array_equal(table.prefetch(ids).wait().numpy(), flat[ids.numpy()])
         gpu, store = table.stats()["tiers"]
@@ -129,7 +129,7 @@ def test_a_static_hot_set_is_preloaded_and_hits_at_once(table_dir):
 
 def test_per_step_records_and_stall(table_dir):
     path, _ = table_dir
-    with TieredTable.open(hierarchy("inclusive"), path, device="cpu") as table:
+    with open_table(hierarchy("inclusive"), path, device="cpu") as table:
         for ids in zipf_steps(4, seed=2, max_len=20):
             table.prefetch(torch.from_numpy(ids)).wait()
         table.finish()
@@ -144,29 +144,29 @@ def test_per_step_records_and_stall(table_dir):
 def test_refusals(table_dir, tmp_path, monkeypatch):
     path, _ = table_dir
     with pytest.raises(EngramTierError, match="no table at"):
-        TieredTable.open(hierarchy("inclusive"), tmp_path / "missing")
+        open_table(hierarchy("inclusive"), tmp_path / "missing")
     fingerprinted = tmp_path / "other"
     build_lmdb_table(RandomRows(50, "bf16", DIM, seed=1), fingerprinted, progress=False)
     with pytest.raises(EngramTierError, match="built for hash fingerprint None, but the model's is abc"):
-        TieredTable.open(hierarchy("inclusive"), fingerprinted, expect_fingerprint="abc")
+        open_table(hierarchy("inclusive"), fingerprinted, expect_fingerprint="abc")
     with pytest.raises(EngramTierError, match=r"tier 'dram': capacity 500 \(500 rows\) exceeds the table's 400 rows"):
-        TieredTable.open(hierarchy("inclusive", middle_rows=500), path)
+        open_table(hierarchy("inclusive", middle_rows=500), path)
     monkeypatch.setattr("engramtier.tiers.slab.available_host_bytes", lambda: 1000)
     with pytest.raises(EngramTierError, match="tier 'gpu': gpu tier: needs .* GiB but only .* GiB are free"):
-        TieredTable.open(hierarchy("inclusive"), path, device="cpu")
+        open_table(hierarchy("inclusive"), path, device="cpu")
     monkeypatch.undo()
     spec = {"tier": [{"name": "flash", "capacity": 4, "policy": "lru", "model": "nvme"}, {"name": "nvme", "model": "nvme"}]}
     with pytest.raises(EngramTierError, match="cannot tell where cache tier 'flash' lives"):
-        TieredTable.open(spec, path, device="cpu")
+        open_table(spec, path, device="cpu")
     with pytest.raises(EngramTierError, match="policy 'belady' is offline and needs the whole trace"):
-        TieredTable.open(hierarchy("inclusive", top="belady"), path, device="cpu")
-    with TieredTable.open(hierarchy("inclusive"), path, device="cpu", layers_per_step=2) as table:
+        open_table(hierarchy("inclusive", top="belady"), path, device="cpu")
+    with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2) as table:
         handle = table.prefetch(torch.zeros(3, dtype=torch.int64))
         with pytest.raises(EngramTierError, match="equally shaped ids"):
             table.prefetch(torch.zeros(4, dtype=torch.int64))
         with pytest.raises(EngramTierError, match="awaited after 1 of its 2 layers"):
             handle.wait()
-    with TieredTable.open(hierarchy("inclusive"), path, device="cpu") as table:
+    with open_table(hierarchy("inclusive"), path, device="cpu") as table:
         with pytest.raises(EngramTierError, match="row id 400 lies outside the table's 400 rows"):
             table.prefetch(torch.tensor([1, 400]))
 
@@ -177,7 +177,7 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
 def test_gpu_rows_and_hits(table_dir, mode):
     path, flat = table_dir
     steps = zipf_steps(40, seed=4)
-    with TieredTable.open(hierarchy(mode), path, device="cuda", record_trace=True) as table:
+    with open_table(hierarchy(mode), path, device="cuda", record_trace=True) as table:
         assert not table.caches[0].emulated
         for ids in steps:
             got = table.prefetch(torch.from_numpy(ids).cuda()).wait()
@@ -198,7 +198,7 @@ def test_rows_evicted_by_a_hit_leave_their_slot(table_dir, mode):
     steps = [(rng.zipf(1.05, size=40) % N_ROWS).astype(np.int64) for _ in range(150)]
     spec = hierarchy(mode, top="wtinylfu", middle="lru", top_rows=100, middle_rows=200)
     hit_evictions = 0
-    with TieredTable.open(spec, path, device="cpu") as table:
+    with open_table(spec, path, device="cpu") as table:
         for ids in steps:
             np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
             first = table.engine.streams[0]

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers import mooncake_store
-from engramtier.tiers.build import build_lmdb_table
+from engramtier.tiers.lmdb_table import build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
-from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, open_remote, populate_remote
-from engramtier.tiers.tiered import TieredTable
+from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, mooncake, open_remote, populate_remote
+from engramtier.tiers.open import open_table
 from mooncake_fixture import MooncakeStore, free_ports, need_mooncake
 from remote_source import N_ROWS, ROW_BYTES, SourceRows
 
@@ -141,7 +140,7 @@ def test_unreachable_master_is_one_line():
 def test_open_remote_builds_the_tier_and_refuses_bad_options(store):
     with open_remote(store.storage(key_prefix="opts", replicas=1, protocol="tcp", local_buffer_size=1 << 20),
                      n_table_rows=N_ROWS, row_bytes=ROW_BYTES, fingerprint=None) as tier:
-        assert isinstance(tier, mooncake_store.MooncakeTier) and tier.block_rows == mooncake_store.BLOCK_ROWS
+        assert isinstance(tier, mooncake.MooncakeTier) and tier.block_rows == mooncake.BLOCK_ROWS
     with pytest.raises(EngramTierError, match=r"unknown storage option 'replica': did you mean 'replicas'"):
         open_remote(store.storage(replica=2), n_table_rows=N_ROWS, row_bytes=ROW_BYTES, fingerprint=None)
     with pytest.raises(EngramTierError, match=r"local_buffer_size \(1024\) must hold a block .*lower block_rows"):
@@ -157,8 +156,8 @@ def test_calibrate_returns_a_positive_model(table):
 
 
 def test_without_the_package_the_tier_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(mooncake_store, "MooncakeDistributedStore", None)
-    monkeypatch.setattr(mooncake_store, "IMPORT_ERROR", "No module named 'mooncake'")
+    monkeypatch.setattr(mooncake, "MooncakeDistributedStore", None)
+    monkeypatch.setattr(mooncake, "IMPORT_ERROR", "No module named 'mooncake'")
     message = (r"^remote tier: backend 'mooncake' needs the package mooncake-transfer-engine-non-cuda and Debian's "
                r"libibverbs1 \(pip install .*\); it does not import: No module named 'mooncake'$")
     with pytest.raises(EngramTierError, match=message):
@@ -174,7 +173,7 @@ def test_a_tiered_table_serves_an_lmdb_table_from_mooncake(store, tmp_path):
                           {"name": "remote", "model": "remote",
                            "storage": store.storage(key_prefix="served", block_rows=BLOCK_ROWS)}]}
     rng = np.random.default_rng(2)
-    with TieredTable.open(hierarchy, path, device="cpu") as table:
+    with open_table(hierarchy, path, device="cpu") as table:
         for _ in range(4):
             ids = np.minimum(rng.zipf(1.2, 500) - 1, N_ROWS - 1)
             np.testing.assert_array_equal(table.prefetch(ids).wait().numpy(), SourceRows().expected(ids))

@@ -13,8 +13,8 @@ from redis_servers import free_port
 from remote_source import N_ROWS, SourceRows
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers.redis_store import RedisTier
 from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, open_remote, populate_remote
+from engramtier.tiers.remote.redis import RedisTier
 
 BLOCK_ROWS = 256  # small blocks so a read spans many hash tags; 20 blocks, the last of 136 rows
 N_BLOCKS = -(-N_ROWS // BLOCK_ROWS)

@@ -8,9 +8,9 @@ import torch
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
-from engramtier.tiers.build import RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.dram import DramTier
-from engramtier.tiers.tiered import TieredTable
+from engramtier.tiers.open import open_table
 from engramtier.tiers.uva import device_view, gather_rows
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -96,7 +96,7 @@ def test_runtime_with_uva_dram_serves_the_flat_bytes_and_the_simulated_hits(tabl
     path, flat = table_dir
     rng = np.random.default_rng(4)
     steps = [(rng.zipf(1.1, size=50) % N_ROWS).astype(np.int64) for _ in range(40)]
-    with TieredTable.open(hierarchy(with_gpu), path, device="cuda", dram_gather="uva", record_trace=True) as table:
+    with open_table(hierarchy(with_gpu), path, device="cuda", dram_gather="uva", record_trace=True) as table:
         assert table.stats()["dram_gather"] == "uva"
         for ids in steps:
             got = table.prefetch(torch.from_numpy(ids).cuda()).wait()
@@ -111,7 +111,7 @@ def test_runtime_with_uva_dram_serves_the_flat_bytes_and_the_simulated_hits(tabl
 def test_without_cuda_the_uva_path_is_refused_in_one_line(table_dir):
     refusals = [lambda: device_view(torch.zeros((4, 8), dtype=torch.uint8)),
                 lambda: DramTier(100, 10, 8, device="cuda", gather="uva"),
-                lambda: TieredTable.open(hierarchy(False), table_dir[0], device="cpu", dram_gather="uva")]
+                lambda: open_table(hierarchy(False), table_dir[0], device="cpu", dram_gather="uva")]
     for refuse in refusals:
         with pytest.raises(EngramTierError, match="needs CUDA, which is not available here") as err:
             refuse()

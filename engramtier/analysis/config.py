@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from engramtier.analysis.cost import DEFAULT_USD_PER_GB
-from engramtier.cache.hierarchy import Hierarchy, parse_size
+from engramtier.cache.hierarchy import Hierarchy, hierarchy_section, parse_size
 from engramtier.cache.policy import policy_names
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
 from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, shape_problems
@@ -184,12 +184,14 @@ def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] 
 
 def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) -> ExperimentConfig:
     where = str(path)
+    doc = hierarchy_section(doc)
     refuse_unknown(doc, SECTIONS, where)
     for name in SECTIONS:
         if name in doc and not isinstance(doc[name], Mapping):
             raise EngramTierError(f"{where}: '{name}' must be a table ([{name}]), got {doc[name]!r}")
     if "hierarchy" not in doc:
-        raise EngramTierError(f"{where}: no [hierarchy] section; declare the tiers with [[hierarchy.tier]] tables")
+        raise EngramTierError(f"{where}: no [hierarchy] section; declare the tiers with [[hierarchy.tier]] tables "
+                              "(or [[tier]] tables at the top, as a hierarchy file)")
     if need_trace and "trace" not in doc:
         raise EngramTierError(f"{where}: no [trace] section; say where the trace comes from (source = \"sample\")")
     trace = _trace_config(doc.get("trace", {}), path)

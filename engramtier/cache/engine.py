@@ -42,7 +42,7 @@ method calls for other jitclass policies, and run as Python for a plain-Python p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from numba import njit
@@ -268,6 +268,16 @@ def drop_rows_held_above(upper, lower, n_keys):
             lower.remove(k)
 
 
+def tier_report(tiers: Sequence[Mapping[str, Any]], row_bytes: int) -> list[dict[str, Any]]:
+    """The one per-tier report of a hierarchy, the simulator's and the runtime's: each of ``tiers``
+    (fastest first, the store last: what its caller knows of it and its `Engine.tier_counts`) with the
+    hit rate of the lookups that reached it, its share of all lookups (every lookup reaches the first
+    tier) and ``served_bytes``, the bytes of the rows it served (hits x row bytes)."""
+    total = max(tiers[0]["lookups"], 1) if tiers else 1
+    return [{**t, "hit_rate": t["hits"] / t["lookups"] if t["lookups"] else 0.0, "served_share": t["hits"] / total,
+             "served_bytes": t["hits"] * row_bytes} for t in tiers]
+
+
 @dataclass
 class Stream:
     """The events one tier consumed in the last `Engine.feed`: views into reused buffers, valid until
@@ -350,6 +360,11 @@ class Engine:
         self.store_lookups += int(store_tier(events, starts, served[-1]))
         self.streams.append(Stream(events, ts_in, starts))
         return served
+
+    def tier_counts(self) -> list[dict[str, int]]:
+        """Per tier, fastest first and the store last: the `COUNTERS` so far (every store lookup hits)."""
+        counts = [dict(zip(COUNTERS, c.tolist())) for c in self.counters]
+        return [*counts, {**dict.fromkeys(COUNTERS, 0), "lookups": self.store_lookups, "hits": self.store_lookups}]
 
     def _reserve(self, n_events: int, n_starts: int) -> None:
         """Grow the per-tier event buffers (never shrink them), so that feeds of similar size reuse them."""

@@ -22,8 +22,10 @@ from typing import Any, Mapping
 from engramtier.cache.policy import PolicyContext, make_policy, policy_names
 from engramtier.cache.timing import TierModel, tier_model
 from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.tomlfile import read_toml
 
 MODES = ("inclusive", "exclusive")
+HIERARCHY_KEYS = ("mode", "tier")  # a hierarchy's keys, at a file's top or under [hierarchy]
 
 SIZE_UNITS = {
     "B": 1,
@@ -233,3 +235,25 @@ class Hierarchy:
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "tier": [t.to_dict() for t in self.tiers]}
+
+
+def hierarchy_section(doc: Mapping[str, Any]) -> dict:
+    """``doc`` with its hierarchy under ``"hierarchy"``: a file may hold it there (an experiment file's
+    ``[hierarchy]``) or at its top (``mode`` and ``[[tier]]`` tables, a hierarchy file), and every
+    command reads both, so one file serves simulate, sweep, replay and generate alike."""
+    if "hierarchy" in doc or "tier" not in doc:
+        return dict(doc)
+    rest = {k: v for k, v in doc.items() if k not in HIERARCHY_KEYS}
+    return {**rest, "hierarchy": {k: doc[k] for k in HIERARCHY_KEYS if k in doc}}
+
+
+def load_hierarchy(path: Any) -> Hierarchy:
+    """The hierarchy of a TOML file: ``mode`` and ``[[tier]]`` tables at its top, or under
+    ``[hierarchy]`` (an experiment file's section); the file's other sections are not read here."""
+    read = read_toml(path, "a hierarchy .toml with [[tier]] tables, fastest first")
+    doc = hierarchy_section(read)
+    if "hierarchy" not in doc:
+        raise EngramTierError(f"{path}: no hierarchy; declare the tiers with [[tier]] tables (or [[hierarchy.tier]])")
+    if not isinstance(doc["hierarchy"], Mapping):
+        raise EngramTierError(f"{path}: 'hierarchy' must be a table ([hierarchy]), got {doc['hierarchy']!r}")
+    return Hierarchy.from_dict(doc["hierarchy"], where=f"{path}: [hierarchy]" if "hierarchy" in read else str(path))

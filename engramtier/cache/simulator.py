@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
+from engramtier.cache.engine import Engine, tier_report, unique_per_step
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError
@@ -59,15 +59,9 @@ class SimResult:
 
     def tier_stats(self) -> list[dict[str, Any]]:
         """Per tier: lookups, hits, hit rate (of the lookups that reached it), share of all lookups it
-        served, bytes read, rows promoted (admitted from below), demoted (admitted from above), evicted
-        and declined."""
-        row_bytes = self.config["row_bytes"]
-        total = max(int(self.unique.sum()), 1)
-        return [
-            {**t, "hit_rate": t["hits"] / t["lookups"] if t["lookups"] else 0.0, "served_share": t["hits"] / total,
-             "bytes_read": t["hits"] * row_bytes}
-            for t in self.tier_totals
-        ]
+        served, rows promoted (admitted from below), demoted (admitted from above), evicted and
+        declined (see `tier_report`), and bytes read: in a simulation, the bytes of the rows served."""
+        return [{**t, "bytes_read": t["served_bytes"]} for t in tier_report(self.tier_totals, self.config["row_bytes"])]
 
     def summary(self) -> dict[str, Any]:
         seconds = float(self.step_s.sum())
@@ -146,14 +140,9 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     fetch = np.stack([tier.model.fetch_seconds(served[i], row_bytes) for i, tier in enumerate(hierarchy.tiers)])
     step_fetch = fetch.max(axis=0) if overlap == "parallel" else fetch.sum(axis=0)
     stall = np.maximum(step_fetch - window, 0.0)
-    tier_totals = [
-        {"name": tier.name, "policy": tier.policy, "capacity_rows": rows, "model": tier.model.name,
-         **dict(zip(COUNTERS, engine.counters[i].tolist()))}
-        for i, (tier, rows) in enumerate(zip(hierarchy.caches, capacities))
-    ]
-    tier_totals.append({"name": hierarchy.store.name, "policy": None, "capacity_rows": trace.n_table_rows,
-                        "model": hierarchy.store.model.name,
-                        **dict.fromkeys(COUNTERS, 0), "lookups": engine.store_lookups, "hits": engine.store_lookups})
+    facts = [{"name": tier.name, "policy": tier.policy, "capacity_rows": rows, "model": tier.model.name}
+             for tier, rows in zip(hierarchy.tiers, [*capacities, trace.n_table_rows])]
+    tier_totals = [{**f, **counts} for f, counts in zip(facts, engine.tier_counts())]
     config = {
         "hierarchy": hierarchy.to_dict(),
         "overlap": overlap,

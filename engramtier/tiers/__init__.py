@@ -5,10 +5,14 @@ slab             a cache tier's slab of slots and the map of which row sits in w
 gpu, dram, cxl   the cache tiers (device slab; pinned host slab; dram on slower or modelled memory)
 uva              zero-copy gathers from pinned host memory on the GPU
 nvme             the LMDB table on local disk: the source of truth every other tier copies
-build            writing that LMDB table, resumably; commands: `engramtier build-table`
-remote           a table in Redis, Redis Cluster (redis_store) or Mooncake Store (mooncake_store)
-failover         what the runtime does when the remote store goes away
-tiered           `TieredTable`: the model's row source over a hierarchy of tiers
+pages            that table's page: header, row checksums, compression; written and verified
+lmdb_table       writing that LMDB table, resumably; commands: `engramtier build-table`
+remote/          a table in Redis, Redis Cluster (remote.redis) or Mooncake Store (remote.mooncake); its
+                 failover (what the runtime does when the store goes away); commands: `engramtier remote`
+tiered           `TieredTable`: the model's row source over a hierarchy of tiers, one step at a time
+slots            its slot planning: which slots a step's admissions and evictions change
+staging          its staging buffers and the one host-to-device copy
+open             building a hierarchy's store (local or remote) and a `TieredTable` for a model
 replay, generate the model over a tiered table, compared with the flat one; commands: `engramtier
-                 replay | generate` (runtime_commands), `engramtier remote` (remote_commands)
+                 replay | generate` (runtime_commands)
 """

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build_table(args: argparse.Namespace) -> None:
-    from engramtier.tiers.build import FlatTableRows, build_lmdb_table, load_profile
+    from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table, load_profile
 
     if args.random:
         source = _random_rows(args)
@@ -83,7 +83,7 @@ def run_build_table(args: argparse.Namespace) -> None:
 
 def _random_rows(args: argparse.Namespace):
     """The --random row source: --rows plain rows, or every row of a preset's hash config."""
-    from engramtier.tiers.build import RandomRows
+    from engramtier.tiers.lmdb_table import RandomRows
 
     if not args.preset:
         if args.rows is None:

@@ -109,7 +109,7 @@ class CxlTier(DramTier):
         _libnuma().numa_tonode_memory(ctypes.c_void_p(slab.ctypes.data), ctypes.c_size_t(nbytes),
                                       ctypes.c_int(self.numa_node))
         slab.fill(0)
-        self.slab_pinned = False  # copies to a GPU still leave through the pinned staging buffers
+        self.slab_pinned = False  # copies to a GPU leave through the runtime's pinned staging buffer
         return slab
 
     @property

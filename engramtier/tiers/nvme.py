@@ -19,14 +19,9 @@ lookups touches far fewer pages than rows; ``pos`` maps row id -> position and `
 Big-endian keys keep LMDB's key order equal to page order, so a build appends and a read of sorted
 pages walks the B-tree forward.
 
-A page is `PAGE_HEADER` (checksum of the row-checksum list, rows on the page, 1 if compressed), then
-one u32 checksum per row (the low half of XXH64 of the row, seeded with its position), then the rows,
-raw or as one zstd frame. Every read verifies the page's checksum list (seeded with the page number,
-so a page stored under the wrong key fails too) and the checksum of every row it returns, so a flipped
-bit on disk is an error naming the page and file, never a silently wrong embedding. Verifying rows
-rather than whole pages is what keeps reads fast: a tail lookup takes one 160-byte row from a 16 KiB
-page, and hashing the whole page would cost more than finding it. Uncompressed pages are read in place
-from LMDB's memory map (no copy); the numba kernel gets their addresses.
+A page (`engramtier.tiers.pages`) is a header, one checksum per row and the rows, raw or zstd; every
+read verifies the checksums of the pages and rows it touches, so a flipped bit on disk is an error
+naming the page and file. Uncompressed pages are read in place from LMDB's memory map (no copy).
 
 Pages are fetched by ``readers`` threads, each in its own read transaction; the environment is opened
 read-only without a lock file, so any number of serving processes can share one table.
@@ -39,224 +34,24 @@ import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import numpy as np
 import zstandard
-import numba
-from numba import njit, types
-from numba.extending import intrinsic
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier, default_model
+from engramtier.tiers.pages import PAGE_KEY, Layout, read_rows, rows_offset
 
 TABLE_FORMAT = b"engramtier-lmdb-table/1"
 DATA_FILE = "data.mdb"
-PAGE_HEADER = struct.Struct("<QII")  # xxh64 of the row-checksum list, rows on the page, 1 if zstd-compressed
-HEADER_BYTES = PAGE_HEADER.size
-ROW_SUM_BYTES = 4
-PAGE_KEY = struct.Struct(">Q")
 COUNT = struct.Struct(">Q")
 LAYOUT_CHUNK = 1 << 20  # permutation entries per LMDB value
 DATABASES = (b"meta", b"pages", b"layout")
 
-# --- XXH64 (Yann Collet's xxHash, 64-bit variant), written from the published algorithm. ---------
-
-_P1 = np.uint64(0x9E3779B185EBCA87)
-_P2 = np.uint64(0xC2B2AE3D27D4EB4F)
-_P3 = np.uint64(0x165667B19E3779F9)
-_P4 = np.uint64(0x85EBCA77C2B2AE63)
-_P5 = np.uint64(0x27D4EB2F165667C5)
-
-
-@njit(inline="always")
-def _rotl(x, r):
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-@njit(inline="always")
-def _round(acc, lane):
-    return _rotl(acc + lane * _P2, 31) * _P1
-
-
-@njit(inline="always")
-def _merge(h, v):
-    return (h ^ _round(np.uint64(0), v)) * _P1 + _P4
-
-
-@njit(nogil=True, cache=True)
-def xxh64(data, seed):
-    """XXH64 of the uint8 array ``data``; 8-byte words are read unaligned (fine on x86-64 and ARMv8)."""
-    n = data.size
-    words = data[: n - n % 8].view(np.uint64)
-    i = 0
-    if n >= 32:
-        v1, v2, v3, v4 = seed + _P1 + _P2, seed + _P2, seed, seed - _P1
-        while i < n // 32 * 4:
-            v1 = _round(v1, words[i])
-            v2 = _round(v2, words[i + 1])
-            v3 = _round(v3, words[i + 2])
-            v4 = _round(v4, words[i + 3])
-            i += 4
-        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
-        h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
-    else:
-        h = seed + _P5
-    h += np.uint64(n)
-    while i < words.size:
-        h = _rotl(h ^ _round(np.uint64(0), words[i]), 27) * _P1 + _P4
-        i += 1
-    p = i * 8
-    if p + 4 <= n:
-        w = np.uint64(0)
-        for b in range(4):
-            w |= np.uint64(data[p + b]) << np.uint64(8 * b)
-        h = _rotl(h ^ (w * _P1), 23) * _P2 + _P3
-        p += 4
-    while p < n:
-        h = _rotl(h ^ (np.uint64(data[p]) * _P5), 11) * _P1
-        p += 1
-    h ^= h >> np.uint64(33)
-    h *= _P2
-    h ^= h >> np.uint64(29)
-    h *= _P3
-    h ^= h >> np.uint64(32)
-    return h
-
-
-@njit(nogil=True, cache=True)
-def row_checksums(rows, positions, out):
-    """``out[i]`` = low 32 bits of XXH64(rows[i]) seeded with the row's position."""
-    for i in range(rows.shape[0]):
-        out[i] = np.uint32(xxh64(rows[i], np.uint64(positions[i])) & np.uint64(0xFFFFFFFF))
-
-
-@intrinsic
-def _pointer(typingctx, address):
-    """The integer ``address`` as a uint8 pointer, for `numba.carray` views of memory numpy does not own."""
-    sig = types.CPointer(types.uint8)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.uint8)))
-
-    return sig, codegen
-
-
-@njit(nogil=True, cache=True)
-def _read_rows(positions, page_rows, n_rows, value_at, rows_at, value_len, compressed, checked, epoch, row_bytes,
-               out):
-    """Copy the row at ``positions[i]`` into ``out[i]``, verifying each page's header and checksum list
-    the first time this read touches it and every row's checksum.
-
-    Per page: ``value_at`` is the address of its stored value (header and checksum list), ``rows_at``
-    that of its row bytes (inside the value, or a decompressed copy), both bounds-checked by the
-    caller; ``checked[page] == epoch`` marks pages already verified by this read, so requests need no
-    grouping by page (no sort). Returns (bad page or -1, 1 for a bad header or checksum list and 2 for
-    a bad row, distinct pages touched, their stored bytes).
-    """
-    pages = 0
-    stored = 0
-    for i in range(positions.size):
-        position = positions[i]
-        page = position // page_rows
-        k = position - page * page_rows
-        if checked[page] != epoch:
-            checked[page] = epoch
-            pages += 1
-            stored += value_len[page]
-            n = min(page_rows, n_rows - page * page_rows)
-            value = numba.carray(_pointer(value_at[page]), HEADER_BYTES + ROW_SUM_BYTES * n)
-            header = value[:HEADER_BYTES]
-            if header[8:12].view(np.uint32)[0] != n or header[12:16].view(np.uint32)[0] != compressed:
-                return page, 1, pages, stored
-            if xxh64(value[HEADER_BYTES:], np.uint64(page)) != header[:8].view(np.uint64)[0]:
-                return page, 1, pages, stored
-        row = numba.carray(_pointer(rows_at[page] + k * row_bytes), row_bytes)
-        for b in range(row_bytes):
-            out[i, b] = row[b]
-        stored_sum = numba.carray(_pointer(value_at[page] + HEADER_BYTES + ROW_SUM_BYTES * k), 4).view(np.uint32)[0]
-        if np.uint32(xxh64(out[i], np.uint64(position)) & np.uint64(0xFFFFFFFF)) != stored_sum:
-            return page, 2, pages, stored
-    return -1, 0, pages, stored
-
-
-# --- Layout and compression, shared with the builder. --------------------------------------------
-
-
-@dataclass(frozen=True)
-class Compression:
-    """How page payloads are stored: "none", "zstd[:LEVEL]" or "zstd-dict[:LEVEL]" (level 3 by default)."""
-
-    kind: str
-    level: int = 3
-
-    @classmethod
-    def parse(cls, spec: str) -> "Compression":
-        kind, _, level = spec.partition(":")
-        if kind not in ("none", "zstd", "zstd-dict") or (kind == "none" and level):
-            raise EngramTierError(f"compression '{spec}' is not one of: none, zstd[:LEVEL], zstd-dict[:LEVEL]")
-        if not level:
-            return cls(kind)
-        if not level.lstrip("-").isdigit() or not -7 <= int(level) <= 22:
-            raise EngramTierError(f"compression '{spec}': the zstd level must be an integer in -7..22")
-        return cls(kind, int(level))
-
-    def __str__(self) -> str:
-        return self.kind if self.kind == "none" else f"{self.kind}:{self.level}"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How rows map to pages; stored as JSON under meta b"layout"."""
-
-    n_rows: int
-    row_bytes: int
-    page_rows: int
-    compression: str
-    permuted: bool
-    checksum: str = "xxh64"
-
-    @property
-    def n_pages(self) -> int:
-        return -(-self.n_rows // self.page_rows)
-
-    @property
-    def page_bytes(self) -> int:
-        """Row bytes of a full page."""
-        return self.page_rows * self.row_bytes
-
-    def value_bytes(self, n_rows: int) -> int:
-        """Size of an uncompressed stored page of ``n_rows`` rows."""
-        return HEADER_BYTES + n_rows * (ROW_SUM_BYTES + self.row_bytes)
-
-    def rows_on_page(self, page: int) -> int:
-        return min(self.page_rows, self.n_rows - page * self.page_rows)
-
-    def to_json(self) -> bytes:
-        return json.dumps({**asdict(self), "n_pages": self.n_pages}, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> "Layout":
-        """The stored layout, refused (ValueError) unless each field has its type and range: the page
-        arithmetic of every read trusts them."""
-        fields = json.loads(raw)
-        if not isinstance(fields, dict):
-            raise ValueError(f"layout {fields!r} is not a JSON object")
-        n_pages = fields.pop("n_pages")
-        layout = cls(**fields)
-        counts = (layout.n_rows, layout.row_bytes, layout.page_rows, n_pages)
-        if (not all(type(c) is int and c >= 1 for c in counts) or n_pages != layout.n_pages
-                or type(layout.permuted) is not bool or layout.checksum != "xxh64"
-                or not isinstance(layout.compression, str)):
-            raise ValueError(f"layout {fields} does not hold together")
-        try:
-            Compression.parse(layout.compression)
-        except EngramTierError as err:
-            raise ValueError(str(err)) from None
-        return layout
+# --- The table's environment, shared with the builder. -------------------------------------------
 
 
 def layout_chunk_keys(kind: bytes, n: int) -> list[bytes]:
@@ -288,7 +83,7 @@ def drop_page_cache(path: str | os.PathLike) -> None:
 
 
 class NvmeTier(Tier):
-    """Read-only tier over a table built by `engramtier.tiers.build.build_lmdb_table`.
+    """Read-only tier over a table built by `engramtier.tiers.lmdb_table.build_lmdb_table`.
 
     ``readers``: threads fetching pages (each with its own LMDB read transaction and zstd context).
     ``expect_fingerprint``: refuse a table built for another model's hash configuration.
@@ -389,9 +184,9 @@ class NvmeTier(Tier):
             if unknown.size:
                 self._in_readers(self._locate, np.unique(unknown))
         self._epoch += 1
-        bad, why, pages, stored = _read_rows(positions, lay.page_rows, lay.n_rows, self._page_at, self._rows_at,
-                                             self._page_len, self._compressed, self._checked, self._epoch,
-                                             self.row_bytes, out)
+        bad, why, pages, stored = read_rows(positions, lay.page_rows, lay.n_rows, self._page_at, self._rows_at,
+                                            self._page_len, self._compressed, self._checked, self._epoch,
+                                            self.row_bytes, out)
         del keep  # the decompressed pages `_rows_at` pointed into
         if bad >= 0:
             raise self._corrupt(bad, "checksum list or header mismatch" if why == 1 else "row checksum mismatch")
@@ -424,7 +219,7 @@ class NvmeTier(Tier):
                     raise self._corrupt(page, f"LMDB: {err}") from None
                 if value is None:
                     raise self._corrupt(page, "page missing")
-                if len(value) < HEADER_BYTES + ROW_SUM_BYTES * n:
+                if len(value) < rows_offset(n):
                     raise self._corrupt(page, f"{len(value)} bytes for {n} rows")
                 self._page_at[page] = _address(value)
                 self._page_len[page] = len(value)
@@ -433,10 +228,10 @@ class NvmeTier(Tier):
     def _locate(self, pages: np.ndarray) -> None:
         """Look up uncompressed pages, check each holds exactly its rows, and note where they start."""
         for page, n, value in self._lookup(pages):
-            if len(value) != HEADER_BYTES + n * (ROW_SUM_BYTES + self.row_bytes):
+            if len(value) != self.layout.value_bytes(n):
                 self._page_at[page] = 0
                 raise self._corrupt(page, f"{len(value)} bytes for {n} rows")
-            self._rows_at[page] = self._page_at[page] + HEADER_BYTES + ROW_SUM_BYTES * n
+            self._rows_at[page] = self._page_at[page] + rows_offset(n)
 
     def _decompress(self, pages: np.ndarray) -> list:
         """Decompress ``pages``, pointing `_rows_at` at the copies; returns them (keep them alive)."""
@@ -445,7 +240,7 @@ class NvmeTier(Tier):
             decompress, keep = self._decompressor(), []
             for page, n, value in self._lookup(pages):
                 try:
-                    rows = decompress(value[HEADER_BYTES + ROW_SUM_BYTES * n :])
+                    rows = decompress(value[rows_offset(n) :])
                 except zstandard.ZstdError as err:
                     raise self._corrupt(page, f"zstd: {err}") from None
                 if len(rows) != n * self.row_bytes:

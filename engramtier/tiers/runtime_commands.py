@@ -23,7 +23,7 @@ examples:
   # no trained run: a random-initialised model (written to OUT/model) replayed as decode steps
   engramtier replay --mode decode --requests 8 --seq-len 64 --prompt-len 16 --hierarchy tiers.toml
 
-A hierarchy file:
+A hierarchy file (the same format simulate --hierarchy reads; [[hierarchy.tier]] tables work too):
   mode = "exclusive"
   [[tier]]
   name = "gpu"
@@ -103,12 +103,27 @@ def _serving_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readers", type=positive_int, default=4, help="NVMe reader threads (default 4)")
 
 
-def _serve(args: argparse.Namespace, run_dir, record_trace: bool):
-    """(loaded run, TieredTable) for ``run_dir`` as the serving options say."""
+def _checked_hierarchy(args: argparse.Namespace):
+    """The --hierarchy file's hierarchy (None for the default), and --run's directory checked: both
+    before torch is imported, so that a wrong path is refused at once."""
+    from pathlib import Path
+
+    from engramtier.cache.hierarchy import load_hierarchy
+
+    if args.run_dir is not None:
+        for name in ("config.json", "model.safetensors"):
+            if not (Path(args.run_dir) / name).is_file():
+                raise EngramTierError(f"--run {args.run_dir}: {name} is missing; give a directory written by "
+                                      "'engramtier train'")
+    return load_hierarchy(args.hierarchy) if args.hierarchy else None
+
+
+def _serve(args: argparse.Namespace, run_dir, hierarchy, record_trace: bool):
+    """(loaded run, TieredTable) for ``run_dir`` over ``hierarchy`` as the serving options say."""
     import torch
 
     from engramtier.model.train import load_model
-    from engramtier.tiers.tiered import lmdb_table_for, load_hierarchy, open_for_model
+    from engramtier.tiers.open import lmdb_table_for, open_for_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -116,7 +131,6 @@ def _serve(args: argparse.Namespace, run_dir, record_trace: bool):
     loaded = load_model(run_dir, device=device)
     if loaded.model.config.engram is None:
         raise EngramTierError(f"run {run_dir}: the model has no Engram layers, so it has no table to tier")
-    hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
     table_path = args.table or lmdb_table_for(run_dir)
     table = open_for_model(loaded.model, table_path, hierarchy, device=device, readers=args.readers,
                            record_trace=record_trace)
@@ -124,6 +138,12 @@ def _serve(args: argparse.Namespace, run_dir, record_trace: bool):
 
 
 def _run_replay(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    hierarchy = _checked_hierarchy(args)
+    if args.text is not None and not Path(args.text).exists():
+        raise EngramTierError(f"--text {args.text}: no such file or directory; give text files (or leave it out "
+                              "for the shipped sample)")
     from engramtier.rundir import RunDir
     from engramtier.tiers.replay import random_run, replay, text_batches
     from engramtier.trace.build import StepPlan
@@ -139,7 +159,7 @@ def _run_replay(args: argparse.Namespace) -> None:
                              d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                              engram_layers=tuple(args.engram_layers), table_size=args.table_size,
                              hash_heads=args.hash_heads, row_dim=args.row_dim)
-    loaded, table = _serve(args, run_dir, record_trace=True)
+    loaded, table = _serve(args, run_dir, hierarchy, record_trace=True)
     with table:
         batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
         summary, records = replay(loaded.model, loaded.rows, table, batches, plan)
@@ -186,8 +206,8 @@ def _tier_table(tiers: list[dict]) -> str:
 def _run_generate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from engramtier.tiers.generate import generate
     from engramtier.trace.sources import decode_text
+
 
     if args.prompts == "-":
         text = decode_text(sys.stdin.buffer.read(), "standard input")
@@ -199,7 +219,10 @@ def _run_generate(args: argparse.Namespace) -> None:
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise EngramTierError("generate: no prompts; give a file with one prompt per line, or pipe them in")
-    loaded, table = _serve(args, args.run_dir, record_trace=False)
+    hierarchy = _checked_hierarchy(args)
+    from engramtier.tiers.generate import generate
+
+    loaded, table = _serve(args, args.run_dir, hierarchy, record_trace=False)
     with table:
         texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,
                                  top_k=args.top_k, temperature=args.temperature, seed=args.seed,

@@ -30,7 +30,6 @@ Offline policies (belady, lookahead) need the future of the trace: pass it in ``
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,19 +39,18 @@ import numpy as np
 import torch
 from numba import njit
 
-from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
+from engramtier.cache.engine import Engine, tier_report, unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
-from engramtier.cache.policy import PolicyContext, is_compiled
+from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError, refuse_unknown
-from engramtier.tomlfile import read_toml
 from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import GATHERS, DramTier
-from engramtier.tiers.failover import FailoverStore, split_rule
 from engramtier.tiers.gpu import GpuTier
-from engramtier.tiers.nvme import NvmeTier
-from engramtier.tiers.remote import open_remote
+from engramtier.tiers.remote import FailoverStore
 from engramtier.tiers.slab import SlabTier, copy_rows
+from engramtier.tiers.slots import SlotPlan, held_keys
+from engramtier.tiers.staging import Grow, Staging
 from engramtier.trace.rowtrace import RowTrace
 
 # A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).
@@ -62,178 +60,12 @@ PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all num
 REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "fallback_rows")
 
 
-@njit(inline="always")
-def _release(row, slot_of, id_of, free, n_free, mark, step, touched, before, n):
-    """Free ``row``'s slot, listing the slot as touched; the new touched count, or -1 if ``row`` holds
-    no slot (the map contradicts the policy)."""
-    s = slot_of[row]
-    if s < 0:
-        return -1
-    if mark[s] != step:
-        mark[s] = step
-        touched[n] = s
-        before[n] = id_of[s]
-        n += 1
-    slot_of[row] = -1
-    id_of[s] = -1
-    free[n_free[0]] = s
-    n_free[0] += 1
-    return n
-
-
-@njit(nogil=True, cache=True)
-def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_free, mark, step, touched,
-               before, after):
-    """Replay one cache tier's events of a step (an `Engine` stream) on its slot map.
-
-    A lookup the tier missed and admitted (``victim`` = what ``admit`` returned: -1, a victim, or the
-    row itself when declined) takes the victim's slot or pops a free one; for an exclusive lower tier
-    (``exclusive_lower``) a lookup hit frees the row's slot (the row moves up) and a DEMOTE event
-    (-1 - row) is admitted the same way; a hit that evicted (``victim`` >= 0 on a hit, see
-    `hit_victim`) frees the evicted row's slot. ``free[:n_free[0]]`` is the stack of free slots, updated to
-    the step's end. Each slot touched is listed once in ``touched`` with its row ``before`` and
-    ``after`` the step (``mark[slot] == step`` once listed); ``slot_of``/``id_of`` are left as they
-    were, because the rows move only after the step's gather. Returns (slots touched, -1), or the
-    index of the first event the map contradicts (a policy admitting into a full tier, a victim not
-    held).
-    """
-    n = 0
-    bad = -1
-    for j in range(events.size):
-        e = events[j]
-        if e >= 0 and exclusive_lower:
-            if not hit[j]:
-                continue
-            n = _release(e, slot_of, id_of, free, n_free, mark, step, touched, before, n)
-            if n < 0:
-                bad = j
-                break
-            continue
-        if e >= 0:
-            if hit[j]:
-                if victim[j] >= 0:  # the hit evicted a row (see `hit_victim`): free its slot
-                    n = _release(victim[j], slot_of, id_of, free, n_free, mark, step, touched, before, n)
-                    if n < 0:
-                        bad = j
-                        break
-                continue
-            k = e
-        else:
-            k = -1 - e
-        v = victim[j]
-        if v == k:
-            continue
-        if v < 0:
-            if n_free[0] == 0:
-                bad = j
-                break
-            n_free[0] -= 1
-            s = free[n_free[0]]
-        else:
-            s = slot_of[v]
-            if s < 0:
-                bad = j
-                break
-            slot_of[v] = -1
-        if mark[s] != step:
-            mark[s] = step
-            touched[n] = s
-            before[n] = id_of[s]
-            n += 1
-        id_of[s] = k
-        slot_of[k] = s
-    for i in range(n):
-        after[i] = id_of[touched[i]]
-    for i in range(n):  # undo, latest occupants first, then the occupants at the start
-        if after[i] >= 0:
-            slot_of[after[i]] = -1
-    for i in range(n):
-        id_of[touched[i]] = before[i]
-        if before[i] >= 0:
-            slot_of[before[i]] = touched[i]
-    return n, bad
-
-
 @njit(nogil=True, cache=True)
 def _positions(stamp, keys, first, rank, out):
     """``out[i]`` = row of ``keys[i]`` in the staging buffer: its position among the step's needed rows
     (``stamp[key] - first``, see `unique_per_step`) through ``rank`` (needed row -> staging row)."""
     for i in range(keys.size):
         out[i] = rank[stamp[keys[i]] - first]
-
-
-@njit(nogil=True)
-def _held_keys(policy, n_keys, out):
-    n = 0
-    for k in range(n_keys):
-        if policy.contains(k):
-            out[n] = k
-            n += 1
-    return n
-
-
-def held_keys(policy: Any, n_keys: int) -> np.ndarray:
-    """The rows a policy holds (a static hot set starts full), scanned once when the table opens."""
-    out = np.empty(int(policy.occupancy()), np.int64)
-    n = (_held_keys if is_compiled(policy) else _held_keys.py_func)(policy, n_keys, out)
-    return out[:n]
-
-
-class _Grow:
-    """A reused array that grows (never shrinks): `take(n)` is a view of its first ``n`` rows."""
-
-    def __init__(self, dtype: Any, row_shape: tuple[int, ...] = (), pinned: bool = False) -> None:
-        self.dtype, self.row_shape, self.pinned = dtype, row_shape, pinned
-        self.array = self._allocate(0)
-
-    def _allocate(self, n: int) -> np.ndarray:
-        if self.pinned:  # page-locked, so that copies to the GPU are DMAs off the compute stream
-            dtype = torch.from_numpy(np.empty(0, self.dtype)).dtype
-            return torch.empty((n, *self.row_shape), dtype=dtype, pin_memory=True).numpy()
-        return np.empty((n, *self.row_shape), self.dtype)
-
-    def take(self, n: int) -> np.ndarray:
-        if self.array.shape[0] < n:
-            self.array = self._allocate(max(n, 2 * self.array.shape[0]))
-        return self.array[:n]
-
-
-class _SlotPlan:
-    """The runtime's bookkeeping for one cache tier: its free slots and the slot changes of a step."""
-
-    def __init__(self, tier: SlabTier, exclusive_lower: bool) -> None:
-        self.tier = tier
-        self.exclusive_lower = exclusive_lower
-        free = np.flatnonzero(tier.id_of < 0)[::-1]  # popped from the end: lowest slot first
-        self.free = np.empty(tier.capacity_rows, np.int64)
-        self.free[: free.size] = free
-        self.n_free = np.array([free.size], np.int64)
-        self.mark = np.full(tier.capacity_rows, -1, np.int64)
-        self.touched, self.before, self.after = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
-        self.n = 0
-
-    def plan(self, stream: Any, step: int, name: str) -> None:
-        n_events = stream.events.size
-        touched, before, after = self.touched.take(n_events), self.before.take(n_events), self.after.take(n_events)
-        self.n, bad = plan_slots(stream.events, stream.hit, stream.victim, self.exclusive_lower, self.tier.slot_of,
-                                 self.tier.id_of, self.free, self.n_free, self.mark, step, touched, before, after)
-        if bad >= 0:
-            raise EngramTierError(
-                f"tiered table: tier '{name}': its policy's decision at step {step} (event {bad}) contradicts the "
-                "tier's slots (a policy admitting beyond its capacity or evicting a row it does not hold); "
-                "check the policy against the policy interface"
-            )
-
-    def arrivals(self) -> tuple[np.ndarray, np.ndarray]:
-        """(slots, rows) that change occupant in the planned step."""
-        touched, before, after = self.touched.array[: self.n], self.before.array[: self.n], self.after.array[: self.n]
-        arrive = (after >= 0) & (after != before)
-        return touched[arrive], after[arrive]
-
-    def leaving(self) -> np.ndarray:
-        """Rows that leave their slot in the planned step (gone, or moved to another slot)."""
-        before, after = self.before.array[: self.n], self.after.array[: self.n]
-        return before[(before >= 0) & (before != after)]
 
 
 @dataclass
@@ -345,19 +177,17 @@ class TieredTable:
                 tier.close()
             raise
         exclusive = self.hierarchy.mode == "exclusive"
-        self._plans = [_SlotPlan(tier, exclusive and i > 0) for i, tier in enumerate(self.caches)]
+        self._plans = [SlotPlan(tier, exclusive and i > 0) for i, tier in enumerate(self.caches)]
         self._stamp = np.full(self.n_rows, -1, np.int64)
         self._first = 0  # offset of this step's needed rows in `_stamp` (see `unique_per_step`)
         self._requests = 0  # requests before this step: its trace position t0
         self._bounds = np.zeros(2, np.int64)
         self._unique_starts = np.zeros(2, np.int64)
-        self._keys, self._ts, self._needed = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
-        self._rank, self._select, self._arrival_index = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
-        pinned = self.device.type == "cuda"
-        self._staging = _Grow(np.uint8, (self.row_bytes,), pinned)
-        self._arrival_rows = _Grow(np.uint8, (self.row_bytes,))
-        self._device_staging = torch.empty((0, self.row_bytes), dtype=torch.uint8, device=self.device)
-        self._fetch_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._keys, self._ts, self._needed = Grow(np.int64), Grow(np.int64), Grow(np.int64)
+        self._rank, self._select, self._arrival_index = Grow(np.int64), Grow(np.int64), Grow(np.int64)
+        self._staging = Staging(self.row_bytes, self.device)
+        self._fetch_stream = self._staging.stream  # every device operation of a step runs on it
+        self._arrival_rows = Grow(np.uint8, (self.row_bytes,))
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tiered-fetch")
         self._pending: list[torch.Tensor] = []
         self._group: _StepRows | None = None
@@ -392,19 +222,6 @@ class TieredTable:
         for i, tier in enumerate([*self.caches, self.store]):
             tier.read(nothing, torch.empty((0, self.row_bytes), dtype=torch.uint8, device=self.device)
                       if i < self._device_tiers else no_rows)
-
-    @classmethod
-    def open(cls, hierarchy: Hierarchy | Mapping[str, Any], table_path: str | os.PathLike, *,
-             expect_fingerprint: str | None = None, readers: int = 4, **options: Any) -> "TieredTable":
-        """A table over the LMDB table at ``table_path`` (or the remote store the hierarchy's last tier names,
-        populated from it), refused if built for another hash fingerprint."""
-        hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
-        store = open_store(hierarchy.store, table_path, fingerprint=expect_fingerprint, readers=readers)
-        try:
-            return cls(hierarchy, store, **options)
-        except BaseException:
-            store.close()
-            raise
 
     def _cache_tier(self, spec: TierSpec, rows: int) -> SlabTier:
         kind = STORAGE.get(spec.name) or STORAGE.get(spec.model.name)
@@ -545,7 +362,7 @@ class TieredTable:
             source[self.caches[i].slot_of[needed] >= 0] = i
         order = np.argsort(source, kind="stable")
         bounds = np.searchsorted(source[order], np.arange(len(self.caches) + 2))
-        staging = self._staging.take(m)
+        staging = self._staging.host(m)
         on_device = 0
         for i, tier in enumerate([*self.caches, self.store]):
             lo, hi = int(bounds[i]), int(bounds[i + 1])
@@ -553,23 +370,14 @@ class TieredTable:
                 continue
             ids = needed[order[lo:hi]]
             if i < self._device_tiers:
-                self._device_buffer(m)
                 with torch.cuda.stream(self._fetch_stream):
-                    tier.read(ids, self._device_staging[lo:hi])
+                    tier.read(ids, self._staging.device(m)[lo:hi])
                 on_device = hi
             else:
                 tier.read(ids, staging[lo:hi])
         if self._fetch_stream is not None and on_device < m:
-            self._device_buffer(m)
-            with torch.cuda.stream(self._fetch_stream):
-                self._device_staging[on_device:m].copy_(torch.from_numpy(staging[on_device:m]), non_blocking=True)
+            self._staging.upload(on_device, m)
         return staging, order, on_device
-
-    def _device_buffer(self, m: int) -> None:
-        if self._device_staging.shape[0] < m:
-            with torch.cuda.stream(self._fetch_stream):
-                self._device_staging = torch.empty((max(m, 2 * self._device_staging.shape[0]), self.row_bytes),
-                                                   dtype=torch.uint8, device=self.device)
 
     def _staging_rows(self, keys: np.ndarray, rank: np.ndarray, first: int) -> np.ndarray:
         index = self._arrival_index.take(keys.size)
@@ -586,7 +394,7 @@ class TieredTable:
             return torch.from_numpy(out)
         with torch.cuda.stream(self._fetch_stream):
             index = torch.from_numpy(select).to(self.device, non_blocking=True)
-            return self._device_staging.index_select(0, index)
+            return self._staging.on_device.index_select(0, index)
 
     def _apply(self, arrivals: list, staging: np.ndarray, rank: np.ndarray, first: int, on_device: int) -> None:
         """Move the rows: evict what leaves each cache tier, write what arrives into its planned slot."""
@@ -599,7 +407,7 @@ class TieredTable:
             index = self._staging_rows(keys, rank, first)
             if isinstance(tier, GpuTier) and not tier.emulated:
                 with torch.cuda.stream(self._fetch_stream):
-                    rows = self._device_staging.index_select(0, torch.from_numpy(index).to(self.device))
+                    rows = self._staging.on_device.index_select(0, torch.from_numpy(index).to(self.device))
                     tier.write_slots(slots, keys, rows)
                 continue
             rows = self._arrival_rows.take(keys.size)
@@ -608,7 +416,7 @@ class TieredTable:
             if from_device.any():
                 with torch.cuda.stream(self._fetch_stream):
                     picked = torch.from_numpy(index[from_device]).to(self.device)
-                    rows[from_device] = self._device_staging.index_select(0, picked).cpu().numpy()
+                    rows[from_device] = self._staging.on_device.index_select(0, picked).cpu().numpy()
             tier.write_slots(slots, keys, rows)
 
     # --- results ------------------------------------------------------------------------------------
@@ -649,23 +457,15 @@ class TieredTable:
         bytes, the simulator's ``bytes_read``), and what the tier really read (``bytes_read``, ``rows_read``:
         a row is read from the fastest tier that holds it when the step starts, which can be a tier above
         the one the policies say served it, and demoted rows are read to be copied down) and wrote."""
-        total = max(sum(r.unique for r in self._steps), 1)
+        tiers = [*self.caches, self.store]
+        facts = [{"name": spec.name, "storage": tier.name, "policy": spec.policy,
+                  "capacity_rows": tier.capacity_rows if tier is not self.store else self.n_rows, **counts}
+                 for spec, tier, counts in zip(self.hierarchy.tiers, tiers, self.engine.tier_counts())]
         out = []
-        for i, spec in enumerate(self.hierarchy.tiers):
-            is_store = i == len(self.caches)
-            tier = self.store if is_store else self.caches[i]
-            if is_store:
-                counts = {**dict.fromkeys(COUNTERS, 0), "lookups": self.engine.store_lookups,
-                          "hits": self.engine.store_lookups}
-            else:
-                counts = dict(zip(COUNTERS, self.engine.counters[i].tolist()))
+        for t, tier in zip(tier_report(facts, self.row_bytes), tiers):
             moved = tier.stats()
             out.append({
-                "name": spec.name, "storage": tier.name, "policy": spec.policy,
-                "capacity_rows": self.n_rows if is_store else tier.capacity_rows, **counts,
-                "hit_rate": counts["hits"] / counts["lookups"] if counts["lookups"] else 0.0,
-                "served_share": counts["hits"] / total, "served_bytes": counts["hits"] * self.row_bytes,
-                "bytes_read": moved["bytes_read"], "rows_read": moved["rows_read"],
+                **t, "bytes_read": moved["bytes_read"], "rows_read": moved["rows_read"],
                 "rows_written": moved["rows_written"], "emulated": moved.get("emulated", False),
                 **({"remote": {k: moved[k] for k in REMOTE_FACTS}} if isinstance(tier, FailoverStore) else {}),
             })
@@ -710,100 +510,3 @@ class TieredTable:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-# --- serving a trained model ---------------------------------------------------------------------
-
-DEFAULT_TOP_FRACTION, DEFAULT_MIDDLE_FRACTION = 1 / 64, 1 / 8
-LMDB_TABLE = "table.lmdb"  # the LMDB copy of a run's flat table, built next to it when asked for
-
-
-def default_hierarchy(n_rows: int) -> Hierarchy:
-    """gpu (LRU, 1/64 of the rows) -> dram (S3-FIFO, 1/8) -> nvme, inclusive: the serving default."""
-    top = max(1, int(n_rows * DEFAULT_TOP_FRACTION))
-    middle = max(20, int(n_rows * DEFAULT_MIDDLE_FRACTION))  # S3-FIFO's small queue needs 20 rows
-    if middle >= n_rows:
-        raise EngramTierError(f"default hierarchy: a table of {n_rows} rows is too small to tier; give --hierarchy")
-    return Hierarchy.from_dict({"mode": "inclusive", "tier": [
-        {"name": "gpu", "capacity": top, "policy": "lru", "model": "hbm"},
-        {"name": "dram", "capacity": middle, "policy": "s3fifo", "model": "dram"},
-        {"name": "nvme", "model": "nvme"},
-    ]})
-
-
-def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
-    """A hierarchy TOML: ``mode`` and ``[[tier]]`` tables at the top, or under ``[hierarchy]`` (an
-    experiment file's section)."""
-    doc = read_toml(path, "a hierarchy .toml with [[tier]] tables, fastest first")
-    section = doc.get("hierarchy", doc)
-    if not isinstance(section, Mapping):
-        raise EngramTierError(f"{path}: 'hierarchy' must be a table ([hierarchy]), got {section!r}")
-    return Hierarchy.from_dict(section, where=f"{path}: [hierarchy]" if "hierarchy" in doc else str(path))
-
-
-def lmdb_table_for(run_dir: str | os.PathLike, progress: bool = False) -> str:
-    """The LMDB copy of a run's flat table (``RUN/table.lmdb``), built on first use (resumable)."""
-    from pathlib import Path
-
-    from engramtier.tiers.build import FlatTableRows, build_lmdb_table
-
-    path = Path(run_dir) / LMDB_TABLE
-    build_lmdb_table(FlatTableRows(Path(run_dir) / "table"), path, progress=progress)
-    return str(path)
-
-
-def open_store(spec: TierSpec, table_path: str | os.PathLike | None, *, fingerprint: str | None, readers: int = 4,
-               shape: tuple[int, int] | None = None) -> Tier:
-    """The hierarchy's backing store: the LMDB table at ``table_path``, or, when its ``storage`` table
-    names a backend, that remote store behind its failover rule (`FailoverStore`; the LMDB table is
-    the fallback for ``on_failure = "fallback"``). A remote store has the sizes of the local table, or
-    ``shape`` (rows, row bytes) when there is none."""
-    local = NvmeTier(table_path, readers=readers, expect_fingerprint=fingerprint, model=spec.model) \
-        if table_path is not None else None
-    if not spec.storage:
-        if local is None:
-            raise EngramTierError(f"tier '{spec.name}': the backing store is a local LMDB table, but no table path "
-                                  "was given; pass --table")
-        return local
-    try:
-        options, rule = split_rule(spec.storage)
-        rows, row_bytes = (local.n_table_rows, local.row_bytes) if local is not None else shape
-        remote = open_remote(options, n_table_rows=rows, row_bytes=row_bytes, model=spec.model,
-                             fingerprint=fingerprint if local is None else local.manifest["fingerprint"],
-                             where=f"tier '{spec.name}' storage")
-        fallback = local if rule.get("on_failure") == "fallback" else None
-        try:
-            store = FailoverStore(remote, **rule, fallback=fallback)
-        except BaseException:
-            remote.close()
-            raise
-        if local is not None and fallback is None:
-            local.close()
-        return store
-    except BaseException:
-        if local is not None:
-            local.close()
-        raise
-
-
-def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: Hierarchy | None = None, *,
-                   device: Any = None, readers: int = 4, record_trace: bool = False) -> TieredTable:
-    """A TieredTable serving ``model`` (an `EngramLM`): its fingerprint checked, one step per forward.
-    ``table_path``: the LMDB table (optional when the hierarchy's store is remote)."""
-    config = model.config.engram
-    if config is None:
-        raise EngramTierError("tiered table: this model has no Engram layers, so there is no table to serve")
-    hierarchy = hierarchy or default_hierarchy(model.hasher.n_rows)
-    store = open_store(hierarchy.store, table_path, fingerprint=config.fingerprint, readers=readers,
-                       shape=(model.hasher.n_rows, model.config.format.row_bytes))
-    try:
-        if store.row_bytes != model.config.format.row_bytes or store.n_table_rows != model.hasher.n_rows:
-            raise EngramTierError(
-                f"tiered table: the table holds {store.n_table_rows} rows of {store.row_bytes} B, the model reads "
-                f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
-            )
-        return TieredTable(hierarchy, store, device=device, layers_per_step=len(config.layer_ids),
-                           record_trace=record_trace)
-    except BaseException:
-        store.close()
-        raise

@@ -36,6 +36,7 @@ from engramtier.cache.policies._lists import (LENGTH, SCALARS, capacity_for, dro
                                               lists_state_type, move, move_to_head, share, tail)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
+from engramtier.xxh64 import xxh64_u64
 
 WINDOW, PROBATION, PROTECTED = range(3)  # list ids
 (CAPACITY, MAIN_SHARE, PROBATION_SHARE, PROTECTED_SHARE, COUNTERS, AGING_PERIOD, HITS_SINCE_AGING,
@@ -50,37 +51,17 @@ STATE = lists_state_type(types.uint32[::1], types.uint32[::1], types.float64[::1
 BITS_PER_ENTRY = -math.log(0.001) / 0.480453013918201
 N_HASHES = math.ceil(0.693147180559945 * BITS_PER_ENTRY)
 
-# XXH64 of one little-endian 8-byte word (the key), truncated to 32 bits as libCacheSim does
-P1, P2, P3 = np.uint64(0x9E3779B185EBCA87), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
-P4, P5 = np.uint64(0x85EBCA77C2B2AE63), np.uint64(0x27D4EB2F165667C5)
+# libCacheSim's seeds for XXH64 of the key as one little-endian 8-byte word, truncated to 32 bits
 SEED0, SEED1 = np.uint64(0x12345678), np.uint64(0x12344321)
 LOW32 = np.uint64(0xFFFFFFFF)
 SATURATED = np.uint32(0xFFFFFFFF)  # a counter's ceiling
 
 
 @njit(inline="always")
-def _rotl(x, r):
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-@njit(inline="always")
-def xxh64_word(word, seed):
-    h = seed + P5 + np.uint64(8)
-    h ^= _rotl(word * P2, 31) * P1
-    h = _rotl(h, 27) * P1 + P4
-    h ^= h >> np.uint64(33)
-    h *= P2
-    h ^= h >> np.uint64(29)
-    h *= P3
-    h ^= h >> np.uint64(32)
-    return h
-
-
-@njit(inline="always")
 def key_hash(key):
     """The key's two 32-bit sketch hashes, packed as ``h0 | h1 << 32``."""
     word = np.uint64(key)
-    return (xxh64_word(word, SEED0) & LOW32) | (xxh64_word(word, SEED1) << np.uint64(32))
+    return (xxh64_u64(word, SEED0) & LOW32) | (xxh64_u64(word, SEED1) << np.uint64(32))
 
 
 @njit(inline="always")

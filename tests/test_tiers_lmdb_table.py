@@ -13,7 +13,7 @@ import pytest
 
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
-from engramtier.tiers.build import FlatTableRows, RandomRows, build_lmdb_table
+from engramtier.tiers.lmdb_table import FlatTableRows, RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import COUNT, NvmeTier
 
 ROWS, DIM, SEED = 6000, 16, 3
@@ -45,7 +45,7 @@ def page_counts(path):
 
 SLOW_BUILD = textwrap.dedent(f"""
     import sys, time
-    from engramtier.tiers.build import RandomRows, build_lmdb_table
+    from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 
     class Slow(RandomRows):
         def rows(self, ids, out):

@@ -1,45 +1,36 @@
-"""The remote tier: a table held by an existing distributed store, for tables that outgrow one machine.
+"""What every remote backend shares: the table's layout in blocks, its manifest, and the one outage error.
 
-We reuse a store rather than build one. Every backend (`engramtier.tiers.redis_store` for Redis and
-Redis Cluster, `engramtier.tiers.mooncake_store` for Mooncake Store) keeps the table in **blocks** of
-``block_rows`` consecutive rows and shares what lives here:
+Every backend (`engramtier.tiers.remote.redis` for Redis and Redis Cluster,
+`engramtier.tiers.remote.mooncake` for Mooncake Store) subclasses `RemoteTier`, keeps the table in
+**blocks** of ``block_rows`` consecutive rows and gets from here:
 
 - a manifest stored beside the rows (format, sizes, block size, the model's hash fingerprint, the
   source table's manifest), written when a key prefix is first used and checked at every open, so a
   store populated for another model or table shape is refused, never read as garbage;
 - block-wise commits: a backend's `_write_block` stores a block's rows and its "done" mark in one
   atomic step (a Redis MULTI on the block's cluster slot, one Mooncake object put), so `populate_remote`
-  killed at any point resumes at the blocks the store lacks, with no row lost or written twice (and
-  resuming from another table, one whose manifest differs from the one recorded, is refused);
+  (`engramtier.tiers.remote.populate`) killed at any point resumes at the blocks the store lacks, with
+  no row lost or written twice (and resuming from another table, one whose manifest differs from the
+  one recorded, is refused);
 - `RemoteUnavailable`, the one error a backend raises when the store cannot be reached, which the
-  runtime's failover (`engramtier.tiers.failover`) acts on; any other failure is an `EngramTierError`;
-- `calibrate_remote`, which times reads and fits the `TierModel` the simulator plans with.
+  runtime's failover (`engramtier.tiers.remote.failover`) acts on; any other failure is an `EngramTierError`.
 
-`open_remote` builds a backend from the ``storage`` table of a hierarchy's last tier (TOML)::
-
-    [tier.storage]
-    backend = "redis"                 # or "mooncake"
-    url = "redis://10.0.0.5:6379"     # redis: a server or any node of a cluster (cluster = true)
-    key_prefix = "engram"
+Nothing here imports a backend's client library: the backends import this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from abc import abstractmethod
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier, default_model
 
 REMOTE_FORMAT = "engramtier-remote-table/2"
 BLOCK_ROWS = 4096  # rows per block: one cluster slot / one object, one request per block read
-POPULATE_ROWS = 1 << 16
 
 
 class RemoteUnavailable(EngramTierError):
@@ -186,101 +177,3 @@ class RemoteTier(Tier):
     def stats(self) -> dict:
         return {**super().stats(), "backend": self.backend, "where": self.where, "key_prefix": self.key_prefix,
                 "block_rows": self.block_rows, "round_trips": self.round_trips}
-
-
-def open_remote(storage: Mapping[str, Any], *, n_table_rows: int, row_bytes: int, fingerprint: str | None,
-                model: Any = None, where: str = "storage") -> RemoteTier:
-    """A remote tier from a ``storage`` table: ``backend`` ("redis" or "mooncake") and that backend's options."""
-    options = dict(storage)
-    backend = options.pop("backend", None)
-    backends = remote_backends()
-    if backend not in backends:
-        raise EngramTierError(f"{where}: backend must be one of {', '.join(backends)}, got {backend!r}")
-    tier_class = backends[backend]()
-    refuse_unknown(options, tier_class.OPTIONS, where, what="storage option")
-    return tier_class(**options, n_table_rows=n_table_rows, row_bytes=row_bytes, fingerprint=fingerprint, model=model)
-
-
-def remote_backends() -> dict[str, Any]:
-    """Backend name -> a function returning its tier class (imported on use: Mooncake is optional)."""
-    def redis_tier() -> Any:
-        from engramtier.tiers.redis_store import RedisTier
-
-        return RedisTier
-
-    def mooncake_tier() -> Any:
-        from engramtier.tiers.mooncake_store import MooncakeTier
-
-        return MooncakeTier
-
-    return {"redis": redis_tier, "mooncake": mooncake_tier}
-
-
-def populate_remote(source_rows: Any, tier: RemoteTier, *, batch_rows: int = POPULATE_ROWS,
-                    progress: bool = True) -> int:
-    """Copy every row of ``source_rows`` (an `NvmeTier`, or anything with ``read(ids, out)``) into ``tier``.
-
-    Resumable: writes only the blocks the store has not committed, each in one atomic step, in runs of
-    about ``batch_rows`` rows read from the source at once. Returns the rows written by this call. A store
-    recorded as populated from another table (its manifest differs from ``source_rows.manifest``) is
-    refused, finished or not: resuming it would mix the two tables' rows.
-    """
-    n, rb = tier.n_table_rows, tier.row_bytes
-    shape = (getattr(source_rows, "n_table_rows", n), getattr(source_rows, "row_bytes", rb))
-    if shape != (n, rb):
-        raise EngramTierError(
-            f"populate_remote: the source has {shape[0]} rows of {shape[1]} B, "
-            f"the remote tier {n} rows of {rb} B; open the tier with the source's sizes"
-        )
-    recorded, source = tier.manifest.get("table"), getattr(source_rows, "manifest", None)
-    if recorded is not None and source is not None and recorded != source:
-        # resuming would mix two tables' rows (or call another table's rows this one's): same sizes and
-        # fingerprint, other values (a retrained table, another seed)
-        differ = sorted(k for k in set(recorded) | set(source) if recorded.get(k) != source.get(k))
-        raise EngramTierError(
-            f"remote tier {tier.where} prefix '{tier.key_prefix}' holds rows populated from another table (its "
-            f"recorded manifest differs in {', '.join(map(str, differ))}); populate another key_prefix, or delete "
-            "this prefix's keys from the store and populate it again"
-        )
-    if recorded is None and source is not None:
-        tier.record_source(source)
-    missing = np.flatnonzero(~tier.done_blocks())
-    per_batch = max(1, batch_rows // tier.block_rows)
-    buffer = np.empty((per_batch * tier.block_rows, rb), np.uint8)
-    written = 0
-    with tqdm(total=n, initial=n - tier.rows_in(missing), unit="row", disable=not progress,
-              desc=f"populate {tier.key_prefix}") as bar:
-        # runs of consecutive missing blocks, at most per_batch long: one source read each
-        breaks = np.flatnonzero((np.diff(missing) != 1) | (np.arange(1, missing.size) % per_batch == 0)) + 1
-        for run in np.split(missing, breaks) if missing.size else []:
-            first, last = int(run[0]) * tier.block_rows, min(int(run[-1] + 1) * tier.block_rows, n)
-            ids = np.arange(first, last, dtype=np.int64)
-            source_rows.read(ids, buffer[: ids.size])
-            tier.write(ids, buffer[: ids.size])
-            written += ids.size
-            bar.update(ids.size)
-    return written
-
-
-def calibrate_remote(tier: RemoteTier, sizes: Iterable[int] = (1, 16, 256, 4096, 16384), *, repeats: int = 5,
-                     seed: int = 0) -> Any:
-    """Time reads of random rows at each batch size (median of ``repeats``) and fit a `TierModel`.
-
-    One read is one round of requests, one per block touched, sent together: hence the parallelism of
-    ``block_rows`` rows per request.
-    """
-    from engramtier.cache.timing import calibrate
-
-    rng = np.random.default_rng(seed)
-    samples = []
-    for size in sizes:
-        ids = rng.integers(0, tier.n_table_rows, int(size))
-        out = np.empty((ids.size, tier.row_bytes), np.uint8)
-        tier.read(ids, out)  # warm the connection
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            tier.read(ids, out)
-            seconds.append(time.perf_counter() - start)
-        samples.append((ids.size, tier.row_bytes, statistics.median(seconds)))
-    return calibrate(samples, name="remote", parallelism=tier.block_rows)

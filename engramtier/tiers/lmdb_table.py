@@ -1,13 +1,13 @@
 """Building the nvme tier's LMDB table, resumably, from a flat table or from seeded random rows.
 
 The build streams: it asks its row source for one batch of pages' worth of rows at a time, packs them
-into pages (`engramtier.tiers.nvme` has the on-disk layout), and commits each batch in one write
-transaction that also records how many pages are done. LMDB commits are atomic, so after a crash
-(even kill -9) the table holds exactly the committed pages and the counter that says so; running the
-same build again continues from there, with no row lost or written twice. The first transaction
-stores the manifest, the layout, the permutation and the zstd dictionary, and a record of what was
-asked (source, compression, page size, profile digest) so a rerun with other settings is refused
-instead of mixing two tables.
+into pages (`engramtier.tiers.nvme` has the on-disk layout, `engramtier.tiers.pages` the page format),
+and commits each batch in one write transaction that also records how many pages are done. LMDB
+commits are atomic, so after a crash (even kill -9) the table holds exactly the committed pages and
+the counter that says so; running the same build again continues from there, with no row lost or
+written twice. The first transaction stores the manifest, the layout, the permutation and the zstd
+dictionary, and a record of what was asked (source, compression, page size, profile digest) so a
+rerun with other settings is refused instead of mixing two tables.
 
 A row source is any object with ``n_rows``, ``row_bytes``, ``manifest`` (the table manifest to store),
 ``identity`` (JSON-able: what makes its rows what they are) and ``rows(ids, out)``, which fills uint8
@@ -35,8 +35,10 @@ from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.nvme import (
-    COUNT, DATA_FILE, LAYOUT_CHUNK, PAGE_HEADER, PAGE_KEY, ROW_SUM_BYTES, TABLE_FORMAT, Compression, Layout,
-    layout_chunk_keys, open_environment, permutation_dtype, row_checksums, xxh64,
+    COUNT, DATA_FILE, LAYOUT_CHUNK, TABLE_FORMAT, layout_chunk_keys, open_environment, permutation_dtype,
+)
+from engramtier.tiers.pages import (
+    PAGE_HEADER, PAGE_KEY, ROW_SUM_BYTES, Compression, Layout, encode_page, row_checksums,
 )
 
 # An LMDB value larger than a page lives in whole 4 KiB overflow pages after a 16-byte page header;
@@ -349,9 +351,7 @@ class _PageWriter:
             payload = rows[lo : lo + n].tobytes()
             if self.compress is not None:
                 payload = self.compress(payload)
-            list_sum = int(xxh64(sum_list.view(np.uint8), np.uint64(page)))
-            header = PAGE_HEADER.pack(list_sum, n, int(self.compress is not None))
-            items.append((PAGE_KEY.pack(page), header + sum_list.tobytes() + payload))
+            items.append((PAGE_KEY.pack(page), encode_page(page, sum_list, payload, self.compress is not None)))
         with self._writing(f"pages {first}..{last - 1}") as txn:
             txn.cursor(db=self.pages_db).putmulti(items, append=True)
             txn.put(b"done_pages", COUNT.pack(last), db=self.meta)

@@ -25,7 +25,7 @@ import numpy as np
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier
-from engramtier.tiers.remote import RemoteTier, RemoteUnavailable
+from engramtier.tiers.remote.base import RemoteTier, RemoteUnavailable
 
 ON_FAILURE = ("error", "retry", "fallback")
 FAILOVER_OPTIONS = ("on_failure", "retry_s")

@@ -1,6 +1,6 @@
 """The remote tier on Mooncake Store: each block of rows one object, rows read back by byte range.
 
-Object layout for prefix P (see `engramtier.tiers.remote` for what every backend shares):
+Object layout for prefix P (see `engramtier.tiers.remote.base` for what every backend shares):
 
     P/block/<b>    rows b*block_rows .. (b+1)*block_rows - 1, back to back (the last block may be short)
     P/manifest     JSON: format, sizes, block size, hash fingerprint, source table manifest
@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers.remote import BLOCK_ROWS, RemoteTier, RemoteUnavailable
+from engramtier.tiers.remote.base import BLOCK_ROWS, RemoteTier, RemoteUnavailable
 
 os.environ.setdefault("MC_LOG_LEVEL", "ERROR")
 try:

@@ -1,6 +1,6 @@
 """The remote tier on Redis or a Redis Cluster: each row a plain string of its raw bytes.
 
-Key layout for prefix P (see `engramtier.tiers.remote` for what every backend shares), block and row
+Key layout for prefix P (see `engramtier.tiers.remote.base` for what every backend shares), block and row
 numbers in fixed-width hex:
 
     {P:bbbbbbbb}:rrrrrrrrrrrr   the row's ``row_bytes`` bytes; block = row // ``block_rows``
@@ -29,7 +29,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers.remote import BLOCK_ROWS, RemoteTier, RemoteUnavailable
+from engramtier.tiers.remote.base import BLOCK_ROWS, RemoteTier, RemoteUnavailable
 
 CHUNK_KEYS = 4096  # most keys in one MGET/MSET request, to keep each reply a few hundred KiB
 BLOCK_DIGITS, ROW_DIGITS = 8, 12  # hex digits of the block and row numbers in a key

@@ -95,10 +95,9 @@ def _toml(value: Any) -> str:
 
 def _run_remote(args: argparse.Namespace) -> None:
     from engramtier.cache.hierarchy import TierSpec
-    from engramtier.tiers.failover import split_rule
     from engramtier.tiers.nvme import NvmeTier
-    from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote
-    from engramtier.tiers.tiered import load_hierarchy
+    from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote, split_rule
+    from engramtier.cache.hierarchy import load_hierarchy
 
     if args.hierarchy:
         spec = load_hierarchy(args.hierarchy).store
