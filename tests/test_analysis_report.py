@@ -122,7 +122,8 @@ tier_sizes = {{ gpu = [20, 200] }}
     assert main(["sweep", str(config), "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"trace", "hit_rate", "stall", "cost"}
+    assert set(summary) == {"trace", "hit_rate", "stall", "cost", "timing_assumption"}  # [timing] has no compute
+    assert "compute" in summary["timing_assumption"]
     assert set(RunDir.open(out).figures()) == {"hit_rate_vs_size", "stall_heatmap", "cost_frontier"}
     cost = summary["cost"]
     assert cost["frontier"] and cost["prices_usd_per_gb"]["hbm"] == 15.0

@@ -15,8 +15,9 @@ SIMULATE_EXAMPLES = """examples:
   engramtier simulate engramtier/data/experiment.toml --preset dsv41-flash   # DeepSeek-V4.1-Flash's table
 
 The run directory gets config.json, results.jsonl (one line per step, then the run's totals),
-summary.json, figures/step_timeline.png|svg and report.html. A --hierarchy file needs [hierarchy] and
-[timing] (or --window-s / --window-per-token-s) but no [trace].
+summary.json, figures/step_timeline.png|svg and report.html. A --hierarchy file is replay's (mode and
+[[tier]] tables at the top) or an experiment file's [hierarchy]; it takes [timing] (or --window-s /
+--window-per-token-s) but no [trace].
 """
 
 SWEEP_EXAMPLES = """examples:
@@ -75,7 +76,7 @@ def register(subparsers) -> None:
             "a trace file, charging each step its fetch time and the stall beyond the compute window.",
             SIMULATE_EXAMPLES, run_simulate)
     p.add_argument("path", metavar="CONFIG.toml|TRACE", help="an experiment TOML, or with --hierarchy a trace file")
-    p.add_argument("--hierarchy", metavar="H.toml", help="take [hierarchy] and [timing] from this file and "
+    p.add_argument("--hierarchy", metavar="H.toml", help="take the hierarchy ([[tier]] tables, or [hierarchy]) and [timing] from this file and "
                    "replay the trace file given as the positional argument")
     p.add_argument("--window-s", type=nonnegative_float, metavar="S", help="compute window per step (seconds); overrides [timing]")
     p.add_argument("--window-per-token-s", type=nonnegative_float, metavar="S",
@@ -152,9 +153,6 @@ def _arguments(args) -> dict:
 
 def run_simulate(args) -> None:
     from engramtier.analysis.config import load_config
-    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
-    from engramtier.analysis.report import write_report
-    from engramtier.rundir import RunDir
     from engramtier.trace.tracefile import TraceReader
 
     if args.hierarchy:
@@ -162,12 +160,20 @@ def run_simulate(args) -> None:
             raise EngramTierError("--preset shapes the trace an experiment file builds; with --hierarchy the "
                                   "trace file already has its shape: drop --preset or give an experiment file")
         cfg = load_config(args.hierarchy, need_trace=False, overrides=_timing_overrides(args))
-        with TraceReader(args.path) as trace:  # streamed chunk by chunk: a trace larger than memory is fine
+        reader = TraceReader(args.path)  # streamed chunk by chunk: a trace larger than memory is fine
+    else:
+        cfg = load_config(args.path, overrides=_timing_overrides(args), preset=args.preset)
+    # Imported once the inputs are read, so a bad file is refused before matplotlib loads.
+    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
+    from engramtier.analysis.report import write_report
+    from engramtier.rundir import RunDir
+
+    if args.hierarchy:
+        with reader as trace:
             run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
             summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
             _say_assumptions(summary)
     else:
-        cfg = load_config(args.path, overrides=_timing_overrides(args), preset=args.preset)
         run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict())
         trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
         run.update_config(fingerprint=trace.meta.get("fingerprint"))
@@ -183,9 +189,6 @@ def run_simulate(args) -> None:
 
 def run_sweep(args) -> None:
     from engramtier.analysis.config import load_config
-    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
-    from engramtier.analysis.report import write_report
-    from engramtier.rundir import RunDir
 
     cfg = load_config(args.config, overrides={"sweep": {"workers": args.workers}} if args.workers else None,
                       preset=args.preset)
@@ -197,6 +200,10 @@ def run_sweep(args) -> None:
         raise EngramTierError("--stages cost prices the stall and cxl points: add stall or cxl to --stages")
     if not stages:
         raise EngramTierError(f"{args.config}: [sweep] defines nothing to sweep; give sizes, tier_sizes or cxl_latencies_ns")
+    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace  # after the checks: see simulate
+    from engramtier.analysis.report import write_report
+    from engramtier.rundir import RunDir
+
     run = RunDir.create(args.out, "sweep", _arguments(args), cfg.to_dict())
     trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
     run.update_config(fingerprint=trace.meta.get("fingerprint"))
@@ -212,15 +219,16 @@ def run_sweep(args) -> None:
 
 def run_mrc(args) -> None:
     from engramtier.analysis.config import size_to_rows
-    from engramtier.analysis.experiment import mrc_stage, trace_summary
-    from engramtier.analysis.report import write_report
-    from engramtier.rundir import RunDir
     from engramtier.trace.tracefile import TraceReader
 
     with TraceReader(args.trace) as trace:  # each curve is one streamed pass over the trace file
         sizes = None
         if args.sizes:
             sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
+        from engramtier.analysis.experiment import mrc_stage, trace_summary  # after the checks: see simulate
+        from engramtier.analysis.report import write_report
+        from engramtier.rundir import RunDir
+
         run = RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"))
         summary = {"trace": trace_summary(trace),
                    "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes, exact=not args.no_exact,

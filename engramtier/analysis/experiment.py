@@ -43,6 +43,8 @@ def timing_assumption(timing: TimingConfig) -> str | None:
     return ("[timing] gives no compute_s or compute_per_token_s, so each step is taken to compute for exactly its "
             "prefetch window and nothing else (stall fraction = stall / (window + stall)); give compute_per_token_s "
             "(or --compute-per-token-s) for the model's real step time")
+
+
 TRACE_FILE = "trace.trace"
 
 

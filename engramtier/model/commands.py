@@ -66,13 +66,15 @@ def register(subparsers) -> None:
 def _run_train(args) -> None:
     from dataclasses import fields
 
-    from engramtier.model.train import TrainConfig, train
+    from engramtier.model.trainconfig import TrainConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     given.setdefault("out", time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if "engram_layers" in given:
         given["engram_layers"] = tuple(given["engram_layers"])
     cfg = TrainConfig(**given)
+    from engramtier.model.train import train  # torch, once the arguments are checked
+
     summary = train(cfg, progress=not getattr(args, "quiet", False))
     params = summary["params"]
     print(f"validation loss {summary['val_loss']:.4f} after {summary['steps']} steps "
