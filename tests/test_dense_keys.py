@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.engine import Engine, unique_per_step
+from engramtier.cache.engine import Engine
+from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, policy_names
 from engramtier.cache.simulator import simulate

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.engine import COUNTERS, Engine, unique_per_step
+from engramtier.cache.engine import COUNTERS, Engine
+from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
 from reference_policies import PyLRU

@@ -76,8 +76,8 @@ def register(subparsers) -> None:
             "a trace file, charging each step its fetch time and the stall beyond the compute window.",
             SIMULATE_EXAMPLES, run_simulate)
     p.add_argument("path", metavar="CONFIG.toml|TRACE", help="an experiment TOML, or with --hierarchy a trace file")
-    p.add_argument("--hierarchy", metavar="H.toml", help="take the hierarchy ([[tier]] tables, or [hierarchy]) and [timing] from this file and "
-                   "replay the trace file given as the positional argument")
+    p.add_argument("--hierarchy", metavar="H.toml", help="take the hierarchy ([[tier]] tables, or [hierarchy]) and "
+                   "[timing] from this file and replay the trace file given as the positional argument")
     p.add_argument("--window-s", type=nonnegative_float, metavar="S", help="compute window per step (seconds); overrides [timing]")
     p.add_argument("--window-per-token-s", type=nonnegative_float, metavar="S",
                    help="compute window per token (seconds); overrides [timing]")

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engramtier.cache.engine import Engine, tier_report, unique_per_step
+from engramtier.cache.engine import Engine, tier_report
+from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError

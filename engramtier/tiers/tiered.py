@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from engramtier.cache.engine import Engine, tier_report, unique_per_step
+from engramtier.cache.engine import Engine, tier_report
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError, refuse_unknown
@@ -51,6 +51,7 @@ from engramtier.tiers.remote import FailoverStore
 from engramtier.tiers.slab import SlabTier, copy_rows
 from engramtier.tiers.slots import SlotPlan, held_keys
 from engramtier.tiers.staging import Grow, Staging
+from engramtier.trace.lookups import unique_per_step
 from engramtier.trace.rowtrace import RowTrace
 
 # A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).

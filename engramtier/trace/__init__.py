@@ -3,6 +3,7 @@
 sources    text files, directories, JSONL, stdin and synthetic Zipf streams, as canonical token ids
 build      token ids -> global row ids, grouped into prefill or decode (continuous batching) steps
 rowtrace   `RowTrace`, the in-memory trace the simulator replays
+lookups    a step's unique rows in first-occurrence order: what the simulator and the runtime replay
 tracefile  the chunked, compressed, checksummed trace file (`TraceWriter`, `TraceReader`)
 export     libCacheSim oracleGeneral and CSV
 stats      skew, reuse, working sets and per-sub-table breakdowns

@@ -2,7 +2,7 @@
 
 Two streams can be written. ``requests`` is every row id the trace holds, in order. ``lookups`` is
 what `engramtier.cache.simulator` replays: per step the unique rows in first-occurrence order
-(`engramtier.cache.engine.unique_per_step`), since one forward pass fetches a row once however often
+(`engramtier.trace.lookups.unique_per_step`), since one forward pass fetches a row once however often
 its tokens ask for it; another simulator fed this stream counts the hits of our first cache tier.
 
 oracleGeneral records are 24 bytes, ``<I Q I q``: the time (here the step index), the id (the global
@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 from numba import njit
 
-from engramtier.cache.engine import unique_per_step
+from engramtier.trace.lookups import unique_per_step
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceChunk, TraceReader, trace_chunks
