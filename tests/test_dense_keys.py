@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zipf import zipf_keys
+
 from engramtier.cache.engine import Engine
 from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
@@ -21,11 +23,10 @@ TABLE_ROWS = 50_000
 
 
 def sparse_trace(seed: int, n_steps: int = 60, step: int = 300, touched: int = 2_000) -> RowTrace:
-    """Zipf-ish requests over ``touched`` rows scattered across a much larger table."""
+    """Zipf(1.3) requests over ``touched`` rows scattered across a much larger table."""
     rng = np.random.default_rng(seed)
-    rows = rng.choice(TABLE_ROWS, touched, replace=False)
-    ranks = np.minimum(rng.zipf(1.3, n_steps * step) - 1, touched - 1)
-    return RowTrace(rows[ranks].astype(np.int64), np.arange(n_steps + 1, dtype=np.int64) * step, TABLE_ROWS, 160)
+    rows = rng.choice(TABLE_ROWS, touched, replace=False)[zipf_keys(n_steps * step, touched, 1.3, rng)]
+    return RowTrace(rows.astype(np.int64), np.arange(n_steps + 1, dtype=np.int64) * step, TABLE_ROWS, 160)
 
 
 def served_on_global_ids(trace: RowTrace, hierarchy: Hierarchy) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
 from reference_policies import PyLRU
+from zipf import zipf_keys
 
 
 class PyEvenLRU(PyLRU):
@@ -147,7 +148,7 @@ def test_python_policies_with_declines_equal_brute_force(steps, capacities, mode
 @pytest.mark.parametrize("name", ["lru", "fifo", "belady", "lookahead"])
 def test_single_tier_over_one_request_steps_equals_replay(name):
     rng = np.random.default_rng(7)
-    keys = (rng.zipf(1.3, 3000) % 1000).astype(np.int64)
+    keys = zipf_keys(3000, 1000, 1.3, rng)
     starts = np.arange(keys.size + 1, dtype=np.int64)
     ctx = PolicyContext(n_keys=1000, keys=keys, step_starts=starts)
     engine = Engine([make_policy(name, 100, ctx)], "inclusive", 1000)
@@ -167,7 +168,7 @@ def test_policies_keep_exclusive_invariants(name):
     """A registered policy works at every level of an exclusive hierarchy: no row in two caches,
     occupancy within capacity, each lookup served exactly once."""
     rng = np.random.default_rng(3)
-    rows = (rng.zipf(1.2, 8000) % 1500).astype(np.int64)
+    rows = zipf_keys(8000, 1500, 1.2, rng)
     keys, ts, starts = np.empty_like(rows), np.empty_like(rows), np.empty(1001, np.int64)
     n = unique_per_step(rows, np.arange(0, rows.size + 1, 8, dtype=np.int64), 0, np.full(1500, -1, np.int64), 0,
                         keys, ts, starts)
@@ -212,7 +213,7 @@ def test_rows_a_hit_evicts_are_demoted_not_lost():
     # enough never to evict, every row ever looked up must still be held by one of the two tiers.
     n_keys = 3000
     rng = np.random.default_rng(0)
-    keys = (rng.zipf(1.05, 30_000) % n_keys).astype(np.int64)
+    keys = zipf_keys(30_000, n_keys, 1.05, rng)
     ctx = PolicyContext(n_keys=n_keys)
     top = make_policy("wtinylfu", 100, ctx)
     engine = Engine([top, make_policy("lru", n_keys, ctx)], "exclusive", n_keys)

@@ -7,18 +7,20 @@ trace at every eviction, a dict model of their heap, hand-worked examples, and e
 
 import re
 
-import libcachesim as lcs
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from libcachesim_io import lcs, libcachesim_hits, next_positions, write_oracle_general
+from zipf import zipf_keys
 
 from engramtier.cache.nextuse import (
     NEVER, heap_delete, heap_push, heap_replace_top, heap_set, next_use, occurrences,
 )
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
-from engramtier.trace.export import next_positions
+from engramtier.trace import export
 
 FAR = 1 << 62  # "never again" in the brute-force models
 
@@ -73,22 +75,6 @@ def brute_lookahead(keys, step_starts, capacity, window, removals=None):
     return np.array(hits)
 
 
-def write_oracle_general(path, keys):
-    """libCacheSim's oracleGeneral format: <u4 time, <u8 id, <u4 size, <i8 next request position or -1."""
-    records = np.empty(len(keys), np.dtype([("t", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]))
-    following = [first_request_after(keys, k, t) for t, k in enumerate(keys)] if len(keys) < 3000 else None
-    if following is None:  # large traces: a dictionary walk backwards
-        following, seen = [0] * len(keys), {}
-        for t in range(len(keys) - 1, -1, -1):
-            following[t] = seen.get(keys[t], FAR)
-            seen[keys[t]] = t
-    records["t"] = np.arange(len(keys))
-    records["id"] = keys
-    records["size"] = 1
-    records["next"] = [-1 if f == FAR else f for f in following]
-    records.tofile(path)
-
-
 def ctx_for(keys, n_keys=None, step_starts=None):
     keys = np.asarray(keys, dtype=np.int64)
     n_keys = int(keys.max()) + 1 if n_keys is None else n_keys
@@ -118,44 +104,39 @@ def test_belady_hits_equal_libcachesim(tmp_path, kind):
     rng = np.random.default_rng(7)
     n = 20_000
     if kind == "zipf":
-        keys = rng.zipf(1.2, n) % 2000
+        keys = zipf_keys(n, 2000, 1.2, rng)
     elif kind == "uniform":
         keys = rng.integers(0, 500, n)
     elif kind == "loop":
         keys = np.arange(n) % 300
     else:
         keys = np.concatenate([rng.integers(0, 200, n // 2), 1000 + rng.integers(0, 400, n // 2)])
-    path = str(tmp_path / "trace.bin")
-    write_oracle_general(path, keys.tolist())
+    path = tmp_path / "trace.bin"
+    write_oracle_general(path, keys)
     ctx = ctx_for(keys)
     for capacity in (1, 2, 3, 7, 50, 299, 1000):
         if capacity > ctx.n_keys:
             continue
-        reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE)
-        miss_ratio, _ = lcs.Belady(capacity).process_trace(reader)
-        assert hits_of("belady", keys, capacity, ctx) == round((1 - miss_ratio) * n), capacity
+        assert hits_of("belady", keys, capacity, ctx) == libcachesim_hits(lcs.Belady(capacity), path), capacity
 
 
 def test_belady_hits_equal_libcachesim_on_the_benchmark_writer(tmp_path):
     """The benchmark's trace file: next-access field from the export's `next_positions` (libCacheSim's
-    ``next_access_vtime``: the position of the next request, -1 for none), capacities deep in the heap."""
-    keys = np.random.default_rng(11).zipf(1.05, 60_000) % 20_000
+    ``next_access_vtime``: the position of the next request, -1 for none), which must be the test-side
+    writer's; capacities deep in the heap."""
+    keys = zipf_keys(60_000, 20_000, 1.05, 11)
+    np.testing.assert_array_equal(export.next_positions(keys, 0, np.full(20_000, -1, np.int64)), next_positions(keys))
     path = tmp_path / "trace.bin"
-    records = np.empty(keys.size, np.dtype([("t", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]))
-    records["t"], records["id"], records["size"] = np.arange(keys.size), keys, 1
-    records["next"] = next_positions(keys, 0, np.full(20_000, -1, np.int64))
-    records.tofile(path)
+    write_oracle_general(path, keys)
     ctx = ctx_for(keys, n_keys=20_000)
     for capacity in (4, 5, 17, 200, 1365, 5000):  # heaps ending on full and partial groups of 4 children
-        reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
-        miss_ratio, _ = lcs.Belady(capacity).process_trace(reader)
-        assert hits_of("belady", keys, capacity, ctx) == round((1 - miss_ratio) * keys.size), capacity
+        assert hits_of("belady", keys, capacity, ctx) == libcachesim_hits(lcs.Belady(capacity), path), capacity
 
 
 @pytest.mark.parametrize("bypass", [False, True])
 def test_belady_replay_kernel_matches_its_methods(bypass):
     """`replay` runs Belady's own inlined loop; a hierarchy calls its methods: same hits request by request."""
-    keys = np.random.default_rng(5).zipf(1.1, 20_000) % 3000
+    keys = zipf_keys(20_000, 3000, 1.1, 5)
     ctx = ctx_for(keys)
     fast = np.empty(keys.size, np.bool_)
     replay(make_policy("belady", 300, ctx, bypass=bypass), keys, fast)
@@ -300,7 +281,7 @@ def test_lookahead_with_a_window_past_the_end_is_belady(trace, capacity):
 
 
 def test_lookahead_long_trace_window_past_the_end_is_belady():
-    keys = np.random.default_rng(3).zipf(1.1, 30_000) % 3000
+    keys = zipf_keys(30_000, 3000, 1.1, 3)
     ctx = ctx_for(keys, step_starts=np.append(np.arange(0, keys.size, 64), keys.size))
     for capacity in (1, 10, 300):
         belady = hits_of("belady", keys, capacity, ctx)

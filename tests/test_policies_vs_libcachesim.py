@@ -12,44 +12,18 @@ import math
 import numpy as np
 import pytest
 
+from libcachesim_io import lcs, libcachesim_hits, next_positions, write_oracle_general
+from zipf import zipf_keys
+
 from engramtier.cache.policy import PolicyContext, make_policy, replay
-
-lcs = pytest.importorskip("libcachesim")
-
-ORACLE_RECORD = np.dtype([("time", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")])
-
-
-def next_positions(keys: np.ndarray) -> np.ndarray:
-    """Position of the next request for the same key, -1 for a key's last request."""
-    order = np.argsort(keys, kind="stable")
-    nxt = np.full(keys.size, -1, np.int64)
-    same = keys[order[1:]] == keys[order[:-1]]
-    nxt[order[:-1][same]] = order[1:][same]
-    return nxt
-
-
-def write_oracle_general(keys: np.ndarray, path) -> None:
-    rec = np.empty(keys.size, ORACLE_RECORD)
-    rec["time"] = np.arange(keys.size, dtype=np.uint32)
-    rec["id"] = keys
-    rec["size"] = 1
-    rec["next"] = next_positions(keys)
-    rec.tofile(path)
-
-
-def zipf_keys(rng, n_req, n_keys, alpha):
-    """Zipf(alpha) over n_keys ids, popularity rank shuffled so it is not id order."""
-    weights = 1.0 / np.arange(1, n_keys + 1) ** alpha
-    ranks = np.searchsorted(np.cumsum(weights) / weights.sum(), rng.random(n_req))
-    return rng.permutation(n_keys)[np.minimum(ranks, n_keys - 1)]
 
 
 def make_traces() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(20260107)
-    first = zipf_keys(rng, 15_000, 3_000, 0.9)
-    second = 3_000 + zipf_keys(rng, 15_000, 3_000, 1.1)  # a new hot set half way through
+    first = zipf_keys(15_000, 3_000, 0.9, rng, shuffle=True)
+    second = 3_000 + zipf_keys(15_000, 3_000, 1.1, rng, shuffle=True)  # a new hot set half way through
     return {
-        "zipf": zipf_keys(rng, 40_000, 4_000, 1.0),
+        "zipf": zipf_keys(40_000, 4_000, 1.0, rng, shuffle=True),
         "uniform": rng.integers(0, 1_500, 25_000),
         "loop": np.tile(np.arange(600), 40) % 600,
         "phase": np.concatenate([first, second]),
@@ -94,12 +68,10 @@ CASES = {
 }
 
 
-def libcachesim_hits(name: str, capacity: int, params: dict, trace_path, n_req: int) -> int:
+def libcachesim_cache(name: str, capacity: int, params: dict):
     cls, rename = POLICIES[name]
     kwargs = {rename[k]: v for k, v in params.items()}
-    cache = cls(capacity, hashpower=max(4, math.ceil(math.log2(capacity)) + 1), **kwargs)
-    miss_ratio, _ = cache.process_trace(lcs.TraceReader(str(trace_path), lcs.TraceType.ORACLE_GENERAL_TRACE))
-    return round((1.0 - miss_ratio) * n_req)
+    return cls(capacity, hashpower=max(4, math.ceil(math.log2(capacity)) + 1), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +80,7 @@ def trace_files(tmp_path_factory):
     paths = {}
     for name, keys in TRACES.items():
         paths[name] = root / f"{name}.oracleGeneral.bin"
-        write_oracle_general(keys, paths[name])
+        write_oracle_general(paths[name], keys)
     return paths
 
 
@@ -124,7 +96,7 @@ def test_hit_counts_identical(name, trace_files):
     for trace, keys in TRACES.items():
         for capacity, params in CASES[name]:
             ours = replay(make_policy(name, capacity, ctx, **params), keys)
-            theirs = libcachesim_hits(name, capacity, params, trace_files[trace], keys.size)
+            theirs = libcachesim_hits(libcachesim_cache(name, capacity, params), trace_files[trace])
             if ours != theirs:
                 mismatches.append(f"{trace} capacity={capacity} {params}: ours {ours} libCacheSim {theirs}")
     assert not mismatches, "\n".join(mismatches)

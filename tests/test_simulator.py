@@ -13,6 +13,7 @@ from engramtier.cache.timing import TierModel
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
 from reference_policies import PyLRU
+from zipf import zipf_keys
 
 FAST = TierModel("fast", latency_s=1e-6, bandwidth_Bps=1e8, parallelism=1)  # 2 us per 100-B row
 SLOW = TierModel("slow", latency_s=1e-5, bandwidth_Bps=1e8, parallelism=2)  # 10 us per pair + 1 us per row
@@ -80,7 +81,7 @@ def test_store_alone_serves_every_lookup():
 
 def zipf_trace(n=20_000, n_rows=3000, step=64, seed=0):
     rng = np.random.default_rng(seed)
-    rows = rng.permutation(n_rows)[(rng.zipf(1.2, n) - 1) % n_rows].astype(np.int64)
+    rows = zipf_keys(n, n_rows, 1.2, rng, shuffle=True)
     starts = np.unique(np.concatenate([np.arange(0, n, step), rng.integers(0, n, 50), [n]])).astype(np.int64)
     return RowTrace(rows, starts, n_rows, 160, {"rows_per_token": 16, "source": np.str_("synthetic")})
 

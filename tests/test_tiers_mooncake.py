@@ -13,6 +13,7 @@ from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, mooncak
 from engramtier.tiers.open import open_table
 from mooncake_fixture import MooncakeStore, free_ports, need_mooncake
 from remote_source import N_ROWS, ROW_BYTES, SourceRows
+from zipf import zipf_keys
 
 BLOCK_ROWS = 256  # small blocks so a read spans many objects
 
@@ -175,7 +176,7 @@ def test_a_tiered_table_serves_an_lmdb_table_from_mooncake(store, tmp_path):
     rng = np.random.default_rng(2)
     with open_table(hierarchy, path, device="cpu") as table:
         for _ in range(4):
-            ids = np.minimum(rng.zipf(1.2, 500) - 1, N_ROWS - 1)
+            ids = zipf_keys(500, N_ROWS, 1.2, rng)
             np.testing.assert_array_equal(table.prefetch(ids).wait().numpy(), SourceRows().expected(ids))
         table.finish()
         dram, remote = table.stats()["tiers"]

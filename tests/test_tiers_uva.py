@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from zipf import zipf_keys
+
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
@@ -95,7 +97,7 @@ def test_dram_tier_uva_reads_equal_its_copy_reads():
 def test_runtime_with_uva_dram_serves_the_flat_bytes_and_the_simulated_hits(table_dir, with_gpu):
     path, flat = table_dir
     rng = np.random.default_rng(4)
-    steps = [(rng.zipf(1.1, size=50) % N_ROWS).astype(np.int64) for _ in range(40)]
+    steps = [zipf_keys(50, N_ROWS, 1.1, rng) for _ in range(40)]
     with open_table(hierarchy(with_gpu), path, device="cuda", dram_gather="uva", record_trace=True) as table:
         assert table.stats()["dram_gather"] == "uva"
         for ids in steps:

@@ -1,12 +1,15 @@
-"""Exports: oracleGeneral records against a brute-force next-request model and libCacheSim's own LRU;
-CSV read back; the streamed (file, backwards over chunks) export equal to the in-memory one; the
-lookup stream (each step's unique rows) exported through the CLI giving libCacheSim exactly the hit
-counts of our single-tier simulation, as `engramtier export --help` promises."""
+"""Exports: oracleGeneral records read back by the test-side reader, against its independent
+next-request positions (libcachesim_io) and libCacheSim's own LRU; CSV read back; the streamed
+(file, backwards over chunks) export equal to the in-memory one; the lookup stream (each step's
+unique rows) exported through the CLI giving libCacheSim exactly the hit counts of our single-tier
+simulation, as `engramtier export --help` promises."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from libcachesim_io import ORACLE_RECORD, lcs, libcachesim_hits, next_positions, read_oracle_general
 
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, make_policy, replay
@@ -14,12 +17,11 @@ from engramtier.cache.simulator import simulate
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
 from engramtier.trace.build import StepPlan, build_trace, hasher_for
-from engramtier.trace.export import ORACLE_RECORD, export_csv, export_oracle_general, export_trace
+from engramtier.trace import export
+from engramtier.trace.export import export_csv, export_oracle_general, export_trace
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import ZipfSource
 from engramtier.trace.tracefile import TraceReader, save_trace
-
-lcs = pytest.importorskip("libcachesim")
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +31,11 @@ def zipf_trace() -> RowTrace:
     return build_trace(source, hasher, StepPlan("decode", requests=6, seq_len=100, prompt_len=8), row_bytes=160)
 
 
-def brute_next(rows):
-    nxt, later = [], {}
-    for t in range(len(rows) - 1, -1, -1):
-        nxt.append(later.get(rows[t], -1))
-        later[rows[t]] = t
-    return nxt[::-1]
-
-
 def test_oracle_records_hand_worked(tmp_path):
     trace = RowTrace(np.array([7, 3, 7, 7, 3, 9]), np.array([0, 2, 2, 5, 6]), 10, 264)
     export_oracle_general(trace, tmp_path / "o.bin")
-    rec = np.fromfile(tmp_path / "o.bin", ORACLE_RECORD)
-    assert ORACLE_RECORD.itemsize == 24
+    rec = read_oracle_general(tmp_path / "o.bin")
+    assert export.ORACLE_RECORD == ORACLE_RECORD  # the exporter writes the layout libCacheSim reads
     assert rec["time"].tolist() == [0, 0, 2, 2, 2, 3]
     assert rec["id"].tolist() == [7, 3, 7, 7, 3, 9]
     assert rec["size"].tolist() == [264] * 6
@@ -50,9 +44,9 @@ def test_oracle_records_hand_worked(tmp_path):
 
 def test_oracle_file_matches_brute_force_and_streams(zipf_trace, tmp_path):
     export_oracle_general(zipf_trace, tmp_path / "mem.bin")
-    rec = np.fromfile(tmp_path / "mem.bin", ORACLE_RECORD)
+    rec = read_oracle_general(tmp_path / "mem.bin")
     np.testing.assert_array_equal(rec["id"], zipf_trace.rows)
-    np.testing.assert_array_equal(rec["next"], brute_next(zipf_trace.rows.tolist()))
+    np.testing.assert_array_equal(rec["next"], next_positions(zipf_trace.rows))
     np.testing.assert_array_equal(rec["time"], np.repeat(np.arange(zipf_trace.n_steps), np.diff(zipf_trace.step_starts)))
     save_trace(zipf_trace, tmp_path / "z.trace", chunk_rows=777)
     with TraceReader(tmp_path / "z.trace") as reader:
@@ -65,12 +59,9 @@ def test_oracle_file_matches_brute_force_and_streams(zipf_trace, tmp_path):
 def test_libcachesim_lru_on_the_export_equals_our_replay(zipf_trace, tmp_path, capacity):
     path = tmp_path / "z.oracleGeneral.bin"
     export_oracle_general(zipf_trace, path)
-    reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE)
-    miss_ratio, _ = lcs.LRU(capacity * zipf_trace.row_bytes).process_trace(reader)  # bytes: every row is row_bytes
     ours = replay(make_policy("lru", capacity, PolicyContext(n_keys=zipf_trace.n_table_rows)), zipf_trace.rows)
-    n = zipf_trace.rows.size
-    assert 0 < ours < n
-    assert round((1.0 - miss_ratio) * n) == ours
+    assert 0 < ours < zipf_trace.rows.size
+    assert libcachesim_hits(lcs.LRU(capacity * zipf_trace.row_bytes), path) == ours  # bytes: every row is row_bytes
 
 
 def test_csv_reads_back(zipf_trace, tmp_path):
@@ -109,7 +100,7 @@ def brute_lookups(trace: RowTrace) -> tuple[list[int], list[int]]:
 def test_lookup_records_hand_worked(tmp_path):
     trace = RowTrace(np.array([7, 3, 7, 7, 3, 9]), np.array([0, 2, 2, 5, 6]), 10, 264)
     assert export_oracle_general(trace, tmp_path / "l.bin", "lookups", object_size=1) == 5
-    rec = np.fromfile(tmp_path / "l.bin", ORACLE_RECORD)
+    rec = read_oracle_general(tmp_path / "l.bin")
     assert rec["time"].tolist() == [0, 0, 2, 2, 3]
     assert rec["id"].tolist() == [7, 3, 7, 3, 9]
     assert rec["size"].tolist() == [1] * 5
@@ -120,10 +111,10 @@ def test_lookup_stream_matches_brute_force_and_streams(zipf_trace, tmp_path):
     ids, steps = brute_lookups(zipf_trace)
     assert len(ids) < zipf_trace.rows.size  # the fixture repeats rows within steps
     export_oracle_general(zipf_trace, tmp_path / "mem.bin", "lookups")
-    rec = np.fromfile(tmp_path / "mem.bin", ORACLE_RECORD)
+    rec = read_oracle_general(tmp_path / "mem.bin")
     np.testing.assert_array_equal(rec["id"], ids)
     np.testing.assert_array_equal(rec["time"], steps)
-    np.testing.assert_array_equal(rec["next"], brute_next(ids))
+    np.testing.assert_array_equal(rec["next"], next_positions(ids))
     assert set(rec["size"]) == {zipf_trace.row_bytes}
     save_trace(zipf_trace, tmp_path / "z.trace", chunk_rows=777)
     with TraceReader(tmp_path / "z.trace") as reader:
@@ -143,12 +134,6 @@ def one_cache_hits(trace: RowTrace, policy: str, capacity: int) -> int:
         lookups = np.asarray(brute_lookups(trace)[0], np.int64)
         assert replay(make_policy(policy, capacity, PolicyContext(n_keys=trace.n_table_rows)), lookups) == hits
     return hits
-
-
-def libcachesim_hits(cls, cache_size: int, path, n_records: int, params=None) -> int:
-    reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE, *([params] if params else []))
-    miss_ratio, _ = cls(cache_size).process_trace(reader)
-    return round((1.0 - miss_ratio) * n_records)
 
 
 LCS_POLICIES = {"lru": lcs.LRU, "arc": lcs.ARC, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady}
@@ -174,23 +159,23 @@ def test_libcachesim_on_the_lookup_export_equals_our_simulation(zipf_trace, cli_
     for capacity in (100, 400, 1500):
         ours = one_cache_hits(zipf_trace, policy, capacity)
         assert 0 < ours < n
-        assert libcachesim_hits(LCS_POLICIES[policy], capacity, cli_exports["rows"], n) == ours, capacity
-        assert libcachesim_hits(LCS_POLICIES[policy], capacity, cli_exports["bytes"], n, no_sizes) == ours, capacity
+        assert libcachesim_hits(LCS_POLICIES[policy](capacity), cli_exports["rows"]) == ours, capacity
+        assert libcachesim_hits(LCS_POLICIES[policy](capacity), cli_exports["bytes"], no_sizes) == ours, capacity
 
 
 def test_row_bytes_sizes_change_arc_and_wtinylfu(zipf_trace, cli_exports):
     """Why the help says --object-size 1: with row-byte objects and a byte capacity, LRU still counts
     the same, but ARC and W-TinyLFU do not (on this trace, at this size)."""
-    n, rb = len(brute_lookups(zipf_trace)[0]), zipf_trace.row_bytes
-    assert libcachesim_hits(lcs.LRU, 400 * rb, cli_exports["bytes"], n) == one_cache_hits(zipf_trace, "lru", 400)
+    rb = zipf_trace.row_bytes
+    assert libcachesim_hits(lcs.LRU(400 * rb), cli_exports["bytes"]) == one_cache_hits(zipf_trace, "lru", 400)
     for policy in ("arc", "wtinylfu"):
-        assert libcachesim_hits(LCS_POLICIES[policy], 400 * rb, cli_exports["bytes"], n) != one_cache_hits(zipf_trace, policy, 400)
+        assert libcachesim_hits(LCS_POLICIES[policy](400 * rb), cli_exports["bytes"]) != one_cache_hits(zipf_trace, policy, 400)
 
 
 def test_requests_stream_with_rows_equals_replay_over_requests(zipf_trace, tmp_path):
     export_oracle_general(zipf_trace, tmp_path / "r.bin", object_size=1)
     ours = replay(make_policy("arc", 400, PolicyContext(n_keys=zipf_trace.n_table_rows)), zipf_trace.rows)
-    assert libcachesim_hits(lcs.ARC, 400, tmp_path / "r.bin", zipf_trace.rows.size) == ours
+    assert libcachesim_hits(lcs.ARC(400), tmp_path / "r.bin") == ours
 
 
 @pytest.mark.parametrize("size", ["0", "-3", str(2**32)])

@@ -12,6 +12,7 @@ import tomllib
 import numpy as np
 import pytest
 from redis_servers import free_port
+from zipf import zipf_keys
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main
@@ -60,7 +61,7 @@ def hierarchy(url, **rule):
 
 def steps():
     rng = np.random.default_rng(11)
-    return [np.minimum(rng.zipf(1.2, 600) - 1, N_ROWS - 1) for _ in range(STEPS)]
+    return [zipf_keys(600, N_ROWS, 1.2, rng) for _ in range(STEPS)]
 
 
 def run(table, table_rows, on_step=lambda step: None):

@@ -7,6 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zipf import zipf_keys
+
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
@@ -38,7 +40,7 @@ def hierarchy(mode, top="lru", middle="s3fifo", top_rows=12, middle_rows=30):
 def zipf_steps(n_steps, seed, max_len=50):
     """Skewed random id batches, so that hits, misses and in-step evictions all happen."""
     rng = np.random.default_rng(seed)
-    return [(rng.zipf(1.2, size=int(rng.integers(0, max_len))) % N_ROWS).astype(np.int64) for _ in range(n_steps)]
+    return [zipf_keys(int(rng.integers(0, max_len)), N_ROWS, 1.2, rng) for _ in range(n_steps)]
 
 
 def assert_slabs_mirror_policies(table, flat):
@@ -195,7 +197,7 @@ def test_rows_evicted_by_a_hit_leave_their_slot(table_dir, mode):
     # W-TinyLFU's hits can evict (`hit_victim`); the slab must follow, or the next admission finds no slot.
     path, flat = table_dir
     rng = np.random.default_rng(3)
-    steps = [(rng.zipf(1.05, size=40) % N_ROWS).astype(np.int64) for _ in range(150)]
+    steps = [zipf_keys(40, N_ROWS, 1.05, rng) for _ in range(150)]
     spec = hierarchy(mode, top="wtinylfu", middle="lru", top_rows=100, middle_rows=200)
     hit_evictions = 0
     with open_table(spec, path, device="cpu") as table:
