@@ -136,6 +136,56 @@ def test_fallback_rule_serves_the_local_table_then_returns_to_the_store(persiste
     assert table.store.primary.reads > KILL_AT  # back on the store after the restart
 
 
+def test_fallback_rule_opens_on_the_local_table_when_nothing_listens(lmdb_table, table_rows):
+    dead = f"redis://127.0.0.1:{free_port()}"
+    with open_table(hierarchy(dead, on_failure="fallback", retry_s=0.05), lmdb_table, device="cpu") as table:
+        store = run(table, table_rows, on_step=lambda step: time.sleep(0.06))  # each step tries the store again
+    facts = store["remote"]
+    assert facts["on_failure"] == "fallback" and facts["backend"] == "redis"
+    assert facts["where"] == "tier 'remote' storage"  # never reached: named by the hierarchy
+    assert facts["failures"] > STEPS // 2 and facts["fallback_rows"] == store["rows_read"] > 0
+    assert table.store.primary is None
+
+
+def test_fallback_rule_down_at_open_returns_to_the_store(persistent_server, lmdb_table, table_rows):
+    populate(persistent_server.url, lmdb_table)
+    persistent_server.kill()  # nothing listens on its port when the table opens
+
+    def back_up(step):
+        if step == KILL_AT:
+            persistent_server.restart()
+            time.sleep(0.3)  # past retry_s: the next read tries the store again
+
+    with open_table(hierarchy(persistent_server.url, on_failure="fallback", retry_s=0.2), lmdb_table,
+                    device="cpu") as table:
+        store = run(table, table_rows, on_step=back_up)
+        remote_rows = table.store.primary.rows_read
+    facts = store["remote"]
+    assert facts["failures"] >= 1 and facts["fallback_rows"] > 0 and remote_rows > 0
+    assert remote_rows + facts["fallback_rows"] == store["rows_read"]
+    assert facts["where"] == persistent_server.url
+
+
+def test_error_and_retry_rules_down_at_open(persistent_server, lmdb_table, table_rows):
+    populate(persistent_server.url, lmdb_table)
+    persistent_server.kill()
+    with pytest.raises(RemoteUnavailable, match=rf"remote tier {persistent_server.url} unreachable: .*start the "
+                                               "server") as err:
+        open_table(hierarchy(persistent_server.url), lmdb_table, device="cpu")
+    assert "\n" not in str(err.value)
+    start = time.monotonic()
+    with pytest.raises(RemoteUnavailable, match=r"still unreachable after retrying for 0.3 s"):
+        open_table(hierarchy(persistent_server.url, on_failure="retry", retry_s=0.3), lmdb_table, device="cpu")
+    assert 0.3 <= time.monotonic() - start < 10
+    threading.Timer(0.5, persistent_server.restart).start()
+    with open_table(hierarchy(persistent_server.url, on_failure="retry", retry_s=20), lmdb_table,
+                    device="cpu") as table:
+        store = run(table, table_rows)
+    facts = store["remote"]
+    assert facts["failures"] == 1 and facts["retries"] >= 1 and facts["waited_s"] >= 0.3
+    assert facts["fallback_rows"] == 0 and store["rows_read"] > 0
+
+
 def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_table, tmp_path):
     populate(server.url, lmdb_table)
     other = tmp_path / "other.lmdb"
@@ -189,24 +239,45 @@ def test_remote_command_refusals_are_one_line(lmdb_table, storage, match, capsys
     assert re.search(match, err) and err.count("\n") == 1
 
 
-def test_replay_serves_a_trained_table_from_redis_bitwise_equal(server, tmp_path, capsys):
-    text = tmp_path / "text"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A random-weight run and its text: (run dir, text dir)."""
+    tmp = tmp_path_factory.mktemp("replay")
+    text = tmp / "text"
     text.mkdir()
     shutil.copy(sample_text_dir() / "tutorial-appetite.rst.txt", text)
-    run_dir = random_run(tmp_path / "model", text, tokenizer="bpe:300", seq_len=32, d_model=32, n_layers=2,
+    run_dir = random_run(tmp / "model", text, tokenizer="bpe:300", seq_len=32, d_model=32, n_layers=2,
                          n_heads=2, engram_layers=(0, 1), table_size=101, hash_heads=2, row_dim=16)
-    hierarchy_toml = tmp_path / "remote.toml"
-    hierarchy_toml.write_text(REMOTE_HIERARCHY.format(url=server.url))
-    table = lmdb_table_for(run_dir)
-    assert main(["remote", "populate", "--table", table, "--hierarchy", str(hierarchy_toml), "--quiet"]) == 0
-    out = tmp_path / "replay"
+    return run_dir, text
+
+
+def replay(run_dir, text, hierarchy_toml, out):
     assert main(["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(hierarchy_toml),
                  "--max-tokens", "300", "--batch", "2", "--seq-len", "24", "--device", "cpu", "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_replay_serves_a_trained_table_from_redis_bitwise_equal(server, trained, tmp_path, capsys):
+    run_dir, text = trained
+    hierarchy_toml = tmp_path / "remote.toml"
+    hierarchy_toml.write_text(REMOTE_HIERARCHY.format(url=server.url, rule="retry"))
+    table = lmdb_table_for(run_dir)
+    assert main(["remote", "populate", "--table", table, "--hierarchy", str(hierarchy_toml), "--quiet"]) == 0
+    summary = replay(run_dir, text, hierarchy_toml, tmp_path / "replay")
     dram, remote = summary["tiers"]
     assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"]
     assert remote["storage"] == "remote" and remote["remote"]["backend"] == "redis" and remote["rows_read"] > 0
     assert "remote" in capsys.readouterr().out
+
+
+def test_replay_with_the_store_down_from_the_start_falls_back(trained, tmp_path):
+    run_dir, text = trained
+    hierarchy_toml = tmp_path / "remote.toml"
+    hierarchy_toml.write_text(REMOTE_HIERARCHY.format(url=f"redis://127.0.0.1:{free_port()}", rule="fallback"))
+    summary = replay(run_dir, text, hierarchy_toml, tmp_path / "replay")
+    remote = summary["tiers"][-1]
+    assert summary["bitwise_equal"]
+    assert remote["remote"]["failures"] >= 1 and remote["remote"]["fallback_rows"] == remote["rows_read"] > 0
 
 
 REMOTE_HIERARCHY = """
@@ -222,7 +293,7 @@ model = "remote"
 backend = "redis"
 url = "{url}"
 key_prefix = "replay"
-on_failure = "retry"
+on_failure = "{rule}"
 """
 
 PLAN = """

@@ -211,10 +211,10 @@ def run_sweep(args) -> None:
     _say_assumptions(summary)
     html, _ = write_report(run.path)
     print(f"{run.path}: stages {', '.join(stages)}; report {html}")
-    if "cost" in summary and summary["cost"]["cheapest"]:
-        best = summary["cost"]["cheapest"]
-        print(f"cheapest within {summary['cost']['budget']:.0%} stall: {best['label']} "
-              f"(${best['cost_usd']:,.2f}, stall fraction {best['stall_fraction']:.4f})")
+    if "cost" in summary:
+        from engramtier.analysis.cost import budget_line
+
+        print(budget_line(summary["cost"]))
 
 
 def run_mrc(args) -> None:

@@ -8,7 +8,8 @@
     simulate   the declared hierarchy, step by step (per-step records and the timeline plot)
     stall      every combination of [sweep] tier_sizes, simulated (heatmap)
     cxl        the declared hierarchy without, then with a CXL tier at each latency
-    cost       cost of every simulated hierarchy, its frontier and the cheapest within the stall budget
+    cost       cost of every simulated hierarchy, its frontier and the cheapest within the stall budget (or
+               that none is, and the least stall reached)
 
 Each stage appends its records to results.jsonl, saves its figures, and adds its headline numbers to
 the summary, which is rewritten after every stage so an interrupted run still reports what it did.
@@ -179,7 +180,8 @@ class Experiment:
         self.summary["cost"] = {"budget": frontier["budget"], "prices_usd_per_gb": frontier["prices_usd_per_gb"],
                                 "frontier": sorted((p for p in frontier["points"] if p["on_frontier"]),
                                                    key=lambda p: p["cost_usd"]),
-                                "cheapest": frontier["cheapest"]}
+                                **{k: frontier[k] for k in ("budget_met", "cheapest", "equal_cost_choices",
+                                                            "least_stall")}}
 
 
 def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: int, sizes=None, exact: bool = True,

@@ -48,8 +48,8 @@ def open_store(spec: TierSpec, table_path: str | os.PathLike | None, *, fingerpr
                shape: tuple[int, int] | None = None) -> Tier:
     """The hierarchy's backing store: the LMDB table at ``table_path``, or, when its ``storage`` table
     names a backend, that remote store behind its failover rule (`FailoverStore`; the LMDB table is
-    the fallback for ``on_failure = "fallback"``). A remote store has the sizes of the local table, or
-    ``shape`` (rows, row bytes) when there is none."""
+    the fallback for ``on_failure = "fallback"``, also when the store is down at open). A remote store
+    has the sizes of the local table, or ``shape`` (rows, row bytes) when there is none."""
     local = NvmeTier(table_path, readers=readers, expect_fingerprint=fingerprint, model=spec.model) \
         if table_path is not None else None
     if not spec.storage:
@@ -60,18 +60,20 @@ def open_store(spec: TierSpec, table_path: str | os.PathLike | None, *, fingerpr
     try:
         options, rule = split_rule(spec.storage)
         rows, row_bytes = (local.n_table_rows, local.row_bytes) if local is not None else shape
-        remote = open_remote(options, n_table_rows=rows, row_bytes=row_bytes, model=spec.model,
-                             fingerprint=fingerprint if local is None else local.manifest["fingerprint"],
-                             where=f"tier '{spec.name}' storage")
+        if local is not None:
+            fingerprint = local.manifest["fingerprint"]
+        where = f"tier '{spec.name}' storage"
+
+        def connect() -> Any:  # now, and again while the store is down under "fallback"
+            return open_remote(options, n_table_rows=rows, row_bytes=row_bytes, model=spec.model,
+                               fingerprint=fingerprint, where=where)
+
         fallback = local if rule.get("on_failure") == "fallback" else None
-        try:
-            store = FailoverStore(remote, **rule, fallback=fallback)
-        except BaseException:
-            remote.close()
-            raise
         if local is not None and fallback is None:
             local.close()
-        return store
+            local = None
+        return FailoverStore(connect, **rule, fallback=fallback, backend=str(options.get("backend")), where=where,
+                             model=spec.model)
     except BaseException:
         if local is not None:
             local.close()

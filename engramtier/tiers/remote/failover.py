@@ -8,10 +8,11 @@ its ``storage`` table (``on_failure``):
 - ``"error"`` (default): the read fails with one line naming the store; the run stops.
 - ``"retry"``: the read is retried, backing off up to a second, until the store answers or
   ``retry_s`` seconds have passed (a restart within that window resumes the run; Redis must then be
-  persistent, or repopulated, for the rows to be there).
+  persistent, or repopulated, for the rows to be there); a store down at open is waited for the same way.
 - ``"fallback"``: reads go to a local copy of the table (the LMDB nvme tier the store was populated
-  from) while the store is down; the store is tried again every ``retry_s`` seconds. The local copy
-  must be the table the store was populated from (the manifests are compared at open).
+  from) while the store is down, already at start-up; the store is tried again every ``retry_s``
+  seconds. The local copy must be the table the store was populated from (the manifests are compared
+  when the store is first reached).
 
 Every outage is counted in `stats`: failures, retries, seconds waited, rows served by the fallback.
 """
@@ -19,12 +20,12 @@ Every outage is counted in `stats`: failures, retries, seconds waited, rows serv
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers.base import Tier
+from engramtier.tiers.base import Tier, default_model
 from engramtier.tiers.remote.base import RemoteTier, RemoteUnavailable
 
 ON_FAILURE = ("error", "retry", "fallback")
@@ -39,31 +40,69 @@ def split_rule(storage: Mapping[str, Any]) -> tuple[dict, dict]:
 
 
 class FailoverStore(Tier):
-    """A remote store ``primary`` behind the ``on_failure`` rule; ``fallback``: the local table for
-    ``"fallback"`` (an `NvmeTier` of the same table)."""
+    """A remote store, opened by ``connect``, behind the ``on_failure`` rule; ``fallback``: the local
+    table for ``"fallback"`` (an `NvmeTier` of the same table).
 
-    def __init__(self, primary: RemoteTier, on_failure: str = "error", retry_s: float = 30.0,
-                 fallback: Tier | None = None) -> None:
+    The rule holds from the start: a store unreachable at open stops the run (``"error"``), is waited
+    for up to ``retry_s`` (``"retry"``), or (``"fallback"``) leaves the run on the local table, counted
+    as a failure, and is tried again every ``retry_s`` seconds like a store lost mid-run. Until it is
+    first reached, ``backend`` and ``where`` name it in `stats` and ``model`` times its reads."""
+
+    name = RemoteTier.name
+
+    def __init__(self, connect: Callable[[], RemoteTier], on_failure: str = "error", retry_s: float = 30.0,
+                 fallback: Tier | None = None, *, backend: str, where: str, model: Any = None) -> None:
         if on_failure not in ON_FAILURE:
             raise EngramTierError(f"remote tier: on_failure must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}")
         if not isinstance(retry_s, (int, float)) or isinstance(retry_s, bool) or retry_s < 0:
             raise EngramTierError(f"remote tier: retry_s must be a number of seconds >= 0, got {retry_s!r}")
-        if on_failure == "fallback":
-            _check_same_table(primary, fallback)
-        super().__init__(primary.n_table_rows, primary.n_table_rows, primary.row_bytes, primary.model)
-        self.name = primary.name
-        self.primary, self.on_failure, self.retry_s, self.fallback = primary, on_failure, float(retry_s), fallback
-        self.manifest = primary.manifest
+        if on_failure == "fallback" and fallback is None:
+            raise EngramTierError(f"{where}: on_failure = 'fallback' needs a local copy of the table "
+                                  "(--table PATH.lmdb)")
+        self.connect, self.on_failure, self.retry_s, self.fallback = connect, on_failure, float(retry_s), fallback
+        self.backend, self.where = backend, where
         self.failures = self.retries = self.fallback_rows = 0
         self.waited_s = 0.0
         self._down_since: float | None = None  # fallback: when the store was last found unreachable
+        self.primary: RemoteTier | None = None
+        try:
+            self._reach()
+        except RemoteUnavailable as err:
+            self.failures += 1
+            if on_failure == "error":
+                raise
+            if on_failure == "retry":
+                self._retry(self._reach, err)
+            else:
+                self._down_since = time.monotonic()
+        shape = self.primary or fallback
+        super().__init__(shape.n_table_rows, shape.n_table_rows, shape.row_bytes,
+                         self.primary.model if self.primary is not None else model or default_model(self.name))
+
+    @property
+    def manifest(self) -> dict:
+        """The store's manifest; until the store is first reached, the local table's (the same table)."""
+        return self.primary.manifest if self.primary is not None else self.fallback.manifest
+
+    def _reach(self) -> RemoteTier:
+        """The store, opened (and checked against the fallback) on first use; `RemoteUnavailable` if down."""
+        if self.primary is None:
+            primary = self.connect()
+            if self.on_failure == "fallback":
+                try:
+                    _check_same_table(primary, self.fallback)
+                except BaseException:
+                    primary.close()
+                    raise
+            self.primary, self.where = primary, primary.where
+        return self.primary
 
     def read(self, ids: Any, out: Any) -> None:
         if self.on_failure == "fallback" and self._down_since is not None:
             if time.monotonic() - self._down_since < self.retry_s:
                 return self._read_fallback(ids, out)
         try:
-            self.primary.read(ids, out)
+            self._reach().read(ids, out)
             self._down_since = None
         except RemoteUnavailable as err:
             self.failures += 1
@@ -72,7 +111,7 @@ class FailoverStore(Tier):
             if self.on_failure == "fallback":
                 self._down_since = time.monotonic()
                 return self._read_fallback(ids, out)
-            self._retry(ids, out, err)
+            self._retry(lambda: self.primary.read(ids, out), err)
         self._count_read(np.size(ids))
 
     def _read_fallback(self, ids: Any, out: Any) -> None:
@@ -80,7 +119,8 @@ class FailoverStore(Tier):
         self.fallback_rows += np.size(ids)
         self._count_read(np.size(ids))
 
-    def _retry(self, ids: Any, out: Any, err: RemoteUnavailable) -> None:
+    def _retry(self, attempt: Callable[[], Any], err: RemoteUnavailable) -> None:
+        """``attempt`` again, backing off up to `MAX_BACKOFF_S`, until it works or ``retry_s`` has passed."""
         start = time.monotonic()
         pause = 0.05
         while True:
@@ -92,39 +132,40 @@ class FailoverStore(Tier):
             pause = min(2 * pause, MAX_BACKOFF_S)
             self.retries += 1
             try:
-                self.primary.read(ids, out)
+                attempt()
                 self.waited_s += time.monotonic() - start
                 return
             except RemoteUnavailable as again:
                 err = again
 
     def write(self, ids: Any, rows: Any) -> None:
-        self.primary.write(ids, rows)
+        self._reach().write(ids, rows)
 
     def contains(self, ids: Any) -> np.ndarray:
-        return self.primary.contains(ids)
+        return self._reach().contains(ids)
 
     def stats(self) -> dict:
-        try:
-            own = self.primary.stats()
-        except RemoteUnavailable:  # a report at the end of a run must not fail because the store went away
-            own = {"tier": self.primary.name, "backend": self.primary.backend, "where": self.primary.where}
+        own = {**super().stats(), "backend": self.backend, "where": self.where}
+        if self.primary is not None:
+            try:
+                own = self.primary.stats()
+            except RemoteUnavailable:  # a report at the end of a run must not fail because the store went away
+                pass
         return {**own, "reads": self.reads, "rows_read": self.rows_read, "bytes_read": self.rows_read * self.row_bytes,
                 "on_failure": self.on_failure, "failures": self.failures, "retries": self.retries,
                 "waited_s": self.waited_s, "fallback_rows": self.fallback_rows}
 
     def close(self) -> None:
-        self.primary.close()
+        if self.primary is not None:
+            self.primary.close()
         if self.fallback is not None:
             self.fallback.close()
 
 
-def _check_same_table(primary: RemoteTier, fallback: Tier | None) -> None:
+def _check_same_table(primary: RemoteTier, fallback: Tier) -> None:
     """The fallback must hold the very rows the store holds: same sizes, and the table the store was
     populated from (its manifest, recorded by `populate_remote`)."""
     where = f"remote tier {primary.where}"
-    if fallback is None:
-        raise EngramTierError(f"{where}: on_failure = 'fallback' needs a local copy of the table (--table PATH.lmdb)")
     if (fallback.n_table_rows, fallback.row_bytes) != (primary.n_table_rows, primary.row_bytes):
         raise EngramTierError(
             f"{where}: the fallback table holds {fallback.n_table_rows} rows of {fallback.row_bytes} B, the store "
