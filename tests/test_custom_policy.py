@@ -23,6 +23,7 @@ def doc_code_blocks():
 @pytest.fixture(scope="module")
 def lru2_registered():
     """Run the page's definition block against a private copy of the registry, restored afterwards."""
+    policy_module.policy_names()  # the built-ins registered first, or the restore would drop them
     saved = dict(policy_module._REGISTRY)
     namespace = {}
     exec(compile(doc_code_blocks()[0], str(DOC), "exec"), namespace)

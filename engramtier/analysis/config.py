@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, hierarchy_section, parse_size
-from engramtier.cache.policy import policy_names
+from engramtier.cache.policy import check_policy
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
 from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
@@ -195,9 +195,9 @@ def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) ->
     if need_trace and "trace" not in doc:
         raise EngramTierError(f"{where}: no [trace] section; say where the trace comes from (source = \"sample\")")
     trace = _trace_config(doc.get("trace", {}), path)
-    hierarchy = Hierarchy.from_dict(doc["hierarchy"], f"{where}: [hierarchy]")
+    hierarchy = Hierarchy.from_dict(doc["hierarchy"], f"{where}: [hierarchy]", (path.parent,))
     timing = _timing_config(doc.get("timing", {}), f"{where}: [timing]")
-    sweep = _sweep_config(doc.get("sweep", {}), hierarchy, f"{where}: [sweep]")
+    sweep = _sweep_config(doc.get("sweep", {}), hierarchy, f"{where}: [sweep]", path.parent)
     cost = _cost_config(doc.get("cost", {}), f"{where}: [cost]")
     return ExperimentConfig(str(path), trace, hierarchy, timing, sweep, cost)
 
@@ -282,7 +282,7 @@ def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
     return cfg
 
 
-def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) -> SweepConfig:
+def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str, base: Path) -> SweepConfig:
     cfg = SweepConfig(**_typed(table, SweepConfig, where))
     for i, size in enumerate(cfg.sizes):
         _check_size(size, f"{where} sizes[{i}]")
@@ -313,7 +313,8 @@ def _sweep_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) ->
     if cfg.sizes and not cfg.policies:
         raise EngramTierError(f"{where}: sizes are swept for each of 'policies', but it is empty; "
                               "list at least one, e.g. policies = [\"lru\"]")
-    refuse_unknown(cfg.policies + ((cfg.cxl_policy,) if cfg.cxl_policy else ()), policy_names(), where, "policy")
+    for policy in cfg.policies + ((cfg.cxl_policy,) if cfg.cxl_policy else ()):
+        check_policy(policy, where, (base,))  # a "module:attribute" reference may sit beside the file
     return replace(cfg, tier_sizes=tier_sizes)
 
 

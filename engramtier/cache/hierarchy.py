@@ -8,7 +8,9 @@ smaller than the table. ``mode`` says how the caches share rows (see `engramtier
 
 Byte capacities become rows only against a table (``row_bytes``), so a `Hierarchy` is validated in
 two stages: what can be checked alone on construction, the rest in `capacities` (sizes against the
-table) and `build_policies` (policy names and parameters, delegated to `make_policy`).
+table) and `build_policies` (policy parameters, delegated to `make_policy`). Policy names are checked
+on construction from a file, where a ``"module:attribute"`` reference to a user's policy class is
+imported (see `check_policy`): beside the file is one place its module may be.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-from engramtier.cache.policy import PolicyContext, make_policy, policy_names
+from engramtier.cache.policy import PolicyContext, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tomlfile import read_toml
@@ -196,9 +199,11 @@ class Hierarchy:
         return "" if self.where == "hierarchy" else f"{self.where}: "
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "hierarchy") -> "Hierarchy":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "hierarchy",
+                  search: Sequence[Path | str] = ()) -> "Hierarchy":
         """Build from what a TOML file holds: ``{"mode": ..., "tier": [{"name", "capacity", "policy",
-        "params", "model"}, ...]}``; ``model`` is a default's name or a table of `TierModel` fields."""
+        "params", "model"}, ...]}``; ``model`` is a default's name or a table of `TierModel` fields.
+        ``search``: where a policy reference's module may be besides sys.path (the file's directory)."""
         refuse_unknown(d, ("mode", "tier"), where)
         tiers = d.get("tier")
         if not isinstance(tiers, list) or not tiers:
@@ -229,7 +234,7 @@ class Hierarchy:
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below
-                refuse_unknown([spec.policy], policy_names(), f"{where}: tier '{spec.name}'", "policy")
+                check_policy(spec.policy, f"{where}: tier '{spec.name}'", search)
             specs.append(spec)
         return cls(tuple(specs), d.get("mode", "inclusive"), where)
 
@@ -256,4 +261,5 @@ def load_hierarchy(path: Any) -> Hierarchy:
         raise EngramTierError(f"{path}: no hierarchy; declare the tiers with [[tier]] tables (or [[hierarchy.tier]])")
     if not isinstance(doc["hierarchy"], Mapping):
         raise EngramTierError(f"{path}: 'hierarchy' must be a table ([hierarchy]), got {doc['hierarchy']!r}")
-    return Hierarchy.from_dict(doc["hierarchy"], where=f"{path}: [hierarchy]" if "hierarchy" in read else str(path))
+    return Hierarchy.from_dict(doc["hierarchy"], where=f"{path}: [hierarchy]" if "hierarchy" in read else str(path),
+                               search=(Path(path).parent,))

@@ -20,7 +20,9 @@ policy is a numba ``jitclass`` with these methods, which the drivers below call 
 
 ``t`` is the position in the full trace; offline policies (Belady, lookahead) use it to find the
 next use of a key. A user policy is any plain Python class with the same six methods: the drivers
-run their own Python source (``driver.py_func``) for it, slower but with identical semantics.
+run their own Python source (``driver.py_func``) for it, slower but with identical semantics. It is
+either registered under a name (`register`) or named where it lives, ``"module:attribute"``
+(`check_policy`), so that a TOML file can use a policy no engramtier module imports.
 
 Calling a jitclass method from a compiled loop costs a call plus atomic reference-count updates on
 the instance and on every array it touches, several times the work of an LRU update. So the online
@@ -32,9 +34,14 @@ loop over the bare tuple.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import inspect
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from llvmlite import ir
@@ -106,6 +113,11 @@ class PolicyContext:
 
 PolicyBuilder = Callable[..., Any]
 _REGISTRY: dict[str, PolicyBuilder] = {}
+# "module:attribute" references resolved so far -> their builders; apart from the registry, so that
+# the names offered for a typo stay the registered ones.
+_REFERENCES: dict[str, PolicyBuilder] = {}
+POLICY_METHODS = ("lookup", "admit", "remove", "contains", "occupancy", "hit_victim")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def register(name: str) -> Callable[[PolicyBuilder], PolicyBuilder]:
@@ -126,9 +138,9 @@ def policy_names() -> list[str]:
 
 
 def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> Any:
-    """Build the policy called ``name`` holding at most ``capacity`` rows."""
-    _load_builtins()
-    refuse_unknown([name], sorted(_REGISTRY), what="policy")
+    """Build the policy called ``name`` (a registered name or a ``"module:attribute"`` reference)
+    holding at most ``capacity`` rows."""
+    builder = _builder(name)
     if int(capacity) != capacity or capacity <= 0:
         raise EngramTierError(f"policy '{name}': capacity must be a positive number of rows, got {capacity}")
     if capacity > ctx.n_table_rows:
@@ -136,7 +148,6 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
             f"policy '{name}': capacity {capacity} rows exceeds the table's {ctx.n_table_rows} rows; "
             "make the tier smaller or leave it out (the last tier holds every row)"
         )
-    builder = _REGISTRY[name]
     accepted = list(inspect.signature(builder).parameters)[2:]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -144,7 +155,119 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
             f"policy '{name}': unknown parameter(s) {', '.join(unknown)}; "
             f"it takes {', '.join(accepted) if accepted else 'no parameters'}"
         )
-    return builder(int(capacity), ctx, **params)
+    policy = builder(int(capacity), ctx, **params)
+    if is_reference(name):  # a builder function is checked only once it has built something
+        try:
+            _refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
+        except EngramTierError as err:
+            raise EngramTierError(f"policy '{name}': {err}") from None
+    return policy
+
+
+def _builder(name: str) -> PolicyBuilder:
+    check_policy(name)
+    return _REFERENCES[name] if is_reference(name) else _REGISTRY[name]
+
+
+def is_reference(name: str) -> bool:
+    """True for a ``"module:attribute"`` policy reference, False for a registered name."""
+    return isinstance(name, str) and ":" in name
+
+
+def check_policy(name: str, where: str = "", search: Sequence[Path | str] = ()) -> None:
+    """Refuse ``name`` unless it is a registered policy or a ``"module:attribute"`` reference to one.
+
+    A reference's module is imported from ``sys.path`` (PYTHONPATH, the current directory when run as
+    ``python -m``), and failing that from the ``search`` directories (the directory of the TOML file
+    naming it). The attribute is a policy class, built as ``Class(capacity, **params)``, or
+    ``Class(capacity, ctx, **params)`` when its constructor's second parameter is named ``ctx``; or a
+    builder function ``builder(capacity, ctx, **params)``, what `register` takes. The reference string
+    is then the policy's name everywhere (results, summaries, plots). Resolved once per process.
+    """
+    prefix = f"{where}: " if where else ""
+    if not is_reference(name):
+        _load_builtins()
+        refuse_unknown([name], sorted(_REGISTRY), where, "policy")
+        return
+    if name in _REFERENCES:
+        return
+    try:
+        _REFERENCES[name] = _resolve(name, [Path(d).resolve() for d in search])
+    except EngramTierError as err:
+        raise EngramTierError(f"{prefix}policy '{name}': {err}") from None
+
+
+def _resolve(name: str, search: list[Path]) -> PolicyBuilder:
+    module_name, _, attribute = name.partition(":")
+    if not (_DOTTED.fullmatch(module_name) and _DOTTED.fullmatch(attribute)):
+        raise EngramTierError("a policy reference is 'module:attribute', e.g. 'my_policies:LRU2' for class LRU2 "
+                              "in my_policies.py")
+    module = _import(module_name, search)
+    obj = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            public = {n.lower(): n for n in dir(obj) if not n.startswith("_")}  # a case slip is the usual typo
+            close = difflib.get_close_matches(part.lower(), public, n=1)
+            hint = f"did you mean '{public[close[0]]}'?" if close else "check the name after the colon"
+            raise EngramTierError(f"module '{module_name}' ({getattr(module, '__file__', None) or 'no file'}) has no "
+                                  f"attribute '{attribute}'; {hint}")
+        obj = getattr(obj, part)
+    if inspect.isclass(obj):
+        _refuse_non_policy(obj, f"class {attribute}")
+        return _class_builder(obj, attribute)
+    if not callable(obj):
+        raise EngramTierError(f"{attribute} is an object of type {type(obj).__name__}, not a policy class or a "
+                              "builder function builder(capacity, ctx, **params)")
+    return obj
+
+
+def _import(module_name: str, search: list[Path]) -> Any:
+    """The module, from sys.path or else from ``search``, which is on sys.path only while importing."""
+    extra = [str(d) for d in search if str(d) not in sys.path]
+    for added in ([], extra) if extra else ([],):
+        sys.path.extend(added)
+        try:
+            importlib.invalidate_caches()
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if not (err.name and (module_name == err.name or module_name.startswith(err.name + "."))):
+                raise EngramTierError(f"importing module '{module_name}' failed: {err}") from None
+        except Exception as err:  # the user's module failing in any way: its error becomes the one line
+            raise EngramTierError(f"importing module '{module_name}' failed: {type(err).__name__}: {err}") from None
+        finally:
+            for directory in added:
+                sys.path.remove(directory)
+    places = " nor in " + ", ".join(map(str, search)) + " (the TOML file's directory)" if search else ""
+    raise EngramTierError(f"no module '{module_name}' on the Python path{places}; add its directory to PYTHONPATH "
+                          "or put the module beside the TOML file")
+
+
+def _class_builder(cls: type, attribute: str) -> PolicyBuilder:
+    """``builder(capacity, ctx, **params)`` for a policy class, with a signature naming its parameters
+    (`make_policy` checks a tier's params against it)."""
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    if not parameters or parameters[0].kind not in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
+        raise EngramTierError(f"class {attribute} cannot be built: its constructor must take the capacity (rows) first")
+    takes_ctx = len(parameters) > 1 and parameters[1].name == "ctx"
+    rest = parameters[2 if takes_ctx else 1:]
+
+    def build(capacity, ctx, **params):
+        return cls(capacity, ctx, **params) if takes_ctx else cls(capacity, **params)
+
+    head = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("capacity", "ctx")]
+    build.__signature__ = inspect.Signature(head + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in rest
+                                                    if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
+    return build
+
+
+def _refuse_non_policy(cls: type, what: str) -> None:
+    missing = [m for m in POLICY_METHODS if not callable(getattr(cls, m, None))]
+    if missing:
+        raise EngramTierError(f"{what} is not a policy: it lacks {', '.join(missing)} (a policy has the six "
+                              "methods of docs/custom_policy.md)")
 
 
 def is_compiled(policy: Any) -> bool:
