@@ -28,6 +28,8 @@ SWEEP_EXAMPLES = """examples:
 
 Stages: hit_rate ([sweep] policies x sizes), stall ([sweep] tier_sizes), cxl ([sweep] cxl_latencies_ns),
 cost (the stall and cxl points priced with [cost]); the default runs those the config defines.
+The hit_rate stage prints a table of hit rates (policy x size) and writes RUN/hit_rate.csv beside
+results.jsonl: columns policy,size_rows,size_bytes,hit_rate,miss_ratio.
 """
 
 MRC_EXAMPLES = """examples:
@@ -36,7 +38,9 @@ MRC_EXAMPLES = """examples:
   engramtier mrc huge.trace --shards 0.001 --seeds 1 --no-exact   # a trace larger than memory, streamed
 
 Each curve is one streamed pass over the trace's dense keys: exact LRU keeps 8 bytes per distinct row
-and 1.5 bits per request, SHARDS only its sample.
+and 1.5 bits per request, SHARDS only its sample. Prints a table of hit rates and writes RUN/mrc.csv
+(columns policy,size_rows,size_bytes,hit_rate,miss_ratio): policy lru is the exact curve, lru-shards
+the mean of the SHARDS estimates over the seeds.
 """
 
 REPORT_EXAMPLES = """examples:
@@ -201,6 +205,7 @@ def run_sweep(args) -> None:
     if not stages:
         raise EngramTierError(f"{args.config}: [sweep] defines nothing to sweep; give sizes, tier_sizes or cxl_latencies_ns")
     from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace  # after the checks: see simulate
+    from engramtier.analysis.tables import HIT_RATE_CSV
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
 
@@ -210,7 +215,10 @@ def run_sweep(args) -> None:
     summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
     _say_assumptions(summary)
     html, _ = write_report(run.path)
-    print(f"{run.path}: stages {', '.join(stages)}; report {html}")
+    curves = ""
+    if "hit_rate" in stages:
+        curves = _print_curves(run.path / HIT_RATE_CSV)
+    print(f"{run.path}: stages {', '.join(stages)}; {curves}report {html}")
     if "cost" in summary:
         from engramtier.analysis.cost import budget_line
 
@@ -226,6 +234,7 @@ def run_mrc(args) -> None:
         if args.sizes:
             sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
         from engramtier.analysis.experiment import mrc_stage, trace_summary  # after the checks: see simulate
+        from engramtier.analysis.tables import MRC_CSV
         from engramtier.analysis.report import write_report
         from engramtier.rundir import RunDir
 
@@ -235,10 +244,20 @@ def run_mrc(args) -> None:
                                     progress=not args.quiet)}
     run.write_summary(summary)
     html, _ = write_report(run.path)
+    curves = _print_curves(run.path / MRC_CSV)
     m = summary["mrc"]
     error = ("no exact curve (--no-exact)" if m["shards_mean_abs_error"] is None else
              f"mean abs. error {m['shards_mean_abs_error']:.4f} (max {m['shards_max_abs_error']:.4f} over {args.seeds} seeds)")
-    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={args.shards:g} {error}; report {html}")
+    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={args.shards:g} {error}; {curves}report {html}")
+
+
+def _print_curves(csv_path) -> str:
+    """Print the hit-rate table of the curves in ``csv_path`` (read back, so the screen shows what the
+    file holds) and return the summary line's mention of the file."""
+    from engramtier.analysis.tables import hit_rate_table, read_curves_csv
+
+    print(hit_rate_table(read_curves_csv(csv_path)))
+    return f"curves {csv_path}; "
 
 
 def run_report(args) -> None:

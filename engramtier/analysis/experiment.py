@@ -3,8 +3,8 @@
 
     trace      build the row trace the [trace] table describes (saved as RUN/trace.trace) or load it
     stats      trace statistics and the rank-frequency plot with its Zipf fit
-    mrc        exact LRU miss-ratio curve against SHARDS estimates over several hash seeds
-    hit_rate   policies x one-tier sizes
+    mrc        exact LRU miss-ratio curve against SHARDS estimates over several hash seeds (RUN/mrc.csv)
+    hit_rate   policies x one-tier sizes (RUN/hit_rate.csv)
     simulate   the declared hierarchy, step by step (per-step records and the timeline plot)
     stall      every combination of [sweep] tier_sizes, simulated (heatmap)
     cxl        the declared hierarchy without, then with a CXL tier at each latency
@@ -26,6 +26,7 @@ import numpy as np
 from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, TimingConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
+from engramtier.analysis.tables import HIT_RATE_CSV, MRC_CSV, curve_row, write_curves_csv
 from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, point_record, simulate_point,
                                        stall_sweep)
@@ -118,6 +119,8 @@ class Experiment:
         sizes = [self.rows(s, f"{self.cfg.path}: [sweep] sizes[{i}]") for i, s in enumerate(sw.sizes)]
         records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress)
         self.run.append(records)
+        write_curves_csv(self.run.path / HIT_RATE_CSV,
+                         (curve_row(r["policy"], r["size_rows"], self.trace.row_bytes, r["hit_rate"]) for r in records))
         distinct = self.trace.n_distinct
         self.run.save_figure(plots.hit_rate_figure(records, self.trace.row_bytes, 1 - distinct / self.trace.n_rows),
                              "hit_rate_vs_size")
@@ -176,7 +179,7 @@ class Experiment:
         frontier = cost_frontier(self._sim_records, self.trace.row_bytes, self.cfg.cost.usd_per_gb,
                                  self.cfg.cost.stall_budget)
         self.run.append({"experiment": "cost", **p} for p in frontier["points"])
-        self.run.save_figure(plots.cost_figure(frontier), "cost_frontier")
+        self.run.save_figure(plots.cost_figure(frontier, self.trace.row_bytes), "cost_frontier")
         self.summary["cost"] = {"budget": frontier["budget"], "prices_usd_per_gb": frontier["prices_usd_per_gb"],
                                 "frontier": sorted((p for p in frontier["points"] if p["on_frontier"]),
                                                    key=lambda p: p["cost_usd"]),
@@ -188,7 +191,8 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
               progress: bool = False) -> dict:
     """Exact LRU curve (unless not ``exact``) and SHARDS at ``rate`` with hash seeds ``0..seeds-1``,
     at ``sizes`` (default 48 sizes spaced evenly in log from one row to every distinct row), each one
-    streamed pass over the trace's dense keys; records, figure, headline numbers."""
+    streamed pass over the trace's dense keys; records, figure, headline numbers, and mrc.csv with the
+    exact curve as policy ``lru`` and the SHARDS mean over the seeds as ``lru-shards``."""
     from engramtier.cache.mrc import KeyStream, lru_mrc, shards_mrc
 
     stream = KeyStream.of_trace(trace)
@@ -203,13 +207,18 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
                 "exact_miss_ratio": None if curve is None else float(curve.miss_ratios[i]),
                 "shards_miss_ratios": [float(e.miss_ratios[i]) for e in estimates]}
                for i, s in enumerate(sizes))
+    shards_mean = np.mean([e.miss_ratios for e in estimates], axis=0)
+    curves = [] if curve is None else [("lru", curve.miss_ratios)]
+    write_curves_csv(run.path / MRC_CSV, (curve_row(policy, s, trace.row_bytes, 1 - m)
+                                          for policy, misses in curves + [("lru-shards", shards_mean)]
+                                          for s, m in zip(sizes, misses)))
     run.save_figure(plots.mrc_figure(sizes, None if curve is None else curve.miss_ratios,
                                      [e.miss_ratios for e in estimates], rate, trace.row_bytes), "mrc_shards")
     errors = [e.error for e in estimates] if curve is not None else [None]
     return {"sizes": int(sizes.size), "shards_rate": rate, "seeds": seeds, "exact": exact,
             "shards_mean_abs_error": None if curve is None else float(np.mean(errors)),
             "shards_max_abs_error": None if curve is None else float(np.max(errors)),
-            "shards_miss_ratio_mean": [float(m) for m in np.mean([e.miss_ratios for e in estimates], axis=0)]}
+            "shards_miss_ratio_mean": [float(m) for m in shards_mean]}
 
 
 def trace_summary(trace: RowTrace) -> dict:

@@ -1,7 +1,9 @@
 """The figures of a run, each a function from result records to a matplotlib figure (Agg, no display).
 
 Sizes are drawn on log axes in rows with the same sizes in bytes on a secondary top axis, because a
-policy researcher thinks in rows and a hardware planner in GiB. Every axis says its unit.
+policy researcher thinks in rows and a hardware planner in GiB. Every axis says its unit. Log axes
+choose their labelled ticks from the span of the data (`_log_ticks`): matplotlib's own choice labels
+one or two ticks over a decade, or crowds minor labels into each other.
 `RunDir.save_figure` writes each as PNG and SVG.
 """
 
@@ -14,9 +16,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from engramtier.analysis.sweep import format_bytes  # noqa: E402
+from engramtier.analysis.tables import humanise  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
                      "svg.fonttype": "none"})
@@ -27,13 +30,28 @@ OFFLINE = {"belady": "belady (offline, optimal on demand)", "static": "static (h
            "lookahead": "lookahead (sees the step's future)"}
 
 _BYTES = FuncFormatter(lambda x, _: format_bytes(x) if x > 0 else "")
+_ROWS = FuncFormatter(lambda x, _: humanise(x) if x > 0 else "")
+_PLAIN = FuncFormatter(lambda x, _: f"{x:g}")
 
 
-def _bytes_top_axis(ax, row_bytes: int) -> None:
-    """A top axis showing the bottom axis's rows as bytes."""
+def _log_ticks(axis, lo: float, hi: float, formatter, base: int = 10) -> None:
+    """Labelled ticks for a log ``axis`` over data ``lo..hi``: in base 10, 1, 2, 3 and 5 per decade over
+    up to a decade and a half, 1, 2 and 5 up to three decades, powers of ten beyond; in another base its
+    powers; at most nine, thinned evenly. Minor ticks unlabelled."""
+    decades = np.log10(hi / lo) if 0 < lo < hi else 0.0
+    subs = (1.0,) if base != 10 or decades > 3 else (1.0, 2.0, 5.0) if decades > 1.5 else (1.0, 2.0, 3.0, 5.0)
+    axis.set_major_locator(LogLocator(base=base, subs=subs, numticks=9))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _size_axes(ax, sizes, row_bytes: int) -> None:
+    """The log x axis of tier sizes in rows, and a top axis with the same sizes as bytes (powers of two)."""
+    ax.set_xscale("log")
+    lo, hi = float(np.min(sizes)), float(np.max(sizes))
+    _log_ticks(ax.xaxis, lo, hi, _ROWS)
     top = ax.secondary_xaxis("top", functions=(lambda r: r * row_bytes, lambda b: b / row_bytes))
-    top.xaxis.set_major_locator(LogLocator(base=1024, subs=(1.0, 8.0, 64.0)))
-    top.xaxis.set_major_formatter(_BYTES)
+    _log_ticks(top.xaxis, lo * row_bytes, hi * row_bytes, _BYTES, base=2)
     top.set_xlabel(f"tier size (bytes, {row_bytes} B per row)")
 
 
@@ -47,11 +65,10 @@ def hit_rate_figure(records: Sequence[Mapping], row_bytes: int, ceiling: float |
         points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["policy"] == policy)
         sizes, rates = zip(*points)
         ax.plot(sizes, rates, marker="o", ms=3.5, label=OFFLINE.get(policy, policy), ls="--" if policy in OFFLINE else "-")
-    ax.set_xscale("log")
+    _size_axes(ax, [r["size_rows"] for r in records], row_bytes)
     ax.set_xlabel("tier size (rows)")
     ax.set_ylabel("hit rate (fraction of requests)")
     ax.set_ylim(0, 1)
-    _bytes_top_axis(ax, row_bytes)
     ax.legend(title="policy (dashed: offline)", fontsize=7, title_fontsize=8)
     ax.set_title("Hit rate vs tier size (single tier, whole trace)")
     return fig
@@ -106,11 +123,10 @@ def mrc_figure(sizes: np.ndarray, exact: np.ndarray | None, estimates: Sequence[
         ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3,
                         label=f"SHARDS range over {len(est)} hash seeds")
         ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"SHARDS mean, R={rate:g}{error}")
-    ax.set_xscale("log")
+    _size_axes(ax, sizes, row_bytes)
     ax.set_ylim(0, 1)
     ax.set_xlabel("LRU cache size (rows)")
     ax.set_ylabel("miss ratio")
-    _bytes_top_axis(ax, row_bytes)
     ax.legend(fontsize=8)
     ax.set_title("Miss-ratio curve: exact vs SHARDS sampling")
     return fig
@@ -159,35 +175,62 @@ def cxl_figure(records: Sequence[Mapping]) -> plt.Figure:
     return fig
 
 
-def cost_figure(frontier: Mapping) -> plt.Figure:
-    """Cost vs stall fraction of every simulated hierarchy, the frontier and the budget's cheapest."""
+def _tier_sizes(capacities: Mapping[str, int], row_bytes: int) -> str:
+    """'gpu 256 KiB, dram 1 MiB > nvme': the cache tiers' sizes, then the store (the last tier, which
+    holds the whole table, so its size says nothing)."""
+    *caches, store = capacities
+    return ", ".join(f"{name} {format_bytes(capacities[name] * row_bytes)}" for name in caches) + f" > {store}"
+
+
+def _money(x: float, _=None) -> str:
+    return f"${x:,.2f}" if x >= 0.1 else f"${x:.2g}"
+
+
+def cost_figure(frontier: Mapping, row_bytes: int) -> plt.Figure:
+    """Cost vs stall fraction of every simulated hierarchy, the frontier and the budget's cheapest.
+    Frontier points are numbered at the point and their tier sizes listed in a key under the plot:
+    sizes written beside points that sit close together would overlap. Cost is on a log axis when it
+    spans more than a decade, so that cheap points do not crowd into the left edge."""
     points = frontier["points"]
     cost = np.array([p["cost_usd"] for p in points])
     stall = np.array([p["stall_fraction"] for p in points])
     front = np.array([p["on_frontier"] for p in points])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(cost[~front], stall[~front], s=18, color="tab:gray", alpha=0.7, label="simulated hierarchy")
-    order = np.argsort(cost[front])
-    ax.plot(cost[front][order], stall[front][order], "o-", color="tab:blue", ms=5, drawstyle="steps-post",
+    order = np.flatnonzero(front)[np.argsort(cost[front], kind="stable")]
+    ax.plot(cost[order], stall[order], "o-", color="tab:blue", ms=5, drawstyle="steps-post",
             label="cost frontier, numbered by cost (no cheaper point stalls less)")
-    for rank, (c, s) in enumerate(zip(cost[front][order], stall[front][order]), 1):
-        ax.annotate(str(rank), (c, s), textcoords="offset points", xytext=(3, 3), fontsize=7, color="tab:blue")
+    key = []
+    for rank, i in enumerate(order, 1):
+        # alternately above and below the point, so close neighbours on the frontier do not print over
+        # each other; always above near zero stall, where below is the axis
+        above = rank % 2 or stall[i] < 0.05 * stall.max()
+        ax.annotate(str(rank), (cost[i], stall[i]), textcoords="offset points", xytext=(3, 4 if above else -10),
+                    fontsize=7, color="tab:blue")
+        key.append(f"{rank}. {_money(cost[i])}, stall {stall[i]:.3f}: {_tier_sizes(points[i]['capacities'], row_bytes)}")
     ax.axhline(frontier["budget"], color="tab:red", ls=":", label=f"stall budget {frontier['budget']:.0%}")
     best = frontier["cheapest"]
     if best is not None:
         ax.plot(best["cost_usd"], best["stall_fraction"], "*", color="tab:red", ms=14,
                 label=f"cheapest within budget: ${best['cost_usd']:,.2f}\n{best['label']}")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"${x:,.2f}"))
+    if cost.min() > 0 and cost.max() > 10 * cost.min():
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, cost.min(), cost.max(), FuncFormatter(_money))
+    else:
+        ax.xaxis.set_major_formatter(FuncFormatter(_money))
     ax.set_xlabel("memory cost (USD, all tiers incl. the store)")
     ax.set_ylabel("stall fraction of run time")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     ax.set_title("Cost vs stall")
+    ax.text(0, -0.14, "frontier (tier sizes, then the store):\n" + "\n".join(key), transform=ax.transAxes,
+            va="top", fontsize=7)
     return fig
 
 
 def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Figure:
-    """Per step: fetch time vs the compute window (stall shaded), and rows served by each tier."""
+    """Per step: fetch time vs the compute window (stall shaded, on a log axis unless a time is zero),
+    and rows served by each tier."""
     fetch, window, stall = (np.asarray(per_step[k]) for k in ("fetch_s", "window_s", "stall_s"))
     steps = np.arange(fetch.size)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
@@ -195,7 +238,10 @@ def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Fi
     top.plot(steps, window * 1e3, lw=1, color="black", ls="--", label="compute window")
     top.fill_between(steps, window * 1e3, fetch * 1e3, where=stall > 0, color="tab:red", alpha=0.3, label="stall")
     top.set_ylabel("milliseconds per step")
-    top.set_yscale("symlog", linthresh=1e-3)
+    ms = np.concatenate([fetch, window]) * 1e3
+    if ms.size and ms.min() > 0:  # log shows fetch and window orders of magnitude apart; a zero keeps it linear
+        top.set_yscale("log")
+        _log_ticks(top.yaxis, ms.min(), ms.max(), _PLAIN)
     top.legend(fontsize=8)
     served = np.asarray([per_step["served"][n] for n in tier_names], dtype=float)
     bottom.stackplot(steps, served, labels=list(tier_names), alpha=0.8)
