@@ -52,14 +52,15 @@ class RunDir:
     def create(cls, path: str | Path | None, command: str, arguments: dict, config: dict | None = None,
                fingerprint: str | None = None) -> "RunDir":
         """Make the folder (``None``: a fresh one under ``./runs``) and write ``config.json``. A folder
-        used before loses its results, summary, figures and reports, so no stale figure joins the new run."""
+        used before loses its results, summary, figures, CSV curves and reports, so nothing stale joins the new run."""
         from engramtier.provenance import machine_info
 
         run = cls(default_run_path(command) if path is None else path)
         if run.path.exists() and not run.path.is_dir():
             raise EngramTierError(f"{run.path} is a file, not a run directory; pass another --out")
         (run.path / FIGURES).mkdir(parents=True, exist_ok=True)
-        for stale in [*(run.path / FIGURES).glob("*.*"), *(run.path / name for name in (SUMMARY, *REPORTS))]:
+        for stale in [*(run.path / FIGURES).glob("*.*"), *run.path.glob("*.csv"),
+                      *(run.path / name for name in (SUMMARY, *REPORTS))]:
             stale.unlink(missing_ok=True)
         (run.path / RESULTS).write_text("")
         run._write(CONFIG, {

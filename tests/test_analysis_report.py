@@ -50,8 +50,10 @@ def test_run_dir_and_report_by_hand(tmp_path):
     assert "![first](figures/first.png)" in md
     assert config["machine"]["platform"] in html
 
+    (run.path / "hit_rate.csv").write_text("policy,size_rows\n")
     again = RunDir.create(run.path, "unit", {})  # reusing the folder drops the old run's outputs
     assert again.figures() == [] and again.results() == [] and not (run.path / "report.html").exists()
+    assert not (run.path / "hit_rate.csv").exists()
 
 
 def test_unfinished_run_is_refused(tmp_path):
