@@ -1,6 +1,7 @@
 """Which rows each tier keeps, and what that costs a step: policies, the engine, the simulator.
 
 policy      the six-operation policy interface, the registry, `compiled_policy`, single-tier `replay`
+references  policies named where they live ("module:attribute" in a TOML), resolved to builders
 policies/   the built-ins, one per module (lru fifo clock sieve lfu arc twoq s3fifo wtinylfu belady
             lookahead static); `_lists` holds the linked lists they share
 nextuse     next-use arrays and the heap the offline policies (belady, lookahead) rank them in

@@ -34,11 +34,7 @@ loop over the bare tuple.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -50,6 +46,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.experimental import jitclass
 
+from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference
 from engramtier.errors import EngramTierError, refuse_unknown
 
 
@@ -116,8 +113,6 @@ _REGISTRY: dict[str, PolicyBuilder] = {}
 # "module:attribute" references resolved so far -> their builders; apart from the registry, so that
 # the names offered for a typo stay the registered ones.
 _REFERENCES: dict[str, PolicyBuilder] = {}
-POLICY_METHODS = ("lookup", "admit", "remove", "contains", "occupancy", "hit_victim")
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def register(name: str) -> Callable[[PolicyBuilder], PolicyBuilder]:
@@ -158,7 +153,7 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
     policy = builder(int(capacity), ctx, **params)
     if is_reference(name):  # a builder function is checked only once it has built something
         try:
-            _refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
+            refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
         except EngramTierError as err:
             raise EngramTierError(f"policy '{name}': {err}") from None
     return policy
@@ -167,11 +162,6 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
 def _builder(name: str) -> PolicyBuilder:
     check_policy(name)
     return _REFERENCES[name] if is_reference(name) else _REGISTRY[name]
-
-
-def is_reference(name: str) -> bool:
-    """True for a ``"module:attribute"`` policy reference, False for a registered name."""
-    return isinstance(name, str) and ":" in name
 
 
 def check_policy(name: str, where: str = "", search: Sequence[Path | str] = ()) -> None:
@@ -192,82 +182,9 @@ def check_policy(name: str, where: str = "", search: Sequence[Path | str] = ()) 
     if name in _REFERENCES:
         return
     try:
-        _REFERENCES[name] = _resolve(name, [Path(d).resolve() for d in search])
+        _REFERENCES[name] = resolve_reference(name, [Path(d).resolve() for d in search])
     except EngramTierError as err:
         raise EngramTierError(f"{prefix}policy '{name}': {err}") from None
-
-
-def _resolve(name: str, search: list[Path]) -> PolicyBuilder:
-    module_name, _, attribute = name.partition(":")
-    if not (_DOTTED.fullmatch(module_name) and _DOTTED.fullmatch(attribute)):
-        raise EngramTierError("a policy reference is 'module:attribute', e.g. 'my_policies:LRU2' for class LRU2 "
-                              "in my_policies.py")
-    module = _import(module_name, search)
-    obj = module
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            public = {n.lower(): n for n in dir(obj) if not n.startswith("_")}  # a case slip is the usual typo
-            close = difflib.get_close_matches(part.lower(), public, n=1)
-            hint = f"did you mean '{public[close[0]]}'?" if close else "check the name after the colon"
-            raise EngramTierError(f"module '{module_name}' ({getattr(module, '__file__', None) or 'no file'}) has no "
-                                  f"attribute '{attribute}'; {hint}")
-        obj = getattr(obj, part)
-    if inspect.isclass(obj):
-        _refuse_non_policy(obj, f"class {attribute}")
-        return _class_builder(obj, attribute)
-    if not callable(obj):
-        raise EngramTierError(f"{attribute} is an object of type {type(obj).__name__}, not a policy class or a "
-                              "builder function builder(capacity, ctx, **params)")
-    return obj
-
-
-def _import(module_name: str, search: list[Path]) -> Any:
-    """The module, from sys.path or else from ``search``, which is on sys.path only while importing."""
-    extra = [str(d) for d in search if str(d) not in sys.path]
-    for added in ([], extra) if extra else ([],):
-        sys.path.extend(added)
-        try:
-            importlib.invalidate_caches()
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if not (err.name and (module_name == err.name or module_name.startswith(err.name + "."))):
-                raise EngramTierError(f"importing module '{module_name}' failed: {err}") from None
-        except Exception as err:  # the user's module failing in any way: its error becomes the one line
-            raise EngramTierError(f"importing module '{module_name}' failed: {type(err).__name__}: {err}") from None
-        finally:
-            for directory in added:
-                sys.path.remove(directory)
-    places = " nor in " + ", ".join(map(str, search)) + " (the TOML file's directory)" if search else ""
-    raise EngramTierError(f"no module '{module_name}' on the Python path{places}; add its directory to PYTHONPATH "
-                          "or put the module beside the TOML file")
-
-
-def _class_builder(cls: type, attribute: str) -> PolicyBuilder:
-    """``builder(capacity, ctx, **params)`` for a policy class, with a signature naming its parameters
-    (`make_policy` checks a tier's params against it)."""
-    try:
-        parameters = list(inspect.signature(cls).parameters.values())
-    except (TypeError, ValueError):
-        parameters = []
-    if not parameters or parameters[0].kind not in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
-        raise EngramTierError(f"class {attribute} cannot be built: its constructor must take the capacity (rows) first")
-    takes_ctx = len(parameters) > 1 and parameters[1].name == "ctx"
-    rest = parameters[2 if takes_ctx else 1:]
-
-    def build(capacity, ctx, **params):
-        return cls(capacity, ctx, **params) if takes_ctx else cls(capacity, **params)
-
-    head = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("capacity", "ctx")]
-    build.__signature__ = inspect.Signature(head + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in rest
-                                                    if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
-    return build
-
-
-def _refuse_non_policy(cls: type, what: str) -> None:
-    missing = [m for m in POLICY_METHODS if not callable(getattr(cls, m, None))]
-    if missing:
-        raise EngramTierError(f"{what} is not a policy: it lacks {', '.join(missing)} (a policy has the six "
-                              "methods of docs/custom_policy.md)")
 
 
 def is_compiled(policy: Any) -> bool:
