@@ -76,6 +76,58 @@ def test_replay_command_is_bitwise_equal_and_predicted(run_dir, text, tmp_path, 
     assert summary["flat"]["tokens"] == summary["tiered"]["tokens"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["command"] == "replay" and config["fingerprint"] == summary["table"]["fingerprint"]
+    # the warm-up steps ran on a scratch table: the measured steps are exactly the plan's, on both paths
+    plan = StepPlan(mode=plan_args[1], batch=3, requests=3, seq_len=int(plan_args[plan_args.index("--seq-len") + 1]),
+                    prompt_len=4 if mode == "exclusive" else 0)
+    batches = text_batches(load_model(run_dir).tokenizer, text, plan, 400)
+    planned = sum(len(list(forward_inputs(b, plan))) for b in batches)
+    assert summary["warmup_steps"] == 3
+    assert summary["steps"] == summary["table"]["steps"] == summary["flat"]["steps"] == summary["tiered"]["steps"] \
+        == planned
+    for name, path in (("flat", summary["flat"]), ("tiered", summary["tiered"])):
+        step, times = path["step_s"], [r[f"{name}_step_s"] for r in records]
+        assert 0 < step["p10"] <= step["p50"] <= step["p90"] and step["p50"] == pytest.approx(np.median(times))
+        assert path["time_to_first_token_s"] == times[0]
+        assert path["median_tokens_per_s"] == pytest.approx(path["tokens"] / (path["steps"] * step["p50"]))
+        assert path["tokens_per_s"] == pytest.approx(path["tokens"] / sum(times))
+    stall = summary["tiered"]["stall_per_step_s"]
+    assert 0 <= stall["p50"] <= stall["p99"] <= max(r["stall_s"] for r in records)
+    assert stall["mean"] == pytest.approx(summary["tiered"]["stall_seconds"] / summary["steps"])
+    assert [t["capacity_rows"] for t in summary["tiers"]] == [40, 120, summary["table"]["n_table_rows"]]
+    assert all(t["capacity_bytes"] == 32 * t["capacity_rows"] for t in summary["tiers"])
+    assert (out / "figures" / "replay_stall.png").is_file() and (out / "figures" / "replay_stall.svg").is_file()
+
+
+def test_warm_up_leaves_the_measured_hits_alone(run_dir, text, tmp_path):
+    """Hit counts with warm-up equal those without it: the warm-up steps touched no measured tier."""
+    def tiers(warmup):
+        out = tmp_path / f"w{warmup}"
+        argv = ["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(hierarchy_file(tmp_path)),
+                "--max-tokens", "200", "--device", "cpu", "--out", str(out), "--mode", "decode", "--requests", "2",
+                "--seq-len", "12", "--warmup-steps", str(warmup)]
+        assert main(argv) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["simulated"]["hits_equal"]
+        return [(t["lookups"], t["hits"], t["evicted"]) for t in summary["tiers"]], summary["steps"]
+
+    assert tiers(0) == tiers(5)
+
+
+def test_report_of_a_replay_renders_tables_and_the_stall_figure(run_dir, text, tmp_path):
+    out = tmp_path / "out"
+    argv = ["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(hierarchy_file(tmp_path)),
+            "--max-tokens", "200", "--seq-len", "24", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    for heading in ("Replay: flat vs tiered table", "Stall of the tiered table", "Tiers"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<th>median step (s)</th>" in page and "<th>capacity_bytes</th>" in page and "served bytes" in page
+    assert "<th>bitwise_equal</th>" not in page and "<h2>flat</h2>" not in page  # no raw JSON sections
+    assert f"<td>{summary['tiers'][1]['capacity_bytes']:,}</td>" in page
+    assert "<figure id='replay_stall'><svg" in page
+    assert "](figures/replay_stall.png)" in (out / "report.md").read_text()
 
 
 def test_replay_catches_a_table_with_other_bytes(run_dir, text, tmp_path, capsys):
@@ -150,8 +202,13 @@ def test_generate_command(run_dir, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [o["prompt"] for o in result["outputs"]] == ["Python is", "The interpreter"]
     assert [t["name"] for t in result["table"]["tiers"]] == ["gpu", "dram", "nvme"]
+    assert result["steps"] == result["table"]["steps"] > 0 and 0 < result["time_to_first_token_s"]
+    assert result["step_s"]["p10"] <= result["step_s"]["p50"] <= result["step_s"]["p90"]
+    assert 0 <= result["stall_per_step_s"]["p50"] <= result["stall_per_step_s"]["p99"]
+    assert result["table"]["tiers"][0]["capacity_bytes"] == 40 * 32
     assert main(argv[:-1]) == 0
-    assert "tokens/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "time to first token" in printed and "stall per step" in printed
 
 
 def test_command_refusals(run_dir, text, tmp_path, capsys):

@@ -250,3 +250,24 @@ def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Fi
     bottom.legend(fontsize=8, loc="upper right")
     fig.suptitle("Per-step fetch, stall and the tier serving each row")
     return fig
+
+
+def replay_stall_figure(records: Sequence[Mapping]) -> plt.Figure:
+    """A replay's steps (`engramtier replay`'s records): the flat and tiered step times, and below them the
+    tiered step's stall (waiting on its rows) with its median and 99th percentile, in milliseconds."""
+    flat, tiered, stall = (np.asarray([r[k] for r in records], float) * 1e3
+                           for k in ("flat_step_s", "tiered_step_s", "stall_s"))
+    steps = np.arange(stall.size)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
+    top.plot(steps, flat, lw=1, label="flat table")
+    top.plot(steps, tiered, lw=1, label="tiered table")
+    top.set_ylabel("step time (ms)")
+    top.legend(fontsize=8)
+    bottom.plot(steps, stall, lw=1, color="tab:red", label="stall")
+    for q, ls in ((50, "--"), (99, ":")):
+        bottom.axhline(np.percentile(stall, q), color="black", lw=0.8, ls=ls, label=f"p{q} {np.percentile(stall, q):.3f} ms")
+    bottom.set_ylabel("stall per step (ms)")
+    bottom.set_xlabel("step (warm-up steps excluded)")
+    bottom.legend(fontsize=8, loc="upper right")
+    fig.suptitle("Replay: step time per path, and the tiered table's stall per step")
+    return fig

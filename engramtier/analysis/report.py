@@ -23,7 +23,10 @@ CAPTIONS = {
     "stall_heatmap": "Total stall and stall fraction over the swept cache tier sizes.",
     "cxl_swap": "Stall and throughput with a CXL tier above the store at several latencies, against the hierarchy without it.",
     "cost_frontier": "Memory cost vs stall fraction of every simulated hierarchy; the frontier and the cheapest within budget.",
+    "replay_stall": "Step time of the flat and the tiered table, and the tiered table's stall per step (warm-up excluded).",
 }
+REPLAY_TIER_COLUMNS = ["name", "policy", "capacity_rows", "capacity_bytes", "lookups", "hits", "hit_rate",
+                       "served_bytes", "bytes_read", "promoted", "evicted"]
 
 
 def _fmt(v: Any) -> str:
@@ -82,9 +85,39 @@ def summary_blocks(summary: dict) -> list[tuple]:
         blocks += [("h2", "Cost frontier"), ("p", line),
                    ("table", ["$/GB " + k for k in cost["prices_usd_per_gb"]], [list(cost["prices_usd_per_gb"].values())]),
                    ("table", ["#", *cols], [[i, *(p.get(c) for c in cols)] for i, p in enumerate(cost["frontier"], 1)])]
+    if "flat" in s and "tiered" in s:
+        blocks += replay_blocks(s)
     for key, value in s.items():
         blocks += [("h2", key), ("pre", json.dumps(value, indent=2))]
     return blocks
+
+
+def replay_blocks(s: dict) -> list[tuple]:
+    """A replay's summary (`engramtier.tiers.replay`) as tables, taking its keys out of ``s``: the check,
+    flat vs tiered timing, the tiered table's stall per step, and each tier's size and traffic."""
+    flat, tiered, plan, sim = s.pop("flat"), s.pop("tiered"), s.pop("plan"), s.pop("simulated")
+    steps, warmup, equal = s.pop("steps"), s.pop("warmup_steps", 0), s.pop("bitwise_equal")
+    unequal = s.pop("first_unequal_step")
+    check = (f"Model {s.pop('run', '?')}: {steps} {plan['mode']} steps ({plan.pop('padding')}) after {warmup} "
+             "untimed warm-up steps per path. "
+             f"Outputs bitwise equal: {'yes' if equal else f'no, from step {unequal} on'}; simulator hit counts "
+             f"equal: {'yes' if sim['hits_equal'] else 'no'}.")
+    timing_cols = ["path", "steps", "median step (s)", "p10 (s)", "p90 (s)", "first step: time to first token (s)",
+                   "tokens/s (total time)", "tokens/s (median step)"]
+    timing = [[name, p["steps"], p["step_s"]["p50"], p["step_s"]["p10"], p["step_s"]["p90"],
+               p["time_to_first_token_s"], p["tokens_per_s"], p["median_tokens_per_s"]]
+              for name, p in (("flat", flat), ("tiered", tiered))]
+    stall = tiered["stall_per_step_s"]
+    return [("h2", "Replay: flat vs tiered table"), ("p", check), _kv(plan), ("p", s.pop("timing")),
+            ("table", timing_cols, timing),
+            ("h2", "Stall of the tiered table"),
+            ("table", ["per step: mean (s)", "p50 (s)", "p99 (s)", "total (s)", "fraction of tiered step time",
+                       "simulated total (s)"],
+             [[stall["mean"], stall["p50"], stall["p99"], tiered["stall_seconds"], tiered["stall_fraction"],
+               sim["stall_seconds"]]]),
+            ("h2", "Tiers"), ("p", s.pop("bytes_read_note") + "."),
+            ("table", REPLAY_TIER_COLUMNS, [[t.get(c) for c in REPLAY_TIER_COLUMNS] for t in s.pop("tiers")]),
+            ("h2", "Table"), _kv(s.pop("table"))]
 
 
 def report_blocks(run: RunDir) -> list[tuple]:

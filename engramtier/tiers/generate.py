@@ -6,6 +6,9 @@ has one and its last sampled token after that. Every position is therefore compu
 prompt alone (no pad token enters an N-gram or an attention window), and each step's Engram rows are
 requested at forward entry, where the table starts fetching them.
 
+Each step (a forward and the sampling of its next tokens) is timed: the first step's latency is the
+time to first token, and the median step and its spread say what the rest sustain.
+
 Sampling is greedy (``top_k`` 0 or 1) or top-k at ``temperature`` from a seeded generator. A sequence
 stops at the end-of-text token or after ``max_new_tokens``; the batch stops when all have.
 """
@@ -19,6 +22,7 @@ import torch
 
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM
+from engramtier.tiers.replay import distribution
 
 
 def sample(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -34,7 +38,8 @@ def sample(logits: torch.Tensor, top_k: int, temperature: float, generator: torc
 @torch.no_grad()
 def generate(model: EngramLM, tokenizer, rows, prompts: list[str], *, max_new_tokens: int = 32, top_k: int = 0,
              temperature: float = 1.0, seed: int = 0, batch_size: int = 8, device="cpu") -> tuple[list[str], dict]:
-    """The continuation of each prompt, and {prompts, tokens generated, seconds, tokens/s}."""
+    """The continuation of each prompt, and {prompts, tokens generated, seconds, tokens/s, steps, time to first
+    token (the first step's latency), the distribution of step seconds}."""
     if max_new_tokens < 1 or batch_size < 1 or not temperature > 0:
         raise EngramTierError("generate: max_new_tokens and batch_size must be >= 1 and temperature > 0")
     if not prompts:
@@ -50,39 +55,48 @@ def generate(model: EngramLM, tokenizer, rows, prompts: list[str], *, max_new_to
             )
     generator = torch.Generator().manual_seed(seed)
     end = tokenizer.base.end_token_id
-    texts, generated = [], 0
+    texts, generated, step_s = [], 0, []
     start = time.perf_counter()
     for lo in range(0, len(encoded), batch_size):
         outputs = _generate_batch(model, rows, encoded[lo : lo + batch_size], max_new_tokens, top_k, temperature,
-                                  generator, end, device)
+                                  generator, end, device, step_s)
         for out in outputs:
             texts.append(_decode(tokenizer, out))
             generated += len(out)
     seconds = time.perf_counter() - start
     return texts, {"prompts": len(prompts), "generated_tokens": generated, "seconds": seconds,
-                   "tokens_per_s": generated / seconds if seconds > 0 else float("inf")}
+                   "tokens_per_s": generated / seconds if seconds > 0 else float("inf"), "steps": len(step_s),
+                   "time_to_first_token_s": step_s[0], "step_s": distribution(step_s)}
 
 
 def _generate_batch(model, rows, prompts: list[np.ndarray], max_new: int, top_k: int, temperature: float,
-                    generator, end: int, device) -> list[list[int]]:
+                    generator, end: int, device, step_s: list[float]) -> list[list[int]]:
+    """One batch's new tokens; appends each step's seconds (forward and sampling) to ``step_s``."""
     lengths = np.array([p.size for p in prompts])
     total = int(lengths.max()) + max_new
     tokens = np.full((len(prompts), total), end, np.int64)
     for i, p in enumerate(prompts):
         tokens[i, : p.size] = p
     cache = model.new_cache(len(prompts), total)
+
+    def step(ids: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        logits = model(torch.from_numpy(ids).to(device), rows=rows, kv_cache=cache)[:, -1]
+        next_ids = sample(logits, top_k, temperature, generator).cpu().numpy()
+        step_s.append(time.perf_counter() - start)
+        return next_ids
+
     first = int(lengths.min())
-    logits = model(torch.from_numpy(tokens[:, :first]).to(device), rows=rows, kv_cache=cache)[:, -1]
+    next_ids = step(tokens[:, :first])
     done = np.zeros(len(prompts), bool)
     for t in range(first, total):
         produced = t - lengths  # tokens each sequence has generated once position t is filled
-        next_ids = sample(logits, top_k, temperature, generator).cpu().numpy()
         sampling = (produced >= 0) & ~done
         tokens[sampling, t] = next_ids[sampling]
         done |= sampling & ((next_ids == end) | (produced + 1 >= max_new))
         if done.all():
             break
-        logits = model(torch.from_numpy(tokens[:, t : t + 1]).to(device), rows=rows, kv_cache=cache)[:, -1]
+        next_ids = step(tokens[:, t : t + 1])
     outputs = []
     for i, n in enumerate(lengths):
         out = tokens[i, n : n + max_new].tolist()

@@ -7,10 +7,14 @@ right padding never changes earlier positions). A prefill step is one forward ov
 batch runs its first ``prompt_len`` tokens (at least one) as one step, then one token per step through
 the KV cache, fed the text's own next token (teacher forcing), so both passes see the same inputs.
 
-Each pass is timed end to end. Logits are compared through a BLAKE2b digest of their bytes per step:
-equal digests mean bitwise-equal outputs (a collision is astronomically unlikely), and no pass has to
-keep another's logits. The tiered pass records its row trace; the simulator replays it through the
-same hierarchy, and its hit counts must equal the runtime's exactly.
+Both paths are timed step by step, after a few untimed warm-up steps each (`warm_replay`: otherwise
+whichever runs first pays torch's first calls, and a short decode replay read the flat table several
+times slower than the tiered one), with the flat and tiered steps alternating so that drift falls on
+both alike; the summary gives each path's median step and its spread, not only a total. Logits are
+compared through a BLAKE2b digest of their bytes per step: equal digests mean bitwise-equal outputs (a
+collision is astronomically unlikely), and no path has to keep another's logits. The tiered path
+records its row trace; the simulator replays it through the same hierarchy, and its hit counts must
+equal the runtime's exactly.
 
 Without a trained run, `random_run` writes a random-initialised one (same files as `engramtier train`;
 the table drawn N(0, 1) like an untrained one and rounded to its row format), so a replay needs no
@@ -20,10 +24,11 @@ training: its outputs mean nothing as language, but bytes, hits and timings are 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,23 +39,48 @@ from engramtier.model.backbone import EngramLM
 from engramtier.trace.build import StepPlan, windows
 
 PAD_REPLAY = "right-padded with the end-of-text token"
+WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once
+TIMING = ("untimed warm-up steps first on each path; then flat and tiered alternate step by step; tokens_per_s = "
+          "tokens / total measured step time, median_tokens_per_s = tokens / (steps x median step time)")
+BYTES_READ_NOTE = ("bytes read is what each tier actually read, served bytes its hits x row bytes; they differ "
+                   "because a row is read from the fastest tier holding it when its step starts (which can be "
+                   "above the tier the policies say served it), and rows demoted into a tier are read to be "
+                   "copied down")
+
+
+def distribution(values) -> dict:
+    """Mean and percentiles of per-step seconds: medians and spreads resist the outlier steps (a page
+    fault, a scheduler hiccup) that a mean or a total lets dominate a short run."""
+    v = np.asarray(values, np.float64)
+    p10, p50, p90, p99 = np.percentile(v, [10, 50, 90, 99])
+    return {"mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def sized_tiers(tiers: list[dict], row_bytes: int) -> list[dict]:
+    """`TieredTable.tier_stats` with each tier's size in bytes beside its size in rows."""
+    return [{**t, "capacity_bytes": t["capacity_rows"] * row_bytes} for t in tiers]
 
 
 @dataclass
 class PassResult:
-    """One pass over the steps: a digest of each step's logits, seconds per step, positions run."""
+    """One path's measured steps: a digest of each step's logits, seconds per step, positions run."""
 
-    digests: list[str]
-    step_s: list[float]
-    tokens: int
+    digests: list[str] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+    tokens: int = 0
 
     @property
     def seconds(self) -> float:
         return float(sum(self.step_s))
 
     def summary(self) -> dict:
-        return {"seconds": self.seconds, "tokens": self.tokens,
-                "tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else float("inf")}
+        """Totals, the step-time distribution and two throughputs: ``tokens_per_s`` over the total step
+        time, ``median_tokens_per_s`` over steps x the median step (what a typical step sustains)."""
+        steps, step = len(self.step_s), distribution(self.step_s)
+        return {"steps": steps, "seconds": self.seconds, "tokens": self.tokens,
+                "tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else float("inf"),
+                "median_tokens_per_s": self.tokens / (steps * step["p50"]) if step["p50"] > 0 else float("inf"),
+                "step_s": step, "time_to_first_token_s": self.step_s[0]}
 
 
 def text_batches(tokenizer, text: str | Path, plan: StepPlan, max_tokens: int | None = None) -> list[torch.Tensor]:
@@ -98,33 +128,60 @@ def forward_inputs(batch: torch.Tensor, plan: StepPlan) -> Iterator[tuple[torch.
         yield batch[:, t : t + 1], False
 
 
-@torch.no_grad()
-def run_pass(model: EngramLM, rows, batches: list[torch.Tensor], plan: StepPlan, device: torch.device) -> PassResult:
-    """Every step of every batch through ``model`` reading ``rows``; digests and times each step."""
-    digests, step_s, tokens = [], [], 0
+def plan_steps(batches: list[torch.Tensor], plan: StepPlan, device) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Every step of the plan in order: (its batch on ``device``, the step's inputs, fresh KV cache?)."""
     for batch in batches:
         batch = batch.to(device)
-        cache = None
         for ids, fresh in forward_inputs(batch, plan):
-            start = time.perf_counter()
-            if fresh:
-                cache = model.new_cache(batch.shape[0], batch.shape[1])
-            logits = model(ids, rows=rows, kv_cache=cache)
-            digest = hashlib.blake2b(logits.float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
-            step_s.append(time.perf_counter() - start)
-            digests.append(digest)
-            tokens += ids.numel()
-    return PassResult(digests, step_s, tokens)
+            yield batch, ids, fresh
+
+
+class _Path:
+    """The model reading its rows one way (flat or tiered), stepping through the plan with its own KV cache."""
+
+    def __init__(self, model: EngramLM, rows) -> None:
+        self.model, self.rows, self.cache = model, rows, None
+        self.result = PassResult()
+
+    def step(self, batch: torch.Tensor, ids: torch.Tensor, fresh: bool) -> None:
+        start = time.perf_counter()
+        if fresh:
+            self.cache = self.model.new_cache(batch.shape[0], batch.shape[1])
+        logits = self.model(ids, rows=self.rows, kv_cache=self.cache)
+        digest = hashlib.blake2b(logits.float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        self.result.step_s.append(time.perf_counter() - start)
+        self.result.digests.append(digest)
+        self.result.tokens += ids.numel()
+
+
+@torch.no_grad()
+def warm_up(model: EngramLM, sources: list, batches: list[torch.Tensor], plan: StepPlan, device,
+            steps: int = WARMUP_STEPS) -> None:
+    """The plan's first ``steps`` steps through ``model`` once per row source, untimed and discarded, so
+    that no measured step pays torch's first calls (allocations, the KV-cache path) or a table's."""
+    for rows in sources:
+        path = _Path(model, rows)
+        for batch, ids, fresh in itertools.islice(plan_steps(batches, plan, device), steps):
+            path.step(batch, ids, fresh)
+
+
+@torch.no_grad()
+def run_interleaved(model: EngramLM, flat_rows, table, batches: list[torch.Tensor],
+                    plan: StepPlan) -> tuple[PassResult, PassResult]:
+    """Every step once flat, once tiered, the two alternating step by step and swapping which goes first,
+    so that drift over the run (clock boost, other load, a warming cache) falls on both alike."""
+    flat, tiered = _Path(model, flat_rows), _Path(model, table)
+    for i, (batch, ids, fresh) in enumerate(plan_steps(batches, plan, table.device)):
+        for path in (flat, tiered) if i % 2 == 0 else (tiered, flat):
+            path.step(batch, ids, fresh)
+    return flat.result, tiered.result
 
 
 def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan: StepPlan) -> tuple[dict, list[dict]]:
-    """Run ``batches`` through ``model`` with the flat source, then with the `TieredTable` ``table``
-    (opened with ``record_trace=True``); returns (summary, one record per step)."""
-    device = table.device
-    with torch.no_grad():  # one untimed forward, so that neither pass pays torch's first-call costs
-        model(next(forward_inputs(batches[0].to(device), plan))[0], rows=flat_rows)
-    flat = run_pass(model, flat_rows, batches, plan, device)
-    tiered = run_pass(model, table, batches, plan, device)
+    """Run ``batches`` through ``model`` with the flat source and with the `TieredTable` ``table``
+    (opened with ``record_trace=True``), interleaved (`run_interleaved`); returns (summary, one record
+    per step). Warm both paths up first (`warm_up`, or `warm_replay`): the steps here are all timed."""
+    flat, tiered = run_interleaved(model, flat_rows, table, batches, plan)
     table.finish()
     equal = [a == b for a, b in zip(flat.digests, tiered.digests)]
     stats = table.stats()
@@ -135,24 +192,45 @@ def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan:
                          progress=False)
     sim_tiers = simulated.tier_stats()
     hits_equal = [t["hits"] for t in stats["tiers"]] == [t["hits"] for t in sim_tiers]
+    # the table times a step from one submit to the next, which here spans a flat step too: drop that
+    steps = [{k: v for k, v in r.items() if k != "step_s"} for r in table.step_records()]
+    stall = [r["stall_s"] for r in steps]
     summary = {
         "bitwise_equal": all(equal) and len(flat.digests) == len(tiered.digests),
         "first_unequal_step": equal.index(False) if not all(equal) else None,
         "steps": len(flat.digests),
         "plan": {"mode": plan.mode, "batch": plan.batch, "requests": plan.requests, "seq_len": plan.seq_len,
                  "prompt_len": plan.prompt_len, "padding": PAD_REPLAY},
+        "timing": TIMING,
         "flat": flat.summary(),
         "tiered": {**tiered.summary(), "stall_seconds": stats["stall_seconds"],
                    "stall_fraction": stats["stall_seconds"] / tiered.seconds if tiered.seconds > 0 else 0.0,
-                   "fetch_seconds": stats["fetch_seconds"]},
-        "tiers": stats["tiers"],
+                   "stall_per_step_s": distribution(stall), "fetch_seconds": stats["fetch_seconds"]},
+        "tiers": sized_tiers(stats["tiers"], stats["row_bytes"]),
+        "bytes_read_note": BYTES_READ_NOTE,
         "simulated": {"hits_equal": hits_equal, "hits": [t["hits"] for t in sim_tiers],
                       "stall_seconds": float(simulated.stall_s.sum()),
                       "window": "the flat pass's step time x blocks before the first Engram layer / blocks"},
-        "table": {k: v for k, v in stats.items() if k != "tiers"},
+        "table": {**{k: v for k, v in stats.items() if k != "tiers"}, "step_seconds": tiered.seconds,
+                  "stall_fraction": stats["stall_seconds"] / tiered.seconds if tiered.seconds > 0 else 0.0},
     }
     records = [{**r, "flat_step_s": f, "tiered_step_s": t, "equal": e}
-               for r, f, t, e in zip(table.step_records(), flat.step_s, tiered.step_s, equal)]
+               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal)]
+    return summary, records
+
+
+def warm_replay(model: EngramLM, flat_rows, open_table: Callable[[bool], Any], batches: list[torch.Tensor],
+                plan: StepPlan, warmup_steps: int = WARMUP_STEPS) -> tuple[dict, list[dict]]:
+    """`replay` after `warm_up` of both paths. ``open_table(record_trace)`` opens a `TieredTable`: the
+    tiered warm-up runs on a scratch one, closed before the measured one opens (never two on one store
+    at once), so the measured table starts cold, counts only the plan's steps, and its hits stay the
+    simulator's on its own trace."""
+    if warmup_steps:
+        with open_table(False) as scratch:
+            warm_up(model, [flat_rows, scratch], batches, plan, scratch.device, warmup_steps)
+    with open_table(True) as table:
+        summary, records = replay(model, flat_rows, table, batches, plan)
+    summary["warmup_steps"] = warmup_steps
     return summary, records
 
 

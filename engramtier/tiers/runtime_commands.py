@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replay text through the Engram model with a tiered and a flat table; outputs must match bitwise",
         description="Run text (as prefill or decode steps) through an Engram model twice: with its table flat in "
         "memory and served by a TieredTable (gpu -> dram -> nvme). Checks the outputs are bitwise equal and that "
-        "the simulator predicts the runtime's hit counts exactly; writes per-step JSON lines and a summary.",
+        "the simulator predicts the runtime's hit counts exactly; times both paths after untimed warm-up steps, "
+        "alternating them step by step (median step, p10/p90, time to first token, stall per step); writes per-step "
+        "JSON lines, a summary and a per-step stall figure (engramtier report RUN renders them).",
         epilog=_REPLAY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", dest="run_dir", help="run directory of `engramtier train` (default: a random-initialised model)")
@@ -59,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence window (default 128)")
     p.add_argument("--prompt-len", type=nonnegative_int, default=0, help="decode: tokens of the first step (default 0: one)")
     p.add_argument("--max-tokens", type=positive_int, default=8192, help="tokens of text to replay at most (default 8192)")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=3,
+                   help="untimed steps on each path before the measured ones (default 3; not in any result)")
     p.add_argument("--out", help="run directory for the results (default: runs/replay-<time>)")
     random_init = p.add_argument_group("random-initialised model (without --run)")
     random_init.add_argument("--tokenizer", default="bpe:512", help="base tokenizer; bpe:N learns one from --text")
@@ -118,23 +122,34 @@ def _checked_hierarchy(args: argparse.Namespace):
     return load_hierarchy(args.hierarchy) if args.hierarchy else None
 
 
-def _serve(args: argparse.Namespace, run_dir, hierarchy, record_trace: bool):
-    """(loaded run, TieredTable) for ``run_dir`` over ``hierarchy`` as the serving options say."""
+def _device(args: argparse.Namespace) -> str:
+    """The compute device the serving options say: --device, or cuda where there is one."""
     import torch
-
-    from engramtier.model.train import load_model
-    from engramtier.tiers.open import lmdb_table_for, open_for_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise EngramTierError("--device cuda: CUDA is not available here; use --device cpu")
-    loaded = load_model(run_dir, device=device)
+    return device
+
+
+def _load(args: argparse.Namespace, run_dir):
+    """The run at ``run_dir`` loaded on the compute device (`_device`)."""
+    from engramtier.model.train import load_model
+
+    loaded = load_model(run_dir, device=_device(args))
     if loaded.model.config.engram is None:
         raise EngramTierError(f"run {run_dir}: the model has no Engram layers, so it has no table to tier")
+    return loaded
+
+
+def _table_opener(args: argparse.Namespace, run_dir, hierarchy, loaded):
+    """A function of ``record_trace`` opening a fresh TieredTable for ``loaded``'s model over ``hierarchy``."""
+    from engramtier.tiers.open import lmdb_table_for, open_for_model
+
     table_path = args.table or lmdb_table_for(run_dir)
-    table = open_for_model(loaded.model, table_path, hierarchy, device=device, readers=args.readers,
-                           record_trace=record_trace)
-    return loaded, table
+    device = _device(args)
+    return lambda record_trace: open_for_model(loaded.model, table_path, hierarchy, device=device,
+                                               readers=args.readers, record_trace=record_trace)
 
 
 def _run_replay(args: argparse.Namespace) -> None:
@@ -145,7 +160,7 @@ def _run_replay(args: argparse.Namespace) -> None:
         raise EngramTierError(f"--text {args.text}: no such file or directory; give text files (or leave it out "
                               "for the shipped sample)")
     from engramtier.rundir import RunDir
-    from engramtier.tiers.replay import random_run, replay, text_batches
+    from engramtier.tiers.replay import random_run, text_batches, warm_replay
     from engramtier.trace.build import StepPlan
     from engramtier.trace.sources import sample_text_dir
 
@@ -159,15 +174,18 @@ def _run_replay(args: argparse.Namespace) -> None:
                              d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                              engram_layers=tuple(args.engram_layers), table_size=args.table_size,
                              hash_heads=args.hash_heads, row_dim=args.row_dim)
-    loaded, table = _serve(args, run_dir, hierarchy, record_trace=True)
-    with table:
-        batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
-        summary, records = replay(loaded.model, loaded.rows, table, batches, plan)
+    loaded = _load(args, run_dir)
+    open_table = _table_opener(args, run_dir, hierarchy, loaded)
+    batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
+    summary, records = warm_replay(loaded.model, loaded.rows, open_table, batches, plan, args.warmup_steps)
     summary["run"] = str(run_dir)
     out.update_config(config={"hierarchy": summary["table"]["hierarchy"], "plan": summary["plan"]},
                       fingerprint=summary["table"]["fingerprint"])
     out.append(records)
     out.write_summary(summary)
+    from engramtier.analysis.plots import replay_stall_figure
+
+    out.save_figure(replay_stall_figure(records), "replay_stall")
     print(_replay_report(summary, out.path))
     if not summary["bitwise_equal"]:
         raise EngramTierError(
@@ -179,27 +197,49 @@ def _run_replay(args: argparse.Namespace) -> None:
 
 
 def _replay_report(summary: dict, path) -> str:
+    """The printed report: the checks, each path's step-time distribution, the stall per step, the tiers."""
     flat, tiered = summary["flat"], summary["tiered"]
+    stall = tiered["stall_per_step_s"]
     lines = [
-        f"replay of {summary['steps']} steps ({summary['plan']['mode']}): outputs bitwise equal: "
+        f"replay of {summary['steps']} steps ({summary['plan']['mode']}, after {summary['warmup_steps']} untimed "
+        f"warm-up steps per path; flat and tiered alternate): outputs bitwise equal: "
         f"{'yes' if summary['bitwise_equal'] else 'NO'}; simulator hit counts equal: "
         f"{'yes' if summary['simulated']['hits_equal'] else 'NO'}",
-        f"flat table   {flat['tokens_per_s']:10.1f} tokens/s",
-        f"tiered table {tiered['tokens_per_s']:10.1f} tokens/s, stall {tiered['stall_seconds']:.4f} s "
-        f"({100 * tiered['stall_fraction']:.2f}% of the run)",
+        f"{'':12} {'median step':>11} {'p10..p90':>17} {'first step':>10} {'tokens/s':>10} {'(median)':>10}",
+        *(_path_line(name, p) for name, p in (("flat table", flat), ("tiered table", tiered))),
+        "tokens/s: tokens / total measured step time; (median): tokens / (steps x median step time)",
+        f"stall per step: mean {_ms(stall['mean'])}, p50 {_ms(stall['p50'])}, p99 {_ms(stall['p99'])}; "
+        f"total {tiered['stall_seconds']:.4f} s ({100 * tiered['stall_fraction']:.2f}% of the tiered steps)",
         _tier_table(summary["tiers"]),
         f"results in {path}",
     ]
     return "\n".join(lines)
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def _path_line(name: str, p: dict) -> str:
+    step = p["step_s"]
+    spread = f"{step['p10'] * 1e3:.3f}..{step['p90'] * 1e3:.3f} ms"
+    return (f"{name:12} {_ms(step['p50']):>11} {spread:>17} "
+            f"{_ms(p['time_to_first_token_s']):>10} {p['tokens_per_s']:10.1f} {p['median_tokens_per_s']:10.1f}")
+
+
 def _tier_table(tiers: list[dict]) -> str:
-    rows = [f"{'tier':8} {'policy':8} {'lookups':>9} {'hits':>9} {'hit rate':>8} {'bytes read':>11} "
-            f"{'promoted':>9} {'evicted':>9}"]
+    """Per tier: size, counts, and bytes read against served bytes, with the line saying why they differ."""
+    from engramtier.analysis.sweep import format_bytes
+    from engramtier.tiers.replay import BYTES_READ_NOTE
+
+    rows = [f"{'tier':8} {'policy':8} {'rows':>9} {'size':>10} {'lookups':>9} {'hits':>9} {'hit rate':>8} "
+            f"{'bytes read':>11} {'served B':>11} {'promoted':>9} {'evicted':>9}"]
     for t in tiers:
         name = t["name"] + (" (emulated)" if t.get("emulated") else "")
-        rows.append(f"{name:8} {str(t['policy'] or '-'):8} {t['lookups']:9d} {t['hits']:9d} {t['hit_rate']:8.3f} "
-                    f"{t['bytes_read']:11d} {t['promoted']:9d} {t['evicted']:9d}")
+        rows.append(f"{name:8} {str(t['policy'] or '-'):8} {t['capacity_rows']:9d} "
+                    f"{format_bytes(t['capacity_bytes']):>10} {t['lookups']:9d} {t['hits']:9d} {t['hit_rate']:8.3f} "
+                    f"{t['bytes_read']:11d} {t['served_bytes']:11d} {t['promoted']:9d} {t['evicted']:9d}")
+    rows.append(BYTES_READ_NOTE.replace("served bytes", "served B", 1))
     return "\n".join(rows)
 
 
@@ -221,20 +261,25 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise EngramTierError("generate: no prompts; give a file with one prompt per line, or pipe them in")
     hierarchy = _checked_hierarchy(args)
     from engramtier.tiers.generate import generate
+    from engramtier.tiers.replay import distribution, sized_tiers
 
-    loaded, table = _serve(args, args.run_dir, hierarchy, record_trace=False)
-    with table:
+    loaded = _load(args, args.run_dir)
+    with _table_opener(args, args.run_dir, hierarchy, loaded)(False) as table:
         texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,
                                  top_k=args.top_k, temperature=args.temperature, seed=args.seed,
                                  batch_size=args.batch, device=table.device)
         table.finish()
         stats = table.stats()
+        stall = distribution([r["stall_s"] for r in table.step_records()])
+    tiers = sized_tiers(stats["tiers"], stats["row_bytes"])
     if args.json:
         print(json.dumps({"outputs": [{"prompt": p, "continuation": t} for p, t in zip(prompts, texts)],
-                          **totals, "table": stats}))
+                          **totals, "stall_per_step_s": stall, "table": {**stats, "tiers": tiers}}))
         return
     for prompt, text in zip(prompts, texts):
         print(f"{prompt}{text}\n")
     print(f"{totals['generated_tokens']} tokens in {totals['seconds']:.2f} s ({totals['tokens_per_s']:.1f} tokens/s); "
-          f"stall {stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)")
-    print(_tier_table(stats["tiers"]))
+          f"time to first token {_ms(totals['time_to_first_token_s'])}; median step {_ms(totals['step_s']['p50'])}")
+    print(f"stall per step: mean {_ms(stall['mean'])}, p50 {_ms(stall['p50'])}, p99 {_ms(stall['p99'])}; total "
+          f"{stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)")
+    print(_tier_table(tiers))
