@@ -21,7 +21,6 @@ _COMMAND_MODULES = (
     "engramtier.trace.commands",
     "engramtier.model.commands",
     "engramtier.tiers.commands",
-    "engramtier.tiers.runtime_commands",
     "engramtier.tiers.remote.commands",
     "engramtier.analysis.commands",
 )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engramtier.analysis.config import TimingConfig
-from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, simulate_point, stall_sweep,
+from engramtier.analysis.sweep import (cxl_sweep, hit_rate_sweep, simulate_point, stall_sweep,
                                        step_seconds, with_capacities, with_cxl)
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.errors import EngramTierError
@@ -83,8 +83,3 @@ def test_cxl_sweep_latency_only_changes_time(trace, hierarchy):
     assert store[0]["stall_seconds"] < base["stall_seconds"]
     with pytest.raises(EngramTierError, match="has a tier named 'cxl' already"):
         with_cxl(with_cxl(hierarchy, "store", 1e-7), "cache", 1e-7, 10)
-
-
-def test_format_bytes():
-    assert [format_bytes(n) for n in (0, 999, 1000, 1536, 1048480, 3 << 30)] == \
-        ["0 B", "999 B", "0.977 KiB", "1.5 KiB", "1 MiB", "3 GiB"]

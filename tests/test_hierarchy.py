@@ -3,7 +3,7 @@ and one clear error for each way a declaration can be wrong."""
 
 import pytest
 
-from engramtier.cache.hierarchy import Hierarchy, TierSpec, parse_size
+from engramtier.cache.hierarchy import Hierarchy, TierSpec, format_bytes, parse_size
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.timing import TierModel, default_tier_models
 from engramtier.errors import EngramTierError
@@ -166,3 +166,8 @@ def test_errors_are_one_line():
         with pytest.raises(EngramTierError) as err:
             Hierarchy.from_dict(bad)
         assert "\n" not in str(err.value)
+
+
+def test_format_bytes():
+    assert [format_bytes(n) for n in (0, 999, 1000, 1536, 1048480, 3 << 30)] == \
+        ["0 B", "999 B", "0.977 KiB", "1.5 KiB", "1 MiB", "3 GiB"]

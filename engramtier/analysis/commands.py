@@ -1,12 +1,43 @@
-"""`engramtier simulate | sweep | mrc | report | quickstart`: experiments into run directories."""
+"""`engramtier simulate | sweep | mrc | replay | report | quickstart`: experiments into run directories.
+
+`replay` is here, not in `tiers/`, because it is an experiment like the others: a run directory with
+per-step results, a summary and a figure; it serves the model with `engramtier.tiers.commands`'s
+serving options.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from engramtier.argtypes import fraction, name_list, nonnegative_float, positive_int, size_list
+from engramtier.argtypes import fraction, name_list, nonnegative_float, nonnegative_int, positive_int, seed, size_list
 from engramtier.errors import EngramTierError
+from engramtier.tiers.commands import checked_hierarchy, format_ms, load_served_run, serving_options, table_opener, tier_table
+
+_REPLAY_EXAMPLES = """\
+examples:
+  # a trained run, its table tiered by the default hierarchy, the shipped sample text as prefill batches
+  engramtier replay --run runs/train-1 --mode prefill --batch 4 --seq-len 128 --out runs/replay-1
+
+  # no trained run: a random-initialised model (written to OUT/model) replayed as decode steps
+  engramtier replay --mode decode --requests 8 --seq-len 64 --prompt-len 16 --hierarchy tiers.toml
+
+A hierarchy file (the same format simulate --hierarchy reads; [[hierarchy.tier]] tables work too):
+  mode = "exclusive"
+  [[tier]]
+  name = "gpu"
+  capacity = "4MiB"
+  policy = "lru"
+  model = "hbm"
+  [[tier]]
+  name = "dram"
+  capacity = 200000
+  policy = "s3fifo"
+  model = "dram"
+  [[tier]]
+  name = "nvme"
+  model = "nvme"
+"""
 
 SIMULATE_EXAMPLES = """examples:
   engramtier simulate engramtier/data/experiment.toml
@@ -114,6 +145,7 @@ def register(subparsers) -> None:
                    help="SHARDS only: skip the exact curve (and its error), for traces too long for an exact pass")
     common(p)
 
+    _register_replay(subparsers)
     p = add("report", "write report.html and report.md for a run directory",
             "One self-contained HTML page (figures inlined as SVG, summary tables, configuration and "
             "machine) and a Markdown page, from a run directory.", REPORT_EXAMPLES, run_report)
@@ -271,3 +303,110 @@ def run_quickstart(args) -> None:
     from engramtier.analysis.quickstart import quickstart
 
     quickstart(args.out, tiny=args.tiny, progress=not args.quiet)
+
+
+def _register_replay(subparsers) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay text through the Engram model with a tiered and a flat table; outputs must match bitwise",
+        description="Run text (as prefill or decode steps) through an Engram model twice: with its table flat in "
+        "memory and served by a TieredTable (gpu -> dram -> nvme). Checks the outputs are bitwise equal and that "
+        "the simulator predicts the runtime's hit counts exactly; times both paths after untimed warm-up steps, "
+        "alternating them step by step (median step, p10/p90, time to first token, stall per step); writes per-step "
+        "JSON lines, a summary and a per-step stall figure (engramtier report RUN renders them).",
+        epilog=_REPLAY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", dest="run_dir", help="run directory of `engramtier train` (default: a random-initialised model)")
+    p.add_argument("--text", help="text file or directory to replay (default: the shipped sample text)")
+    serving_options(p)
+    p.add_argument("--mode", choices=["prefill", "decode"], default="prefill", help="how tokens form steps")
+    p.add_argument("--batch", type=positive_int, default=4, help="sequences per prefill step (default 4)")
+    p.add_argument("--requests", type=positive_int, default=4, help="sequences decoded together (default 4)")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence window (default 128)")
+    p.add_argument("--prompt-len", type=nonnegative_int, default=0, help="decode: tokens of the first step (default 0: one)")
+    p.add_argument("--max-tokens", type=positive_int, default=8192, help="tokens of text to replay at most (default 8192)")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=3,
+                   help="untimed steps on each path before the measured ones (default 3; not in any result)")
+    p.add_argument("--out", help="run directory for the results (default: runs/replay-<time>)")
+    random_init = p.add_argument_group("random-initialised model (without --run)")
+    random_init.add_argument("--tokenizer", default="bpe:512", help="base tokenizer; bpe:N learns one from --text")
+    random_init.add_argument("--d-model", type=positive_int, default=64)
+    random_init.add_argument("--layers", type=positive_int, default=4)
+    random_init.add_argument("--heads", type=positive_int, default=4)
+    random_init.add_argument("--engram-layers", type=nonnegative_int, nargs="+", default=[1, 3])
+    random_init.add_argument("--table-size", type=positive_int, default=20011, help="rows per sub-table")
+    random_init.add_argument("--hash-heads", type=positive_int, default=4)
+    random_init.add_argument("--row-dim", type=positive_int, default=32)
+    random_init.add_argument("--seed", type=seed, default=0)
+    p.set_defaults(run=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    hierarchy = checked_hierarchy(args)
+    if args.text is not None and not Path(args.text).exists():
+        raise EngramTierError(f"--text {args.text}: no such file or directory; give text files (or leave it out "
+                              "for the shipped sample)")
+    from engramtier.rundir import RunDir
+    from engramtier.tiers.replay import random_run, text_batches, warm_replay
+    from engramtier.trace.build import StepPlan
+    from engramtier.trace.sources import sample_text_dir
+
+    text = args.text or str(sample_text_dir())
+    plan = StepPlan(mode=args.mode, batch=args.batch, seq_len=args.seq_len, requests=args.requests,
+                    prompt_len=args.prompt_len)
+    out = RunDir.create(args.out, "replay", {k: v for k, v in vars(args).items() if not callable(v)})
+    run_dir = args.run_dir
+    if run_dir is None:
+        run_dir = random_run(out.path / "model", text, tokenizer=args.tokenizer, seed=args.seed,
+                             d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                             engram_layers=tuple(args.engram_layers), table_size=args.table_size,
+                             hash_heads=args.hash_heads, row_dim=args.row_dim)
+    loaded = load_served_run(args, run_dir)
+    open_table = table_opener(args, run_dir, hierarchy, loaded)
+    batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
+    summary, records = warm_replay(loaded.model, loaded.rows, open_table, batches, plan, args.warmup_steps)
+    summary["run"] = str(run_dir)
+    out.update_config(config={"hierarchy": summary["table"]["hierarchy"], "plan": summary["plan"]},
+                      fingerprint=summary["table"]["fingerprint"])
+    out.append(records)
+    out.write_summary(summary)
+    from engramtier.analysis.plots import replay_stall_figure
+
+    out.save_figure(replay_stall_figure(records), "replay_stall")
+    print(_replay_report(summary, out.path))
+    if not summary["bitwise_equal"]:
+        raise EngramTierError(
+            f"replay: the tiered table's outputs differ from the flat table's from step {summary['first_unequal_step']} "
+            f"on; the rows it served are wrong (details in {out.path})"
+        )
+    if not summary["simulated"]["hits_equal"]:
+        raise EngramTierError(f"replay: the simulator's hit counts differ from the runtime's (details in {out.path})")
+
+
+def _replay_report(summary: dict, path) -> str:
+    """The printed report: the checks, each path's step-time distribution, the stall per step, the tiers."""
+    flat, tiered = summary["flat"], summary["tiered"]
+    stall = tiered["stall_per_step_s"]
+    lines = [
+        f"replay of {summary['steps']} steps ({summary['plan']['mode']}, after {summary['warmup_steps']} untimed "
+        f"warm-up steps per path; flat and tiered alternate): outputs bitwise equal: "
+        f"{'yes' if summary['bitwise_equal'] else 'NO'}; simulator hit counts equal: "
+        f"{'yes' if summary['simulated']['hits_equal'] else 'NO'}",
+        f"{'':12} {'median step':>11} {'p10..p90':>17} {'first step':>10} {'tokens/s':>10} {'(median)':>10}",
+        *(_path_line(name, p) for name, p in (("flat table", flat), ("tiered table", tiered))),
+        "tokens/s: tokens / total measured step time; (median): tokens / (steps x median step time)",
+        f"stall per step: mean {format_ms(stall['mean'])}, p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}; "
+        f"total {tiered['stall_seconds']:.4f} s ({100 * tiered['stall_fraction']:.2f}% of the tiered steps)",
+        tier_table(summary["tiers"]),
+        f"results in {path}",
+    ]
+    return "\n".join(lines)
+
+
+def _path_line(name: str, p: dict) -> str:
+    step = p["step_s"]
+    spread = f"{step['p10'] * 1e3:.3f}..{step['p90'] * 1e3:.3f} ms"
+    return (f"{name:12} {format_ms(step['p50']):>11} {spread:>17} "
+            f"{format_ms(p['time_to_first_token_s']):>10} {p['tokens_per_s']:10.1f} {p['median_tokens_per_s']:10.1f}")

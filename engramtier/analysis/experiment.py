@@ -27,10 +27,11 @@ from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, TimingConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
 from engramtier.analysis.tables import HIT_RATE_CSV, MRC_CSV, curve_row, write_curves_csv
-from engramtier.rundir import RunDir
-from engramtier.analysis.sweep import (cxl_sweep, format_bytes, hit_rate_sweep, point_record, simulate_point,
+from engramtier.analysis.sweep import (cxl_sweep, hit_rate_sweep, point_record, simulate_point,
                                        stall_sweep)
+from engramtier.cache.hierarchy import format_bytes
 from engramtier.errors import EngramTierError
+from engramtier.rundir import RunDir
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from engramtier.analysis.sweep import format_bytes  # noqa: E402
+from engramtier.cache.hierarchy import format_bytes  # noqa: E402
 from engramtier.analysis.tables import humanise  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engramtier.analysis.config import TimingConfig
-from engramtier.cache.hierarchy import Hierarchy, TierSpec
+from engramtier.cache.hierarchy import Hierarchy, TierSpec, format_bytes
 from engramtier.cache.mrc import lru_mrc, sweep
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import SimResult, simulate
@@ -158,13 +158,3 @@ def cxl_sweep(trace: RowTrace, hierarchy: Hierarchy, cxl_rows: int, latencies_ns
         return f"{what} @ {p['cxl_latency_ns']:g} ns"
 
     return [point_record("cxl", label(p), r, **p) for (p, _), r in zip(points, results)]
-
-
-def format_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB' (binary units, three significant digits; 1000 and up take the next unit, so
-    1023.9 KiB reads '1 MiB', not '1.02e+03 KiB')."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    i = 0
-    while abs(n) >= 1000 and i < len(units) - 1:
-        n, i = n / 1024, i + 1
-    return f"{int(n)} B" if i == 0 else f"{n:.3g} {units[i]}"

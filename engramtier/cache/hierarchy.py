@@ -58,6 +58,16 @@ def parse_size(text: str) -> int:
     return int(nbytes)
 
 
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (binary units, three significant digits; 1000 and up take the next unit, so
+    1023.9 KiB reads '1 MiB', not '1.02e+03 KiB')."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while abs(n) >= 1000 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{int(n)} B" if i == 0 else f"{n:.3g} {units[i]}"
+
+
 @dataclass(frozen=True)
 class TierSpec:
     """One tier: ``capacity`` in rows (int) or bytes (a size string; None for the backing store: the

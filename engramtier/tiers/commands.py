@@ -1,4 +1,12 @@
-"""The `engramtier build-table` command: write the nvme tier's LMDB table."""
+"""`engramtier build-table` (write the nvme tier's LMDB table) and `engramtier generate` (a trained
+model's text, its table served from tiers), and the serving options both `generate` and `replay`
+(`engramtier.analysis.commands`) take.
+
+A served run is a directory of `engramtier train`; its table's LMDB copy (the nvme tier) is built into
+``RUN/table.lmdb`` on first use unless ``--table`` names one. The hierarchy comes from ``--hierarchy``
+(a TOML of ``[[tier]]`` tables, or an experiment file's ``[hierarchy]``) or is the default gpu (LRU,
+1/64 of the rows) -> dram (S3-FIFO, 1/8) -> nvme.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from engramtier.argtypes import positive_int, seed
+from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
 from engramtier.errors import EngramTierError
 
 _EXAMPLES = """\
@@ -62,6 +70,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_build_table)
 
+    g = subparsers.add_parser(
+        "generate",
+        help="generate text from a trained Engram model whose table is served from tiers",
+        description="Batched greedy or top-k generation with the KV cache; the Engram table is served by a "
+        "TieredTable (prefetch at forward entry). Prints each prompt's continuation, then a tier report.",
+        epilog="""examples:
+  echo "The tutorial explains" | engramtier generate --run runs/train-1 --max-new-tokens 40
+  engramtier generate --run runs/train-1 --prompts prompts.txt --batch 8 --top-k 20 --hierarchy tiers.toml
+  engramtier generate --run runs/train-1 --prompts prompts.txt --json > out.json
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train`")
+    g.add_argument("--prompts", default="-", help="file with one prompt per line, or - for stdin (default)")
+    serving_options(g)
+    g.add_argument("--max-new-tokens", type=positive_int, default=32)
+    g.add_argument("--top-k", type=nonnegative_int, default=0, help="0 or 1: greedy (default); k > 1: sample from the top k")
+    g.add_argument("--temperature", type=positive_float, default=1.0)
+    g.add_argument("--seed", type=seed, default=0)
+    g.add_argument("--batch", type=positive_int, default=8, help="prompts generated together (default 8)")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of text and a table")
+    g.set_defaults(run=_run_generate)
+
 
 def run_build_table(args: argparse.Namespace) -> None:
     from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table, load_profile
@@ -114,3 +145,112 @@ def _map_size(text: str) -> int:
         return parse_size(text)
     except EngramTierError as err:
         raise EngramTierError(f"--map-size: {err}") from None
+
+
+def serving_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", help="the LMDB table (default: RUN/table.lmdb, built from RUN/table on first use)")
+    p.add_argument("--hierarchy", help="hierarchy TOML (default: gpu LRU 1/64 -> dram S3-FIFO 1/8 -> nvme)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="compute device (default: cuda if present)")
+    p.add_argument("--readers", type=positive_int, default=4, help="NVMe reader threads (default 4)")
+
+
+def checked_hierarchy(args: argparse.Namespace):
+    """The --hierarchy file's hierarchy (None for the default), and --run's directory checked: both
+    before torch is imported, so that a wrong path is refused at once."""
+    from engramtier.cache.hierarchy import load_hierarchy
+
+    if args.run_dir is not None:
+        for name in ("config.json", "model.safetensors"):
+            if not (Path(args.run_dir) / name).is_file():
+                raise EngramTierError(f"--run {args.run_dir}: {name} is missing; give a directory written by "
+                                      "'engramtier train'")
+    return load_hierarchy(args.hierarchy) if args.hierarchy else None
+
+
+def compute_device(args: argparse.Namespace) -> str:
+    """The compute device the serving options say: --device, or cuda where there is one."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngramTierError("--device cuda: CUDA is not available here; use --device cpu")
+    return device
+
+
+def load_served_run(args: argparse.Namespace, run_dir):
+    """The run at ``run_dir`` loaded on the compute device (`compute_device`)."""
+    from engramtier.model.train import load_model
+
+    loaded = load_model(run_dir, device=compute_device(args))
+    if loaded.model.config.engram is None:
+        raise EngramTierError(f"run {run_dir}: the model has no Engram layers, so it has no table to tier")
+    return loaded
+
+
+def table_opener(args: argparse.Namespace, run_dir, hierarchy, loaded):
+    """A function of ``record_trace`` opening a fresh TieredTable for ``loaded``'s model over ``hierarchy``."""
+    from engramtier.tiers.open import lmdb_table_for, open_for_model
+
+    table_path = args.table or lmdb_table_for(run_dir)
+    device = compute_device(args)
+    return lambda record_trace: open_for_model(loaded.model, table_path, hierarchy, device=device,
+                                               readers=args.readers, record_trace=record_trace)
+
+
+def format_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def tier_table(tiers: list[dict]) -> str:
+    """Per tier: size, counts, and bytes read against served bytes, with the line saying why they differ."""
+    from engramtier.cache.hierarchy import format_bytes
+    from engramtier.tiers.replay import BYTES_READ_NOTE
+
+    rows = [f"{'tier':8} {'policy':8} {'rows':>9} {'size':>10} {'lookups':>9} {'hits':>9} {'hit rate':>8} "
+            f"{'bytes read':>11} {'served B':>11} {'promoted':>9} {'evicted':>9}"]
+    for t in tiers:
+        name = t["name"] + (" (emulated)" if t.get("emulated") else "")
+        rows.append(f"{name:8} {str(t['policy'] or '-'):8} {t['capacity_rows']:9d} "
+                    f"{format_bytes(t['capacity_bytes']):>10} {t['lookups']:9d} {t['hits']:9d} {t['hit_rate']:8.3f} "
+                    f"{t['bytes_read']:11d} {t['served_bytes']:11d} {t['promoted']:9d} {t['evicted']:9d}")
+    rows.append(BYTES_READ_NOTE.replace("served bytes", "served B", 1))
+    return "\n".join(rows)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from engramtier.trace.sources import decode_text
+
+    if args.prompts == "-":
+        text = decode_text(sys.stdin.buffer.read(), "standard input")
+    else:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise EngramTierError(f"--prompts {path}: no such file; give a file with one prompt per line, or -")
+        text = decode_text(path.read_bytes(), f"--prompts {path}")
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise EngramTierError("generate: no prompts; give a file with one prompt per line, or pipe them in")
+    hierarchy = checked_hierarchy(args)
+    from engramtier.tiers.generate import generate
+    from engramtier.tiers.replay import distribution, sized_tiers
+
+    loaded = load_served_run(args, args.run_dir)
+    with table_opener(args, args.run_dir, hierarchy, loaded)(False) as table:
+        texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,
+                                 top_k=args.top_k, temperature=args.temperature, seed=args.seed,
+                                 batch_size=args.batch, device=table.device)
+        table.finish()
+        stats = table.stats()
+        stall = distribution([r["stall_s"] for r in table.step_records()])
+    tiers = sized_tiers(stats["tiers"], stats["row_bytes"])
+    if args.json:
+        print(json.dumps({"outputs": [{"prompt": p, "continuation": t} for p, t in zip(prompts, texts)],
+                          **totals, "stall_per_step_s": stall, "table": {**stats, "tiers": tiers}}))
+        return
+    for prompt, text in zip(prompts, texts):
+        print(f"{prompt}{text}\n")
+    print(f"{totals['generated_tokens']} tokens in {totals['seconds']:.2f} s ({totals['tokens_per_s']:.1f} tokens/s); "
+          f"time to first token {format_ms(totals['time_to_first_token_s'])}; median step {format_ms(totals['step_s']['p50'])}")
+    print(f"stall per step: mean {format_ms(stall['mean'])}, p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}; total "
+          f"{stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)")
+    print(tier_table(tiers))
