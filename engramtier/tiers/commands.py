@@ -206,11 +206,12 @@ def tier_table(tiers: list[dict]) -> str:
     from engramtier.cache.hierarchy import format_bytes
     from engramtier.tiers.replay import BYTES_READ_NOTE
 
-    rows = [f"{'tier':8} {'policy':8} {'rows':>9} {'size':>10} {'lookups':>9} {'hits':>9} {'hit rate':>8} "
+    names = [t["name"] + (" (emulated)" if t.get("emulated") else "") for t in tiers]
+    width = max(8, *map(len, names))
+    rows = [f"{'tier':{width}} {'policy':8} {'rows':>9} {'size':>10} {'lookups':>9} {'hits':>9} {'hit rate':>8} "
             f"{'bytes read':>11} {'served B':>11} {'promoted':>9} {'evicted':>9}"]
-    for t in tiers:
-        name = t["name"] + (" (emulated)" if t.get("emulated") else "")
-        rows.append(f"{name:8} {str(t['policy'] or '-'):8} {t['capacity_rows']:9d} "
+    for name, t in zip(names, tiers):
+        rows.append(f"{name:{width}} {str(t['policy'] or '-'):8} {t['capacity_rows']:9d} "
                     f"{format_bytes(t['capacity_bytes']):>10} {t['lookups']:9d} {t['hits']:9d} {t['hit_rate']:8.3f} "
                     f"{t['bytes_read']:11d} {t['served_bytes']:11d} {t['promoted']:9d} {t['evicted']:9d}")
     rows.append(BYTES_READ_NOTE.replace("served bytes", "served B", 1))
