@@ -4,10 +4,11 @@ config      experiment TOML files, checked with one-line errors
 rundir      the run directory every command writes (config, JSON lines, summary, figures)
 sweep       policies x sizes (hit rate), hierarchies (stall), CXL swapped in, on a thread pool
 cost        $/GB per tier, the cost/stall frontier, the cheapest hierarchy within a stall budget
+plan        an HBM budget split between KV cache and the Engram gpu tier for the most tokens/s
 plots       the figures, PNG and SVG
 report      report.html (self-contained) and report.md of a run directory
 experiment  the stages shared by the commands; quickstart: the whole pipeline on the sample text
-commands    `engramtier simulate | sweep | mrc | report | quickstart`
+commands    `engramtier simulate | sweep | plan | mrc | replay | report | quickstart`
 
 Data flows one way: analysis reads trace/ and cache/, and nothing there reads analysis/.
 """

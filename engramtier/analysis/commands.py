@@ -1,4 +1,4 @@
-"""`engramtier simulate | sweep | mrc | replay | report | quickstart`: experiments into run directories.
+"""`engramtier simulate | sweep | plan | mrc | replay | report | quickstart`: experiments into run directories.
 
 `replay` is here, not in `tiers/`, because it is an experiment like the others: a run directory with
 per-step results, a summary and a figure; it serves the model with `engramtier.tiers.commands`'s
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engramtier.argtypes import fraction, name_list, nonnegative_float, nonnegative_int, positive_int, seed, size_list
+from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, nonnegative_int, positive_int, seed, size_list
 from engramtier.errors import EngramTierError
 from engramtier.tiers.commands import checked_hierarchy, format_ms, load_served_run, serving_options, table_opener, tier_table
 
@@ -61,6 +61,26 @@ Stages: hit_rate ([sweep] policies x sizes), stall ([sweep] tier_sizes), cxl ([s
 cost (the stall and cxl points priced with [cost]); the default runs those the config defines.
 The hit_rate stage prints a table of hit rates (policy x size) and writes RUN/hit_rate.csv beside
 results.jsonl: columns policy,size_rows,size_bytes,hit_rate,miss_ratio.
+"""
+
+PLAN_EXAMPLES = """examples:
+  engramtier plan my.toml                          # the file's [plan]
+  engramtier plan engramtier/data/experiment.toml --hbm-budget 4GiB --kv-bytes-per-token 128KiB \\
+      --batches 1,2,4,8,16,24,32,48 --compute-s 0.004
+
+[plan] (every key also an option):
+  hbm_budget = "4GiB"            # HBM the KV cache and the Engram gpu tier share (after the weights)
+  kv_bytes_per_token = 131072    # 2 (K,V) x layers x kv_heads x head_dim x bytes: 2*32*8*128*2 for a 7B GQA model
+  context_len = 512              # tokens of KV each sequence reserves (default [trace] seq_len);
+                                 # or mix = [[4096, 0.25], [512, 0.75]] (context_len, share): the mean is reserved
+  batches = [1, 8, 32]           # or kv_fractions = [0.1, 0.5, 0.9] (of the budget, as whole batches)
+  tier = "gpu"                   # the cache tier HBM is left to (default: the first)
+
+Each batch re-cuts the trace's tokens into steps of that batch and simulates the hierarchy with the
+tier at the budget minus the KV cache; step compute is [timing] compute_s + compute_per_token_s x
+tokens, so a batch pays off only with a fixed per-step compute_s. Writes one record per split,
+figures/plan_tokens_per_s.png|svg and summary.json; with [sweep] tier_sizes for the other tiers (or
+cxl_latencies_ns) it prices the best split's DRAM/CXL/NVMe sizes with [cost] (--no-cost skips it).
 """
 
 MRC_EXAMPLES = """examples:
@@ -130,6 +150,22 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="CONFIG.toml")
     p.add_argument("--stages", type=name_list(SWEEP_STAGES), metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
     p.add_argument("--workers", type=positive_int, metavar="N", help="threads (default: [sweep] workers or every core)")
+    _preset_option(p)
+    common(p)
+
+    p = add("plan", "split an HBM budget between KV cache and the Engram gpu tier for the most tokens/s",
+            "For each batch of an experiment file's [plan] (or the options), reserve its KV cache from the HBM "
+            "budget, give the rest to the Engram gpu tier, simulate the trace re-cut into steps of that batch, and "
+            "report the split with the most tokens per second; then the cheapest other tiers within the stall budget.",
+            PLAN_EXAMPLES, run_plan)
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--hbm-budget", metavar="SIZE", help="HBM shared by KV cache and Engram tier, e.g. 80GiB")
+    p.add_argument("--kv-bytes-per-token", metavar="BYTES", help="the backbone's KV bytes per token (or a size)")
+    p.add_argument("--context-len", type=positive_int, metavar="N", help="tokens of KV per sequence")
+    p.add_argument("--batches", type=int_list, metavar="LIST", help="comma-separated batches to try")
+    p.add_argument("--compute-s", type=nonnegative_float, metavar="S",
+                   help="fixed compute per step (seconds), added to [timing] compute_per_token_s x tokens")
+    p.add_argument("--no-cost", action="store_true", help="skip pricing the best split's other tiers")
     _preset_option(p)
     common(p)
 
@@ -251,6 +287,41 @@ def run_sweep(args) -> None:
     if "hit_rate" in stages:
         curves = _print_curves(run.path / HIT_RATE_CSV)
     print(f"{run.path}: stages {', '.join(stages)}; {curves}report {html}")
+    if "cost" in summary:
+        from engramtier.analysis.cost import budget_line
+
+        print(budget_line(summary["cost"]))
+
+
+def _plan_overrides(args) -> dict:
+    """[plan] and [timing] keys the plan options replace."""
+    plan = {key: value for key, value in (("hbm_budget", args.hbm_budget), ("context_len", args.context_len),
+                                          ("kv_bytes_per_token", args.kv_bytes_per_token), ("batches", args.batches))
+            if value is not None}
+    for key in ("hbm_budget", "kv_bytes_per_token"):  # bytes as an integer, or a size such as "80GiB"
+        if isinstance(plan.get(key), str) and plan[key].strip().isdigit():
+            plan[key] = int(plan[key])
+    if args.batches is not None:
+        plan["kv_fractions"] = []
+    overrides = {"plan": plan} if plan else {}
+    return overrides | ({"timing": {"compute_s": args.compute_s}} if args.compute_s is not None else {})
+
+
+def run_plan(args) -> None:
+    from engramtier.analysis.config import load_config
+
+    cfg = load_config(args.config, overrides=_plan_overrides(args), preset=args.preset)
+    from engramtier.analysis.plan import check_plan, run_plan as plan
+
+    check_plan(cfg)  # a plan no batch fits in is refused before any folder or trace is made
+    from engramtier.analysis.report import write_report  # after the checks: see simulate
+    from engramtier.rundir import RunDir
+
+    run = RunDir.create(args.out, "plan", _arguments(args), cfg.to_dict())
+    summary = plan(cfg, run, not args.quiet, cost=not args.no_cost, log=print)
+    _say_assumptions(summary)
+    html, _ = write_report(run.path)
+    print(f"{run.path}: report {html}")
     if "cost" in summary:
         from engramtier.analysis.cost import budget_line
 

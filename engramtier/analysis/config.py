@@ -7,6 +7,8 @@
     [timing]     the compute that hides the prefetch, per step or per token
     [sweep]      policies x one-tier sizes (hit rates); sizes per cache tier (stall); CXL latencies
     [cost]       $/GB per tier model and the stall budget of the cost frontier
+    [plan]       an HBM budget shared by the KV cache and the Engram gpu tier, and the batches to try
+                 (`engramtier plan`, `engramtier.analysis.plan`)
 
 Every mistake is refused with one line naming the file, the key and what to write instead: a user
 who typed ``capacty`` learns it should be ``capacity`` before anything runs. Sizes are rows (an
@@ -84,7 +86,9 @@ class TraceConfig:
 @dataclass(frozen=True)
 class TimingConfig:
     """Seconds of compute per step that hide the prefetch (``window``) and that a step takes without
-    stalls (``compute``), each given per step (``*_s``) or per token (``*_per_token_s``)."""
+    stalls (``compute``). The window is given per step (``window_s``) or per token; the compute per
+    step, per token, or both: ``compute_s + compute_per_token_s * tokens``, a fixed cost per forward
+    pass (reading the weights) plus the tokens' work, which is what makes a larger batch faster."""
 
     window_s: float | None = None
     window_per_token_s: float | None = None
@@ -95,11 +99,10 @@ class TimingConfig:
     def per_step(self, tokens_per_step) -> tuple[Any, Any]:
         """(window, compute) seconds for steps of ``tokens_per_step`` tokens (a number or an array)."""
         window = self.window_s if self.window_s is not None else self.window_per_token_s * tokens_per_step
-        if self.compute_s is not None:
-            return window, self.compute_s
-        if self.compute_per_token_s is not None:
-            return window, self.compute_per_token_s * tokens_per_step
-        return window, None
+        if self.compute_s is None and self.compute_per_token_s is None:
+            return window, None
+        per_token = 0.0 if self.compute_per_token_s is None else self.compute_per_token_s * tokens_per_step
+        return window, (self.compute_s or 0.0) + per_token
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,23 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
+class PlanConfig:
+    """An HBM budget (bytes) shared by the KV cache and the Engram tier named ``tier`` (default: the
+    first cache tier), the backbone's KV bytes per token, the context each sequence reserves KV for
+    (``context_len``, default [trace] seq_len; or a ``mix`` of (context_len, share) pairs, whose mean
+    is reserved), and the splits to try: ``batches`` (sequences in flight) or ``kv_fractions`` (of
+    the budget given to KV, each made the largest whole batch that fits)."""
+
+    hbm_budget: int | str = 0
+    kv_bytes_per_token: int | str = 0
+    context_len: int | None = None
+    mix: tuple = ()
+    batches: tuple[int, ...] = ()
+    kv_fractions: tuple[float, ...] = ()
+    tier: str | None = None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     path: str
     trace: TraceConfig
@@ -135,10 +155,12 @@ class ExperimentConfig:
     timing: TimingConfig
     sweep: SweepConfig
     cost: CostConfig
+    plan: PlanConfig | None = None
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "trace": _plain(self.trace), "hierarchy": self.hierarchy.to_dict(),
-                "timing": _plain(self.timing), "sweep": _plain(self.sweep), "cost": _plain(self.cost)}
+        d = {"path": self.path, "trace": _plain(self.trace), "hierarchy": self.hierarchy.to_dict(),
+             "timing": _plain(self.timing), "sweep": _plain(self.sweep), "cost": _plain(self.cost)}
+        return d if self.plan is None else {**d, "plan": _plain(self.plan)}
 
     def check_stages(self, stages: Iterable[str], n_table_rows: int | None = None, row_bytes: int | None = None) -> None:
         """Refuse, naming the file and key, what would make one of ``stages`` fail halfway: a [sweep]
@@ -163,7 +185,7 @@ class ExperimentConfig:
             self.hierarchy.capacities(n_table_rows, row_bytes)
 
 
-SECTIONS = ("trace", "hierarchy", "timing", "sweep", "cost")
+SECTIONS = ("trace", "hierarchy", "timing", "sweep", "cost", "plan")
 
 
 def load_config(path, need_trace: bool = True, overrides: Mapping[str, Mapping] | None = None,
@@ -199,7 +221,8 @@ def parse_config(doc: Mapping[str, Any], path: Path, need_trace: bool = True) ->
     timing = _timing_config(doc.get("timing", {}), f"{where}: [timing]")
     sweep = _sweep_config(doc.get("sweep", {}), hierarchy, f"{where}: [sweep]", path.parent)
     cost = _cost_config(doc.get("cost", {}), f"{where}: [cost]")
-    return ExperimentConfig(str(path), trace, hierarchy, timing, sweep, cost)
+    plan = _plan_config(doc["plan"], hierarchy, f"{where}: [plan]") if "plan" in doc else None
+    return ExperimentConfig(str(path), trace, hierarchy, timing, sweep, cost, plan)
 
 
 def _typed(table: Mapping[str, Any], cls, where: str) -> dict:
@@ -275,8 +298,6 @@ def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
     if len(given) != 1:
         raise EngramTierError(f"{where}: give exactly one of window_s (seconds per step) or window_per_token_s "
                               f"(seconds per token), got {', '.join(given) or 'neither'}")
-    if cfg.compute_s is not None and cfg.compute_per_token_s is not None:
-        raise EngramTierError(f"{where}: give compute_s or compute_per_token_s, not both")
     if cfg.overlap not in ("parallel", "serial"):
         raise EngramTierError(f"{where}: overlap must be \"parallel\" or \"serial\", got {cfg.overlap!r}")
     return cfg
@@ -334,6 +355,46 @@ def _cost_config(table: Mapping[str, Any], where: str) -> CostConfig:
     budget = check_number(table.get("stall_budget", CostConfig().stall_budget),
                           f"{where}: 'stall_budget' (a stall fraction)", low=0, high=1)
     return CostConfig(prices, float(budget))
+
+
+def _plan_config(table: Mapping[str, Any], hierarchy: Hierarchy, where: str) -> PlanConfig:
+    cfg = PlanConfig(**_typed(table, PlanConfig, where))
+    for key, what in (("hbm_budget", "the HBM bytes KV cache and Engram tier share, e.g. \"80GiB\""),
+                      ("kv_bytes_per_token", "the backbone's KV bytes per token, e.g. 131072 or \"128KiB\"")):
+        if key not in table:
+            raise EngramTierError(f"{where}: '{key}' is missing; give {what}")
+        _check_bytes(getattr(cfg, key), f"{where}: '{key}'")
+    if cfg.context_len is not None:
+        check_number(cfg.context_len, f"{where}: 'context_len' (tokens)", integer=True, low=1)
+    if cfg.context_len is not None and cfg.mix:
+        raise EngramTierError(f"{where}: give context_len or mix, not both")
+    for i, pair in enumerate(cfg.mix):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise EngramTierError(f"{where}: mix[{i}] must be [context_len, share], e.g. [4096, 0.25]")
+        check_number(pair[0], f"{where}: mix[{i}] context_len (tokens)", integer=True, low=1)
+        check_number(pair[1], f"{where}: mix[{i}] share", low=0, high=1, low_open=True)
+    if cfg.mix and abs(sum(p[1] for p in cfg.mix) - 1) > 1e-6:
+        raise EngramTierError(f"{where}: the shares of mix add up to {sum(p[1] for p in cfg.mix):g}; make them add up to 1")
+    if bool(cfg.batches) == bool(cfg.kv_fractions):
+        raise EngramTierError(f"{where}: give exactly one of batches (sequences in flight, e.g. [1, 8, 32]) or "
+                              "kv_fractions (of the budget given to KV, e.g. [0.1, 0.5, 0.9])")
+    for i, b in enumerate(cfg.batches):
+        check_number(b, f"{where}: batches[{i}] (sequences)", integer=True, low=1)
+    for i, f in enumerate(cfg.kv_fractions):
+        check_number(f, f"{where}: kv_fractions[{i}]", low=0, high=1, low_open=True)
+    caches = [t.name for t in hierarchy.caches]
+    if not caches:
+        raise EngramTierError(f"{where}: the hierarchy has no cache tier to give HBM to; add a gpu tier above the store")
+    if cfg.tier is not None:
+        refuse_unknown([cfg.tier], caches, where, "tier")
+    return replace(cfg, tier=cfg.tier or caches[0], mix=tuple(tuple(p) for p in cfg.mix))
+
+
+def _check_bytes(size, where: str) -> None:
+    """Refuse a byte count that is neither a positive integer nor a size string such as "80GiB"."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise EngramTierError(f"{where}: give bytes (an integer) or a size such as \"80GiB\", got {size!r}")
+    size_to_rows(size, 1, where)
 
 
 def _plain(obj) -> dict:

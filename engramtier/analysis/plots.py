@@ -271,3 +271,37 @@ def replay_stall_figure(records: Sequence[Mapping]) -> plt.Figure:
     bottom.legend(fontsize=8, loc="upper right")
     fig.suptitle("Replay: step time per path, and the tiered table's stall per step")
     return fig
+
+
+def plan_figure(records: Sequence[Mapping], plan: Mapping) -> plt.Figure:
+    """Tokens per second and stall fraction vs the split of the HBM budget (the KV cache's share of it,
+    linear, so the knee where the Engram tier starts to lose rows shows), batches on the top axis,
+    the best split marked."""
+    ok = sorted((r for r in records if r["feasible"]), key=lambda r: r["batch"])
+    share = np.array([r["kv_fraction"] for r in ok])
+    per_batch = ok[0]["kv_fraction"] / ok[0]["batch"]  # the budget's share one sequence's KV takes
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(share, [r["tokens_per_s"] for r in ok], marker="o", color="tab:blue", label="tokens/s")
+    ax.set_xlabel(f"KV cache share of the HBM budget (the rest is the {plan['tier']} tier's)")
+    ax.set_ylabel("tokens per second", color="tab:blue")
+    ax.set_xlim(0, 1)
+    top = ax.secondary_xaxis("top", functions=(lambda f: f / per_batch, lambda b: b * per_batch))
+    top.set_xlabel("batch (sequences in flight, each reserving its KV cache)")
+    twin = ax.twinx()
+    twin.plot(share, [r["stall_fraction"] for r in ok], marker="s", ms=3.5, ls="--", color="tab:red",
+              label="stall fraction")
+    twin.set_ylabel("stall fraction of run time", color="tab:red")
+    twin.set_ylim(0, max(0.05, 1.15 * max(r["stall_fraction"] for r in ok)))
+    twin.grid(False)
+    best = plan["best"]
+    ax.axvline(best["kv_fraction"], color="black", lw=0.8, ls=":")
+    right = best["kv_fraction"] > 0.5  # the label on the side with room
+    ax.annotate(f"best: batch {best['batch']}\n{best['tokens_per_s']:,.0f} tokens/s\n{plan['tier']} tier "
+                f"{format_bytes(best['tier_bytes'])}", (best["kv_fraction"], best["tokens_per_s"]),
+                textcoords="offset points", xytext=(-8 if right else 8, -80), ha="right" if right else "left",
+                fontsize=8)
+    lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], loc="lower center", fontsize=8)
+    ax.set_title(f"HBM budget {format_bytes(plan['hbm_budget_bytes'])} split between KV cache and the "
+                 f"{plan['tier']} tier", pad=22)
+    return fig

@@ -23,6 +23,7 @@ CAPTIONS = {
     "stall_heatmap": "Total stall and stall fraction over the swept cache tier sizes.",
     "cxl_swap": "Stall and throughput with a CXL tier above the store at several latencies, against the hierarchy without it.",
     "cost_frontier": "Memory cost vs stall fraction of every simulated hierarchy; the frontier and the cheapest within budget.",
+    "plan_tokens_per_s": "Tokens per second and stall fraction for each split of the HBM budget between KV cache and the Engram tier.",
     "replay_stall": "Step time of the flat and the tiered table, and the tiered table's stall per step (warm-up excluded).",
 }
 REPLAY_TIER_COLUMNS = ["name", "policy", "capacity_rows", "capacity_bytes", "lookups", "hits", "hit_rate",
