@@ -6,9 +6,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from reference_policies import PyLRU
 from zipf import zipf_keys
 
+from engramtier.cache.engine import Engine
 from engramtier.cache.hierarchy import Hierarchy, load_hierarchy
+from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.cache.simulator import simulate
 from engramtier.cache.warm import warm_rows
 from engramtier.errors import EngramTierError
@@ -109,3 +112,15 @@ def test_bad_profiles_are_refused_in_one_line(tmp_path, profile):
                                       {"name": "nvme", "model": "nvme"}]})
     with pytest.raises(EngramTierError, match="cold-start window must be a positive number of steps"):
         simulate(zipf_trace(2, 0), hierarchy(), compute_window_s=0.0, progress=False).first_steps(0)
+
+
+def test_engine_warm_is_the_policys_own_admit_path_compiled_or_python():
+    """The hottest row (admitted last) is the most recently used: LRU evicts the coldest warm row first,
+    the same in a built-in and in a plain-Python policy (the Python driver path)."""
+    for policy in (make_policy("lru", 3, PolicyContext(n_keys=10)), PyLRU(3)):
+        engine = Engine([policy], "inclusive", 10)
+        assert engine.warm([np.array([4, 7, 1, 2])]) == [3]  # 4 came first: pushed out by the fourth
+        assert [policy.contains(k) for k in (4, 7, 1, 2)] == [False, True, True, True]
+        engine.feed(np.array([5]), np.array([0]), np.array([0, 1]))  # a miss evicts the coldest warm row, 7
+        assert [policy.contains(k) for k in (7, 1, 2, 5)] == [False, True, True, True]
+        assert engine.tier_counts()[0]["lookups"] == 1  # warming counted no lookup
