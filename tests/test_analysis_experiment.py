@@ -79,3 +79,20 @@ def test_the_runtime_hierarchy_format_simulates_identically(tmp_path, trace, cap
     (tmp_path / "nested.toml").write_text(HIERARCHY)
     (tmp_path / "flat.toml").write_text(top_level)
     assert load_hierarchy(tmp_path / "nested.toml") == load_hierarchy(tmp_path / "flat.toml")
+
+
+def test_simulate_warm_reports_cold_and_warm_first_steps_and_says_whether_the_profile_is_honest(
+        tmp_path, trace, capsys):
+    code, _, plain, _ = simulate(tmp_path, trace, capsys, "--first-steps", "3")
+    assert code == 0 and plain["simulation"]["first_steps"]["steps"] == 3 and "warm_start" not in plain
+    code, _, summary, _ = simulate(tmp_path, trace, capsys, "--warm", str(trace), "--first-steps", "3")
+    assert code == 0
+    warm = summary["warm_start"]
+    assert warm["profile_is_the_measured_trace"] and "upper bound" in warm["note"]  # its own counts: said so
+    assert warm["warm"]["served_share"]["gpu"] > warm["cold"]["served_share"]["gpu"]
+    assert warm["warm"]["stall_seconds"] <= warm["cold"]["stall_seconds"] and warm["warm_rows"] == {"gpu": 300}
+    assert warm["cold"] == summary["simulation"]["first_steps"]  # the main simulation is the cold one
+    run = max(tmp_path.glob("run*"), key=lambda p: p.stat().st_mtime)
+    assert (run / "figures" / "warm_start.png").is_file() and (run / "figures" / "warm_start.svg").is_file()
+    code, err, _, _ = simulate(tmp_path, trace, capsys, "--warm", str(tmp_path / "nope.npy"))
+    assert code != 0 and "nope.npy does not exist" in err and len(err.strip().splitlines()) == 1

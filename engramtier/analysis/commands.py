@@ -44,11 +44,12 @@ SIMULATE_EXAMPLES = """examples:
   engramtier simulate my.toml --out runs/gpu32m --window-per-token-s 5e-6
   engramtier simulate --hierarchy tiers.toml docs.trace --window-s 0.002
   engramtier simulate engramtier/data/experiment.toml --preset dsv41-flash   # DeepSeek-V4.1-Flash's table
+  engramtier simulate --hierarchy tiers.toml docs.trace --warm profile.npy --first-steps 20   # cold vs warm
 
 The run directory gets config.json, results.jsonl (one line per step, then the run's totals),
-summary.json, figures/step_timeline.png|svg and report.html. A --hierarchy file is replay's (mode and
-[[tier]] tables at the top) or an experiment file's [hierarchy]; it takes [timing] (or --window-s /
---window-per-token-s) but no [trace].
+summary.json, figures/step_timeline.png|svg (with --warm, figures/warm_start.png|svg) and report.html.
+A --hierarchy file is replay's (mode and [[tier]] tables at the top) or an experiment file's
+[hierarchy]; it takes [timing] (or --window-s / --window-per-token-s) but no [trace].
 """
 
 SWEEP_EXAMPLES = """examples:
@@ -140,6 +141,11 @@ def register(subparsers) -> None:
                    help="compute per step without stalls (seconds); overrides [timing] (default: the window)")
     p.add_argument("--compute-per-token-s", type=nonnegative_float, metavar="S",
                    help="compute per token without stalls (seconds); overrides [timing]")
+    p.add_argument("--warm", metavar="PROFILE", help="also simulate every cache tier warm-started from this profile "
+                   "(a .npy of requests per table row, or a trace file; not the measured trace, for an honest figure) "
+                   "and report both cold-start figures and figures/warm_start.png|svg")
+    p.add_argument("--first-steps", type=positive_int, default=100, metavar="N",
+                   help="the cold-start window: steps whose hit rate and stall the summary reports (default 100)")
     _preset_option(p)
     common(p)
 
@@ -236,27 +242,44 @@ def run_simulate(args) -> None:
     else:
         cfg = load_config(args.path, overrides=_timing_overrides(args), preset=args.preset)
     # Imported once the inputs are read, so a bad file is refused before matplotlib loads.
-    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace
+    from engramtier.analysis.experiment import TRACE_FILE, build_trace
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
 
     if args.hierarchy:
         with reader as trace:
             run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
-            summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
-            _say_assumptions(summary)
+            summary = _simulate_experiment(args, cfg, trace, run)
     else:
         run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict())
         trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
         run.update_config(fingerprint=trace.meta.get("fingerprint"))
-        summary = Experiment(cfg, trace, run, not args.quiet).run_stages(["simulate"])
-        _say_assumptions(summary)
+        summary = _simulate_experiment(args, cfg, trace, run)
     html, _ = write_report(run.path)
     sim = summary["simulation"]
     rate = sim.get("tokens_per_s")
     print(f"{run.path}: {sim['steps']} steps, stall fraction {sim['stall_fraction']:.4f}"
           + (f", {rate:,.0f} tokens/s" if rate else "") + "; served "
           + ", ".join(f"{t['name']} {t['served_share']:.1%}" for t in sim["tiers"]) + f"; report {html}")
+    if "warm_start" in summary:
+        print(_warm_line(summary["warm_start"], sim["tiers"][0]["name"]))
+
+
+def _simulate_experiment(args, cfg, trace, run) -> dict:
+    from engramtier.analysis.experiment import Experiment
+
+    summary = Experiment(cfg, trace, run, not args.quiet, warm=args.warm, first_steps=args.first_steps) \
+        .run_stages(["simulate"])
+    _say_assumptions(summary)
+    return summary
+
+
+def _warm_line(warm: dict, top: str) -> str:
+    """The cold-start figure, cold against warm, in one line."""
+    cold, hot = warm["cold"], warm["warm"]
+    return (f"first {cold['steps']} steps: {top} hit rate {cold['served_share'][top]:.1%} cold, "
+            f"{hot['served_share'][top]:.1%} warm; stall {cold['stall_seconds'] * 1e3:.3g} ms cold, "
+            f"{hot['stall_seconds'] * 1e3:.3g} ms warm ({warm['note']})")
 
 
 def run_sweep(args) -> None:

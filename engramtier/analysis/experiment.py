@@ -5,7 +5,9 @@
     stats      trace statistics and the rank-frequency plot with its Zipf fit
     mrc        exact LRU miss-ratio curve against SHARDS estimates over several hash seeds (RUN/mrc.csv)
     hit_rate   policies x one-tier sizes (RUN/hit_rate.csv)
-    simulate   the declared hierarchy, step by step (per-step records and the timeline plot)
+    simulate   the declared hierarchy, step by step (per-step records and the timeline plot), with the
+               cold-start figure of its first steps; given a warm profile, once cold and once warm-started
+               from it (`engramtier.cache.warm`), both first-steps figures and the warm_start plot
     stall      every combination of [sweep] tier_sizes, simulated (heatmap)
     cxl        the declared hierarchy without, then with a CXL tier at each latency
     cost       cost of every simulated hierarchy, its frontier and the cheapest within the stall budget (or
@@ -78,6 +80,8 @@ class Experiment:
     trace: RowTrace
     run: RunDir
     progress: bool = True
+    warm: str | None = None  # a profile to warm-start every cache tier from, against the cold hierarchy
+    first_steps: int = 100  # the cold-start window: the steps `SimResult.first_steps` reports
     summary: dict = field(default_factory=dict)
     _sim_records: list = field(default_factory=list)
 
@@ -131,7 +135,11 @@ class Experiment:
         self.summary["hit_rate"] = table
 
     def stage_simulate(self) -> None:
-        result = simulate_point(self.trace, self.cfg.hierarchy, self.cfg.timing, progress=self.progress)
+        from engramtier.cache.warm import load_profile
+
+        profile = None if self.warm is None else load_profile(self.warm, self.trace.n_table_rows, "--warm")
+        hierarchy = self.cfg.hierarchy if profile is None else self.cfg.hierarchy.with_warm(None)
+        result = simulate_point(self.trace, hierarchy, self.cfg.timing, progress=self.progress)
         per_step = result.to_dict()["per_step"]
         names = [t["name"] for t in result.tier_totals]
         self.run.append({"experiment": "step", "step": i, **{k: per_step[k][i] for k in
@@ -143,6 +151,36 @@ class Experiment:
         self._sim_records.append(record)
         self.run.save_figure(plots.step_timeline_figure(per_step, names), "step_timeline")
         self.summary["simulation"] = {k: v for k, v in record.items() if k not in ("experiment", "label")}
+        self.summary["simulation"]["first_steps"] = result.first_steps(self.first_steps)
+        if profile is not None:
+            self._warm_start(result, profile)
+
+    def _warm_start(self, cold, profile: np.ndarray) -> None:
+        """The declared hierarchy warm-started from ``profile`` (read from ``self.warm``), against ``cold``
+        (it without warm keys): both cold-start figures, the whole runs' tier-0 share and stall, and whether
+        the profile is honest (not the measured trace's own counts, which would make it an upper bound)."""
+        from engramtier.trace.stats import row_counts
+
+        warm = simulate_point(self.trace, self.cfg.hierarchy.with_warm(profile), self.cfg.timing,
+                              progress=self.progress)
+        own = np.array_equal(profile, row_counts(self.trace))
+        top = cold.tier_totals[0]["name"]
+        whole = {name: {"served_share": r.tier_stats()[0]["served_share"], "stall_seconds": float(r.stall_s.sum())}
+                 for name, r in (("cold", cold), ("warm", warm))}
+        self.summary["warm_start"] = {
+            "profile": str(self.warm),
+            "profile_is_the_measured_trace": own,
+            "note": ("the profile counts the measured steps themselves: an upper bound, not a deployment"
+                     if own else "the profile does not count the measured steps (another trace or a prefix): "
+                     "a warm start as a deployment would have it"),
+            "first_steps": self.first_steps,
+            "cold": cold.first_steps(self.first_steps),
+            "warm": warm.first_steps(self.first_steps),
+            "whole_run": whole,
+            "warm_rows": {t["name"]: t["warm_rows"] for t in warm.tier_totals[:-1]},
+        }
+        self.run.append([point_record("simulate_warm", f"warm from {self.warm}", warm)])
+        self.run.save_figure(plots.warm_start_figure(cold, warm, self.first_steps, top), "warm_start")
 
     def stage_stall(self) -> None:
         sw = self.cfg.sweep

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from engramtier.cache.hierarchy import format_bytes  # noqa: E402
 from engramtier.analysis.tables import humanise  # noqa: E402
@@ -304,4 +304,26 @@ def plan_figure(records: Sequence[Mapping], plan: Mapping) -> plt.Figure:
     ax.legend(lines, [h.get_label() for h in lines], loc="lower center", fontsize=8)
     ax.set_title(f"HBM budget {format_bytes(plan['hbm_budget_bytes'])} split between KV cache and the "
                  f"{plan['tier']} tier", pad=22)
+    return fig
+
+
+def warm_start_figure(cold, warm, n_steps: int, tier: str) -> plt.Figure:
+    """The first ``n_steps`` of a cold and a warm-started simulation (`SimResult`s): the top tier's hit rate
+    per step (its share of the step's lookups) and the stall per step."""
+    n = min(n_steps, cold.requests.size)
+    steps = np.arange(n)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
+    for name, result in (("cold", cold), ("warm start", warm)):
+        rate = result.served[0, :n] / np.maximum(result.unique[:n], 1)
+        top.plot(steps, rate, lw=1, label=f"{name} ({result.served[0, :n].sum() / max(result.unique[:n].sum(), 1):.1%} "
+                 f"over these steps)")
+        bottom.plot(steps, result.stall_s[:n] * 1e3, lw=1, label=name)
+    top.set_ylabel(f"{tier} hit rate per step")
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8)
+    bottom.set_ylabel("stall per step (ms)")
+    bottom.set_xlabel("step")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"Cold start vs warm start: the first {n} steps")
     return fig

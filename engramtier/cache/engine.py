@@ -71,7 +71,7 @@ def count_admission(counters, column, key, victim):
 
 
 def make_drivers(lookup, admit, remove, hit_victim, prefetch):
-    """The two cache-tier drivers over a ``target`` that the operations ``lookup(target, key, t)``,
+    """The cache-tier drivers (and the warm-start loop) over a ``target`` that the operations ``lookup(target, key, t)``,
     ``admit(target, key, t)``, ``remove(target, key)``, ``hit_victim(target)`` and ``prefetch(target,
     key)`` act on, as plain Python functions (compile them with `numba.njit`).
 
@@ -173,7 +173,20 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
         out_starts[step_starts.size - 1] = n_out
         return n_out
 
-    return fill_tier, victim_tier
+    def warm_tier(target, keys):
+        """A warm start (`engramtier.cache.warm`): admit ``keys`` in order, each admitted one then looked
+        up once, as if it had been requested again; victims of either are dropped (nothing is below yet).
+        ``t`` is -1: before the trace (offline policies are refused a warm start). Returns the rows declined."""
+        declined = 0
+        for j in range(keys.size):
+            k = keys[j]
+            if admit(target, k, -1) == k:
+                declined += 1
+            elif lookup(target, k, -1):
+                hit_victim(target)
+        return declined
+
+    return fill_tier, victim_tier, warm_tier
 
 
 def _method_lookup(policy, key, t):
@@ -198,11 +211,11 @@ def _no_prefetch(policy, key):
 
 METHOD_OPS = (_method_lookup, _method_admit, _method_remove, _method_hit_victim, _no_prefetch)
 _PYTHON_DRIVERS = make_drivers(*METHOD_OPS)
-_DRIVERS: dict[Any, tuple[Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim)
+_DRIVERS: dict[Any, tuple[Any, Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim, warm)
 
 
-def drivers_for(policy: Any) -> tuple[Any, Any, Any]:
-    """(target, fill driver, victim driver) for ``policy``: its bare state and drivers specialised to
+def drivers_for(policy: Any) -> tuple[Any, Any, Any, Any]:
+    """(target, fill driver, victim driver, warm loop) for ``policy``: its bare state and drivers specialised to
     it for a `compiled_policy`, the policy with method-calling drivers for other jitclasses (compiled)
     and plain Python policies (run as Python); compiled drivers are built once per policy type."""
     if not is_compiled(policy):
@@ -319,7 +332,7 @@ class Engine:
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
             hit, victim, out_starts = hit[:n], victim[:n], out_starts[: n_steps + 1]
-            target, fill, victim_driver = self._drivers[i]
+            target, fill, victim_driver, _ = self._drivers[i]
             if self.first_tier + i == 0 or self.mode == "inclusive":
                 n_out = fill(target, events, ts_in, starts, self.mode == "exclusive", hit, victim,
                              out_events, out_ts, out_starts, served[i], self.counters[i])
@@ -331,6 +344,17 @@ class Engine:
         self.store_lookups += int(store_tier(events, starts, served[-1]))
         self.streams.append(Stream(events, ts_in, starts))
         return served
+
+    def warm(self, keysets: Sequence[np.ndarray | None]) -> list[int]:
+        """Start each cache tier holding its ``keysets`` entry (keys coldest first, None: it stays cold;
+        see `engramtier.cache.warm`), through its policy's own admit path; returns the keys each holds
+        afterwards. Counters are untouched: a warm start is not a lookup."""
+        if len(keysets) != len(self.policies):
+            raise EngramTierError(f"engine: {len(keysets)} warm key sets for {len(self.policies)} cache tiers")
+        for (target, _, _, warm_driver), keys in zip(self._drivers, keysets):
+            if keys is not None and keys.size:
+                warm_driver(target, np.ascontiguousarray(keys, np.int64))
+        return [int(policy.occupancy()) for policy in self.policies]
 
     def tier_counts(self) -> list[dict[str, int]]:
         """Per tier, fastest first and the store last: the `COUNTERS` so far (every store lookup hits)."""

@@ -16,11 +16,14 @@ imported (see `check_policy`): beside the file is one place its module may be.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from engramtier.cache.policy import PolicyContext, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
@@ -74,7 +77,9 @@ class TierSpec:
     whole table), the ``policy`` name and its ``params`` (None for the store), the read ``model``
     (a `TierModel` or the name of a default one), and for the backing store only, ``storage``: where
     the runtime finds the rows when they are not in the local LMDB table (a remote store's backend and
-    options, see `engramtier.tiers.remote`; the simulator reads only the model)."""
+    options, see `engramtier.tiers.remote`; the simulator reads only the model). ``warm``, for a cache:
+    a frequency profile (a .npy of requests per table row, a trace file, or the counts as an array)
+    whose hottest rows it opens holding (`engramtier.cache.warm`); None: it opens empty."""
 
     name: str
     capacity: int | str | None
@@ -82,6 +87,7 @@ class TierSpec:
     params: Mapping[str, Any]
     model: TierModel | str
     storage: Mapping[str, Any] = field(default_factory=dict)
+    warm: str | os.PathLike | np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         where = f"tier '{self.name}'"
@@ -103,6 +109,9 @@ class TierSpec:
         for key, value in self.params.items():  # every policy parameter is a number or a flag
             if not isinstance(value, (bool, int, float)):
                 raise EngramTierError(f"{where}: params.{key} must be a number or true/false, got {value!r}")
+        if self.warm is not None and not isinstance(self.warm, (str, os.PathLike, np.ndarray)):
+            raise EngramTierError(f"{where}: warm must be a profile's path (.npy of counts per row, or a trace file) "
+                                  f"or an array of counts, got {self.warm!r}")
         if not isinstance(self.storage, Mapping):
             raise EngramTierError(f"{where}: storage must be a table (backend, url, ...), got {self.storage!r}")
         if not isinstance(self.model, TierModel):
@@ -123,6 +132,8 @@ class TierSpec:
     def to_dict(self) -> dict:
         d = {"name": self.name, "capacity": self.capacity, "policy": self.policy, "params": dict(self.params),
              "model": self.model.to_dict()}
+        if self.warm is not None:
+            d["warm"] = f"array of {self.warm.size} counts" if isinstance(self.warm, np.ndarray) else str(self.warm)
         return {**d, "storage": dict(self.storage)} if self.storage else d
 
 
@@ -159,6 +170,9 @@ class Hierarchy:
                     f"{where}: cache tier '{tier.name}' has a storage table, but only the last tier (the backing "
                     "store) takes one; move it there"
                 )
+        if self.store.warm is not None:
+            raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store and holds every row "
+                                  "already; give warm to a cache tier")
         if self.store.policy is not None:
             raise EngramTierError(
                 f"{where}: the last tier '{self.store.name}' is the backing store holding every row and takes no "
@@ -172,6 +186,11 @@ class Hierarchy:
     @property
     def store(self) -> TierSpec:
         return self.tiers[-1]
+
+    def with_warm(self, profile: str | os.PathLike | np.ndarray | None) -> "Hierarchy":
+        """This hierarchy with every cache tier warm-started from ``profile`` (None: all cold)."""
+        return dataclasses.replace(self, tiers=(*(dataclasses.replace(t, warm=profile) for t in self.caches),
+                                                self.store))
 
     def capacities(self, n_table_rows: int, row_bytes: int) -> list[int]:
         """Rows each cache tier holds for a table of ``n_table_rows`` rows of ``row_bytes``; checks that
@@ -213,7 +232,8 @@ class Hierarchy:
                   search: Sequence[Path | str] = ()) -> "Hierarchy":
         """Build from what a TOML file holds: ``{"mode": ..., "tier": [{"name", "capacity", "policy",
         "params", "model"}, ...]}``; ``model`` is a default's name or a table of `TierModel` fields.
-        ``search``: where a policy reference's module may be besides sys.path (the file's directory)."""
+        ``search``: where a policy reference's module may be besides sys.path (the file's directory); a
+        relative ``warm`` path is taken from the first of them too."""
         refuse_unknown(d, ("mode", "tier"), where)
         tiers = d.get("tier")
         if not isinstance(tiers, list) or not tiers:
@@ -238,9 +258,12 @@ class Hierarchy:
                     model = TierModel(**{"name": t["name"], **model})
                 except EngramTierError as err:
                     raise EngramTierError(f"{at}.model: {err}") from None
+            warm = t.get("warm")
+            if isinstance(warm, str) and search and not Path(warm).is_absolute():
+                warm = str(Path(search[0]) / warm)
             try:
                 spec = TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
-                                t.get("storage", {}))
+                                t.get("storage", {}), warm)
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below

@@ -15,7 +15,10 @@ chunks of about ``chunk_requests`` requests, so Python runs once per chunk, not 
 
 Policies see the trace's dense keys (`engramtier.trace.rowindex`), so their state, like everything
 else here, scales with the rows the trace touches, not with the table; a trace file is streamed chunk
-by chunk (only offline policies load it whole, when they are built).
+by chunk (only offline policies load it whole, when they are built). Cache tiers declared ``warm``
+open holding a profile's hottest rows (`engramtier.cache.warm`); a warm row the trace never requests
+gets a key past the trace's, so it takes its place in the cache as it does in the runtime.
+`SimResult.first_steps` is the cold-start figure: the first steps' hit rates and stall.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from engramtier.cache.engine import Engine, tier_report
 from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
+from engramtier.cache.warm import warm_rows
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, trace_chunks
@@ -82,6 +86,23 @@ class SimResult:
             "config": self.config,
         }
 
+    def first_steps(self, n: int) -> dict[str, Any]:
+        """The cold-start figure of the first ``n`` steps (all, if fewer): each tier's share of their
+        lookups (tier 0's is its hit rate), their stall and stall fraction."""
+        if int(n) != n or n < 1:
+            raise EngramTierError(f"simulate: the cold-start window must be a positive number of steps, got {n}")
+        n = min(int(n), self.requests.size)
+        lookups = int(self.unique[:n].sum())
+        seconds, stall = float(self.step_s[:n].sum()), float(self.stall_s[:n].sum())
+        return {
+            "steps": n,
+            "lookups": lookups,
+            "served_share": {t["name"]: int(s) / max(lookups, 1)
+                             for t, s in zip(self.tier_totals, self.served[:, :n].sum(axis=1))},
+            "stall_seconds": stall,
+            "stall_fraction": stall / seconds if seconds > 0 else 0.0,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """`summary` plus every per-step array as lists (per-tier arrays keyed by tier name)."""
         names = [t["name"] for t in self.tier_totals]
@@ -119,10 +140,18 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     compute = window if step_compute_s is None else _per_step(step_compute_s, n_steps, "step_compute_s")
     rows_per_token = _rows_per_token(trace.meta)
     capacities = hierarchy.capacities(trace.n_table_rows, row_bytes)
-    n_keys = trace.n_distinct
+    warm = warm_rows(hierarchy, capacities, trace.n_table_rows)
+    n_keys, load_row_ids = trace.n_distinct, trace.row_ids
+    if any(rows is not None for rows in warm):
+        warm, outside = _warm_keys(trace.row_ids(), warm)
+        n_keys += outside.size
+
+        def load_row_ids() -> np.ndarray:
+            return np.concatenate([trace.row_ids(), outside])
     ctx = PolicyContext(n_keys=n_keys, n_table_rows=trace.n_table_rows,
-                        load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=trace.row_ids)
+                        load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=load_row_ids)
     engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys)
+    held = engine.warm(warm)
 
     requests = np.diff(trace.step_starts)
     unique = np.empty(n_steps, np.int64)
@@ -141,8 +170,9 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     fetch = np.stack([tier.model.fetch_seconds(served[i], row_bytes) for i, tier in enumerate(hierarchy.tiers)])
     step_fetch = fetch.max(axis=0) if overlap == "parallel" else fetch.sum(axis=0)
     stall = np.maximum(step_fetch - window, 0.0)
-    facts = [{"name": tier.name, "policy": tier.policy, "capacity_rows": rows, "model": tier.model.name}
-             for tier, rows in zip(hierarchy.tiers, [*capacities, trace.n_table_rows])]
+    facts = [{"name": tier.name, "policy": tier.policy, "capacity_rows": rows, "model": tier.model.name,
+              "warm_rows": warm_held} for tier, rows, warm_held in zip(hierarchy.tiers, [*capacities, trace.n_table_rows],
+                                                                        [*held, 0])]
     tier_totals = [{**f, **counts} for f, counts in zip(facts, engine.tier_counts())]
     config = {
         "hierarchy": hierarchy.to_dict(),
@@ -153,6 +183,23 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     }
     return SimResult(config, tier_totals, requests, unique, served, fetch, window, compute, step_fetch,
                      stall, compute + stall, rows_per_token)
+
+
+def _warm_keys(row_ids: np.ndarray, warm: list[np.ndarray | None]) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """The warm rows (global ids, `warm_rows`) as this simulation's keys: a row the trace requests is
+    its dense key, one it never requests the key ``row_ids.size + j`` (``j``: its rank among those
+    rows, returned sorted), so that it fills its place in the cache as it does in the runtime."""
+    listed = [rows for rows in warm if rows is not None]
+    outside = np.setdiff1d(np.concatenate(listed), row_ids)
+    sorter = np.argsort(row_ids, kind="stable")
+    keys: list[np.ndarray | None] = []
+    for rows in warm:
+        if rows is None:
+            keys.append(None)
+            continue
+        at = sorter[np.searchsorted(row_ids, rows, sorter=sorter).clip(max=row_ids.size - 1)]
+        keys.append(np.where(row_ids[at] == rows, at, row_ids.size + np.searchsorted(outside, rows)))
+    return keys, outside
 
 
 def _lookup_chunks(trace: RowTrace | TraceReader, n_keys: int, chunk_requests: int):

@@ -128,6 +128,7 @@ def load_profile(path: str | os.PathLike, n_rows: int) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix != ".npy":
+        from engramtier.trace.stats import row_counts
         from engramtier.trace.tracefile import TraceReader
 
         with TraceReader(path) as trace:
@@ -135,10 +136,7 @@ def load_profile(path: str | os.PathLike, n_rows: int) -> np.ndarray:
                 raise EngramTierError(
                     f"profile {path}: the trace addresses {trace.n_table_rows} rows, the table has {n_rows}"
                 )
-            counts = np.zeros(n_rows, np.int64)
-            for chunk in trace.chunks():
-                counts += np.bincount(chunk.rows, minlength=n_rows)
-        return counts.astype(np.float64)
+            return row_counts(trace).astype(np.float64)
     try:
         data = np.load(path, allow_pickle=False).reshape(-1)
     except (OSError, ValueError) as err:

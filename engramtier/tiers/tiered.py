@@ -25,7 +25,9 @@ the decisions a simulation of that trace makes. Per step, in a background thread
 compute stream sat idle, from CUDA events around the wait. Hit counts are the engine's, so they equal
 the simulator's on the same row trace exactly; bytes read are what the tiers actually read.
 
-Offline policies (belady, lookahead) need the future of the trace: pass it in ``ctx``.
+Offline policies (belady, lookahead) need the future of the trace: pass it in ``ctx``. Cache tiers
+declared ``warm`` open holding a profile's hottest rows (`engramtier.cache.warm`, the simulator's own
+warm start), copied from the store into their slabs before the first step, like a static hot set.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from numba import njit
 from engramtier.cache.engine import Engine, tier_report
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext
+from engramtier.cache.warm import warm_rows
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
@@ -167,6 +170,7 @@ class TieredTable:
             )
         self.capacities = self.hierarchy.capacities(self.n_rows, self.row_bytes)
         self.engine = Engine(self.hierarchy.build_policies(ctx, self.row_bytes), self.hierarchy.mode, self.n_rows)
+        self._warm_held = self.engine.warm(warm_rows(self.hierarchy, self.capacities, self.n_rows))
         self.caches: list[SlabTier] = []
         try:
             for spec, rows in zip(self.hierarchy.caches, self.capacities):
@@ -246,7 +250,7 @@ class TieredTable:
             raise EngramTierError(f"tier '{spec.name}': {err}") from None
 
     def _preload(self) -> None:
-        """Copy in the rows a policy holds from the start (a static hot set), from the store."""
+        """Copy in the rows a policy holds from the start (a static hot set, a warm start), from the store."""
         for tier, policy in zip(self.caches, self.engine.policies):
             if policy.occupancy():
                 keys = held_keys(policy, self.n_rows)
@@ -460,8 +464,10 @@ class TieredTable:
         the one the policies say served it, and demoted rows are read to be copied down) and wrote."""
         tiers = [*self.caches, self.store]
         facts = [{"name": spec.name, "storage": tier.name, "policy": spec.policy,
-                  "capacity_rows": tier.capacity_rows if tier is not self.store else self.n_rows, **counts}
-                 for spec, tier, counts in zip(self.hierarchy.tiers, tiers, self.engine.tier_counts())]
+                  "capacity_rows": tier.capacity_rows if tier is not self.store else self.n_rows, "warm_rows": held,
+                  **counts}
+                 for spec, tier, counts, held in zip(self.hierarchy.tiers, tiers, self.engine.tier_counts(),
+                                                     [*self._warm_held, 0])]
         out = []
         for t, tier in zip(tier_report(facts, self.row_bytes), tiers):
             moved = tier.stats()

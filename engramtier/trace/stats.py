@@ -221,3 +221,12 @@ def trace_stats(trace: RowTrace | TraceReader, window_steps: tuple[int, ...] = W
                                                   minlength=span.stop - span.start).astype(np.int64)
     return TraceStats(trace.n_rows, trace.n_steps, trace.n_table_rows, counts, trace.row_ids(), reuse_hist, unique,
                       requests, dict(trace.meta))
+
+
+def row_counts(trace: RowTrace | TraceReader) -> np.ndarray:
+    """Requests per table row (int64, ``n_table_rows`` of them), chunk by chunk: the frequency profile a
+    table layout (`engramtier.tiers.lmdb_table`) or a warm start (`engramtier.cache.warm`) ranks rows by."""
+    counts = np.zeros(trace.n_table_rows, np.int64)
+    for chunk in trace_chunks(trace):
+        counts += np.bincount(chunk.rows, minlength=trace.n_table_rows)
+    return counts
