@@ -189,5 +189,5 @@ def run_plan(cfg: ExperimentConfig, run, progress: bool = True, cost: bool = Tru
     log(result_line(summary["plan"]))
     priced, stages = cost_stages(cfg, best["hierarchy"])
     if cost and stages:
-        Experiment(priced, best["trace"], run, progress, summary).run_stages(stages, log=log)
+        Experiment(priced, best["trace"], run, progress, summary=summary).run_stages(stages, log=log)
     return summary
