@@ -28,6 +28,9 @@ from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tomlfile import read_toml
 
 MODES = ("inclusive", "exclusive")
+# What a step does with a tier's rows that cannot arrive within its compute window: wait for them (a
+# stall), or drop them (the step reads zero rows instead; see `engramtier.cache.deadline`).
+ON_LATE = ("wait", "drop")
 HIERARCHY_KEYS = ("mode", "tier")  # a hierarchy's keys, at a file's top or under [hierarchy]
 
 SIZE_UNITS = {
@@ -74,7 +77,10 @@ class TierSpec:
     whole table), the ``policy`` name and its ``params`` (None for the store), the read ``model``
     (a `TierModel` or the name of a default one), and for the backing store only, ``storage``: where
     the runtime finds the rows when they are not in the local LMDB table (a remote store's backend and
-    options, see `engramtier.tiers.remote`; the simulator reads only the model)."""
+    options, see `engramtier.tiers.remote`; the simulator reads only the model). ``on_late``: what a
+    step does with this tier's rows that its model says cannot arrive within the step's compute window:
+    ``"wait"`` (the default: the step stalls) or ``"drop"`` (a deadline-bounded, lossy fetch: the step
+    goes on and reads zero rows in their place, see `engramtier.cache.deadline`)."""
 
     name: str
     capacity: int | str | None
@@ -82,11 +88,15 @@ class TierSpec:
     params: Mapping[str, Any]
     model: TierModel | str
     storage: Mapping[str, Any] = field(default_factory=dict)
+    on_late: str = "wait"
 
     def __post_init__(self) -> None:
         where = f"tier '{self.name}'"
         if not isinstance(self.name, str) or not self.name:
             raise EngramTierError(f"tier name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.on_late, str) or self.on_late not in ON_LATE:
+            raise EngramTierError(f"{where}: on_late must be one of {', '.join(repr(r) for r in ON_LATE)} (what a step "
+                                  f"does with rows that miss its window), got {self.on_late!r}")
         if isinstance(self.capacity, str):
             try:
                 parse_size(self.capacity)  # refuse a bad size now, not when the table is known
@@ -111,6 +121,11 @@ class TierSpec:
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
 
+    @property
+    def lossy(self) -> bool:
+        """True when a step drops this tier's late rows instead of waiting for them."""
+        return self.on_late == "drop"
+
     def rows(self, row_bytes: int) -> int | None:
         """Capacity in rows of ``row_bytes`` (a byte size holds the rows that fit whole); None: the table."""
         if not isinstance(self.capacity, str):
@@ -123,6 +138,7 @@ class TierSpec:
     def to_dict(self) -> dict:
         d = {"name": self.name, "capacity": self.capacity, "policy": self.policy, "params": dict(self.params),
              "model": self.model.to_dict()}
+        d = {**d, "on_late": self.on_late} if self.lossy else d  # the default leaves a config as it was
         return {**d, "storage": dict(self.storage)} if self.storage else d
 
 
@@ -172,6 +188,11 @@ class Hierarchy:
     @property
     def store(self) -> TierSpec:
         return self.tiers[-1]
+
+    @property
+    def lossy(self) -> bool:
+        """True when some tier drops its late rows (``on_late = "drop"``)."""
+        return any(t.lossy for t in self.tiers)
 
     def capacities(self, n_table_rows: int, row_bytes: int) -> list[int]:
         """Rows each cache tier holds for a table of ``n_table_rows`` rows of ``row_bytes``; checks that
@@ -240,7 +261,7 @@ class Hierarchy:
                     raise EngramTierError(f"{at}.model: {err}") from None
             try:
                 spec = TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
-                                t.get("storage", {}))
+                                t.get("storage", {}), t.get("on_late", "wait"))
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below
