@@ -31,6 +31,9 @@ from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tomlfile import read_toml
 
 MODES = ("inclusive", "exclusive")
+# What a step does with a tier's rows that cannot arrive within its compute window: wait for them (a
+# stall), or drop them (the step reads zero rows instead; see `engramtier.cache.deadline`).
+ON_LATE = ("wait", "drop")
 HIERARCHY_KEYS = ("mode", "tier")  # a hierarchy's keys, at a file's top or under [hierarchy]
 
 SIZE_UNITS = {
@@ -79,7 +82,10 @@ class TierSpec:
     the runtime finds the rows when they are not in the local LMDB table (a remote store's backend and
     options, see `engramtier.tiers.remote`; the simulator reads only the model). ``warm``, for a cache:
     a frequency profile (a .npy of requests per table row, a trace file, or the counts as an array)
-    whose hottest rows it opens holding (`engramtier.cache.warm`); None: it opens empty."""
+    whose hottest rows it opens holding (`engramtier.cache.warm`); None: it opens empty. ``on_late``: what a
+    step does with this tier's rows that its model says cannot arrive within the step's compute window:
+    ``"wait"`` (the default: the step stalls) or ``"drop"`` (a deadline-bounded, lossy fetch: the step
+    goes on and reads zero rows in their place, see `engramtier.cache.deadline`)."""
 
     name: str
     capacity: int | str | None
@@ -88,11 +94,15 @@ class TierSpec:
     model: TierModel | str
     storage: Mapping[str, Any] = field(default_factory=dict)
     warm: str | os.PathLike | np.ndarray | None = field(default=None, compare=False)
+    on_late: str = "wait"
 
     def __post_init__(self) -> None:
         where = f"tier '{self.name}'"
         if not isinstance(self.name, str) or not self.name:
             raise EngramTierError(f"tier name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.on_late, str) or self.on_late not in ON_LATE:
+            raise EngramTierError(f"{where}: on_late must be one of {', '.join(repr(r) for r in ON_LATE)} (what a step "
+                                  f"does with rows that miss its window), got {self.on_late!r}")
         if isinstance(self.capacity, str):
             try:
                 parse_size(self.capacity)  # refuse a bad size now, not when the table is known
@@ -120,6 +130,11 @@ class TierSpec:
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
 
+    @property
+    def lossy(self) -> bool:
+        """True when a step drops this tier's late rows instead of waiting for them."""
+        return self.on_late == "drop"
+
     def rows(self, row_bytes: int) -> int | None:
         """Capacity in rows of ``row_bytes`` (a byte size holds the rows that fit whole); None: the table."""
         if not isinstance(self.capacity, str):
@@ -134,6 +149,7 @@ class TierSpec:
              "model": self.model.to_dict()}
         if self.warm is not None:
             d["warm"] = f"array of {self.warm.size} counts" if isinstance(self.warm, np.ndarray) else str(self.warm)
+        d = {**d, "on_late": self.on_late} if self.lossy else d  # the default leaves a config as it was
         return {**d, "storage": dict(self.storage)} if self.storage else d
 
 
@@ -191,6 +207,11 @@ class Hierarchy:
         """This hierarchy with every cache tier warm-started from ``profile`` (None: all cold)."""
         return dataclasses.replace(self, tiers=(*(dataclasses.replace(t, warm=profile) for t in self.caches),
                                                 self.store))
+
+    @property
+    def lossy(self) -> bool:
+        """True when some tier drops its late rows (``on_late = "drop"``)."""
+        return any(t.lossy for t in self.tiers)
 
     def capacities(self, n_table_rows: int, row_bytes: int) -> list[int]:
         """Rows each cache tier holds for a table of ``n_table_rows`` rows of ``row_bytes``; checks that
@@ -263,7 +284,7 @@ class Hierarchy:
                 warm = str(Path(search[0]) / warm)
             try:
                 spec = TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
-                                t.get("storage", {}), warm)
+                                t.get("storage", {}), warm, t.get("on_late", "wait"))
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below

@@ -9,6 +9,11 @@ the layer (``compute_window_s``); only what exceeds it stalls the step:
 
     stall = max(0, fetch - window)      step seconds = step compute + stall
 
+A tier with ``on_late = "drop"`` does not wait for rows that cannot arrive within the window: they
+are dropped (the step reads zero rows) and only the rows that fit are charged (see
+`engramtier.cache.deadline`); the summary then says what fraction of rows was dropped and how much
+stall that saved against the same run waiting for them.
+
 Writes of promoted and demoted rows into other tiers are counted but not charged: they are off the
 critical path (the row is already on its way to the GPU). Steps go through the compiled drivers in
 chunks of about ``chunk_requests`` requests, so Python runs once per chunk, not per row or step.
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from engramtier.cache.deadline import late_rows
 from engramtier.cache.engine import Engine, tier_report
 from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy
@@ -46,8 +52,9 @@ OVERLAPS = ("parallel", "serial")
 
 @dataclass
 class SimResult:
-    """Per-step arrays (``served`` and ``fetch_s`` are ``[tiers, steps]``, the store last) and per-tier
-    totals of one run; `summary` and `to_dict` are JSON-ready."""
+    """Per-step arrays (``served``, ``fetch_s`` and ``dropped`` are ``[tiers, steps]``, the store last)
+    and per-tier totals of one run; `summary` and `to_dict` are JSON-ready. ``dropped`` and
+    ``waiting_stall_s`` (the stall had every tier waited) are None unless a tier drops late rows."""
 
     config: dict[str, Any]
     tier_totals: list[dict[str, Any]]
@@ -61,12 +68,26 @@ class SimResult:
     stall_s: np.ndarray
     step_s: np.ndarray
     rows_per_token: float | None = None
+    dropped: np.ndarray | None = None
+    waiting_stall_s: np.ndarray | None = None
 
     def tier_stats(self) -> list[dict[str, Any]]:
         """Per tier: lookups, hits, hit rate (of the lookups that reached it), share of all lookups it
         served, rows promoted (admitted from below), demoted (admitted from above), evicted and
         declined (see `tier_report`), and bytes read: in a simulation, the bytes of the rows served."""
-        return [{**t, "bytes_read": t["served_bytes"]} for t in tier_report(self.tier_totals, self.config["row_bytes"])]
+        stats = [{**t, "bytes_read": t["served_bytes"]} for t in tier_report(self.tier_totals, self.config["row_bytes"])]
+        if self.dropped is None:
+            return stats
+        return [{**t, "dropped": int(d)} for t, d in zip(stats, self.dropped.sum(axis=1).tolist())]
+
+    def deadline_summary(self) -> dict[str, Any]:
+        """What dropping late rows did: rows dropped (and their fraction of the lookups), the stall of
+        the same run waiting for every row, and the stall saved against it."""
+        dropped, lookups = int(self.dropped.sum()), int(self.unique.sum())
+        waiting, stall = float(self.waiting_stall_s.sum()), float(self.stall_s.sum())
+        return {"dropped_rows": dropped, "dropped_fraction": dropped / lookups if lookups else 0.0,
+                "waiting_stall_seconds": waiting, "stall_saved_seconds": waiting - stall,
+                "stall_saved_fraction": (waiting - stall) / waiting if waiting > 0 else 0.0}
 
     def summary(self) -> dict[str, Any]:
         seconds = float(self.step_s.sum())
@@ -83,6 +104,7 @@ class SimResult:
             "stall_fraction": stall / seconds if seconds > 0 else 0.0,
             rate[0]: rate[1] / seconds if seconds > 0 else float("inf"),
             "tiers": self.tier_stats(),
+            **({"deadline": self.deadline_summary()} if self.dropped is not None else {}),
             "config": self.config,
         }
 
@@ -118,6 +140,7 @@ class SimResult:
                 "step_s": self.step_s.tolist(),
                 "served": dict(zip(names, self.served.tolist())),
                 "tier_fetch_s": dict(zip(names, self.fetch_s.tolist())),
+                **({"dropped": dict(zip(names, self.dropped.tolist()))} if self.dropped is not None else {}),
             },
         }
 
@@ -167,9 +190,12 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
                 served[:, steps] = engine.feed(keys, ts, step_unique)
                 bar.update(step_unique.size - 1)
 
-    fetch = np.stack([tier.model.fetch_seconds(served[i], row_bytes) for i, tier in enumerate(hierarchy.tiers)])
-    step_fetch = fetch.max(axis=0) if overlap == "parallel" else fetch.sum(axis=0)
-    stall = np.maximum(step_fetch - window, 0.0)
+    fetch, step_fetch, stall = _charge(hierarchy, served, row_bytes, window, overlap)
+    dropped = waiting_stall = None
+    if hierarchy.lossy:
+        dropped = late_rows(hierarchy, served, row_bytes, window, overlap)
+        waiting_stall = stall
+        fetch, step_fetch, stall = _charge(hierarchy, served - dropped, row_bytes, window, overlap)
     facts = [{"name": tier.name, "policy": tier.policy, "capacity_rows": rows, "model": tier.model.name,
               "warm_rows": warm_held} for tier, rows, warm_held in zip(hierarchy.tiers, [*capacities, trace.n_table_rows],
                                                                         [*held, 0])]
@@ -182,7 +208,15 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
         "trace_meta": _json_ready(trace.meta),
     }
     return SimResult(config, tier_totals, requests, unique, served, fetch, window, compute, step_fetch,
-                     stall, compute + stall, rows_per_token)
+                     stall, compute + stall, rows_per_token, dropped, waiting_stall)
+
+
+def _charge(hierarchy: Hierarchy, fetched: np.ndarray, row_bytes: int, window: np.ndarray, overlap: str):
+    """Per tier and step the fetch seconds of the rows ``fetched`` ``[tiers, steps]``, each step's
+    fetch (the slowest tier, or their sum) and its stall beyond the window."""
+    fetch = np.stack([tier.model.fetch_seconds(fetched[i], row_bytes) for i, tier in enumerate(hierarchy.tiers)])
+    step_fetch = fetch.max(axis=0) if overlap == "parallel" else fetch.sum(axis=0)
+    return fetch, step_fetch, np.maximum(step_fetch - window, 0.0)
 
 
 def _warm_keys(row_ids: np.ndarray, warm: list[np.ndarray | None]) -> tuple[list[np.ndarray | None], np.ndarray]:

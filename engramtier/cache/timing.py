@@ -55,6 +55,24 @@ class TierModel:
         seconds = self.latency_s * waves + n * (float(row_bytes) / self.bandwidth_Bps)
         return float(seconds) if seconds.ndim == 0 else seconds
 
+    def rows_within(self, window_s, row_bytes: int, n_max):
+        """The most rows, at most ``n_max`` (an int, or per-step counts), that `fetch_seconds` reads
+        within ``window_s`` (one number, or one per step): the model inverted, by bisection on it, so
+        that a count it returns is exactly one `fetch_seconds` keeps inside the window however the
+        latency and bandwidth terms round (a closed form would be off by one at wave edges)."""
+        n_max = np.asarray(n_max, dtype=np.int64)
+        window = np.broadcast_to(np.asarray(window_s, dtype=np.float64), n_max.shape)
+        lo = np.zeros(n_max.shape, np.int64)  # fetch_seconds(lo) <= window always (0 rows cost 0)
+        hi = n_max.copy()
+        fits = self.fetch_seconds(hi, row_bytes) <= window
+        lo[fits] = hi[fits]
+        while np.any(lo < hi):  # invariant: lo fits, hi + 1 does not (or hi = n_max)
+            mid = hi - (hi - lo) // 2
+            ok = self.fetch_seconds(mid, row_bytes) <= window
+            lo = np.where(ok, mid, lo)
+            hi = np.where(ok, hi, mid - 1)
+        return lo
+
     def to_dict(self) -> dict:
         return asdict(self)
 

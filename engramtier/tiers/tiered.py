@@ -28,10 +28,18 @@ the simulator's on the same row trace exactly; bytes read are what the tiers act
 Offline policies (belady, lookahead) need the future of the trace: pass it in ``ctx``. Cache tiers
 declared ``warm`` open holding a profile's hottest rows (`engramtier.cache.warm`, the simulator's own
 warm start), copied from the store into their slabs before the first step, like a static hot set.
+
+A tier with ``on_late = "drop"`` (a deadline-bounded fetch, `engramtier.cache.deadline`) needs the
+step's ``compute_window_s``: per step, the rows its model says miss the window are the simulator's
+count exactly, the last ones that tier serves in the engine's order, and they are zero rows in what
+`wait` returns. The reads themselves are emulated by that count, not cut off by a clock: the rows are
+still gathered and cached as the policies say (the late fetch completes after the step), so a clock
+could only make the runtime disagree with the simulation it is meant to reproduce.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,9 +49,11 @@ import numpy as np
 import torch
 from numba import njit
 
+from engramtier.cache.deadline import late_keys, late_rows
 from engramtier.cache.engine import Engine, tier_report
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext
+from engramtier.cache.simulator import OVERLAPS
 from engramtier.cache.warm import warm_rows
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import Tier
@@ -84,6 +94,7 @@ class StepRecord:
     stall_s: float = 0.0
     step_s: float | None = None
     cuda_stall: list[tuple[Any, Any]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
 
 
 class _StepRows:
@@ -147,11 +158,14 @@ class TieredTable:
     ``record_trace``: keep every step's row ids, so that `recorded_trace` can be simulated.
     ``dram_gather``: how a dram tier's rows reach a CUDA device: "copy" (a CPU gather into pinned
     staging, then one copy) or "uva" (the GPU gathers them out of the pinned slab, `engramtier.tiers.uva`).
+    ``compute_window_s`` and ``overlap``: a step's prefetch window and how tiers share it, as in
+    `simulate`; needed only when a tier drops late rows (``on_late = "drop"``).
     """
 
     def __init__(self, hierarchy: Hierarchy | Mapping[str, Any], store: Tier, *, device: Any = None,
                  layers_per_step: int = 1, ctx: PolicyContext | None = None, record_trace: bool = False,
-                 dram_gather: str = "copy") -> None:
+                 dram_gather: str = "copy", compute_window_s: float | None = None,
+                 overlap: str = "parallel") -> None:
         self.hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy.from_dict(hierarchy)
         self.store = store
         self.n_rows, self.row_bytes = store.n_table_rows, store.row_bytes
@@ -163,6 +177,7 @@ class TieredTable:
         self.layers_per_step = int(layers_per_step)
         refuse_unknown([dram_gather], GATHERS, "tiered table", "dram_gather")
         self.dram_gather = dram_gather
+        self._deadline = self._deadline_of(compute_window_s, overlap)
         ctx = ctx or PolicyContext(n_keys=self.n_rows)
         if ctx.n_keys != self.n_rows:
             raise EngramTierError(
@@ -201,6 +216,17 @@ class TieredTable:
         self._failed: BaseException | None = None
         self._closed = False
         self._warm_up()
+
+    def _deadline_of(self, window: Any, overlap: str) -> tuple[float, str] | None:
+        """(window seconds, overlap) when a tier drops late rows, else None; refused if it has no window."""
+        refuse_unknown([overlap], OVERLAPS, "tiered table", "overlap")
+        if not self.hierarchy.lossy:
+            return None
+        lossy = next(t.name for t in self.hierarchy.tiers if t.lossy)
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not (math.isfinite(window) and window >= 0):
+            raise EngramTierError(f"tiered table: tier '{lossy}' drops late rows (on_late = 'drop'), so it needs "
+                                  f"compute_window_s, the step's prefetch window in seconds >= 0; got {window!r}")
+        return float(window), overlap
 
     def _count_device_tiers(self) -> int:
         """How many leading cache tiers read straight into device memory (a real gpu tier, uva dram
@@ -330,6 +356,10 @@ class TieredTable:
         u = int(unique_per_step(ids, self._bounds, self._requests, self._stamp, first, keys, ts, self._unique_starts))
         self._requests += n
         served = self.engine.feed(keys[:u], ts[:u], self._unique_starts)
+        late = None
+        if self._deadline is not None:
+            dropped = late_rows(self.hierarchy, served, self.row_bytes, *self._deadline)[:, 0]
+            record.dropped, late = dropped.tolist(), late_keys(self.engine.streams, dropped)
         for i, (plan, stream) in enumerate(zip(self._plans, self.engine.streams)):
             plan.plan(stream, step, self.caches[i].name)
         arrivals = [plan.arrivals() for plan in self._plans]
@@ -347,7 +377,7 @@ class TieredTable:
         staging, order, on_device = self._gather(needed)
         rank = self._rank.take(m)
         rank[order] = np.arange(m)
-        rows = self._deliver(ids, staging, rank, first, n)
+        rows = self._deliver(ids, staging, rank, first, n, late)
         self._apply(arrivals, staging, rank, first, on_device)
         event = None
         if self._fetch_stream is not None:
@@ -389,17 +419,29 @@ class TieredTable:
         _positions(self._stamp, keys, first, rank, index)
         return index
 
-    def _deliver(self, ids: np.ndarray, staging: np.ndarray, rank: np.ndarray, first: int, n: int) -> torch.Tensor:
-        """The step's rows in request order, a fresh tensor on the compute device."""
+    def _deliver(self, ids: np.ndarray, staging: np.ndarray, rank: np.ndarray, first: int, n: int,
+                 late: np.ndarray | None) -> torch.Tensor:
+        """The step's rows in request order, a fresh tensor on the compute device; the ``late`` rows
+        (None: no tier drops) are zero rows."""
         select = self._select.take(n)
         _positions(self._stamp, ids, first, rank, select)
+        zero = None
+        if late is not None and late.size:
+            is_late = np.zeros(staging.shape[0], np.bool_)
+            is_late[rank[self._stamp[late] - first]] = True
+            zero = is_late[select]
         if self._fetch_stream is None:
             out = np.empty((n, self.row_bytes), np.uint8)
             copy_rows(staging, select, out, None, PARALLEL_MIN_ROWS)
+            if zero is not None:
+                out[zero] = 0
             return torch.from_numpy(out)
         with torch.cuda.stream(self._fetch_stream):
             index = torch.from_numpy(select).to(self.device, non_blocking=True)
-            return self._staging.on_device.index_select(0, index)
+            rows = self._staging.on_device.index_select(0, index)
+            if zero is not None:
+                rows[torch.from_numpy(zero).to(self.device)] = 0
+            return rows
 
     def _apply(self, arrivals: list, staging: np.ndarray, rank: np.ndarray, first: int, on_device: int) -> None:
         """Move the rows: evict what leaves each cache tier, write what arrives into its planned slot."""
@@ -453,9 +495,12 @@ class TieredTable:
     def step_records(self) -> list[dict]:
         """One JSON-ready dict per step: requests, unique rows, rows served per tier, fetch, stall and step seconds."""
         names = [t.name for t in self.hierarchy.tiers]
-        return [{"step": i, "requests": r.requests, "unique": r.unique, "served": dict(zip(names, r.served)),
-                 "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s}
-                for i, r in enumerate(self._steps)]
+        records = [{"step": i, "requests": r.requests, "unique": r.unique, "served": dict(zip(names, r.served)),
+                    "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s}
+                   for i, r in enumerate(self._steps)]
+        if self._deadline is None:
+            return records
+        return [{**rec, "dropped": dict(zip(names, r.dropped))} for rec, r in zip(records, self._steps)]
 
     def tier_stats(self) -> list[dict]:
         """Per tier, fastest first: the engine's counters (the simulator's), ``served_bytes`` (hits x row
@@ -499,6 +544,7 @@ class TieredTable:
             "fingerprint": self.store.manifest.get("fingerprint"),
             "tiers": self.tier_stats(),
             "hierarchy": self.hierarchy.to_dict(),
+            **({"dropped_rows": sum(sum(r.dropped) for r in self._steps)} if self._deadline is not None else {}),
         }
 
     def close(self) -> None:
