@@ -2,6 +2,8 @@
 rows, the runtime's dropped rows are zero and every other row is the flat table's, the stall never
 exceeds the waiting run's, and bad option values are refused in one line."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,26 @@ def test_a_lossy_runtime_needs_a_window(table_dir, window):
     with pytest.raises(EngramTierError, match="needs compute_window_s") as err:
         open_table(hierarchy(on_late="drop"), table_dir[0], device="cpu", compute_window_s=window)
     assert "\n" not in str(err.value)
+
+
+def test_simulate_command_reports_the_dropped_rows(tmp_path, capsys):
+    from engramtier.cli import main
+
+    trace = tmp_path / "z.trace"
+    assert main(["trace", "--synthetic-zipf", "1.0", "--vocab", "3000", "--tokens", "8000", "--table-size", "10007",
+                 "--layers", "1", "--heads", "2", "--batch", "4", "--seq-len", "256", "-o", str(trace), "--quiet"]) == 0
+    tiers = '[[tier]]\nname = "gpu"\ncapacity = 300\npolicy = "lru"\nmodel = "hbm"\n[[tier]]\nname = "nvme"\nmodel = "nvme"\n'
+    timing = "[timing]\nwindow_per_token_s = 1e-8\ncompute_per_token_s = 3e-6\n"
+    runs = {}
+    for name, late in (("wait", ""), ("drop", 'on_late = "drop"\n')):
+        (tmp_path / f"{name}.toml").write_text(tiers + late + timing)
+        capsys.readouterr()
+        assert main(["simulate", "--hierarchy", str(tmp_path / f"{name}.toml"), str(trace), "--out",
+                     str(tmp_path / name), "--quiet"]) == 0
+        runs[name] = (capsys.readouterr().out, json.loads((tmp_path / name / "summary.json").read_text())["simulation"])
+    (waited, wait), (printed, drop) = runs["wait"], runs["drop"]
+    assert "deadline" not in wait and "deadline-bounded" not in waited
+    late = drop["deadline"]
+    assert late["dropped_rows"] > 0 and f"{late['dropped_rows']:,} rows dropped" in printed
+    assert late["waiting_stall_seconds"] == pytest.approx(wait["stall_seconds"])
+    assert drop["stall_seconds"] < wait["stall_seconds"]

@@ -263,6 +263,11 @@ def run_simulate(args) -> None:
           + ", ".join(f"{t['name']} {t['served_share']:.1%}" for t in sim["tiers"]) + f"; report {html}")
     if "warm_start" in summary:
         print(_warm_line(summary["warm_start"], sim["tiers"][0]["name"]))
+    if sim.get("deadline"):
+        late = sim["deadline"]
+        print(f"deadline-bounded fetch: {late['dropped_rows']:,} rows dropped ({late['dropped_fraction']:.2%} of lookups, "
+              f"read as zero rows), stall {late['waiting_stall_seconds']:.4g} s -> "
+              f"{late['waiting_stall_seconds'] - late['stall_saved_seconds']:.4g} s")
 
 
 def _simulate_experiment(args, cfg, trace, run) -> dict:
