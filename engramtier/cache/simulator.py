@@ -34,6 +34,7 @@ from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, trace_chunks
 
@@ -121,6 +122,7 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     capacities = hierarchy.capacities(trace.n_table_rows, row_bytes)
     n_keys = trace.n_distinct
     ctx = PolicyContext(n_keys=n_keys, n_table_rows=trace.n_table_rows,
+                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "simulate"),
                         load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=trace.row_ids)
     engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys)
 
