@@ -128,3 +128,17 @@ def test_bad_partitions_are_refused_in_one_line(params, ctx, message):
 def test_a_partitioned_policy_is_a_plain_python_policy():
     assert isinstance(make_policy("partitioned", 9, PolicyContext(n_keys=N_KEYS, layout=LAYOUT), shares={"2": 1}),
                       Partitioned)
+
+
+def test_shares_come_from_a_hierarchy_toml(tmp_path):
+    from engramtier.cache.hierarchy import load_hierarchy
+
+    path = tmp_path / "tiers.toml"
+    path.write_text('[[tier]]\nname = "gpu"\ncapacity = 100\npolicy = "partitioned"\nmodel = "hbm"\n'
+                    'params = { inner = "lru", shares = { 2 = 0.3, 3 = 0.7 } }\n[[tier]]\nname = "nvme"\nmodel = "nvme"\n')
+    (policy,) = load_hierarchy(path).build_policies(PolicyContext(n_keys=N_KEYS, layout=LAYOUT), 160)
+    assert policy.rows == {2: 30, 3: 70}
+    path.write_text(path.read_text().replace("inner = \"lru\"", "inner = 5"))
+    with pytest.raises(EngramTierError) as err:
+        load_hierarchy(path).build_policies(PolicyContext(n_keys=N_KEYS, layout=LAYOUT), 160)
+    assert "tier 'gpu': policy 'partitioned': inner must name a policy, got 5" in str(err.value)

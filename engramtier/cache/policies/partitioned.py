@@ -158,6 +158,8 @@ def profile_rows(curves: dict[int, np.ndarray], capacity: int) -> dict[int, int]
 
 @register("partitioned")
 def build(capacity: int, ctx: PolicyContext, inner: str = "lru", shares: Any = "profile") -> Partitioned:
+    if not isinstance(inner, str):
+        raise EngramTierError(f"policy 'partitioned': inner must name a policy, got {inner!r}")
     if inner == "partitioned":
         raise EngramTierError("policy 'partitioned': inner must be another policy, not 'partitioned'")
     try:
