@@ -15,6 +15,7 @@ from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, policy_names
 from engramtier.cache.simulator import simulate
 from engramtier.trace import rowindex
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowindex import FirstSeen, RowIndex, dense_keys
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, save_trace
@@ -31,7 +32,8 @@ def sparse_trace(seed: int, n_steps: int = 60, step: int = 300, touched: int = 2
 
 def served_on_global_ids(trace: RowTrace, hierarchy: Hierarchy) -> tuple[np.ndarray, np.ndarray]:
     """The engine fed the trace's global row ids, policies sized by the whole table (no dense keys)."""
-    ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts)
+    ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts,
+                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "test"))
     engine = Engine(hierarchy.build_policies(ctx, trace.row_bytes), hierarchy.mode, trace.n_table_rows)
     keys, ts = np.empty(trace.n_rows, np.int64), np.empty(trace.n_rows, np.int64)
     starts = np.empty(trace.n_steps + 1, np.int64)
@@ -45,6 +47,8 @@ def served_on_global_ids(trace: RowTrace, hierarchy: Hierarchy) -> tuple[np.ndar
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
 def test_every_policy_hits_the_same_on_dense_keys(policy, mode):
     trace = sparse_trace(1)
+    # 2 layers x orders 2-3 x 2 heads, for `partitioned`, which routes by the row id behind a dense key
+    trace.meta.update(SubtableLayout(np.array([6247] * 7 + [TABLE_ROWS - 7 * 6247]), (1, 2), 2, 3).to_meta())
     distinct = np.unique(trace.rows).size
     hierarchy = Hierarchy((TierSpec("a", 300, policy, {}, "hbm"), TierSpec("b", distinct + 500, "lru", {}, "dram"),
                            TierSpec("store", None, None, {}, "nvme")), mode)

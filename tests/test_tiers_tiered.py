@@ -237,3 +237,32 @@ def test_warm_start_hits_equal_the_simulator_and_serves_the_table_bytes(table_di
     keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined", "warm_rows")
     assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in sim.tier_stats()]
     assert [t["warm_rows"] for t in runtime["tiers"][:2]] == held
+
+
+def test_partitioned_hit_counts_equal_the_simulator(table_dir, mode):
+    """Order-aware placement runs through the same engine: fixed shares above, profile shares (from the
+    trace, the same curves over global ids as over the simulator's dense keys) below."""
+    from engramtier.trace.layout import SubtableLayout
+
+    path, flat = table_dir
+    layout = SubtableLayout(np.array([70, 61, 69, 67, 73, 60]), (1,), 2, 4)  # orders 2-4, two heads
+    steps = zipf_steps(60, seed=4)
+    spec = hierarchy(mode, "partitioned", "partitioned", top_rows=12, middle_rows=40)
+    spec["tier"][0]["params"] = {"shares": {"2": 0.5, "4": 0.5}}
+    spec["tier"][1]["params"] = {"inner": "s3fifo", "shares": "profile"}
+    ctx = PolicyContext(n_keys=N_ROWS, keys=np.concatenate(steps), layout=layout)
+    with open_table(spec, path, device="cpu", ctx=ctx, record_trace=True) as table:
+        for ids in steps:
+            np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+        table.finish()
+        trace = table.recorded_trace()
+        runtime = table.stats()
+        assert_slabs_mirror_policies(table, flat)
+        runtime_rows = [p.rows for p in table.engine.policies]
+    trace.meta.update(layout.to_meta())
+    sim = simulate(trace, Hierarchy.from_dict(spec), compute_window_s=0.0, progress=False)
+    keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined")
+    assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in sim.tier_stats()]
+    assert runtime_rows[0] == {2: 6, 4: 6} and sum(runtime_rows[1].values()) == 40
+    gpu = runtime["tiers"][0]
+    assert gpu["hits"] > 0 and gpu["declined"] > 0  # order 3 rows have no share in the top tier

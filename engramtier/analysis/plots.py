@@ -327,3 +327,24 @@ def warm_start_figure(cold, warm, n_steps: int, tier: str) -> plt.Figure:
     bottom.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"Cold start vs warm start: the first {n} steps")
     return fig
+
+
+def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figure:
+    """Left: each n-gram order's exact LRU hit rate over its own requests vs the rows given to it (how
+    much an order gains per row, what profile shares allocate by). Right: one shared LRU vs partitioned
+    caches at equal total rows, the comparison order-aware placement has to win."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for curve in dict.fromkeys(r["curve"] for r in records):
+        points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["curve"] == curve)
+        sizes, rates = zip(*points)
+        ax = left if curve.startswith("order ") else right
+        ax.plot(sizes, rates, marker="o", ms=3.5, label=curve)
+    for ax, title, xlabel in ((left, "Hit rate per n-gram order (exact LRU, own requests)", "rows given to the order"),
+                              (right, "One shared cache vs partitioned by order (equal rows)", "tier size (rows)")):
+        _size_axes(ax, [r["size_rows"] for r in records], row_bytes)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("hit rate (fraction of requests)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        ax.set_title(title)
+    return fig

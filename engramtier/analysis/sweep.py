@@ -25,6 +25,7 @@ from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import SimResult, simulate
 from engramtier.cache.timing import tier_model
 from engramtier.errors import EngramTierError
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 
 
@@ -40,7 +41,8 @@ def hit_rate_sweep(trace: RowTrace, policies: Sequence[str], sizes: Sequence[int
         raise EngramTierError("hit-rate sweep: no sizes; give [sweep] sizes = [\"16MiB\", ...] or rows")
     keys = trace.dense_keys()  # policy state follows the rows the trace touches, not the table
     ctx = PolicyContext(n_keys=trace.n_distinct, keys=keys, step_starts=trace.step_starts,
-                        n_table_rows=trace.n_table_rows, row_ids=trace.row_ids())
+                        n_table_rows=trace.n_table_rows, row_ids=trace.row_ids(),
+                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "hit-rate sweep"))
     records = []
     for policy in tqdm(policies, desc="policy sweep", unit="policy", disable=not progress):
         if policy == "lru":

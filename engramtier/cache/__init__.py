@@ -3,7 +3,8 @@
 policy      the six-operation policy interface, the registry, `compiled_policy`, single-tier `replay`
 references  policies named where they live ("module:attribute" in a TOML), resolved to builders
 policies/   the built-ins, one per module (lru fifo clock sieve lfu arc twoq s3fifo wtinylfu belady
-            lookahead static); `_lists` holds the linked lists they share
+            lookahead static, and partitioned, which splits a tier across n-gram orders); `_lists`
+            holds the linked lists they share
 nextuse     next-use arrays and the heap the offline policies (belady, lookahead) rank them in
 hierarchy   a hierarchy of tiers as the user declares it (TOML or Python): capacities, policies, models
 engine      the tiers of a hierarchy as compiled drivers over streams of lookups and demotions

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from engramtier.cache.policy import PolicyContext, check_policy, make_policy
+from engramtier.cache.policy import PolicyContext, check_params, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tomlfile import read_toml
@@ -116,9 +116,14 @@ class TierSpec:
             raise EngramTierError(f"{where}: capacity must be positive, got {self.capacity} rows")
         if not isinstance(self.params, Mapping):
             raise EngramTierError(f"{where}: params must be a table of policy parameters, got {self.params!r}")
-        for key, value in self.params.items():  # every policy parameter is a number or a flag
-            if not isinstance(value, (bool, int, float)):
-                raise EngramTierError(f"{where}: params.{key} must be a number or true/false, got {value!r}")
+        for key, value in self.params.items():  # a number, a flag, a name, or a table of numbers (shares)
+            scalar = isinstance(value, (bool, int, float, str))
+            table = isinstance(value, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in value.values())
+            if not (scalar or table):
+                raise EngramTierError(
+                    f"{where}: params.{key} must be a number, true/false, a name or a table of numbers, got {value!r}"
+                )
         if self.warm is not None and not isinstance(self.warm, (str, os.PathLike, np.ndarray)):
             raise EngramTierError(f"{where}: warm must be a profile's path (.npy of counts per row, or a trace file) "
                                   f"or an array of counts, got {self.warm!r}")
@@ -289,6 +294,10 @@ class Hierarchy:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below
                 check_policy(spec.policy, f"{where}: tier '{spec.name}'", search)
+                try:
+                    check_params(spec.policy, spec.params)
+                except EngramTierError as err:
+                    raise EngramTierError(f"{where}: tier '{spec.name}': {err}") from None
             specs.append(spec)
         return cls(tuple(specs), d.get("mode", "inclusive"), where)
 

@@ -48,6 +48,7 @@ from numba.experimental import jitclass
 
 from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference
 from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.trace.layout import SubtableLayout
 
 
 @dataclass
@@ -62,7 +63,9 @@ class PolicyContext:
 
     ``keys`` is the full request trace (needed only by offline policies), ``step_starts`` the
     index of each step's first request plus the total (len = steps + 1), and ``profile`` a per-key
-    access count used by static placement. A streamed trace passes ``load_trace`` (returning
+    access count used by static placement. ``layout`` is the table's sub-table layout (which order
+    and head each global row id belongs to), for policies that treat n-gram orders apart; a trace built
+    from tokens records it in its meta. A streamed trace passes ``load_trace`` (returning
     ``(keys, step_starts)``) and ``load_row_ids`` instead, so nothing is read whole unless a policy
     asks. Derived arrays are computed once and cached here so that sweeping many sizes does not
     recompute them.
@@ -74,6 +77,7 @@ class PolicyContext:
     profile: np.ndarray | None = None
     n_table_rows: int | None = None
     row_ids: np.ndarray | None = None
+    layout: SubtableLayout | None = None
     load_trace: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     load_row_ids: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -150,6 +154,7 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
             f"policy '{name}': unknown parameter(s) {', '.join(unknown)}; "
             f"it takes {', '.join(accepted) if accepted else 'no parameters'}"
         )
+    check_params(name, params)
     policy = builder(int(capacity), ctx, **params)
     if is_reference(name):  # a builder function is checked only once it has built something
         try:
@@ -157,6 +162,20 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
         except EngramTierError as err:
             raise EngramTierError(f"policy '{name}': {err}") from None
     return policy
+
+
+def check_params(name: str, params: dict) -> None:
+    """Refuse a value of another kind than its parameter's default (a hierarchy file may give names and
+    tables too, for policies that take them), so that builders compare numbers with numbers."""
+    for key, parameter in inspect.signature(_builder(name)).parameters.items():
+        if key not in params or parameter.default is inspect.Parameter.empty:
+            continue
+        default, value = parameter.default, params[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise EngramTierError(f"policy '{name}': params.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise EngramTierError(f"policy '{name}': params.{key} must be a number, got {value!r}")
 
 
 def _builder(name: str) -> PolicyBuilder:

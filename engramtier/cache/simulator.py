@@ -44,6 +44,7 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.warm import warm_rows
 from engramtier.errors import EngramTierError
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, trace_chunks
 
@@ -172,6 +173,7 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
         def load_row_ids() -> np.ndarray:
             return np.concatenate([trace.row_ids(), outside])
     ctx = PolicyContext(n_keys=n_keys, n_table_rows=trace.n_table_rows,
+                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "simulate"),
                         load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=load_row_ids)
     engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys)
     held = engine.warm(warm)

@@ -6,6 +6,7 @@ rowtrace   `RowTrace`, the in-memory trace the simulator replays
 lookups    a step's unique rows in first-occurrence order: what the simulator and the runtime replay
 tracefile  the chunked, compressed, checksummed trace file (`TraceWriter`, `TraceReader`)
 export     libCacheSim oracleGeneral and CSV
-stats      skew, reuse, working sets and per-sub-table breakdowns
+layout     global row id -> sub-table, n-gram order and head, from a trace's meta
+stats      skew, reuse, working sets and per-sub-table and per-order breakdowns
 commands   `engramtier trace | stats | export`
 """

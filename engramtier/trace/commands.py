@@ -87,7 +87,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("stats", help="summarise a row trace file", epilog=STATS_EXAMPLES, formatter_class=fmt,
                               description="Requests, unique rows, Zipf alpha, reuse distances, working sets and "
-                              "the per-sub-table breakdown of a trace file.")
+                              "the per-sub-table breakdown of a trace file, with reuse and Zipf alpha per n-gram order "
+                              "(and per head in --json).")
     p.add_argument("trace", metavar="FILE.trace")
     p.add_argument("--json", metavar="OUT.json", help="also write the full statistics as JSON")
     p.set_defaults(run=run_stats)
@@ -159,6 +160,13 @@ def run_stats(args) -> None:
                      f"({ws['mean_unique_fraction']:.1%} of requests), max {ws['max_unique_rows']}")
     for o in (stats["subtables"] or {}).get("per_order", []):
         lines.append(f"layer {o['layer']:>3} n={o['order']}  {o['requests']} requests, {o['unique_rows']} unique rows of {o['rows']}")
+    by_order = (stats["subtables"] or {}).get("by_order", [])
+    if by_order:
+        lines.append("order  requests  unique rows  reuse  zipf alpha  (all layers; per head: --json)")
+        for o in by_order:
+            alpha = "n/a" if o["zipf_alpha"] is None else f"{o['zipf_alpha']:.3f}"
+            reuse = "n/a" if o["reuse"] is None else f"{o['reuse']:.2f}"
+            lines.append(f"n={o['order']:<4} {o['requests']:>9} {o['unique_rows']:>12} {reuse:>6} {alpha:>11}")
     print("\n".join(lines), file=sys.stdout)
 
 

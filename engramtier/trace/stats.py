@@ -13,8 +13,9 @@ reuse distance          per request, the number of requests since the last reque
                         between, is what cache/mrc computes for miss-ratio curves.)
 working set             unique rows per window of W steps, for a few W (W = 1 is the rows a step
                         actually fetches after de-duplication)
-sub-tables              requests and unique rows per (layer, order, head) sub-table and per order,
-                        when the trace's meta records the table layout
+sub-tables              requests and unique rows per (layer, order, head) sub-table and per (layer,
+                        order); per order across layers, and per (order, head), also reuse (requests
+                        per distinct row) and zipf alpha; when the trace's meta records the layout
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from engramtier.errors import EngramTierError
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, trace_chunks
 
@@ -95,6 +97,13 @@ def zipf_alpha_mle(counts: np.ndarray, lo: float = 0.0, hi: float = 6.0, tol: fl
     return (a + b) / 2.0
 
 
+def _skew(counts: np.ndarray) -> dict:
+    """Requests, distinct rows, reuse (requests per distinct row) and Zipf alpha of one row group."""
+    requests, unique = int(counts.sum()), int(counts.size)
+    return {"requests": requests, "unique_rows": unique, "reuse": requests / unique if unique else None,
+            "zipf_alpha": zipf_alpha_mle(counts) if unique >= 2 else None}
+
+
 @dataclass
 class TraceStats:
     """The summary of one trace; `stats_dict` is its JSON form."""
@@ -139,15 +148,16 @@ class TraceStats:
         return out
 
     def subtables(self) -> dict | None:
-        """Requests and unique rows per sub-table and per (layer, order), from the meta's layout."""
-        keys = ("subtable_sizes", "layer_ids", "n_heads", "max_ngram")
-        if not all(k in self.meta for k in keys):
+        """Requests and unique rows per sub-table and per (layer, order), and per order across layers
+        (`by_order`), from the meta's layout."""
+        layout = SubtableLayout.from_meta(self.meta, self.table_rows, "trace stats")
+        if layout is None:
             return None
-        sizes, layers, n_heads, orders = self._layout()
-        subtable = np.searchsorted(np.cumsum(sizes), self.row_ids, side="right")  # of each distinct row
+        sizes, n_heads = layout.sizes, layout.n_heads
+        subtable = layout.subtable_of(self.row_ids)  # of each distinct row
         requests = np.bincount(subtable, weights=self.counts, minlength=sizes.size).astype(np.int64)
         unique = np.bincount(subtable, minlength=sizes.size)
-        names = [(l, o, h) for l in layers for o in orders for h in range(n_heads)]
+        names = [(l, o, h) for l in layout.layer_ids for o in layout.orders for h in range(n_heads)]
         per_subtable = [{"layer": l, "order": o, "head": h, "rows": int(sizes[i]), "requests": int(requests[i]),
                          "unique_rows": int(unique[i])} for i, (l, o, h) in enumerate(names)]
         per_order = []
@@ -156,24 +166,19 @@ class TraceStats:
             per_order.append({"layer": l, "order": o, "rows": int(sizes[i : i + n_heads].sum()),
                               "requests": int(requests[i : i + n_heads].sum()),
                               "unique_rows": int(unique[i : i + n_heads].sum())})
-        return {"per_order": per_order, "per_subtable": per_subtable}
+        return {"per_order": per_order, "per_subtable": per_subtable, "by_order": self._by_order(layout)}
 
-    def _layout(self) -> tuple[np.ndarray, list, int, range]:
-        """(sub-table sizes, layer ids, heads, orders) from the meta, refused unless they describe the
-        table: one size per (layer, order, head), adding up to its rows."""
-        meta = self.meta
-        try:
-            sizes = np.asarray(meta["subtable_sizes"], np.int64).reshape(-1)
-            layers, n_heads, max_ngram = list(meta["layer_ids"]), int(meta["n_heads"]), int(meta["max_ngram"])
-        except (TypeError, ValueError, OverflowError):
-            sizes = layers = None
-        if (sizes is None or not sizes.size or n_heads < 1 or max_ngram < 2 or len(layers) * (max_ngram - 1) * n_heads != sizes.size
-                or sizes.min() < 1 or sizes.sum() != self.table_rows):
-            raise EngramTierError(
-                f"trace stats: the trace meta's sub-table layout (subtable_sizes, layer_ids, n_heads, max_ngram) does "
-                f"not describe its table of {self.table_rows} rows; the trace was damaged or hand-edited, rebuild it"
-            )
-        return sizes, layers, n_heads, range(2, max_ngram + 1)
+    def _by_order(self, layout: SubtableLayout) -> list[dict]:
+        """Per n-gram order across layers, and per (order, head): the skew a cache of that order's rows
+        would see. Peers report higher orders drawing several times the distinct rows of bigrams, which
+        is what decides whether splitting a tier's capacity by order can pay."""
+        order, head = layout.order_of(self.row_ids), layout.head_of(self.row_ids)
+        out = []
+        for o in layout.orders:
+            in_order = order == o
+            heads = [{"head": h, **_skew(self.counts[in_order & (head == h)])} for h in range(layout.n_heads)]
+            out.append({"order": o, **_skew(self.counts[in_order]), "heads": heads})
+        return out
 
     def stats_dict(self) -> dict:
         return {
