@@ -25,11 +25,11 @@ import libcachesim as lcs
 import numpy as np
 
 from engramtier.cache.mrc import lru_mrc, shards_mrc, sweep
-from engramtier.cache.nextuse import NEVER, next_use
 from engramtier.cache.policy import PolicyContext
 from engramtier.provenance import machine_info
+from engramtier.trace.export import export_oracle_general
+from engramtier.trace.rowtrace import RowTrace
 
-ORACLE_GENERAL = np.dtype([("time", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")])
 
 
 def zipf_trace(n_ids: int, n_requests: int, alpha: float, seed: int) -> np.ndarray:
@@ -41,14 +41,9 @@ def zipf_trace(n_ids: int, n_requests: int, alpha: float, seed: int) -> np.ndarr
 
 
 def write_oracle_general(path: str, keys: np.ndarray, n_ids: int) -> None:
-    records = np.empty(keys.size, ORACLE_GENERAL)
-    records["time"] = np.arange(keys.size)
-    records["id"] = keys
-    records["size"] = 1
-    following = next_use(PolicyContext(n_keys=n_ids, keys=keys), "oracleGeneral export")
-    records["next"] = np.where(following == NEVER, -1, following)
-    records.tofile(path)
-
+    """``keys`` as libCacheSim's oracleGeneral file, by the package's own exporter (one request per
+    step, so each record's time is its position; size 1)."""
+    export_oracle_general(RowTrace(keys, np.arange(keys.size + 1, dtype=np.int64), n_ids, 1, {}), path, object_size=1)
 
 def libcachesim_lru_hits(path: str, size: int) -> int:
     reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE)

@@ -7,8 +7,8 @@ sized to the cache); best of 3 each, alternating. Hit counts must be equal; the 
 time over ours.
 
 Belady needs the future. libCacheSim reads it from the file's next-access field (the position of the
-next request for the same id, -1 for none, written by `engramtier.trace.export.next_positions` as
-our export does), so its timing excludes computing it. Ours computes next uses (and the occurrence
+next request for the same id, -1 for none, written by our own exporter,
+`engramtier.trace.export.export_oracle_general`), so its timing excludes computing it. Ours computes next uses (and the occurrence
 index for demoted rows) once per trace, in `PolicyContext.derived`, and every size reuses them: the
 replay is timed like ``process_trace``, the one-off pass separately (``next_use_s``, best of 3 on a
 fresh context), and ``end_to_end_speedup`` charges that whole pass to each size.
@@ -36,7 +36,8 @@ import numba
 import numpy as np
 
 from engramtier.cache.policy import PolicyContext, make_policy, replay
-from engramtier.trace.export import next_positions
+from engramtier.trace.export import export_oracle_general
+from engramtier.trace.rowtrace import RowTrace
 
 N_IDS = 1_000_000
 SIZES = (0.01, 0.05, 0.10)
@@ -54,14 +55,10 @@ def zipf_trace(n_req: int, n_ids: int, alpha: float, seed: int) -> np.ndarray:
     return rng.permutation(n_ids)[np.minimum(ranks, n_ids - 1)].astype(np.int64)
 
 
-def write_oracle_general(keys: np.ndarray, path: str) -> None:
-    """24-byte records <I Q I q: time, id, size 1, position of the next request for the id or -1
-    (libCacheSim's ``next_access_vtime``, which its Belady ranks by)."""
-    rec = np.empty(keys.size, np.dtype([("time", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]))
-    rec["time"], rec["id"], rec["size"] = np.arange(keys.size), keys, 1
-    rec["next"] = next_positions(keys, 0, np.full(N_IDS, -1, np.int64))
-    rec.tofile(path)
-
+def write_oracle_general(path: str, keys: np.ndarray, n_ids: int) -> None:
+    """``keys`` as libCacheSim's oracleGeneral file, by the package's own exporter (one request per
+    step, so each record's time is its position; size 1)."""
+    export_oracle_general(RowTrace(keys, np.arange(keys.size + 1, dtype=np.int64), n_ids, 1, {}), path, object_size=1)
 
 def prepared_context(name: str, keys: np.ndarray) -> tuple[PolicyContext, float]:
     """The context every size of ``name`` is built from, and the seconds its one-off passes over the
@@ -144,7 +141,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "zipf.oracleGeneral.bin")
-        write_oracle_general(keys, path)
+        write_oracle_general(path, keys, N_IDS)
         for name in args.policies.split(","):
             ctx, next_use_s = prepared_context(name, keys)
             for fraction in SIZES:
