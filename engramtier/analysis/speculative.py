@@ -1,0 +1,130 @@
+"""Decode-time speculative prefetch: fetch the rows of the model's top-k candidate next tokens early.
+
+At decode the rows of position t+1 hash the token not yet sampled, so without speculation their fetch
+can only start once it is, and must hide in the few layers before the Engram layer. Speculation hashes
+each sequence's top-k candidates for t+1 (the last n-1 known tokens plus each candidate) and fetches
+the union during step t; the sampled token's rows are then resident if a candidate was right.
+
+This module measures that trade on held-out text, teacher-forced (the true next token is the text's,
+the candidates are the top-k of the model's own next-token logits), and names its models plainly:
+
+* coverage: the fraction of the true step's unique rows that lie in the candidates' union; extra rows
+  are the union's rows the true step does not read (bytes: times the row size).
+* residency and stall: the trace-driven simulator (`cache.simulator`) over a hierarchy, on a trace
+  that interleaves, per decode step, a speculative step (the union, window ``lead_s``: the time of
+  step t the speculative fetch overlaps) before the demand step (the true rows, window ``window_s``:
+  the compute before the Engram layer). Resident fraction is the share of the demand step's unique
+  rows served above the store (``steps_all_resident``: the share of steps with none from the store,
+  the only ones whose demand fetch escapes the store's latency); stall per decode step is the sum
+  of both steps' stall ``max(0, fetch - window)`` under the tiers' timing models.
+
+The candidates are the final logits of step t, assumed available ``lead_s`` before step t+1 needs the
+rows (as a draft model or an early-exit head would give them): coverage is an upper bound on what such
+a predictor reaches, and ``lead_s`` is the knob that says how early it speaks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.simulator import simulate
+from engramtier.errors import EngramTierError
+from engramtier.model.hashing import NgramHasher
+from engramtier.trace.rowtrace import RowTrace
+
+
+def candidate_rows(hasher: NgramHasher, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Row ids [P, k, layers, (N-1)*H] the next position would read for each candidate.
+
+    ``context`` [P, N-1] holds each position's last N-1 known canonical ids (the pad id where the
+    sequence is shorter), ``candidates`` [P, k] the canonical ids of its candidate next tokens. All
+    P*k candidate n-grams go through the hasher's kernel in one call.
+    """
+    context, candidates = np.asarray(context, np.int64), np.asarray(candidates, np.int64)
+    n = hasher.config.max_ngram_size
+    if context.ndim != 2 or context.shape[1] != n - 1 or candidates.ndim != 2 or candidates.shape[0] != context.shape[0]:
+        raise EngramTierError(f"speculative: expected context [P, {n - 1}] and candidates [P, k], "
+                              f"got {list(context.shape)} and {list(candidates.shape)}")
+    p, k = candidates.shape
+    seqs = np.concatenate([np.broadcast_to(context[:, None, :], (p, k, n - 1)), candidates[..., None]], axis=2)
+    rows = hasher.hash(seqs.reshape(p * k, n))[:, -1]
+    return rows.reshape(p, k, hasher.n_layers, hasher.config.heads_per_layer)
+
+
+def _contexts(canonical: np.ndarray, n: int, pad_id: int) -> np.ndarray:
+    """[S, T, n-1]: for each position t, the canonical ids t-n+2 .. t (pad before the start)."""
+    padded = np.pad(canonical, ((0, 0), (n - 2, 0)), constant_values=pad_id)
+    return np.stack([padded[:, j : j + canonical.shape[1]] for j in range(n - 1)], axis=2)
+
+
+def _check_k(k_values, vocab_size: int) -> list[int]:
+    ks = list(k_values)
+    bad = [k for k in ks if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k <= vocab_size]
+    if not ks or bad:
+        raise EngramTierError(f"speculative: k values must be whole numbers in 0..{vocab_size} (the vocabulary), got {ks}")
+    return [int(k) for k in ks]
+
+
+@torch.no_grad()
+def speculative_prefetch_study(model, windows: torch.Tensor, k_values, hierarchy: Hierarchy, *,
+                               window_s: float, lead_s: float, rows=None) -> list[dict]:
+    """Per k: coverage, extra rows and bytes, resident fraction and stall per decode step.
+
+    ``windows`` [S, T] base ids are S held-out sequences decoded in lockstep (a decode step is one
+    position of all S); k = 0 is no speculation; ``rows`` is the model's row source (default: its
+    trainable table). See the module docstring for the models used.
+    """
+    if model.hasher is None:
+        raise EngramTierError("speculative: the model has no Engram layer, so there are no rows to prefetch")
+    ks = _check_k(k_values, model.config.vocab_size)
+    if windows.ndim != 2 or windows.shape[1] < 2:
+        raise EngramTierError(f"speculative: expected held-out windows [S, T >= 2], got {list(windows.shape)}")
+    hasher, lookup = model.hasher, model.compress_lookup.cpu().numpy()
+    s, t = windows.shape
+    true = model.row_ids(windows).reshape(s, t, -1).numpy()  # [S, T, rows per token]
+    ranked = torch.argsort(model(windows, rows)[:, :-1], dim=-1, descending=True)[..., : max(ks)].numpy()  # [S, T-1, kmax]
+    canonical = lookup[windows.numpy()]
+    context = _contexts(canonical, hasher.config.max_ngram_size, hasher.config.pad_id)[:, :-1]  # step t predicts t+1
+    cand = candidate_rows(hasher, context.reshape(s * (t - 1), -1), lookup[ranked].reshape(s * (t - 1), -1))
+    cand = cand.reshape(s, t - 1, max(ks), -1)
+    row_bytes = model.config.format.row_bytes
+    return [_one_k(true, cand[:, :, :k], k, hierarchy, row_bytes, hasher.n_rows, window_s, lead_s) for k in ks]
+
+
+def _one_k(true, cand, k, hierarchy, row_bytes, n_rows, window_s, lead_s) -> dict:
+    """Coverage per decode step (steps 1..T-1: step 0 has nothing before it) and the simulated run."""
+    steps, covered, extra, needed = [], 0, 0, 0
+    steps.append(np.unique(true[:, 0]))
+    for step in range(1, true.shape[1]):
+        real = np.unique(true[:, step])
+        spec = np.unique(cand[:, step - 1])
+        hit = np.isin(real, spec, assume_unique=True).sum()
+        covered, needed, extra = covered + int(hit), needed + real.size, extra + int(spec.size - hit)
+        steps += [spec, real]
+    sim = _simulate(steps, hierarchy, row_bytes, n_rows, window_s, lead_s)
+    demand = np.arange(0, len(steps), 2)[1:]  # the demand steps that had a speculative step before them
+    decode_steps = true.shape[1] - 1
+    served_above = sim.served[:-1][:, demand].sum()
+    store_bytes = sim.served[-1].sum() * row_bytes
+    return {
+        "k": k, "decode_steps": decode_steps, "sequences": true.shape[0],
+        "coverage": covered / needed, "true_rows_per_step": needed / decode_steps,
+        "extra_rows_per_step": extra / decode_steps, "extra_bytes_per_step": extra * row_bytes / decode_steps,
+        "resident_fraction": float(served_above / sim.unique[demand].sum()),
+        "steps_all_resident": float((sim.served[-1][demand] == 0).mean()),  # one store row costs a whole wave
+        "store_bytes_per_step": float(store_bytes / decode_steps),
+        "stall_s_per_step": float((sim.stall_s[demand] + sim.stall_s[demand - 1]).sum() / decode_steps),
+        "demand_stall_s_per_step": float(sim.stall_s[demand].sum() / decode_steps),
+    }
+
+
+def _simulate(steps, hierarchy, row_bytes, n_rows, window_s, lead_s):
+    """The interleaved trace [demand 0, spec 1, demand 1, ...] through the simulator, with each kind's window."""
+    sizes = np.array([x.size for x in steps], np.int64)
+    starts = np.zeros(sizes.size + 1, np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    trace = RowTrace(np.concatenate(steps).astype(np.int64), starts, n_rows, row_bytes, {})
+    windows = np.where(np.arange(sizes.size) % 2 == 0, window_s, lead_s).astype(np.float64)
+    return simulate(trace, hierarchy, compute_window_s=windows, progress=False)
