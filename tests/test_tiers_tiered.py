@@ -239,6 +239,7 @@ def test_warm_start_hits_equal_the_simulator_and_serves_the_table_bytes(table_di
     assert [t["warm_rows"] for t in runtime["tiers"][:2]] == held
 
 
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
 def test_partitioned_hit_counts_equal_the_simulator(table_dir, mode):
     """Order-aware placement runs through the same engine: fixed shares above, profile shares (from the
     trace, the same curves over global ids as over the simulator's dense keys) below."""
