@@ -11,6 +11,7 @@ engine      the tiers of a hierarchy as compiled drivers over streams of lookups
 simulator   replays a trace through a hierarchy in steps and charges each step its fetch and stall
 mrc         miss-ratio curves: exact one-pass LRU, SHARDS sampling, any policy at many sizes
 timing      `TierModel`: latency per wave plus bandwidth, its defaults and its fit to measurements
+warm        warm start: the hottest rows of a frequency profile each cache tier opens holding
 deadline    deadline-bounded (lossy) fetch: the rows a tier with on_late = "drop" gives up per step
 
 The runtime (tiers/) drives the same engine and policies; nothing here imports tiers/.
