@@ -34,10 +34,10 @@ import torch
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.model.rowsource import ReadyRows
-from engramtier.model.train import TrainConfig, evaluate, load_model, tokenize_corpus, train, _eval_starts, _windows
+from engramtier.model.train import evaluate, _eval_starts, _windows
 from engramtier.rundir import RunDir
+from sample_model import sample_model  # benchmarks/, the script's own folder
 from engramtier.trace.rowtrace import RowTrace
-from engramtier.trace.sources import sample_text_dir
 
 FRACTIONS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -84,23 +84,16 @@ def main():
     run = RunDir.create(args.out, "bench_lossy_fetch", vars(args))
 
     model_dir = Path(args.run) if args.run else run.path / "model"  # kept, so a rerun can pass --run
-    if not args.run:
-        train(TrainConfig(text=str(sample_text_dir()), out=str(model_dir), tokenizer=f"bpe:{args.vocab}",
-                          steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, d_model=64,
-                          eval_every=0, eval_tokens=args.eval_tokens, seed=args.seed), progress=False)
-    loaded = load_model(model_dir)
-    cfg = loaded.summary["train_config"]
+    loaded, val = sample_model(model_dir, trained_here=not args.run, steps=args.steps, vocab=args.vocab, seq_len=args.seq_len,
+                               seed=args.seed, batch_size=args.batch_size, eval_tokens=args.eval_tokens)
     model, flat = loaded.model, loaded.rows
-    name = model.config.tokenizer  # a built-in's name, or the run's own tokenizer.json
-    spec = str(model_dir / name) if (model_dir / name).is_file() else name
-    _, _, data = tokenize_corpus(cfg["text"], spec, model_dir, cfg["val_fraction"], args.seq_len)
 
     def loss(rows) -> float:
-        return evaluate(model, data.val, args.seq_len, args.eval_tokens, args.batch_size, "cpu", rows=rows)
+        return evaluate(model, val, args.seq_len, args.eval_tokens, args.batch_size, "cpu", rows=rows)
 
     zero_loss = loss(ZeroRows(flat))
     quality = [{"fraction": f, "val_loss": loss(DroppingRows(flat, f, args.seed))} for f in FRACTIONS]
-    trace = _eval_trace(model, data.val, args)
+    trace = _eval_trace(model, val, args)
     assert quality[-1]["val_loss"] == zero_loss, "f = 1 must be the all-zero table's loss"
 
     timing = _deadlines(trace, FRACTIONS)
@@ -110,7 +103,7 @@ def main():
         "benchmark": "lossy_fetch",
         "model_run": str(model_dir),
         "train_steps": loaded.summary["steps"],
-        "held_out_tokens": int(_eval_starts(data.val, args.seq_len, args.eval_tokens).size * args.seq_len),
+        "held_out_tokens": int(_eval_starts(val, args.seq_len, args.eval_tokens).size * args.seq_len),
         "steps": int(trace.n_steps), "lookups_per_step": float(np.mean(np.diff(trace.step_starts))),
         "val_loss_flat_table": quality[0]["val_loss"],
         "val_loss_all_rows_zero": zero_loss,

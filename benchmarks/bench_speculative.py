@@ -29,9 +29,9 @@ import torch
 
 from engramtier.analysis.speculative import speculative_prefetch_study
 from engramtier.cache.hierarchy import Hierarchy
-from engramtier.model.train import TrainConfig, load_model, tokenize_corpus, train, _eval_starts, _windows
+from engramtier.model.train import _eval_starts, _windows
 from engramtier.rundir import RunDir
-from engramtier.trace.sources import sample_text_dir
+from sample_model import sample_model  # benchmarks/, the script's own folder
 
 K_VALUES = (0, 1, 2, 4, 8)
 
@@ -53,19 +53,11 @@ def main():
     run = RunDir.create(args.out, "bench_speculative", vars(args))
 
     model_dir = Path(args.run) if args.run else run.path / "model"  # kept, so a rerun can pass --run
-    if not args.run:
-        train(TrainConfig(text=str(sample_text_dir()), out=str(model_dir), tokenizer=f"bpe:{args.vocab}",
-                          steps=args.steps, batch_size=16, seq_len=args.seq_len, d_model=64, eval_every=0,
-                          seed=args.seed), progress=False)
-    loaded = load_model(model_dir)
-    cfg = loaded.summary["train_config"]
+    loaded, val = sample_model(model_dir, trained_here=not args.run, steps=args.steps, vocab=args.vocab, seq_len=args.seq_len,
+                               seed=args.seed)
     model = loaded.model
-    name = model.config.tokenizer  # a built-in's name, or the run's own tokenizer.json
-    spec = str(model_dir / name) if (model_dir / name).is_file() else name
-    # the shipped text, split as training split it (a run's recorded path may name a removed checkout)
-    _, _, data = tokenize_corpus(sample_text_dir(), spec, model_dir, cfg["val_fraction"], args.seq_len)
-    starts = _eval_starts(data.val, args.seq_len, args.batch_size * args.seq_len)
-    windows = _windows(data.val, starts, args.seq_len, "cpu")[0]
+    starts = _eval_starts(val, args.seq_len, args.batch_size * args.seq_len)
+    windows = _windows(val, starts, args.seq_len, "cpu")[0]
 
     touched = int(torch.unique(model.row_ids(windows)).numel())
     hierarchy = Hierarchy.from_dict({"tier": [
