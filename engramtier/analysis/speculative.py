@@ -21,6 +21,9 @@ the candidates are the top-k of the model's own next-token logits), and names it
 The candidates are the final logits of step t, assumed available ``lead_s`` before step t+1 needs the
 rows (as a draft model or an early-exit head would give them): coverage is an upper bound on what such
 a predictor reaches, and ``lead_s`` is the knob that says how early it speaks.
+
+`measured_speculation` reads the same measures off a real decode instead: a `TieredTable` that the
+model speculated into during each step (`engramtier.model.speculation`), its stall timed, not modeled.
 """
 
 from __future__ import annotations
@@ -31,26 +34,8 @@ import torch
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
-from engramtier.model.hashing import NgramHasher
+from engramtier.model.speculation import candidate_rows
 from engramtier.trace.rowtrace import RowTrace
-
-
-def candidate_rows(hasher: NgramHasher, context: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Row ids [P, k, layers, (N-1)*H] the next position would read for each candidate.
-
-    ``context`` [P, N-1] holds each position's last N-1 known canonical ids (the pad id where the
-    sequence is shorter), ``candidates`` [P, k] the canonical ids of its candidate next tokens. All
-    P*k candidate n-grams go through the hasher's kernel in one call.
-    """
-    context, candidates = np.asarray(context, np.int64), np.asarray(candidates, np.int64)
-    n = hasher.config.max_ngram_size
-    if context.ndim != 2 or context.shape[1] != n - 1 or candidates.ndim != 2 or candidates.shape[0] != context.shape[0]:
-        raise EngramTierError(f"speculative: expected context [P, {n - 1}] and candidates [P, k], "
-                              f"got {list(context.shape)} and {list(candidates.shape)}")
-    p, k = candidates.shape
-    seqs = np.concatenate([np.broadcast_to(context[:, None, :], (p, k, n - 1)), candidates[..., None]], axis=2)
-    rows = hasher.hash(seqs.reshape(p * k, n))[:, -1]
-    return rows.reshape(p, k, hasher.n_layers, hasher.config.heads_per_layer)
 
 
 def _contexts(canonical: np.ndarray, n: int, pad_id: int) -> np.ndarray:
@@ -87,8 +72,9 @@ def speculative_prefetch_study(model, windows: torch.Tensor, k_values, hierarchy
     ranked = torch.argsort(model(windows, rows)[:, :-1], dim=-1, descending=True)[..., : max(ks)].numpy()  # [S, T-1, kmax]
     canonical = lookup[windows.numpy()]
     context = _contexts(canonical, hasher.config.max_ngram_size, hasher.config.pad_id)[:, :-1]  # step t predicts t+1
-    cand = candidate_rows(hasher, context.reshape(s * (t - 1), -1), lookup[ranked].reshape(s * (t - 1), -1))
-    cand = cand.reshape(s, t - 1, max(ks), -1)
+    cand = candidate_rows(hasher, torch.from_numpy(np.ascontiguousarray(context.reshape(s * (t - 1), -1))),
+                          torch.from_numpy(lookup[ranked].reshape(s * (t - 1), -1)))
+    cand = cand.reshape(s, t - 1, max(ks), -1).numpy()
     row_bytes = model.config.format.row_bytes
     return [_one_k(true, cand[:, :, :k], k, hierarchy, row_bytes, hasher.n_rows, window_s, lead_s) for k in ks]
 
@@ -117,6 +103,36 @@ def _one_k(true, cand, k, hierarchy, row_bytes, n_rows, window_s, lead_s) -> dic
         "store_bytes_per_step": float(store_bytes / decode_steps),
         "stall_s_per_step": float((sim.stall_s[demand] + sim.stall_s[demand - 1]).sum() / decode_steps),
         "demand_stall_s_per_step": float(sim.stall_s[demand].sum() / decode_steps),
+    }
+
+
+def measured_speculation(records: list[dict], trace: RowTrace) -> dict:
+    """Coverage, extra rows, resident fraction and measured stall per decode step of a decode run
+    through a `TieredTable` (its `step_records` and `recorded_trace`), speculating or not.
+
+    Decode steps are the demand steps after the first (the prefill of the first position has no
+    step before it); a decode step's candidates are the speculative step just before it, if any.
+    """
+    steps = [np.unique(trace.step(i)) for i in range(len(records))]
+    demand = [i for i, r in enumerate(records) if not r["speculative"]][1:]
+    if not demand:
+        raise EngramTierError("speculative: the decode ran one step; measuring needs at least two positions")
+    covered = extra = needed = 0
+    for i in demand:
+        spec = steps[i - 1] if records[i - 1]["speculative"] else np.empty(0, np.int64)
+        hit = int(np.isin(steps[i], spec, assume_unique=True).sum())
+        covered, needed, extra = covered + hit, needed + steps[i].size, extra + spec.size - hit
+    store = list(records[0]["served"])[-1]
+    from_store = sum(records[i]["served"][store] for i in demand)
+    stall = np.array([records[i]["stall_s"] for i in demand])
+    p50, p99 = np.percentile(stall, [50, 99])
+    return {
+        "decode_steps": len(demand), "coverage": covered / needed, "true_rows_per_step": needed / len(demand),
+        "extra_rows_per_step": extra / len(demand),
+        "resident_fraction": 1 - from_store / sum(records[i]["unique"] for i in demand),
+        "steps_all_resident": float(np.mean([records[i]["served"][store] == 0 for i in demand])),
+        "stall_s_per_step": float(stall.mean()), "stall_s_p50": float(p50), "stall_s_p99": float(p99),
+        "speculative_fetch_s_per_step": float(sum(r["fetch_s"] for r in records if r["speculative"]) / len(demand)),
     }
 
 

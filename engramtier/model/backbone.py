@@ -26,6 +26,7 @@ from engramtier.model.engram import EngramLayer, TrainableTable
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import RowFormat
 from engramtier.model.rowsource import RowSource
+from engramtier.model.speculation import Speculation, candidate_rows
 from engramtier.model.tokenizer import lookup_digest
 
 
@@ -279,27 +280,51 @@ class EngramLM(nn.Module):
         ids = self.row_ids(base_ids, cache)
         return {layer: source.prefetch(ids[:, :, i]) for i, layer in enumerate(self.config.engram.layer_ids)}
 
-    def forward(self, base_ids: torch.Tensor, rows: RowSource | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, base_ids: torch.Tensor, rows: RowSource | None = None, kv_cache: KVCache | None = None,
+                speculate: Speculation | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] for base ids [B, T] (right padding never changes earlier positions).
 
         ``rows`` is the row source of the Engram table (default: the trainable table); with
-        ``kv_cache`` the ids continue the cached sequences and the cache advances past them.
+        ``kv_cache`` the ids continue the cached sequences and the cache advances past them. With
+        ``speculate`` (and a cache), the next position's candidate rows go to ``rows.speculate`` once
+        the named block has run (`engramtier.model.speculation`).
         """
         length = base_ids.shape[1]
         start = 0 if kv_cache is None else kv_cache.length
         limit = self.config.max_seq_len if kv_cache is None else kv_cache.max_len
         if start + length > limit:
             raise EngramTierError(f"model: {start + length} positions exceed the limit of {limit}; shorten the input or raise max_seq_len")
+        if speculate is not None:
+            self._check_speculation(speculate, rows, kv_cache)
         handles = self._request_rows(base_ids, rows, kv_cache)
         cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
         h = self.tok_emb(base_ids).unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1)
         for block in self.blocks:
             engram_rows = handles[block.layer].wait() if block.engram is not None else None
             h = block(h, cos, sin, engram_rows, kv_cache)
+            if speculate is not None and block.layer == speculate.after_block:
+                rows.speculate(self.speculative_rows(h[:, -1], kv_cache, speculate.k))
         if kv_cache is not None:
             kv_cache.length += length
-        x = self.norm(h.mean(dim=2))
+        return self._head(self.norm(h.mean(dim=2)))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(x) if self.lm_head is not None else x @ self.tok_emb.weight.t()
+
+    def _check_speculation(self, speculate: Speculation, rows, kv_cache: KVCache | None) -> None:
+        speculate.check(self.config.n_layers, self.config.vocab_size)
+        if self.hasher is None or kv_cache is None:
+            raise EngramTierError("model: speculation needs Engram layers and a KV cache (it names the next position's rows)")
+        if not hasattr(rows, "speculate"):
+            raise EngramTierError(f"model: the row source {type(rows).__name__} cannot speculate (it has no `speculate`); "
+                                  "serve the table from a TieredTable")
+
+    def speculative_rows(self, hidden: torch.Tensor, cache: KVCache, k: int) -> torch.Tensor:
+        """Row ids [B, k, layers, (N-1)*H] of the k likeliest next tokens, read off ``hidden`` [B, hc, d]
+        (the last position's residual stream after some block) through the final norm and head; the
+        cache already holds this step's last N-1 canonical ids, the candidates' context."""
+        candidates = self._head(self.norm(hidden.mean(dim=1))).topk(k, dim=-1).indices
+        return candidate_rows(self.hasher, cache.recent_ids, self.compress_lookup[candidates])
 
 
 def _normal_(weight: torch.Tensor, std: float, generator: torch.Generator) -> None:

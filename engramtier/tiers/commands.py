@@ -79,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
   echo "The tutorial explains" | engramtier generate --run runs/train-1 --max-new-tokens 40
   engramtier generate --run runs/train-1 --prompts prompts.txt --batch 8 --top-k 20 --hierarchy tiers.toml
   engramtier generate --run runs/train-1 --prompts prompts.txt --json > out.json
+  engramtier generate --run runs/train-1 --prompts prompts.txt --speculate 4 --speculate-after 2
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -90,6 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--temperature", type=positive_float, default=1.0)
     g.add_argument("--seed", type=seed, default=0)
     g.add_argument("--batch", type=positive_int, default=8, help="prompts generated together (default 8)")
+    g.add_argument("--speculate", type=nonnegative_int, default=0, metavar="K",
+                   help="each step also prefetches the rows of its K likeliest next tokens (default 0: off)")
+    g.add_argument("--speculate-after", type=nonnegative_int, metavar="BLOCK",
+                   help="the block whose output names the candidates, 0-based (default: the second-to-last block)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text and a table")
     g.set_defaults(run=_run_generate)
 
@@ -236,13 +241,15 @@ def _run_generate(args: argparse.Namespace) -> None:
     from engramtier.tiers.replay import distribution, sized_tiers
 
     loaded = load_served_run(args, args.run_dir)
+    speculate = _speculation(args, loaded.model.config)
     with table_opener(args, args.run_dir, hierarchy, loaded)(False) as table:
         texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,
                                  top_k=args.top_k, temperature=args.temperature, seed=args.seed,
-                                 batch_size=args.batch, device=table.device)
+                                 batch_size=args.batch, device=table.device, speculate=speculate)
         table.finish()
         stats = table.stats()
-        stall = distribution([r["stall_s"] for r in table.step_records()])
+        demand = [r for r in table.step_records() if not r["speculative"]]
+        stall = distribution([r["stall_s"] for r in demand])
     tiers = sized_tiers(stats["tiers"], stats["row_bytes"])
     if args.json:
         print(json.dumps({"outputs": [{"prompt": p, "continuation": t} for p, t in zip(prompts, texts)],
@@ -254,4 +261,31 @@ def _run_generate(args: argparse.Namespace) -> None:
           f"time to first token {format_ms(totals['time_to_first_token_s'])}; median step {format_ms(totals['step_s']['p50'])}")
     print(f"stall per step: mean {format_ms(stall['mean'])}, p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}; total "
           f"{stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)")
+    if speculate is not None:
+        print(f"speculation: top {speculate.k} after block {speculate.after_block}, {stats['speculative_steps']} speculative "
+              f"steps; {_above_store(demand):.3f} of the steps' rows were served above the store (counts below include them)")
     print(tier_table(tiers))
+
+
+def _speculation(args: argparse.Namespace, config):
+    """The --speculate/--speculate-after `Speculation`, None when off; refused for a block the model lacks."""
+    from engramtier.model.speculation import Speculation
+
+    if not args.speculate:
+        if args.speculate_after is not None:
+            raise EngramTierError("--speculate-after names where the candidates come from; give --speculate K too")
+        return None
+    after = max(0, config.n_layers - 2) if args.speculate_after is None else args.speculate_after
+    speculation = Speculation(args.speculate, after)
+    try:
+        speculation.check(config.n_layers, config.vocab_size)
+    except EngramTierError as err:
+        raise EngramTierError(f"--speculate/--speculate-after: {err}") from None
+    return speculation
+
+
+def _above_store(records: list[dict]) -> float:
+    """The share of these steps' unique rows a cache tier served (the store is the last tier)."""
+    unique = sum(r["unique"] for r in records)
+    store = sum(list(r["served"].values())[-1] for r in records)
+    return 1 - store / unique if unique else 0.0

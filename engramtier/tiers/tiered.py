@@ -35,6 +35,10 @@ count exactly, the last ones that tier serves in the engine's order, and they ar
 `wait` returns. The reads themselves are emulated by that count, not cut off by a clock: the rows are
 still gathered and cached as the policies say (the late fetch completes after the step), so a clock
 could only make the runtime disagree with the simulation it is meant to reproduce.
+
+`speculate` runs a step nobody waits for: a guess at the next step's rows (the top-k candidates of
+`engramtier.model.speculation`), decided by the same engine in its place between the demand steps and
+fetched into the caches, not delivered. A recorded trace holds it too, so it simulates to the same hits.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class StepRecord:
     step_s: float | None = None
     cuda_stall: list[tuple[Any, Any]] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
+    speculative: bool = False
 
 
 class _StepRows:
@@ -290,10 +295,7 @@ class TieredTable:
     def prefetch(self, row_ids: torch.Tensor) -> RowsHandle:
         """Start fetching the rows of a LongTensor of global row ids (any shape); the step starts once
         ``layers_per_step`` calls have arrived (or at the first `wait` on an incomplete one)."""
-        if self._closed:
-            raise EngramTierError("tiered table: it was closed; open a new TieredTable")
-        if self._failed is not None:
-            raise EngramTierError(f"tiered table: an earlier step failed ({self._failed}); open a new TieredTable")
+        self._check_usable()
         row_ids = torch.as_tensor(row_ids)
         if self._pending and row_ids.shape != self._pending[0].shape:
             raise EngramTierError(
@@ -308,26 +310,53 @@ class TieredTable:
             self._submit()
         return handle
 
+    def speculate(self, row_ids: torch.Tensor) -> None:
+        """Start fetching rows that a coming step may need (global row ids, any shape) into the caches,
+        as a step of their own: the policies decide it like any step, nothing waits for it, and no
+        tier drops its late rows (nobody is late for them). Called between steps, not between the
+        layers of one."""
+        self._check_usable()
+        if self._pending:
+            raise EngramTierError(
+                f"tiered table: speculate was called after {len(self._pending)} of a step's {self.layers_per_step} "
+                "layers asked for their rows; speculate before a step's first prefetch or after its last")
+        self._start(torch.as_tensor(row_ids), StepRecord(0, 0.0, speculative=True))
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise EngramTierError("tiered table: it was closed; open a new TieredTable")
+        if self._failed is not None:
+            raise EngramTierError(f"tiered table: an earlier step failed ({self._failed}); open a new TieredTable")
+
     def _submit(self) -> None:
         group, pending = self._group, self._pending
         self._pending = []
         group.grouped = self.layers_per_step > 1
         group.layer_shape = tuple(pending[0].shape)
-        ids = torch.stack(pending, dim=-2) if group.grouped else pending[0]
+        group.record = StepRecord(0, 0.0)
+        group.future = self._start(torch.stack(pending, dim=-2) if group.grouped else pending[0], group.record)
+
+    def _start(self, ids: torch.Tensor, record: StepRecord) -> Future:
+        """Check a step's ids, record it (a demand step closes the previous one's step time) and queue its fetch."""
         host_ids = np.array(ids.detach().to("cpu").numpy(), dtype=np.int64).reshape(-1)  # a copy: the caller may reuse ids
         if host_ids.size and (host_ids.min() < 0 or host_ids.max() >= self.n_rows):
             bad = int(host_ids.min()) if host_ids.min() < 0 else int(host_ids.max())
             raise EngramTierError(
                 f"tiered table: row id {bad} lies outside the table's {self.n_rows} rows; the model and table differ"
             )
-        now = time.perf_counter()
-        if self._steps and self._steps[-1].step_s is None:
-            self._steps[-1].step_s = now - self._steps[-1].submitted
-        group.record = StepRecord(int(host_ids.size), now)
-        self._steps.append(group.record)
+        record.requests, record.submitted = int(host_ids.size), time.perf_counter()
+        if not record.speculative:
+            self._close_step_time(record.submitted)
+        self._steps.append(record)
         if self._trace is not None:
             self._trace.append(host_ids)
-        group.future = self._worker.submit(self._fetch_or_fail, host_ids, group.record, len(self._steps) - 1)
+        return self._worker.submit(self._fetch_or_fail, host_ids, record, len(self._steps) - 1)
+
+    def _close_step_time(self, now: float) -> None:
+        """A demand step's time runs until the next demand step starts (speculative steps lie inside it)."""
+        demand = next((r for r in reversed(self._steps) if not r.speculative), None)
+        if demand is not None and demand.step_s is None:
+            demand.step_s = now - demand.submitted
 
     def _incomplete_step(self) -> EngramTierError:
         return EngramTierError(
@@ -347,7 +376,7 @@ class TieredTable:
             self._failed = err
             raise
 
-    def _fetch(self, ids: np.ndarray, record: StepRecord, step: int) -> tuple[torch.Tensor, Any]:
+    def _fetch(self, ids: np.ndarray, record: StepRecord, step: int) -> tuple[torch.Tensor | None, Any]:
         start = time.perf_counter()
         n = ids.size
         keys, ts = self._keys.take(n), self._ts.take(n)
@@ -357,7 +386,7 @@ class TieredTable:
         self._requests += n
         served = self.engine.feed(keys[:u], ts[:u], self._unique_starts)
         late = None
-        if self._deadline is not None:
+        if self._deadline is not None and not record.speculative:
             dropped = late_rows(self.hierarchy, served, self.row_bytes, *self._deadline)[:, 0]
             record.dropped, late = dropped.tolist(), late_keys(self.engine.streams, dropped)
         for i, (plan, stream) in enumerate(zip(self._plans, self.engine.streams)):
@@ -377,7 +406,7 @@ class TieredTable:
         staging, order, on_device = self._gather(needed)
         rank = self._rank.take(m)
         rank[order] = np.arange(m)
-        rows = self._deliver(ids, staging, rank, first, n, late)
+        rows = None if record.speculative else self._deliver(ids, staging, rank, first, n, late)
         self._apply(arrivals, staging, rank, first, on_device)
         event = None
         if self._fetch_stream is not None:
@@ -473,8 +502,7 @@ class TieredTable:
         if self._pending:
             raise self._incomplete_step()
         self._worker.submit(lambda: None).result()  # steps run in order: every earlier one has ended
-        if self._steps and self._steps[-1].step_s is None:
-            self._steps[-1].step_s = time.perf_counter() - self._steps[-1].submitted
+        self._close_step_time(time.perf_counter())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             for record in self._steps:
@@ -493,14 +521,15 @@ class TieredTable:
         return RowTrace(np.concatenate(self._trace), starts, self.n_rows, self.row_bytes, dict(meta or {}))
 
     def step_records(self) -> list[dict]:
-        """One JSON-ready dict per step: requests, unique rows, rows served per tier, fetch, stall and step seconds."""
+        """One JSON-ready dict per step: requests, unique rows, rows served per tier, fetch, stall and step
+        seconds; a speculative step (`speculate`) says so, and has no stall and no step time of its own."""
         names = [t.name for t in self.hierarchy.tiers]
         records = [{"step": i, "requests": r.requests, "unique": r.unique, "served": dict(zip(names, r.served)),
-                    "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s}
+                    "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s, "speculative": r.speculative}
                    for i, r in enumerate(self._steps)]
         if self._deadline is None:
             return records
-        return [{**rec, "dropped": dict(zip(names, r.dropped))} for rec, r in zip(records, self._steps)]
+        return [{**rec, "dropped": dict(zip(names, r.dropped or [0] * len(names)))} for rec, r in zip(records, self._steps)]
 
     def tier_stats(self) -> list[dict]:
         """Per tier, fastest first: the engine's counters (the simulator's), ``served_bytes`` (hits x row
@@ -524,12 +553,16 @@ class TieredTable:
         return out
 
     def stats(self) -> dict:
-        """JSON-ready totals: per tier (`tier_stats`) and per run (steps, requests, stall, fetch, step seconds)."""
+        """JSON-ready totals: per tier (`tier_stats`) and per run (steps, requests, stall, fetch, step
+        seconds). ``steps`` counts demand steps; requests, lookups, fetch seconds and the tiers' counts
+        include the ``speculative_steps``."""
         steps = [r.step_s for r in self._steps if r.step_s is not None]
         seconds = float(sum(steps))
         stall = float(sum(r.stall_s for r in self._steps))
+        speculative = sum(r.speculative for r in self._steps)
         return {
-            "steps": len(self._steps),
+            "steps": len(self._steps) - speculative,
+            "speculative_steps": speculative,
             "requests": sum(r.requests for r in self._steps),
             "lookups": sum(r.unique for r in self._steps),
             "fetch_seconds": float(sum(r.fetch_s for r in self._steps)),
