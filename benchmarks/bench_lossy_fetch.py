@@ -34,7 +34,7 @@ import torch
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.model.rowsource import ReadyRows
-from engramtier.model.train import evaluate, _eval_starts, _windows
+from engramtier.model.train import evaluate, held_out_windows
 from engramtier.rundir import RunDir
 from sample_model import sample_model  # benchmarks/, the script's own folder
 from engramtier.trace.rowtrace import RowTrace
@@ -103,7 +103,7 @@ def main():
         "benchmark": "lossy_fetch",
         "model_run": str(model_dir),
         "train_steps": loaded.summary["steps"],
-        "held_out_tokens": int(_eval_starts(val, args.seq_len, args.eval_tokens).size * args.seq_len),
+        "held_out_tokens": int(held_out_windows(val, args.seq_len, args.eval_tokens).numel()),
         "steps": int(trace.n_steps), "lookups_per_step": float(np.mean(np.diff(trace.step_starts))),
         "val_loss_flat_table": quality[0]["val_loss"],
         "val_loss_all_rows_zero": zero_loss,
@@ -119,9 +119,9 @@ def main():
 
 def _eval_trace(model, val: np.ndarray, args) -> RowTrace:
     """The row ids of the held-out evaluation, one step per evaluation batch, as a trace."""
-    starts = _eval_starts(val, args.seq_len, args.eval_tokens)
-    steps = [model.row_ids(_windows(val, starts[lo : lo + args.batch_size], args.seq_len, "cpu")[0]).reshape(-1).numpy()
-             for lo in range(0, starts.size, args.batch_size)]
+    windows = held_out_windows(val, args.seq_len, args.eval_tokens)
+    steps = [model.row_ids(windows[lo : lo + args.batch_size]).reshape(-1).numpy()
+             for lo in range(0, windows.shape[0], args.batch_size)]
     step_starts = np.zeros(len(steps) + 1, np.int64)
     np.cumsum([s.size for s in steps], out=step_starts[1:])
     return RowTrace(np.concatenate(steps), step_starts, model.hasher.n_rows, model.config.format.row_bytes, {})

@@ -169,6 +169,12 @@ def _eval_starts(stream: np.ndarray, seq_len: int, max_tokens: int) -> np.ndarra
     return np.arange(max(1, min((stream.size - 1) // seq_len, max_tokens // seq_len))) * seq_len
 
 
+def held_out_windows(stream: np.ndarray, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """The windows [n, seq_len] of ``stream`` that `evaluate` reads for ``max_tokens`` (CPU tensor),
+    so that a study of held-out text reads the same tokens as the reported perplexity."""
+    return _windows(stream, _eval_starts(stream, seq_len, max_tokens), seq_len, "cpu")[0]
+
+
 @torch.no_grad()
 def evaluate(model: EngramLM, stream: np.ndarray, seq_len: int, max_tokens: int, batch_size: int,
              device, rows=None) -> float:
