@@ -228,6 +228,29 @@ def test_command_refusals(run_dir, text, tmp_path, capsys):
     refused(["replay", "--run", str(run_dir), "--hierarchy", str(tmp_path / "none.toml"), *base],
             "no such file; give the path of a hierarchy .toml")
     refused(["generate", "--run", str(run_dir), "--prompts", str(tmp_path / "none.txt")], "no such file")
+    lossy = tmp_path / "lossy.toml"
+    lossy.write_text(hierarchy_file(tmp_path).read_text() + 'on_late = "drop"\n')  # on the nvme store
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Python is\n")
+    refused(["replay", "--run", str(run_dir), "--hierarchy", str(lossy), *base], "changes the outputs that replay checks")
+    generate_argv = ["generate", "--run", str(run_dir), "--prompts", str(prompts), "--device", "cpu"]
+    refused([*generate_argv, "--hierarchy", str(lossy)], "tier 'nvme' drops late rows (on_late = 'drop'); give --window-s")
+    refused([*generate_argv, "--window-s", "0.001"], "no tier of the hierarchy drops late rows")
+
+
+def test_generate_with_a_lossy_store_drops_late_rows(run_dir, tmp_path, capsys):
+    """With a zero window every row the store serves is late: the summary counts them, as the table does."""
+    lossy = tmp_path / "lossy.toml"
+    lossy.write_text(hierarchy_file(tmp_path).read_text() + 'on_late = "drop"\n')
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Python is\n")
+    argv = ["generate", "--run", str(run_dir), "--prompts", str(prompts), "--device", "cpu", "--max-new-tokens", "3",
+            "--hierarchy", str(lossy), "--window-s", "0"]
+    assert main([*argv, "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["table"]
+    assert table["dropped_rows"] == table["tiers"][-1]["hits"] > 0
+    assert main(argv) == 0
+    assert f"read as zero rows): {table['dropped_rows']}" in capsys.readouterr().out
 
 
 @pytest.mark.gpu

@@ -444,6 +444,11 @@ def _run_replay(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     hierarchy = checked_hierarchy(args)
+    if hierarchy is not None and hierarchy.lossy:
+        lossy = next(t.name for t in hierarchy.tiers if t.lossy)
+        raise EngramTierError(f"--hierarchy: tier '{lossy}' drops late rows (on_late = 'drop'), which changes the outputs "
+                              "that replay checks are bitwise equal; replay it without on_late, or generate with "
+                              "--window-s")
     if args.text is not None and not Path(args.text).exists():
         raise EngramTierError(f"--text {args.text}: no such file or directory; give text files (or leave it out "
                               "for the shipped sample)")

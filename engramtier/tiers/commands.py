@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
+from engramtier.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, seed
 from engramtier.errors import EngramTierError
 
 _EXAMPLES = """\
@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="each step also prefetches the rows of its K likeliest next tokens (default 0: off)")
     g.add_argument("--speculate-after", type=nonnegative_int, metavar="BLOCK",
                    help="the block whose output names the candidates, 0-based (default: the second-to-last block)")
+    g.add_argument("--window-s", type=nonnegative_float, metavar="S",
+                   help="each step's prefetch window in seconds, for a tier with on_late = 'drop' (its late rows are "
+                   "zero rows); required with such a tier")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text and a table")
     g.set_defaults(run=_run_generate)
 
@@ -192,14 +195,15 @@ def load_served_run(args: argparse.Namespace, run_dir):
     return loaded
 
 
-def table_opener(args: argparse.Namespace, run_dir, hierarchy, loaded):
+def table_opener(args: argparse.Namespace, run_dir, hierarchy, loaded, compute_window_s: float | None = None):
     """A function of ``record_trace`` opening a fresh TieredTable for ``loaded``'s model over ``hierarchy``."""
     from engramtier.tiers.open import lmdb_table_for, open_for_model
 
     table_path = args.table or lmdb_table_for(run_dir)
     device = compute_device(args)
     return lambda record_trace: open_for_model(loaded.model, table_path, hierarchy, device=device,
-                                               readers=args.readers, record_trace=record_trace)
+                                               readers=args.readers, record_trace=record_trace,
+                                               compute_window_s=compute_window_s)
 
 
 def format_ms(seconds: float) -> str:
@@ -237,12 +241,20 @@ def _run_generate(args: argparse.Namespace) -> None:
     if not prompts:
         raise EngramTierError("generate: no prompts; give a file with one prompt per line, or pipe them in")
     hierarchy = checked_hierarchy(args)
+    lossy = hierarchy is not None and hierarchy.lossy
+    if lossy and args.window_s is None:
+        name = next(t.name for t in hierarchy.tiers if t.lossy)
+        raise EngramTierError(f"--hierarchy: tier '{name}' drops late rows (on_late = 'drop'); give --window-s, the "
+                              "step's prefetch window in seconds that those rows miss")
+    if args.window_s is not None and not lossy:
+        raise EngramTierError("--window-s applies to a tier with on_late = 'drop', and no tier of the hierarchy drops "
+                              "late rows; leave it out, or set on_late = 'drop' on a tier")
     from engramtier.tiers.generate import generate
     from engramtier.tiers.replay import distribution, sized_tiers
 
     loaded = load_served_run(args, args.run_dir)
     speculate = _speculation(args, loaded.model.config)
-    with table_opener(args, args.run_dir, hierarchy, loaded)(False) as table:
+    with table_opener(args, args.run_dir, hierarchy, loaded, args.window_s)(False) as table:
         texts, totals = generate(loaded.model, loaded.tokenizer, table, prompts, max_new_tokens=args.max_new_tokens,
                                  top_k=args.top_k, temperature=args.temperature, seed=args.seed,
                                  batch_size=args.batch, device=table.device, speculate=speculate)
@@ -261,6 +273,8 @@ def _run_generate(args: argparse.Namespace) -> None:
           f"time to first token {format_ms(totals['time_to_first_token_s'])}; median step {format_ms(totals['step_s']['p50'])}")
     print(f"stall per step: mean {format_ms(stall['mean'])}, p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}; total "
           f"{stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)")
+    if lossy:
+        print(f"dropped rows (late for the {format_ms(args.window_s)} window, read as zero rows): {stats['dropped_rows']}")
     if speculate is not None:
         print(f"speculation: top {speculate.k} after block {speculate.after_block}, {stats['speculative_steps']} speculative "
               f"steps; {_above_store(demand):.3f} of the steps' rows were served above the store (counts below include them)")

@@ -95,9 +95,11 @@ def open_table(hierarchy: Hierarchy | Mapping[str, Any], table_path: str | os.Pa
 
 
 def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: Hierarchy | None = None, *,
-                   device: Any = None, readers: int = 4, record_trace: bool = False) -> TieredTable:
+                   device: Any = None, readers: int = 4, record_trace: bool = False,
+                   compute_window_s: float | None = None) -> TieredTable:
     """A TieredTable serving ``model`` (an `EngramLM`): its fingerprint checked, one step per forward.
-    ``table_path``: the LMDB table (optional when the hierarchy's store is remote)."""
+    ``table_path``: the LMDB table (optional when the hierarchy's store is remote); ``compute_window_s``:
+    each step's prefetch window, for a tier that drops late rows."""
     config = model.config.engram
     if config is None:
         raise EngramTierError("tiered table: this model has no Engram layers, so there is no table to serve")
@@ -111,7 +113,7 @@ def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: 
                 f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
             )
         return TieredTable(hierarchy, store, device=device, layers_per_step=len(config.layer_ids),
-                           record_trace=record_trace)
+                           record_trace=record_trace, compute_window_s=compute_window_s)
     except BaseException:
         store.close()
         raise

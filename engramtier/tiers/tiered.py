@@ -90,8 +90,8 @@ def _positions(stamp, keys, first, rank, out):
 class StepRecord:
     """What one step asked for, what served it, and what it cost."""
 
-    requests: int
-    submitted: float
+    requests: int = 0
+    submitted: float = 0.0
     unique: int = 0
     served: list[int] = field(default_factory=list)
     fetch_s: float = 0.0
@@ -320,7 +320,7 @@ class TieredTable:
             raise EngramTierError(
                 f"tiered table: speculate was called after {len(self._pending)} of a step's {self.layers_per_step} "
                 "layers asked for their rows; speculate before a step's first prefetch or after its last")
-        self._start(torch.as_tensor(row_ids), StepRecord(0, 0.0, speculative=True))
+        self._start(torch.as_tensor(row_ids), StepRecord(speculative=True))
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -333,7 +333,7 @@ class TieredTable:
         self._pending = []
         group.grouped = self.layers_per_step > 1
         group.layer_shape = tuple(pending[0].shape)
-        group.record = StepRecord(0, 0.0)
+        group.record = StepRecord()
         group.future = self._start(torch.stack(pending, dim=-2) if group.grouped else pending[0], group.record)
 
     def _start(self, ids: torch.Tensor, record: StepRecord) -> Future:
