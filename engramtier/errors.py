@@ -21,9 +21,10 @@ def refuse_unknown(names: Iterable, valid: Iterable, where: str = "", what: str 
     for name in names:
         if name not in valid:
             close = difflib.get_close_matches(str(name), valid, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = f"did you mean '{_printable(close[0])}'? " if close else ""
             prefix = f"{where}: " if where else ""
-            raise EngramTierError(f"{prefix}unknown {what} '{name}': {hint}choose one of {', '.join(valid)}")
+            raise EngramTierError(f"{prefix}unknown {what} '{_printable(name)}': {hint}choose one of "
+                                  f"{', '.join(map(_printable, valid))}")
 
 
 def check_number(value, what: str, *, integer: bool = False, low=None, high=None, low_open: bool = False):
@@ -44,6 +45,12 @@ def check_number(value, what: str, *, integer: bool = False, low=None, high=None
     if not ok:
         raise EngramTierError(f"{what} must be {kind}, got {reprlib.repr(value)}")
     return value
+
+
+def _printable(name) -> str:
+    """A name as typed, control characters escaped (a newline as \\n) so that a message stays one line."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _shown(bound) -> str:

@@ -11,7 +11,7 @@ import pytest
 from engramtier.analysis.config import load_config
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main
-from engramtier.errors import EngramTierError, check_number
+from engramtier.errors import EngramTierError, check_number, refuse_unknown
 from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.trace.tracefile import TraceReader
 
@@ -280,3 +280,19 @@ def test_check_number_passes_values_in_range():
     assert check_number(1, "x", low=0, high=1, low_open=True) == 1
     assert check_number(0.5, "x", low=0, high=1) == 0.5
     assert check_number(2**70, "x", integer=True, low=0) == 2**70
+
+
+def test_an_unknown_name_with_a_newline_is_refused_in_one_line():
+    with pytest.raises(EngramTierError) as err:
+        refuse_unknown(["zi\npf"], ("sample", "zipf"), "x.toml: [trace]", "source")
+    assert "\n" not in str(err.value) and "unknown source 'zi\\npf'" in str(err.value)
+    with pytest.raises(EngramTierError, match="unknown source 'zipff': did you mean 'zipf'"):
+        refuse_unknown(["zipff"], ("sample", "zipf"), "x.toml: [trace]", "source")
+
+
+@pytest.mark.parametrize("tier", [{"name": "dr\nam", "model": "dram"}, {"name": "dram", "model": ""},
+                                  {"name": "dram", "model": {"name": "x\ty", "latency_s": 1e-7, "bandwidth_Bps": 1e10}}])
+def test_a_tier_or_model_name_that_would_break_the_error_line_is_refused(tier):
+    with pytest.raises(EngramTierError, match="must be a non-empty name of printable characters") as err:
+        Hierarchy.from_dict({"tier": [{**tier, "capacity": 10, "policy": "lru"}, {"name": "nvme", "model": "nvme"}]})
+    assert "\n" not in str(err.value)

@@ -158,6 +158,12 @@ class TierSpec:
         return {**d, "storage": dict(self.storage)} if self.storage else d
 
 
+def _check_printable(at: str, name: Any) -> None:
+    """Refuse a name that would break a one-line message (empty, or holding a newline or other control)."""
+    if isinstance(name, str) and not (name and name.isprintable()):
+        raise EngramTierError(f"{at} must be a non-empty name of printable characters, got {name!r}")
+
+
 @dataclass(frozen=True)
 class Hierarchy:
     """Tiers ordered fastest to slowest; the last is the backing store holding every row. ``where``
@@ -275,6 +281,8 @@ class Hierarchy:
                     f"{at} needs a 'name' and a 'model' (a default model's name or a table of fields)"
                 )
             model = t["model"]
+            _check_printable(f"{at}.name", t["name"])
+            _check_printable(f"{at}.model", model.get("name", "model") if isinstance(model, Mapping) else model)
             if isinstance(model, Mapping):
                 refuse_unknown(model, tuple(f.name for f in dataclasses.fields(TierModel)), f"{at}.model")
                 if not {"latency_s", "bandwidth_Bps"} <= set(model) or not isinstance(model.get("name", ""), str):
