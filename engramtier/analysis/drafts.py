@@ -28,11 +28,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engramtier.analysis.speculative import simulate_steps
 from engramtier.cache.hierarchy import Hierarchy
-from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
 from engramtier.model.speculation import verify_rows
-from engramtier.trace.rowtrace import RowTrace
 
 # Fetch schedules: name, the slots hashed, whether the rows are prefetched during drafting.
 SCHEDULES = (("at_verify", "real", False), ("padded_at_verify", "padded", False), ("drafts_ahead", "real", True),
@@ -125,15 +124,12 @@ def draft_decoding_study(model, windows: torch.Tensor, gammas, hierarchy: Hierar
 
 def _schedule(verify_steps, ahead: bool, window_s, lead_s, hierarchy, n_rows, row_bytes) -> dict:
     """The verify steps' rows through the simulator, each after a prefetch of the same rows (window
-    ``lead_s``) when ``ahead``; per verify step: rows, bytes from the store, resident fraction, stall."""
-    steps = [x for rows in verify_steps for x in ((rows, lead_s), (rows, window_s))] if ahead \
-        else [(rows, window_s) for rows in verify_steps]
-    sizes = np.array([rows.size for rows, _ in steps], np.int64)
-    starts = np.zeros(sizes.size + 1, np.int64)
-    np.cumsum(sizes, out=starts[1:])
-    trace = RowTrace(np.concatenate([rows for rows, _ in steps]).astype(np.int64), starts, n_rows, row_bytes, {})
-    sim = simulate(trace, hierarchy, compute_window_s=np.array([w for _, w in steps], np.float64), progress=False)
-    verify = np.arange(1 if ahead else 0, len(steps), 2 if ahead else 1)
+    ``lead_s``) when ``ahead``; per verify step: bytes from the store, resident fraction, stall."""
+    per = 2 if ahead else 1
+    steps = [rows for rows in verify_steps for _ in range(per)]
+    windows = np.tile([lead_s, window_s] if ahead else [window_s], len(verify_steps))
+    sim = simulate_steps(steps, windows, hierarchy, n_rows, row_bytes)
+    verify = np.arange(per - 1, len(steps), per)
     return {
         "store_bytes_per_step": float(sim.served[-1].sum() * row_bytes / verify.size),
         "resident_fraction": float(sim.served[:-1][:, verify].sum() / sim.unique[verify].sum()),

@@ -89,7 +89,8 @@ def _one_k(true, cand, k, hierarchy, row_bytes, n_rows, window_s, lead_s) -> dic
         hit = np.isin(real, spec, assume_unique=True).sum()
         covered, needed, extra = covered + int(hit), needed + real.size, extra + int(spec.size - hit)
         steps += [spec, real]
-    sim = _simulate(steps, hierarchy, row_bytes, n_rows, window_s, lead_s)
+    # the interleaved trace [demand 0, spec 1, demand 1, ...], each kind with its window
+    sim = simulate_steps(steps, np.where(np.arange(len(steps)) % 2 == 0, window_s, lead_s), hierarchy, n_rows, row_bytes)
     demand = np.arange(0, len(steps), 2)[1:]  # the demand steps that had a speculative step before them
     decode_steps = true.shape[1] - 1
     served_above = sim.served[:-1][:, demand].sum()
@@ -136,11 +137,10 @@ def measured_speculation(records: list[dict], trace: RowTrace) -> dict:
     }
 
 
-def _simulate(steps, hierarchy, row_bytes, n_rows, window_s, lead_s):
-    """The interleaved trace [demand 0, spec 1, demand 1, ...] through the simulator, with each kind's window."""
+def simulate_steps(steps: list[np.ndarray], windows: np.ndarray, hierarchy: Hierarchy, n_rows: int, row_bytes: int):
+    """Steps of row ids, each with its own prefetch window (seconds), through the simulator."""
     sizes = np.array([x.size for x in steps], np.int64)
     starts = np.zeros(sizes.size + 1, np.int64)
     np.cumsum(sizes, out=starts[1:])
     trace = RowTrace(np.concatenate(steps).astype(np.int64), starts, n_rows, row_bytes, {})
-    windows = np.where(np.arange(sizes.size) % 2 == 0, window_s, lead_s).astype(np.float64)
-    return simulate(trace, hierarchy, compute_window_s=windows, progress=False)
+    return simulate(trace, hierarchy, compute_window_s=np.asarray(windows, np.float64), progress=False)
