@@ -26,27 +26,22 @@ Without ``--run`` a small model is trained on the shipped sample text first (min
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from engramtier.analysis.drafts import SCHEDULES, draft_decoding_study, verify_traces
-from engramtier.cache.hierarchy import Hierarchy
-from engramtier.cache.simulator import simulate
 from engramtier.model.train import held_out_windows
 from engramtier.rundir import RunDir
 from engramtier.tiers.open import lmdb_table_for, open_table
-from sample_model import sample_model  # benchmarks/, the script's own folder
+from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 
 GAMMAS = (1, 2, 4, 8)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default=None, help="a run directory written by 'engramtier train' (default: train one)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps when no --run is given")
-    parser.add_argument("--vocab", type=int, default=2048, help="BPE tokens of the trained model")
+    add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences decoded in lockstep")
     parser.add_argument("--seq-len", type=int, default=512, help="positions decoded per sequence")
     parser.add_argument("--match", type=int, default=2, help="tokens the prompt-lookup drafter matches")
@@ -60,18 +55,15 @@ def main():
     torch.manual_seed(args.seed)
     run = RunDir.create(args.out, "bench_draft_prefetch", vars(args))
 
-    model_dir = Path(args.run) if args.run else run.path / "model"
-    loaded, val = sample_model(model_dir, trained_here=not args.run, steps=args.steps, vocab=args.vocab, seq_len=64,
-                               seed=args.seed)
+    model_dir, loaded, val = model_for(args, run, 64)
     model = loaded.model
     windows = held_out_windows(val, args.seq_len, args.batch_size * args.seq_len)
     traces = {g: verify_traces(model, windows.numpy(), g, args.match) for g in GAMMAS}
     touched = int(np.unique(np.concatenate(traces[GAMMAS[0]]["real"])).size)
-    hierarchy = Hierarchy.from_dict({"tier": [
-        {"name": "dram", "capacity": max(1, int(touched * args.cache_fraction)), "policy": "lru", "model": "dram"},
-        {"name": "nvme", "model": "nvme"}]})
+    hierarchy = dram_over_nvme(int(touched * args.cache_fraction))
     window_s, lead_s = args.window_us * 1e-6, args.lead_us * 1e-6
-    points = draft_decoding_study(model, windows, GAMMAS, hierarchy, window_s=window_s, lead_s=lead_s, match=args.match)
+    points = draft_decoding_study(model, windows, GAMMAS, hierarchy, window_s=window_s, lead_s=lead_s, match=args.match,
+                                  traces=traces)
     table_path = lmdb_table_for(model_dir)
     for point in points:
         point["measured"] = {name: _replay(table_path, hierarchy, traces[point["gamma"]][kind], ahead, lead_s,
@@ -109,9 +101,7 @@ def _replay(table_path, hierarchy, steps, ahead, lead_s, repeats) -> dict:
                 table.prefetch(ids).wait()
             table.finish()
             records, stats, trace = table.step_records(), table.stats(), table.recorded_trace()
-        sim = simulate(trace, hierarchy, compute_window_s=0.0, progress=False).tier_stats()
-        equal &= [(t["lookups"], t["hits"], t["evicted"]) for t in stats["tiers"]] == \
-            [(t["lookups"], t["hits"], t["evicted"]) for t in sim]
+        equal &= simulator_agrees(stats, trace, hierarchy)
         stalls.append(float(np.mean([r["stall_s"] for r in records if not r["speculative"]])))
     return {"stall_s_per_step": float(np.median(stalls)), "stall_s_per_step_runs": stalls,
             "store_bytes_per_step": stats["tiers"][-1]["bytes_read"] / len(steps), "simulator_counts_equal": equal}

@@ -26,7 +26,6 @@ figures/lossy_fetch.png/.svg) and prints the summary as JSON.
 import argparse
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from engramtier.cache.simulator import simulate
 from engramtier.model.rowsource import ReadyRows
 from engramtier.model.train import evaluate, held_out_windows
 from engramtier.rundir import RunDir
-from sample_model import sample_model  # benchmarks/, the script's own folder
+from sample_model import add_model_options, dram_over_nvme, model_for  # benchmarks/, the script's own folder
 from engramtier.trace.rowtrace import RowTrace
 
 FRACTIONS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -71,9 +70,7 @@ class ZeroRows:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default=None, help="a run directory written by 'engramtier train' (default: train one)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps when no --run is given")
-    parser.add_argument("--vocab", type=int, default=2048, help="BPE tokens of the trained model")
+    add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--eval-tokens", type=int, default=32768)
@@ -83,9 +80,7 @@ def main():
     torch.manual_seed(args.seed)
     run = RunDir.create(args.out, "bench_lossy_fetch", vars(args))
 
-    model_dir = Path(args.run) if args.run else run.path / "model"  # kept, so a rerun can pass --run
-    loaded, val = sample_model(model_dir, trained_here=not args.run, steps=args.steps, vocab=args.vocab, seq_len=args.seq_len,
-                               seed=args.seed, batch_size=args.batch_size, eval_tokens=args.eval_tokens)
+    model_dir, loaded, val = model_for(args, run, args.seq_len, batch_size=args.batch_size, eval_tokens=args.eval_tokens)
     model, flat = loaded.model, loaded.rows
 
     def loss(rows) -> float:
@@ -128,10 +123,7 @@ def _eval_trace(model, val: np.ndarray, args) -> RowTrace:
 
 
 def _hierarchy(trace: RowTrace, on_late: str) -> Hierarchy:
-    cache_rows = max(1, int(np.unique(trace.rows).size) // 10)
-    return Hierarchy.from_dict({"tier": [
-        {"name": "dram", "capacity": cache_rows, "policy": "lru", "model": "dram"},
-        {"name": "nvme", "model": "nvme", "on_late": on_late}]})
+    return dram_over_nvme(int(np.unique(trace.rows).size) // 10, on_late)
 
 
 def _deadlines(trace: RowTrace, fractions) -> list[dict]:

@@ -31,29 +31,24 @@ an earlier exit costs in coverage.
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from engramtier.analysis.speculative import measured_speculation, speculative_prefetch_study
-from engramtier.cache.hierarchy import Hierarchy
-from engramtier.cache.simulator import simulate
 from engramtier.model.speculation import Speculation
 from engramtier.model.train import held_out_windows
 from engramtier.rundir import RunDir
 from engramtier.tiers.generate import decode_teacher_forced
 from engramtier.tiers.open import lmdb_table_for, open_for_model
-from sample_model import sample_model  # benchmarks/, the script's own folder
+from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 
 K_VALUES = (0, 1, 2, 4, 8)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default=None, help="a run directory written by 'engramtier train' (default: train one)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps when no --run is given")
-    parser.add_argument("--vocab", type=int, default=2048, help="BPE tokens of the trained model")
+    add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="sequences decoded in lockstep")
     parser.add_argument("--seq-len", type=int, default=64, help="positions decoded per sequence")
     parser.add_argument("--window-us", type=float, default=20.0, help="compute before the Engram layer (µs)")
@@ -68,16 +63,12 @@ def main():
     torch.manual_seed(args.seed)
     run = RunDir.create(args.out, "bench_speculative", vars(args))
 
-    model_dir = Path(args.run) if args.run else run.path / "model"  # kept, so a rerun can pass --run
-    loaded, val = sample_model(model_dir, trained_here=not args.run, steps=args.steps, vocab=args.vocab, seq_len=args.seq_len,
-                               seed=args.seed)
+    model_dir, loaded, val = model_for(args, run, args.seq_len)
     model = loaded.model
     windows = held_out_windows(val, args.seq_len, args.batch_size * args.seq_len)
 
     touched = int(torch.unique(model.row_ids(windows)).numel())
-    hierarchy = Hierarchy.from_dict({"tier": [
-        {"name": "dram", "capacity": max(1, int(touched * args.cache_fraction)), "policy": "lru", "model": "dram"},
-        {"name": "nvme", "model": "nvme"}]})
+    hierarchy = dram_over_nvme(int(touched * args.cache_fraction))
     records = speculative_prefetch_study(model, windows, K_VALUES, hierarchy, window_s=args.window_us * 1e-6,
                                          lead_s=args.lead_us * 1e-6, rows=loaded.rows)
     base = records[0]
@@ -138,14 +129,11 @@ def _measured(model, table_path, windows, hierarchy, settings, repeats):
                 step_s = decode_teacher_forced(model, table, windows, speculate=speculate)
                 table.finish()
                 records, stats, trace = table.step_records(), table.stats(), table.recorded_trace()
-            sim = simulate(trace, hierarchy, compute_window_s=0.0, progress=False).tier_stats()
-            equal = [(t["lookups"], t["hits"], t["evicted"]) for t in stats["tiers"]] == \
-                [(t["lookups"], t["hits"], t["evicted"]) for t in sim]
             runs[(k, after)].append({
                 **measured_speculation(records, trace), "step_s_p50": float(np.median(step_s[1:])),
                 "tokens_per_s": windows.shape[0] * (len(step_s) - 1) / sum(step_s[1:]),
                 "store_bytes_per_step": stats["tiers"][-1]["bytes_read"] / (len(step_s) - 1),
-                "simulator_counts_equal": equal})
+                "simulator_counts_equal": simulator_agrees(stats, trace, hierarchy)})
     out = []
     for (k, after), results in runs.items():
         stall = [r["stall_s_per_step"] for r in results]

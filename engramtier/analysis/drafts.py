@@ -93,10 +93,11 @@ def verify_traces(model, windows: np.ndarray, gamma: int, match: int) -> dict:
 
 
 def draft_decoding_study(model, windows: torch.Tensor, gammas, hierarchy: Hierarchy, *, window_s: float,
-                         lead_s: float, match: int = 2) -> list[dict]:
+                         lead_s: float, match: int = 2, traces: dict | None = None) -> list[dict]:
     """Per draft width gamma: verify steps, tokens a sequence gains per verify step (1 + its accepted
     drafts), real and pad slots and rows per step,
-    and per fetch schedule (`SCHEDULES`) the bytes from the store, resident fraction and stall per step."""
+    and per fetch schedule (`SCHEDULES`) the bytes from the store, resident fraction and stall per step.
+    ``traces``: `verify_traces` per gamma when the caller has them already (made here otherwise)."""
     if model.hasher is None:
         raise EngramTierError("draft study: the model has no Engram layer, so there are no rows to prefetch")
     gammas = list(gammas)
@@ -107,16 +108,16 @@ def draft_decoding_study(model, windows: torch.Tensor, gammas, hierarchy: Hierar
                               f"{list(windows.shape)} and {match}")
     row_bytes, results = model.config.format.row_bytes, []
     for gamma in gammas:
-        traces = verify_traces(model, windows.numpy(), gamma, match)
-        steps = len(traces["real"])
-        schedule = {name: _schedule(traces[kind], ahead, window_s, lead_s, hierarchy, model.hasher.n_rows, row_bytes)
+        step_rows = traces[gamma] if traces is not None else verify_traces(model, windows.numpy(), gamma, match)
+        steps = len(step_rows["real"])
+        schedule = {name: _schedule(step_rows[kind], ahead, window_s, lead_s, hierarchy, model.hasher.n_rows, row_bytes)
                     for name, kind, ahead in SCHEDULES}
         results.append({
             "gamma": gamma, "match": match, "sequences": int(windows.shape[0]), "verify_steps": steps,
-            "tokens_per_sequence_step": traces["tokens"] / traces["active"], "real_slots_per_step": traces["real_slots"] / steps,
-            "pad_slots_per_step": traces["pad_slots"] / steps,
-            "real_rows_per_step": float(np.mean([np.unique(r).size for r in traces["real"]])),
-            "padded_rows_per_step": float(np.mean([np.unique(r).size for r in traces["padded"]])),
+            "tokens_per_sequence_step": step_rows["tokens"] / step_rows["active"], "real_slots_per_step": step_rows["real_slots"] / steps,
+            "pad_slots_per_step": step_rows["pad_slots"] / steps,
+            "real_rows_per_step": float(np.mean([np.unique(r).size for r in step_rows["real"]])),
+            "padded_rows_per_step": float(np.mean([np.unique(r).size for r in step_rows["padded"]])),
             "schedules": schedule,
         })
     return results

@@ -35,6 +35,7 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
 from engramtier.model.speculation import candidate_rows
+from engramtier.tiers.replay import distribution, served_above_store
 from engramtier.trace.rowtrace import RowTrace
 
 
@@ -123,16 +124,14 @@ def measured_speculation(records: list[dict], trace: RowTrace) -> dict:
         spec = steps[i - 1] if records[i - 1]["speculative"] else np.empty(0, np.int64)
         hit = int(np.isin(steps[i], spec, assume_unique=True).sum())
         covered, needed, extra = covered + hit, needed + steps[i].size, extra + spec.size - hit
+    decode = [records[i] for i in demand]
     store = list(records[0]["served"])[-1]
-    from_store = sum(records[i]["served"][store] for i in demand)
-    stall = np.array([records[i]["stall_s"] for i in demand])
-    p50, p99 = np.percentile(stall, [50, 99])
+    stall = distribution([r["stall_s"] for r in decode])
     return {
         "decode_steps": len(demand), "coverage": covered / needed, "true_rows_per_step": needed / len(demand),
-        "extra_rows_per_step": extra / len(demand),
-        "resident_fraction": 1 - from_store / sum(records[i]["unique"] for i in demand),
-        "steps_all_resident": float(np.mean([records[i]["served"][store] == 0 for i in demand])),
-        "stall_s_per_step": float(stall.mean()), "stall_s_p50": float(p50), "stall_s_p99": float(p99),
+        "extra_rows_per_step": extra / len(demand), "resident_fraction": served_above_store(decode),
+        "steps_all_resident": float(np.mean([r["served"][store] == 0 for r in decode])),
+        "stall_s_per_step": stall["mean"], "stall_s_p50": stall["p50"], "stall_s_p99": stall["p99"],
         "speculative_fetch_s_per_step": float(sum(r["fetch_s"] for r in records if r["speculative"]) / len(demand)),
     }
 

@@ -250,7 +250,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise EngramTierError("--window-s applies to a tier with on_late = 'drop', and no tier of the hierarchy drops "
                               "late rows; leave it out, or set on_late = 'drop' on a tier")
     from engramtier.tiers.generate import generate
-    from engramtier.tiers.replay import distribution, sized_tiers
+    from engramtier.tiers.replay import distribution, served_above_store, sized_tiers
 
     loaded = load_served_run(args, args.run_dir)
     speculate = _speculation(args, loaded.model.config)
@@ -277,7 +277,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         print(f"dropped rows (late for the {format_ms(args.window_s)} window, read as zero rows): {stats['dropped_rows']}")
     if speculate is not None:
         print(f"speculation: top {speculate.k} after block {speculate.after_block}, {stats['speculative_steps']} speculative "
-              f"steps; {_above_store(demand):.3f} of the steps' rows were served above the store (counts below include them)")
+              f"steps; {served_above_store(demand):.3f} of the steps' rows were served above the store (counts below include them)")
     print(tier_table(tiers))
 
 
@@ -297,9 +297,3 @@ def _speculation(args: argparse.Namespace, config):
         raise EngramTierError(f"--speculate/--speculate-after: {err}") from None
     return speculation
 
-
-def _above_store(records: list[dict]) -> float:
-    """The share of these steps' unique rows a cache tier served (the store is the last tier)."""
-    unique = sum(r["unique"] for r in records)
-    store = sum(list(r["served"].values())[-1] for r in records)
-    return 1 - store / unique if unique else 0.0

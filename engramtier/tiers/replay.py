@@ -56,6 +56,14 @@ def distribution(values) -> dict:
     return {"mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
+def served_above_store(records: list[dict]) -> float:
+    """The share of these `TieredTable.step_records`' unique rows that a cache tier served (the store
+    is the last tier); 0 for steps without rows."""
+    unique = sum(r["unique"] for r in records)
+    store = sum(list(r["served"].values())[-1] for r in records)
+    return 1 - store / unique if unique else 0.0
+
+
 def sized_tiers(tiers: list[dict], row_bytes: int) -> list[dict]:
     """`TieredTable.tier_stats` with each tier's size in bytes beside its size in rows."""
     return [{**t, "capacity_bytes": t["capacity_rows"] * row_bytes} for t in tiers]
