@@ -445,8 +445,7 @@ def _run_replay(args: argparse.Namespace) -> None:
 
     hierarchy = checked_hierarchy(args)
     if hierarchy is not None and hierarchy.lossy:
-        lossy = next(t.name for t in hierarchy.tiers if t.lossy)
-        raise EngramTierError(f"--hierarchy: tier '{lossy}' drops late rows (on_late = 'drop'), which changes the outputs "
+        raise EngramTierError(f"--hierarchy: tier '{hierarchy.lossy_tier}' drops late rows (on_late = 'drop'), which changes the outputs "
                               "that replay checks are bitwise equal; replay it without on_late, or generate with "
                               "--window-s")
     if args.text is not None and not Path(args.text).exists():

@@ -222,7 +222,12 @@ class Hierarchy:
     @property
     def lossy(self) -> bool:
         """True when some tier drops its late rows (``on_late = "drop"``)."""
-        return any(t.lossy for t in self.tiers)
+        return self.lossy_tier is not None
+
+    @property
+    def lossy_tier(self) -> str | None:
+        """The name of the first tier that drops its late rows, None when every tier waits for them."""
+        return next((t.name for t in self.tiers if t.lossy), None)
 
     def capacities(self, n_table_rows: int, row_bytes: int) -> list[int]:
         """Rows each cache tier holds for a table of ``n_table_rows`` rows of ``row_bytes``; checks that

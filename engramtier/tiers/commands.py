@@ -243,8 +243,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     hierarchy = checked_hierarchy(args)
     lossy = hierarchy is not None and hierarchy.lossy
     if lossy and args.window_s is None:
-        name = next(t.name for t in hierarchy.tiers if t.lossy)
-        raise EngramTierError(f"--hierarchy: tier '{name}' drops late rows (on_late = 'drop'); give --window-s, the "
+        raise EngramTierError(f"--hierarchy: tier '{hierarchy.lossy_tier}' drops late rows (on_late = 'drop'); give --window-s, the "
                               "step's prefetch window in seconds that those rows miss")
     if args.window_s is not None and not lossy:
         raise EngramTierError("--window-s applies to a tier with on_late = 'drop', and no tier of the hierarchy drops "

@@ -225,9 +225,9 @@ class TieredTable:
     def _deadline_of(self, window: Any, overlap: str) -> tuple[float, str] | None:
         """(window seconds, overlap) when a tier drops late rows, else None; refused if it has no window."""
         refuse_unknown([overlap], OVERLAPS, "tiered table", "overlap")
-        if not self.hierarchy.lossy:
+        lossy = self.hierarchy.lossy_tier
+        if lossy is None:
             return None
-        lossy = next(t.name for t in self.hierarchy.tiers if t.lossy)
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not (math.isfinite(window) and window >= 0):
             raise EngramTierError(f"tiered table: tier '{lossy}' drops late rows (on_late = 'drop'), so it needs "
                                   f"compute_window_s, the step's prefetch window in seconds >= 0; got {window!r}")
