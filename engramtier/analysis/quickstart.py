@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
 from engramtier.analysis.config import ExperimentConfig, load_config
@@ -19,12 +18,9 @@ from engramtier.analysis.report import write_report
 from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import with_capacities
 from engramtier.cache.hierarchy import format_bytes
+from engramtier.trace.sources import shipped_experiment
 
 TINY_TEXT_CHARS = 4000
-
-
-def shipped_config_path() -> Path:
-    return Path(str(resources.files("engramtier") / "data" / "experiment.toml"))
 
 
 def tiny_config(cfg: ExperimentConfig, text_path: Path) -> ExperimentConfig:
@@ -47,7 +43,7 @@ def quickstart(out: str | None = None, tiny: bool = False, progress: bool = True
     """Run every stage of the shipped experiment into ``out`` (default ``runs/quickstart-TIME``), write the
     report and log a short summary; returns the run directory."""
     start = time.perf_counter()
-    cfg = load_config(shipped_config_path())
+    cfg = load_config(shipped_experiment())
     run = RunDir.create(out, "quickstart", {"out": out, "tiny": tiny}, None)
     if tiny:
         cfg = tiny_config(cfg, run.path / "inputs" / "sample_excerpt.txt")
