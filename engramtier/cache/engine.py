@@ -48,7 +48,8 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache.hierarchy import MODES
-from engramtier.cache.policy import PREFETCH_AHEAD, held_keys, inline_ops, is_compiled
+from engramtier.cache.policy import held_keys, inline_ops, is_compiled
+from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.errors import EngramTierError
 
 # Per-tier counters, one int64 row per cache tier (see `Engine.counters`): LOOKUP events seen, hits,

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from engramtier.cache.prefetch import prefetch
+
 FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads consecutive row ids evenly
 EMPTY = -1
 LOAD = 2  # table entries per node, at least
@@ -144,3 +146,9 @@ def home_entry(index, key):
     """The entry a lookup of ``key`` reads first (what compiled loops prefetch)."""
     bits = _bits(index)
     return key if bits == 0 else _home(key, bits)
+
+
+@njit(inline="always")
+def prefetch_home(index, key):
+    """Start loading the entry a lookup of ``key`` reads first (`engramtier.cache.prefetch`)."""
+    prefetch(index, home_entry(index, key))

@@ -149,15 +149,14 @@ class SlotPlan:
         self.mark = np.full(tier.capacity_rows, -1, np.int64)
         self._capacity = 0
         self._counts = np.zeros(2, np.int64)
-        self.arrive_slots = self.arrive_rows = self.leaving = np.empty(0, np.int64)
+        self._reserve(1)
+        self.clear()
 
     def plan(self, stream: Any, step: int, name: str) -> bool:
-        """Plan the tier's events of a step (an `Engine` stream); returns whether any slot changes."""
-        n_events = stream.events.size
-        if n_events > self._capacity or not self._capacity:  # buffers grow with the largest step, never shrink
-            self._capacity = max(n_events, 2 * self._capacity, 1)
-            self._touched, self._before, self._after, self._slots, self._rows, self._leaving = (
-                np.empty(self._capacity, np.int64) for _ in range(6))
+        """Plan the tier's events of a step (an `Engine` stream); returns whether any slot changes. The
+        changes of a step stand until the next call (a tier that nothing reached is not asked: see
+        `clear`)."""
+        self._reserve(stream.events.size)
         bad = plan_slots(stream.events, stream.hit, stream.victim, self.exclusive_lower, self.tier.index,
                          self.tier.id_of, self.free, self.n_free, self.mark, step, self._touched, self._before,
                          self._after, self._slots, self._rows, self._leaving, self._counts)
@@ -171,3 +170,14 @@ class SlotPlan:
         self.arrive_slots, self.arrive_rows, self.leaving = (
             self._slots[:n_arrive], self._rows[:n_arrive], self._leaving[:n_leave])
         return bool(n_arrive or n_leave)
+
+    def _reserve(self, n_events: int) -> None:
+        """Room for a step of ``n_events`` events: the buffers grow with the largest step, never shrink."""
+        if n_events > self._capacity:
+            self._capacity = max(n_events, 2 * self._capacity)
+            self._touched, self._before, self._after, self._slots, self._rows, self._leaving = (
+                np.empty(self._capacity, np.int64) for _ in range(6))
+
+    def clear(self) -> None:
+        """No slot changes (a step nothing reached this tier in)."""
+        self.arrive_slots, self.arrive_rows, self.leaving = self._slots[:0], self._rows[:0], self._leaving[:0]

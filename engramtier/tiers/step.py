@@ -39,6 +39,7 @@ import torch
 from numba import njit, prange
 
 from engramtier.cache import keymap
+from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
 from engramtier.cache.deadline import late_keys, late_rows
 from engramtier.cache.engine import Engine
 from engramtier.cache.hierarchy import Hierarchy
@@ -68,6 +69,8 @@ def dedup(ids, t0, index, needed, ts, inv, entries):
     ``entries`` records the entries filled (for `clear`). Returns the number of unique rows."""
     u = 0
     for i in range(ids.size):
+        if i + PREFETCH_AHEAD < ids.size:
+            keymap.prefetch_home(index, ids[i + PREFETCH_AHEAD])
         row = ids[i]
         e = keymap.entry(index, needed, row)
         p = index[e]
@@ -130,6 +133,9 @@ def resolve(index, needed, m, tier_indexes, tier_id_ofs, arrivals, direct, src, 
     for g in range(direct.size):
         reads[g] = 0
     for j in range(m):
+        if j + PREFETCH_AHEAD < m:
+            for t in range(len(tier_indexes)):
+                keymap.prefetch_home(tier_indexes[t], needed[j + PREFETCH_AHEAD])
         src[j] = store
         stage_pos[j] = 0  # 1: arrives in some tier
         for t in range(len(tier_indexes)):
@@ -163,32 +169,38 @@ def resolve(index, needed, m, tier_indexes, tier_id_ofs, arrivals, direct, src, 
 
 
 @njit(nogil=True, cache=True)
-def gather_direct(slabs, src, slot, order, lo, hi, staging):
-    """Staging rows ``lo:hi`` (rows of direct sources that arrive somewhere) out of their slabs."""
+def gather_direct(slabs, width, src, slot, order, lo, hi, staging):
+    """Staging rows ``lo:hi`` (rows of direct sources that arrive somewhere) out of their slabs. Rows
+    are ``width`` words (`engramtier.tiers.slab.words`) of flat arrays."""
     for p in range(lo, hi):
         j = order[p]
-        slab = slabs[src[j]]
-        for w in range(staging.shape[1]):
-            staging[p, w] = slab[slot[j], w]
+        slab, s = slabs[src[j]], slot[j] * width
+        for w in range(width):
+            staging[p * width + w] = slab[s + w]
 
 
-def _deliver(inv, n, stage_pos, staging, src, slot, slabs, late, out):
-    """``out[i]`` = request ``i``'s row: from staging, or straight out of its source's slab; a late row
-    (``late`` non-empty and set) is zeros. Rows are in words (`engramtier.tiers.slab.words`)."""
-    width = out.shape[1]
+def _deliver(inv, n, stage_pos, staging, src, slot, slabs, width, late, out):
+    """``out[i]`` = request ``i``'s row: from staging, or straight out of its source's slab, which is
+    prefetched a few rows ahead (slab rows are scattered); a late row (``late`` non-empty and set) is
+    zeros. Rows are ``width`` words (`engramtier.tiers.slab.words`) of flat arrays."""
     for i in prange(n):
+        if i + PREFETCH_AHEAD < n:
+            ahead = inv[i + PREFETCH_AHEAD]
+            if stage_pos[ahead] < 0:
+                prefetch(slabs[src[ahead]], slot[ahead] * width)
         j = inv[i]
+        d = i * width
         if late.size and late[j]:
             for w in range(width):
-                out[i, w] = 0
+                out[d + w] = 0
         elif stage_pos[j] >= 0:
-            p = stage_pos[j]
+            p = stage_pos[j] * width
             for w in range(width):
-                out[i, w] = staging[p, w]
+                out[d + w] = staging[p + w]
         else:
-            slab, s = slabs[src[j]], slot[j]
+            slab, s = slabs[src[j]], slot[j] * width
             for w in range(width):
-                out[i, w] = slab[s, w]
+                out[d + w] = slab[s + w]
 
 
 # One source, two builds: threads pay off only for large steps (a parallel launch costs tens of µs).
@@ -234,7 +246,9 @@ class StepPipeline:
         host = device.type != "cuda"
         views = [tier.direct_rows() if host else None for tier in self.caches]
         empty = np.empty((0, self.row_bytes), np.uint8)
-        self.slabs = tuple(words(v if v is not None else empty) for v in views) or (words(empty),)
+        self.slabs = tuple(words(v if v is not None else empty).reshape(-1) for v in views) or (words(empty).reshape(-1),)
+        self.word, self.width = words(empty).dtype, words(empty).shape[1]  # rows are `width` words
+        self._staging_words = (None, None)  # (the host staging array, its flat word view)
         self.direct = np.array([v is not None for v in views] + [False], np.bool_)  # the store is read through read()
         self.store_source = len(self.caches)
         nobody = (keymap.hashed_index(1), np.full(1, -1, np.int64))  # stands in for the tiers of a cacheless table
@@ -309,7 +323,9 @@ class StepPipeline:
         m = u
         arrivals = self._no_arrivals
         for plan, stream, name in zip(self.plans, self.engine.streams[:-1], self.names, strict=True):
-            if plan.plan(stream, step, name):
+            if not stream.events.size:
+                plan.clear()
+            elif plan.plan(stream, step, name):
                 arrivals = tuple(p.arrive_rows for p in self.plans)
                 if plan.arrive_rows.size:  # rows demoted into a tier from outside the step are needed too
                     m = int(add_rows(plan.arrive_rows, self._map, needed, m, entries))
@@ -377,10 +393,17 @@ class StepPipeline:
             self.store.read(self._needed[order[lo:hi]], staging[lo:hi])
         lo, hi = bounds[store + 1], bounds[store + 2]
         if hi > lo:
-            gather_direct(self.slabs, self._src, slot, order, lo, hi, words(staging))
+            gather_direct(self.slabs, self.width, self._src, slot, order, lo, hi, self._flat_staging())
         if self.fetch_stream is not None and on_device < total:
             self.staging.upload(on_device, total)
         return staging, on_device
+
+    def _flat_staging(self) -> np.ndarray:
+        """The whole host staging buffer as one flat array of words (made again only when it grows)."""
+        array = self.staging.host_rows
+        if self._staging_words[0] is not array:
+            self._staging_words = (array, words(array).reshape(-1))
+        return self._staging_words[1]
 
     def _late_flags(self) -> np.ndarray:
         """Per needed row, whether a tier drops it (empty when no tier drops rows)."""
@@ -396,10 +419,11 @@ class StepPipeline:
         """The step's rows in request order, a fresh tensor on the compute device (late rows zeros)."""
         n, late = self.n, self._late_flags()
         if self.fetch_stream is None:
-            out = np.empty((n, self.row_bytes), np.uint8)
+            out = np.empty(n * self.width, self.word)
             kernel = deliver_parallel if n >= PARALLEL_MIN_ROWS else deliver_serial
-            kernel(self._inv, n, self._stage_pos, words(staging), self._src, self._slot, self.slabs, late, words(out))
-            return torch.from_numpy(out)
+            kernel(self._inv, n, self._stage_pos, self._flat_staging(), self._src, self._slot, self.slabs, self.width,
+                   late, out)
+            return torch.from_numpy(out.view(np.uint8).reshape(n, self.row_bytes))
         select = self._select[:n]
         request_rows(self._inv, n, self._stage_pos, select)
         with torch.cuda.stream(self.fetch_stream):

@@ -78,7 +78,7 @@ class _StepRows:
             return self.rows
         if self.ready is None and self.future is None:
             raise self.table._incomplete_step()
-        if self.table.device.type == "cuda":
+        if self.table.cuda:
             stream = torch.cuda.current_stream(self.table.device)
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record(stream)
@@ -135,6 +135,7 @@ class TieredTable:
         self.hierarchy, self.store, self.caches = hierarchy, store, list(caches)
         self.n_rows, self.row_bytes = store.n_table_rows, store.row_bytes
         self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+        self.cuda = self.device.type == "cuda"
         self.report = dict(report or {})
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise EngramTierError(f"tiered table: device {self.device} requested but CUDA is not available; use --device cpu")
@@ -235,19 +236,24 @@ class TieredTable:
     def _start(self, ids: torch.Tensor, record: StepRecord, rows: _StepRows | None = None) -> None:
         """Record a step and run it: here when nothing is queued on the worker and its rows are cached,
         else on the worker (see the module docstring); a demand step's ``rows`` get its result."""
-        if ids.dtype != torch.int64 or ids.device.type != "cpu":
-            ids = ids.to("cpu", torch.int64)
-        host_ids = ids.detach().reshape(-1).numpy()
-        self._pipeline.check(host_ids)
+        if ids.dtype is not torch.int64 or ids.is_cuda or ids.requires_grad:
+            ids = ids.detach().to("cpu", torch.int64)
+        host_ids = ids.reshape(-1).numpy()
+        pipeline = self._pipeline
+        pipeline.check(host_ids)
         record.requests, record.submitted = host_ids.size, time.perf_counter()
         self._log.start(record, host_ids)
         if rows is not None and (self._queued is None or self._queued.done()):
-            self._note_decision(record, self._guard(lambda: self._pipeline.decide(host_ids, False)))
-            if not self._pipeline.reads_store:
-                rows.ready = self._guard(self._pipeline.move)
-                record.fetch_s = time.perf_counter() - record.submitted
-                record.stall_s += record.fetch_s
-                return
+            try:
+                self._note_decision(record, pipeline.decide(host_ids, False))
+                if not pipeline.reads_store:
+                    rows.ready = pipeline.move()
+                    record.fetch_s = time.perf_counter() - record.submitted
+                    record.stall_s += record.fetch_s
+                    return
+            except BaseException as err:
+                self._failed = err
+                raise
             self._queued = self._worker.submit(self._move, record, record.submitted)
         else:
             self._queued = self._worker.submit(self._decide_and_move, host_ids.copy(), record)
