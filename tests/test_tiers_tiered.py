@@ -1,6 +1,8 @@
 """TieredTable: the simulator's hit counts exactly, the flat table's bytes exactly, slabs that mirror
 their policies, one step per forward pass, preloaded hot sets, and its refusals."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,9 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
+from engramtier.tiers.computed import ComputedStore, expected_rows
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
-from engramtier.tiers.open import open_table
+from engramtier.tiers.open import open_table, tiered_table
 
 N_ROWS, DIM = 400, 8
 
@@ -46,12 +49,25 @@ def zipf_steps(n_steps, seed, max_len=50):
 def assert_slabs_mirror_policies(table, flat):
     """Every cache tier's slab holds exactly its policy's rows, each with the table's bytes."""
     for tier, policy in zip(table.caches, table.engine.policies):
-        held = np.flatnonzero(tier.slot_of >= 0)
+        held = np.sort(tier.id_of[tier.id_of >= 0])
         by_policy = np.array([k for k in range(N_ROWS) if policy.contains(k)], np.int64)
         np.testing.assert_array_equal(held, by_policy)
         rows = np.empty((held.size, flat.shape[1]), np.uint8)
         tier.read(held, rows)
         np.testing.assert_array_equal(rows, flat[held])
+
+
+def assert_runtime_is_simulated(table, spec, ctx=None):
+    """The table's counts per tier and per step are what the simulator makes of its recorded trace."""
+    trace, runtime, per_step = table.recorded_trace(), table.stats(), table.step_records()
+    sim = simulate(trace, Hierarchy.from_dict(spec), compute_window_s=0.0, progress=False)
+    keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined", "served_bytes")
+    simulated = [{**t, "served_bytes": t["bytes_read"]} for t in sim.tier_stats()]
+    assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in simulated]
+    served = np.array([[s["served"][t["name"]] for s in per_step] for t in spec["tier"]])
+    np.testing.assert_array_equal(served, sim.served)
+    assert [s["unique"] for s in per_step] == sim.unique.tolist()
+    return runtime
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
@@ -64,18 +80,47 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
             got = table.prefetch(torch.from_numpy(ids)).wait()
             np.testing.assert_array_equal(got.numpy(), flat[ids])
         table.finish()
-        trace = table.recorded_trace()
-        runtime, per_step = table.stats(), table.step_records()
+        np.testing.assert_array_equal(table.recorded_trace().rows, np.concatenate(steps))
         assert_slabs_mirror_policies(table, flat)
-    np.testing.assert_array_equal(trace.rows, np.concatenate(steps))
-    sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode, top, middle)), compute_window_s=0.0, progress=False)
-    keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined", "served_bytes")
-    simulated = [{**t, "served_bytes": t["bytes_read"]} for t in sim.tier_stats()]
-    assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in simulated]
-    served = np.array([[s["served"][name] for s in per_step] for name in ("gpu", "dram", "nvme")])
-    np.testing.assert_array_equal(served, sim.served)
-    assert [s["unique"] for s in per_step] == sim.unique.tolist()
+        runtime = assert_runtime_is_simulated(table, hierarchy(mode, top, middle))
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
+
+
+ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu"]
+
+
+@pytest.mark.parametrize("policy", ONLINE)
+def test_every_policy_hits_as_simulated_above_and_below_in_both_modes(table_dir, policy):
+    """Each online policy as the top tier and as the tier below, inclusive and exclusive: the runtime keys
+    its maps by row id in hashed maps, the simulator by dense keys in arrays; the counts agree."""
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=8, max_len=60)
+    rows = 100 if policy == "wtinylfu" else 20  # W-TinyLFU's window needs 100 rows
+    for mode in ("inclusive", "exclusive"):
+        for spec in (hierarchy(mode, policy, "lru", top_rows=rows, middle_rows=rows + 40),
+                     hierarchy(mode, "lru", policy, top_rows=10, middle_rows=rows + 10)):
+            with open_table(spec, path, device="cpu", record_trace=True) as table:
+                for ids in steps:
+                    np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+                table.finish()
+                assert_slabs_mirror_policies(table, flat)
+                runtime = assert_runtime_is_simulated(table, spec)
+            assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0
+
+
+@pytest.mark.parametrize("policy", ["belady", "lookahead"])
+def test_offline_policies_hit_as_simulated(table_dir, policy):
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=9)
+    starts = np.cumsum([0] + [ids.size for ids in steps])
+    for mode in ("inclusive", "exclusive"):
+        spec = hierarchy(mode, policy, "lru", top_rows=15, middle_rows=40)
+        ctx = PolicyContext(n_keys=N_ROWS, keys=np.concatenate(steps), step_starts=starts)
+        with open_table(spec, path, device="cpu", ctx=ctx, record_trace=True) as table:
+            for ids in steps:
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            table.finish()
+            assert_runtime_is_simulated(table, spec)
 
 
 @settings(max_examples=15, deadline=None)
@@ -153,7 +198,7 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
         open_table(hierarchy("inclusive"), fingerprinted, expect_fingerprint="abc")
     with pytest.raises(EngramTierError, match=r"tier 'dram': capacity 500 \(500 rows\) exceeds the table's 400 rows"):
         open_table(hierarchy("inclusive", middle_rows=500), path)
-    monkeypatch.setattr("engramtier.tiers.slab.available_host_bytes", lambda: 1000)
+    monkeypatch.setattr("engramtier.tiers.slab.available_host_bytes", lambda: 100)
     with pytest.raises(EngramTierError, match="tier 'gpu': gpu tier: needs .* GiB but only .* GiB are free"):
         open_table(hierarchy("inclusive"), path, device="cpu")
     monkeypatch.undo()
@@ -267,3 +312,30 @@ def test_partitioned_hit_counts_equal_the_simulator(table_dir, mode):
     assert runtime_rows[0] == {2: 6, 4: 6} and sum(runtime_rows[1].values()) == 40
     gpu = runtime["tiers"][0]
     assert gpu["hits"] > 0 and gpu["declined"] > 0  # order 3 rows have no share in the top tier
+
+
+def test_state_follows_the_caches_not_the_table():
+    """A table of 2**33 rows opens in a few MiB and serves the same hits as a table of 1,000 rows that
+    sees the same pattern of requests (row ids spread over the whole table)."""
+    n_big = 2**33
+    rng = np.random.default_rng(11)
+    steps = [zipf_keys(int(rng.integers(1, 80)), 1000, 1.1, rng) for _ in range(80)]
+    spread = lambda keys: (keys * 2_147_483_629 + 12_345) % n_big  # odd multiplier: a bijection of ids  # noqa: E731
+    spec = {"mode": "exclusive", "tier": [{"name": "gpu", "capacity": 64, "policy": "s3fifo", "model": "hbm"},
+                                          {"name": "dram", "capacity": 256, "policy": "lru", "model": "dram"},
+                                          {"name": "nvme", "model": "nvme"}]}
+    tiered_table(spec, ComputedStore(1000, 16), device="cpu").close()  # compiles what the first open compiles
+    hits = []
+    for store, ids_of in ((ComputedStore(n_big, 16), spread), (ComputedStore(1000, 16), lambda keys: keys)):
+        tracemalloc.start()
+        table = tiered_table(spec, store, device="cpu")
+        opened = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        with table:
+            for keys in steps:
+                ids = ids_of(keys)
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), expected_rows(ids, 16))
+            table.finish()
+            hits.append([(t["hits"], t["evicted"]) for t in table.stats()["tiers"]])
+        assert opened < 4 * 2**20, f"opening allocated {opened / 2**20:.1f} MiB"
+    assert hits[0] == hits[1] and hits[0][0][0] > 0 and hits[0][1][0] > 0

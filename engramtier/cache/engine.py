@@ -48,7 +48,8 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache.hierarchy import MODES
-from engramtier.cache.policy import PREFETCH_AHEAD, inline_ops, is_compiled
+from engramtier.cache.policy import held_keys, inline_ops, is_compiled
+from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.errors import EngramTierError
 
 # Per-tier counters, one int64 row per cache tier (see `Engine.counters`): LOOKUP events seen, hits,
@@ -244,10 +245,10 @@ def store_tier(events, step_starts, hits_per_step):
 
 
 @njit(nogil=True)
-def drop_rows_held_above(upper, lower, n_keys):
-    """Remove from ``lower`` every row ``upper`` holds: an exclusive hierarchy whose policies start with
-    rows (a static hot set) must not hold a row twice."""
-    for k in range(n_keys):
+def drop_rows_held_above(upper, lower, keys):
+    """Remove from ``lower`` each of its ``keys`` that ``upper`` holds: an exclusive hierarchy whose
+    policies start with rows (a static hot set) must not hold a row twice."""
+    for k in keys:
         if upper.contains(k):
             lower.remove(k)
 
@@ -292,7 +293,8 @@ class Engine:
             for i, lower in enumerate(self.policies):
                 for upper in self.policies[:i] if lower.occupancy() else ():
                     compiled = is_compiled(upper) and is_compiled(lower)
-                    (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, n_keys)
+                    (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower,
+                                                                                          held_keys(lower, n_keys))
         self._drivers = [drivers_for(policy) for policy in self.policies]
         self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
         self.store_lookups = 0
@@ -324,23 +326,27 @@ class Engine:
         steps by ``step_starts`` (indices into ``keys``, then ``keys.size``). Returns the rows each
         tier served per step, int64 ``[len(policies) + 1, steps]``, the store last."""
         n_steps = step_starts.size - 1
-        self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
+        if 2 * keys.size > self._capacity or n_steps >= self._step_capacity:
+            self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
         served = np.empty((len(self.policies) + 1, n_steps), np.int64)
         self.streams = []
         events, ts_in, starts = keys, ts, step_starts
-        for i, policy in enumerate(self.policies):
+        exclusive = self.mode == "exclusive"
+        for i, (target, fill, victim_driver, _) in enumerate(self._drivers):
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
-            hit, victim, out_starts = hit[:n], victim[:n], out_starts[: n_steps + 1]
-            target, fill, victim_driver, _ = self._drivers[i]
-            if self.first_tier + i == 0 or self.mode == "inclusive":
-                n_out = fill(target, events, ts_in, starts, self.mode == "exclusive", hit, victim,
-                             out_events, out_ts, out_starts, served[i], self.counters[i])
+            out_starts = out_starts[: n_steps + 1]
+            if not n:  # nothing reaches this tier: it serves nothing and passes nothing down
+                served[i] = 0
+                out_starts[:] = 0
+            elif self.first_tier + i == 0 or not exclusive:
+                n = fill(target, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
+                         served[i], self.counters[i])
             else:
-                n_out = victim_driver(target, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
-                                      served[i], self.counters[i])
-            self.streams.append(Stream(events, ts_in, starts, hit, victim))
-            events, ts_in, starts = out_events[:n_out], out_ts[:n_out], out_starts
+                n = victim_driver(target, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
+                                  served[i], self.counters[i])
+            self.streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
+            events, ts_in, starts = out_events[:n], out_ts[:n], out_starts
         self.store_lookups += int(store_tier(events, starts, served[-1]))
         self.streams.append(Stream(events, ts_in, starts))
         return served

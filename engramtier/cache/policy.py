@@ -1,8 +1,12 @@
 """The one policy interface shared by the simulator (cache/) and the runtime (tiers/).
 
-A policy decides which rows one tier keeps. Rows are dense integer keys ``0 <= key < n_keys`` (global
-row ids of an Engram table), so policies index plain arrays instead of hash tables. Every built-in
-policy is a numba ``jitclass`` with these methods, which the drivers below call in compiled loops:
+A policy decides which rows one tier keeps. Rows are integer keys ``0 <= key < n_keys``: a trace's
+dense keys in the simulator, global row ids of an Engram table in the runtime. A built-in keeps what
+it knows per key in arrays over its nodes (its capacity plus ghosts) and finds a key's node through a
+key map (`engramtier.cache.keymap`): a dense array over the keys where they are few (a trace's), a
+hash table sized by its nodes where they are a table's hundreds of millions of rows
+(``PolicyContext.hashed``). Every built-in policy is a numba ``jitclass`` with these methods, which
+the drivers below call in compiled loops:
 
     lookup(key, t) -> bool    a request for ``key`` at trace position ``t``; on a hit the policy
                               updates its state (recency, frequency...) and returns True; on a miss it
@@ -40,12 +44,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 from numba.experimental import jitclass
 
+from engramtier.cache import keymap
+from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.trace.layout import SubtableLayout
@@ -65,7 +68,10 @@ class PolicyContext:
     index of each step's first request plus the total (len = steps + 1), and ``profile`` a per-key
     access count used by static placement. ``layout`` is the table's sub-table layout (which order
     and head each global row id belongs to), for policies that treat n-gram orders apart; a trace built
-    from tokens records it in its meta. A streamed trace passes ``load_trace`` (returning
+    from tokens records it in its meta. ``hashed``: keys are a table's global row ids, far more than a
+    policy may keep an entry for each (the runtime), so online policies keep hashed key maps sized by
+    their nodes (`engramtier.cache.keymap`); offline and static policies, which are handed per-key
+    knowledge (the trace, a profile), keep their arrays. A streamed trace passes ``load_trace`` (returning
     ``(keys, step_starts)``) and ``load_row_ids`` instead, so nothing is read whole unless a policy
     asks. Derived arrays are computed once and cached here so that sweeping many sizes does not
     recompute them.
@@ -78,6 +84,7 @@ class PolicyContext:
     n_table_rows: int | None = None
     row_ids: np.ndarray | None = None
     layout: SubtableLayout | None = None
+    hashed: bool = False
     load_trace: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     load_row_ids: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -221,40 +228,10 @@ def _load_builtins() -> None:
 _KERNELS: dict[Any, Any] = {}
 _INLINE_OPS: dict[Any, tuple] = {}
 
-# How many requests ahead compiled loops prefetch a key's entry of the per-key array.
-PREFETCH_AHEAD = 8
-
-
-@intrinsic
-def _prefetch(typingctx, array, index):
-    """Start loading ``array[index]`` into the cache (LLVM's prefetch hint; no effect on results).
-
-    A policy's per-key array (one entry per table row, megabytes) is read at a random place on every
-    request, and that load stalls the loop; issued a few requests ahead, it overlaps the current
-    request's work instead (measured: W-TinyLFU and ARC ~1.3-1.5x faster).
-    """
-
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        view = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False,
-                                           boundscheck=False)
-        i8_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8_pointer, i32, i32, i32]),
-                                              "llvm.prefetch.p0i8")
-        # read, keep in all cache levels, data cache
-        builder.call(hint, [builder.bitcast(pointer, i8_pointer), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                            ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(array, index), codegen
-
-
 @njit(inline="always")
 def prefetch_key(state, key):
-    """Start loading ``key``'s entry of the state's first (per-key) array."""
-    _prefetch(state[0], key)
+    """Start loading the entry of the state's key map (its first array) that a lookup of ``key`` reads first."""
+    keymap.prefetch_home(state[0], key)
 
 
 def inline_ops(policy: Any) -> tuple | None:
@@ -265,8 +242,9 @@ def inline_ops(policy: Any) -> tuple | None:
 
 @njit(inline="always")
 def holds_key(state, key):
-    """`contains` of the policies whose state begins with key -> slot or heap index (-1: not held)."""
-    return state[0][key] >= 0
+    """`contains` of the policies whose state begins with a key map (`engramtier.cache.keymap`) to their
+    nodes or heap entries and each one's key: held exactly when the key has a node."""
+    return keymap.find(state[0], state[1], key) >= 0
 
 
 @njit(inline="always")
@@ -278,7 +256,8 @@ def no_hit_victim(state):
 def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,
                     hit_victim=no_hit_victim) -> Any:
     """Build the jitclass ``name`` around ``state`` (a tuple of arrays typed ``state_type`` whose first
-    array is indexed by key, e.g. key -> slot: `replay` prefetches it ahead of the requests).
+    array is a key map and second each node's key (`engramtier.cache.keymap`): `replay` prefetches the
+    map ahead of the requests).
 
     ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
     key)``, ``occupancy(state)`` and ``hit_victim(state)`` are ``@njit(inline='always')`` functions of
@@ -322,7 +301,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
         n_hits = 0
         for t in range(keys.size):
             if t + PREFETCH_AHEAD < keys.size:
-                _prefetch(state[0], keys[t + PREFETCH_AHEAD])
+                prefetch_key(state, keys[t + PREFETCH_AHEAD])
             k = keys[t]
             if lookup(state, k, t):
                 hits[t] = True
@@ -335,6 +314,27 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     _KERNELS[cls.class_type.instance_type] = kernel
     _INLINE_OPS[cls.class_type.instance_type] = (lookup, admit, remove, hit_victim, prefetch_key)
     return cls
+
+
+@njit(nogil=True)
+def _held_among(policy, candidates, out):
+    n = 0
+    for k in candidates:
+        if k >= 0 and policy.contains(k):
+            out[n] = k
+            n += 1
+    return n
+
+
+def held_keys(policy: Any, n_keys: int) -> np.ndarray:
+    """The keys ``policy`` holds, ascending. A `compiled_policy` is asked only about the keys its nodes
+    have held (its state's second array), so the scan follows its capacity, not ``n_keys``; any other
+    policy is asked about every key."""
+    ops = inline_ops(policy)
+    candidates = policy.state[1] if ops is not None else np.arange(n_keys, dtype=np.int64)
+    out = np.empty(candidates.size, np.int64)
+    n = (_held_among if is_compiled(policy) else _held_among.py_func)(policy, candidates, out)
+    return np.unique(out[:n])
 
 
 # Not cached on disk: numba cannot cache functions specialised on jitclass types.

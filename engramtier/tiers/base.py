@@ -78,6 +78,10 @@ class Tier(ABC):
             "bytes_written": self.rows_written * self.row_bytes,
         }
 
+    def report(self) -> dict:
+        """Facts of its own a tier adds to the runtime's per-tier report (`TieredTable.tier_stats`)."""
+        return {}
+
     def close(self) -> None:
         """Release what the tier holds; the base has nothing to release."""
 

@@ -52,6 +52,10 @@ class DramTier(SlabTier):
         self.slab_pinned = self.pin
         self.slab = self._allocate_slab()
         self._slab_on_device = device_view(torch.from_numpy(self.slab), self.device) if gather == "uva" else None
+        self.reads_into_device = gather == "uva"
+
+    def direct_rows(self) -> np.ndarray | None:
+        return self.slab
 
     def _allocate_slab(self) -> np.ndarray:
         return torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, pin_memory=self.pin).numpy()
@@ -65,6 +69,9 @@ class DramTier(SlabTier):
 
     def _scatter(self, slots: np.ndarray, rows: Any) -> None:
         copy_rows(self._host_rows(rows, slots.size, "rows"), None, self.slab, slots, self.parallel_min_rows)
+
+    def _scatter_from(self, staging: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> None:
+        copy_rows(staging, positions, self.slab, slots, self.parallel_min_rows)
 
     def _check_device_out(self, out: torch.Tensor, n_rows: int) -> None:
         if out.device != self.device or out.shape != (n_rows, self.row_bytes) or out.dtype != torch.uint8 \

@@ -24,7 +24,10 @@ read verifies the checksums of the pages and rows it touches, so a flipped bit o
 naming the page and file. Uncompressed pages are read in place from LMDB's memory map (no copy).
 
 Pages are fetched by ``readers`` threads, each in its own read transaction; the environment is opened
-read-only without a lock file, so any number of serving processes can share one table.
+read-only without a lock file, so any number of serving processes can share one table. A read of a
+step's rows is one batch: sorted by position and cut at page boundaries into one group per reader,
+each thread copying (and faulting in from disk) its own pages, so a cold read keeps ``readers`` disk
+requests in flight and each page is touched once.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ TABLE_FORMAT = b"engramtier-lmdb-table/1"
 DATA_FILE = "data.mdb"
 COUNT = struct.Struct(">Q")
 LAYOUT_CHUNK = 1 << 20  # permutation entries per LMDB value
+SHARED_READ_ROWS = 256  # reads of at least this many rows are shared by the reader threads, page by page
 DATABASES = (b"meta", b"pages", b"layout")
 
 # --- The table's environment, shared with the builder. -------------------------------------------
@@ -182,19 +186,36 @@ class NvmeTier(Tier):
             page_of = positions // lay.page_rows
             unknown = page_of[self._page_at[page_of] == 0]
             if unknown.size:
-                self._in_readers(self._locate, np.unique(unknown))
+                self._for_pages(self._locate, np.unique(unknown))
         self._epoch += 1
-        bad, why, pages, stored = read_rows(positions, lay.page_rows, lay.n_rows, self._page_at, self._rows_at,
-                                            self._page_len, self._compressed, self._checked, self._epoch,
-                                            self.row_bytes, out)
+        results = self._in_readers(lambda order, lo, hi: read_rows(
+            positions, order, lo, hi, lay.page_rows, lay.n_rows, self._page_at, self._rows_at, self._page_len,
+            self._compressed, self._checked, self._epoch, self.row_bytes, out), *self._page_groups(positions))
         del keep  # the decompressed pages `_rows_at` pointed into
-        if bad >= 0:
-            raise self._corrupt(bad, "checksum list or header mismatch" if why == 1 else "row checksum mismatch")
+        for bad, why, _, _ in results:
+            if bad >= 0:
+                raise self._corrupt(bad, "checksum list or header mismatch" if why == 1 else "row checksum mismatch")
         self._count_read(ids.size)
-        self.pages_read += pages
-        self.stored_bytes_read += stored
+        self.pages_read += sum(r[2] for r in results)
+        self.stored_bytes_read += sum(r[3] for r in results)
 
-    def _in_readers(self, work: Any, pages: np.ndarray) -> list:
+    def _page_groups(self, positions: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The read's rows cut into one group per reader thread, each its own pages: (the rows in position
+        order, the groups' bounds in it). A read too small to share stays one group in request order."""
+        if self._pool is None or positions.size < SHARED_READ_ROWS:
+            return np.empty(0, np.int64), [0, positions.size]
+        order = np.argsort(positions, kind="stable")
+        page_of = positions[order] // self.layout.page_rows
+        cuts = np.searchsorted(page_of, page_of[np.linspace(0, page_of.size - 1, self.readers + 1).astype(np.int64)[1:-1]])
+        return order, [0, *sorted({c for c in cuts.tolist() if 0 < c < positions.size}), positions.size]
+
+    def _in_readers(self, read: Any, order: np.ndarray, bounds: list[int]) -> list:
+        """``read(order, lo, hi)`` for each group ``bounds[g]:bounds[g + 1]``, the groups in the reader threads."""
+        if len(bounds) == 2:
+            return [read(order, bounds[0], bounds[1])]
+        return list(self._pool.map(lambda g: read(order, bounds[g], bounds[g + 1]), range(len(bounds) - 1)))
+
+    def _for_pages(self, work: Any, pages: np.ndarray) -> list:
         """Run ``work(pages[start:stop])`` over slices of ``pages`` in the reader threads."""
         if self._pool is None or pages.size < 4 * self.readers:
             return [work(pages)]
@@ -249,7 +270,7 @@ class NvmeTier(Tier):
                 keep.append(rows)
             return keep
 
-        return self._in_readers(work, pages)
+        return self._for_pages(work, pages)
 
     def _decompressor(self) -> Any:
         """This thread's zstd decompress function (contexts are not thread-safe)."""

@@ -52,6 +52,11 @@ class Staging:
         """The first ``n`` host rows (pinned where CUDA exists)."""
         return self._host.take(n)
 
+    @property
+    def host_rows(self) -> np.ndarray:
+        """Every host row there is (the buffer `host` hands out views of, until it grows)."""
+        return self._host.array
+
     def device(self, n: int) -> torch.Tensor:
         """The first ``n`` device rows, the buffer grown to hold them."""
         if self.on_device.shape[0] < n:

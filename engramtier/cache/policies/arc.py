@@ -22,13 +22,14 @@ import numpy as np
 from numba import njit, types
 
 from engramtier.cache.policies._lists import (
-    LENGTH, SCALARS, drop, holds, insert, lists_state, lists_state_type, move, move_to_head, remove_held,
-    tail,
+    EXTRA, KEY_OF, LENGTH, LIST_OF, NXT, PRV, SCALARS, ST, drop, holds, insert, lists_state, lists_state_type, move,
+    move_to_head, node_of, remove_held, tail,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 
 T1, T2, B1, B2 = range(4)  # list ids
 CAPACITY = SCALARS  # index into st
+P = EXTRA  # the state's one-element array holding p
 
 STATE = lists_state_type(types.float64[::1])  # then p, the target size of T1
 
@@ -36,7 +37,7 @@ STATE = lists_state_type(types.float64[::1])  # then p, the target size of T1
 @njit(inline="always")
 def _replace(state, from_b2):
     """REPLACE: demote T1's or T2's LRU row to its ghost list; returns the demoted key."""
-    key_of, prv, st, p = state[1], state[2], state[4], state[6][0]
+    key_of, prv, st, p = state[KEY_OF], state[PRV], state[ST], state[P][0]
     t1 = st[LENGTH + T1]
     if (t1 > 0 and (t1 > p or (t1 == p and from_b2))) or st[LENGTH + T2] == 0:
         s = tail(prv, st, T1)
@@ -49,14 +50,14 @@ def _replace(state, from_b2):
 
 @njit(inline="always")
 def lookup(state, key, t):
-    s = state[0][key]
+    s = node_of(state, key)
     if s < 0:
         return False
-    list_of = state[5]
+    list_of = state[LIST_OF]
     if list_of[s] == T1:
         move(state, s, T1, T2)
     elif list_of[s] == T2:
-        move_to_head(state[2], state[3], state[4], T2, s)
+        move_to_head(state[PRV], state[NXT], state[ST], T2, s)
     else:
         return False  # a ghost: handled by admit
     return True
@@ -64,9 +65,9 @@ def lookup(state, key, t):
 
 @njit(inline="always")
 def admit(state, key, t):
-    slot_of, prv, st, list_of, p = state[0], state[2], state[4], state[5], state[6]
+    prv, st, list_of, p = state[PRV], state[ST], state[LIST_OF], state[P]
     capacity = st[CAPACITY]
-    s = slot_of[key]
+    s = node_of(state, key)
     from_ghost = s >= 0
     from_b2 = False
     if from_ghost:
@@ -109,7 +110,7 @@ def contains(state, key):
 
 @njit(inline="always")
 def occupancy(state):
-    return state[4][LENGTH + T1] + state[4][LENGTH + T2]
+    return state[ST][LENGTH + T1] + state[ST][LENGTH + T2]
 
 
 ARC = compiled_policy("ARC", STATE, lookup, admit, remove, contains, occupancy)
@@ -117,4 +118,4 @@ ARC = compiled_policy("ARC", STATE, lookup, admit, remove, contains, occupancy)
 
 @register("arc")
 def build(capacity: int, ctx: PolicyContext) -> ARC:
-    return ARC(lists_state(ctx.n_keys, 2 * capacity, [capacity]) + (np.zeros(1, np.float64),))
+    return ARC(lists_state(ctx.n_keys, 2 * capacity, [capacity], hashed=ctx.hashed) + (np.zeros(1, np.float64),))

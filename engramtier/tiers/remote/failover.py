@@ -39,6 +39,10 @@ def split_rule(storage: Mapping[str, Any]) -> tuple[dict, dict]:
     return options, {k: options.pop(k) for k in FAILOVER_OPTIONS if k in options}
 
 
+# What a remote store's tier report adds (`report`).
+REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "fallback_rows")
+
+
 class FailoverStore(Tier):
     """A remote store, opened by ``connect``, behind the ``on_failure`` rule; ``fallback``: the local
     table for ``"fallback"`` (an `NvmeTier` of the same table).
@@ -154,6 +158,11 @@ class FailoverStore(Tier):
         return {**own, "reads": self.reads, "rows_read": self.rows_read, "bytes_read": self.rows_read * self.row_bytes,
                 "on_failure": self.on_failure, "failures": self.failures, "retries": self.retries,
                 "waited_s": self.waited_s, "fallback_rows": self.fallback_rows}
+
+    def report(self) -> dict:
+        """Where the store is and how its outages went, for the runtime's per-tier report."""
+        stats = self.stats()
+        return {"remote": {k: stats[k] for k in REMOTE_FACTS}}
 
     def close(self) -> None:
         if self.primary is not None:
