@@ -85,3 +85,16 @@ def test_refusals(table, text, tmp_path, capsys):
                          n_heads=2, engram_layers=(1,), table_size=101, hash_heads=2, row_dim=16)
     refused(["--engram-only", "--run", str(trained), "--variant", "demo"], "has its own --variant")
     refused(["--engram-only", "--run", str(trained), "--device", "cpu"], "a trained model's Engram layers run inside")
+
+
+@pytest.mark.parametrize("variant", ["demo", "dsv41"])
+def test_a_random_transformer_model_of_each_variant_replays_bitwise_equal(text, tmp_path, variant):
+    out = tmp_path / variant
+    assert main(["replay", "--text", str(text), "--out", str(out), "--variant", variant, "--hc-mult", "2",
+                 "--tokenizer", "bpe:300", "--d-model", "32", "--layers", "2", "--heads", "2", "--engram-layers", "1",
+                 "--table-size", "101", "--hash-heads", "2", "--max-tokens", "200", "--seq-len", "32",
+                 "--warmup-steps", "1", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"]
+    config = load_model(out / "model").model.config
+    assert (config.variant, config.hc_mult, config.backbone) == (variant, 2, "transformer")

@@ -13,7 +13,8 @@ tiered           `TieredTable`: the model's row source over a hierarchy of tiers
 slots            its slot planning: which slots a step's admissions and evictions change
 staging          its staging buffers and the one host-to-device copy
 open             building a hierarchy's store (local or remote) and a `TieredTable` for a model
-replay, generate the model over a tiered table, compared with the flat one, and generating text
+replay, generate the model over a tiered table, compared with the flat one (or its Engram layers
+                 alone), and generating text
 commands         `engramtier build-table | generate` and the serving options (`replay` is an
                  experiment: `engramtier.analysis.commands`)
 """

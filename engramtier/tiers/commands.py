@@ -46,10 +46,11 @@ row) or of row ids.
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build-table",
-        help="build the LMDB (nvme tier) table from a flat table or random rows; resumable",
+        help="build the LMDB (nvme tier) table from a flat table, random rows or a DeepSeek-V4.1 checkpoint; resumable",
         description="Build the nvme tier's LMDB table: rows packed into checksummed, optionally "
         "compressed pages, hottest rows first when a profile is given. Rerunning an interrupted "
-        "build resumes it.",
+        "build resumes it. --from-checkpoint also writes the checkpoint's Engram layers as a stand-in "
+        "model beside the table (OUT_DIR/table.lmdb), which replay --engram-only and generate serve.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

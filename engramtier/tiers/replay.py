@@ -19,6 +19,10 @@ equal the runtime's exactly.
 Without a trained run, `random_run` writes a random-initialised one (same files as `engramtier train`;
 the table drawn N(0, 1) like an untrained one and rounded to its row format), so a replay needs no
 training: its outputs mean nothing as language, but bytes, hits and timings are those of a real model.
+
+`engram_only_replay` runs a stand-in model's Engram layers alone (an imported DeepSeek-V4.1 checkpoint's,
+or `random_stand_in_run`'s) over the tiered table only: the layers' own speed, bytes and stall at their
+row size, with no flat pass to compare (the production table is 189 GiB).
 """
 
 from __future__ import annotations
