@@ -428,7 +428,8 @@ def _register_replay(subparsers) -> None:
         "JSON lines, a summary and a per-step stall figure (engramtier report RUN renders them).",
         epilog=_REPLAY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", dest="run_dir", help="run directory of `engramtier train` (default: a random-initialised model)")
+    p.add_argument("--run", dest="run_dir", help="run directory of `engramtier train`, or with --engram-only of "
+                   "`build-table --from-checkpoint` (default: a random-initialised model)")
     p.add_argument("--text", help="text file or directory to replay (default: the shipped sample text)")
     serving_options(p)
     p.add_argument("--mode", choices=["prefill", "decode"], default="prefill", help="how tokens form steps")

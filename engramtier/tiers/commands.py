@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train`")
+    g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train` or `build-table --from-checkpoint`")
     g.add_argument("--prompts", default="-", help="file with one prompt per line, or - for stdin (default)")
     serving_options(g)
     g.add_argument("--max-new-tokens", type=positive_int, default=32)
