@@ -182,6 +182,31 @@ def test_build_table_killed_is_refused_and_rerun_has_every_row(tmp_path, capsys)
     assert stored_records(out) == stored_records(reference)  # every page, the manifest, layout and dictionary
 
 
+def test_checkpoint_import_killed_is_refused_and_rerun_has_every_row(tmp_path, capsys):
+    """build-table --from-checkpoint writes the stand-in model, then builds RUN/table.lmdb through the same
+    resumable builder, here hottest rows first: killed mid-build, the run's table is refused (by replay too,
+    in one line), and the same command resumes it to the checkpoint's rows and the reference's stored bytes."""
+    from checkpoint_fixture import TABLE_SIZE, engram_tensors, expected_rows, hash_config, write_checkpoint
+
+    tensors = engram_tensors(hash_config())
+    checkpoint = write_checkpoint(tmp_path / "ckpt", tensors)
+    profile = tmp_path / "profile.npy"  # hot rows first: the rows are read scattered, not in id order
+    np.save(profile, np.random.default_rng(0).zipf(1.2, len(expected_rows(tensors, hash_config()))).astype(np.float64))
+    argv = ["--from-checkpoint", str(checkpoint), "--table-size", str(TABLE_SIZE), "--page-kib", "4",
+            "--batch-pages", "1", "--profile", str(profile), "--quiet"]
+    reference_run(["build-table", str(tmp_path / "reference"), *argv])
+    reference = tmp_path / "reference" / "table.lmdb"
+    out = tmp_path / "killed"
+    for at in points(size(reference / "data.mdb"), seed=4, n=2):
+        killed_run(["build-table", str(out), *argv], grown_to(out / "table.lmdb" / "data.mdb", at))
+        with pytest.raises(EngramTierError, match=r"unfinished build \(\d+ of \d+ pages|is not an engramtier table"):
+            NvmeTier(out / "table.lmdb")
+        refused(capsys, ["replay", "--engram-only", "--run", str(out), "--out", str(tmp_path / "replay")])
+    assert main(["build-table", str(out), *argv]) == 0
+    np.testing.assert_array_equal(table_rows(out / "table.lmdb"), expected_rows(tensors, hash_config()))
+    assert stored_records(out / "table.lmdb") == stored_records(reference)
+
+
 @pytest.mark.parametrize("left", ["lock file", "empty data file", "no header"])
 def test_build_killed_before_its_first_commit_is_refused_then_resumes(tmp_path, left):
     """The first instants of a build, too short for a kill at a point of its growth to hit: LMDB creates

@@ -78,6 +78,7 @@ class TraceConfig:
     seed: int = 0
     row_bytes: int = 160
     engram_pad: int | None = None
+    image_token: int | None = None
     zipf_alpha: float = 1.0
     vocab: int = 100_000
     tokens: int = 1_000_000
@@ -267,6 +268,8 @@ def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
         check_number(getattr(cfg, key), f"{where}: '{key}'", integer=True, low=low, high=high)
     if cfg.engram_pad is not None:
         check_number(cfg.engram_pad, f"{where}: 'engram_pad' (a base token id)", integer=True, low=0)
+    if cfg.image_token is not None:
+        check_number(cfg.image_token, f"{where}: 'image_token' (a base token id)", integer=True, low=0)
     check_number(cfg.zipf_alpha, f"{where}: 'zipf_alpha'", low=0, low_open=True)
     if not all(isinstance(l, int) and not isinstance(l, bool) for l in cfg.layers):
         raise EngramTierError(f"{where}: 'layers' must be a list of layer numbers such as [1, 15], "

@@ -65,7 +65,7 @@ def build_trace(cfg: TraceConfig, out: Path | None, progress: bool = True) -> Ro
         source = ZipfSource(cfg.zipf_alpha, cfg.vocab, cfg.tokens, cfg.seed, doc_len=cfg.seq_len)
     else:
         source = TextSource([str(sample_text_dir())] if cfg.source == "sample" else list(cfg.paths),
-                            cfg.tokenizer, cfg.field, cfg.engram_pad)
+                            cfg.tokenizer, cfg.field, cfg.engram_pad, cfg.image_token)
     plan = StepPlan(cfg.mode, cfg.batch, cfg.seq_len, cfg.requests, cfg.prompt_len)
     hasher = hasher_for(source, cfg.table_size, cfg.layers, cfg.heads, cfg.max_ngram, cfg.seed)
     write_trace(source, hasher, plan, out, cfg.row_bytes, progress=progress, preset=cfg.preset)

@@ -253,14 +253,16 @@ def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Fi
 
 
 def replay_stall_figure(records: Sequence[Mapping]) -> plt.Figure:
-    """A replay's steps (`engramtier replay`'s records): the flat and tiered step times, and below them the
-    tiered step's stall (waiting on its rows) with its median and 99th percentile, in milliseconds."""
-    flat, tiered, stall = (np.asarray([r[k] for r in records], float) * 1e3
-                           for k in ("flat_step_s", "tiered_step_s", "stall_s"))
+    """A replay's steps (`engramtier replay`'s records): the flat and tiered step times (tiered only for
+    --engram-only, which has no flat pass), and below them the tiered step's stall (waiting on its rows)
+    with its median and 99th percentile, in milliseconds."""
+    ms = lambda key: np.asarray([r[key] for r in records], float) * 1e3  # noqa: E731
+    stall = ms("stall_s")
     steps = np.arange(stall.size)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
-    top.plot(steps, flat, lw=1, label="flat table")
-    top.plot(steps, tiered, lw=1, label="tiered table")
+    for key, label in (("flat_step_s", "flat table"), ("tiered_step_s", "tiered table")):
+        if key in records[0]:
+            top.plot(steps, ms(key), lw=1, label=label)
     top.set_ylabel("step time (ms)")
     top.legend(fontsize=8)
     bottom.plot(steps, stall, lw=1, color="tab:red", label="stall")

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
+from engramtier.model.trainconfig import VARIANTS
 
 
 def register(subparsers) -> None:
@@ -59,6 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--hash-heads", type=positive_int, help="hash heads per order")
     p.add_argument("--row-dim", type=positive_int, help="D, values per table row")
     p.add_argument("--row-format", choices=["bf16", "fp8_e4m3"])
+    p.add_argument("--variant", choices=VARIANTS,
+                   help="the Engram layer: classic (default; engramtier's first), demo (DeepSeek's paper demo) or "
+                   "dsv41 (DeepSeek-V4.1-Flash's); see the README's 'Engram layer variants'")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)
 

@@ -74,6 +74,10 @@ class HashConfig:
     n_heads      hash heads per order
     tokenizer    name of the base tokenizer and a digest of its compression map (provenance: the
                  same text under another tokenizer addresses other rows)
+    image_id     compressed id of the image token (V4.1 vision), None for none: a position holding it
+                 hashes as the pad, and so does every position before it in its n-grams (an n-gram never
+                 reaches across an image). Left out of ``to_dict`` when None, so the fingerprints of
+                 configs without one stay what they were
     """
 
     vocab_size: int
@@ -84,6 +88,7 @@ class HashConfig:
     seed: int = 0
     tokenizer: str = ""
     tokenizer_digest: str = ""
+    image_id: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
@@ -93,6 +98,8 @@ class HashConfig:
             problems.append(f"vocab_size must be positive, got {self.vocab_size}")
         elif not 0 <= self.pad_id < self.vocab_size:
             problems.append(f"pad_id {self.pad_id} lies outside the vocabulary [0, {self.vocab_size})")
+        if self.image_id is not None and not 0 <= self.image_id < self.vocab_size:
+            problems.append(f"image_id {self.image_id} lies outside the vocabulary [0, {self.vocab_size})")
         problems += shape_problems(self.table_sizes, self.layer_ids, self.n_heads)
         if problems:
             raise EngramTierError("hash config: " + "; ".join(problems))
@@ -107,7 +114,8 @@ class HashConfig:
         return (self.max_ngram_size - 1) * self.n_heads
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k == "image_id" and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashConfig":
@@ -119,10 +127,11 @@ class HashConfig:
     @classmethod
     def for_tokenizer(cls, tokenizer, tokenizer_name: str, table_sizes, layer_ids, n_heads: int,
                       seed: int = 0) -> "HashConfig":
-        """The config hashing a `CompressedTokenizer`'s ids, with its compression map's digest as provenance."""
+        """The config hashing a `CompressedTokenizer`'s ids, with its compression map's digest as provenance
+        and its image token (if it names one)."""
         return cls(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, table_sizes=tuple(table_sizes),
                    layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer=tokenizer_name,
-                   tokenizer_digest=tokenizer.digest)
+                   tokenizer_digest=tokenizer.digest, image_id=tokenizer.image_id)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -198,8 +207,9 @@ def _make_hash_kernel(fast: bool):
     recompile (seconds) in every new process."""
 
     @njit(parallel=True, nogil=True, cache=True)
-    def kernel(tokens, starts, pad_id, multipliers, primes, inv_primes, offsets, out):
-        """out[i, l, k] for flat tokens whose sequences begin at ``starts`` (last entry = len).
+    def kernel(tokens, starts, pad_id, image_id, multipliers, primes, inv_primes, offsets, out):
+        """out[i, l, k] for flat tokens whose sequences begin at ``starts`` (last entry = len); a token equal
+        to ``image_id`` (-1: none) blocks itself and every older shift, which then hold ``pad_id``.
 
         Works on chunks of positions so that each (layer, order, head) reduction runs as one
         vectorisable loop over the chunk; chunks run in parallel.
@@ -222,8 +232,10 @@ def _make_hash_kernel(fast: bool):
                 while starts[seq + 1] <= i:
                     seq += 1
                 first = starts[seq]
+                blocked = False
                 for k in range(n_orders + 1):
-                    context[k, j] = tokens[i - k] if i - k >= first else pad_id
+                    blocked = blocked or i - k < first or tokens[i - k] == image_id
+                    context[k, j] = pad_id if blocked else tokens[i - k]
             for l in range(n_layers):
                 m0 = multipliers[l, 0]
                 for j in range(width):
@@ -261,6 +273,7 @@ class NgramHasher:
         self.offsets = (np.cumsum(sizes) - sizes).reshape(self.primes.shape)
         self.n_rows = int(sizes.sum())
         self._inv_primes = 1.0 / self.primes.astype(np.float64)
+        self._image_id = -1 if config.image_id is None else config.image_id  # -1 equals no token id
         self._torch_consts: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     @property
@@ -308,8 +321,8 @@ class NgramHasher:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         try:
             kernel = _hash_kernel_fast if self.primes.min() >= _FAST_MOD_MIN_PRIME else _hash_kernel_exact
-            kernel(tokens, starts, self.config.pad_id, self.multipliers, self.primes,
-                         self._inv_primes, self.offsets, out)
+            kernel(tokens, starts, self.config.pad_id, self._image_id, self.multipliers, self.primes,
+                   self._inv_primes, self.offsets, out)
         finally:
             numba.set_num_threads(previous)
         return out
@@ -338,8 +351,8 @@ class NgramHasher:
         mult, primes, offsets = self._torch_constants(x.device)
         n_orders = self.primes.shape[1]
         seq_len = x.shape[1]
-        shifted = [x] + [torch.nn.functional.pad(x, (k, 0), value=self.config.pad_id)[:, :seq_len]
-                         for k in range(1, n_orders + 1)]
+        shifted = _blocked_to_pad([x] + [torch.nn.functional.pad(x, (k, 0), value=self.config.pad_id)[:, :seq_len]
+                                         for k in range(1, n_orders + 1)], self.config)
         per_layer = []
         for l in range(self.n_layers):
             mix = shifted[0] * mult[l, 0]
@@ -361,6 +374,19 @@ class NgramHasher:
         return self._torch_consts[device]
 
 
+def _blocked_to_pad(shifted: list, config: HashConfig) -> list:
+    """The shifts (k = 0, 1, ... tokens back; numpy arrays or tensors) with DESIGN.md's image rule applied:
+    shift k holds the pad wherever shift k or a newer one holds the image token."""
+    if config.image_id is None:
+        return shifted
+    out, blocked = [], None
+    for s in shifted:
+        image = s == config.image_id
+        blocked = image if blocked is None else blocked | image
+        out.append(s * ~blocked + config.pad_id * blocked)
+    return out
+
+
 def hash_reference_numpy(hasher: NgramHasher, tokens: np.ndarray) -> np.ndarray:
     """The straightforward numpy formulation of DESIGN.md's addressing for ids shaped [B, T].
 
@@ -370,8 +396,8 @@ def hash_reference_numpy(hasher: NgramHasher, tokens: np.ndarray) -> np.ndarray:
     cfg = hasher.config
     tokens = np.asarray(tokens, dtype=np.int64)
     seq_len = tokens.shape[1]
-    shifted = [np.pad(tokens, ((0, 0), (k, 0)), constant_values=cfg.pad_id)[:, :seq_len]
-               for k in range(cfg.max_ngram_size)]
+    shifted = _blocked_to_pad([np.pad(tokens, ((0, 0), (k, 0)), constant_values=cfg.pad_id)[:, :seq_len]
+                               for k in range(cfg.max_ngram_size)], cfg)
     layers = []
     for li in range(hasher.n_layers):
         m = hasher.multipliers[li]

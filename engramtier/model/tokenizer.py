@@ -233,6 +233,7 @@ class CompressedTokenizer:
         self.lookup = self._build_lookup(base)
         self.vocab_size = int(self.lookup.max()) + 1
         self._set_pad(base.engram_pad_id if pad_base_id is None else pad_base_id)
+        self.image_base_id = self.image_id = None
 
     def _set_pad(self, pad_base_id: int) -> None:
         if not 0 <= pad_base_id < self.base_vocab_size:
@@ -247,6 +248,30 @@ class CompressedTokenizer:
             return self
         other = copy.copy(self)
         other._set_pad(pad_base_id)
+        return other
+
+    def with_image(self, image_base_id: int | None) -> "CompressedTokenizer":
+        """The same compression with an image token (base id; None: none), which hashing blocks (DESIGN.md).
+
+        Hashing sees canonical ids, so the image token's canonical id must be its alone: were another base
+        token to share it, that token would be blocked too, and the rows would no longer be the model's.
+        """
+        if image_base_id == self.image_base_id:
+            return self
+        other = copy.copy(self)
+        other.image_base_id = other.image_id = None
+        if image_base_id is None:
+            return other
+        if not 0 <= image_base_id < self.base_vocab_size:
+            raise EngramTierError(f"image token: base id {image_base_id} is outside tokenizer {self.base.name}'s "
+                                  f"vocabulary [0, {self.base_vocab_size}); give the model's image token id")
+        canonical = int(self.lookup[image_base_id])
+        sharing = np.flatnonzero(self.lookup == canonical)
+        if sharing.size > 1:
+            raise EngramTierError(f"image token: base id {image_base_id} shares its canonical id {canonical} with base ids "
+                                  f"{sharing[sharing != image_base_id][:5].tolist()} of tokenizer {self.base.name}, so "
+                                  "hashing could not tell the image apart; give the model's own image token id")
+        other.image_base_id, other.image_id = int(image_base_id), canonical
         return other
 
     @staticmethod
@@ -285,10 +310,12 @@ class CompressedTokenizer:
         return [np.asarray(ids, dtype=np.int64) for ids in self.base.encode_batch(texts)]
 
 
-def load_compressed_tokenizer(name: str = "deepseek", pad_base_id: int | None = None) -> CompressedTokenizer:
+def load_compressed_tokenizer(name: str = "deepseek", pad_base_id: int | None = None,
+                              image_base_id: int | None = None) -> CompressedTokenizer:
     """The compressed tokenizer for a base tokenizer name or path, its Engram pad the base id
-    ``pad_base_id`` (None: the tokenizer's default, base id 2 for DeepSeek); each lookup is built once."""
-    return _load_compressed(name).with_pad(pad_base_id)
+    ``pad_base_id`` (None: the tokenizer's default, base id 2 for DeepSeek) and its image token the base
+    id ``image_base_id`` (None: none); each lookup is built once."""
+    return _load_compressed(name).with_pad(pad_base_id).with_image(image_base_id)
 
 
 @lru_cache(maxsize=8)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
-from engramtier.model.backbone import EngramLM, ModelConfig
+from engramtier.model.backbone import DSV41_NORM_EPS, EngramLM, ModelConfig
 from engramtier.model.hashing import HashConfig
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.table import FlatTable, open_table, save_table
@@ -148,13 +148,15 @@ def tokenize_corpus(text: str | Path, tokenizer_spec: str, run_dir: Path, val_fr
 
 
 def build_model_config(cfg: TrainConfig, tokenizer: CompressedTokenizer, tokenizer_name: str) -> ModelConfig:
+    """The model a training run builds; a dsv41 model takes DeepSeek's norm eps, the layer's own."""
     hash_config = None
     if cfg.engram:
         hash_config = HashConfig.for_tokenizer(tokenizer, tokenizer_name, [cfg.table_size] * (cfg.max_ngram_size - 1),
                                          cfg.engram_layers, cfg.hash_heads, seed=cfg.seed)
     return ModelConfig(vocab_size=tokenizer.base_vocab_size, tokenizer=tokenizer_name, d_model=cfg.d_model,
                        n_layers=cfg.n_layers, n_heads=cfg.n_heads, max_seq_len=max(cfg.seq_len, 2048),
-                       hc_mult=cfg.hc_mult, engram=hash_config, row_dim=cfg.row_dim, row_format=cfg.row_format)
+                       hc_mult=cfg.hc_mult, engram=hash_config, row_dim=cfg.row_dim, row_format=cfg.row_format,
+                       variant=cfg.variant, norm_eps=DSV41_NORM_EPS if cfg.variant == "dsv41" else 1e-5)
 
 
 def _windows(stream: np.ndarray, starts: np.ndarray, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,20 +291,30 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 
 def save_run(model: EngramLM, run_dir: Path) -> None:
-    """config.json, model.safetensors and, with Engram, the table in the config's row format."""
-    from safetensors.torch import save
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.json", model.config.to_json() + "\n")
-    dense = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items() if not n.startswith("table.")}
-    with atomic_output(run_dir / "model.safetensors", "model") as part:
-        part.write_bytes(save(dense))  # written by Python, so a full disk is an OSError naming the file
+    """config.json, model.safetensors and, with Engram, the table in the config's row format. A stand-in
+    backbone's own weights are not saved: they are drawn from the seed again when it loads."""
+    stand_in = model.config.backbone == "stand-in"
+    dense = {n: t for n, t in model.state_dict().items()
+             if not n.startswith("table.") and not (stand_in and ".engram." not in n)}
+    write_model_files(run_dir, model.config, dense)
     if model.table is not None:
         save_table(run_dir / "table", model.table.export(model.config.format), model.config.format, model.hasher)
 
 
+def write_model_files(run_dir: Path, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    """config.json and model.safetensors (``weights``) of a run directory, each written atomically."""
+    from safetensors.torch import save
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.json", config.to_json() + "\n")
+    dense = {n: t.detach().cpu().contiguous() for n, t in weights.items()}
+    with atomic_output(run_dir / "model.safetensors", "model") as part:
+        part.write_bytes(save(dense))  # written by Python, so a full disk is an OSError naming the file
+
+
 def load_model(run_dir: str | Path, device: str = "cpu", verify: bool = False) -> LoadedRun:
-    """Rebuild a saved model for inference and open its table (refused if built for other hashing)."""
+    """Rebuild a saved model for inference and open its flat table (refused if built for other hashing).
+    A stand-in model may have none (an imported checkpoint's table is only the LMDB one): ``rows`` None."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -312,13 +324,18 @@ def load_model(run_dir: str | Path, device: str = "cpu", verify: bool = False) -
     config = ModelConfig.from_json((run_dir / "config.json").read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(config.tokenizer, run_dir)
     model = EngramLM(config, tokenizer.lookup if config.engram else None, trainable_table=False)
+    stand_in = config.backbone == "stand-in"
     try:
-        model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+        missing, unexpected = model.load_state_dict(load_file(str(run_dir / "model.safetensors")), strict=not stand_in)
     except RuntimeError as err:
         raise EngramTierError(f"run {run_dir}: model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
+    missing = [n for n in missing if ".engram." in n]  # a stand-in's own weights are drawn, not saved
+    if missing or unexpected:
+        raise EngramTierError(f"run {run_dir}: model.safetensors does not fit config.json (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); rewrite the run")
     model.to(device).eval()
     table = rows = None
-    if config.engram is not None:
+    if config.engram is not None and not (stand_in and not (run_dir / "table").exists()):
         table = open_table(run_dir / "table", expect_fingerprint=config.engram.fingerprint,
                            expect_subtable_sizes=model.hasher.subtable_sizes, verify=verify)
         if table.row_format != config.format:

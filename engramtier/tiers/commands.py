@@ -32,6 +32,10 @@ examples:
   # the LMDB copy of a trained flat table (the manifest and its hash fingerprint come along)
   engramtier build-table tables/engram.lmdb --from-table tables/engram --compression zstd-dict
 
+  # DeepSeek-V4.1-Flash's own checkpoint: its Engram tables into RUN/table.lmdb, its Engram layers' weights
+  # into RUN as a stand-in model (replay --engram-only --run RUN, generate --run RUN)
+  engramtier build-table runs/flash --from-checkpoint /models/DeepSeek-V4.1-Flash --preset dsv41-flash
+
   # interrupted (Ctrl-C, kill -9, a full disk)? run the same command again: it resumes
 
 --profile takes a trace file (engramtier trace), or a .npy of per-row access counts (one per table
@@ -42,21 +46,28 @@ row) or of row ids.
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build-table",
-        help="build the LMDB (nvme tier) table from a flat table or random rows; resumable",
+        help="build the LMDB (nvme tier) table from a flat table, random rows or a DeepSeek-V4.1 checkpoint; resumable",
         description="Build the nvme tier's LMDB table: rows packed into checksummed, optionally "
         "compressed pages, hottest rows first when a profile is given. Rerunning an interrupted "
-        "build resumes it.",
+        "build resumes it. --from-checkpoint also writes the checkpoint's Engram layers as a stand-in "
+        "model beside the table (OUT_DIR/table.lmdb), which replay --engram-only and generate serve.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="directory of the LMDB table (created)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="directory of the LMDB table (created); with --from-checkpoint "
+                   "the run directory that gets the model and its table.lmdb")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-table", metavar="TABLE_DIR", help="a flat table directory (table.bin + manifest.json)")
+    source.add_argument("--from-checkpoint", metavar="CKPT_DIR",
+                        help="a DeepSeek-V4.1 safetensors checkpoint: its layers.L.engram.* tensors, checked against "
+                        "--preset (default dsv41-flash; --table-size and --image-token as the checkpoint was made)")
     source.add_argument("--random", action="store_true", help="seeded random N(0,1) rows (needs --rows or --preset)")
     p.add_argument("--rows", type=positive_int, help="rows of a --random table without --preset")
     p.add_argument("--preset", metavar="NAME", help="a --random table of a published model's shape and row format "
                    "(dsv41-flash, engram-27b, engram-40b); its rows follow from the preset's hash config")
     p.add_argument("--table-size", type=positive_int, help="with --preset: rows per sub-table instead of the preset's")
+    p.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
+                   help="with --preset: the model's image token, which hashing blocks (its tables' fingerprint has it)")
     p.add_argument("--format", help="row format of a --random table: bf16 or fp8_e4m3 (default bf16, or the preset's)")
     p.add_argument("--dim", type=positive_int, help="values per row of a --random table (default 80, or the preset's)")
     p.add_argument("--seed", type=seed, default=0, help="seed of a --random table's values (default 0)")
@@ -83,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train`")
+    g.add_argument("--run", dest="run_dir", required=True, help="run directory of `engramtier train` or `build-table --from-checkpoint`")
     g.add_argument("--prompts", default="-", help="file with one prompt per line, or - for stdin (default)")
     serving_options(g)
     g.add_argument("--max-new-tokens", type=positive_int, default=32)
@@ -103,21 +114,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build_table(args: argparse.Namespace) -> None:
+    from contextlib import ExitStack
+
     from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table, load_profile
 
-    if args.random:
-        source = _random_rows(args)
-    elif args.preset or args.table_size is not None:
-        raise EngramTierError("--preset and --table-size shape a --random table; a --from-table table keeps its own shape")
-    else:
-        source = FlatTableRows(args.from_table)
-    profile = load_profile(args.profile, source.n_rows) if args.profile else None
-    summary = build_lmdb_table(
-        source, Path(args.out_dir), profile=profile, compression=args.compression, page_kib=args.page_kib,
-        progress=not args.quiet, map_size=_map_size(args.map_size) if args.map_size else None,
-        batch_pages=args.batch_pages,
-    )
+    out = Path(args.out_dir)
+    with ExitStack() as opened:
+        if args.random:
+            source = _random_rows(args)
+        elif args.from_checkpoint:
+            source, out = _checkpoint_rows(args, opened)
+        elif args.preset or args.table_size is not None or args.image_token is not None:
+            raise EngramTierError("--preset, --table-size and --image-token shape a --random or --from-checkpoint table; "
+                                  "a --from-table table keeps its own shape")
+        else:
+            source = FlatTableRows(args.from_table)
+        profile = load_profile(args.profile, source.n_rows) if args.profile else None
+        summary = build_lmdb_table(
+            source, out, profile=profile, compression=args.compression, page_kib=args.page_kib,
+            progress=not args.quiet, map_size=_map_size(args.map_size) if args.map_size else None,
+            batch_pages=args.batch_pages,
+        )
     print(json.dumps(summary), file=sys.stdout)
+
+
+def _checkpoint_rows(args: argparse.Namespace, opened):
+    """The --from-checkpoint rows and where their LMDB table goes (OUT_DIR/table.lmdb), once the
+    checkpoint (kept open by ``opened``, an ExitStack) is checked and its stand-in model written to OUT_DIR."""
+    from engramtier.model.checkpoint import Checkpoint, import_checkpoint
+    from engramtier.model.presets import preset_hash_config
+    from engramtier.tiers.open import LMDB_TABLE
+
+    for option in ("rows", "format", "dim"):
+        if getattr(args, option) is not None:
+            raise EngramTierError(f"--{option} shapes a --random table; a checkpoint's rows are fp8_e4m3[256] and "
+                                  "their count follows from --preset (and --table-size)")
+    preset = args.preset or "dsv41-flash"
+    config = preset_hash_config(preset, args.table_size, args.image_token)
+    checkpoint = opened.enter_context(Checkpoint(args.from_checkpoint))
+    return import_checkpoint(checkpoint, args.out_dir, config, preset), Path(args.out_dir) / LMDB_TABLE
 
 
 def _random_rows(args: argparse.Namespace):
@@ -127,21 +162,17 @@ def _random_rows(args: argparse.Namespace):
     if not args.preset:
         if args.rows is None:
             raise EngramTierError("--random needs --rows N or --preset NAME (and optionally --format, --dim, --seed)")
-        if args.table_size is not None:
-            raise EngramTierError("--table-size resizes a --preset's sub-tables; without --preset give --rows")
+        if args.table_size is not None or args.image_token is not None:
+            raise EngramTierError("--table-size and --image-token shape a --preset's hash config; without --preset give --rows")
         return RandomRows(args.rows, args.format or "bf16", args.dim or 80, args.seed)
     if args.rows is not None:
         raise EngramTierError(f"--rows conflicts with --preset: preset {args.preset}'s row count follows from its "
                               "hash config; shrink it with --table-size")
-    from engramtier.model.hashing import HashConfig, NgramHasher
-    from engramtier.model.presets import get_preset, shape_settings
-    from engramtier.model.tokenizer import load_compressed_tokenizer
+    from engramtier.model.hashing import NgramHasher
+    from engramtier.model.presets import get_preset, preset_hash_config
 
     preset = get_preset(args.preset)
-    shape = shape_settings(args.preset, {"table_size": args.table_size})
-    tokenizer = load_compressed_tokenizer(shape["tokenizer"], shape["engram_pad"])
-    config = HashConfig.for_tokenizer(tokenizer, shape["tokenizer"], [shape["table_size"]] * (shape["max_ngram"] - 1),
-                                      shape["layers"], shape["heads"], seed=shape["seed"])
+    config = preset_hash_config(args.preset, args.table_size, args.image_token)
     return RandomRows.for_hasher(NgramHasher(config), args.format or preset.row_format, args.dim or preset.row_dim,
                                  args.seed, preset=args.preset)
 

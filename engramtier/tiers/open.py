@@ -48,10 +48,13 @@ def default_hierarchy(n_rows: int) -> Hierarchy:
 
 
 def lmdb_table_for(run_dir: str | os.PathLike, progress: bool = False) -> str:
-    """The LMDB copy of a run's flat table (``RUN/table.lmdb``), built on first use (resumable)."""
+    """The LMDB copy of a run's flat table (``RUN/table.lmdb``), built on first use (resumable); a run
+    without a flat table (an imported checkpoint's) has only the LMDB one, which opening checks."""
     from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 
     path = Path(run_dir) / LMDB_TABLE
+    if not (Path(run_dir) / "table").exists() and path.is_dir():
+        return str(path)
     build_lmdb_table(FlatTableRows(Path(run_dir) / "table"), path, progress=progress)
     return str(path)
 

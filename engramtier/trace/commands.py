@@ -18,7 +18,8 @@ TRACE_EXAMPLES = """examples:
   engramtier trace --preset dsv41-flash --table-size 20011 notes/ -o small.trace     # its shape, small tables
 
 --preset sets the table shape of a published model (dsv41-flash, engram-27b, engram-40b): tokenizer,
-layers, heads, max n-gram, table size, row bytes, Engram pad and seed; options given explicitly override it.
+layers, heads, max n-gram, table size, row bytes, Engram pad, seed and image token (none); options given
+explicitly override it.
 """
 
 STATS_EXAMPLES = """examples:
@@ -78,6 +79,9 @@ def register(subparsers) -> None:
     p.add_argument("--engram-pad", type=nonnegative_int, metavar="BASE_ID",
                    help="base token id standing for positions before a sequence's start (default: the "
                    "tokenizer's, 2 for deepseek)")
+    p.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
+                   help="base token id of the model's image token: it and every n-gram reaching across it hash as "
+                   "the pad (DESIGN.md's image rule; default: none)")
     p.add_argument("--chunk-rows", type=positive_int, default=1 << 20, help="row ids per file chunk (default 1048576)")
     p.add_argument("--synthetic-zipf", type=positive_float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
     p.add_argument("--vocab", type=positive_int, default=100_000, help="synthetic vocabulary size (default 100000)")
@@ -126,7 +130,7 @@ def run_trace(args) -> None:
     elif not args.sources:
         raise EngramTierError("no input: name text files, directories, JSONL files or '-', or use --synthetic-zipf")
     else:
-        source = TextSource(args.sources, shape["tokenizer"], args.field, shape["engram_pad"])
+        source = TextSource(args.sources, shape["tokenizer"], args.field, shape["engram_pad"], shape["image_token"])
     plan = StepPlan(args.mode, args.batch, args.seq_len, args.requests, args.prompt_len)
     hasher = hasher_for(source, shape["table_size"], shape["layers"], shape["heads"], shape["max_ngram"], shape["seed"])
     summary = write_trace(source, hasher, plan, args.output, shape["row_bytes"], args.chunk_rows,

@@ -176,9 +176,9 @@ class TextSource:
     """Documents read from files, directories, JSONL or stdin, tokenized and compressed."""
 
     def __init__(self, paths: list[str], tokenizer: str = "deepseek", field: str = "text",
-                 engram_pad: int | None = None):
+                 engram_pad: int | None = None, image_token: int | None = None):
         """``engram_pad``: the base id that stands for positions before a sequence's start (None: the
-        tokenizer's default)."""
+        tokenizer's default); ``image_token``: the base id of the image token hashing blocks (None: none)."""
         from engramtier.model.tokenizer import load_compressed_tokenizer
 
         self.paths = [str(p) for p in paths]
@@ -189,7 +189,7 @@ class TextSource:
                 raise _missing(path)
         self.field = field
         self.tokenizer_name = tokenizer
-        self.tokenizer = load_compressed_tokenizer(tokenizer, engram_pad)
+        self.tokenizer = load_compressed_tokenizer(tokenizer, engram_pad, image_token)
 
     def documents(self) -> Iterator[np.ndarray]:
         batch: list[str] = []
@@ -213,7 +213,8 @@ class TextSource:
 
     def describe(self) -> dict:
         return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name,
-                "engram_pad": self.tokenizer.pad_base_id}
+                "engram_pad": self.tokenizer.pad_base_id,
+                **({"image_token": self.tokenizer.image_base_id} if self.tokenizer.image_base_id is not None else {})}
 
 
 # -------------------------------------------------------------------------------------------- zipf
