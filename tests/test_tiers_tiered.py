@@ -216,6 +216,8 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
     with open_table(hierarchy("inclusive"), path, device="cpu") as table:
         with pytest.raises(EngramTierError, match="row id 400 lies outside the table's 400 rows"):
             table.prefetch(torch.tensor([1, 400]))
+    with pytest.raises(EngramTierError, match="stable_rows .* needs a cuda device"):
+        open_table(hierarchy("inclusive"), path, device="cpu", stable_rows=True)
 
 
 @pytest.mark.gpu
@@ -235,6 +237,29 @@ def test_gpu_rows_and_hits(table_dir, mode):
         trace = table.recorded_trace()
     sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode)), compute_window_s=0.0, progress=False)
     assert [t["hits"] for t in runtime["tiers"]] == [t["hits"] for t in sim.tier_stats()]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stable_rows_feed_a_captured_cuda_graph(table_dir):
+    """With stable_rows, steps of one size deliver into one buffer, so a CUDA graph captured over the
+    first step's rows computes on every later step's rows when replayed."""
+    path, flat = table_dir
+    rng = np.random.default_rng(12)
+    steps = [rng.integers(0, N_ROWS, 32) for _ in range(30)]
+    with open_table(hierarchy("inclusive"), path, device="cuda", stable_rows=True) as table:
+        rows = table.prefetch(torch.from_numpy(steps[0]).cuda()).wait()
+        sums = torch.empty(32, dtype=torch.int64, device="cuda")
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            sums.copy_(rows.to(torch.int64).sum(dim=1))
+        for ids in steps[1:]:
+            again = table.prefetch(torch.from_numpy(ids).cuda()).wait()
+            assert again.data_ptr() == rows.data_ptr()
+            graph.replay()
+            np.testing.assert_array_equal(sums.cpu().numpy(), flat[ids].astype(np.int64).sum(axis=1))
+        assert table.stats()["tiers"][0]["hits"] > 0
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])

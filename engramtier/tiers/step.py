@@ -27,7 +27,15 @@ table's gather does. Rows are staged when they come from the store or a tier tha
 through `read` (a modeled CXL tier), and when they arrive in some tier (a slot they are read from may
 be rewritten by the same step's apply). On a CUDA device every needed row is staged, tiers that read
 into device memory first (they fill the front of the device staging), the rest through pinned host
-memory and one copy; delivery is one gather on the device.
+memory and one copy; delivery is one gather on the device, ordered after the step's copies by a CUDA
+event that the consumer's stream waits on, so nothing blocks the host on the device but the next
+step's reuse of the pinned staging (it waits for the previous step's copies before refilling it).
+
+With ``stable_rows`` (for serving stacks that capture CUDA graphs), a step's rows land in one device
+buffer per step size, its index in one pinned and one device buffer per size, and the device staging
+only grows, so steps of one shape reuse the same addresses and a captured graph reading the rows
+replays with each step's rows; the gather into the buffer waits (on the device) until the consumer's
+stream has finished the work it queued on the previous step's rows (`release`).
 """
 
 from __future__ import annotations
@@ -232,7 +240,7 @@ class StepPipeline:
     """
 
     def __init__(self, hierarchy: Hierarchy, engine: Engine, caches: Sequence[SlabTier], store: Tier,
-                 device: torch.device, deadline: tuple[float, str] | None) -> None:
+                 device: torch.device, deadline: tuple[float, str] | None, stable_rows: bool = False) -> None:
         self.hierarchy, self.engine, self.caches, self.store = hierarchy, engine, list(caches), store
         self.n_rows, self.row_bytes, self.device = store.n_table_rows, store.row_bytes, device
         self.deadline = deadline
@@ -241,6 +249,11 @@ class StepPipeline:
         self.names = [spec.name for spec in hierarchy.caches]
         self.staging = Staging(self.row_bytes, device)
         self.fetch_stream = self.staging.stream  # every device operation of a step runs on it
+        self.stable_rows = stable_rows
+        self._stable: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # (size, turn)
+        self._events: list[Any] = []  # the device work of the last two steps, oldest first
+        self._turn = 0  # which of the two pinned buffers this step fills (`Staging.flip`)
+        self._released: Any = None  # the consumer is done with the previous step's rows
         self.device_tiers = self._count_device_tiers()
         # On a CPU, a tier whose slab is host memory copied by plain loads is read in place (see module doc).
         host = device.type != "cuda"
@@ -356,6 +369,11 @@ class StepPipeline:
     def move(self) -> tuple[torch.Tensor | None, Any]:
         """Move the decided step's rows; returns (its rows in request order on the device, or None for a
         speculative step; a CUDA event recorded after the step's device work, or None)."""
+        if self.fetch_stream is not None:
+            self.staging.flip()
+            self._turn ^= 1
+            if len(self._events) == 2:  # that step's copies have left the pinned buffers this step refills
+                self._events.pop(0).synchronize()
         staging, on_device = self._gather()
         rows = None if self.speculative else self._deliver(staging)
         self._apply(staging, on_device)
@@ -363,7 +381,7 @@ class StepPipeline:
         if self.fetch_stream is not None:
             event = torch.cuda.Event()
             event.record(self.fetch_stream)
-            event.synchronize()  # the pinned staging is reused by the next step
+            self._events.append(event)
         clear(self._map, self._entries, self.m)
         self.m = self.u = 0
         return rows, event
@@ -427,12 +445,37 @@ class StepPipeline:
         select = self._select[:n]
         request_rows(self._inv, n, self._stage_pos, select)
         with torch.cuda.stream(self.fetch_stream):
-            index = torch.from_numpy(select).to(self.device, non_blocking=True)
-            rows = self.staging.on_device.index_select(0, index)
+            if self.stable_rows:
+                host_index, index, rows = self._stable_buffers(n)
+                host_index.numpy()[:] = select
+                index.copy_(host_index, non_blocking=True)
+                if self._released is not None:
+                    self.fetch_stream.wait_event(self._released)
+                torch.index_select(self.staging.on_device, 0, index, out=rows)
+            else:
+                index = torch.from_numpy(select).to(self.device, non_blocking=True)
+                rows = self.staging.on_device.index_select(0, index)
             if late.size and late.any():
                 zero = late[self._inv[:n]]
                 rows[torch.from_numpy(zero).to(self.device)] = 0
             return rows
+
+    def release(self, event: Any) -> None:
+        """``event``, recorded on the consumer's stream, follows all its work on the rows delivered so
+        far: `stable_rows` buffers are rewritten only after it."""
+        self._released = event
+
+    def _stable_buffers(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pinned host index, device index and device rows of steps of ``n`` rows (`stable_rows`); the
+        pinned index by turns, like the staging (`Staging.flip`), the rest one per size."""
+        turn = self._turn
+        if (n, turn) not in self._stable:
+            rows = self._stable[n, 1 - turn][2] if (n, 1 - turn) in self._stable else \
+                torch.empty((n, self.row_bytes), dtype=torch.uint8, device=self.device)
+            index = self._stable[n, 1 - turn][1] if (n, 1 - turn) in self._stable else \
+                torch.empty(n, dtype=torch.int64, device=self.device)
+            self._stable[n, turn] = (torch.empty(n, dtype=torch.int64, pin_memory=True), index, rows)
+        return self._stable[n, turn]
 
     def _apply(self, staging: np.ndarray, on_device: int) -> None:
         """Evict what leaves each cache tier, write what arrives into its planned slot."""

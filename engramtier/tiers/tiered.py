@@ -125,13 +125,15 @@ class TieredTable:
     ``record_trace``: keep every step's row ids, so that `recorded_trace` can be simulated.
     ``compute_window_s`` and ``overlap``: a step's prefetch window and how tiers share it, as in
     `simulate`; needed only when a tier drops late rows (``on_late = "drop"``). ``report``: facts the
-    table's stats carry along (e.g. how a dram tier's rows reach the device).
+    table's stats carry along (e.g. how a dram tier's rows reach the device). ``stable_rows`` (CUDA):
+    a step's rows land in one device buffer per step size, valid until the next step starts, so that a
+    captured CUDA graph reading them replays with each step's rows (`engramtier.tiers.step`).
     """
 
     def __init__(self, hierarchy: Hierarchy, store: Tier, caches: Sequence[SlabTier], *, device: Any = None,
                  layers_per_step: int = 1, ctx: PolicyContext | None = None, record_trace: bool = False,
                  compute_window_s: float | None = None, overlap: str = "parallel",
-                 report: dict | None = None) -> None:
+                 report: dict | None = None, stable_rows: bool = False) -> None:
         self.hierarchy, self.store, self.caches = hierarchy, store, list(caches)
         self.n_rows, self.row_bytes = store.n_table_rows, store.row_bytes
         self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +157,10 @@ class TieredTable:
         policies = self.hierarchy.build_policies(dataclasses.replace(ctx, hashed=True), self.row_bytes)
         self.engine = Engine(policies, self.hierarchy.mode, self.n_rows)
         self._warm_held = self.engine.warm(warm_rows(self.hierarchy, self.capacities, self.n_rows))
-        self._pipeline = StepPipeline(self.hierarchy, self.engine, self.caches, store, self.device, deadline)
+        if stable_rows and not self.cuda:
+            raise EngramTierError("tiered table: stable_rows keeps a step's rows in device buffers for CUDA graphs; "
+                                  "it needs a cuda device")
+        self._pipeline = StepPipeline(self.hierarchy, self.engine, self.caches, store, self.device, deadline, stable_rows)
         self._preload()
         self._lossy = deadline is not None
         self._log = StepLog(record_trace)
@@ -241,6 +246,10 @@ class TieredTable:
         host_ids = ids.reshape(-1).numpy()
         pipeline = self._pipeline
         pipeline.check(host_ids)
+        if pipeline.stable_rows and rows is not None:  # the consumer has queued all it does with earlier rows
+            released = torch.cuda.Event()
+            released.record(torch.cuda.current_stream(self.device))
+            pipeline.release(released)
         record.requests, record.submitted = host_ids.size, time.perf_counter()
         self._log.start(record, host_ids)
         if rows is not None and (self._queued is None or self._queued.done()):
