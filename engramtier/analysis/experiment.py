@@ -98,6 +98,7 @@ class Experiment:
             log(f"[{stage}]")
             getattr(self, f"stage_{stage}")()
             self.run.write_summary(self.summary)
+            self.run.stage_done(stage)
         return self.summary
 
     # ------------------------------------------------------------------------------------------ stages
