@@ -118,6 +118,7 @@ def claim(path: str | Path | None, command: str, arguments: dict, force: bool | 
         raise EngramTierError(f"{option} {folder}: is a file, not a run directory; give another {option}")
     fresh = not folder.exists()
     if not fresh:
+        _check_not_locked(folder, option)
         _check_takeover(folder, command, arguments, force, option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -136,6 +137,21 @@ def claim(path: str | Path | None, command: str, arguments: dict, force: bool | 
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     write_text_atomic(folder / MARKER, json.dumps({"command": command, "arguments": to_json(arguments)}, indent=2) + "\n")
     return Claim(folder, fresh, lock_fd)
+
+
+def _check_not_locked(folder: Path, option: str) -> None:
+    """Refuse a folder another command holds the lock of (before looking at what it holds: that is being written)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR)
+    except OSError:
+        return  # no lock file: nobody has claimed the folder since it was made
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise EngramTierError(f"{option} {folder}: another engramtier command is writing this run directory now; "
+                              "wait for it to end or give another folder") from None
+    finally:
+        os.close(fd)
 
 
 def _check_takeover(folder: Path, command: str, arguments: dict, force: bool | None, option: str) -> None:
