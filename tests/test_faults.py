@@ -284,3 +284,23 @@ def test_remote_populate_killed_then_rerun_has_every_row(server, tmp_path, capsy
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["written_rows"] == missing
         np.testing.assert_array_equal(store_rows(), want)
+
+
+def test_ctrl_c_erases_the_progress_bar_and_leaves_no_file(tmp_path):
+    """SIGINT mid-trace: the bar's line is cleared before 'interrupted' (which starts its own line), the
+    exit status is 130, and the interrupted writer leaves nothing behind."""
+    out = tmp_path / "big.trace"
+    proc = subprocess.Popen([*ENGRAMTIER, "trace", "--synthetic-zipf", "1.0", "--vocab", "1000", "--tokens", "100000000",
+                             "--table-size", "1009", "--layers", "1", "--heads", "2", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # bytes: text mode reads \r as \n
+    deadline = time.monotonic() + 120
+    while not any(p.suffix == ".raw" and p.stat().st_size for p in tmp_path.iterdir()):  # tracing has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130
+    before, last = err.rsplit("\r", 1)
+    assert last == "engramtier trace: interrupted\n" and "trace:" in before and before.rsplit("\r", 1)[-1].strip() == ""
+    assert list(tmp_path.iterdir()) == []

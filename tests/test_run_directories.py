@@ -183,3 +183,18 @@ def test_an_interrupted_sweep_is_reported_incomplete(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is incomplete: its command did not finish stage(s) stall" in err
     assert "INCOMPLETE" in (out / "report.html").read_text()
+
+
+def test_successful_runs_warn_of_nothing(tmp_path, recwarn, capsys):
+    config = experiment(tmp_path)
+    trace = tmp_path / "z.trace"
+    for argv in (["trace", "--synthetic-zipf", "1.0", "--vocab", "500", "--tokens", "2000", "--table-size", "1009",
+                  "--layers", "1", "--heads", "2", "--quiet", "-o", str(trace)],
+                 ["stats", str(trace), "--json", str(tmp_path / "s.json")],
+                 ["export", str(trace), "--format", "csv", "-o", str(tmp_path / "z.csv")],
+                 ["mrc", str(trace), "--out", str(tmp_path / "mrc"), "--quiet"],
+                 ["sweep", str(config), "--out", str(tmp_path / "sweep"), "--quiet"],
+                 ["report", str(tmp_path / "sweep")]):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert [str(w.message) for w in recwarn] == []
+    assert "warning" not in capsys.readouterr().err.lower()

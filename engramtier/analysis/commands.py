@@ -318,6 +318,7 @@ def run_sweep(args) -> None:
         raise EngramTierError("--stages cost prices the stall and cxl points: add stall or cxl to --stages")
     if not stages:
         raise EngramTierError(f"{args.config}: [sweep] defines nothing to sweep; give sizes, tier_sizes or cxl_latencies_ns")
+    cfg.check_stages(stages)  # an empty list a stage sweeps is refused before any folder or trace is made
     from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace  # after the checks: see simulate
     from engramtier.analysis.tables import HIT_RATE_CSV
     from engramtier.analysis.report import write_report
