@@ -11,10 +11,10 @@ anything but the file the user named:
   those of writers no longer running (killed by ``kill -9``), and the result gets the mode the file
   had (or the umask's, for a new one);
 - a symbolic link is followed: the file it points to is replaced that way and the link stays a link;
-- a special file (a character or block device such as ``/dev/null``, a FIFO), directly or through a
-  link, is written in place as a stream, never renamed over (it stays what it is), when the writer
-  writes in order (``stream_ok``); a writer that seeks refuses it in one line, as it refuses sockets
-  and directories;
+- a character device (such as ``/dev/null``) or a FIFO, directly or through a link, is written in
+  place as a stream, never renamed over (it stays what it is), when the writer writes in order
+  (``stream_ok``); a writer that seeks refuses it in one line; block devices (a disk), sockets and
+  directories are always refused, and so is a file without any write permission (as `cp` would);
 - an output that is one of the command's own inputs (the same file, by device and inode, through any
   link) is refused: writing it would destroy what is being read.
 """
@@ -62,9 +62,12 @@ def check_output_file(path: PathLike, option: str, *, inputs: Iterable[PathLike]
     except OSError as err:
         raise EngramTierError(f"{option} {named}: {err.strerror}; choose another path") from None
     kind = _special(mode) if mode is not None else None
-    if kind == "a socket" or (kind and not stream_ok):
+    if kind in ("a socket", "a block device") or (kind and not stream_ok):
         raise EngramTierError(f"{option} {named}: is {kind}; give a regular file"
-                              + ("" if kind == "a socket" else " (this output is written out of order, not as a stream)"))
+                              + (" (this output is written out of order, not as a stream)" if stream_ok is False
+                                 and kind not in ("a socket", "a block device") else ""))
+    if mode is not None and not kind and not mode & 0o222:
+        raise EngramTierError(f"{option} {named}: is read-only; make it writable (chmod u+w) or choose another path")
     check_inputs_are_not(final, inputs, option, named)
     folder = final.parent
     if not folder.is_dir():

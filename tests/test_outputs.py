@@ -96,6 +96,27 @@ def test_a_link_stays_a_link_and_its_target_is_replaced_with_its_mode(tmp_path, 
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # the umask's, not a temporary file's 0600
 
 
+def test_a_block_device_a_socket_and_a_read_only_file_are_refused(tmp_path, trace_file, capsys):
+    import socket
+
+    block = tmp_path / "disk"
+    try:
+        os.mknod(block, stat.S_IFBLK | 0o600, os.makedev(7, 200))  # a loop device number: never opened
+    except PermissionError:
+        block = None
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    frozen = tmp_path / "frozen.json"
+    frozen.write_text("keep me")
+    frozen.chmod(0o444)
+    cases = [(tmp_path / "sock", "is a socket"), (frozen, "is read-only; make it writable")]
+    cases += [(block, "is a block device")] if block is not None else []
+    for path, words in cases:
+        assert words in refused(capsys, ["stats", str(trace_file), "--json", str(path)])
+    assert frozen.read_text() == "keep me"
+    sock.close()
+
+
 def test_an_output_that_is_an_input_is_refused(tmp_path, trace_file, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("Some text about engrams. " * 50)
