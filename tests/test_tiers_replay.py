@@ -193,6 +193,24 @@ def test_batched_generation_is_exact(run_dir, tmp_path):
     assert sampled == again  # seeded
 
 
+def test_replay_and_generate_serve_a_partitioned_tier(run_dir, text, tmp_path, capsys):
+    """Order-aware placement in the runtime: the model's hashing tells the tiers each row's order."""
+    spec = tmp_path / "partitioned.toml"
+    spec.write_text(hierarchy_file(tmp_path).read_text().replace('policy = "lru"', 'policy = "partitioned"\n'
+                                                                 'params = { shares = { 2 = 0.5, 3 = 0.5 } }', 1))
+    out = tmp_path / "out"
+    assert main(["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(spec), "--max-tokens", "200",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"] and summary["tiers"][0]["policy"] == "partitioned"
+    capsys.readouterr()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Python is\n")
+    assert main(["generate", "--run", str(run_dir), "--prompts", str(prompts), "--device", "cpu", "--max-new-tokens", "3",
+                 "--hierarchy", str(spec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["table"]["tiers"][0]["lookups"] > 0
+
+
 def test_generate_command(run_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Python is\n\nThe interpreter\n")

@@ -131,7 +131,7 @@ def register(subparsers) -> None:
 
     def common(p, out=True):
         if out:
-            p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<command>-<time>)")
+            add_out_options(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = add("simulate", "replay a trace through a tier hierarchy, step by step",
@@ -207,6 +207,14 @@ def register(subparsers) -> None:
     common(p)
 
 
+def add_out_options(p, default: str = "runs/<command>-<time>") -> None:
+    """--out and --force: where a run goes, and whether it may replace another run there (`engramtier.rundir`)."""
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default: {default}); a folder holding another run "
+                   "is refused, one holding this same run (same command and arguments) is run again")
+    p.add_argument("--force", action="store_true", help="replace the run the --out folder holds (its files are "
+                   "deleted first); a folder holding files that are not a run is refused even so")
+
+
 def _preset_option(p) -> None:
     p.add_argument("--preset", metavar="NAME", help="trace a published model's table (dsv41-flash, engram-27b, "
                    "engram-40b): replaces [trace]'s preset and table-shape keys (tokenizer, layers, heads, "
@@ -254,15 +262,18 @@ def run_simulate(args) -> None:
     from engramtier.rundir import RunDir
 
     if args.hierarchy:
-        with reader as trace:
-            run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), trace.meta.get("fingerprint"))
+        with reader as trace, RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(),
+                                            trace.meta.get("fingerprint"), force=args.force, stages=["simulate"]) as run:
             summary = _simulate_experiment(args, cfg, trace, run)
+            html, _ = write_report(run.path)
     else:
-        run = RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict())
-        trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
-        run.update_config(fingerprint=trace.meta.get("fingerprint"))
-        summary = _simulate_experiment(args, cfg, trace, run)
-    html, _ = write_report(run.path)
+        with RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(), force=args.force,
+                           stages=["trace", "simulate"]) as run:
+            trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
+            run.update_config(fingerprint=trace.meta.get("fingerprint"))
+            run.stage_done("trace")
+            summary = _simulate_experiment(args, cfg, trace, run)
+            html, _ = write_report(run.path)
     sim = summary["simulation"]
     rate = sim.get("tokens_per_s")
     print(f"{run.path}: {sim['steps']} steps, stall fraction {sim['stall_fraction']:.4f}"
@@ -307,17 +318,20 @@ def run_sweep(args) -> None:
         raise EngramTierError("--stages cost prices the stall and cxl points: add stall or cxl to --stages")
     if not stages:
         raise EngramTierError(f"{args.config}: [sweep] defines nothing to sweep; give sizes, tier_sizes or cxl_latencies_ns")
+    cfg.check_stages(stages)  # an empty list a stage sweeps is refused before any folder or trace is made
     from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace  # after the checks: see simulate
     from engramtier.analysis.tables import HIT_RATE_CSV
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
 
-    run = RunDir.create(args.out, "sweep", _arguments(args), cfg.to_dict())
-    trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
-    run.update_config(fingerprint=trace.meta.get("fingerprint"))
-    summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
-    _say_assumptions(summary)
-    html, _ = write_report(run.path)
+    with RunDir.create(args.out, "sweep", _arguments(args), cfg.to_dict(), force=args.force,
+                       stages=["trace", *stages]) as run:
+        trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
+        run.update_config(fingerprint=trace.meta.get("fingerprint"))
+        run.stage_done("trace")
+        summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
+        _say_assumptions(summary)
+        html, _ = write_report(run.path)
     curves = ""
     if "hit_rate" in stages:
         curves = _print_curves(run.path / HIT_RATE_CSV)
@@ -352,10 +366,11 @@ def run_plan(args) -> None:
     from engramtier.analysis.report import write_report  # after the checks: see simulate
     from engramtier.rundir import RunDir
 
-    run = RunDir.create(args.out, "plan", _arguments(args), cfg.to_dict())
-    summary = plan(cfg, run, not args.quiet, cost=not args.no_cost, log=print)
-    _say_assumptions(summary)
-    html, _ = write_report(run.path)
+    with RunDir.create(args.out, "plan", _arguments(args), cfg.to_dict(), force=args.force, stages=["plan"]) as run:
+        summary = plan(cfg, run, not args.quiet, cost=not args.no_cost, log=print)
+        run.stage_done("plan")
+        _say_assumptions(summary)
+        html, _ = write_report(run.path)
     print(f"{run.path}: report {html}")
     if "cost" in summary:
         from engramtier.analysis.cost import budget_line
@@ -376,12 +391,14 @@ def run_mrc(args) -> None:
         from engramtier.analysis.report import write_report
         from engramtier.rundir import RunDir
 
-        run = RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"))
-        summary = {"trace": trace_summary(trace),
-                   "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes, exact=not args.no_exact,
-                                    progress=not args.quiet)}
-    run.write_summary(summary)
-    html, _ = write_report(run.path)
+        with RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"), force=args.force,
+                           stages=["mrc"]) as run:
+            summary = {"trace": trace_summary(trace),
+                       "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes, exact=not args.no_exact,
+                                        progress=not args.quiet)}
+            run.write_summary(summary)
+            run.stage_done("mrc")
+            html, _ = write_report(run.path)
     curves = _print_curves(run.path / MRC_CSV)
     m = summary["mrc"]
     error = ("no exact curve (--no-exact)" if m["shards_mean_abs_error"] is None else
@@ -400,15 +417,21 @@ def _print_curves(csv_path) -> str:
 
 def run_report(args) -> None:
     from engramtier.analysis.report import write_report
+    from engramtier.rundir import RunDir
 
+    missing = RunDir.open(args.run_dir).missing_stages()
     html, md = write_report(args.run_dir)
+    if missing:
+        print(f"engramtier report: {args.run_dir} is incomplete: its command did not finish stage(s) "
+              f"{', '.join(missing)}; the report shows what it holds; run the same command again to finish it",
+              file=sys.stderr)
     print(f"{html}\n{md}")
 
 
 def run_quickstart(args) -> None:
     from engramtier.analysis.quickstart import quickstart
 
-    quickstart(args.out, tiny=args.tiny, progress=not args.quiet)
+    quickstart(args.out, tiny=args.tiny, progress=not args.quiet, force=args.force)
 
 
 # The random model's options that shape a transformer model (which --engram-only's stand-in does not
@@ -440,7 +463,7 @@ def _register_replay(subparsers) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=8192, help="tokens of text to replay at most (default 8192)")
     p.add_argument("--warmup-steps", type=nonnegative_int, default=3,
                    help="untimed steps on each path before the measured ones (default 3; not in any result)")
-    p.add_argument("--out", help="run directory for the results (default: runs/replay-<time>)")
+    add_out_options(p, "runs/replay-<time>")
     p.add_argument("--engram-only", action="store_true",
                    help="only the Engram layers, their inputs from a seeded stand-in backbone, over the tiered table "
                    "alone (no flat pass): an imported checkpoint's --run, or random layers (--variant, --d-model, "
@@ -486,14 +509,20 @@ def _run_replay(args: argparse.Namespace) -> None:
                               "model without Engram has none, an imported checkpoint only its LMDB table (replay that "
                               "with --engram-only)")
     from engramtier.rundir import RunDir
-    from engramtier.tiers.replay import random_run, random_stand_in_run, text_batches, warm_replay
     from engramtier.trace.build import StepPlan
     from engramtier.trace.sources import sample_text_dir
 
     text = args.text or str(sample_text_dir())
     plan = StepPlan(mode=args.mode, batch=args.batch, seq_len=args.seq_len, requests=args.requests,
                     prompt_len=args.prompt_len)
-    out = RunDir.create(args.out, "replay", {k: v for k, v in vars(args).items() if not callable(v)})
+    with RunDir.create(args.out, "replay", {k: v for k, v in vars(args).items() if not callable(v)}, force=args.force,
+                       stages=["replay"]) as out:
+        _replay_into(args, out, hierarchy, text, plan)
+
+
+def _replay_into(args: argparse.Namespace, out, hierarchy, text: str, plan) -> None:
+    from engramtier.tiers.replay import random_run, random_stand_in_run, text_batches, warm_replay
+
     run_dir = args.run_dir
     if run_dir is None and args.engram_only:
         run_dir = random_stand_in_run(out.path / "model", variant=args.variant or "dsv41", d_model=args.d_model,
@@ -519,6 +548,7 @@ def _run_replay(args: argparse.Namespace) -> None:
     from engramtier.analysis.plots import replay_stall_figure
 
     out.save_figure(replay_stall_figure(records), "replay_stall")
+    out.stage_done("replay")
     print(_replay_report(summary, out.path))
     if not summary["bitwise_equal"]:
         raise EngramTierError(
@@ -559,6 +589,7 @@ def _finish_engram_only(args, loaded, run_dir, hierarchy, text, plan, out) -> No
     out.append(records)
     out.write_summary(summary)
     out.save_figure(replay_stall_figure(records), "replay_stall")
+    out.stage_done("replay")
     layers, tiered, stall = summary["layers"], summary["tiered"], summary["tiered"]["stall_per_step_s"]
     print("\n".join([
         f"engram-only replay of {summary['steps']} steps ({summary['plan']['mode']}, after {summary['warmup_steps']} "

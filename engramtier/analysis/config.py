@@ -301,6 +301,10 @@ def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
     if len(given) != 1:
         raise EngramTierError(f"{where}: give exactly one of window_s (seconds per step) or window_per_token_s "
                               f"(seconds per token), got {', '.join(given) or 'neither'}")
+    if cfg.window_s is not None and cfg.compute_s is not None and cfg.compute_per_token_s is None \
+            and cfg.window_s > cfg.compute_s:
+        raise EngramTierError(f"{where}: window_s {cfg.window_s} exceeds compute_s {cfg.compute_s}: the window is the "
+                              "part of a step's compute before the Engram layer; give window_s <= compute_s")
     if cfg.overlap not in ("parallel", "serial"):
         raise EngramTierError(f"{where}: overlap must be \"parallel\" or \"serial\", got {cfg.overlap!r}")
     return cfg

@@ -89,15 +89,18 @@ class Experiment:
         return size_to_rows(size, self.trace.row_bytes, where)
 
     def run_stages(self, stages, log: Callable[[str], None] = lambda _: None) -> dict:
+        for stage in stages:
+            if stage not in STAGES:
+                raise EngramTierError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
+        self.cfg.check_stages(stages, self.trace.n_table_rows, self.trace.row_bytes)  # before the first stage runs
         self.summary.setdefault("trace", trace_summary(self.trace))
         if set(stages) & set(TIMED_STAGES):
             self.summary["timing_assumption"] = timing_assumption(self.cfg.timing)
         for stage in stages:
-            if stage not in STAGES:
-                raise EngramTierError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
             log(f"[{stage}]")
             getattr(self, f"stage_{stage}")()
             self.run.write_summary(self.summary)
+            self.run.stage_done(stage)
         return self.summary
 
     # ------------------------------------------------------------------------------------------ stages

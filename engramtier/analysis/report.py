@@ -126,6 +126,10 @@ def report_blocks(run: RunDir) -> list[tuple]:
     blocks: list[tuple] = [("h1", f"engramtier {config.get('command', '')} run"),
                            ("p", f"{run.path.resolve()} — created {config.get('created', '?')}, "
                                  f"engramtier {config.get('engramtier', '?')}, fingerprint {config.get('fingerprint') or '—'}")]
+    missing = run.missing_stages()
+    if missing:
+        blocks.append(("p", f"INCOMPLETE: the command did not finish stage(s) {', '.join(missing)} (interrupted or "
+                            "failed); what follows is what it recorded. Run the same command again to finish it."))
     blocks += summary_blocks(run.summary())
     figures = run.figures()
     if figures:

@@ -162,6 +162,12 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     n_steps, row_bytes = trace.n_steps, trace.row_bytes
     window = _per_step(compute_window_s, n_steps, "compute_window_s")
     compute = window if step_compute_s is None else _per_step(step_compute_s, n_steps, "step_compute_s")
+    longer = np.flatnonzero(window > compute)
+    if longer.size:
+        i = int(longer[0])
+        raise EngramTierError(f"simulate: step {i}'s compute window ({float(window[i]):.4g} s) exceeds its compute "
+                              f"({float(compute[i]):.4g} s): the window is the part of a step's compute before the "
+                              "Engram layer; give a window no longer than the compute")
     rows_per_token = _rows_per_token(trace.meta)
     capacities = hierarchy.capacities(trace.n_table_rows, row_bytes)
     warm = warm_rows(hierarchy, capacities, trace.n_table_rows)

@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     p.add_argument("--variant", choices=VARIANTS,
                    help="the Engram layer: classic (default; engramtier's first), demo (DeepSeek's paper demo) or "
                    "dsv41 (DeepSeek-V4.1-Flash's); see the README's 'Engram layer variants'")
+    p.add_argument("--force", action="store_true", help="replace the run the --out folder holds (its files are deleted "
+                   "first); without it a folder holding another run is refused, one holding this same training is "
+                   "trained again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)
 
@@ -79,7 +82,7 @@ def _run_train(args) -> None:
     cfg = TrainConfig(**given)
     from engramtier.model.train import train  # torch, once the arguments are checked
 
-    summary = train(cfg, progress=not getattr(args, "quiet", False))
+    summary = train(cfg, progress=not getattr(args, "quiet", False), force=getattr(args, "force", False))
     params = summary["params"]
     print(f"validation loss {summary['val_loss']:.4f} after {summary['steps']} steps "
           f"({summary['train_seconds']:.0f} s; {params['dense']:,} dense + {params['table']:,} table parameters) -> {cfg.out}")

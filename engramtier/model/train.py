@@ -37,6 +37,7 @@ from engramtier.model.table import FlatTable, open_table, save_table
 from engramtier.model.trainconfig import TrainConfig
 from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer, load_compressed_tokenizer
 from engramtier.outputs import atomic_output, write_text_atomic
+from engramtier.rundir import claim
 from engramtier.provenance import machine_info
 from engramtier.trace.sources import text_documents
 
@@ -219,10 +220,14 @@ def _optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optimizer
     return optimizers
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run one training and write the run directory; returns the summary."""
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(cfg: TrainConfig, progress: bool = True, force: bool = False) -> dict:
+    """Run one training and write the run directory (claimed first: `engramtier.rundir.claim`; ``force``
+    replaces another run there); returns the summary."""
+    with claim(cfg.out, "train", asdict(cfg), force):
+        return _train(cfg, Path(cfg.out), progress)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, progress: bool) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EngramTierError("train: --device cuda was asked for but CUDA is not available; use --device cpu")

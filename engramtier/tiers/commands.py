@@ -143,6 +143,7 @@ def _checkpoint_rows(args: argparse.Namespace, opened):
     checkpoint (kept open by ``opened``, an ExitStack) is checked and its stand-in model written to OUT_DIR."""
     from engramtier.model.checkpoint import Checkpoint, import_checkpoint
     from engramtier.model.presets import preset_hash_config
+    from engramtier.rundir import claim
     from engramtier.tiers.open import LMDB_TABLE
 
     for option in ("rows", "format", "dim"):
@@ -152,6 +153,8 @@ def _checkpoint_rows(args: argparse.Namespace, opened):
     preset = args.preset or "dsv41-flash"
     config = preset_hash_config(preset, args.table_size, args.image_token)
     checkpoint = opened.enter_context(Checkpoint(args.from_checkpoint))
+    arguments = {k: v for k, v in vars(args).items() if not callable(v) and k not in ("quiet", "progress")}
+    opened.enter_context(claim(args.out_dir, "build-table", arguments, force=None, option="OUT_DIR"))
     return import_checkpoint(checkpoint, args.out_dir, config, preset), Path(args.out_dir) / LMDB_TABLE
 
 

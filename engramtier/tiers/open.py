@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
+from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
@@ -26,6 +27,7 @@ from engramtier.tiers.remote import FailoverStore, open_remote, split_rule
 from engramtier.tiers.slab import SlabTier
 from engramtier.tiers.step import PARALLEL_MIN_ROWS
 from engramtier.tiers.tiered import TieredTable
+from engramtier.trace.layout import SubtableLayout
 
 # A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).
 STORAGE = {"gpu": GpuTier, "hbm": GpuTier, "dram": DramTier, "cxl": CxlTier}
@@ -177,6 +179,7 @@ def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: 
                 f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
             )
         return tiered_table(hierarchy, store, device=device, layers_per_step=len(config.layer_ids),
+                            ctx=PolicyContext(n_keys=store.n_table_rows, layout=SubtableLayout.of_hasher(model.hasher)),
                             record_trace=record_trace, compute_window_s=compute_window_s)
     except BaseException:
         store.close()

@@ -41,6 +41,7 @@ from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM
 from engramtier.trace.build import StepPlan, windows
+from engramtier.trace.layout import SubtableLayout
 
 PAD_REPLAY = "right-padded with the end-of-text token"
 WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once
@@ -218,7 +219,8 @@ def _tiered_summary(model: EngramLM, table, tiered: PassResult, plan: StepPlan, 
     simulator's replay of the table's recorded trace (hit counts equal, and the modelled stall under
     ``window``); plus the table's step records without its own step times (they span other work)."""
     stats = table.stats()
-    trace = table.recorded_trace({"rows_per_token": float(model.hasher.rows_per_token)})
+    trace = table.recorded_trace({"rows_per_token": float(model.hasher.rows_per_token),
+                                  **SubtableLayout.of_hasher(model.hasher).to_meta()})
     simulated = simulate(trace, table.hierarchy, compute_window_s=window, step_compute_s=np.asarray(step_compute_s),
                          progress=False)
     sim_tiers = simulated.tier_stats()

@@ -28,6 +28,7 @@ import numpy as np
 
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import NgramHasher
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import TokenSource
 
@@ -99,10 +100,7 @@ class TraceBuilder:
             "plan": asdict(self.plan),
             "tokens_per_step": self.plan.tokens_per_step,
             "rows_per_token": self.rows_per_token,
-            "layer_ids": list(cfg.layer_ids),
-            "n_heads": cfg.n_heads,
-            "max_ngram": cfg.max_ngram_size,
-            "subtable_sizes": self.hasher.subtable_sizes.tolist(),
+            **SubtableLayout.of_hasher(self.hasher).to_meta(),
             "hash_config": cfg.to_dict(),
             "fingerprint": cfg.fingerprint,
             "preset": self.preset,

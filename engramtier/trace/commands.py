@@ -118,7 +118,7 @@ def run_trace(args) -> None:
     from engramtier.trace.build import StepPlan, hasher_for, write_trace
     from engramtier.trace.sources import TextSource, ZipfSource
 
-    check_output_file(args.output, "-o")
+    check_output_file(args.output, "-o", inputs=[s for s in args.sources if s != "-"])
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
     problems = shape_problems([shape["table_size"]] * max(shape["max_ngram"] - 1, 0), shape["layers"], shape["heads"])
     if problems:
@@ -146,11 +146,11 @@ def run_stats(args) -> None:
     from engramtier.trace.tracefile import TraceReader
 
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", inputs=[args.trace])
     with TraceReader(args.trace) as reader:
         stats = trace_stats(reader).stats_dict()
     if args.json:
-        with atomic_output(args.json, "--json") as part, open(part, "w", encoding="utf-8") as f:
+        with atomic_output(args.json, "--json", inputs=[args.trace]) as part, open(part, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
     alpha = stats["zipf_alpha"]
     lines = [
@@ -179,6 +179,8 @@ def run_export(args) -> None:
     from engramtier.trace.export import export_trace
     from engramtier.trace.tracefile import TraceReader
 
-    with TraceReader(args.trace) as reader, atomic_output(args.output, "-o") as part:
+    # the oracle format places its records out of order (it seeks): only CSV streams into a device or FIFO
+    with TraceReader(args.trace) as reader, \
+            atomic_output(args.output, "-o", inputs=[args.trace], stream_ok=args.format == "csv") as part:
         n = export_trace(reader, part, args.format, args.stream, args.object_size)
     print(f"{args.output}: {n} records ({args.format}, {args.stream})")

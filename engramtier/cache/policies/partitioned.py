@@ -122,6 +122,10 @@ def fixed_rows(shares: dict, capacity: int, orders: range) -> dict[int, int]:
         out[order] = share
     if sum(out.values()) > 1 + 1e-9:
         raise EngramTierError(f"policy 'partitioned': shares add up to {sum(out.values()):g}, more than the whole capacity (1)")
+    starved = [o for o, share in out.items() if share > 0 and int(share * capacity) == 0]
+    if starved:
+        raise EngramTierError(f"policy 'partitioned': order {starved[0]}'s share {out[starved[0]]:g} of {capacity} rows "
+                              "rounds to 0 rows; give it a larger share or the tier more rows")
     return {o: int(out[o] * capacity) for o in sorted(out)}
 
 
@@ -199,6 +203,9 @@ def build(capacity: int, ctx: PolicyContext, inner: str = "lru", shares: Any = "
             f"{{2 = 0.3, 3 = 0.7}}, got {shares!r}"
         )
     rows = {o: r for o, r in rows.items() if r > 0}
+    if not rows:
+        raise EngramTierError(f"policy 'partitioned': no order gets a row of the tier's {capacity}; give the tier more "
+                              "rows or larger shares")
     part_of_order = np.full(max(orders) + 1, -1, np.int8)
     parts = []
     for i, (o, r) in enumerate(rows.items()):
