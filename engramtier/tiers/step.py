@@ -267,6 +267,7 @@ class StepPipeline:
         self.word, self.width = words(empty).dtype, words(empty).shape[1]  # rows are `width` words
         self._staging_words = (None, None)  # (the host staging array, its flat word view)
         self.direct = np.array([v is not None for v in views] + [False], np.bool_)  # the store is read through read()
+        self._direct_tiers = [v is not None for v in views]
         self.store_source = len(self.caches)
         nobody = (keymap.hashed_index(1), np.full(1, -1, np.int64))  # stands in for the tiers of a cacheless table
         self._tier_indexes = tuple(t.index for t in self.caches) or (nobody[0],)
@@ -401,7 +402,7 @@ class StepPipeline:
         on_device = 0
         for t, tier in enumerate(self.caches):
             lo, hi = bounds[t], bounds[t + 1]
-            if self.direct[t]:
+            if self._direct_tiers[t]:
                 if reads[t]:
                     tier.count_direct_reads(reads[t])
             elif hi > lo:
@@ -430,9 +431,7 @@ class StepPipeline:
         return self._staging_words[1]
 
     def _late_flags(self) -> np.ndarray:
-        """Per needed row, whether a tier drops it (empty when no tier drops rows)."""
-        if self.late_rows is None:
-            return self._late[:0]
+        """Per needed row, whether a tier drops it."""
         late = self._late[: self.m]
         late[:] = False
         if self.late_keys.size:
@@ -441,7 +440,8 @@ class StepPipeline:
 
     def _deliver(self, staging: np.ndarray) -> torch.Tensor:
         """The step's rows in request order, a fresh tensor on the compute device (late rows zeros)."""
-        n, late = self.n, self._late_flags()
+        n = self.n
+        late = self._late[:0] if self.late_rows is None else self._late_flags()
         if self.fetch_stream is None:
             out = np.empty(n * self.width, self.word)
             kernel = deliver_parallel if n >= PARALLEL_MIN_ROWS else deliver_serial
