@@ -294,7 +294,7 @@ def scale_parts(args) -> dict:
     if "state" in args.parts:
         out["state"] = runtime_scale.state(args.state_rows, [("256MiB", "2GiB"), ("32MiB", "128MiB")])
     if "steps" in args.parts:
-        out["steps"] = runtime_scale.steps(args.step_sizes, 10_000_000, args.step_rounds)
+        out["steps"] = runtime_scale.steps(args.step_sizes, runtime_scale.V41_ROWS, args.step_rounds)
     if "store" in args.parts:
         folder = Path(args.dir)
         folder.mkdir(parents=True, exist_ok=True)

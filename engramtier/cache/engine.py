@@ -263,7 +263,7 @@ def tier_report(tiers: Sequence[Mapping[str, Any]], row_bytes: int) -> list[dict
              "served_bytes": t["hits"] * row_bytes} for t in tiers]
 
 
-@dataclass
+@dataclass(slots=True)
 class Stream:
     """The events one tier consumed in the last `Engine.feed`: views into reused buffers, valid until
     the next feed. ``hit`` and ``victim`` are the driver's per-event outputs (None for the store)."""
@@ -329,7 +329,7 @@ class Engine:
         if 2 * keys.size > self._capacity or n_steps >= self._step_capacity:
             self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
         served = np.empty((len(self.policies) + 1, n_steps), np.int64)
-        self.streams = []
+        streams = self.streams = []
         events, ts_in, starts = keys, ts, step_starts
         exclusive = self.mode == "exclusive"
         for i, (target, fill, victim_driver, _) in enumerate(self._drivers):
@@ -345,10 +345,13 @@ class Engine:
             else:
                 n = victim_driver(target, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
                                   served[i], self.counters[i])
-            self.streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
+            streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
             events, ts_in, starts = out_events[:n], out_ts[:n], out_starts
-        self.store_lookups += int(store_tier(events, starts, served[-1]))
-        self.streams.append(Stream(events, ts_in, starts))
+        if events.size:
+            self.store_lookups += int(store_tier(events, starts, served[-1]))
+        else:
+            served[-1] = 0
+        streams.append(Stream(events, ts_in, starts))
         return served
 
     def warm(self, keysets: Sequence[np.ndarray | None]) -> list[int]:

@@ -152,3 +152,4 @@ def home_entry(index, key):
 def prefetch_home(index, key):
     """Start loading the entry a lookup of ``key`` reads first (`engramtier.cache.prefetch`)."""
     prefetch(index, home_entry(index, key))
+

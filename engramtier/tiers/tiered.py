@@ -243,7 +243,7 @@ class TieredTable:
         else on the worker (see the module docstring); a demand step's ``rows`` get its result."""
         if ids.dtype is not torch.int64 or ids.is_cuda or ids.requires_grad:
             ids = ids.detach().to("cpu", torch.int64)
-        host_ids = ids.reshape(-1).numpy()
+        host_ids = ids.numpy().reshape(-1)
         pipeline = self._pipeline
         pipeline.check(host_ids)
         if pipeline.stable_rows and rows is not None:  # the consumer has queued all it does with earlier rows
@@ -252,7 +252,9 @@ class TieredTable:
             pipeline.release(released)
         record.requests, record.submitted = host_ids.size, time.perf_counter()
         self._log.start(record, host_ids)
-        if rows is not None and (self._queued is None or self._queued.done()):
+        if self._queued is not None and self._queued.done():
+            self._queued = None  # asked once: a done future's lock is not free
+        if rows is not None and self._queued is None:
             try:
                 self._note_decision(record, pipeline.decide(host_ids, False))
                 if not pipeline.reads_store:
