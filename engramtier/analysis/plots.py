@@ -348,3 +348,30 @@ def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Fig
         ax.legend(fontsize=7)
         ax.set_title(title)
     return fig
+
+
+def admission_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figure:
+    """Left: the gpu tier's hit rate vs its size, per policy and admission filter (none solid); right: the
+    hierarchy's stall fraction. What filtering one-hit rows out of a small top tier buys."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {}
+    for r in records:
+        styles.setdefault(r["admission"], ("-", "--", ":", "-.")[len(styles) % 4])
+    colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in records))}
+    for (policy, filter_name) in dict.fromkeys((r["policy"], r["admission"]) for r in records):
+        points = sorted((r["gpu_rows"], r["gpu_hit_rate"], r["stall_fraction"]) for r in records
+                        if r["policy"] == policy and r["admission"] == filter_name)
+        sizes, rates, stalls = zip(*points)
+        style = dict(color=colours[policy], ls=styles[filter_name], marker="o", ms=3,
+                     label=f"{policy}, admission {filter_name}")
+        left.plot(sizes, rates, **style)
+        right.plot(sizes, stalls, **style)
+    for ax, ylabel in ((left, "gpu tier hit rate (fraction of lookups)"), (right, "stall fraction of run time")):
+        _size_axes(ax, [r["gpu_rows"] for r in records], row_bytes)
+        ax.set_xlabel("gpu tier size (rows)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    left.set_ylim(bottom=0)
+    left.set_title("gpu tier hit rate with and without admission")
+    right.set_title("hierarchy stall (axis zoomed in)")
+    return fig

@@ -23,13 +23,15 @@ the next tier as a demotion. A declined row never reaches the policy. Filters:
     hashed with XXH64 under ``SEED`` (default 0): reproducible, where libCacheSim seeds from the clock.
 ``tinylfu``
     TinyLFU's frequency filter (Einziger, Friedman & Manes, 2017) in front of any policy: a count-min
-    sketch of 4-bit counters (Caffeine's: 16 per row of capacity rounded up to a power of two, 4 probes,
-    saturating at 15) counts every lookup that reaches the tier, and halves every counter after ``10 *
-    capacity`` of them (Caffeine's sample size). TinyLFU admits a candidate whose count exceeds that of
-    the victim the policy is about to evict; the policy interface does not reveal that victim before
-    `admit`, so the bar is the victim of the tier's latest eviction, re-estimated at every decision (its
-    count decays with the sketch's aging, so no bar lasts). A tier with room (nothing evicted by its last
-    admission, or a row just removed from it) admits outright. libCacheSim has no such admissioner.
+    sketch as Caffeine sizes it (16 counters per row of capacity, rounded up to a power of two; 4
+    probes; counters saturate at 15, Caffeine's 4 bits) counts every lookup that reaches the tier, and
+    halves every counter after ``10 * capacity`` of them (Caffeine's sample size). TinyLFU admits a
+    candidate whose count exceeds that of the victim the policy is about to evict; the policy interface
+    does not reveal that victim before `admit`, so the bar is the victim of the tier's latest eviction,
+    re-estimated at every decision (its count decays with the sketch's aging, so no bar lasts). That
+    victim itself comes back admitted (TinyLFU would still hold it), as does any row while the tier has
+    room (its last admission evicted nothing, or a row was just removed from it). libCacheSim has no
+    such admissioner.
 
 Filters hash a row by its global row id (``PolicyContext.row_ids`` behind a trace's dense keys, the
 key itself in the runtime), so the simulator and the runtime decide the same; they see the events of
