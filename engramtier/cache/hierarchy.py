@@ -5,6 +5,9 @@ Every tier but the last is a cache: a capacity (rows, or bytes such as ``"2GiB"`
 policy and every lookup that reaches it hits; its capacity may be left out (the table) but never be
 smaller than the table. ``mode`` says how the caches share rows (see `engramtier.cache.engine`):
 ``"inclusive"`` fills every cache a lookup missed, ``"exclusive"`` keeps each row in at most one.
+A cache may also name an admission filter (``admission = "bloom" | "bloom:W" | "prob:P" |
+"prob:P:SEED" | "tinylfu"``, `engramtier.cache.admission`), which decides before its policy whether a
+missed row is kept; `build_admissions` makes one per cache tier for the engine.
 
 Byte capacities become rows only against a table (``row_bytes``), so a `Hierarchy` is validated in
 two stages: what can be checked alone on construction, the rest in `capacities` (sizes against the
