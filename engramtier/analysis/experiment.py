@@ -260,6 +260,67 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
             "shards_miss_ratio_mean": [float(m) for m in shards_mean]}
 
 
+def mini_stage(trace: RowTrace | TraceReader, run: RunDir, policy: str, rate: float, seeds: int, sizes=None,
+               exact: bool = True, full_sweep: bool = False, workers: int | None = None, progress: bool = False) -> dict:
+    """``policy``'s miss-ratio curve by miniature simulation (`engramtier.cache.mrc.mini_mrc`) at ``rate``
+    with hash salts ``0..seeds-1``, at ``sizes`` (default 48 sizes spaced evenly in log from ``1 / rate``
+    rows, a one-row miniature cache, to every distinct row). The exact curve to compare with: with
+    ``full_sweep``, the policy replayed over the whole trace at every size (what the estimate saves);
+    else for lru the one-pass curve (unless not ``exact``); else none. Records, figure, the timings and
+    errors, and mrc.csv with the exact curve as ``policy`` and the estimates' mean as ``policy-mini``."""
+    import time
+
+    from engramtier.analysis.sweep import default_workers, trace_context
+    from engramtier.cache.mrc import (KeyStream, compile_replay, lru_mrc, mini_mrc, mini_sizes, sample_context,
+                                      spatial_samples, sweep)
+
+    if sizes is None:
+        sizes = np.unique(np.geomspace(max(1, round(1 / rate)), trace.n_distinct, 48).astype(np.int64))
+    sizes = np.asarray(sizes, np.int64)
+    workers = workers or default_workers()
+    start = time.perf_counter()
+    samples = spatial_samples(trace, rate, seeds)
+    sampling_s = time.perf_counter() - start
+    # compiled once outside the timings (a bad name or parameter is refused here), as in a sweep
+    compile_replay(policy, int(mini_sizes(sizes, rate).max()), sample_context(samples[0], trace))
+    start = time.perf_counter()
+    mini = mini_mrc(trace, samples, policy, sizes, workers)
+    mini_s = sampling_s + time.perf_counter() - start
+    exact_curve, exact_s, exact_label = None, None, None
+    if full_sweep:
+        start = time.perf_counter()
+        ctx = trace_context(trace.read_all() if isinstance(trace, TraceReader) else trace, "mrc --sweep")
+        exact_curve = sweep(ctx.keys, policy, sizes, ctx, workers=workers).miss_ratios
+        exact_s, exact_label = time.perf_counter() - start, f"exact {policy} (replayed at every size)"
+    elif policy == "lru" and exact:
+        start = time.perf_counter()
+        exact_curve = lru_mrc(KeyStream.of_trace(trace), sizes, progress=progress).miss_ratios
+        exact_s, exact_label = time.perf_counter() - start, "exact LRU (Mattson stack distance)"
+    run.append({"experiment": "mrc_mini", "policy": policy, "size_rows": int(s), "mini_rows": int(c),
+                "exact_miss_ratio": None if exact_curve is None else float(exact_curve[i]),
+                "mini_miss_ratios": [None if np.isnan(m) else float(m) for m in mini.miss_ratios[:, i]]}
+               for i, (s, c) in enumerate(zip(sizes, mini.scaled, strict=True)))
+    estimated = mini.estimated
+    curves = ([] if exact_curve is None else [(policy, sizes, exact_curve)]) + [
+        (f"{policy}-mini", sizes[estimated], mini.mean[estimated])]
+    write_curves_csv(run.path / MRC_CSV, (curve_row(name, s, trace.row_bytes, 1 - m)
+                                          for name, at, misses in curves for s, m in zip(at, misses, strict=True)))
+    run.save_figure(plots.mrc_figure(sizes, exact_curve, list(mini.miss_ratios), mini.rate, trace.row_bytes, policy,
+                                     "miniature simulation", exact_label or ""), "mrc_mini")
+    errors = None if exact_curve is None else mini.errors(exact_curve)
+    return {"policy": policy, "rate": mini.rate, "seeds": int(seeds), "sizes": int(sizes.size),
+            "estimated_sizes": int(estimated.sum()),
+            "smallest_estimated_rows": int(sizes[estimated][0]) if estimated.any() else None,
+            "sampled_requests_mean": float(mini.sampled.mean()),
+            "seed_spread_mean": float(np.mean(mini.spread[estimated])) if estimated.any() else None,
+            "mean_abs_error_per_seed": None if errors is None else float(np.mean(errors)),
+            "max_abs_error_per_seed": None if errors is None else float(np.max(errors)),
+            "mean_curve_abs_error": None if exact_curve is None else float(
+                np.mean(np.abs(mini.mean[estimated] - exact_curve[estimated]))),
+            "mini_seconds": mini_s, "exact": exact_label, "exact_seconds": exact_s,
+            "speedup": None if exact_s is None else exact_s / mini_s}
+
+
 def trace_summary(trace: RowTrace) -> dict:
     meta = trace.meta
     rows_per_token = meta.get("rows_per_token")

@@ -33,16 +33,22 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def trace_context(trace: RowTrace, where: str) -> PolicyContext:
+    """The context one-tier replays of the whole ``trace`` share: its dense keys (policy state follows
+    the rows the trace touches, not the table), steps, row ids and sub-table layout."""
+    return PolicyContext(n_keys=trace.n_distinct, keys=trace.dense_keys(), step_starts=trace.step_starts,
+                         n_table_rows=trace.n_table_rows, row_ids=trace.row_ids(),
+                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, where))
+
+
 def hit_rate_sweep(trace: RowTrace, policies: Sequence[str], sizes: Sequence[int], workers: int | None = None,
                    progress: bool = True) -> list[dict]:
     """One record per (policy, size): hits of a single cache of ``size`` rows over the whole trace."""
     sizes = np.asarray(sorted(set(int(s) for s in sizes)), np.int64)
     if sizes.size == 0:
         raise EngramTierError("hit-rate sweep: no sizes; give [sweep] sizes = [\"16MiB\", ...] or rows")
-    keys = trace.dense_keys()  # policy state follows the rows the trace touches, not the table
-    ctx = PolicyContext(n_keys=trace.n_distinct, keys=keys, step_starts=trace.step_starts,
-                        n_table_rows=trace.n_table_rows, row_ids=trace.row_ids(),
-                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "hit-rate sweep"))
+    ctx = trace_context(trace, "hit-rate sweep")
+    keys = ctx.keys
     records = []
     for policy in tqdm(policies, desc="policy sweep", unit="policy", disable=not progress):
         if policy == "lru":
