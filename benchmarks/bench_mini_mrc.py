@@ -31,7 +31,8 @@ import numpy as np
 from engramtier.analysis.config import load_config
 from engramtier.analysis.experiment import build_trace
 from engramtier.analysis.plots import mini_mrc_grid_figure
-from engramtier.analysis.sweep import default_workers, trace_context
+from engramtier.analysis.executors import default_workers
+from engramtier.analysis.sweep import trace_context
 from engramtier.cache.mrc import compile_replay, lru_mrc, mini_mrc, mini_sizes, sample_context, spatial_samples, sweep
 from engramtier.cli import main as engramtier
 from engramtier.provenance import machine_info

@@ -58,11 +58,15 @@ SWEEP_EXAMPLES = """examples:
   engramtier sweep my.toml --stages hit_rate --workers 2
   engramtier sweep my.toml --stages stall,cxl,cost --out runs/planning
   engramtier sweep my.toml --preset engram-27b
+  engramtier sweep my.toml --executor ray:auto   # the points as tasks on a running Ray cluster
 
 Stages: hit_rate ([sweep] policies x sizes), stall ([sweep] tier_sizes), cxl ([sweep] cxl_latencies_ns),
 cost (the stall and cxl points priced with [cost]); the default runs those the config defines.
 The hit_rate stage prints a table of hit rates (policy x size) and writes RUN/hit_rate.csv beside
 results.jsonl: columns policy,size_rows,size_bytes,hit_rate,miss_ratio.
+Each point (a policy at a size, LRU's whole curve, a hierarchy) runs on a thread of every core
+(--workers), or with --executor ray[:ADDRESS] as a Ray task (pip install 'engramtier[ray]'): the same
+results, a task whose worker dies run again.
 """
 
 PLAN_EXAMPLES = """examples:
@@ -162,6 +166,10 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="CONFIG.toml")
     p.add_argument("--stages", type=name_list(SWEEP_STAGES), metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
     p.add_argument("--workers", type=positive_int, metavar="N", help="threads (default: [sweep] workers or every core)")
+    p.add_argument("--executor", default="local", metavar="WHERE",
+                   help="where the sweep points run: local (threads, the default), ray (a Ray cluster on this "
+                        "machine, or the one joined), ray:ADDRESS (a running cluster, e.g. ray:auto); needs "
+                        "pip install 'engramtier[ray]'")
     _preset_option(p)
     common(p)
 
@@ -320,10 +328,20 @@ def run_sweep(args) -> None:
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
 
+    from engramtier.analysis.executors import make_executor, parse_executor
+
+    if parse_executor(args.executor)[0] == "ray" and args.workers:  # a typo is refused before the trace is built
+        raise EngramTierError("--workers counts this machine's threads; a Ray cluster runs the points on its own CPUs: "
+                              "leave --workers out with --executor ray")
     run = RunDir.create(args.out, "sweep", _arguments(args), cfg.to_dict())
     trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
     run.update_config(fingerprint=trace.meta.get("fingerprint"))
-    summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
+    executor = make_executor(args.executor, cfg.sweep.workers)
+    try:
+        print(f"sweep points on {executor.describe()}")
+        summary = Experiment(cfg, trace, run, not args.quiet, executor=executor).run_stages(stages, log=print)
+    finally:
+        executor.close()
     _say_assumptions(summary)
     html, _ = write_report(run.path)
     curves = ""

@@ -28,6 +28,7 @@ import numpy as np
 from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, TimingConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
+from engramtier.analysis.executors import LocalExecutor, RayExecutor
 from engramtier.analysis.tables import HIT_RATE_CSV, MRC_CSV, curve_row, write_curves_csv
 from engramtier.analysis.sweep import (cxl_sweep, hit_rate_sweep, point_record, simulate_point,
                                        stall_sweep)
@@ -82,6 +83,7 @@ class Experiment:
     progress: bool = True
     warm: str | None = None  # a profile to warm-start every cache tier from, against the cold hierarchy
     first_steps: int = 100  # the cold-start window: the steps `SimResult.first_steps` reports
+    executor: LocalExecutor | RayExecutor | None = None  # where sweep points run (None: threads, [sweep] workers)
     summary: dict = field(default_factory=dict)
     _sim_records: list = field(default_factory=list)
 
@@ -122,7 +124,7 @@ class Experiment:
         if not sw.sizes:
             raise EngramTierError(f"{self.cfg.path}: [sweep] sizes is empty; list the tier sizes to sweep")
         sizes = [self.rows(s, f"{self.cfg.path}: [sweep] sizes[{i}]") for i, s in enumerate(sw.sizes)]
-        records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress)
+        records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress, self.executor)
         self.run.append(records)
         write_curves_csv(self.run.path / HIT_RATE_CSV,
                          (curve_row(r["policy"], r["size_rows"], self.trace.row_bytes, r["hit_rate"]) for r in records))
@@ -190,7 +192,8 @@ class Experiment:
         tier_rows = {name: sorted({self.rows(s, f"{self.cfg.path}: [sweep] tier_sizes.{name}[{i}]")
                                    for i, s in enumerate(sizes)})
                      for name, sizes in sw.tier_sizes.items()}
-        records = stall_sweep(self.trace, self.cfg.hierarchy, tier_rows, self.cfg.timing, sw.workers, self.progress)
+        records = stall_sweep(self.trace, self.cfg.hierarchy, tier_rows, self.cfg.timing, sw.workers, self.progress,
+                              self.executor)
         self.run.append(records)
         self._sim_records += records
         self.run.save_figure(plots.stall_heatmap_figure(records, self.trace.row_bytes), "stall_heatmap")
@@ -206,7 +209,7 @@ class Experiment:
             raise EngramTierError(f"{self.cfg.path}: [sweep] cxl_latencies_ns is empty; list latencies such as [170, 270, 500]")
         cxl_rows = self.rows(sw.cxl_capacity, f"{self.cfg.path}: [sweep] cxl_capacity")
         records = cxl_sweep(self.trace, self.cfg.hierarchy, cxl_rows, sw.cxl_latencies_ns, self.cfg.timing,
-                            sw.cxl_policy, sw.workers, self.progress)
+                            sw.cxl_policy, sw.workers, self.progress, self.executor)
         self.run.append(records)
         self._sim_records += records
         self.run.save_figure(plots.cxl_figure(records), "cxl_swap")
@@ -270,7 +273,8 @@ def mini_stage(trace: RowTrace | TraceReader, run: RunDir, policy: str, rate: fl
     errors, and mrc.csv with the exact curve as ``policy`` and the estimates' mean as ``policy-mini``."""
     import time
 
-    from engramtier.analysis.sweep import default_workers, trace_context
+    from engramtier.analysis.executors import default_workers
+    from engramtier.analysis.sweep import trace_context
     from engramtier.cache.mrc import (KeyStream, compile_replay, lru_mrc, mini_mrc, mini_sizes, sample_context,
                                       spatial_samples, sweep)
 

@@ -34,6 +34,7 @@ size (W-TinyLFU needs 100 rows, S-FIFO's small queue a row) is not estimated and
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
@@ -443,9 +444,9 @@ def compile_replay(policy: str, capacity: int, ctx: PolicyContext, **params: Any
 
 
 def sweep(
-    keys: np.ndarray, policy: str, sizes: Any, ctx: PolicyContext, workers: int = 1, **params: Any
+    keys: np.ndarray, policy: str, sizes: Any, ctx: PolicyContext, workers: int | None = None, **params: Any
 ) -> MissRatioCurve:
-    """Hits of ``policy`` at each size, one replay per size, ``workers`` sizes at a time.
+    """Hits of ``policy`` at each size, one replay per size, ``workers`` sizes at a time (default: every core).
 
     Offline policies read the trace from ``ctx.keys``, which must be ``keys``. Results do not depend
     on ``workers``: every replay owns its policy and shares only read-only context arrays.
@@ -456,6 +457,7 @@ def sweep(
         bad = keys.min() if keys.min() < 0 else keys.max()
         raise EngramTierError(f"sweep: trace key {bad} lies outside the table's rows [0, {ctx.n_keys}); "
                               "pass the table's row count as PolicyContext(n_keys=...)")
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if int(workers) != workers or workers < 1:
         raise EngramTierError(f"sweep: workers must be a positive number of threads, got {workers}")
     if ctx.keys is not None and not np.array_equal(ctx.keys, keys):
@@ -569,7 +571,7 @@ def mini_sizes(sizes: Any, rate: float) -> np.ndarray:
     return np.maximum(1, np.rint(_checked_sizes(sizes) * (_threshold(rate) / HASH_RANGE))).astype(np.int64)
 
 
-def mini_mrc(trace, samples: list[SampledTrace], policy: str, sizes: Any, workers: int = 1,
+def mini_mrc(trace, samples: list[SampledTrace], policy: str, sizes: Any, workers: int | None = None,
              **params: Any) -> MiniCurves:
     """Miniature simulation of ``policy`` (with ``params``) at ``sizes`` rows, over each of ``samples``
     of ``trace`` (`spatial_samples`), the miniature caches of each replayed on ``workers`` threads (`sweep`)."""
