@@ -20,6 +20,7 @@ sweep takes ~10 s per size. Prints one JSON object; figures into ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -77,8 +78,9 @@ def measure(trace, policy: str, sizes: np.ndarray, rate: float, seeds: int, work
 
 def dsv41_trace(tmp: Path):
     path = tmp / "dsv41.trace"
-    engramtier(["trace", str(sample_text_dir()), "-o", str(path), "--preset", "dsv41-flash", "--table-size", "1000003",
-                "--batch", "1", "--seq-len", "512", "--quiet"])
+    with contextlib.redirect_stdout(sys.stderr):  # the command's summary line: stdout is this script's JSON
+        engramtier(["trace", str(sample_text_dir()), "-o", str(path), "--preset", "dsv41-flash", "--table-size",
+                    "1000003", "--batch", "1", "--seq-len", "512", "--quiet"])
     return load_trace(path)
 
 
