@@ -138,3 +138,13 @@ def test_the_key_round_trips_through_the_config():
     h = Hierarchy.from_dict(spec)
     assert h.to_dict()["tier"][0]["admission"] == "prob:0.5:3" and "admission" not in h.to_dict()["tier"][1]
     assert Hierarchy.from_dict(h.to_dict()) == h
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 1_000])
+def test_every_filter_has_one_state_type_so_drivers_compile_once(capacity):
+    from numba import typeof
+
+    row_ids = np.arange(10, dtype=np.int64) * 7
+    for text in (None, "bloom", "bloom:0.5", "prob:0.3", "tinylfu"):
+        for ids in (None, row_ids):
+            assert typeof(admission.build(text, capacity, ids)) == admission.STATE, (text, capacity)
