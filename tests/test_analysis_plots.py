@@ -120,3 +120,15 @@ def test_cost_frontier_names_the_tier_sizes_of_its_points():
     boxes = [t.get_window_extent(renderer) for t in numbers]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plots.plt.close(fig)
+
+
+def test_admission_figure_draws_each_policy_and_filter_on_both_panels():
+    records = [{"policy": p, "admission": a, "gpu_rows": rows, "gpu_hit_rate": 0.1 * i, "stall_fraction": 0.09 - 0.01 * i}
+               for p in ("lru", "s3fifo") for a in ("none", "bloom") for i, rows in enumerate((1_000, 4_000, 16_000))]
+    fig = plots.admission_figure(records, ROW_BYTES)
+    for ax in fig.axes[:2]:
+        assert [line.get_label() for line in ax.get_lines()] == [
+            "lru, admission none", "lru, admission bloom", "s3fifo, admission none", "s3fifo, admission bloom"]
+        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1_000, 4_000, 16_000]] * 4
+    assert fig.axes[0].get_ylim()[0] == 0
+    plots.plt.close(fig)

@@ -113,6 +113,11 @@ CASES = [
     Case("mrc-sizes-bad-unit", "mrc {trace} --sizes 10XB --out {out}/m --quiet", ("10XB",)),
     Case("mrc-toml", "mrc {experiment} --out {out}/m", ("not an engramtier trace",)),
     Case("mrc-out-is-file", "mrc {trace} --out {experiment} --quiet", ("is a file",)),
+    Case("mrc-policy-without-mini", "mrc {trace} --policy arc --out {out}/m", ("--policy needs --mini",)),
+    Case("mrc-mini-and-shards", "mrc {trace} --mini 0.1 --shards 0.1 --out {out}/m", ("give one of them",)),
+    Case("mrc-mini-zero", "mrc {trace} --mini 0 --out {out}/m", ("--mini",)),
+    Case("mrc-mini-unknown-policy", "mrc {trace} --mini 0.1 --policy arcc --out {out}/m", ("--policy", "did you mean 'arc'")),
+    Case("mrc-sweep-no-exact", "mrc {trace} --mini 0.1 --sweep --no-exact --out {out}/m", ("--sweep", "--no-exact")),
     # simulate
     Case("simulate-missing-toml", "simulate {out}/none.toml --out {out}/r", ("no such file",)),
     Case("simulate-trace-as-toml", "simulate {trace} --out {out}/r", ("trace",)),

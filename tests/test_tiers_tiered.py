@@ -108,6 +108,25 @@ def test_every_policy_hits_as_simulated_above_and_below_in_both_modes(table_dir,
             assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0
 
 
+@pytest.mark.parametrize("filter_text", ["bloom", "prob:0.5:1", "tinylfu"])
+def test_admission_hits_as_simulated_in_both_modes(table_dir, filter_text):
+    """A filter on each cache tier: the runtime keys it by row id, the simulator by dense keys hashed as
+    their row ids, and both decline the same rows (in exclusive mode, a row tier 0 declines goes down)."""
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=10, max_len=60)
+    for mode in ("inclusive", "exclusive"):
+        spec = hierarchy(mode, "lru", "arc", top_rows=20, middle_rows=60)
+        for tier in spec["tier"][:2]:
+            tier["admission"] = filter_text
+        with open_table(spec, path, device="cpu", record_trace=True) as table:
+            for ids in steps:
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            table.finish()
+            assert_slabs_mirror_policies(table, flat)
+            runtime = assert_runtime_is_simulated(table, spec)
+        assert all(t["declined"] > 0 and t["hits"] > 0 for t in runtime["tiers"][:2])
+
+
 @pytest.mark.parametrize("policy", ["belady", "lookahead"])
 def test_offline_policies_hit_as_simulated(table_dir, policy):
     path, flat = table_dir

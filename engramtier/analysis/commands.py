@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, nonnegative_int, positive_int, seed, size_list
 from engramtier.errors import EngramTierError
@@ -64,11 +65,15 @@ SWEEP_EXAMPLES = """examples:
   engramtier sweep my.toml --stages hit_rate --workers 2
   engramtier sweep my.toml --stages stall,cxl,cost --out runs/planning
   engramtier sweep my.toml --preset engram-27b
+  engramtier sweep my.toml --executor ray:auto   # the points as tasks on a running Ray cluster
 
 Stages: hit_rate ([sweep] policies x sizes), stall ([sweep] tier_sizes), cxl ([sweep] cxl_latencies_ns),
 cost (the stall and cxl points priced with [cost]); the default runs those the config defines.
 The hit_rate stage prints a table of hit rates (policy x size) and writes RUN/hit_rate.csv beside
 results.jsonl: columns policy,size_rows,size_bytes,hit_rate,miss_ratio.
+Each point (a policy at a size, LRU's whole curve, a hierarchy) runs on a thread of every core
+(--workers), or with --executor ray[:ADDRESS] as a Ray task (pip install 'engramtier[ray]'): the same
+results, a task whose worker dies run again.
 """
 
 PLAN_EXAMPLES = """examples:
@@ -95,11 +100,16 @@ MRC_EXAMPLES = """examples:
   engramtier mrc docs.trace
   engramtier mrc docs.trace --shards 0.001 --seeds 8 --sizes 1MiB,16MiB,256MiB
   engramtier mrc huge.trace --shards 0.001 --seeds 1 --no-exact   # a trace larger than memory, streamed
+  engramtier mrc docs.trace --mini 0.01 --policy arc              # any policy, by miniature simulation
+  engramtier mrc docs.trace --mini 0.01 --policy s3fifo --sweep   # and its exact curve, error and speed-up
 
 Each curve is one streamed pass over the trace's dense keys: exact LRU keeps 8 bytes per distinct row
 and 1.5 bits per request, SHARDS only its sample. Prints a table of hit rates and writes RUN/mrc.csv
 (columns policy,size_rows,size_bytes,hit_rate,miss_ratio): policy lru is the exact curve, lru-shards
-the mean of the SHARDS estimates over the seeds.
+the mean of the SHARDS estimates over the seeds. --mini R --policy NAME: the rows whose global id hashes
+below R form a sample, and the policy itself replays it at R x each size, once per salt (--seeds);
+policy NAME-mini is the mean over the salts, NAME the exact curve (one pass for lru, --sweep for any).
+A size whose miniature cache the policy refuses as too small (W-TinyLFU needs 100 rows) is left out.
 """
 
 REPORT_EXAMPLES = """examples:
@@ -163,6 +173,10 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="CONFIG.toml")
     p.add_argument("--stages", type=name_list(SWEEP_STAGES), metavar="LIST", help=f"comma-separated subset of {','.join(SWEEP_STAGES)}")
     p.add_argument("--workers", type=positive_int, metavar="N", help="threads (default: [sweep] workers or every core)")
+    p.add_argument("--executor", default="local", metavar="WHERE",
+                   help="where the sweep points run: local (threads, the default), ray (a Ray cluster on this "
+                        "machine, or the one joined), ray:ADDRESS (a running cluster, e.g. ray:auto); needs "
+                        "pip install 'engramtier[ray]'")
     _preset_option(p)
     common(p)
 
@@ -182,16 +196,25 @@ def register(subparsers) -> None:
     _preset_option(p)
     common(p)
 
-    p = add("mrc", "miss-ratio curve of a trace: exact LRU and SHARDS",
+    p = add("mrc", "miss-ratio curve of a trace: exact LRU and SHARDS, or any policy by miniature simulation",
             "The exact LRU miss-ratio curve (one pass, all sizes) against SHARDS sampled estimates over several "
-            "hash seeds, with their error.", MRC_EXAMPLES, run_mrc)
+            "hash seeds, with their error; or, with --mini R --policy NAME, any policy's curve by miniature "
+            "simulation over spatial samples of the rows.", MRC_EXAMPLES, run_mrc)
     p.add_argument("trace", metavar="TRACE")
-    p.add_argument("--shards", type=fraction, default=0.01, metavar="R", help="SHARDS sampling rate (default 0.01)")
-    p.add_argument("--seeds", type=positive_int, default=5, metavar="N", help="SHARDS hash seeds (default 5)")
+    p.add_argument("--shards", type=fraction, metavar="R", help="SHARDS sampling rate (default 0.01)")
+    p.add_argument("--mini", type=fraction, metavar="R",
+                   help="miniature simulation at sampling rate R (e.g. 0.01) of --policy, instead of SHARDS")
+    p.add_argument("--policy", metavar="NAME",
+                   help="with --mini: the policy, a built-in or module:attribute (default lru)")
+    p.add_argument("--sweep", action="store_true",
+                   help="with --mini: also replay the whole trace at every size, the exact curve, for the "
+                        "estimate's error and speed-up (as slow as sweep's hit-rate stage)")
+    p.add_argument("--seeds", type=positive_int, default=5, metavar="N", help="hash seeds (salts) (default 5)")
     p.add_argument("--sizes", type=size_list, metavar="LIST",
                    help="comma-separated sizes, rows or bytes such as 16MiB (default: 48 log-spaced sizes)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="threads for --mini (default: every core)")
     p.add_argument("--no-exact", action="store_true",
-                   help="SHARDS only: skip the exact curve (and its error), for traces too long for an exact pass")
+                   help="skip the exact one-pass LRU curve (and the error against it), for traces too long for it")
     common(p)
 
     _register_replay(subparsers)
@@ -324,12 +347,22 @@ def run_sweep(args) -> None:
     from engramtier.analysis.report import write_report
     from engramtier.rundir import RunDir
 
+    from engramtier.analysis.executors import make_executor, parse_executor
+
+    if parse_executor(args.executor)[0] == "ray" and args.workers:  # a typo is refused before the trace is built
+        raise EngramTierError("--workers counts this machine's threads; a Ray cluster runs the points on its own CPUs: "
+                              "leave --workers out with --executor ray")
     with RunDir.create(args.out, "sweep", _arguments(args), cfg.to_dict(), force=args.force,
                        stages=["trace", *stages]) as run:
         trace = build_trace(cfg.trace, run.path / TRACE_FILE, not args.quiet)
         run.update_config(fingerprint=trace.meta.get("fingerprint"))
         run.stage_done("trace")
-        summary = Experiment(cfg, trace, run, not args.quiet).run_stages(stages, log=print)
+        executor = make_executor(args.executor, cfg.sweep.workers)
+        try:
+            print(f"sweep points on {executor.describe()}")
+            summary = Experiment(cfg, trace, run, not args.quiet, executor=executor).run_stages(stages, log=print)
+        finally:
+            executor.close()
         _say_assumptions(summary)
         html, _ = write_report(run.path)
     curves = ""
@@ -378,32 +411,67 @@ def run_plan(args) -> None:
         print(budget_line(summary["cost"]))
 
 
+def _mrc_mode(args) -> str:
+    """'mini' or 'shards', refusing options that belong to the other mode."""
+    if args.mini is None:
+        for given, option in ((args.policy, "--policy"), (args.sweep, "--sweep"), (args.workers, "--workers")):
+            if given:
+                raise EngramTierError(f"{option} needs --mini R (a policy's curve by miniature simulation); "
+                                      "SHARDS and the exact one-pass curve are LRU's")
+        return "shards"
+    if args.shards is not None:
+        raise EngramTierError("--shards and --mini are two ways to estimate the curve; give one of them")
+    if args.sweep and args.no_exact:
+        raise EngramTierError("--sweep computes the exact curve and --no-exact skips it; give one of them")
+    from engramtier.cache.policy import check_policy
+
+    check_policy(args.policy or "lru", "--policy", search=(Path.cwd(),))
+    return "mini"
+
+
 def run_mrc(args) -> None:
     from engramtier.analysis.config import size_to_rows
     from engramtier.trace.tracefile import TraceReader
 
+    mode = _mrc_mode(args)
     with TraceReader(args.trace) as trace:  # each curve is one streamed pass over the trace file
         sizes = None
         if args.sizes:
             sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
-        from engramtier.analysis.experiment import mrc_stage, trace_summary  # after the checks: see simulate
+        from engramtier.analysis.experiment import mini_stage, mrc_stage, trace_summary  # after the checks: see simulate
         from engramtier.analysis.tables import MRC_CSV
         from engramtier.analysis.report import write_report
         from engramtier.rundir import RunDir
 
         with RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"), force=args.force,
-                           stages=["mrc"]) as run:
-            summary = {"trace": trace_summary(trace),
-                       "mrc": mrc_stage(trace, run, args.shards, args.seeds, sizes, exact=not args.no_exact,
-                                        progress=not args.quiet)}
+                           stages=[mode if mode == "mini" else "mrc"]) as run:
+            summary = {"trace": trace_summary(trace)}
+            if mode == "mini":
+                summary["mini"] = mini_stage(trace, run, args.policy or "lru", args.mini, args.seeds, sizes,
+                                             exact=not args.no_exact, full_sweep=args.sweep, workers=args.workers,
+                                             progress=not args.quiet)
+            else:
+                rate = 0.01 if args.shards is None else args.shards
+                summary["mrc"] = mrc_stage(trace, run, rate, args.seeds, sizes, exact=not args.no_exact,
+                                           progress=not args.quiet)
             run.write_summary(summary)
-            run.stage_done("mrc")
+            run.stage_done(mode if mode == "mini" else "mrc")
             html, _ = write_report(run.path)
     curves = _print_curves(run.path / MRC_CSV)
+    if mode == "mini":
+        m = summary["mini"]
+        error = ("no exact curve (give --sweep)" if m["mean_abs_error_per_seed"] is None else
+                 f"mean abs. error {m['mean_abs_error_per_seed']:.4f} per salt (max {m['max_abs_error_per_seed']:.4f}), "
+                 f"{m['mean_curve_abs_error']:.4f} for their mean")
+        speed = "" if m["speedup"] is None else f" ({m['exact']}: {m['exact_seconds']:.2f} s, {m['speedup']:.1f}x)"
+        print(f"{run.path}: {m['policy']} by miniature simulation, R={m['rate']:g}, {args.seeds} salts, "
+              f"{m['estimated_sizes']} of {m['sizes']} sizes estimated; {error}; {m['mini_seconds']:.2f} s{speed}; "
+              f"{curves}report {html}")
+        return
     m = summary["mrc"]
     error = ("no exact curve (--no-exact)" if m["shards_mean_abs_error"] is None else
              f"mean abs. error {m['shards_mean_abs_error']:.4f} (max {m['shards_max_abs_error']:.4f} over {args.seeds} seeds)")
-    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={args.shards:g} {error}; {curves}report {html}")
+    print(f"{run.path}: {m['sizes']} sizes, SHARDS R={m['shards_rate']:g} {error}; {curves}report {html}")
 
 
 def _print_curves(csv_path) -> str:

@@ -111,24 +111,26 @@ def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figu
 
 
 def mrc_figure(sizes: np.ndarray, exact: np.ndarray | None, estimates: Sequence[np.ndarray], rate: float,
-               row_bytes: int) -> plt.Figure:
-    """Exact LRU miss-ratio curve (when computed), and the SHARDS estimates over several hash seeds as
-    a mean and a band."""
+               row_bytes: int, policy: str = "LRU", method: str = "SHARDS",
+               exact_label: str = "exact LRU (Mattson stack distance)") -> plt.Figure:
+    """The exact miss-ratio curve of ``policy`` (when computed), and sampled estimates (``method``:
+    SHARDS, or miniature simulation) over several hash seeds as a mean and a band. NaN estimates (sizes a
+    method could not estimate) leave gaps."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if exact is not None:
-        ax.plot(sizes, exact, color="black", lw=2, label="exact LRU (Mattson stack distance)")
+        ax.plot(sizes, exact, color="black", lw=2, label=exact_label)
     if len(estimates):
-        est = np.asarray(estimates)
-        error = "" if exact is None else f" (mean abs. error {float(np.mean(np.abs(est - exact))):.4f})"
+        est = np.asarray(estimates, dtype=float)
+        error = "" if exact is None else f" (mean abs. error {float(np.nanmean(np.abs(est - exact))):.4f})"
         ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3,
-                        label=f"SHARDS range over {len(est)} hash seeds")
-        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"SHARDS mean, R={rate:g}{error}")
+                        label=f"{method} range over {len(est)} hash seeds")
+        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"{method} mean, R={rate:g}{error}")
     _size_axes(ax, sizes, row_bytes)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("LRU cache size (rows)")
+    ax.set_xlabel(f"{policy} cache size (rows)")
     ax.set_ylabel("miss ratio")
     ax.legend(fontsize=8)
-    ax.set_title("Miss-ratio curve: exact vs SHARDS sampling")
+    ax.set_title(f"Miss-ratio curve: exact vs {method}")
     return fig
 
 
@@ -349,4 +351,60 @@ def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Fig
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
         ax.set_title(title)
+    return fig
+
+
+def admission_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figure:
+    """Left: the gpu tier's hit rate vs its size, per policy and admission filter (none solid); right: the
+    hierarchy's stall fraction. What filtering one-hit rows out of a small top tier buys."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {}
+    for r in records:
+        styles.setdefault(r["admission"], ("-", "--", ":", "-.")[len(styles) % 4])
+    colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in records))}
+    for (policy, filter_name) in dict.fromkeys((r["policy"], r["admission"]) for r in records):
+        points = sorted((r["gpu_rows"], r["gpu_hit_rate"], r["stall_fraction"]) for r in records
+                        if r["policy"] == policy and r["admission"] == filter_name)
+        sizes, rates, stalls = zip(*points)
+        style = dict(color=colours[policy], ls=styles[filter_name], marker="o", ms=3,
+                     label=f"{policy}, admission {filter_name}")
+        left.plot(sizes, rates, **style)
+        right.plot(sizes, stalls, **style)
+    for ax, ylabel in ((left, "gpu tier hit rate (fraction of lookups)"), (right, "stall fraction of run time")):
+        _size_axes(ax, [r["gpu_rows"] for r in records], row_bytes)
+        ax.set_xlabel("gpu tier size (rows)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    left.set_ylim(bottom=0)
+    left.set_title("gpu tier hit rate with and without admission")
+    right.set_title("hierarchy stall (axis zoomed in)")
+    return fig
+
+
+def mini_mrc_grid_figure(panels: Sequence[Mapping], rate: float, title: str) -> plt.Figure:
+    """One panel per policy: its exact miss-ratio curve (a full replay at every size) beside its
+    miniature-simulation estimates at ``rate`` (mean and range over the hash salts). Each of ``panels``
+    holds ``policy``, ``sizes``, ``exact`` and ``estimates`` (salts x sizes, NaN where not estimated)."""
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    for ax, panel in zip(axes.flat, panels):
+        sizes, exact, est = panel["sizes"], np.asarray(panel["exact"]), np.asarray(panel["estimates"], dtype=float)
+        ax.plot(sizes, exact, color="black", lw=1.5, label="exact (full replay)")
+        ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3, label="range over salts")
+        error = float(np.nanmean(np.abs(np.nanmean(est, axis=0) - exact)))
+        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"mean (MAE {error:.4f})")
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, float(np.min(sizes)), float(np.max(sizes)), _ROWS)
+        ax.set_ylim(0, 1)
+        ax.set_title(panel["policy"], fontsize=9)
+        ax.legend(fontsize=6, loc="lower left")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("cache size (rows)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("miss ratio")
+    fig.suptitle(f"{title}: miniature simulation at R={rate:g} vs the exact curve")
     return fig

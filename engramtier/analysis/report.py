@@ -18,6 +18,8 @@ from engramtier.rundir import FIGURES, REPORTS, RunDir
 CAPTIONS = {
     "zipf_rank": "Requests per table row by popularity rank, with the maximum-likelihood Zipf law.",
     "mrc_shards": "Exact LRU miss-ratio curve against SHARDS sampled estimates (band: range over hash seeds).",
+    "mrc_mini": "A policy's miss-ratio curve by miniature simulation over spatial samples (band: range over hash salts), "
+                "against its exact curve when computed.",
     "hit_rate_vs_size": "Hit rate of a single cache tier vs its size, per policy (belady and static are offline).",
     "step_timeline": "The declared hierarchy step by step: fetch time against the compute window, and who served the rows.",
     "stall_heatmap": "Total stall and stall fraction over the swept cache tier sizes.",
@@ -59,6 +61,8 @@ def summary_blocks(summary: dict) -> list[tuple]:
                    ("table", ["policy", *sizes], [[p, *(row.get(k) for k in sizes)] for p, row in table.items()])]
     if "mrc" in s:
         blocks += [("h2", "Miss-ratio curve (SHARDS vs exact)"), _kv(s.pop("mrc"))]
+    if "mini" in s:
+        blocks += [("h2", "Miss-ratio curve (miniature simulation)"), _kv(s.pop("mini"))]
     if "simulation" in s:
         sim = s.pop("simulation")
         tiers = sim.get("tiers", [])

@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numba import njit
 
+from engramtier.cache import admission
 from engramtier.cache.hierarchy import MODES
 from engramtier.cache.policy import held_keys, inline_ops, is_compiled
 from engramtier.cache.prefetch import PREFETCH_AHEAD
@@ -71,26 +72,30 @@ def count_admission(counters, column, key, victim):
             counters[EVICTED] += 1
 
 
-def make_drivers(lookup, admit, remove, hit_victim, prefetch):
+def make_drivers(lookup, admit, remove, hit_victim, prefetch, observe, admits, note_victim):
     """The cache-tier drivers (and the warm-start loop) over a ``target`` that the operations ``lookup(target, key, t)``,
     ``admit(target, key, t)``, ``remove(target, key)``, ``hit_victim(target)`` and ``prefetch(target,
-    key)`` act on, as plain Python functions (compile them with `numba.njit`).
+    key)`` act on, and an admission filter ``adm`` that ``observe(adm, key)``, ``admits(adm, key)`` and
+    ``note_victim(adm, key)`` act on (`engramtier.cache.admission`), as plain Python functions
+    (compile them with `numba.njit`).
 
     One source serves every kind of policy: a built-in `compiled_policy` passes its inline functions
     and its bare state tuple, so the whole tier is one loop without calls or reference counting that
     also prefetches each key's entry `PREFETCH_AHEAD` events ahead; any other policy passes functions
-    that call its methods (`METHOD_OPS`).
+    that call its methods (`METHOD_OPS`). The filter sees every lookup that reaches the tier and is
+    asked before each admission; a row it refuses is declined without reaching the policy.
     """
 
-    def fill_tier(target, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
+    def fill_tier(target, adm, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
                   hits_per_step, counters):
         """A tier that looks rows up and admits what it misses: every inclusive tier, and exclusive
         tier 0 (``demote``: its victims, or rows it declines, go down as DEMOTE events). ``events``
         are lookups.
 
-        Per input event: ``hit``, and ``victim`` = what ``admit`` returned, or on a hit what the hit
-        evicted (`hit_victim`, usually -1; demoted like any victim). Misses are forwarded as LOOKUPs
-        into ``out_*``; returns the number of output events.
+        Per input event: ``hit``, and ``victim`` = what ``admit`` returned (the key itself when the
+        filter ``adm`` or the policy declined it), or on a hit what the hit evicted (`hit_victim`,
+        usually -1; demoted like any victim). Misses are forwarded as LOOKUPs into ``out_*``; returns
+        the number of output events.
         """
         n_out = 0
         last = step_starts[step_starts.size - 1]
@@ -102,12 +107,14 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                     prefetch(target, events[j + PREFETCH_AHEAD])
                 k = events[j]
                 t = ts[j]
+                observe(adm, k)
                 if lookup(target, k, t):
                     hit[j] = True
                     n_hits += 1
                     v = hit_victim(target)
                     victim[j] = v
                     if v >= 0:
+                        note_victim(adm, v)
                         counters[EVICTED] += 1
                         if demote:
                             out_events[n_out] = -1 - v
@@ -118,7 +125,9 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                 out_events[n_out] = k
                 out_ts[n_out] = t
                 n_out += 1
-                v = admit(target, k, t)
+                v = admit(target, k, t) if admits(adm, k) else k
+                if v != k:
+                    note_victim(adm, v)
                 victim[j] = v
                 count_admission(counters, PROMOTED, k, v)
                 if demote and v >= 0:
@@ -131,10 +140,11 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
         counters[LOOKUPS] += last - step_starts[0]
         return n_out
 
-    def victim_tier(target, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
+    def victim_tier(target, adm, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
                     hits_per_step, counters):
         """Exclusive tier ``i > 0``: a LOOKUP hit removes the row (it moves to tier 0), a miss is
-        forwarded; a DEMOTE is admitted and the victim (or the declined row) is demoted further.
+        forwarded; a DEMOTE is offered to the filter ``adm`` and admitted, and the victim (or the
+        declined row) is demoted further.
 
         Per input event: ``hit`` (LOOKUPs only) and ``victim`` = what ``admit`` returned for a DEMOTE
         (-1 for a LOOKUP). Returns the number of output events.
@@ -154,14 +164,18 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                 hit[j] = False
                 if e >= 0:
                     counters[LOOKUPS] += 1
+                    observe(adm, e)
                     if remove(target, e):
+                        note_victim(adm, -1)  # the row moved up: the tier has room
                         hit[j] = True
                         n_hits += 1
                         continue
                     out_events[n_out] = e
                 else:
                     k = -1 - e
-                    v = admit(target, k, t)
+                    v = admit(target, k, t) if admits(adm, k) else k
+                    if v != k:
+                        note_victim(adm, v)
                     victim[j] = v
                     count_admission(counters, DEMOTED, k, v)
                     if v < 0:
@@ -177,7 +191,8 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
     def warm_tier(target, keys):
         """A warm start (`engramtier.cache.warm`): admit ``keys`` in order, each admitted one then looked
         up once, as if it had been requested again; victims of either are dropped (nothing is below yet).
-        ``t`` is -1: before the trace (offline policies are refused a warm start). Returns the rows declined."""
+        ``t`` is -1: before the trace (offline policies are refused a warm start). The admission filter is
+        bypassed: a profile chose these rows. Returns the rows declined."""
         declined = 0
         for j in range(keys.size):
             k = keys[j]
@@ -211,7 +226,7 @@ def _no_prefetch(policy, key):
 
 
 METHOD_OPS = (_method_lookup, _method_admit, _method_remove, _method_hit_victim, _no_prefetch)
-_PYTHON_DRIVERS = make_drivers(*METHOD_OPS)
+_PYTHON_DRIVERS = make_drivers(*METHOD_OPS, *admission.OPS)
 _DRIVERS: dict[Any, tuple[Any, Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim, warm)
 
 
@@ -225,9 +240,10 @@ def drivers_for(policy: Any) -> tuple[Any, Any, Any, Any]:
     ops = inline_ops(policy)
     if kind not in _DRIVERS:
         if ops is None:
-            _DRIVERS[kind] = tuple(njit(nogil=True)(d) for d in make_drivers(*(njit(inline="always")(f) for f in METHOD_OPS)))
+            methods = (njit(inline="always")(f) for f in METHOD_OPS)
+            _DRIVERS[kind] = tuple(njit(nogil=True)(d) for d in make_drivers(*methods, *admission.OPS))
         else:
-            _DRIVERS[kind] = tuple(njit(nogil=True, _nrt=False)(d) for d in make_drivers(*ops))
+            _DRIVERS[kind] = tuple(njit(nogil=True, _nrt=False)(d) for d in make_drivers(*ops, *admission.OPS))
     return (policy if ops is None else policy.state, *_DRIVERS[kind])
 
 
@@ -279,16 +295,22 @@ class Engine:
     """Runs a hierarchy's cache ``policies`` (fastest first; the store below them is implicit) over
     consecutive chunks of steps for a table of ``n_keys`` rows. ``counters[i]`` accumulates tier
     ``i``'s `COUNTERS`; ``streams`` holds each tier's input of the last feed (the store's last), for
-    the runtime to turn decisions into copies.
+    the runtime to turn decisions into copies. ``admissions``: each cache tier's admission filter
+    (`engramtier.cache.admission.build`; None, or a None entry: the tier admits every row it misses).
 
     In exclusive mode a policy that starts with rows (a preloaded hot set) gives up those already
     held by a tier above it, so the hierarchy starts exclusive too."""
 
-    def __init__(self, policies: Sequence[Any], mode: str, n_keys: int) -> None:
+    def __init__(self, policies: Sequence[Any], mode: str, n_keys: int,
+                 admissions: Sequence[tuple | None] | None = None) -> None:
         if mode not in MODES:
             raise EngramTierError(f"engine: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         self.policies = list(policies)
         self.mode = mode
+        admissions = [None] * len(self.policies) if admissions is None else list(admissions)
+        if len(admissions) != len(self.policies):
+            raise EngramTierError(f"engine: {len(admissions)} admission filters for {len(self.policies)} cache tiers")
+        self.admissions = [admission.build(None, 1) if a is None else a for a in admissions]
         if mode == "exclusive":
             for i, lower in enumerate(self.policies):
                 for upper in self.policies[:i] if lower.occupancy() else ():
@@ -315,6 +337,7 @@ class Engine:
         for first, stop in ((0, at), (at, len(self.policies))):
             half = Engine.__new__(Engine)
             half.policies, half.mode, half.first_tier = self.policies[first:stop], self.mode, first
+            half.admissions = self.admissions[first:stop]
             half._drivers = self._drivers[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
@@ -333,6 +356,7 @@ class Engine:
         events, ts_in, starts = keys, ts, step_starts
         exclusive = self.mode == "exclusive"
         for i, (target, fill, victim_driver, _) in enumerate(self._drivers):
+            adm = self.admissions[i]
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
             out_starts = out_starts[: n_steps + 1]
@@ -340,10 +364,10 @@ class Engine:
                 served[i] = 0
                 out_starts[:] = 0
             elif self.first_tier + i == 0 or not exclusive:
-                n = fill(target, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
+                n = fill(target, adm, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
                          served[i], self.counters[i])
             else:
-                n = victim_driver(target, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
+                n = victim_driver(target, adm, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
                                   served[i], self.counters[i])
             streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
             events, ts_in, starts = out_events[:n], out_ts[:n], out_starts

@@ -5,6 +5,9 @@ Every tier but the last is a cache: a capacity (rows, or bytes such as ``"2GiB"`
 policy and every lookup that reaches it hits; its capacity may be left out (the table) but never be
 smaller than the table. ``mode`` says how the caches share rows (see `engramtier.cache.engine`):
 ``"inclusive"`` fills every cache a lookup missed, ``"exclusive"`` keeps each row in at most one.
+A cache may also name an admission filter (``admission = "bloom" | "bloom:W" | "prob:P" |
+"prob:P:SEED" | "tinylfu"``, `engramtier.cache.admission`), which decides before its policy whether a
+missed row is kept; `build_admissions` makes one per cache tier for the engine.
 
 Byte capacities become rows only against a table (``row_bytes``), so a `Hierarchy` is validated in
 two stages: what can be checked alone on construction, the rest in `capacities` (sizes against the
@@ -25,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from engramtier.cache.admission import build as build_admission, parse as parse_admission
 from engramtier.cache.policy import PolicyContext, check_params, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
 from engramtier.errors import EngramTierError, refuse_unknown
@@ -85,7 +89,9 @@ class TierSpec:
     whose hottest rows it opens holding (`engramtier.cache.warm`); None: it opens empty. ``on_late``: what a
     step does with this tier's rows that its model says cannot arrive within the step's compute window:
     ``"wait"`` (the default: the step stalls) or ``"drop"`` (a deadline-bounded, lossy fetch: the step
-    goes on and reads zero rows in their place, see `engramtier.cache.deadline`)."""
+    goes on and reads zero rows in their place, see `engramtier.cache.deadline`). ``admission``, for a
+    cache: a filter deciding which missed rows it keeps, in front of its policy (``"bloom"``,
+    ``"prob:P"``, ``"tinylfu"``: `engramtier.cache.admission`); None: it keeps every row it misses."""
 
     name: str
     capacity: int | str | None
@@ -95,6 +101,7 @@ class TierSpec:
     storage: Mapping[str, Any] = field(default_factory=dict)
     warm: str | os.PathLike | np.ndarray | None = field(default=None, compare=False)
     on_late: str = "wait"
+    admission: str | None = None
 
     def __post_init__(self) -> None:
         where = f"tier '{self.name}'"
@@ -103,6 +110,8 @@ class TierSpec:
         if not isinstance(self.on_late, str) or self.on_late not in ON_LATE:
             raise EngramTierError(f"{where}: on_late must be one of {', '.join(repr(r) for r in ON_LATE)} (what a step "
                                   f"does with rows that miss its window), got {self.on_late!r}")
+        if self.admission is not None:
+            parse_admission(self.admission, where)
         if isinstance(self.capacity, str):
             try:
                 parse_size(self.capacity)  # refuse a bad size now, not when the table is known
@@ -155,6 +164,7 @@ class TierSpec:
         if self.warm is not None:
             d["warm"] = f"array of {self.warm.size} counts" if isinstance(self.warm, np.ndarray) else str(self.warm)
         d = {**d, "on_late": self.on_late} if self.lossy else d  # the default leaves a config as it was
+        d = {**d, "admission": self.admission} if self.admission is not None else d
         return {**d, "storage": dict(self.storage)} if self.storage else d
 
 
@@ -200,6 +210,9 @@ class Hierarchy:
         if self.store.warm is not None:
             raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store and holds every row "
                                   "already; give warm to a cache tier")
+        if self.store.admission is not None:
+            raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store and serves every "
+                                  f"row; give admission {self.store.admission!r} to a cache tier")
         if self.store.policy is not None:
             raise EngramTierError(
                 f"{where}: the last tier '{self.store.name}' is the backing store holding every row and takes no "
@@ -260,6 +273,17 @@ class Hierarchy:
                 raise EngramTierError(f"{self._at()}tier '{tier.name}': {err}") from None
         return policies
 
+    def build_admissions(self, ctx: PolicyContext, row_bytes: int) -> list[tuple]:
+        """One fresh admission filter per cache tier (`engramtier.cache.admission`), sized by its capacity
+        and hashing rows by their global ids (``ctx.global_ids()``), for `Engine`."""
+        filters = []
+        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes), strict=True):
+            try:
+                filters.append(build_admission(tier.admission, rows, ctx.global_ids() if tier.admission else None))
+            except EngramTierError as err:
+                raise EngramTierError(f"{self._at()}tier '{tier.name}': {err}") from None
+        return filters
+
     def _at(self) -> str:
         """The prefix naming the file a refusal against the table comes from (none when built in code)."""
         return "" if self.where == "hierarchy" else f"{self.where}: "
@@ -302,7 +326,7 @@ class Hierarchy:
                 warm = str(Path(search[0]) / warm)
             try:
                 spec = TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
-                                t.get("storage", {}), warm, t.get("on_late", "wait"))
+                                t.get("storage", {}), warm, t.get("on_late", "wait"), t.get("admission"))
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below

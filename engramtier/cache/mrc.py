@@ -21,10 +21,20 @@ decides most of the error, and the adjustment removes most of it).
 
 `sweep` replays any registered policy once per size, the sizes on parallel threads (the compiled
 drivers release the GIL).
+
+Miniature simulation (Waldspurger et al., ATC'17) estimates any policy's curve, offline and
+plain-Python ones included: the requests whose *global row id* hashes (splitmix64 with a salt, as
+SHARDS) below ``R * 2**32`` form a spatially sampled trace of about ``R`` of the rows and requests, and
+a cache of ``S`` rows is emulated by the policy itself at ``max(1, round(R * S))`` rows over that
+sample; its miss ratio estimates the full one. Hashing the row id (not a trace's dense key) samples the
+same rows whichever trace numbering holds them. Each salt (`mini_mrc`'s seeds) draws another sample, so
+the spread over salts shows the estimate's sampling error. A size the policy refuses at its scaled
+size (W-TinyLFU needs 100 rows, S-FIFO's small queue a row) is not estimated and is reported so.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
@@ -34,9 +44,10 @@ from numba import njit, uint64
 from tqdm import tqdm
 
 from engramtier.cache.nextuse import heap_delete, heap_push
-from engramtier.cache.policy import PolicyContext, make_policy, replay
+from engramtier.cache.policy import PolicyContext, check_policy, make_policy, replay
 from engramtier.errors import EngramTierError
-from engramtier.trace.rowindex import popcount
+from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.rowindex import dense_keys, popcount
 from engramtier.trace.tracefile import trace_chunks
 
 HASH_RANGE = 1 << 32  # sampling compares the top 32 bits of a key's 64-bit hash with the threshold
@@ -426,10 +437,16 @@ def shards_mrc(
     return MissRatioCurve.from_miss_ratios(sizes, 1.0 - hit_ratio, stream.n_requests, method)
 
 
+def compile_replay(policy: str, capacity: int, ctx: PolicyContext, **params: Any) -> None:
+    """Compile the replay of this policy type and fill ``ctx``'s derived arrays, once, before threads share
+    them (and before anything is timed): one replay of one request."""
+    replay(make_policy(policy, capacity, ctx, **params), ctx.keys[:1] if ctx.keys is not None else np.zeros(1, np.int64))
+
+
 def sweep(
-    keys: np.ndarray, policy: str, sizes: Any, ctx: PolicyContext, workers: int = 1, **params: Any
+    keys: np.ndarray, policy: str, sizes: Any, ctx: PolicyContext, workers: int | None = None, **params: Any
 ) -> MissRatioCurve:
-    """Hits of ``policy`` at each size, one replay per size, ``workers`` sizes at a time.
+    """Hits of ``policy`` at each size, one replay per size, ``workers`` sizes at a time (default: every core).
 
     Offline policies read the trace from ``ctx.keys``, which must be ``keys``. Results do not depend
     on ``workers``: every replay owns its policy and shares only read-only context arrays.
@@ -440,6 +457,7 @@ def sweep(
         bad = keys.min() if keys.min() < 0 else keys.max()
         raise EngramTierError(f"sweep: trace key {bad} lies outside the table's rows [0, {ctx.n_keys}); "
                               "pass the table's row count as PolicyContext(n_keys=...)")
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if int(workers) != workers or workers < 1:
         raise EngramTierError(f"sweep: workers must be a positive number of threads, got {workers}")
     if ctx.keys is not None and not np.array_equal(ctx.keys, keys):
@@ -451,8 +469,135 @@ def sweep(
     def hits_at(size: int) -> int:
         return replay(make_policy(policy, int(size), ctx, **params), keys)
 
-    # Compile the driver for this policy type and fill ctx's derived arrays once, before threads share them.
-    replay(make_policy(policy, int(sizes[0]), ctx, **params), keys[:1])
+    compile_replay(policy, int(sizes[0]), ctx, **params)
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
         hits = np.fromiter(pool.map(hits_at, sizes), dtype=np.int64, count=sizes.size)
     return MissRatioCurve.from_hits(sizes, hits, keys.size, f"replay:{policy}")
+
+
+# ---------------------------------------------------------------------------------- miniature simulation
+
+
+@njit(nogil=True, cache=True)
+def _hashed_below(rows, threshold, seed, out):
+    """Positions of ``rows`` whose hash under ``seed`` lies below ``threshold``; returns how many."""
+    n = 0
+    for t in range(rows.size):
+        if _hash32(rows[t], seed) < threshold:
+            out[n] = t
+            n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class SampledTrace:
+    """The requests of a trace whose rows hash below ``rate``: ``keys`` numbered by first request, each
+    key's global row id (``row_ids``), and the trace's steps (``step_starts``, empty steps kept)."""
+
+    keys: np.ndarray
+    row_ids: np.ndarray
+    step_starts: np.ndarray
+    rate: float
+
+
+def spatial_samples(trace, rate: float, seeds: int = 1) -> list[SampledTrace]:
+    """The spatially hashed samples of ``trace`` (a `RowTrace` or a `TraceReader`, streamed chunk by
+    chunk, once for all salts) at ``rate``, one per salt ``0..seeds-1``: every request of a sampled row,
+    none of another."""
+    if int(seeds) != seeds or seeds < 1:
+        raise EngramTierError(f"miniature simulation: seeds must be a positive number of hash salts, got {seeds}")
+    threshold = _threshold(rate)
+    row_ids = trace.row_ids()
+    picked = [[] for _ in range(int(seeds))]
+    steps = [[np.zeros(1, np.int64)] for _ in range(int(seeds))]
+    for chunk in trace_chunks(trace, dense=True):
+        rows, positions = row_ids[chunk.rows], np.empty(chunk.rows.size, np.int64)
+        for seed in range(int(seeds)):
+            n = _hashed_below(rows, threshold, seed, positions)
+            picked[seed].append(chunk.rows[positions[:n]])
+            steps[seed].append(np.searchsorted(positions[:n], chunk.step_starts[1:]) + steps[seed][-1][-1])
+    samples = []
+    for seed in range(int(seeds)):
+        if sum(p.size for p in picked[seed]) == 0:
+            raise EngramTierError(f"miniature simulation: rate {rate:g} (salt {seed}) sampled no row of the trace's "
+                                  f"{trace.n_distinct}; raise the rate")
+        keys, dense = dense_keys(np.concatenate(picked[seed]))
+        samples.append(SampledTrace(keys, row_ids[dense], np.concatenate(steps[seed]), threshold / HASH_RANGE))
+    return samples
+
+
+def sample_context(sample: SampledTrace, trace) -> PolicyContext:
+    """The context a policy replaying ``sample`` of ``trace`` is built with: the sample's keys, steps and
+    row ids, the trace's table and sub-table layout."""
+    return PolicyContext(n_keys=sample.row_ids.size, keys=sample.keys, step_starts=sample.step_starts,
+                         n_table_rows=trace.n_table_rows, row_ids=sample.row_ids,
+                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "miniature simulation"))
+
+
+@dataclass(frozen=True)
+class MiniCurves:
+    """A policy's miss ratios estimated by miniature simulation: ``miss_ratios[i, j]`` for salt ``i`` at
+    ``sizes[j]`` (NaN where the policy refused ``scaled[j]`` rows), over ``sampled`` requests per salt."""
+
+    policy: str
+    rate: float
+    sizes: np.ndarray
+    scaled: np.ndarray
+    miss_ratios: np.ndarray
+    sampled: np.ndarray
+
+    @property
+    def estimated(self) -> np.ndarray:
+        """Which sizes have an estimate."""
+        return ~np.isnan(self.miss_ratios).any(axis=0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.miss_ratios.mean(axis=0)
+
+    @property
+    def spread(self) -> np.ndarray:
+        """Per size, the largest minus the smallest estimate over the salts."""
+        return self.miss_ratios.max(axis=0) - self.miss_ratios.min(axis=0)
+
+    def errors(self, exact: np.ndarray) -> np.ndarray:
+        """Per salt, the mean absolute error against the ``exact`` miss ratios over the estimated sizes."""
+        keep = self.estimated
+        return np.abs(self.miss_ratios[:, keep] - exact[keep]).mean(axis=1)
+
+
+def mini_sizes(sizes: Any, rate: float) -> np.ndarray:
+    """The miniature cache emulating each of ``sizes`` at sampling ``rate``: ``max(1, round(rate * size))`` rows."""
+    return np.maximum(1, np.rint(_checked_sizes(sizes) * (_threshold(rate) / HASH_RANGE))).astype(np.int64)
+
+
+def mini_mrc(trace, samples: list[SampledTrace], policy: str, sizes: Any, workers: int | None = None,
+             **params: Any) -> MiniCurves:
+    """Miniature simulation of ``policy`` (with ``params``) at ``sizes`` rows, over each of ``samples``
+    of ``trace`` (`spatial_samples`), the miniature caches of each replayed on ``workers`` threads (`sweep`)."""
+    sizes = _checked_sizes(sizes)
+    rate = samples[0].rate
+    scaled = mini_sizes(sizes, rate)
+    check_policy(policy)
+    miss_ratios, sampled = np.full((len(samples), sizes.size), np.nan), np.zeros(len(samples), np.int64)
+    for i, sample in enumerate(samples):
+        ctx = sample_context(sample, trace)
+        make_policy(policy, int(scaled.max()), ctx, **params)  # a bad name or parameter is refused, not skipped
+        accepted = np.array([c for c in np.unique(scaled) if _builds(policy, int(c), ctx, params)], np.int64)
+        sampled[i] = sample.keys.size
+        if accepted.size == 0:
+            continue
+        curve = sweep(sample.keys, policy, accepted, ctx, workers=workers, **params)
+        at = np.searchsorted(accepted, scaled).clip(max=accepted.size - 1)
+        found = accepted[at] == scaled
+        miss_ratios[i, found] = curve.miss_ratios[at[found]]
+    return MiniCurves(policy, rate, sizes, scaled, miss_ratios, sampled)
+
+
+def _builds(policy: str, capacity: int, ctx: PolicyContext, params: dict) -> bool:
+    """Whether ``policy`` accepts a cache of ``capacity`` rows (a miniature one may be refused as too small)."""
+    try:
+        make_policy(policy, capacity, ctx, **params)
+    except EngramTierError:
+        return False
+    return True

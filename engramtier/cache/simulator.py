@@ -181,7 +181,8 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     ctx = PolicyContext(n_keys=n_keys, n_table_rows=trace.n_table_rows,
                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "simulate"),
                         load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=load_row_ids)
-    engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys)
+    engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys,
+                    hierarchy.build_admissions(ctx, row_bytes))
     held = engine.warm(warm)
 
     requests = np.diff(trace.step_starts)

@@ -154,8 +154,9 @@ class TieredTable:
         if [tier.capacity_rows for tier in self.caches] != self.capacities:
             raise EngramTierError(f"tiered table: the cache tiers hold {[t.capacity_rows for t in self.caches]} rows, "
                                   f"the hierarchy says {self.capacities}; build them with engramtier.tiers.open")
-        policies = self.hierarchy.build_policies(dataclasses.replace(ctx, hashed=True), self.row_bytes)
-        self.engine = Engine(policies, self.hierarchy.mode, self.n_rows)
+        ctx = dataclasses.replace(ctx, hashed=True)
+        self.engine = Engine(self.hierarchy.build_policies(ctx, self.row_bytes), self.hierarchy.mode, self.n_rows,
+                             self.hierarchy.build_admissions(ctx, self.row_bytes))
         self._warm_held = self.engine.warm(warm_rows(self.hierarchy, self.capacities, self.n_rows))
         if stable_rows and not self.cuda:
             raise EngramTierError("tiered table: stable_rows keeps a step's rows in device buffers for CUDA graphs; "

@@ -35,8 +35,10 @@ POOL_SLACK = 2
 
 
 def bounded_pool(nodes: int, n_keys: int) -> int:
-    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring)."""
-    return min(int(nodes), int(n_keys) + POOL_SLACK)
+    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring); at least
+    two, because numba types the field views of a one-record pool as contiguous arrays, another type than
+    every other pool's, whose policy and drivers it would compile again (a one-row miniature cache)."""
+    return max(2, min(int(nodes), int(n_keys) + POOL_SLACK))
 
 
 def free_chain(pool: int) -> np.ndarray:
