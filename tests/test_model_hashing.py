@@ -1,4 +1,4 @@
-"""The N-gram hasher against DESIGN.md's addressing: formulas, primes, and three implementations."""
+"""The N-gram hasher against docs/design.md's addressing: formulas, primes, and three implementations."""
 
 import numpy as np
 import pytest
@@ -163,7 +163,7 @@ def _image_config(**kw):
 
 
 def _rule_rows(hasher, sequence):
-    """DESIGN.md's image rule written out per position in plain Python integers: walking back from t,
+    """docs/design.md's image rule written out per position in plain Python integers: walking back from t,
     the first shift that is the image token or lies before the start blocks itself and every older one,
     which then hold the pad; the rest is the ordinary XOR-multiply-mod addressing."""
     cfg = hasher.config

@@ -1,4 +1,4 @@
-"""Tokenizer compression: DESIGN.md's rule (DeepSeek's demo, id for id) and the shipped base tokenizers."""
+"""Tokenizer compression: docs/design.md's rule (DeepSeek's demo, id for id) and the shipped base tokenizers."""
 
 import json
 from pathlib import Path

@@ -10,7 +10,7 @@ import torch
 
 from engramtier.cli import main
 from engramtier.model.table import DATA_FILE
-from engramtier.model.train import load_model
+from engramtier.model.run import load_model
 from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.generate import generate
 from engramtier.tiers.replay import forward_inputs, random_run, replay, text_batches

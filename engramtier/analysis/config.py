@@ -29,7 +29,7 @@ from engramtier.cache.policy import check_policy
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
 from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
-from engramtier.tomlfile import read_toml
+from engramtier.cache.tomlfile import read_toml
 from engramtier.trace.build import MODES
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")

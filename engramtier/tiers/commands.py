@@ -221,7 +221,7 @@ def compute_device(args: argparse.Namespace) -> str:
 
 def load_served_run(args: argparse.Namespace, run_dir):
     """The run at ``run_dir`` loaded on the compute device (`compute_device`)."""
-    from engramtier.model.train import load_model
+    from engramtier.model.run import load_model
 
     loaded = load_model(run_dir, device=compute_device(args))
     if loaded.model.config.engram is None:

@@ -307,7 +307,8 @@ def random_run(run_dir: str | Path, text: str | Path, *, tokenizer: str = "bpe:5
     """
     import json
 
-    from engramtier.model.train import TrainConfig, build_model_config, save_run, tokenize_corpus
+    from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
+    from engramtier.model.run import save_run
 
     cfg = TrainConfig(text=str(text), out=str(run_dir), tokenizer=tokenizer, seed=seed, **shape)
     run_dir = Path(run_dir)
@@ -332,7 +333,7 @@ def random_stand_in_run(run_dir: str | Path, *, variant: str, d_model: int, hc_m
     from engramtier.model.hashing import HashConfig, NgramHasher
     from engramtier.model.presets import get_preset, preset_hash_config
     from engramtier.model.tokenizer import load_compressed_tokenizer
-    from engramtier.model.train import save_run
+    from engramtier.model.run import save_run
     from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
     from engramtier.tiers.nvme import NvmeTier
     from engramtier.tiers.open import LMDB_TABLE

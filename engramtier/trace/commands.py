@@ -81,7 +81,7 @@ def register(subparsers) -> None:
                    "tokenizer's, 2 for deepseek)")
     p.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
                    help="base token id of the model's image token: it and every n-gram reaching across it hash as "
-                   "the pad (DESIGN.md's image rule; default: none)")
+                   "the pad (docs/design.md's image rule; default: none)")
     p.add_argument("--chunk-rows", type=positive_int, default=1 << 20, help="row ids per file chunk (default 1048576)")
     p.add_argument("--synthetic-zipf", type=positive_float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
     p.add_argument("--vocab", type=positive_int, default=100_000, help="synthetic vocabulary size (default 100000)")
