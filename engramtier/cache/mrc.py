@@ -51,6 +51,7 @@ from engramtier.trace.rowindex import dense_keys, popcount
 from engramtier.trace.tracefile import trace_chunks
 
 HASH_RANGE = 1 << 32  # sampling compares the top 32 bits of a key's 64-bit hash with the threshold
+KEYS, NOW, THRESHOLD = range(3)  # a pass's state array: keys marked (or tracked), requests seen, sampling threshold
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _depth_pass(ids, bits, tree, last, state, hist):
     """Add to ``hist[d]`` the requests of stack depth ``d`` (``d < hist.size``) among ``ids``, which
     continue the stream whose (marked keys, time) are ``state``."""
     max_depth = hist.size - 1
-    n_marked, now = state[0], state[1]
+    n_marked, now = state[KEYS], state[NOW]
     for t in range(ids.size):
         key = ids[t]
         _publish(bits, tree, now)
@@ -212,7 +213,7 @@ def _depth_pass(ids, bits, tree, last, state, hist):
         bits[now >> 6] |= uint64(1) << uint64(now & 63)
         last[key] = now
         now += 1
-    state[0], state[1] = n_marked, now
+    state[KEYS], state[NOW] = n_marked, now
 
 
 @njit(nogil=True, cache=True)
@@ -221,7 +222,7 @@ def _shards_size_pass(ids, hashes, bits, tree, last, where, heap_key, heap_hash,
     (``ceil(1 + (d - 1) / R)``, capped at ``hist.size - 1``) and total weight (first requests
     included); ``state`` is (tracked keys, time, threshold), tracking at most ``s_max`` keys."""
     cap = hist.size - 1
-    n_tracked, now, threshold = state[0], state[1], state[2]
+    n_tracked, now, threshold = state[KEYS], state[NOW], state[THRESHOLD]
     for t in range(ids.size):
         key = ids[t]
         h = hashes[t]
@@ -249,7 +250,7 @@ def _shards_size_pass(ids, hashes, bits, tree, last, where, heap_key, heap_hash,
             _unmark(bits, tree, last[gone], now - 1)
             last[gone] = -1
             n_tracked -= 1
-    state[0], state[1], state[2] = n_tracked, now, threshold
+    state[KEYS], state[NOW], state[THRESHOLD] = n_tracked, now, threshold
 
 
 # ------------------------------------------------------------------------------------------- front end
@@ -288,10 +289,10 @@ class _Marks:
         n_words = (max(n_times, 1) >> 6) + 1
         self.bits, self.tree = np.zeros(n_words, np.uint64), np.zeros(n_words + 1, np.int64)
         self.last = np.full(max(n_ids, 1), -1, np.int64)
-        self.state = np.zeros(3, np.int64)  # (marked or tracked keys, time, threshold)
+        self.state = np.zeros(3, np.int64)  # KEYS, NOW, THRESHOLD
 
     def reserve(self, more_times: int, more_ids: int, n_ids: int) -> None:
-        now = int(self.state[1])
+        now = int(self.state[NOW])
         if (now + more_times) >> 6 >= self.bits.size:
             words = max(2 * self.bits.size, ((now + more_times) >> 6) + 1)
             self.bits = np.concatenate([self.bits, np.zeros(words - self.bits.size, np.uint64)])
@@ -398,7 +399,7 @@ def shards_mrc(
     sampler = _Sampler(threshold, seed)
     expected = threshold / HASH_RANGE * stream.n_requests
     marks = _Marks(int(1.2 * expected) + 64, int(min(stream.n_keys, 1.2 * expected)) + 64)
-    marks.state[2] = threshold
+    marks.state[THRESHOLD] = threshold
     r = threshold / HASH_RANGE
     if s_max is None:
         depth_limits = 1 + np.floor((sizes - 1) * r).astype(np.int64)  # 1 + (d - 1) / R <= size
@@ -418,9 +419,9 @@ def shards_mrc(
                     where = np.concatenate([where, np.full(marks.last.size - where.size, -1, np.int32)])
                 _shards_size_pass(ids, hashes, marks.bits, marks.tree, marks.last, where, heap_key, heap_hash,
                                   marks.state, hist, total, int(s_max))
-                sampler.threshold = int(marks.state[2])  # later chunks need sample no more than this
+                sampler.threshold = int(marks.state[THRESHOLD])  # later chunks need sample no more than this
             bar.update(chunk.size)
-    n_sampled = int(marks.state[1])
+    n_sampled = int(marks.state[NOW])
     if n_sampled == 0:
         raise EngramTierError(
             f"SHARDS: rate {rate} sampled no request of the {stream.n_requests}; raise the rate or use a longer trace"
@@ -433,7 +434,7 @@ def shards_mrc(
         # SHARDS_adj again: the weights of the sampled requests estimate the trace length
         n = stream.n_requests
         hit_ratio = np.clip((np.cumsum(hist)[sizes] + n - total[0]) / n, 0.0, 1.0)
-        method = f"shards(s_max={int(s_max)}, R={marks.state[2] / HASH_RANGE:.6g})"
+        method = f"shards(s_max={int(s_max)}, R={marks.state[THRESHOLD] / HASH_RANGE:.6g})"
     return MissRatioCurve.from_miss_ratios(sizes, 1.0 - hit_ratio, stream.n_requests, method)
 
 

@@ -28,7 +28,8 @@ from numba import njit, types
 
 from engramtier.cache import keymap
 
-INDEX, KEY_OF, PRV, NXT, ST = range(5)  # the state tuple's first arrays, shared by every list policy
+INDEX, KEY_OF = keymap.INDEX, keymap.KEY_OF
+PRV, NXT, ST = 2, 3, 4  # the state tuple's first arrays, shared by every list policy
 
 
 POOL_SLACK = 2
