@@ -16,6 +16,9 @@ from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
 from engramtier.tiers.computed import ComputedStore, expected_rows
+from engramtier.tiers.cxl import CxlTier
+from engramtier.tiers.dram import DramTier
+from engramtier.tiers.gpu import GpuTier
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_table, tiered_table
 
@@ -224,6 +227,12 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
     spec = {"tier": [{"name": "flash", "capacity": 4, "policy": "lru", "model": "nvme"}, {"name": "nvme", "model": "nvme"}]}
     with pytest.raises(EngramTierError, match="cannot tell where cache tier 'flash' lives"):
         open_table(spec, path, device="cpu")
+    spec["tier"][0]["storage"] = "ssd"
+    with pytest.raises(EngramTierError, match=r"tier 'flash': unknown storage \(where the rows live\) 'ssd'"):
+        open_table(spec, path, device="cpu")
+    spec["tier"][-1]["storage"] = "dram"
+    with pytest.raises(EngramTierError, match="backing store; its storage is a table naming a remote store"):
+        Hierarchy.from_dict(spec | {"tier": [{**spec["tier"][0], "storage": "dram"}, spec["tier"][-1]]})
     with pytest.raises(EngramTierError, match="policy 'belady' is offline and needs the whole trace"):
         open_table(hierarchy("inclusive", top="belady"), path, device="cpu")
     with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2) as table:
@@ -237,6 +246,21 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
             table.prefetch(torch.tensor([1, 400]))
     with pytest.raises(EngramTierError, match="stable_rows .* needs a cuda device"):
         open_table(hierarchy("inclusive"), path, device="cpu", stable_rows=True)
+
+
+@pytest.mark.parametrize("storage,slab", [(None, GpuTier), ("dram", DramTier), ("cxl", CxlTier)])
+def test_a_cache_tiers_storage_says_where_its_rows_live(table_dir, storage, slab):
+    """An explicit `storage` decides the slab, whatever the tier and its model are called; without one,
+    the model does (hbm: a gpu tier). The hits follow the policy alone."""
+    path, _ = table_dir
+    spec = hierarchy("inclusive")
+    spec["tier"][0] |= {"name": "fast", "model": "hbm"} | ({"storage": storage} if storage else {})
+    with open_table(spec, path, device="cpu") as table:
+        assert type(table.caches[0]) is slab and isinstance(table.caches[1], DramTier)
+        for step in zipf_steps(20, seed=3):
+            table.prefetch(torch.from_numpy(step)).wait()
+        assert table.stats()["tiers"][0]["hits"] > 0
+    assert Hierarchy.from_dict(spec).to_dict()["tier"][0].get("storage") == storage
 
 
 @pytest.mark.gpu

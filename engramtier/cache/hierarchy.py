@@ -38,6 +38,8 @@ MODES = ("inclusive", "exclusive")
 # What a step does with a tier's rows that cannot arrive within its compute window: wait for them (a
 # stall), or drop them (the step reads zero rows instead; see `engramtier.cache.deadline`).
 ON_LATE = ("wait", "drop")
+# Where a cache tier's rows live (its `storage`): device memory, host DRAM, or CXL-attached memory.
+CACHE_STORAGE = ("gpu", "dram", "cxl")
 HIERARCHY_KEYS = ("mode", "tier")  # a hierarchy's keys, at a file's top or under [hierarchy]
 
 SIZE_UNITS = {
@@ -82,9 +84,11 @@ def format_bytes(n: float) -> str:
 class TierSpec:
     """One tier: ``capacity`` in rows (int) or bytes (a size string; None for the backing store: the
     whole table), the ``policy`` name and its ``params`` (None for the store), the read ``model``
-    (a `TierModel` or the name of a default one), and for the backing store only, ``storage``: where
-    the runtime finds the rows when they are not in the local LMDB table (a remote store's backend and
-    options, see `engramtier.tiers.remote`; the simulator reads only the model). ``warm``, for a cache:
+    (a `TierModel` or the name of a default one), and ``storage``, which the runtime reads (the
+    simulator reads only the model): for a cache tier, where its rows live, one of `CACHE_STORAGE`
+    (default: the one its model names, see `cache_storage`); for the backing store, where the rows are
+    when they are not in the local LMDB table (a remote store's backend and options, see
+    `engramtier.tiers.remote`). ``warm``, for a cache:
     a frequency profile (a .npy of requests per table row, a trace file, or the counts as an array)
     whose hottest rows it opens holding (`engramtier.cache.warm`); None: it opens empty. ``on_late``: what a
     step does with this tier's rows that its model says cannot arrive within the step's compute window:
@@ -98,7 +102,7 @@ class TierSpec:
     policy: str | None
     params: Mapping[str, Any]
     model: TierModel | str
-    storage: Mapping[str, Any] = field(default_factory=dict)
+    storage: Mapping[str, Any] | str = field(default_factory=dict)
     warm: str | os.PathLike | np.ndarray | None = field(default=None, compare=False)
     on_late: str = "wait"
     admission: str | None = None
@@ -136,13 +140,25 @@ class TierSpec:
         if self.warm is not None and not isinstance(self.warm, (str, os.PathLike, np.ndarray)):
             raise EngramTierError(f"{where}: warm must be a profile's path (.npy of counts per row, or a trace file) "
                                   f"or an array of counts, got {self.warm!r}")
-        if not isinstance(self.storage, Mapping):
-            raise EngramTierError(f"{where}: storage must be a table (backend, url, ...), got {self.storage!r}")
+        if isinstance(self.storage, str):
+            refuse_unknown([self.storage], CACHE_STORAGE, where, "storage (where the rows live)")
+        elif not isinstance(self.storage, Mapping):
+            raise EngramTierError(f"{where}: storage must be where a cache tier's rows live ({', '.join(CACHE_STORAGE)}) "
+                                  f"or, for the backing store, a table (backend, url, ...); got {self.storage!r}")
         if not isinstance(self.model, TierModel):
             try:
                 object.__setattr__(self, "model", tier_model(self.model))
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
+
+    @property
+    def cache_storage(self) -> str | None:
+        """Where this cache tier's rows live: its ``storage``, else what its model names (``hbm``: gpu);
+        None when neither says."""
+        if isinstance(self.storage, str):
+            return self.storage
+        name = {"hbm": "gpu"}.get(self.model.name, self.model.name)
+        return name if name in CACHE_STORAGE else None
 
     @property
     def lossy(self) -> bool:
@@ -165,7 +181,8 @@ class TierSpec:
             d["warm"] = f"array of {self.warm.size} counts" if isinstance(self.warm, np.ndarray) else str(self.warm)
         d = {**d, "on_late": self.on_late} if self.lossy else d  # the default leaves a config as it was
         d = {**d, "admission": self.admission} if self.admission is not None else d
-        return {**d, "storage": dict(self.storage)} if self.storage else d
+        storage = self.storage if isinstance(self.storage, str) else dict(self.storage)
+        return {**d, "storage": storage} if storage else d
 
 
 def _check_printable(at: str, name: Any) -> None:
@@ -202,11 +219,15 @@ class Hierarchy:
                     "(only the last tier, the backing store, goes without)"
                 )
         for tier in self.caches:
-            if tier.storage:
+            if isinstance(tier.storage, Mapping) and tier.storage:
                 raise EngramTierError(
                     f"{where}: cache tier '{tier.name}' has a storage table, but only the last tier (the backing "
-                    "store) takes one; move it there"
+                    f"store) takes one; move it there (a cache tier's storage names where its rows live: "
+                    f"{', '.join(CACHE_STORAGE)})"
                 )
+        if isinstance(self.store.storage, str):
+            raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store; its storage is a "
+                                  f"table naming a remote store (backend, url, ...), not {self.store.storage!r}")
         if self.store.warm is not None:
             raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store and holds every row "
                                   "already; give warm to a cache tier")
@@ -231,6 +252,15 @@ class Hierarchy:
         """This hierarchy with every cache tier warm-started from ``profile`` (None: all cold)."""
         return dataclasses.replace(self, tiers=(*(dataclasses.replace(t, warm=profile) for t in self.caches),
                                                 self.store))
+
+    @property
+    def cache_storage(self) -> str | None:
+        """Where this cache tier's rows live: its ``storage``, else what its model names (``hbm``: gpu);
+        None when neither says."""
+        if isinstance(self.storage, str):
+            return self.storage
+        name = {"hbm": "gpu"}.get(self.model.name, self.model.name)
+        return name if name in CACHE_STORAGE else None
 
     @property
     def lossy(self) -> bool:
