@@ -21,7 +21,7 @@ of the sample text, read again from its start when it runs out (real n-gram stat
 a dram cache over nvme lives on), or uniform random ids (nano-vLLM's; almost every row is then read
 once, the worst case for any cache).
 
-Per mode and tiered configuration, one checking replay (`engramtier.tiers.replay.replay`, on the first
+Per mode and tiered configuration, one checking replay (`engramtier.serve.replay.replay`, on the first
 --check-batches batches) proves the outputs bitwise equal to the flat table's and the simulator's hit
 counts equal to the runtime's; then --repeats timed passes alternate flat and every tiered
 configuration (a fresh table each time; --cold-nvme drops the LMDB file from the page cache first, so
@@ -69,7 +69,7 @@ from engramtier.model.train import TrainConfig, build_model_config, tokenize_cor
 from engramtier.provenance import machine_info
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import drop_page_cache
-from engramtier.tiers.replay import forward_inputs, replay, text_batches
+from engramtier.serve.replay import forward_inputs, replay, text_batches
 from engramtier.tiers.open import open_table
 from engramtier.tiers.tiered import TieredTable
 from engramtier.trace.build import StepPlan

@@ -39,7 +39,7 @@ from engramtier.analysis.speculative import measured_speculation, speculative_pr
 from engramtier.model.speculation import Speculation
 from engramtier.model.train import held_out_windows
 from engramtier.rundir import RunDir
-from engramtier.tiers.generate import decode_teacher_forced
+from engramtier.serve.generate import decode_teacher_forced
 from engramtier.tiers.open import lmdb_table_for, open_for_model
 from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 

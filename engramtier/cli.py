@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "engramtier.tiers.commands",
     "engramtier.tiers.remote.commands",
     "engramtier.analysis.commands",
+    "engramtier.serve.commands",
 )
 
 

@@ -295,3 +295,11 @@ class RunDir:
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise EngramTierError(f"{path}: not valid JSON ({err}); the run was cut short, run it again") from None
+
+
+def add_out_options(p, default: str = "runs/<command>-<time>") -> None:
+    """--out and --force: where a run goes, and whether it may replace another run there (`engramtier.rundir`)."""
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default: {default}); a folder holding another run "
+                   "is refused, one holding this same run (same command and arguments) is run again")
+    p.add_argument("--force", action="store_true", help="replace the run the --out folder holds (its files are "
+                   "deleted first); a folder holding files that are not a run is refused even so")

@@ -21,7 +21,7 @@ from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import RemoteUnavailable, populate_remote
 from engramtier.tiers.remote.redis import RedisTier
-from engramtier.tiers.replay import random_run
+from engramtier.serve.replay import random_run
 from engramtier.tiers.open import lmdb_table_for, open_table
 from engramtier.trace.sources import sample_text_dir
 

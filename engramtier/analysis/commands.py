@@ -1,9 +1,4 @@
-"""`engramtier simulate | sweep | plan | mrc | replay | report | quickstart`: experiments into run directories.
-
-`replay` is here, not in `tiers/`, because it is an experiment like the others: a run directory with
-per-step results, a summary and a figure; it serves the model with `engramtier.tiers.commands`'s
-serving options.
-"""
+"""`engramtier simulate | sweep | plan | mrc | report | quickstart`: experiments into run directories."""
 
 from __future__ import annotations
 
@@ -11,41 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, nonnegative_int, positive_int, seed, size_list
+from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, positive_int, size_list
 from engramtier.errors import EngramTierError
-from engramtier.model.trainconfig import VARIANTS
-from engramtier.tiers.commands import checked_hierarchy, format_ms, load_served_run, serving_options, table_opener, tier_table
-
-_REPLAY_EXAMPLES = """\
-examples:
-  # a trained run, its table tiered by the default hierarchy, the shipped sample text as prefill batches
-  engramtier replay --run runs/train-1 --mode prefill --batch 4 --seq-len 128 --out runs/replay-1
-
-  # no trained run: a random-initialised model (written to OUT/model) replayed as decode steps
-  engramtier replay --mode decode --requests 8 --seq-len 64 --prompt-len 16 --hierarchy tiers.toml
-
-  # DeepSeek-V4.1-Flash's two Engram layers alone (a stand-in backbone): an imported checkpoint, or random
-  # layers over a random table of its shape with small sub-tables, or over a table built before
-  engramtier replay --engram-only --run runs/flash
-  engramtier replay --engram-only --table-size 20011 --d-model 1024 --hc-mult 4
-  engramtier replay --engram-only --table tables/flash-small --variant demo
-
-A hierarchy file (the same format simulate --hierarchy reads; [[hierarchy.tier]] tables work too):
-  mode = "exclusive"
-  [[tier]]
-  name = "gpu"
-  capacity = "4MiB"
-  policy = "lru"
-  model = "hbm"
-  [[tier]]
-  name = "dram"
-  capacity = 200000
-  policy = "s3fifo"
-  model = "dram"
-  [[tier]]
-  name = "nvme"
-  model = "nvme"
-"""
+from engramtier.rundir import add_out_options
 
 SIMULATE_EXAMPLES = """examples:
   engramtier simulate engramtier/data/experiment.toml
@@ -217,7 +180,6 @@ def register(subparsers) -> None:
                    help="skip the exact one-pass LRU curve (and the error against it), for traces too long for it")
     common(p)
 
-    _register_replay(subparsers)
     p = add("report", "write report.html and report.md for a run directory",
             "One self-contained HTML page (figures inlined as SVG, summary tables, configuration and "
             "machine) and a Markdown page, from a run directory.", REPORT_EXAMPLES, run_report)
@@ -228,14 +190,6 @@ def register(subparsers) -> None:
             "CXL -> cost frontier -> report, in a few minutes on two CPU cores.", QUICKSTART_EXAMPLES, run_quickstart)
     p.add_argument("--tiny", action="store_true", help="a few KB of text and a few sweep points (seconds)")
     common(p)
-
-
-def add_out_options(p, default: str = "runs/<command>-<time>") -> None:
-    """--out and --force: where a run goes, and whether it may replace another run there (`engramtier.rundir`)."""
-    p.add_argument("--out", metavar="DIR", help=f"run directory (default: {default}); a folder holding another run "
-                   "is refused, one holding this same run (same command and arguments) is run again")
-    p.add_argument("--force", action="store_true", help="replace the run the --out folder holds (its files are "
-                   "deleted first); a folder holding files that are not a run is refused even so")
 
 
 def _preset_option(p) -> None:
@@ -500,203 +454,3 @@ def run_quickstart(args) -> None:
     from engramtier.analysis.quickstart import quickstart
 
     quickstart(args.out, tiny=args.tiny, progress=not args.quiet, force=args.force)
-
-
-# The random model's options that shape a transformer model (which --engram-only's stand-in does not
-# have), and their defaults.
-_TRANSFORMER_SHAPE = {"tokenizer": "bpe:512", "layers": 4, "heads": 4, "engram_layers": [1, 3], "hash_heads": 4,
-                      "row_dim": 32}
-
-
-def _register_replay(subparsers) -> None:
-    p = subparsers.add_parser(
-        "replay",
-        help="replay text through the Engram model with a tiered and a flat table; outputs must match bitwise",
-        description="Run text (as prefill or decode steps) through an Engram model twice: with its table flat in "
-        "memory and served by a TieredTable (gpu -> dram -> nvme). Checks the outputs are bitwise equal and that "
-        "the simulator predicts the runtime's hit counts exactly; times both paths after untimed warm-up steps, "
-        "alternating them step by step (median step, p10/p90, time to first token, stall per step); writes per-step "
-        "JSON lines, a summary and a per-step stall figure (engramtier report RUN renders them).",
-        epilog=_REPLAY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--run", dest="run_dir", help="run directory of `engramtier train`, or with --engram-only of "
-                   "`build-table --from-checkpoint` (default: a random-initialised model)")
-    p.add_argument("--text", help="text file or directory to replay (default: the shipped sample text)")
-    serving_options(p)
-    p.add_argument("--mode", choices=["prefill", "decode"], default="prefill", help="how tokens form steps")
-    p.add_argument("--batch", type=positive_int, default=4, help="sequences per prefill step (default 4)")
-    p.add_argument("--requests", type=positive_int, default=4, help="sequences decoded together (default 4)")
-    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence window (default 128)")
-    p.add_argument("--prompt-len", type=nonnegative_int, default=0, help="decode: tokens of the first step (default 0: one)")
-    p.add_argument("--max-tokens", type=positive_int, default=8192, help="tokens of text to replay at most (default 8192)")
-    p.add_argument("--warmup-steps", type=nonnegative_int, default=3,
-                   help="untimed steps on each path before the measured ones (default 3; not in any result)")
-    add_out_options(p, "runs/replay-<time>")
-    p.add_argument("--engram-only", action="store_true",
-                   help="only the Engram layers, their inputs from a seeded stand-in backbone, over the tiered table "
-                   "alone (no flat pass): an imported checkpoint's --run, or random layers (--variant, --d-model, "
-                   "--hc-mult) over --table or a random table of dsv41-flash's shape (--table-size)")
-    random_init = p.add_argument_group("random-initialised model (without --run)")
-    shape = _TRANSFORMER_SHAPE
-    random_init.add_argument("--tokenizer", default=shape["tokenizer"], help="base tokenizer; bpe:N learns one from --text")
-    random_init.add_argument("--d-model", type=positive_int, default=64)
-    random_init.add_argument("--layers", type=positive_int, default=shape["layers"])
-    random_init.add_argument("--heads", type=positive_int, default=shape["heads"])
-    random_init.add_argument("--engram-layers", type=nonnegative_int, nargs="+", default=shape["engram_layers"])
-    random_init.add_argument("--table-size", type=positive_int, default=20011, help="rows per sub-table")
-    random_init.add_argument("--hash-heads", type=positive_int, default=shape["hash_heads"])
-    random_init.add_argument("--row-dim", type=positive_int, default=shape["row_dim"])
-    random_init.add_argument("--seed", type=seed, default=0)
-    random_init.add_argument("--variant", choices=VARIANTS,
-                             help="the Engram layer: classic, demo or dsv41 (default classic; with --engram-only dsv41)")
-    random_init.add_argument("--hc-mult", type=positive_int, default=1, help="copies of the residual stream (default 1)")
-    random_init.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
-                             help="with --engram-only and no --table: the image token hashing blocks (default none)")
-    p.set_defaults(run=_run_replay)
-
-
-def _run_replay(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    hierarchy = checked_hierarchy(args)
-    if hierarchy is not None and hierarchy.lossy:
-        raise EngramTierError(f"--hierarchy: tier '{hierarchy.lossy_tier}' drops late rows (on_late = 'drop'), which changes the outputs "
-                              "that replay checks are bitwise equal; replay it without on_late, or generate with "
-                              "--window-s")
-    if args.text is not None and not Path(args.text).exists():
-        raise EngramTierError(f"--text {args.text}: no such file or directory; give text files (or leave it out "
-                              "for the shipped sample)")
-    if args.engram_only:
-        _check_engram_only(args)
-    elif args.image_token is not None:
-        raise EngramTierError("--image-token shapes --engram-only's random table; a random transformer model's hashing "
-                              "has no image token")
-    elif args.run_dir is not None and (Path(args.run_dir) / "config.json").is_file() \
-            and not (Path(args.run_dir) / "table").is_dir():
-        raise EngramTierError(f"--run {args.run_dir}: holds no flat table (RUN/table) to compare the tiered one with: a "
-                              "model without Engram has none, an imported checkpoint only its LMDB table (replay that "
-                              "with --engram-only)")
-    from engramtier.rundir import RunDir
-    from engramtier.trace.build import StepPlan
-    from engramtier.trace.sources import sample_text_dir
-
-    text = args.text or str(sample_text_dir())
-    plan = StepPlan(mode=args.mode, batch=args.batch, seq_len=args.seq_len, requests=args.requests,
-                    prompt_len=args.prompt_len)
-    with RunDir.create(args.out, "replay", {k: v for k, v in vars(args).items() if not callable(v)}, force=args.force,
-                       stages=["replay"]) as out:
-        _replay_into(args, out, hierarchy, text, plan)
-
-
-def _replay_into(args: argparse.Namespace, out, hierarchy, text: str, plan) -> None:
-    from engramtier.tiers.replay import random_run, random_stand_in_run, text_batches, warm_replay
-
-    run_dir = args.run_dir
-    if run_dir is None and args.engram_only:
-        run_dir = random_stand_in_run(out.path / "model", variant=args.variant or "dsv41", d_model=args.d_model,
-                                      hc_mult=args.hc_mult, seed=args.seed, table=args.table, table_size=args.table_size,
-                                      image_token=args.image_token)
-    elif run_dir is None:
-        run_dir = random_run(out.path / "model", text, tokenizer=args.tokenizer, seed=args.seed,
-                             d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                             engram_layers=tuple(args.engram_layers), table_size=args.table_size,
-                             hash_heads=args.hash_heads, row_dim=args.row_dim, hc_mult=args.hc_mult,
-                             variant=args.variant or "classic")
-    loaded = load_served_run(args, run_dir)
-    if args.engram_only:
-        return _finish_engram_only(args, loaded, run_dir, hierarchy, text, plan, out)
-    open_table = table_opener(args, run_dir, hierarchy, loaded)
-    batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
-    summary, records = warm_replay(loaded.model, loaded.rows, open_table, batches, plan, args.warmup_steps)
-    summary["run"] = str(run_dir)
-    out.update_config(config={"hierarchy": summary["table"]["hierarchy"], "plan": summary["plan"]},
-                      fingerprint=summary["table"]["fingerprint"])
-    out.append(records)
-    out.write_summary(summary)
-    from engramtier.analysis.plots import replay_stall_figure
-
-    out.save_figure(replay_stall_figure(records), "replay_stall")
-    out.stage_done("replay")
-    print(_replay_report(summary, out.path))
-    if not summary["bitwise_equal"]:
-        raise EngramTierError(
-            f"replay: the tiered table's outputs differ from the flat table's from step {summary['first_unequal_step']} "
-            f"on; the rows it served are wrong (details in {out.path})"
-        )
-    if not summary["simulated"]["hits_equal"]:
-        raise EngramTierError(f"replay: the simulator's hit counts differ from the runtime's (details in {out.path})")
-
-
-def _check_engram_only(args: argparse.Namespace) -> None:
-    """--engram-only's options, refused in one line where they contradict it."""
-    given = [name for name, default in _TRANSFORMER_SHAPE.items() if getattr(args, name) != default]
-    if given:
-        raise EngramTierError(f"--engram-only: {', '.join('--' + g.replace('_', '-') for g in given)} shape a random "
-                              "transformer model; the stand-in's table is dsv41-flash's (--table-size) or --table's")
-    if args.run_dir is not None and (args.variant is not None or args.image_token is not None):
-        raise EngramTierError("--engram-only --run: the run's model has its own --variant and --image-token; leave them out")
-    if args.table is not None and args.image_token is not None:
-        raise EngramTierError("--engram-only --table: the table's hash config says whether it has an image token; leave "
-                              "--image-token out")
-
-
-def _finish_engram_only(args, loaded, run_dir, hierarchy, text, plan, out) -> None:
-    """Replay the stand-in's Engram layers over the tiered table and write the run directory."""
-    from engramtier.analysis.plots import replay_stall_figure
-    from engramtier.tiers.replay import engram_only_replay, text_batches
-
-    if loaded.model.config.backbone != "stand-in":
-        raise EngramTierError(f"--run {run_dir}: a trained model's Engram layers run inside its transformer; --engram-only "
-                              "replays a stand-in (an imported checkpoint, or the random one without --run)")
-    batches = text_batches(loaded.tokenizer, text, plan, args.max_tokens)
-    summary, records = engram_only_replay(loaded.model, table_opener(args, run_dir, hierarchy, loaded), batches, plan,
-                                          args.warmup_steps)
-    summary["run"] = str(run_dir)
-    out.update_config(config={"hierarchy": summary["table"]["hierarchy"], "plan": summary["plan"]},
-                      fingerprint=summary["table"]["fingerprint"])
-    out.append(records)
-    out.write_summary(summary)
-    out.save_figure(replay_stall_figure(records), "replay_stall")
-    out.stage_done("replay")
-    layers, tiered, stall = summary["layers"], summary["tiered"], summary["tiered"]["stall_per_step_s"]
-    print("\n".join([
-        f"engram-only replay of {summary['steps']} steps ({summary['plan']['mode']}, after {summary['warmup_steps']} "
-        f"untimed warm-up steps): {layers['variant']} layers {layers['layer_ids']} (d_model {layers['d_model']}, hc_mult "
-        f"{layers['hc_mult']}), {layers['rows_per_token']} rows of {layers['row_bytes']} B per token; simulator hit "
-        f"counts equal: {'yes' if summary['simulated']['hits_equal'] else 'NO'}",
-        _path_line("tiered table", tiered),
-        f"stall per step: mean {format_ms(stall['mean'])}, p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}; "
-        f"total {tiered['stall_seconds']:.4f} s ({100 * tiered['stall_fraction']:.2f}% of the steps)",
-        f"backbone: {summary['backbone']}",
-        tier_table(summary["tiers"]),
-        f"results in {out.path}",
-    ]))
-    if not summary["simulated"]["hits_equal"]:
-        raise EngramTierError(f"replay: the simulator's hit counts differ from the runtime's (details in {out.path})")
-
-
-def _replay_report(summary: dict, path) -> str:
-    """The printed report: the checks, each path's step-time distribution, the stall per step, the tiers."""
-    flat, tiered = summary["flat"], summary["tiered"]
-    stall = tiered["stall_per_step_s"]
-    lines = [
-        f"replay of {summary['steps']} steps ({summary['plan']['mode']}, after {summary['warmup_steps']} untimed "
-        f"warm-up steps per path; flat and tiered alternate): outputs bitwise equal: "
-        f"{'yes' if summary['bitwise_equal'] else 'NO'}; simulator hit counts equal: "
-        f"{'yes' if summary['simulated']['hits_equal'] else 'NO'}",
-        f"{'':12} {'median step':>11} {'p10..p90':>17} {'first step':>10} {'tokens/s':>10} {'(median)':>10}",
-        *(_path_line(name, p) for name, p in (("flat table", flat), ("tiered table", tiered))),
-        "tokens/s: tokens / total measured step time; (median): tokens / (steps x median step time)",
-        f"stall per step: mean {format_ms(stall['mean'])}, p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}; "
-        f"total {tiered['stall_seconds']:.4f} s ({100 * tiered['stall_fraction']:.2f}% of the tiered steps)",
-        tier_table(summary["tiers"]),
-        f"results in {path}",
-    ]
-    return "\n".join(lines)
-
-
-def _path_line(name: str, p: dict) -> str:
-    step = p["step_s"]
-    spread = f"{step['p10'] * 1e3:.3f}..{step['p90'] * 1e3:.3f} ms"
-    return (f"{name:12} {format_ms(step['p50']):>11} {spread:>17} "
-            f"{format_ms(p['time_to_first_token_s']):>10} {p['tokens_per_s']:10.1f} {p['median_tokens_per_s']:10.1f}")

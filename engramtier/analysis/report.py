@@ -98,7 +98,7 @@ def summary_blocks(summary: dict) -> list[tuple]:
 
 
 def replay_blocks(s: dict) -> list[tuple]:
-    """A replay's summary (`engramtier.tiers.replay`) as tables, taking its keys out of ``s``: the check,
+    """A replay's summary (`engramtier.serve.replay`) as tables, taking its keys out of ``s``: the check,
     flat vs tiered timing, the tiered table's stall per step, and each tier's size and traffic."""
     flat, tiered, plan, sim = s.pop("flat"), s.pop("tiered"), s.pop("plan"), s.pop("simulated")
     steps, warmup, equal = s.pop("steps"), s.pop("warmup_steps", 0), s.pop("bitwise_equal")
