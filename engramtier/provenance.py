@@ -6,13 +6,13 @@ import os
 import platform
 
 from engramtier import __version__
+import numba
+import numpy
+import torch
 
 
 def machine_info() -> dict:
     """Versions and hardware that decide what a measurement means."""
-    import numba
-    import numpy
-    import torch
 
     info = {
         "engramtier": __version__,

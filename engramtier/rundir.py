@@ -35,6 +35,7 @@ from typing import Any, Iterable
 from engramtier import __version__
 from engramtier.errors import EngramTierError
 from engramtier.outputs import atomic_output, write_text_atomic
+from engramtier.provenance import machine_info
 
 CONFIG, RESULTS, SUMMARY, FIGURES = "config.json", "results.jsonl", "summary.json", "figures"
 MARKER, LOCK = "engramtier-run.json", ".engramtier.lock"
@@ -184,7 +185,6 @@ class RunDir:
         """Claim the folder (`claim`; ``None`` is a fresh one under ``./runs``) and write ``config.json``
         with the ``stages`` the command will run. A folder holding this same run loses its results,
         summary, figures, CSV curves and reports, so nothing stale joins the new run."""
-        from engramtier.provenance import machine_info
 
         taken = claim(path, command, arguments, force)
         run = cls(taken.path)

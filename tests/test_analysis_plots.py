@@ -49,7 +49,7 @@ def test_size_axes_label_without_overlap(span):
         labels = shown_labels(fig, axis)
         assert len(labels) >= 3, [x.get_text() for x in labels]
         assert_apart(fig, labels, 0)
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def test_one_decade_is_labelled_in_rows_and_bytes():
@@ -57,7 +57,7 @@ def test_one_decade_is_labelled_in_rows_and_bytes():
     ax = fig.axes[0]
     assert [x.get_text() for x in shown_labels(fig, ax.xaxis)] == ["2K", "3K", "5K", "10K", "20K"]
     assert [x.get_text() for x in shown_labels(fig, ax.child_axes[0].xaxis)] == ["512 KiB", "1 MiB", "2 MiB"]
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def test_mrc_figure_labels_its_sizes_apart():
@@ -67,7 +67,7 @@ def test_mrc_figure_labels_its_sizes_apart():
     labels = shown_labels(fig, fig.axes[0].xaxis)
     assert len(labels) >= 3
     assert_apart(fig, labels, 0)
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def per_step(fetch_ms, window_ms):
@@ -88,7 +88,7 @@ def test_fetch_time_panel_has_several_labels(fetch_ms, scale):
     labels = shown_labels(fig, top.yaxis)
     assert len(labels) >= 3, [x.get_text() for x in labels]
     assert_apart(fig, labels, 1)
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def sim_record(label, gpu_rows, dram_rows, stall):
@@ -119,7 +119,7 @@ def test_cost_frontier_names_the_tier_sizes_of_its_points():
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in numbers]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def test_admission_figure_draws_each_policy_and_filter_on_both_panels():
@@ -131,4 +131,4 @@ def test_admission_figure_draws_each_policy_and_filter_on_both_panels():
             "lru, admission none", "lru, admission bloom", "s3fifo, admission none", "s3fifo, admission bloom"]
         assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1_000, 4_000, 16_000]] * 4
     assert fig.axes[0].get_ylim()[0] == 0
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)

@@ -9,6 +9,22 @@ from pathlib import Path
 from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, positive_int, size_list
 from engramtier.errors import EngramTierError
 from engramtier.rundir import add_out_options
+from engramtier.analysis.config import load_config
+from engramtier.trace.tracefile import TraceReader
+from engramtier.analysis.experiment import TRACE_FILE, build_trace
+from engramtier.analysis.report import write_report
+from engramtier.rundir import RunDir
+from engramtier.analysis.experiment import Experiment
+from engramtier.analysis.tables import HIT_RATE_CSV
+from engramtier.analysis.executors import make_executor, parse_executor
+from engramtier.analysis.cost import budget_line
+from engramtier.analysis.plan import check_plan, run_plan as plan
+from engramtier.cache.policy import check_policy
+from engramtier.analysis.config import size_to_rows
+from engramtier.analysis.experiment import mini_stage, mrc_stage, trace_summary
+from engramtier.analysis.tables import MRC_CSV
+from engramtier.analysis.tables import hit_rate_table, read_curves_csv
+from engramtier.analysis.quickstart import quickstart
 
 SIMULATE_EXAMPLES = """examples:
   engramtier simulate engramtier/data/experiment.toml
@@ -222,9 +238,6 @@ def _arguments(args) -> dict:
 
 
 def run_simulate(args) -> None:
-    from engramtier.analysis.config import load_config
-    from engramtier.trace.tracefile import TraceReader
-
     if args.hierarchy:
         if args.preset:
             raise EngramTierError("--preset shapes the trace an experiment file builds; with --hierarchy the "
@@ -233,11 +246,6 @@ def run_simulate(args) -> None:
         reader = TraceReader(args.path)  # streamed chunk by chunk: a trace larger than memory is fine
     else:
         cfg = load_config(args.path, overrides=_timing_overrides(args), preset=args.preset)
-    # Imported once the inputs are read, so a bad file is refused before matplotlib loads.
-    from engramtier.analysis.experiment import TRACE_FILE, build_trace
-    from engramtier.analysis.report import write_report
-    from engramtier.rundir import RunDir
-
     if args.hierarchy:
         with reader as trace, RunDir.create(args.out, "simulate", _arguments(args), cfg.to_dict(),
                                             trace.meta.get("fingerprint"), force=args.force, stages=["simulate"]) as run:
@@ -266,8 +274,6 @@ def run_simulate(args) -> None:
 
 
 def _simulate_experiment(args, cfg, trace, run) -> dict:
-    from engramtier.analysis.experiment import Experiment
-
     summary = Experiment(cfg, trace, run, not args.quiet, warm=args.warm, first_steps=args.first_steps) \
         .run_stages(["simulate"])
     _say_assumptions(summary)
@@ -283,8 +289,6 @@ def _warm_line(warm: dict, top: str) -> str:
 
 
 def run_sweep(args) -> None:
-    from engramtier.analysis.config import load_config
-
     cfg = load_config(args.config, overrides={"sweep": {"workers": args.workers}} if args.workers else None,
                       preset=args.preset)
     sw = cfg.sweep
@@ -296,12 +300,7 @@ def run_sweep(args) -> None:
     if not stages:
         raise EngramTierError(f"{args.config}: [sweep] defines nothing to sweep; give sizes, tier_sizes or cxl_latencies_ns")
     cfg.check_stages(stages)  # an empty list a stage sweeps is refused before any folder or trace is made
-    from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace  # after the checks: see simulate
-    from engramtier.analysis.tables import HIT_RATE_CSV
-    from engramtier.analysis.report import write_report
-    from engramtier.rundir import RunDir
 
-    from engramtier.analysis.executors import make_executor, parse_executor
 
     if parse_executor(args.executor)[0] == "ray" and args.workers:  # a typo is refused before the trace is built
         raise EngramTierError("--workers counts this machine's threads; a Ray cluster runs the points on its own CPUs: "
@@ -324,7 +323,6 @@ def run_sweep(args) -> None:
         curves = _print_curves(run.path / HIT_RATE_CSV)
     print(f"{run.path}: stages {', '.join(stages)}; {curves}report {html}")
     if "cost" in summary:
-        from engramtier.analysis.cost import budget_line
 
         print(budget_line(summary["cost"]))
 
@@ -344,14 +342,9 @@ def _plan_overrides(args) -> dict:
 
 
 def run_plan(args) -> None:
-    from engramtier.analysis.config import load_config
-
     cfg = load_config(args.config, overrides=_plan_overrides(args), preset=args.preset)
-    from engramtier.analysis.plan import check_plan, run_plan as plan
 
     check_plan(cfg)  # a plan no batch fits in is refused before any folder or trace is made
-    from engramtier.analysis.report import write_report  # after the checks: see simulate
-    from engramtier.rundir import RunDir
 
     with RunDir.create(args.out, "plan", _arguments(args), cfg.to_dict(), force=args.force, stages=["plan"]) as run:
         summary = plan(cfg, run, not args.quiet, cost=not args.no_cost, log=print)
@@ -360,7 +353,6 @@ def run_plan(args) -> None:
         html, _ = write_report(run.path)
     print(f"{run.path}: report {html}")
     if "cost" in summary:
-        from engramtier.analysis.cost import budget_line
 
         print(budget_line(summary["cost"]))
 
@@ -377,25 +369,17 @@ def _mrc_mode(args) -> str:
         raise EngramTierError("--shards and --mini are two ways to estimate the curve; give one of them")
     if args.sweep and args.no_exact:
         raise EngramTierError("--sweep computes the exact curve and --no-exact skips it; give one of them")
-    from engramtier.cache.policy import check_policy
 
     check_policy(args.policy or "lru", "--policy", search=(Path.cwd(),))
     return "mini"
 
 
 def run_mrc(args) -> None:
-    from engramtier.analysis.config import size_to_rows
-    from engramtier.trace.tracefile import TraceReader
-
     mode = _mrc_mode(args)
     with TraceReader(args.trace) as trace:  # each curve is one streamed pass over the trace file
         sizes = None
         if args.sizes:
             sizes = sorted({size_to_rows(s, trace.row_bytes, f"--sizes item {s!r}") for s in args.sizes})
-        from engramtier.analysis.experiment import mini_stage, mrc_stage, trace_summary  # after the checks: see simulate
-        from engramtier.analysis.tables import MRC_CSV
-        from engramtier.analysis.report import write_report
-        from engramtier.rundir import RunDir
 
         with RunDir.create(args.out, "mrc", _arguments(args), None, trace.meta.get("fingerprint"), force=args.force,
                            stages=[mode if mode == "mini" else "mrc"]) as run:
@@ -431,16 +415,12 @@ def run_mrc(args) -> None:
 def _print_curves(csv_path) -> str:
     """Print the hit-rate table of the curves in ``csv_path`` (read back, so the screen shows what the
     file holds) and return the summary line's mention of the file."""
-    from engramtier.analysis.tables import hit_rate_table, read_curves_csv
 
     print(hit_rate_table(read_curves_csv(csv_path)))
     return f"curves {csv_path}; "
 
 
 def run_report(args) -> None:
-    from engramtier.analysis.report import write_report
-    from engramtier.rundir import RunDir
-
     missing = RunDir.open(args.run_dir).missing_stages()
     html, md = write_report(args.run_dir)
     if missing:
@@ -451,6 +431,4 @@ def run_report(args) -> None:
 
 
 def run_quickstart(args) -> None:
-    from engramtier.analysis.quickstart import quickstart
-
     quickstart(args.out, tiny=args.tiny, progress=not args.quiet, force=args.force)

@@ -37,6 +37,17 @@ from engramtier.errors import EngramTierError
 from engramtier.rundir import RunDir
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader
+from engramtier.trace.build import StepPlan, hasher_for, write_trace
+from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
+from engramtier.trace.tracefile import load_trace
+from engramtier.cache.mrc import KeyStream, lru_mrc, shards_mrc
+import time
+from engramtier.analysis.executors import default_workers
+from engramtier.analysis.sweep import trace_context
+from engramtier.cache.mrc import compile_replay, mini_mrc, mini_sizes, sample_context, spatial_samples, sweep
+from engramtier.trace.stats import trace_stats
+from engramtier.cache.warm import load_profile
+from engramtier.trace.stats import row_counts
 
 STAGES = ("stats", "mrc", "hit_rate", "simulate", "stall", "cxl", "cost")
 TIMED_STAGES = ("simulate", "stall", "cxl")
@@ -56,9 +67,6 @@ TRACE_FILE = "trace.trace"
 
 def build_trace(cfg: TraceConfig, out: Path | None, progress: bool = True) -> RowTrace:
     """The trace ``cfg`` describes: loaded from its file, or built into ``out`` (a trace file) and loaded."""
-    from engramtier.trace.build import StepPlan, hasher_for, write_trace
-    from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
-    from engramtier.trace.tracefile import load_trace
 
     if cfg.source == "file":
         return load_trace(cfg.file)
@@ -108,8 +116,6 @@ class Experiment:
     # ------------------------------------------------------------------------------------------ stages
 
     def stage_stats(self) -> None:
-        from engramtier.trace.stats import trace_stats
-
         stats = trace_stats(self.trace)
         d = stats.stats_dict()
         per_order = (d.pop("subtables") or {}).get("per_order")
@@ -140,8 +146,6 @@ class Experiment:
         self.summary["hit_rate"] = table
 
     def stage_simulate(self) -> None:
-        from engramtier.cache.warm import load_profile
-
         profile = None if self.warm is None else load_profile(self.warm, self.trace.n_table_rows, "--warm")
         hierarchy = self.cfg.hierarchy if profile is None else self.cfg.hierarchy.with_warm(None)
         result = simulate_point(self.trace, hierarchy, self.cfg.timing, progress=self.progress)
@@ -164,7 +168,6 @@ class Experiment:
         """The declared hierarchy warm-started from ``profile`` (read from ``self.warm``), against ``cold``
         (it without warm keys): both cold-start figures, the whole runs' tier-0 share and stall, and whether
         the profile is honest (not the measured trace's own counts, which would make it an upper bound)."""
-        from engramtier.trace.stats import row_counts
 
         warm = simulate_point(self.trace, self.cfg.hierarchy.with_warm(profile), self.cfg.timing,
                               progress=self.progress)
@@ -238,7 +241,6 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
     at ``sizes`` (default 48 sizes spaced evenly in log from one row to every distinct row), each one
     streamed pass over the trace's dense keys; records, figure, headline numbers, and mrc.csv with the
     exact curve as policy ``lru`` and the SHARDS mean over the seeds as ``lru-shards``."""
-    from engramtier.cache.mrc import KeyStream, lru_mrc, shards_mrc
 
     stream = KeyStream.of_trace(trace)
     if sizes is None:
@@ -274,12 +276,7 @@ def mini_stage(trace: RowTrace | TraceReader, run: RunDir, policy: str, rate: fl
     ``full_sweep``, the policy replayed over the whole trace at every size (what the estimate saves);
     else for lru the one-pass curve (unless not ``exact``); else none. Records, figure, the timings and
     errors, and mrc.csv with the exact curve as ``policy`` and the estimates' mean as ``policy-mini``."""
-    import time
 
-    from engramtier.analysis.executors import default_workers
-    from engramtier.analysis.sweep import trace_context
-    from engramtier.cache.mrc import (KeyStream, compile_replay, lru_mrc, mini_mrc, mini_sizes, sample_context,
-                                      spatial_samples, sweep)
 
     if sizes is None:
         sizes = np.unique(np.geomspace(max(1, round(1 / rate)), trace.n_distinct, 48).astype(np.int64))

@@ -28,6 +28,8 @@ from engramtier.analysis.sweep import point_record, simulate_point, with_capacit
 from engramtier.cache.hierarchy import Hierarchy, format_bytes
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
+from engramtier.analysis import plots
+from engramtier.analysis.experiment import Experiment, build_trace, timing_assumption, trace_summary
 
 APPROXIMATION = (
     "each split re-cuts the same token stream into steps of its batch (StepPlan: prefill batch = B sequences "
@@ -176,8 +178,6 @@ def run_plan(cfg: ExperimentConfig, run, progress: bool = True, cost: bool = Tru
              build: TraceFor | None = None, log: Callable[[str], None] = lambda _: None) -> dict:
     """The planner into run directory ``run``: one record per split, the tokens/s-vs-split figure,
     the summary, then (``cost``, when [sweep] gives sizes to price) the best split's cost frontier."""
-    from engramtier.analysis import plots
-    from engramtier.analysis.experiment import Experiment, build_trace, timing_assumption, trace_summary
 
     records, best = plan_splits(cfg, build or (lambda t, path: build_trace(t, path, progress=False)), progress)
     run.append(records)

@@ -19,6 +19,7 @@ from engramtier.analysis.report import write_report
 from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import with_capacities
 from engramtier.cache.hierarchy import format_bytes
+from engramtier.trace.sources import sample_text_dir
 
 TINY_TEXT_CHARS = 4000
 
@@ -29,7 +30,6 @@ def shipped_config_path() -> Path:
 
 def tiny_config(cfg: ExperimentConfig, text_path: Path) -> ExperimentConfig:
     """``cfg`` cut down to a few KB of text (already written to ``text_path``) and a few sweep points."""
-    from engramtier.trace.sources import sample_text_dir
 
     source = sorted(sample_text_dir().glob("tutorial-introduction*"))[0]
     text_path.parent.mkdir(parents=True, exist_ok=True)

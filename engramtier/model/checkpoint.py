@@ -32,6 +32,9 @@ from engramtier.errors import EngramTierError
 from engramtier.model.backbone import stand_in_config
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import FP8_BLOCK, RowFormat
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.model.run import write_model_files
+from engramtier.outputs import write_text_atomic
 
 ROW_FORMAT = "fp8_e4m3"
 ROW_DIM = 256
@@ -220,9 +223,6 @@ def import_checkpoint(checkpoint: Checkpoint, run_dir: str | Path, hash_config: 
     """Check ``checkpoint``'s Engram layers against ``hash_config`` (table rows and dense weights, before
     anything is written), write the stand-in model of their weights into ``run_dir`` (config.json,
     model.safetensors, summary.json), and return the rows for the LMDB table."""
-    from engramtier.model.tokenizer import load_compressed_tokenizer
-    from engramtier.model.run import write_model_files
-    from engramtier.outputs import write_text_atomic
 
     rows = CheckpointRows(checkpoint, NgramHasher(hash_config), preset)
     state, hidden, hc_mult, stored = engram_weights(checkpoint, hash_config)

@@ -11,6 +11,9 @@ import time
 
 from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
 from engramtier.model.trainconfig import VARIANTS
+from dataclasses import fields
+from engramtier.model.trainconfig import TrainConfig
+from engramtier.model.train import train
 
 
 def register(subparsers) -> None:
@@ -71,16 +74,11 @@ def register(subparsers) -> None:
 
 
 def _run_train(args) -> None:
-    from dataclasses import fields
-
-    from engramtier.model.trainconfig import TrainConfig
-
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     given.setdefault("out", time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if "engram_layers" in given:
         given["engram_layers"] = tuple(given["engram_layers"])
     cfg = TrainConfig(**given)
-    from engramtier.model.train import train  # torch, once the arguments are checked
 
     summary = train(cfg, progress=not getattr(args, "quiet", False), force=getattr(args, "force", False))
     params = summary["params"]

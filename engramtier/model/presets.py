@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 from engramtier.errors import refuse_unknown
 from engramtier.model.tokenizer import DEEPSEEK_ENGRAM_PAD
+from engramtier.model.hashing import HashConfig
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.model.rows import RowFormat
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,6 @@ class Preset:
 
     @property
     def row_bytes(self) -> int:
-        from engramtier.model.rows import RowFormat  # torch: imported only when a preset is used
-
         return RowFormat(self.row_format, self.row_dim).row_bytes
 
     def trace_settings(self) -> dict:
@@ -80,8 +81,6 @@ def get_preset(name: str, where: str = "--preset") -> Preset:
 def preset_hash_config(preset: str, table_size: int | None = None, image_token: int | None = None):
     """The `HashConfig` of preset ``preset``, its sub-tables ``table_size`` rows when given and its image
     token the base id ``image_token`` when given (the preset's tokenizer checks it)."""
-    from engramtier.model.hashing import HashConfig
-    from engramtier.model.tokenizer import load_compressed_tokenizer
 
     shape = shape_settings(preset, {"table_size": table_size, "image_token": image_token})
     tokenizer = load_compressed_tokenizer(shape["tokenizer"], shape["engram_pad"], shape["image_token"])

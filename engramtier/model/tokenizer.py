@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from engramtier.errors import EngramTierError
+from tokenizers import Regex, normalizers
+from tokenizers import Tokenizer
 
 BUILTIN_TOKENIZERS = ("deepseek", "cl100k", "qwen", "qwen3.6")
 DEEPSEEK_ENGRAM_PAD = 2
@@ -87,8 +89,6 @@ class HFTokenizer(BaseTokenizer):
     """A Hugging Face `tokenizer.json` (fast tokenizers library)."""
 
     def __init__(self, path: str | Path, name: str | None = None, engram_pad_id: int | None = None):
-        from tokenizers import Tokenizer
-
         path = Path(path)
         if not path.is_file():
             raise EngramTierError(f"tokenizer file {path} does not exist; give a tokenizer.json path or one of "
@@ -194,7 +194,6 @@ _SENTINEL = "\uE000"  # keeps a whitespace-only text as " " through Strip
 @lru_cache(maxsize=1)
 def _normalizer():
     """docs/design.md's normalizer sequence, built from the `tokenizers` normalizers as DeepSeek's demo does."""
-    from tokenizers import Regex, normalizers
 
     return normalizers.Sequence([
         normalizers.NFKC(), normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase(),

@@ -35,6 +35,7 @@ from engramtier.rundir import claim
 from engramtier.provenance import machine_info
 from engramtier.trace.sources import text_documents
 from engramtier.model.run import LOCAL_TOKENIZER, load_tokenizer, save_run
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 BPE_PREFIX = "bpe:"
 
@@ -69,7 +70,6 @@ def split_documents(texts: list[str], fraction: float) -> tuple[list[str], list[
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
     """A byte-level BPE tokenizer.json of ``vocab_size`` tokens learned from ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

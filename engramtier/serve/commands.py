@@ -17,6 +17,22 @@ from engramtier.argtypes import nonnegative_float, nonnegative_int, positive_flo
 from engramtier.errors import EngramTierError
 from engramtier.model.trainconfig import VARIANTS
 from engramtier.rundir import add_out_options
+from engramtier.cache.hierarchy import load_hierarchy
+import torch
+from engramtier.model.run import load_model
+from engramtier.tiers.open import lmdb_table_for, open_for_model
+from engramtier.cache.hierarchy import format_bytes
+from engramtier.tiers.records import BYTES_READ_NOTE
+from engramtier.trace.sources import decode_text
+from engramtier.serve.generate import generate
+from engramtier.tiers.records import distribution, served_above_store, sized_tiers
+from engramtier.model.speculation import Speculation
+from engramtier.rundir import RunDir
+from engramtier.trace.build import StepPlan
+from engramtier.trace.sources import sample_text_dir
+from engramtier.serve.replay import random_run, random_stand_in_run, text_batches, warm_replay
+from engramtier.analysis.plots import replay_stall_figure
+from engramtier.serve.replay import engram_only_replay
 
 _REPLAY_EXAMPLES = """\
 examples:
@@ -94,7 +110,6 @@ def serving_options(p: argparse.ArgumentParser) -> None:
 def checked_hierarchy(args: argparse.Namespace):
     """The --hierarchy file's hierarchy (None for the default), and --run's directory checked: both
     before torch is imported, so that a wrong path is refused at once."""
-    from engramtier.cache.hierarchy import load_hierarchy
 
     if args.run_dir is not None:
         for name in ("config.json", "model.safetensors"):
@@ -106,7 +121,6 @@ def checked_hierarchy(args: argparse.Namespace):
 
 def compute_device(args: argparse.Namespace) -> str:
     """The compute device the serving options say: --device, or cuda where there is one."""
-    import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -116,7 +130,6 @@ def compute_device(args: argparse.Namespace) -> str:
 
 def load_served_run(args: argparse.Namespace, run_dir):
     """The run at ``run_dir`` loaded on the compute device (`compute_device`)."""
-    from engramtier.model.run import load_model
 
     loaded = load_model(run_dir, device=compute_device(args))
     if loaded.model.config.engram is None:
@@ -126,7 +139,6 @@ def load_served_run(args: argparse.Namespace, run_dir):
 
 def table_opener(args: argparse.Namespace, run_dir, hierarchy, loaded, compute_window_s: float | None = None):
     """A function of ``record_trace`` opening a fresh TieredTable for ``loaded``'s model over ``hierarchy``."""
-    from engramtier.tiers.open import lmdb_table_for, open_for_model
 
     table_path = args.table or lmdb_table_for(run_dir)
     device = compute_device(args)
@@ -141,8 +153,6 @@ def format_ms(seconds: float) -> str:
 
 def tier_table(tiers: list[dict]) -> str:
     """Per tier: size, counts, and bytes read against served bytes, with the line saying why they differ."""
-    from engramtier.cache.hierarchy import format_bytes
-    from engramtier.tiers.records import BYTES_READ_NOTE
     names = [t["name"] + (" (emulated)" if t.get("emulated") else "") for t in tiers]
     width = max(8, *map(len, names))
     rows = [f"{'tier':{width}} {'policy':8} {'rows':>9} {'size':>10} {'lookups':>9} {'hits':>9} {'hit rate':>8} "
@@ -156,8 +166,6 @@ def tier_table(tiers: list[dict]) -> str:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from engramtier.trace.sources import decode_text
-
     if args.prompts == "-":
         text = decode_text(sys.stdin.buffer.read(), "standard input")
     else:
@@ -176,8 +184,6 @@ def _run_generate(args: argparse.Namespace) -> None:
     if args.window_s is not None and not lossy:
         raise EngramTierError("--window-s applies to a tier with on_late = 'drop', and no tier of the hierarchy drops "
                               "late rows; leave it out, or set on_late = 'drop' on a tier")
-    from engramtier.serve.generate import generate
-    from engramtier.tiers.records import distribution, served_above_store, sized_tiers
     loaded = load_served_run(args, args.run_dir)
     speculate = _speculation(args, loaded.model.config)
     with table_opener(args, args.run_dir, hierarchy, loaded, args.window_s)(False) as table:
@@ -209,7 +215,6 @@ def _run_generate(args: argparse.Namespace) -> None:
 
 def _speculation(args: argparse.Namespace, config):
     """The --speculate/--speculate-after `Speculation`, None when off; refused for a block the model lacks."""
-    from engramtier.model.speculation import Speculation
 
     if not args.speculate:
         if args.speculate_after is not None:
@@ -278,8 +283,6 @@ def _register_replay(subparsers) -> None:
 
 
 def _run_replay(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     hierarchy = checked_hierarchy(args)
     if hierarchy is not None and hierarchy.lossy:
         raise EngramTierError(f"--hierarchy: tier '{hierarchy.lossy_tier}' drops late rows (on_late = 'drop'), which changes the outputs "
@@ -298,9 +301,6 @@ def _run_replay(args: argparse.Namespace) -> None:
         raise EngramTierError(f"--run {args.run_dir}: holds no flat table (RUN/table) to compare the tiered one with: a "
                               "model without Engram has none, an imported checkpoint only its LMDB table (replay that "
                               "with --engram-only)")
-    from engramtier.rundir import RunDir
-    from engramtier.trace.build import StepPlan
-    from engramtier.trace.sources import sample_text_dir
 
     text = args.text or str(sample_text_dir())
     plan = StepPlan(mode=args.mode, batch=args.batch, seq_len=args.seq_len, requests=args.requests,
@@ -311,7 +311,6 @@ def _run_replay(args: argparse.Namespace) -> None:
 
 
 def _replay_into(args: argparse.Namespace, out, hierarchy, text: str, plan) -> None:
-    from engramtier.serve.replay import random_run, random_stand_in_run, text_batches, warm_replay
     run_dir = args.run_dir
     if run_dir is None and args.engram_only:
         run_dir = random_stand_in_run(out.path / "model", variant=args.variant or "dsv41", d_model=args.d_model,
@@ -334,7 +333,6 @@ def _replay_into(args: argparse.Namespace, out, hierarchy, text: str, plan) -> N
                       fingerprint=summary["table"]["fingerprint"])
     out.append(records)
     out.write_summary(summary)
-    from engramtier.analysis.plots import replay_stall_figure
 
     out.save_figure(replay_stall_figure(records), "replay_stall")
     out.stage_done("replay")
@@ -363,8 +361,6 @@ def _check_engram_only(args: argparse.Namespace) -> None:
 
 def _finish_engram_only(args, loaded, run_dir, hierarchy, text, plan, out) -> None:
     """Replay the stand-in's Engram layers over the tiered table and write the run directory."""
-    from engramtier.analysis.plots import replay_stall_figure
-    from engramtier.serve.replay import engram_only_replay, text_batches
     if loaded.model.config.backbone != "stand-in":
         raise EngramTierError(f"--run {run_dir}: a trained model's Engram layers run inside its transformer; --engram-only "
                               "replays a stand-in (an imported checkpoint, or the random one without --run)")

@@ -43,6 +43,17 @@ from engramtier.model.backbone import EngramLM
 from engramtier.trace.build import StepPlan, windows
 from engramtier.tiers.records import BYTES_READ_NOTE, distribution, sized_tiers
 from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.sources import text_documents
+import json
+from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
+from engramtier.model.run import save_run
+from engramtier.model.backbone import stand_in_config
+from engramtier.model.hashing import HashConfig, NgramHasher
+from engramtier.model.presets import get_preset, preset_hash_config
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
+from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.open import LMDB_TABLE
 
 PAD_REPLAY = "right-padded with the end-of-text token"
 WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once
@@ -74,7 +85,6 @@ def text_batches(tokenizer, text: str | Path, plan: StepPlan, max_tokens: int | 
     """Base-token batches [B, T] of ``text`` (a file or directory): windows of at most ``plan.seq_len``
     tokens, ``plan.batch`` (prefill) or ``plan.requests`` (decode) per batch, right-padded; at most
     ``max_tokens`` tokens of text in all."""
-    from engramtier.trace.sources import text_documents
 
     texts = [doc for _, doc in text_documents([text])]
     documents = (np.asarray(ids, np.int64) for ids in tokenizer.encode_base_batch(texts))
@@ -279,10 +289,7 @@ def random_run(run_dir: str | Path, text: str | Path, *, tokenizer: str = "bpe:5
     ``shape`` takes `TrainConfig`'s model fields (d_model, n_layers, n_heads, engram_layers, table_size,
     max_ngram_size, hash_heads, row_dim, row_format); a ``bpe:N`` tokenizer is learned from ``text``.
     """
-    import json
 
-    from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
-    from engramtier.model.run import save_run
 
     cfg = TrainConfig(text=str(text), out=str(run_dir), tokenizer=tokenizer, seed=seed, **shape)
     run_dir = Path(run_dir)
@@ -303,14 +310,6 @@ def random_stand_in_run(run_dir: str | Path, *, variant: str, d_model: int, hc_m
     directory, for `engram_only_replay`: over the LMDB ``table`` (its manifest's hash config and rows,
     which may be an imported checkpoint's or `build-table --random`'s), or else over a random table of
     DeepSeek-V4.1-Flash's shape (sub-tables of ``table_size`` rows) built into RUN/table.lmdb."""
-    from engramtier.model.backbone import stand_in_config
-    from engramtier.model.hashing import HashConfig, NgramHasher
-    from engramtier.model.presets import get_preset, preset_hash_config
-    from engramtier.model.tokenizer import load_compressed_tokenizer
-    from engramtier.model.run import save_run
-    from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
-    from engramtier.tiers.nvme import NvmeTier
-    from engramtier.tiers.open import LMDB_TABLE
 
     run_dir = Path(run_dir)
     if table is not None:

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 
 from engramtier.errors import EngramTierError
+from engramtier.cache.timing import tier_model
+import os
 
 
 def default_model(name: str) -> Any:
     """The published-figure `TierModel` called ``name`` (hbm, dram, cxl, nvme, remote)."""
-    from engramtier.cache.timing import tier_model
 
     return tier_model(name)
 
@@ -144,7 +145,6 @@ def available_host_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 

@@ -17,6 +17,16 @@ from pathlib import Path
 
 from engramtier.argtypes import nonnegative_int, positive_int, seed
 from engramtier.errors import EngramTierError
+from contextlib import ExitStack
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table, load_profile
+from engramtier.model.checkpoint import Checkpoint, import_checkpoint
+from engramtier.model.presets import preset_hash_config
+from engramtier.rundir import claim
+from engramtier.tiers.open import LMDB_TABLE
+from engramtier.tiers.lmdb_table import RandomRows
+from engramtier.model.hashing import NgramHasher
+from engramtier.model.presets import get_preset
+from engramtier.cache.hierarchy import parse_size
 
 _EXAMPLES = """\
 examples:
@@ -83,10 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build_table(args: argparse.Namespace) -> None:
-    from contextlib import ExitStack
-
-    from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table, load_profile
-
     out = Path(args.out_dir)
     with ExitStack() as opened:
         if args.random:
@@ -110,10 +116,6 @@ def run_build_table(args: argparse.Namespace) -> None:
 def _checkpoint_rows(args: argparse.Namespace, opened):
     """The --from-checkpoint rows and where their LMDB table goes (OUT_DIR/table.lmdb), once the
     checkpoint (kept open by ``opened``, an ExitStack) is checked and its stand-in model written to OUT_DIR."""
-    from engramtier.model.checkpoint import Checkpoint, import_checkpoint
-    from engramtier.model.presets import preset_hash_config
-    from engramtier.rundir import claim
-    from engramtier.tiers.open import LMDB_TABLE
 
     for option in ("rows", "format", "dim"):
         if getattr(args, option) is not None:
@@ -129,7 +131,6 @@ def _checkpoint_rows(args: argparse.Namespace, opened):
 
 def _random_rows(args: argparse.Namespace):
     """The --random row source: --rows plain rows, or every row of a preset's hash config."""
-    from engramtier.tiers.lmdb_table import RandomRows
 
     if not args.preset:
         if args.rows is None:
@@ -140,8 +141,6 @@ def _random_rows(args: argparse.Namespace):
     if args.rows is not None:
         raise EngramTierError(f"--rows conflicts with --preset: preset {args.preset}'s row count follows from its "
                               "hash config; shrink it with --table-size")
-    from engramtier.model.hashing import NgramHasher
-    from engramtier.model.presets import get_preset, preset_hash_config
 
     preset = get_preset(args.preset)
     config = preset_hash_config(args.preset, args.table_size, args.image_token)
@@ -150,8 +149,6 @@ def _random_rows(args: argparse.Namespace):
 
 
 def _map_size(text: str) -> int:
-    from engramtier.cache.hierarchy import parse_size
-
     try:
         return parse_size(text)
     except EngramTierError as err:

@@ -47,6 +47,7 @@ import zstandard
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier, default_model
 from engramtier.tiers.pages import PAGE_KEY, Layout, read_rows, rows_offset
+from engramtier.model.table import check_manifest
 
 TABLE_FORMAT = b"engramtier-lmdb-table/1"
 DATA_FILE = "data.mdb"
@@ -349,7 +350,6 @@ def _check_meta(where: str, layout: Layout, done: int, summary: dict, manifest: 
     if ok and manifest.get("hash_config") is None:  # random rows: one sub-table, no addressing
         ok = manifest.get("fingerprint") is None and manifest.get("subtable_sizes") == [layout.n_rows]
     elif ok:  # a table for a model: the model's modules are loaded by whoever opens it
-        from engramtier.model.table import check_manifest
 
         check_manifest(manifest, f"{where}: the manifest")
     if not ok:

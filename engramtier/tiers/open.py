@@ -28,6 +28,7 @@ from engramtier.tiers.slab import SlabTier
 from engramtier.tiers.step import PARALLEL_MIN_ROWS
 from engramtier.tiers.tiered import TieredTable
 from engramtier.trace.layout import SubtableLayout
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 
 # The slab behind each of a cache tier's `storage` names (`engramtier.cache.hierarchy.CACHE_STORAGE`).
 STORAGE = {"gpu": GpuTier, "dram": DramTier, "cxl": CxlTier}
@@ -52,7 +53,6 @@ def default_hierarchy(n_rows: int) -> Hierarchy:
 def lmdb_table_for(run_dir: str | os.PathLike, progress: bool = False) -> str:
     """The LMDB copy of a run's flat table (``RUN/table.lmdb``), built on first use (resumable); a run
     without a flat table (an imported checkpoint's) has only the LMDB one, which opening checks."""
-    from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 
     path = Path(run_dir) / LMDB_TABLE
     if not (Path(run_dir) / "table").exists() and path.is_dir():

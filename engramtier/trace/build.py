@@ -31,6 +31,8 @@ from engramtier.model.hashing import NgramHasher
 from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import TokenSource
+from tqdm import tqdm
+from engramtier.trace.tracefile import TraceWriter
 
 MODES = ("prefill", "decode")
 
@@ -254,9 +256,7 @@ def write_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, path, 
                 chunk_rows: int = 1 << 20, progress: bool = False, preset: str | None = None) -> dict:
     """Build the trace straight into a trace file, holding only one block in memory; returns a summary
     with the token, step and row counts and the seconds spent in each stage."""
-    from tqdm import tqdm
 
-    from engramtier.trace.tracefile import TraceWriter
 
     builder = TraceBuilder(source, hasher, plan, preset=preset)
     write_s = 0.0

@@ -8,6 +8,15 @@ import sys
 
 from engramtier.argtypes import int_list, nonnegative_int, positive_float, positive_int, seed
 from engramtier.errors import EngramTierError
+from engramtier.model.hashing import shape_problems
+from engramtier.model.presets import SHAPE_KEYS, shape_settings
+from engramtier.outputs import check_output_file
+from engramtier.trace.build import StepPlan, hasher_for, write_trace
+from engramtier.trace.sources import TextSource, ZipfSource
+from engramtier.outputs import atomic_output
+from engramtier.trace.stats import trace_stats
+from engramtier.trace.tracefile import TraceReader
+from engramtier.trace.export import export_trace
 
 TRACE_EXAMPLES = """examples:
   engramtier trace engramtier/data/sample_text -o docs.trace
@@ -112,12 +121,6 @@ def register(subparsers) -> None:
 
 
 def run_trace(args) -> None:
-    from engramtier.model.hashing import shape_problems
-    from engramtier.model.presets import SHAPE_KEYS, shape_settings
-    from engramtier.outputs import check_output_file
-    from engramtier.trace.build import StepPlan, hasher_for, write_trace
-    from engramtier.trace.sources import TextSource, ZipfSource
-
     check_output_file(args.output, "-o", inputs=[s for s in args.sources if s != "-"])
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
     problems = shape_problems([shape["table_size"]] * max(shape["max_ngram"] - 1, 0), shape["layers"], shape["heads"])
@@ -141,10 +144,6 @@ def run_trace(args) -> None:
 
 
 def run_stats(args) -> None:
-    from engramtier.outputs import atomic_output, check_output_file
-    from engramtier.trace.stats import trace_stats
-    from engramtier.trace.tracefile import TraceReader
-
     if args.json:
         check_output_file(args.json, "--json", inputs=[args.trace])
     with TraceReader(args.trace) as reader:
@@ -175,10 +174,6 @@ def run_stats(args) -> None:
 
 
 def run_export(args) -> None:
-    from engramtier.outputs import atomic_output
-    from engramtier.trace.export import export_trace
-    from engramtier.trace.tracefile import TraceReader
-
     # the oracle format places its records out of order (it seeks): only CSV streams into a device or FIFO
     with TraceReader(args.trace) as reader, \
             atomic_output(args.output, "-o", inputs=[args.trace], stream_ok=args.format == "csv") as part:

@@ -30,6 +30,7 @@ import numpy as np
 from engramtier.cache.policy import PolicyContext, check_policy, make_policy, register
 from engramtier.errors import EngramTierError
 from engramtier.trace.layout import SubtableLayout
+from engramtier.cache.mrc import lru_mrc
 
 QUANTA = 512  # profile shares are allocated in slices of capacity / QUANTA rows
 
@@ -132,7 +133,6 @@ def fixed_rows(shares: dict, capacity: int, orders: range) -> dict[int, int]:
 def order_hit_curves(ctx: PolicyContext, order_of_key: np.ndarray, orders: range) -> dict[int, np.ndarray]:
     """Per order, hits at 0, 1, 2, ... rows (up to its distinct rows): exact LRU over the context's trace,
     else a static cache of its most requested rows under the profile."""
-    from engramtier.cache.mrc import lru_mrc  # mrc imports the policy registry, which imports this module
 
     keys = ctx.trace_keys()
     curves = {}
