@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from engramtier.model.run import load_model
+from engramtier.serve.replay import engram_only_replay, random_stand_in_run, text_batches
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model
-from engramtier.serve.replay import engram_only_replay, random_stand_in_run, text_batches
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from engramtier.analysis.config import load_config
+from engramtier.analysis.executors import default_workers
 from engramtier.analysis.experiment import build_trace
 from engramtier.analysis.plots import mini_mrc_grid_figure
-from engramtier.analysis.executors import default_workers
 from engramtier.analysis.sweep import trace_context
 from engramtier.cache.mrc import compile_replay, lru_mrc, mini_mrc, mini_sizes, sample_context, spatial_samples, sweep
 from engramtier.cli import main as engramtier
@@ -101,7 +101,7 @@ def main() -> None:
         for name in args.traces:
             trace = (build_trace(load_config(ROOT / "engramtier/data/experiment.toml").trace, Path(tmp) / "s.trace",
                                  progress=False) if name == "sample" else dsv41_trace(Path(tmp)))
-            def sizes(n: int) -> np.ndarray:
+            def sizes(n: int, trace=trace) -> np.ndarray:
                 return np.unique(np.geomspace(round(1 / args.rate), trace.n_distinct, n).astype(np.int64))
             records, panels = [], []
             plans = [(p, sizes(args.sizes)) for p in args.policies]

@@ -143,9 +143,9 @@ def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
         tiered_us, flat_us, take_us = [], [], []
         slab = flat.rows.numpy()
         for _ in range(rounds):  # alternated, so both see the same machine
-            tiered_us.append(_median_us(lambda: table.prefetch(cached).wait(), repeats))
-            flat_us.append(_median_us(lambda: flat.prefetch(flat_ids).wait(), repeats))
-            take_us.append(_median_us(lambda: np.take(slab, flat_ids.numpy(), axis=0), repeats))
+            tiered_us.append(_median_us(lambda cached=cached: table.prefetch(cached).wait(), repeats))
+            flat_us.append(_median_us(lambda flat_ids=flat_ids: flat.prefetch(flat_ids).wait(), repeats))
+            take_us.append(_median_us(lambda flat_ids=flat_ids, slab=slab: np.take(slab, flat_ids.numpy(), axis=0), repeats))
         t, f, k = float(np.median(tiered_us)), float(np.median(flat_us)), float(np.median(take_us))
         out.append({"case": case, "rows": n, "unique_rows": int(np.unique(ids).size), "tiered_us": round(t, 2),
                     "flat_index_select_us": round(f, 2),

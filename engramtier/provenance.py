@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import platform
 
-from engramtier import __version__
 import numba
 import numpy
 import torch
+
+from engramtier import __version__
 
 
 def machine_info() -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from libcachesim_io import lcs, libcachesim_hits, write_oracle_general
 from reference_policies import PyLRU
 from zipf import zipf_keys
@@ -25,7 +24,7 @@ def one_tier(keys, policy: str, capacity: int, filter_text: str | None, n_keys: 
     engine = Engine([make_policy(policy, capacity, PolicyContext(n_keys=n_keys))], "inclusive", n_keys,
                     [admission.build(filter_text, capacity)])
     engine.feed(keys, np.arange(keys.size), np.arange(keys.size + 1))
-    return dict(zip(COUNTERS, engine.counters[0].tolist()))
+    return dict(zip(COUNTERS, engine.counters[0].tolist(), strict=True))
 
 
 def test_bloom_admits_a_row_on_its_second_miss():
@@ -61,7 +60,7 @@ def test_a_plain_python_policy_is_filtered_like_a_built_in(filter_text):
     keys = zipf_keys(3_000, 500, 1.0, np.random.default_rng(2), shuffle=True).astype(np.int64)
     engine = Engine([PyLRU(40)], "inclusive", 500, [admission.build(filter_text, 40)])
     engine.feed(keys, np.arange(keys.size), np.arange(keys.size + 1))
-    assert dict(zip(COUNTERS, engine.counters[0].tolist())) == one_tier(keys, "lru", 40, filter_text, 500)
+    assert dict(zip(COUNTERS, engine.counters[0].tolist(), strict=True)) == one_tier(keys, "lru", 40, filter_text, 500)
 
 
 def test_prob_is_seeded_and_admits_its_share():

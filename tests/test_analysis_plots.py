@@ -4,6 +4,8 @@ names each point's tier sizes."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -25,13 +27,13 @@ def assert_apart(fig, labels, along: int):
     """No two labels' boxes overlap (``along`` 0: side by side on x, 1: stacked on y)."""
     renderer = fig.canvas.get_renderer()
     boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda b: b.extents[along])
-    for a, b in zip(boxes, boxes[1:]):
+    for a, b in pairwise(boxes):
         assert a.extents[along + 2] <= b.extents[along], f"tick labels overlap: {[x.get_text() for x in labels]}"
 
 
 def hit_records(sizes):
     return [{"policy": p, "size_rows": s, "size_bytes": s * ROW_BYTES, "hit_rate": h}
-            for p, scale in (("lru", 0.5), ("belady", 0.7)) for s, h in zip(sizes, scale * np.linspace(0.1, 0.9, len(sizes)))]
+            for p, scale in (("lru", 0.5), ("belady", 0.7)) for s, h in zip(sizes, scale * np.linspace(0.1, 0.9, len(sizes)), strict=True)]
 
 
 SPANS = {"one decade": [2000, 3000, 5000, 8000, 12000, 20000],

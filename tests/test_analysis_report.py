@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from engramtier.analysis.report import write_report
-from engramtier.rundir import RunDir
 from engramtier.cache.mrc import lru_mrc
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
+from engramtier.rundir import RunDir
 from engramtier.trace.tracefile import load_trace
 
 

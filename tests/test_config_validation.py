@@ -9,10 +9,9 @@ import textwrap
 import pytest
 
 from engramtier.analysis.config import load_config
-from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.hierarchy import Hierarchy, load_hierarchy
 from engramtier.cli import main
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
-from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.trace.tracefile import TraceReader
 
 GOOD = textwrap.dedent("""\

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
 from engramtier.cache.engine import Engine
-from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, policy_names
 from engramtier.cache.simulator import simulate
 from engramtier.trace import rowindex
 from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.lookups import unique_per_step
 from engramtier.trace.rowindex import FirstSeen, RowIndex, dense_keys
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, save_trace

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
 from engramtier.cache.mrc import MissRatioCurve, _hash32, lru_mrc, mini_mrc, shards_mrc, spatial_samples, sweep

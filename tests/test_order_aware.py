@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from zipf import zipf_keys
 
 from engramtier.cache.policies.partitioned import Partitioned

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-
 from libcachesim_io import lcs, libcachesim_hits, next_positions, write_oracle_general
 from zipf import zipf_keys
 

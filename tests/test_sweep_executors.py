@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from zipf import zipf_keys
 
 from engramtier.analysis.config import TimingConfig
@@ -64,6 +63,7 @@ def ray_cluster(tmp_path_factory):
             os.environ["HOME"] = saved_home
 
 
+@pytest.mark.slow
 def test_sweeps_on_ray_equal_the_local_run_and_show_progress(trace, ray_cluster, capfd):
     from engramtier.analysis.executors import RayExecutor
 
@@ -83,6 +83,7 @@ def test_sweeps_on_ray_equal_the_local_run_and_show_progress(trace, ray_cluster,
             == stall_sweep(trace, hierarchy, grid, timing, workers=2, progress=False))
 
 
+@pytest.mark.slow
 def test_a_task_whose_worker_dies_is_run_again(trace, ray_cluster):
     from engramtier.analysis.executors import RayExecutor
 
@@ -94,6 +95,7 @@ def test_a_task_whose_worker_dies_is_run_again(trace, ray_cluster):
     assert [r["hits"] for r in on_ray] == [r["hits"] for r in local] and all(r["hits"] > 0 for r in local)
 
 
+@pytest.mark.slow
 def test_sweep_command_on_ray_writes_the_local_curves(tmp_path, ray_cluster, capsys):
     from engramtier.cli import main
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.cli import main
-from engramtier.model.table import DATA_FILE
 from engramtier.model.run import load_model
-from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
+from engramtier.model.table import DATA_FILE
 from engramtier.serve.generate import generate
 from engramtier.serve.replay import forward_inputs, random_run, replay, text_batches
-from engramtier.cache.hierarchy import load_hierarchy
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir

@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
 from engramtier.cache.hierarchy import Hierarchy
@@ -51,7 +50,7 @@ def zipf_steps(n_steps, seed, max_len=50):
 
 def assert_slabs_mirror_policies(table, flat):
     """Every cache tier's slab holds exactly its policy's rows, each with the table's bytes."""
-    for tier, policy in zip(table.caches, table.engine.policies):
+    for tier, policy in zip(table.caches, table.engine.policies, strict=True):
         held = np.sort(tier.id_of[tier.id_of >= 0])
         by_policy = np.array([k for k in range(N_ROWS) if policy.contains(k)], np.int64)
         np.testing.assert_array_equal(held, by_policy)
@@ -172,7 +171,7 @@ def test_a_step_is_every_layer_of_one_forward_in_trace_order(table_dir):
     with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2, record_trace=True) as table:
         for forward in layers:
             handles = [table.prefetch(ids) for ids in forward]
-            for ids, handle in zip(forward, handles):
+            for ids, handle in zip(forward, handles, strict=True):
                 np.testing.assert_array_equal(handle.wait().numpy(), flat[ids.numpy()])
         trace = table.recorded_trace()
         assert table.stats()["steps"] == 5

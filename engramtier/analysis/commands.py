@@ -6,25 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, positive_int, size_list
-from engramtier.errors import EngramTierError
-from engramtier.rundir import add_out_options
-from engramtier.analysis.config import load_config
-from engramtier.trace.tracefile import TraceReader
-from engramtier.analysis.experiment import TRACE_FILE, build_trace
-from engramtier.analysis.report import write_report
-from engramtier.rundir import RunDir
-from engramtier.analysis.experiment import Experiment
-from engramtier.analysis.tables import HIT_RATE_CSV
-from engramtier.analysis.executors import make_executor, parse_executor
+from engramtier.analysis.config import load_config, size_to_rows
 from engramtier.analysis.cost import budget_line
-from engramtier.analysis.plan import check_plan, run_plan as plan
-from engramtier.cache.policy import check_policy
-from engramtier.analysis.config import size_to_rows
-from engramtier.analysis.experiment import mini_stage, mrc_stage, trace_summary
-from engramtier.analysis.tables import MRC_CSV
-from engramtier.analysis.tables import hit_rate_table, read_curves_csv
+from engramtier.analysis.executors import make_executor, parse_executor
+from engramtier.analysis.experiment import TRACE_FILE, Experiment, build_trace, mini_stage, mrc_stage, trace_summary
+from engramtier.analysis.plan import check_plan
+from engramtier.analysis.plan import run_plan as plan
 from engramtier.analysis.quickstart import quickstart
+from engramtier.analysis.report import write_report
+from engramtier.analysis.tables import HIT_RATE_CSV, MRC_CSV, hit_rate_table, read_curves_csv
+from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, positive_int, size_list
+from engramtier.cache.policy import check_policy
+from engramtier.errors import EngramTierError
+from engramtier.rundir import RunDir, add_out_options
+from engramtier.trace.tracefile import TraceReader
 
 SIMULATE_EXAMPLES = """examples:
   engramtier simulate engramtier/data/experiment.toml

@@ -19,6 +19,7 @@ the summary, which is rewritten after every stage so an interrupted run still re
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,26 +29,29 @@ import numpy as np
 from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, TimingConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
-from engramtier.analysis.executors import LocalExecutor, RayExecutor
+from engramtier.analysis.executors import LocalExecutor, RayExecutor, default_workers
+from engramtier.analysis.sweep import cxl_sweep, hit_rate_sweep, point_record, simulate_point, stall_sweep, trace_context
 from engramtier.analysis.tables import HIT_RATE_CSV, MRC_CSV, curve_row, write_curves_csv
-from engramtier.analysis.sweep import (cxl_sweep, hit_rate_sweep, point_record, simulate_point,
-                                       stall_sweep)
 from engramtier.cache.hierarchy import format_bytes
+from engramtier.cache.mrc import (
+    KeyStream,
+    compile_replay,
+    lru_mrc,
+    mini_mrc,
+    mini_sizes,
+    sample_context,
+    shards_mrc,
+    spatial_samples,
+    sweep,
+)
+from engramtier.cache.warm import load_profile
 from engramtier.errors import EngramTierError
 from engramtier.rundir import RunDir
-from engramtier.trace.rowtrace import RowTrace
-from engramtier.trace.tracefile import TraceReader
 from engramtier.trace.build import StepPlan, hasher_for, write_trace
+from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
-from engramtier.trace.tracefile import load_trace
-from engramtier.cache.mrc import KeyStream, lru_mrc, shards_mrc
-import time
-from engramtier.analysis.executors import default_workers
-from engramtier.analysis.sweep import trace_context
-from engramtier.cache.mrc import compile_replay, mini_mrc, mini_sizes, sample_context, spatial_samples, sweep
-from engramtier.trace.stats import trace_stats
-from engramtier.cache.warm import load_profile
-from engramtier.trace.stats import row_counts
+from engramtier.trace.stats import row_counts, trace_stats
+from engramtier.trace.tracefile import TraceReader, load_trace
 
 STAGES = ("stats", "mrc", "hit_rate", "simulate", "stall", "cxl", "cost")
 TIMED_STAGES = ("simulate", "stall", "cxl")
@@ -258,7 +262,7 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
     curves = [] if curve is None else [("lru", curve.miss_ratios)]
     write_curves_csv(run.path / MRC_CSV, (curve_row(policy, s, trace.row_bytes, 1 - m)
                                           for policy, misses in curves + [("lru-shards", shards_mean)]
-                                          for s, m in zip(sizes, misses)))
+                                          for s, m in zip(sizes, misses, strict=True)))
     run.save_figure(plots.mrc_figure(sizes, None if curve is None else curve.miss_ratios,
                                      [e.miss_ratios for e in estimates], rate, trace.row_bytes), "mrc_shards")
     errors = [e.error for e in estimates] if curve is not None else [None]

@@ -23,13 +23,13 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, PlanConfig, TraceConfig, size_to_rows
+from engramtier.analysis.experiment import Experiment, build_trace, timing_assumption, trace_summary
 from engramtier.analysis.sweep import point_record, simulate_point, with_capacities
 from engramtier.cache.hierarchy import Hierarchy, format_bytes
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
-from engramtier.analysis import plots
-from engramtier.analysis.experiment import Experiment, build_trace, timing_assumption, trace_summary
 
 APPROXIMATION = (
     "each split re-cuts the same token stream into steps of its batch (StepPlan: prefill batch = B sequences "

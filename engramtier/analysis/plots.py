@@ -83,7 +83,7 @@ def hit_rate_figure(records: Sequence[Mapping], row_bytes: int, ceiling: float |
         ax.axhline(ceiling, color="black", lw=0.8, ls=":", label=f"ceiling of demand caches (first requests miss): {ceiling:.3f}")
     for policy in dict.fromkeys(r["policy"] for r in records):
         points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["policy"] == policy)
-        sizes, rates = zip(*points)
+        sizes, rates = zip(*points, strict=True)
         ax.plot(sizes, rates, marker="o", ms=3.5, label=OFFLINE.get(policy, policy), ls="--" if policy in OFFLINE else "-")
     _size_axes(ax, [r["size_rows"] for r in records], row_bytes)
     ax.set_xlabel("tier size (rows)")
@@ -110,7 +110,7 @@ def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> Figure:
         grid["stall_fraction"][i, j] = r["stall_fraction"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     titles = {"stall_ms_per_step": "mean stall per step (ms)", "stall_fraction": "stall fraction of run time"}
-    for ax, key in zip(axes, grid):
+    for ax, key in zip(axes, grid, strict=True):
         values = grid[key]
         im = ax.imshow(values, origin="lower", aspect="auto", cmap="magma_r")
         fig.colorbar(im, ax=ax, label=titles[key])
@@ -190,7 +190,8 @@ def cxl_figure(records: Sequence[Mapping]) -> Figure:
             line = sorted((r["cxl_latency_ns"], r[key]) for r in records if r["cxl_role"] == role)
             if line:
                 name = next(r["label"] for r in records if r["cxl_role"] == role).split(" @ ")[0]
-                ax.plot(*zip(*line), marker=marker, label=f"{name} ({'above the store' if role == 'cache' else 'replaces the store'})")
+                where = "above the store" if role == "cache" else "replaces the store"
+                ax.plot(*zip(*line, strict=True), marker=marker, label=f"{name} ({where})")
         ax.axhline(base[key], color="gray", ls="--", label=f"without CXL ({base['label']})")
         ax.set_xlabel("CXL read latency (ns)")
         ax.set_ylabel(label)
@@ -370,7 +371,7 @@ def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for curve in dict.fromkeys(r["curve"] for r in records):
         points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["curve"] == curve)
-        sizes, rates = zip(*points)
+        sizes, rates = zip(*points, strict=True)
         ax = left if curve.startswith("order ") else right
         ax.plot(sizes, rates, marker="o", ms=3.5, label=curve)
     for ax, title, xlabel in ((left, "Hit rate per n-gram order (exact LRU, own requests)", "rows given to the order"),
@@ -396,7 +397,7 @@ def admission_figure(records: Sequence[Mapping], row_bytes: int) -> Figure:
     for (policy, filter_name) in dict.fromkeys((r["policy"], r["admission"]) for r in records):
         points = sorted((r["gpu_rows"], r["gpu_hit_rate"], r["stall_fraction"]) for r in records
                         if r["policy"] == policy and r["admission"] == filter_name)
-        sizes, rates, stalls = zip(*points)
+        sizes, rates, stalls = zip(*points, strict=True)
         style = dict(color=colours[policy], ls=styles[filter_name], marker="o", ms=3,
                      label=f"{policy}, admission {filter_name}")
         left.plot(sizes, rates, **style)
@@ -421,7 +422,7 @@ def mini_mrc_grid_figure(panels: Sequence[Mapping], rate: float, title: str) -> 
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), sharey=True, squeeze=False,
                              constrained_layout=True)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=True):
         sizes, exact, est = panel["sizes"], np.asarray(panel["exact"]), np.asarray(panel["estimates"], dtype=float)
         ax.plot(sizes, exact, color="black", lw=1.5, label="exact (full replay)")
         ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3, label="range over salts")

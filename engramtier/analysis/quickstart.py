@@ -16,9 +16,9 @@ from pathlib import Path
 from engramtier.analysis.config import ExperimentConfig, load_config
 from engramtier.analysis.experiment import STAGES, TRACE_FILE, Experiment, build_trace
 from engramtier.analysis.report import write_report
-from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import with_capacities
 from engramtier.cache.hierarchy import format_bytes
+from engramtier.rundir import RunDir
 from engramtier.trace.sources import sample_text_dir
 
 TINY_TEXT_CHARS = 4000

@@ -148,10 +148,10 @@ def stall_sweep(trace: RowTrace, hierarchy: Hierarchy, tier_rows: Mapping[str, S
                 workers: int | None = None, progress: bool = True, executor: Executor | None = None) -> list[dict]:
     """One record per combination of the cache tier sizes in ``tier_rows`` (every other tier as declared)."""
     names = list(tier_rows)
-    combos = [dict(zip(names, c)) for c in itertools.product(*(tier_rows[n] for n in names))]
+    combos = [dict(zip(names, c, strict=True)) for c in itertools.product(*(tier_rows[n] for n in names))]
     points = [(c, with_capacities(hierarchy, c)) for c in combos]
     results = simulate_many(trace, points, timing, workers, progress, desc="stall sweep", executor=executor)
-    return [point_record("stall", _label(c, trace.row_bytes), r, sizes=c) for c, r in zip(combos, results)]
+    return [point_record("stall", _label(c, trace.row_bytes), r, sizes=c) for c, r in zip(combos, results, strict=True)]
 
 
 CXL_ROLES = ("cache", "store")
@@ -173,4 +173,4 @@ def cxl_sweep(trace: RowTrace, hierarchy: Hierarchy, cxl_rows: int, latencies_ns
         what = f"cxl cache {format_bytes(cxl_rows * trace.row_bytes)}" if p["cxl_role"] == "cache" else "cxl store"
         return f"{what} @ {p['cxl_latency_ns']:g} ns"
 
-    return [point_record("cxl", label(p), r, **p) for (p, _), r in zip(points, results)]
+    return [point_record("cxl", label(p), r, **p) for (p, _), r in zip(points, results, strict=True)]

@@ -384,14 +384,14 @@ class Engine:
         afterwards. Counters are untouched: a warm start is not a lookup."""
         if len(keysets) != len(self.policies):
             raise EngramTierError(f"engine: {len(keysets)} warm key sets for {len(self.policies)} cache tiers")
-        for (target, _, _, warm_driver), keys in zip(self._drivers, keysets):
+        for (target, _, _, warm_driver), keys in zip(self._drivers, keysets, strict=True):
             if keys is not None and keys.size:
                 warm_driver(target, np.ascontiguousarray(keys, np.int64))
         return [int(policy.occupancy()) for policy in self.policies]
 
     def tier_counts(self) -> list[dict[str, int]]:
         """Per tier, fastest first and the store last: the `COUNTERS` so far (every store lookup hits)."""
-        counts = [dict(zip(COUNTERS, c.tolist())) for c in self.counters]
+        counts = [dict(zip(COUNTERS, c.tolist(), strict=True)) for c in self.counters]
         return [*counts, {**dict.fromkeys(COUNTERS, 0), "lookups": self.store_lookups, "hits": self.store_lookups}]
 
     def _reserve(self, n_events: int, n_starts: int) -> None:

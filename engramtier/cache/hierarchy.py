@@ -28,11 +28,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from engramtier.cache.admission import build as build_admission, parse as parse_admission
+from engramtier.cache.admission import build as build_admission
+from engramtier.cache.admission import parse as parse_admission
 from engramtier.cache.policy import PolicyContext, check_params, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
-from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.cache.tomlfile import read_toml
+from engramtier.errors import EngramTierError, refuse_unknown
 
 MODES = ("inclusive", "exclusive")
 # What a step does with a tier's rows that cannot arrive within its compute window: wait for them (a
@@ -280,7 +281,7 @@ class Hierarchy:
             *rows, store_rows = (tier.rows(row_bytes) for tier in self.tiers)
         except EngramTierError as err:
             raise EngramTierError(at + str(err)) from None
-        for tier, r in zip(self.caches, rows):
+        for tier, r in zip(self.caches, rows, strict=True):
             if r > n_table_rows:
                 raise EngramTierError(
                     f"{at}tier '{tier.name}': capacity {tier.capacity} ({r} rows) exceeds the table's {n_table_rows} "
@@ -296,7 +297,7 @@ class Hierarchy:
     def build_policies(self, ctx: PolicyContext, row_bytes: int) -> list[Any]:
         """One fresh policy per cache tier, sized for the table of ``ctx.n_table_rows`` rows of ``row_bytes``."""
         policies = []
-        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes)):
+        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes), strict=True):
             try:
                 policies.append(make_policy(tier.policy, rows, ctx, **tier.params))
             except EngramTierError as err:

@@ -32,8 +32,8 @@ from engramtier.errors import EngramTierError
 from engramtier.model.backbone import stand_in_config
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import FP8_BLOCK, RowFormat
-from engramtier.model.tokenizer import load_compressed_tokenizer
 from engramtier.model.run import write_model_files
+from engramtier.model.tokenizer import load_compressed_tokenizer
 from engramtier.outputs import write_text_atomic
 
 ROW_FORMAT = "fp8_e4m3"

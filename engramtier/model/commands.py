@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields
 
 from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
-from engramtier.model.trainconfig import VARIANTS
-from dataclasses import fields
-from engramtier.model.trainconfig import TrainConfig
 from engramtier.model.train import train
+from engramtier.model.trainconfig import VARIANTS, TrainConfig
 
 
 def register(subparsers) -> None:

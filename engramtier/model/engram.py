@@ -31,6 +31,7 @@ from torch import nn
 
 from engramtier.model.rows import RowFormat
 from engramtier.model.rowsource import ReadyRows
+
 _GATE_FLOOR = 1e-6  # |score| floor under the square root: its gradient is infinite at zero
 _DEMO_CONV_EPS = 1e-5  # the demo's ShortConv RMSNorm eps (its key and query norms take the machine eps)
 

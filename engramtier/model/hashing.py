@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
 from engramtier.errors import EngramTierError
-import torch
 
 if TYPE_CHECKING:  # torch is imported where a tensor is hashed: commands that only trace start fast
     import torch

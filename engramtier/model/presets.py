@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engramtier.errors import refuse_unknown
-from engramtier.model.tokenizer import DEEPSEEK_ENGRAM_PAD
 from engramtier.model.hashing import HashConfig
-from engramtier.model.tokenizer import load_compressed_tokenizer
 from engramtier.model.rows import RowFormat
+from engramtier.model.tokenizer import DEEPSEEK_ENGRAM_PAD, load_compressed_tokenizer
 
 
 @dataclass(frozen=True)

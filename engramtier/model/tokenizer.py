@@ -23,10 +23,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Regex, Tokenizer, normalizers
 
 from engramtier.errors import EngramTierError
-from tokenizers import Regex, normalizers
-from tokenizers import Tokenizer
 
 BUILTIN_TOKENIZERS = ("deepseek", "cl100k", "qwen", "qwen3.6")
 DEEPSEEK_ENGRAM_PAD = 2
@@ -42,7 +41,7 @@ def _gpt2_byte_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
 _BYTE_TO_UNICODE = _gpt2_byte_to_unicode()

@@ -23,19 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import DSV41_NORM_EPS, EngramLM, ModelConfig
 from engramtier.model.hashing import HashConfig
-from engramtier.model.trainconfig import TrainConfig
-from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer
-from engramtier.outputs import write_text_atomic
-from engramtier.rundir import claim
-from engramtier.provenance import machine_info
-from engramtier.trace.sources import text_documents
 from engramtier.model.run import LOCAL_TOKENIZER, load_tokenizer, save_run
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer
+from engramtier.model.trainconfig import TrainConfig
+from engramtier.outputs import write_text_atomic
+from engramtier.provenance import machine_info
+from engramtier.rundir import claim
+from engramtier.trace.sources import text_documents
 
 BPE_PREFIX = "bpe:"
 

@@ -13,26 +13,22 @@ import json
 import sys
 from pathlib import Path
 
-from engramtier.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, seed
-from engramtier.errors import EngramTierError
-from engramtier.model.trainconfig import VARIANTS
-from engramtier.rundir import add_out_options
-from engramtier.cache.hierarchy import load_hierarchy
 import torch
-from engramtier.model.run import load_model
-from engramtier.tiers.open import lmdb_table_for, open_for_model
-from engramtier.cache.hierarchy import format_bytes
-from engramtier.tiers.records import BYTES_READ_NOTE
-from engramtier.trace.sources import decode_text
-from engramtier.serve.generate import generate
-from engramtier.tiers.records import distribution, served_above_store, sized_tiers
-from engramtier.model.speculation import Speculation
-from engramtier.rundir import RunDir
-from engramtier.trace.build import StepPlan
-from engramtier.trace.sources import sample_text_dir
-from engramtier.serve.replay import random_run, random_stand_in_run, text_batches, warm_replay
+
 from engramtier.analysis.plots import replay_stall_figure
-from engramtier.serve.replay import engram_only_replay
+from engramtier.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, seed
+from engramtier.cache.hierarchy import format_bytes, load_hierarchy
+from engramtier.errors import EngramTierError
+from engramtier.model.run import load_model
+from engramtier.model.speculation import Speculation
+from engramtier.model.trainconfig import VARIANTS
+from engramtier.rundir import RunDir, add_out_options
+from engramtier.serve.generate import generate
+from engramtier.serve.replay import engram_only_replay, random_run, random_stand_in_run, text_batches, warm_replay
+from engramtier.tiers.open import lmdb_table_for, open_for_model
+from engramtier.tiers.records import BYTES_READ_NOTE, distribution, served_above_store, sized_tiers
+from engramtier.trace.build import StepPlan
+from engramtier.trace.sources import decode_text, sample_text_dir
 
 _REPLAY_EXAMPLES = """\
 examples:
@@ -157,7 +153,7 @@ def tier_table(tiers: list[dict]) -> str:
     width = max(8, *map(len, names))
     rows = [f"{'tier':{width}} {'policy':8} {'rows':>9} {'size':>10} {'lookups':>9} {'hits':>9} {'hit rate':>8} "
             f"{'bytes read':>11} {'served B':>11} {'promoted':>9} {'evicted':>9}"]
-    for name, t in zip(names, tiers):
+    for name, t in zip(names, tiers, strict=True):
         rows.append(f"{name:{width}} {str(t['policy'] or '-'):8} {t['capacity_rows']:9d} "
                     f"{format_bytes(t['capacity_bytes']):>10} {t['lookups']:9d} {t['hits']:9d} {t['hit_rate']:8.3f} "
                     f"{t['bytes_read']:11d} {t['served_bytes']:11d} {t['promoted']:9d} {t['evicted']:9d}")
@@ -196,10 +192,10 @@ def _run_generate(args: argparse.Namespace) -> None:
         stall = distribution([r["stall_s"] for r in demand])
     tiers = sized_tiers(stats["tiers"], stats["row_bytes"])
     if args.json:
-        print(json.dumps({"outputs": [{"prompt": p, "continuation": t} for p, t in zip(prompts, texts)],
+        print(json.dumps({"outputs": [{"prompt": p, "continuation": t} for p, t in zip(prompts, texts, strict=True)],
                           **totals, "stall_per_step_s": stall, "table": {**stats, "tiers": tiers}}))
         return
-    for prompt, text in zip(prompts, texts):
+    for prompt, text in zip(prompts, texts, strict=True):
         print(f"{prompt}{text}\n")
     print(f"{totals['generated_tokens']} tokens in {totals['seconds']:.2f} s ({totals['tokens_per_s']:.1f} tokens/s); "
           f"time to first token {format_ms(totals['time_to_first_token_s'])}; median step {format_ms(totals['step_s']['p50'])}")

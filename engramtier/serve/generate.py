@@ -27,6 +27,8 @@ from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM
 from engramtier.model.speculation import Speculation
 from engramtier.tiers.records import distribution
+
+
 def sample(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Next token per row of ``logits`` [B, vocab]: the argmax, or a draw from the top ``top_k``."""
     if top_k <= 1:

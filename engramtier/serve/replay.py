@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,21 +40,19 @@ import torch
 
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
-from engramtier.model.backbone import EngramLM
-from engramtier.trace.build import StepPlan, windows
-from engramtier.tiers.records import BYTES_READ_NOTE, distribution, sized_tiers
-from engramtier.trace.layout import SubtableLayout
-from engramtier.trace.sources import text_documents
-import json
-from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
-from engramtier.model.run import save_run
-from engramtier.model.backbone import stand_in_config
+from engramtier.model.backbone import EngramLM, stand_in_config
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.presets import get_preset, preset_hash_config
+from engramtier.model.run import save_run
 from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.open import LMDB_TABLE
+from engramtier.tiers.records import BYTES_READ_NOTE, distribution, sized_tiers
+from engramtier.trace.build import StepPlan, windows
+from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.sources import text_documents
 
 PAD_REPLAY = "right-padded with the end-of-text token"
 WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once
@@ -182,7 +181,7 @@ def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan:
     per step). Warm both paths up first (`warm_up`, or `warm_replay`): the steps here are all timed."""
     flat, tiered = run_interleaved(model, flat_rows, table, batches, plan)
     table.finish()
-    equal = [a == b for a, b in zip(flat.digests, tiered.digests)]
+    equal = [a == b for a, b in zip(flat.digests, tiered.digests, strict=True)]
     first_engram = min(model.config.engram.layer_ids)
     window = np.asarray(flat.step_s) * first_engram / model.config.n_layers
     summary, steps = _tiered_summary(model, table, tiered, plan, window, flat.step_s,
@@ -193,7 +192,7 @@ def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan:
         "steps": len(flat.digests), "plan": summary.pop("plan"), "timing": TIMING, "flat": flat.summary(), **summary,
     }
     records = [{**r, "flat_step_s": f, "tiered_step_s": t, "equal": e}
-               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal)]
+               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal, strict=True)]
     return summary, records
 
 

@@ -17,14 +17,14 @@ see `engramtier.tiers.slab`. The nvme tier holds every row and is the table's so
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 
-from engramtier.errors import EngramTierError
 from engramtier.cache.timing import tier_model
-import os
+from engramtier.errors import EngramTierError
 
 
 def default_model(name: str) -> Any:
@@ -83,7 +83,7 @@ class Tier(ABC):
         """Facts of its own a tier adds to the runtime's per-tier report (`TieredTable.tier_stats`)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a default, not abstract: a tier holding nothing need not override it)
         """Release what the tier holds; the base has nothing to release."""
 
     def __enter__(self) -> "Tier":

@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from engramtier.argtypes import nonnegative_int, positive_int, seed
-from engramtier.errors import EngramTierError
-from contextlib import ExitStack
-from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table, load_profile
-from engramtier.model.checkpoint import Checkpoint, import_checkpoint
-from engramtier.model.presets import preset_hash_config
-from engramtier.rundir import claim
-from engramtier.tiers.open import LMDB_TABLE
-from engramtier.tiers.lmdb_table import RandomRows
-from engramtier.model.hashing import NgramHasher
-from engramtier.model.presets import get_preset
 from engramtier.cache.hierarchy import parse_size
+from engramtier.errors import EngramTierError
+from engramtier.model.checkpoint import Checkpoint, import_checkpoint
+from engramtier.model.hashing import NgramHasher
+from engramtier.model.presets import get_preset, preset_hash_config
+from engramtier.rundir import claim
+from engramtier.tiers.lmdb_table import FlatTableRows, RandomRows, build_lmdb_table, load_profile
+from engramtier.tiers.open import LMDB_TABLE
 
 _EXAMPLES = """\
 examples:

@@ -34,16 +34,28 @@ from numba import njit
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
+from engramtier.model.rows import RowFormat
+from engramtier.model.table import MANIFEST_FILE, open_table
 from engramtier.tiers.nvme import (
-    COUNT, DATA_FILE, LAYOUT_CHUNK, TABLE_FORMAT, layout_chunk_keys, open_environment, permutation_dtype,
+    COUNT,
+    DATA_FILE,
+    LAYOUT_CHUNK,
+    TABLE_FORMAT,
+    layout_chunk_keys,
+    open_environment,
+    permutation_dtype,
 )
 from engramtier.tiers.pages import (
-    PAGE_HEADER, PAGE_KEY, ROW_SUM_BYTES, Compression, Layout, encode_page, row_checksums,
+    PAGE_HEADER,
+    PAGE_KEY,
+    ROW_SUM_BYTES,
+    Compression,
+    Layout,
+    encode_page,
+    row_checksums,
 )
 from engramtier.trace.stats import row_counts
 from engramtier.trace.tracefile import TraceReader
-from engramtier.model.table import MANIFEST_FILE, open_table
-from engramtier.model.rows import RowFormat
 
 # An LMDB value larger than a page lives in whole 4 KiB overflow pages after a 16-byte page header;
 # sizing pages to fit that exactly keeps a "16 KiB" page in 16 KiB of disk instead of 20.

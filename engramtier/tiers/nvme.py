@@ -45,9 +45,9 @@ import numpy as np
 import zstandard
 
 from engramtier.errors import EngramTierError
+from engramtier.model.table import check_manifest
 from engramtier.tiers.base import Tier, default_model
 from engramtier.tiers.pages import PAGE_KEY, Layout, read_rows, rows_offset
-from engramtier.model.table import check_manifest
 
 TABLE_FORMAT = b"engramtier-lmdb-table/1"
 DATA_FILE = "data.mdb"
@@ -221,7 +221,7 @@ class NvmeTier(Tier):
         if self._pool is None or pages.size < 4 * self.readers:
             return [work(pages)]
         bounds = np.linspace(0, pages.size, self.readers + 1).astype(np.int64)
-        return list(self._pool.map(work, [pages[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
+        return list(self._pool.map(work, [pages[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]))
 
     def _lookup(self, pages: np.ndarray) -> Any:
         """Yield (page, rows on it, stored value) for ``pages``, recording where each value lives.

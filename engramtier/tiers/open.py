@@ -22,13 +22,13 @@ from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import GATHERS, DramTier
 from engramtier.tiers.gpu import GpuTier
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import FailoverStore, open_remote, split_rule
 from engramtier.tiers.slab import SlabTier
 from engramtier.tiers.step import PARALLEL_MIN_ROWS
 from engramtier.tiers.tiered import TieredTable
 from engramtier.trace.layout import SubtableLayout
-from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 
 # The slab behind each of a cache tier's `storage` names (`engramtier.cache.hierarchy.CACHE_STORAGE`).
 STORAGE = {"gpu": GpuTier, "dram": DramTier, "cxl": CxlTier}

@@ -12,9 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engramtier.trace.rowtrace import RowTrace
 from engramtier.errors import EngramTierError
-
+from engramtier.trace.rowtrace import RowTrace
 
 BYTES_READ_NOTE = ("bytes read is what each tier actually read, served bytes its hits x row bytes; they differ "
                    "because a row is read from the fastest tier holding it when its step starts (which can be "

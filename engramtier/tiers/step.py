@@ -47,10 +47,10 @@ import torch
 from numba import njit, prange
 
 from engramtier.cache import keymap
-from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
 from engramtier.cache.deadline import late_keys, late_rows
 from engramtier.cache.engine import Engine
 from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier
 from engramtier.tiers.slab import SlabTier, words

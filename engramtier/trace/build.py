@@ -25,13 +25,13 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import NgramHasher
 from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import TokenSource
-from tqdm import tqdm
 from engramtier.trace.tracefile import TraceWriter
 
 MODES = ("prefill", "decode")

@@ -10,13 +10,12 @@ from engramtier.argtypes import int_list, nonnegative_int, positive_float, posit
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import shape_problems
 from engramtier.model.presets import SHAPE_KEYS, shape_settings
-from engramtier.outputs import check_output_file
+from engramtier.outputs import atomic_output, check_output_file
 from engramtier.trace.build import StepPlan, hasher_for, write_trace
+from engramtier.trace.export import export_trace
 from engramtier.trace.sources import TextSource, ZipfSource
-from engramtier.outputs import atomic_output
 from engramtier.trace.stats import trace_stats
 from engramtier.trace.tracefile import TraceReader
-from engramtier.trace.export import export_trace
 
 TRACE_EXAMPLES = """examples:
   engramtier trace engramtier/data/sample_text -o docs.trace

@@ -279,7 +279,7 @@ class TraceWriter:
         index, keys = [], np.empty(0, np.int64)
         first_step = first_row = 0
         self._raw.seek(0)
-        for offset, length in self._raw_frames:
+        for _offset, length in self._raw_frames:
             counts, rows = _decode_frame(self._raw.read(length), decompressor, self.n_steps, self.n_rows)
             if keys.size < rows.size:
                 keys = np.empty(rows.size, np.int64)

@@ -28,11 +28,30 @@ node. A miss so touches a few nodes where four linked lists would touch twice as
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (
-    EXTRA, FREE, INDEX, KEY_OF, LENGTH, LIST_OF, NXT, PRV, SCALARS, ST, give_node, holds, link_key, lists_state,
-    lists_state_type, move_to_head, node_of, push_head, take_node, unlink, unlink_key,
-)
 from engramtier.cache import keymap
+from engramtier.cache.policies._lists import (
+    EXTRA,
+    FREE,
+    INDEX,
+    KEY_OF,
+    LENGTH,
+    LIST_OF,
+    NXT,
+    PRV,
+    SCALARS,
+    ST,
+    give_node,
+    holds,
+    link_key,
+    lists_state,
+    lists_state_type,
+    move_to_head,
+    node_of,
+    push_head,
+    take_node,
+    unlink,
+    unlink_key,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.cache.prefetch import prefetch
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from engramtier.cache.mrc import lru_mrc
 from engramtier.cache.policy import PolicyContext, check_policy, make_policy, register
 from engramtier.errors import EngramTierError
 from engramtier.trace.layout import SubtableLayout
-from engramtier.cache.mrc import lru_mrc
 
 QUANTA = 512  # profile shares are allocated in slices of capacity / QUANTA rows
 

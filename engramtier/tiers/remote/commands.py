@@ -14,11 +14,10 @@ import tomllib
 from typing import Any
 
 from engramtier.argtypes import positive_int
+from engramtier.cache.hierarchy import TierSpec, load_hierarchy
 from engramtier.errors import EngramTierError
-from engramtier.cache.hierarchy import TierSpec
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote, split_rule
-from engramtier.cache.hierarchy import load_hierarchy
 
 _EXAMPLES = """\
 examples:

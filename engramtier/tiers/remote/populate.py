@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from engramtier.cache.timing import calibrate
 from engramtier.errors import EngramTierError
 from engramtier.tiers.remote.base import RemoteTier
-from engramtier.cache.timing import calibrate
 
 POPULATE_ROWS = 1 << 16
 
