@@ -119,7 +119,7 @@ def test_streamed_commands_refuse_damaged_and_old_traces_in_one_line(tmp_path, c
 
 def test_image_tokens_are_blocked_in_the_trace(tmp_path):
     """A trace with --image-token reads, per window, the rows of the hash config with the image id, which
-    differ from those without it only at and after the images (DESIGN.md's image rule)."""
+    differ from those without it only at and after the images (docs/design.md's image rule)."""
     image = 129279  # <｜image｜> in DeepSeek's tokenizer
     text = tmp_path / "img.txt"
     text.write_text("<｜image｜> A cat sits on <｜image｜> the mat and looks at the dog.<｜image｜>")

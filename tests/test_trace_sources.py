@@ -101,7 +101,7 @@ def test_text_source_tokenizes_each_document(corpus):
     docs = list(source.documents())
     want = [tok.encode(text) for _, text in text_documents([corpus])]
     assert len(docs) == len(want) == 6
-    for got, exp in zip(docs, want):
+    for got, exp in zip(docs, want, strict=True):
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, exp)
     cfg = source.hash_config((1009, 1013), (1,), 2, 0)

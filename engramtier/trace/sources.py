@@ -23,6 +23,7 @@ import numpy as np
 from engramtier import memory
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import HashConfig
+from engramtier.model.tokenizer import load_compressed_tokenizer
 
 TEXT_MEMORY_PER_BYTE = 64  # memory while a document is decoded, tokenized and hashed, per byte of its text
 _READ_CHUNK = 1 << 20
@@ -221,7 +222,6 @@ class TextSource:
                  engram_pad: int | None = None, image_token: int | None = None):
         """``engram_pad``: the base id that stands for positions before a sequence's start (None: the
         tokenizer's default); ``image_token``: the base id of the image token hashing blocks (None: none)."""
-        from engramtier.model.tokenizer import load_compressed_tokenizer
 
         self.paths = [str(p) for p in paths]
         if not self.paths:
