@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from engramtier.documents import html_to_text, text_documents
 from engramtier.errors import EngramTierError
 from engramtier.model.tokenizer import load_compressed_tokenizer
-from engramtier.trace.sources import TextSource, ZipfSource, html_to_text, sample_text_dir, text_documents
+from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
 
 
 @pytest.fixture
