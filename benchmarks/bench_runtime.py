@@ -21,7 +21,7 @@ of the sample text, read again from its start when it runs out (real n-gram stat
 a dram cache over nvme lives on), or uniform random ids (nano-vLLM's; almost every row is then read
 once, the worst case for any cache).
 
-Per mode and tiered configuration, one checking replay (`engramtier.tiers.replay.replay`, on the first
+Per mode and tiered configuration, one checking replay (`engramtier.serve.replay.replay`, on the first
 --check-batches batches) proves the outputs bitwise equal to the flat table's and the simulator's hit
 counts equal to the runtime's; then --repeats timed passes alternate flat and every tiered
 configuration (a fresh table each time; --cold-nvme drops the LMDB file from the page cache first, so
@@ -36,6 +36,13 @@ LMDB table and exits (benchmarks/gpu_check.sh builds it while the GPU tests run)
 
 ``--backbone 1b`` (d_model 2048, 20 blocks) is meant for a GPU, for the stall target (<= 1% with the
 prefetch hidden behind the blocks before the first Engram layer).
+
+``--parts`` picks what runs: ``e2e`` (the above, the default), and the runtime at DeepSeek-V4.1-Flash's
+scale without a model (`runtime_scale.py`): ``state`` (memory and time to open vs table rows, 1M..768M),
+``steps`` (a step of cached rows vs a flat gather, 16..65,536 rows) and ``store`` (LMDB reads, warm
+and cold, vs a plain sorted read loop).
+
+    python benchmarks/bench_runtime.py --parts state,steps,store
 
     python benchmarks/bench_runtime.py [--quick] [--device cuda] [--backbone 1b]
     # the paper's offload experiment at a 20 GB table (gpu_check.sh adds --check-batches 4 --repeats 1):
@@ -52,6 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import runtime_scale
 import torch
 
 from engramtier.cache.hierarchy import Hierarchy
@@ -60,9 +68,9 @@ from engramtier.model.hashing import NgramHasher
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
 from engramtier.provenance import machine_info
+from engramtier.serve.replay import forward_inputs, replay, text_batches
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import drop_page_cache
-from engramtier.tiers.replay import forward_inputs, replay, text_batches
 from engramtier.tiers.open import open_table
 from engramtier.tiers.tiered import TieredTable
 from engramtier.trace.build import StepPlan
@@ -73,6 +81,7 @@ BACKBONES = {
     "1b": dict(d_model=2048, n_layers=20, n_heads=16, engram_layers=(2, 12)),
 }
 HIERARCHIES = ("gpu-dram-nvme", "dram", "dram-nvme")
+PARTS = ("e2e", "state", "steps", "store")
 WARMED = ("dram",)  # timed after one untimed pass through the same table
 GATHERS = ("copy", "uva")
 MODES = ("prefill", "decode")
@@ -154,7 +163,7 @@ def sequence_batches(stream: np.ndarray | None, vocab_size: int, pad: int, plan:
     for lo in range(0, n, per_batch):
         group = lengths[lo : lo + per_batch]
         batch = np.full((group.size, int(group.max())), pad, np.int64)
-        for i, (start, length) in enumerate(zip(starts[lo : lo + per_batch].tolist(), group.tolist())):
+        for i, (start, length) in enumerate(zip(starts[lo : lo + per_batch].tolist(), group.tolist(), strict=True)):
             batch[i, :length] = rng.integers(0, vocab_size, length) if stream is None \
                 else stream[np.arange(start, start + length) % stream.size]
         batches.append(torch.from_numpy(batch))
@@ -260,6 +269,16 @@ def parse_args():
     parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"],
                         help="float32 matmuls: high allows TF32 on a GPU")
     parser.add_argument("--build-only", action="store_true", help="build the LMDB table into --dir and exit")
+    parser.add_argument("--parts", type=comma_list(PARTS), default=["e2e"], help="what to run (see above)")
+    ints = lambda text: [int(float(x)) for x in text.split(",") if x]  # noqa: E731
+    parser.add_argument("--state-rows", type=ints, default=[1_000_000, 100_000_000, runtime_scale.V41_ROWS],
+                        help="table rows to open (state)")
+    parser.add_argument("--step-sizes", type=ints, default=[16, 64, 256, 1024, 4096, 16384, 65536],
+                        help="rows per step (steps)")
+    parser.add_argument("--step-rounds", type=int, default=5, help="alternating rounds per step size (steps)")
+    parser.add_argument("--store-rows", type=int, default=2_000_000, help="rows of the LMDB table (store)")
+    parser.add_argument("--store-sizes", type=ints, default=[256, 4096, 65536], help="rows per read (store)")
+    parser.add_argument("--store-readers", type=ints, default=[1, 4], help="reader threads to compare (store)")
     args = parser.parse_args()
     if "uva" in args.dram_gather and args.device != "cuda":
         parser.error("--dram-gather uva has the GPU read pinned host memory; it needs --device cuda")
@@ -268,8 +287,25 @@ def parse_args():
     return args
 
 
+def scale_parts(args) -> dict:
+    """The parts that need no model (`runtime_scale`)."""
+    out = {}
+    if "state" in args.parts:
+        out["state"] = runtime_scale.state(args.state_rows, [("256MiB", "2GiB"), ("32MiB", "128MiB")])
+    if "steps" in args.parts:
+        out["steps"] = runtime_scale.steps(args.step_sizes, runtime_scale.V41_ROWS, args.step_rounds)
+    if "store" in args.parts:
+        folder = Path(args.dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        out["store"] = runtime_scale.store(args.store_sizes, args.store_rows, args.store_readers, folder)
+    return out
+
+
 def main() -> None:
     args = parse_args()
+    if "e2e" not in args.parts:
+        print(json.dumps({"benchmark": "runtime-scale", "machine": machine_info(), **scale_parts(args)}, indent=2))
+        return
     torch.manual_seed(0)
     torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device(args.device)
@@ -347,6 +383,7 @@ def main() -> None:
         "repeats": repeats,
         "setup_seconds": setup_s,
         "results": results,
+        **scale_parts(args),
     }, indent=2))
 
 

@@ -133,6 +133,7 @@ def test_trace_preset_sets_defaults_that_keys_override(tmp_path):
     ('source = "zipf"', 'source = "zipf"\npreset = 4', "'preset' must be a preset name"),
     ('source = "zipf"', 'source = "file"\nfile = "x.trace"\npreset = "engram-27b"', "drop 'preset'"),
     ('source = "zipf"', 'source = "zipf"\nengram_pad = -1', "'engram_pad' (a base token id) must be an integer >= 0"),
+    ('source = "zipf"', 'source = "zipf"\nimage_token = 1.5', "'image_token' (a base token id) must be an integer >= 0"),
 ])
 def test_preset_mistakes(tmp_path, capsys, old, new, message):
     err = _fail(tmp_path, capsys, GOOD.replace(old, new, 1))

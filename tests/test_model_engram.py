@@ -1,4 +1,4 @@
-"""The Engram layer against a direct, position-by-position re-computation of the paper's formulas."""
+"""The classic Engram layer against a direct, position-by-position re-computation of the paper's formulas."""
 
 import math
 
@@ -6,14 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engramtier.model.engram import EngramLayer, ShortConv, TrainableTable
+from engramtier.model.engram import ClassicEngram, ShortConv, TrainableTable
 from engramtier.model.rows import RowFormat
 
 D_MODEL, ROWS_PER_TOKEN, NGRAM, HC = 8, 4, 3, 2
 
 
-def _layer(fmt=RowFormat("bf16", 4), seed=0):
-    layer = EngramLayer(D_MODEL, ROWS_PER_TOKEN, fmt, max_ngram_size=NGRAM, hc_mult=HC, kernel_size=4)
+BF16_4 = RowFormat("bf16", 4)
+
+
+def _layer(fmt=BF16_4, seed=0):
+    layer = ClassicEngram(D_MODEL, ROWS_PER_TOKEN, fmt, max_ngram_size=NGRAM, hc_mult=HC, kernel_size=4)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # every parameter random, the zero-initialised convolution included
         for p in layer.parameters():
@@ -26,7 +29,7 @@ def _rmsnorm(x, weight, eps=1e-5):
 
 
 def _reference(layer, hidden, rows):
-    """The paper's layer written out per batch, position and branch, with scalar loops."""
+    """The paper's layer written out per batch, position and branch, with scalar loops: the new hidden state."""
     batch, length = hidden.shape[:2]
     wk = layer.key_proj.weight.view(HC, D_MODEL, -1)
     wv = layer.value_proj.weight
@@ -42,7 +45,7 @@ def _reference(layer, hidden, rows):
                 gate = 1 / (1 + math.exp(-signed_root))
                 value[b, t, c] = gate * (wv @ e)
     conv = layer.short_conv
-    out = value.clone()
+    out = hidden + value
     for b in range(batch):
         normed = torch.stack([torch.stack([_rmsnorm(value[b, t, c], conv.norm_weight[c]) for c in range(HC)])
                               for t in range(length)])
@@ -62,8 +65,8 @@ def test_layer_matches_the_formulas_computed_by_hand():
     generator = torch.Generator().manual_seed(1)
     hidden = torch.randn(2, 11, HC, D_MODEL, generator=generator)
     rows = torch.randn(2, 11, ROWS_PER_TOKEN, 4, generator=generator)
-    update, _ = layer(hidden, rows)
-    torch.testing.assert_close(update, _reference(layer, hidden, rows), rtol=1e-5, atol=1e-5)
+    out, _ = layer(hidden, rows)
+    torch.testing.assert_close(out, _reference(layer, hidden, rows), rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

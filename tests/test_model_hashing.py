@@ -1,13 +1,19 @@
-"""The N-gram hasher against DESIGN.md's addressing: formulas, primes, and three implementations."""
+"""The N-gram hasher against docs/design.md's addressing: formulas, primes, and three implementations."""
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import (
-    HashConfig, NgramHasher, _mod_fast, _FAST_MOD_MIN_PRIME, hash_reference_numpy, head_primes,
+    _FAST_MOD_MIN_PRIME,
+    HashConfig,
+    NgramHasher,
+    _mod_fast,
+    hash_reference_numpy,
+    head_primes,
 )
 
 
@@ -78,7 +84,7 @@ def test_ragged_sequences_hash_as_if_alone():
     seqs = [rng.integers(0, 1000, size=n) for n in (1, 2, 7, 0, 5)]
     starts = np.concatenate([[0], np.cumsum([s.size for s in seqs])])
     ragged = hasher.hash_ragged(np.concatenate(seqs), starts)
-    for s, lo, hi in zip(seqs, starts[:-1], starts[1:]):
+    for s, lo, hi in zip(seqs, starts[:-1], starts[1:], strict=True):
         if s.size:
             np.testing.assert_array_equal(ragged[lo:hi], hasher.hash(s))
 
@@ -101,7 +107,7 @@ def test_many_chunks_and_threads_give_the_same_ids():
     one = hasher.hash_ragged(tokens, starts, threads=1).copy()
     two = hasher.hash_ragged(tokens, starts, threads=2, out=buffer)
     np.testing.assert_array_equal(one, two)
-    for lo, hi in zip(starts[:-1], starts[1:]):
+    for lo, hi in zip(starts[:-1], starts[1:], strict=True):
         np.testing.assert_array_equal(one[lo:hi], hash_reference_numpy(hasher, tokens[None, lo:hi])[0])
 
 
@@ -150,3 +156,93 @@ def test_ids_outside_the_vocabulary_are_refused():
             hasher.hash_torch(torch.tensor(bad))
     with pytest.raises(EngramTierError, match="shaped"):
         hasher.hash(np.zeros((1, 2, 3), dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------- image positions
+
+IMAGE = 7
+
+
+def _image_config(**kw):
+    return HashConfig(vocab_size=1000, pad_id=3, table_sizes=(20_011, 30_011, 40_009), layer_ids=(1, 14), n_heads=2,
+                      image_id=IMAGE, **kw)
+
+
+def _rule_rows(hasher, sequence):
+    """docs/design.md's image rule written out per position in plain Python integers: walking back from t,
+    the first shift that is the image token or lies before the start blocks itself and every older one,
+    which then hold the pad; the rest is the ordinary XOR-multiply-mod addressing."""
+    cfg = hasher.config
+    rows = []
+    for t in range(len(sequence)):
+        context, blocked = [], False
+        for k in range(cfg.max_ngram_size):
+            blocked = blocked or t - k < 0 or int(sequence[t - k]) == cfg.image_id
+            context.append(cfg.pad_id if blocked else int(sequence[t - k]))
+        per_layer = []
+        for li in range(len(cfg.layer_ids)):
+            m = [int(v) for v in hasher.multipliers[li]]
+            ids = []
+            for oi in range(cfg.max_ngram_size - 1):
+                mix = 0
+                for k in range(oi + 2):
+                    mix ^= context[k] * m[k]
+                ids += [mix % int(p) + int(o) for p, o in zip(hasher.primes[li, oi], hasher.offsets[li, oi], strict=True)]
+            per_layer.append(ids)
+        rows.append(per_layer)
+    return np.array(rows, dtype=np.int64).reshape(len(sequence), len(cfg.layer_ids), -1)
+
+
+SEQUENCES = {
+    "start": [IMAGE, 11, 12, 13, 14, 15],
+    "middle": [11, 12, 13, IMAGE, 14, 15, 16, 17],
+    "end": [11, 12, 13, 14, IMAGE],
+    "consecutive": [11, IMAGE, IMAGE, 12, 13, IMAGE, 14],
+    "only": [IMAGE],
+}
+
+
+@pytest.mark.parametrize("where", SEQUENCES)
+def test_image_positions_hash_by_the_rule_in_every_implementation(where):
+    hasher = NgramHasher(_image_config())
+    seq = np.array(SEQUENCES[where])
+    expected = _rule_rows(hasher, seq)
+    np.testing.assert_array_equal(hasher.hash(seq), expected)
+    np.testing.assert_array_equal(hasher.hash_torch(torch.from_numpy(seq)).numpy(), expected)
+    np.testing.assert_array_equal(hash_reference_numpy(hasher, seq[None])[0], expected)
+    # no n-gram reaches across an image: a position after it reads what it reads in a sequence starting there
+    after = np.flatnonzero(seq == IMAGE)[-1] + 1
+    if after < seq.size:
+        np.testing.assert_array_equal(hasher.hash(seq)[after:], hasher.hash(seq[after:]))
+
+
+def test_ragged_sequences_with_images_hash_as_if_alone():
+    hasher = NgramHasher(_image_config())
+    seqs = [np.array(s) for s in SEQUENCES.values()]
+    starts = np.concatenate([[0], np.cumsum([s.size for s in seqs])])
+    ragged = hasher.hash_ragged(np.concatenate(seqs), starts)
+    for s, lo, hi in zip(seqs, starts[:-1], starts[1:], strict=True):
+        np.testing.assert_array_equal(ragged[lo:hi], _rule_rows(hasher, s))
+
+
+def test_without_an_image_id_the_image_token_is_an_ordinary_token():
+    plain = NgramHasher(HashConfig(**{**_image_config().to_dict(), "image_id": None}))
+    seq = np.array(SEQUENCES["middle"])
+    rows = plain.hash(seq)
+    np.testing.assert_array_equal(rows, hash_reference_numpy(plain, seq[None])[0])
+    assert not np.array_equal(rows, NgramHasher(_image_config()).hash(seq))
+
+
+def test_the_image_id_enters_the_fingerprint_only_when_set():
+    import hashlib
+    import json
+
+    with_image = _image_config()
+    without = HashConfig(**{**with_image.to_dict(), "image_id": None})
+    assert "image_id" not in without.to_dict()  # so tables and traces written before it keep their fingerprint
+    blob = json.dumps(without.to_dict(), sort_keys=True).encode()
+    assert without.fingerprint == hashlib.sha256(blob).hexdigest()[:16]
+    assert with_image.fingerprint != without.fingerprint
+    assert HashConfig.from_dict(with_image.to_dict()) == with_image
+    with pytest.raises(EngramTierError, match="image_id 1000 lies outside"):
+        HashConfig(vocab_size=1000, pad_id=0, image_id=1000)

@@ -1,4 +1,4 @@
-"""Tokenizer compression: DESIGN.md's rule (DeepSeek's demo, id for id) and the shipped base tokenizers."""
+"""Tokenizer compression: docs/design.md's rule (DeepSeek's demo, id for id) and the shipped base tokenizers."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,11 @@ import pytest
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import HashConfig
 from engramtier.model.tokenizer import (
-    BaseTokenizer, CompressedTokenizer, canonical_key, load_base_tokenizer, load_compressed_tokenizer,
+    BaseTokenizer,
+    CompressedTokenizer,
+    canonical_key,
+    load_base_tokenizer,
+    load_compressed_tokenizer,
 )
 
 
@@ -152,3 +156,17 @@ def test_unknown_or_broken_tokenizers_fail_in_one_line(tmp_path):
     with pytest.raises(EngramTierError, match="not a valid Hugging Face tokenizer.json") as err:
         load_base_tokenizer(str(bad))
     assert "\n" not in str(err.value)
+
+
+def test_an_image_token_must_own_its_canonical_id():
+    tok = load_compressed_tokenizer("deepseek")
+    assert tok.image_id is None
+    image = load_compressed_tokenizer("deepseek", image_base_id=129279)  # <｜image｜>
+    assert image.image_base_id == 129279 and image.image_id == tok.lookup[129279]
+    assert image.lookup is tok.lookup and tok.image_id is None  # the same lookup, the cached tokenizer untouched
+    shared = int(np.flatnonzero(np.bincount(tok.lookup) > 1)[0])  # a canonical id several base ids share
+    base = int(np.flatnonzero(tok.lookup == shared)[0])
+    with pytest.raises(EngramTierError, match=f"base id {base} shares its canonical id"):
+        load_compressed_tokenizer("deepseek", image_base_id=base)
+    with pytest.raises(EngramTierError, match="outside tokenizer deepseek's vocabulary"):
+        load_compressed_tokenizer("deepseek", image_base_id=tok.base_vocab_size)

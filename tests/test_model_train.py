@@ -8,7 +8,8 @@ import torch
 
 from engramtier import cli
 from engramtier.errors import EngramTierError
-from engramtier.model.train import TrainConfig, evaluate, load_model, split_documents, tokenize_corpus, train
+from engramtier.model.run import load_model
+from engramtier.model.train import TrainConfig, evaluate, split_documents, tokenize_corpus, train
 from engramtier.trace.sources import sample_text_dir
 
 TINY = dict(tokenizer="bpe:512", steps=80, batch_size=8, seq_len=32, lr=1e-2, table_lr=5e-2, warmup_steps=5,
@@ -101,3 +102,36 @@ def test_held_out_documents_are_chosen_by_content():
     assert split_documents(list(reversed(docs)), 0.1)[1] == list(reversed(val_docs))  # order does not matter
     train_docs, val_docs = split_documents(["just one document " * 10], 0.1)  # too few: hold out its end
     assert len(train_docs) == len(val_docs) == 1 and val_docs[0] and train_docs[0].startswith("just one")
+
+
+@pytest.mark.parametrize("variant", ["demo", "dsv41"])
+def test_other_variants_train_from_the_command_line_and_reload(tmp_path, capsys, variant):
+    out = tmp_path / variant
+    args = ["train", "--text", str(sample_text_dir()), "--out", str(out), "--quiet", "--variant", variant,
+            "--tokenizer", "bpe:512", "--steps", "20", "--batch-size", "4", "--seq-len", "16", "--d-model", "32",
+            "--layers", "2", "--heads", "2", "--engram-layers", "1", "--table-size", "211", "--hash-heads", "2",
+            "--hc-mult", "2", "--eval-tokens", "256", "--lr", "1e-2", "--table-lr", "5e-2"]
+    assert cli.main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_loss"] < records[0]["train_loss"] - 0.3
+    loaded = load_model(out)
+    assert loaded.model.config.variant == variant
+    assert loaded.model.config.norm_eps == (1e-6 if variant == "dsv41" else 1e-5)  # DeepSeek's, for its layer
+    assert type(loaded.model.blocks[1].engram).variant == variant
+
+
+def test_a_config_saved_without_a_variant_loads_as_the_classic_layer(run, tmp_path):
+    out, _ = run
+    config = json.loads((out / "config.json").read_text())
+    assert config.pop("variant") == "classic" and config.pop("backbone") == "transformer"
+    old = tmp_path / "old"
+    old.mkdir()
+    for item in out.iterdir():
+        if item.is_file():
+            (old / item.name).write_bytes(item.read_bytes())
+    (old / "table").symlink_to(out / "table")
+    (old / "config.json").write_text(json.dumps(config))  # as engramtier wrote it before the variants
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    again, before = load_model(old), load_model(out)
+    assert again.model.config.variant == "classic" and type(again.model.blocks[1].engram).variant == "classic"
+    assert torch.equal(again.model(ids, rows=again.rows), before.model(ids, rows=before.rows))

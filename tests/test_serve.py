@@ -24,14 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.cli import main
-from engramtier.model.train import load_model
+from engramtier.model.run import load_model
 from engramtier.serve.app import build_app
 from engramtier.serve.engine import ServeEngine
+from engramtier.serve.generate import generate
 from engramtier.serve.metrics import ServeMetrics
-from engramtier.tiers.generate import generate
+from engramtier.serve.replay import random_run
 from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model
-from engramtier.tiers.replay import random_run
 from engramtier.trace.schedule import Scheduler
 from engramtier.trace.sources import sample_text_dir
 from engramtier.trace.tracefile import TraceReader, save_trace
@@ -261,7 +261,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(run_dir, tmp_path):
     trace = tmp_path / "served.trace"
     process = subprocess.Popen(
         [sys.executable, "-m", "engramtier.cli", "serve", "--run", str(run_dir), "--port", "0", "--device", "cpu",
-         "--hierarchy", str(run_dir / "tiers.toml"), "--record-trace", str(trace)],
+         "--hierarchy", str(run_dir / "tiers.toml"), "--record", str(trace)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         first = process.stdout.readline()
@@ -294,5 +294,5 @@ def test_serve_refusals(run_dir, tmp_path, capsys):
     assert "choose another --port" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
     assert "config.json is missing" in capsys.readouterr().err
-    assert main(["serve", "--run", str(run_dir), "--record-trace", str(tmp_path / "no" / "x.trace")]) == 2
+    assert main(["serve", "--run", str(run_dir), "--record", str(tmp_path / "no" / "x.trace")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -173,6 +173,10 @@ def test_corrupt_pages_are_named(tables, source, tmp_path, layout):
                 tier.read([6 * page_rows + 1], out)
             tier.read([6 * page_rows + 3], out)
             np.testing.assert_array_equal(out, source_rows(source, [6 * page_rows + 3]))
+    with NvmeTier(table, readers=3) as tier:  # a batch shared by the readers, page by page, finds them too
+        ids = np.random.default_rng(5).permutation(N_ROWS)[:1000]
+        with pytest.raises(EngramTierError, match=f"page [246] of .*{DATA_FILE} is corrupt"):
+            tier.read(np.concatenate([ids, [4 * page_rows + 1]]), np.empty((1001, source.row_bytes), np.uint8))
 
 
 def test_refusals(tmp_path, tables, source):

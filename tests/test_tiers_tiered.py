@@ -1,20 +1,25 @@
 """TieredTable: the simulator's hit counts exactly, the flat table's bytes exactly, slabs that mirror
 their policies, one step per forward pass, preloaded hot sets, and its refusals."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
+from engramtier.tiers.computed import ComputedStore, expected_rows
+from engramtier.tiers.cxl import CxlTier
+from engramtier.tiers.dram import DramTier
+from engramtier.tiers.gpu import GpuTier
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
-from engramtier.tiers.open import open_table
+from engramtier.tiers.open import open_table, tiered_table
 
 N_ROWS, DIM = 400, 8
 
@@ -45,13 +50,26 @@ def zipf_steps(n_steps, seed, max_len=50):
 
 def assert_slabs_mirror_policies(table, flat):
     """Every cache tier's slab holds exactly its policy's rows, each with the table's bytes."""
-    for tier, policy in zip(table.caches, table.engine.policies):
-        held = np.flatnonzero(tier.slot_of >= 0)
+    for tier, policy in zip(table.caches, table.engine.policies, strict=True):
+        held = np.sort(tier.id_of[tier.id_of >= 0])
         by_policy = np.array([k for k in range(N_ROWS) if policy.contains(k)], np.int64)
         np.testing.assert_array_equal(held, by_policy)
         rows = np.empty((held.size, flat.shape[1]), np.uint8)
         tier.read(held, rows)
         np.testing.assert_array_equal(rows, flat[held])
+
+
+def assert_runtime_is_simulated(table, spec, ctx=None):
+    """The table's counts per tier and per step are what the simulator makes of its recorded trace."""
+    trace, runtime, per_step = table.recorded_trace(), table.stats(), table.step_records()
+    sim = simulate(trace, Hierarchy.from_dict(spec), compute_window_s=0.0, progress=False)
+    keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined", "served_bytes")
+    simulated = [{**t, "served_bytes": t["bytes_read"]} for t in sim.tier_stats()]
+    assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in simulated]
+    served = np.array([[s["served"][t["name"]] for s in per_step] for t in spec["tier"]])
+    np.testing.assert_array_equal(served, sim.served)
+    assert [s["unique"] for s in per_step] == sim.unique.tolist()
+    return runtime
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
@@ -64,18 +82,66 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
             got = table.prefetch(torch.from_numpy(ids)).wait()
             np.testing.assert_array_equal(got.numpy(), flat[ids])
         table.finish()
-        trace = table.recorded_trace()
-        runtime, per_step = table.stats(), table.step_records()
+        np.testing.assert_array_equal(table.recorded_trace().rows, np.concatenate(steps))
         assert_slabs_mirror_policies(table, flat)
-    np.testing.assert_array_equal(trace.rows, np.concatenate(steps))
-    sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode, top, middle)), compute_window_s=0.0, progress=False)
-    keys = ("lookups", "hits", "promoted", "demoted", "evicted", "declined", "served_bytes")
-    simulated = [{**t, "served_bytes": t["bytes_read"]} for t in sim.tier_stats()]
-    assert [{k: t[k] for k in keys} for t in runtime["tiers"]] == [{k: t[k] for k in keys} for t in simulated]
-    served = np.array([[s["served"][name] for s in per_step] for name in ("gpu", "dram", "nvme")])
-    np.testing.assert_array_equal(served, sim.served)
-    assert [s["unique"] for s in per_step] == sim.unique.tolist()
+        runtime = assert_runtime_is_simulated(table, hierarchy(mode, top, middle))
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
+
+
+ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu"]
+
+
+@pytest.mark.parametrize("policy", ONLINE)
+def test_every_policy_hits_as_simulated_above_and_below_in_both_modes(table_dir, policy):
+    """Each online policy as the top tier and as the tier below, inclusive and exclusive: the runtime keys
+    its maps by row id in hashed maps, the simulator by dense keys in arrays; the counts agree."""
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=8, max_len=60)
+    rows = 100 if policy == "wtinylfu" else 20  # W-TinyLFU's window needs 100 rows
+    for mode in ("inclusive", "exclusive"):
+        for spec in (hierarchy(mode, policy, "lru", top_rows=rows, middle_rows=rows + 40),
+                     hierarchy(mode, "lru", policy, top_rows=10, middle_rows=rows + 10)):
+            with open_table(spec, path, device="cpu", record_trace=True) as table:
+                for ids in steps:
+                    np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+                table.finish()
+                assert_slabs_mirror_policies(table, flat)
+                runtime = assert_runtime_is_simulated(table, spec)
+            assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0
+
+
+@pytest.mark.parametrize("filter_text", ["bloom", "prob:0.5:1", "tinylfu"])
+def test_admission_hits_as_simulated_in_both_modes(table_dir, filter_text):
+    """A filter on each cache tier: the runtime keys it by row id, the simulator by dense keys hashed as
+    their row ids, and both decline the same rows (in exclusive mode, a row tier 0 declines goes down)."""
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=10, max_len=60)
+    for mode in ("inclusive", "exclusive"):
+        spec = hierarchy(mode, "lru", "arc", top_rows=20, middle_rows=60)
+        for tier in spec["tier"][:2]:
+            tier["admission"] = filter_text
+        with open_table(spec, path, device="cpu", record_trace=True) as table:
+            for ids in steps:
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            table.finish()
+            assert_slabs_mirror_policies(table, flat)
+            runtime = assert_runtime_is_simulated(table, spec)
+        assert all(t["declined"] > 0 and t["hits"] > 0 for t in runtime["tiers"][:2])
+
+
+@pytest.mark.parametrize("policy", ["belady", "lookahead"])
+def test_offline_policies_hit_as_simulated(table_dir, policy):
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=9)
+    starts = np.cumsum([0] + [ids.size for ids in steps])
+    for mode in ("inclusive", "exclusive"):
+        spec = hierarchy(mode, policy, "lru", top_rows=15, middle_rows=40)
+        ctx = PolicyContext(n_keys=N_ROWS, keys=np.concatenate(steps), step_starts=starts)
+        with open_table(spec, path, device="cpu", ctx=ctx, record_trace=True) as table:
+            for ids in steps:
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            table.finish()
+            assert_runtime_is_simulated(table, spec)
 
 
 @settings(max_examples=15, deadline=None)
@@ -105,7 +171,7 @@ def test_a_step_is_every_layer_of_one_forward_in_trace_order(table_dir):
     with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2, record_trace=True) as table:
         for forward in layers:
             handles = [table.prefetch(ids) for ids in forward]
-            for ids, handle in zip(forward, handles):
+            for ids, handle in zip(forward, handles, strict=True):
                 np.testing.assert_array_equal(handle.wait().numpy(), flat[ids.numpy()])
         trace = table.recorded_trace()
         assert table.stats()["steps"] == 5
@@ -153,13 +219,19 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
         open_table(hierarchy("inclusive"), fingerprinted, expect_fingerprint="abc")
     with pytest.raises(EngramTierError, match=r"tier 'dram': capacity 500 \(500 rows\) exceeds the table's 400 rows"):
         open_table(hierarchy("inclusive", middle_rows=500), path)
-    monkeypatch.setattr("engramtier.tiers.slab.available_host_bytes", lambda: 1000)
+    monkeypatch.setattr("engramtier.tiers.slab.available_host_bytes", lambda: 100)
     with pytest.raises(EngramTierError, match="tier 'gpu': gpu tier: needs .* GiB but only .* GiB are free"):
         open_table(hierarchy("inclusive"), path, device="cpu")
     monkeypatch.undo()
     spec = {"tier": [{"name": "flash", "capacity": 4, "policy": "lru", "model": "nvme"}, {"name": "nvme", "model": "nvme"}]}
     with pytest.raises(EngramTierError, match="cannot tell where cache tier 'flash' lives"):
         open_table(spec, path, device="cpu")
+    spec["tier"][0]["storage"] = "ssd"
+    with pytest.raises(EngramTierError, match=r"tier 'flash': unknown storage \(where the rows live\) 'ssd'"):
+        open_table(spec, path, device="cpu")
+    spec["tier"][-1]["storage"] = "dram"
+    with pytest.raises(EngramTierError, match="backing store; its storage is a table naming a remote store"):
+        Hierarchy.from_dict(spec | {"tier": [{**spec["tier"][0], "storage": "dram"}, spec["tier"][-1]]})
     with pytest.raises(EngramTierError, match="policy 'belady' is offline and needs the whole trace"):
         open_table(hierarchy("inclusive", top="belady"), path, device="cpu")
     with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2) as table:
@@ -171,6 +243,23 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
     with open_table(hierarchy("inclusive"), path, device="cpu") as table:
         with pytest.raises(EngramTierError, match="row id 400 lies outside the table's 400 rows"):
             table.prefetch(torch.tensor([1, 400]))
+    with pytest.raises(EngramTierError, match="stable_rows .* needs a cuda device"):
+        open_table(hierarchy("inclusive"), path, device="cpu", stable_rows=True)
+
+
+@pytest.mark.parametrize("storage,slab", [(None, GpuTier), ("dram", DramTier), ("cxl", CxlTier)])
+def test_a_cache_tiers_storage_says_where_its_rows_live(table_dir, storage, slab):
+    """An explicit `storage` decides the slab, whatever the tier and its model are called; without one,
+    the model does (hbm: a gpu tier). The hits follow the policy alone."""
+    path, _ = table_dir
+    spec = hierarchy("inclusive")
+    spec["tier"][0] |= {"name": "fast", "model": "hbm"} | ({"storage": storage} if storage else {})
+    with open_table(spec, path, device="cpu") as table:
+        assert type(table.caches[0]) is slab and isinstance(table.caches[1], DramTier)
+        for step in zipf_steps(20, seed=3):
+            table.prefetch(torch.from_numpy(step)).wait()
+        assert table.stats()["tiers"][0]["hits"] > 0
+    assert Hierarchy.from_dict(spec).to_dict()["tier"][0].get("storage") == storage
 
 
 @pytest.mark.gpu
@@ -190,6 +279,29 @@ def test_gpu_rows_and_hits(table_dir, mode):
         trace = table.recorded_trace()
     sim = simulate(trace, Hierarchy.from_dict(hierarchy(mode)), compute_window_s=0.0, progress=False)
     assert [t["hits"] for t in runtime["tiers"]] == [t["hits"] for t in sim.tier_stats()]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stable_rows_feed_a_captured_cuda_graph(table_dir):
+    """With stable_rows, steps of one size deliver into one buffer, so a CUDA graph captured over the
+    first step's rows computes on every later step's rows when replayed."""
+    path, flat = table_dir
+    rng = np.random.default_rng(12)
+    steps = [rng.integers(0, N_ROWS, 32) for _ in range(30)]
+    with open_table(hierarchy("inclusive"), path, device="cuda", stable_rows=True) as table:
+        rows = table.prefetch(torch.from_numpy(steps[0]).cuda()).wait()
+        sums = torch.empty(32, dtype=torch.int64, device="cuda")
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            sums.copy_(rows.to(torch.int64).sum(dim=1))
+        for ids in steps[1:]:
+            again = table.prefetch(torch.from_numpy(ids).cuda()).wait()
+            assert again.data_ptr() == rows.data_ptr()
+            graph.replay()
+            np.testing.assert_array_equal(sums.cpu().numpy(), flat[ids].astype(np.int64).sum(axis=1))
+        assert table.stats()["tiers"][0]["hits"] > 0
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
@@ -267,3 +379,30 @@ def test_partitioned_hit_counts_equal_the_simulator(table_dir, mode):
     assert runtime_rows[0] == {2: 6, 4: 6} and sum(runtime_rows[1].values()) == 40
     gpu = runtime["tiers"][0]
     assert gpu["hits"] > 0 and gpu["declined"] > 0  # order 3 rows have no share in the top tier
+
+
+def test_state_follows_the_caches_not_the_table():
+    """A table of 2**33 rows opens in a few MiB and serves the same hits as a table of 1,000 rows that
+    sees the same pattern of requests (row ids spread over the whole table)."""
+    n_big = 2**33
+    rng = np.random.default_rng(11)
+    steps = [zipf_keys(int(rng.integers(1, 80)), 1000, 1.1, rng) for _ in range(80)]
+    spread = lambda keys: (keys * 2_147_483_629 + 12_345) % n_big  # odd multiplier: a bijection of ids  # noqa: E731
+    spec = {"mode": "exclusive", "tier": [{"name": "gpu", "capacity": 64, "policy": "s3fifo", "model": "hbm"},
+                                          {"name": "dram", "capacity": 256, "policy": "lru", "model": "dram"},
+                                          {"name": "nvme", "model": "nvme"}]}
+    tiered_table(spec, ComputedStore(1000, 16), device="cpu").close()  # compiles what the first open compiles
+    hits = []
+    for store, ids_of in ((ComputedStore(n_big, 16), spread), (ComputedStore(1000, 16), lambda keys: keys)):
+        tracemalloc.start()
+        table = tiered_table(spec, store, device="cpu")
+        opened = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        with table:
+            for keys in steps:
+                ids = ids_of(keys)
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), expected_rows(ids, 16))
+            table.finish()
+            hits.append([(t["hits"], t["evicted"]) for t in table.stats()["tiers"]])
+        assert opened < 4 * 2**20, f"opening allocated {opened / 2**20:.1f} MiB"
+    assert hits[0] == hits[1] and hits[0][0][0] > 0 and hits[0][1][0] > 0

@@ -59,6 +59,17 @@ def test_decode_and_synthetic_zipf(tmp_path):
         assert first.size == 4 * 10 * 2  # the first step reads the four requests' prompts
 
 
+def test_decode_memory_follows_the_requests_served_not_requests(tmp_path):
+    """--requests 1e9 once held a slot per request up front (24 GB before the kernel killed it): slots open
+    as requests arrive, so a billion slots over a few thousand tokens cost what the tokens cost."""
+    out = tmp_path / "d.trace"
+    assert main(["trace", "--synthetic-zipf", "1.1", "--vocab", "500", "--tokens", "3000", "-o", str(out),
+                 "--mode", "decode", "--requests", "1000000000", "--seq-len", "100", "--max-ngram", "2",
+                 "--quiet", *SMALL_TABLE]) == 0
+    with TraceReader(out) as reader:
+        assert reader.n_rows == 3000 * 2 and reader.n_steps == 100  # all 30 requests decode together
+
+
 def test_help_has_examples(capsys):
     for command in ("trace", "stats", "export"):
         assert main([command, "--help"]) == 0
@@ -115,3 +126,35 @@ def test_streamed_commands_refuse_damaged_and_old_traces_in_one_line(tmp_path, c
     assert main(["mrc", str(tmp_path / "good.trace"), "--out", out, "--quiet", "--no-exact", "--seeds", "1",
                  "--shards", "0.5"]) == 0
     assert "no exact curve (--no-exact)" in capsys.readouterr().out
+
+
+def test_image_tokens_are_blocked_in_the_trace(tmp_path):
+    """A trace with --image-token reads, per window, the rows of the hash config with the image id, which
+    differ from those without it only at and after the images (docs/design.md's image rule)."""
+    image = 129279  # <｜image｜> in DeepSeek's tokenizer
+    text = tmp_path / "img.txt"
+    text.write_text("<｜image｜> A cat sits on <｜image｜> the mat and looks at the dog.<｜image｜>")
+    traces = {}
+    for name, extra in (("plain", []), ("image", ["--image-token", str(image)])):
+        out = tmp_path / f"{name}.trace"
+        assert main(["trace", str(text), "-o", str(out), "--seq-len", "6", "--preset", "dsv41-flash",
+                     "--table-size", "101", "--quiet", *extra]) == 0
+        traces[name] = load_trace(out)
+    from engramtier.model.hashing import HashConfig, NgramHasher
+
+    with_image = HashConfig.from_dict(traces["image"].meta["hash_config"])
+    tok = load_compressed_tokenizer("deepseek")
+    assert with_image.image_id == tok.lookup[image] and traces["image"].meta["source"]["image_token"] == image
+    assert traces["image"].meta["fingerprint"] == with_image.fingerprint != traces["plain"].meta["fingerprint"]
+    ids = tok.encode(text.read_text())
+    assert (ids == with_image.image_id).sum() == 3
+    hasher = NgramHasher(with_image)
+    windows = [ids[lo : lo + 6] for lo in range(0, ids.size, 6)]  # each window its own sequence
+    np.testing.assert_array_equal(traces["image"].rows, np.concatenate([hasher.hash(w).reshape(-1) for w in windows]))
+    per_token = traces["image"].meta["rows_per_token"]
+    differ = (traces["image"].rows != traces["plain"].rows).reshape(ids.size, per_token).any(axis=1)
+    is_image = ids == with_image.image_id
+    near = np.zeros(ids.size, bool)  # an image among the last N = 4 tokens of the position's window
+    for t in range(ids.size):
+        near[t] = is_image[max(t - 3, t - t % 6) : t + 1].any()
+    assert differ[is_image].all() and not differ[~near].any()

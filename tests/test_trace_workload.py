@@ -254,4 +254,4 @@ def test_step_columns_in_the_trace_file(tmp_path):
     data[at] ^= 0xFF
     (tmp_path / "d.trace").write_bytes(bytes(data))
     with TraceReader(tmp_path / "d.trace") as r, pytest.raises(EngramTierError, match="step column 'b' is corrupt"):
-        r.step_columns
+        _ = r.step_columns

@@ -27,13 +27,13 @@ from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, hierarchy_section, parse_size
 from engramtier.cache.policy import check_policy
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
-from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, shape_problems
+from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, uniform_shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
-from engramtier.tomlfile import read_toml
 from engramtier.trace.build import MODES
+from engramtier.trace.sources import MAX_ZIPF_VOCAB
+from engramtier.trace.tomlfile import read_toml
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
-MAX_ZIPF_VOCAB = 1 << 26  # the synthetic source keeps 24 bytes per id (its CDF and rank permutation): 1.5 GiB
 
 
 def size_to_rows(size: int | str, row_bytes: int, where: str, n_table_rows: int | None = None) -> int:
@@ -78,6 +78,7 @@ class TraceConfig:
     seed: int = 0
     row_bytes: int = 160
     engram_pad: int | None = None
+    image_token: int | None = None
     zipf_alpha: float = 1.0
     vocab: int = 100_000
     tokens: int = 1_000_000
@@ -267,11 +268,13 @@ def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
         check_number(getattr(cfg, key), f"{where}: '{key}'", integer=True, low=low, high=high)
     if cfg.engram_pad is not None:
         check_number(cfg.engram_pad, f"{where}: 'engram_pad' (a base token id)", integer=True, low=0)
+    if cfg.image_token is not None:
+        check_number(cfg.image_token, f"{where}: 'image_token' (a base token id)", integer=True, low=0)
     check_number(cfg.zipf_alpha, f"{where}: 'zipf_alpha'", low=0, low_open=True)
     if not all(isinstance(l, int) and not isinstance(l, bool) for l in cfg.layers):
         raise EngramTierError(f"{where}: 'layers' must be a list of layer numbers such as [1, 15], "
                               f"got {reprlib.repr(list(cfg.layers))}")
-    problems = shape_problems([cfg.table_size] * (cfg.max_ngram - 1), cfg.layers, cfg.heads)
+    problems = uniform_shape_problems(cfg.table_size, cfg.max_ngram, cfg.layers, cfg.heads)
     if problems:
         raise EngramTierError(f"{where}: " + "; ".join(problems))
     base = path.parent
@@ -298,6 +301,10 @@ def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
     if len(given) != 1:
         raise EngramTierError(f"{where}: give exactly one of window_s (seconds per step) or window_per_token_s "
                               f"(seconds per token), got {', '.join(given) or 'neither'}")
+    if cfg.window_s is not None and cfg.compute_s is not None and cfg.compute_per_token_s is None \
+            and cfg.window_s > cfg.compute_s:
+        raise EngramTierError(f"{where}: window_s {cfg.window_s} exceeds compute_s {cfg.compute_s}: the window is the "
+                              "part of a step's compute before the Engram layer; give window_s <= compute_s")
     if cfg.overlap not in ("parallel", "serial"):
         raise EngramTierError(f"{where}: overlap must be \"parallel\" or \"serial\", got {cfg.overlap!r}")
     return cfg

@@ -1,8 +1,12 @@
 """The one policy interface shared by the simulator (cache/) and the runtime (tiers/).
 
-A policy decides which rows one tier keeps. Rows are dense integer keys ``0 <= key < n_keys`` (global
-row ids of an Engram table), so policies index plain arrays instead of hash tables. Every built-in
-policy is a numba ``jitclass`` with these methods, which the drivers below call in compiled loops:
+A policy decides which rows one tier keeps. Rows are integer keys ``0 <= key < n_keys``: a trace's
+dense keys in the simulator, global row ids of an Engram table in the runtime. A built-in keeps what
+it knows per key in arrays over its nodes (its capacity plus ghosts) and finds a key's node through a
+key map (`engramtier.cache.keymap`): a dense array over the keys where they are few (a trace's), a
+hash table sized by its nodes where they are a table's hundreds of millions of rows
+(``PolicyContext.hashed``). Every built-in policy is a numba ``jitclass`` with these methods, which
+the drivers below call in compiled loops:
 
     lookup(key, t) -> bool    a request for ``key`` at trace position ``t``; on a hit the policy
                               updates its state (recency, frequency...) and returns True; on a miss it
@@ -30,6 +34,11 @@ built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, t
 inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
 forward to them, and `replay` and the engine's drivers (`engine.make_drivers`) inline them into one
 loop over the bare tuple.
+
+Compiled code does not bound-check, so a key outside ``[0, n_keys)`` would read and write memory
+that is not the policy's. Keys are checked where they cross into it: every method a built-in offers
+to Python checks its key (`check_key`), and `replay` and the engine (`check_keys`) check a batch of
+keys once before their compiled loops, which then run unchecked.
 """
 
 from __future__ import annotations
@@ -40,13 +49,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 from numba.experimental import jitclass
 
-from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference
+from engramtier.cache import keymap
+from engramtier.cache.prefetch import PREFETCH_AHEAD
+from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference, user_code
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.trace.layout import SubtableLayout
 
@@ -65,7 +73,10 @@ class PolicyContext:
     index of each step's first request plus the total (len = steps + 1), and ``profile`` a per-key
     access count used by static placement. ``layout`` is the table's sub-table layout (which order
     and head each global row id belongs to), for policies that treat n-gram orders apart; a trace built
-    from tokens records it in its meta. A streamed trace passes ``load_trace`` (returning
+    from tokens records it in its meta. ``hashed``: keys are a table's global row ids, far more than a
+    policy may keep an entry for each (the runtime), so online policies keep hashed key maps sized by
+    their nodes (`engramtier.cache.keymap`); offline and static policies, which are handed per-key
+    knowledge (the trace, a profile), keep their arrays. A streamed trace passes ``load_trace`` (returning
     ``(keys, step_starts)``) and ``load_row_ids`` instead, so nothing is read whole unless a policy
     asks. Derived arrays are computed once and cached here so that sweeping many sizes does not
     recompute them.
@@ -78,6 +89,7 @@ class PolicyContext:
     n_table_rows: int | None = None
     row_ids: np.ndarray | None = None
     layout: SubtableLayout | None = None
+    hashed: bool = False
     load_trace: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     load_row_ids: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -147,26 +159,35 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
             f"policy '{name}': capacity {capacity} rows exceeds the table's {ctx.n_table_rows} rows; "
             "make the tier smaller or leave it out (the last tier holds every row)"
         )
-    accepted = list(inspect.signature(builder).parameters)[2:]
+    check_params(name, params)
+    if not is_reference(name):
+        return builder(int(capacity), ctx, **params)
+    with user_code(f"policy '{name}': building it"):
+        policy = builder(int(capacity), ctx, **params)
+    try:  # a builder function is checked only once it has built something
+        refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
+    except EngramTierError as err:
+        raise EngramTierError(f"policy '{name}': {err}") from None
+    return policy
+
+
+def check_params(name: str, params: dict) -> None:
+    """Refuse parameters the builder does not take, the ones it needs left out, and a value of another kind
+    than its parameter's default (a hierarchy file may give names and tables too, for policies that take
+    them), so that builders compare numbers with numbers."""
+    parameters = list(inspect.signature(_builder(name)).parameters.values())[2:]
+    accepted = [p.name for p in parameters]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise EngramTierError(
             f"policy '{name}': unknown parameter(s) {', '.join(unknown)}; "
             f"it takes {', '.join(accepted) if accepted else 'no parameters'}"
         )
-    check_params(name, params)
-    policy = builder(int(capacity), ctx, **params)
-    if is_reference(name):  # a builder function is checked only once it has built something
-        try:
-            refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
-        except EngramTierError as err:
-            raise EngramTierError(f"policy '{name}': {err}") from None
-    return policy
-
-
-def check_params(name: str, params: dict) -> None:
-    """Refuse a value of another kind than its parameter's default (a hierarchy file may give names and
-    tables too, for policies that take them), so that builders compare numbers with numbers."""
+    missing = [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               and p.name not in params]
+    if missing:
+        raise EngramTierError(f"policy '{name}': it needs parameter(s) {', '.join(missing)}, which have no default; add "
+                              "them to the tier's params table (params = {" + ", ".join(f"{m} = ..." for m in missing) + "})")
     for key, parameter in inspect.signature(_builder(name)).parameters.items():
         if key not in params or parameter.default is inspect.Parameter.empty:
             continue
@@ -221,40 +242,33 @@ def _load_builtins() -> None:
 _KERNELS: dict[Any, Any] = {}
 _INLINE_OPS: dict[Any, tuple] = {}
 
-# How many requests ahead compiled loops prefetch a key's entry of the per-key array.
-PREFETCH_AHEAD = 8
+def check_keys(where: str, keys: np.ndarray, n_keys: int) -> None:
+    """Refuse a batch of keys (int64) holding one outside ``[0, n_keys)``, once, before a compiled loop
+    indexes arrays by them."""
+    if keys.size and (keys.min() < 0 or keys.max() >= n_keys):
+        bad = int(keys.min()) if keys.min() < 0 else int(keys.max())
+        raise EngramTierError(f"{where}: key {bad} lies outside the policy's keys [0, {n_keys}); keys are row ids "
+                              "of the table the policies were built for (PolicyContext(n_keys=...))")
 
 
-@intrinsic
-def _prefetch(typingctx, array, index):
-    """Start loading ``array[index]`` into the cache (LLVM's prefetch hint; no effect on results).
+@njit(inline="always")
+def check_key(name, n_keys, key):
+    """`check_keys` for one key a built-in's method receives from Python."""
+    if key < 0 or key >= n_keys:
+        raise EngramTierError("policy " + name + ": key " + str(key) + " lies outside its keys [0, " + str(n_keys)
+                              + "); keys are row ids of the table it was built for (PolicyContext(n_keys=...))")
 
-    A policy's per-key array (one entry per table row, megabytes) is read at a random place on every
-    request, and that load stalls the loop; issued a few requests ahead, it overlaps the current
-    request's work instead (measured: W-TinyLFU and ARC ~1.3-1.5x faster).
-    """
 
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        view = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False,
-                                           boundscheck=False)
-        i8_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8_pointer, i32, i32, i32]),
-                                              "llvm.prefetch.p0i8")
-        # read, keep in all cache levels, data cache
-        builder.call(hint, [builder.bitcast(pointer, i8_pointer), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                            ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(array, index), codegen
+def key_space(policy: Any) -> int | None:
+    """The number of keys a built-in policy was built for (its methods refuse others), None for any other
+    policy."""
+    return int(policy.n_keys) if is_compiled(policy) and hasattr(policy, "n_keys") else None
 
 
 @njit(inline="always")
 def prefetch_key(state, key):
-    """Start loading ``key``'s entry of the state's first (per-key) array."""
-    _prefetch(state[0], key)
+    """Start loading the entry of the state's key map (`INDEX`) that a lookup of ``key`` reads first."""
+    keymap.prefetch_home(state[keymap.INDEX], key)
 
 
 def inline_ops(policy: Any) -> tuple | None:
@@ -265,8 +279,9 @@ def inline_ops(policy: Any) -> tuple | None:
 
 @njit(inline="always")
 def holds_key(state, key):
-    """`contains` of the policies whose state begins with key -> slot or heap index (-1: not held)."""
-    return state[0][key] >= 0
+    """`contains` of the policies whose state begins with a key map (`engramtier.cache.keymap`) to their
+    nodes or heap entries and each one's key: held exactly when the key has a node."""
+    return keymap.find(state[keymap.INDEX], state[keymap.KEY_OF], key) >= 0
 
 
 @njit(inline="always")
@@ -277,8 +292,10 @@ def no_hit_victim(state):
 
 def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,
                     hit_victim=no_hit_victim) -> Any:
-    """Build the jitclass ``name`` around ``state`` (a tuple of arrays typed ``state_type`` whose first
-    array is indexed by key, e.g. key -> slot: `replay` prefetches it ahead of the requests).
+    """Build the jitclass ``name``, made as ``name(state, n_keys)`` around ``state`` (a tuple of arrays
+    typed ``state_type`` whose first array is a key map and second each node's key
+    (`engramtier.cache.keymap`): `replay` prefetches the map ahead of the requests) for keys
+    ``0 <= key < n_keys``, which its methods check (`check_key`); the inlined loops do not.
 
     ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
     key)``, ``occupancy(state)`` and ``hit_victim(state)`` are ``@njit(inline='always')`` functions of
@@ -293,19 +310,24 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
         for fn in (lookup, admit, remove, contains, occupancy, hit_victim))
 
     class Policy:
-        def __init__(self, state):
+        def __init__(self, state, n_keys):
             self.state = state
+            self.n_keys = n_keys
 
         def lookup(self, key, t):
+            check_key(name, self.n_keys, key)
             return lookup_(self.state, key, t)
 
         def admit(self, key, t):
+            check_key(name, self.n_keys, key)
             return admit_(self.state, key, t)
 
         def remove(self, key):
+            check_key(name, self.n_keys, key)
             return remove_(self.state, key)
 
         def contains(self, key):
+            check_key(name, self.n_keys, key)
             return contains_(self.state, key)
 
         def occupancy(self):
@@ -315,14 +337,14 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
             return hit_victim_(self.state)
 
     Policy.__name__ = Policy.__qualname__ = name
-    cls = jitclass([("state", state_type)])(Policy)
+    cls = jitclass([("state", state_type), ("n_keys", types.int64)])(Policy)
 
     @njit(nogil=True, _nrt=False)
     def kernel(state, keys, hits):
         n_hits = 0
         for t in range(keys.size):
             if t + PREFETCH_AHEAD < keys.size:
-                _prefetch(state[0], keys[t + PREFETCH_AHEAD])
+                prefetch_key(state, keys[t + PREFETCH_AHEAD])
             k = keys[t]
             if lookup(state, k, t):
                 hits[t] = True
@@ -335,6 +357,27 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     _KERNELS[cls.class_type.instance_type] = kernel
     _INLINE_OPS[cls.class_type.instance_type] = (lookup, admit, remove, hit_victim, prefetch_key)
     return cls
+
+
+@njit(nogil=True)
+def _held_among(policy, candidates, out):
+    n = 0
+    for k in candidates:
+        if k >= 0 and policy.contains(k):
+            out[n] = k
+            n += 1
+    return n
+
+
+def held_keys(policy: Any, n_keys: int) -> np.ndarray:
+    """The keys ``policy`` holds, ascending. A `compiled_policy` is asked only about the keys its nodes
+    have held (its state's `KEY_OF` array), so the scan follows its capacity, not ``n_keys``; any other
+    policy is asked about every key."""
+    ops = inline_ops(policy)
+    candidates = policy.state[keymap.KEY_OF] if ops is not None else np.arange(n_keys, dtype=np.int64)
+    out = np.empty(candidates.size, np.int64)
+    n = (_held_among if is_compiled(policy) else _held_among.py_func)(policy, candidates, out)
+    return np.unique(out[:n])
 
 
 # Not cached on disk: numba cannot cache functions specialised on jitclass types.
@@ -355,8 +398,14 @@ def _replay(policy, keys, hits):
 def replay(policy: Any, keys: np.ndarray, hits: np.ndarray | None = None) -> int:
     """Run a single-tier cache over ``keys``; fills ``hits`` (bool per request) and returns the hit count."""
     keys = np.ascontiguousarray(keys, dtype=np.int64)
+    n_keys = key_space(policy)
+    if n_keys is not None:
+        check_keys(f"replay ({type(policy).__name__})", keys, n_keys)
     if hits is None:
         hits = np.empty(keys.size, dtype=np.bool_)
+    elif not (isinstance(hits, np.ndarray) and hits.dtype == np.bool_ and hits.shape == (keys.size,)):
+        raise EngramTierError(f"replay: hits must be a bool array of one entry per key ({keys.size}), got "
+                              f"{getattr(hits, 'dtype', type(hits).__name__)} {getattr(hits, 'shape', '')}")
     kernel = _KERNELS.get(getattr(policy, "_numba_type_", None))
     if kernel is not None:
         return int(kernel(policy.state, keys, hits))

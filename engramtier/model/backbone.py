@@ -8,6 +8,12 @@ attention-and-MLP time of the preceding blocks to bring the rows in.
 The residual stream has ``hc_mult`` branches (Engram gates each branch separately). The blocks read
 the mean of the branches and add their output to every branch: fixed, uniform hyper-connections, a
 stand-in for DeepSeek's learned ones; with hc_mult = 1 it is the ordinary residual stream.
+
+``backbone = "stand-in"`` keeps only what the Engram layers need around them: a seeded token embedding
+gives their input hidden states, the blocks between them do nothing, and the output head is the tied
+embedding. It serves a checkpoint's own Engram layers (`engramtier.model.checkpoint`) at their real
+width and row size with no backbone to run or store: the layers' compute, bytes and stall are real,
+the text it generates means nothing, and nothing hides the fetch that a real backbone's blocks would.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from engramtier.errors import EngramTierError
-from engramtier.model.engram import EngramLayer, TrainableTable
+from engramtier.model.engram import TrainableTable, engram_layer
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import RowFormat
 from engramtier.model.rowsource import RowSource
 from engramtier.model.speculation import Speculation, candidate_rows
 from engramtier.model.tokenizer import lookup_digest
+from engramtier.model.trainconfig import VARIANTS
 
 
 @dataclass
@@ -38,6 +45,8 @@ class ModelConfig:
     tokenizer   base tokenizer: a built-in name, or a tokenizer.json path relative to the run directory
     engram      the hash config of the Engram layers (its layer_ids index the blocks), None for none
     row_dim     D, values per table row; row_format the byte layout of the table (`RowFormat`)
+    variant     the Engram layer (`engramtier.model.engram`'s variants); a config without one is "classic"
+    backbone    "transformer" (attention and MLP blocks) or "stand-in" (the module docstring)
     """
 
     vocab_size: int
@@ -55,6 +64,8 @@ class ModelConfig:
     row_dim: int = 32
     row_format: str = "bf16"
     conv_kernel: int = 4
+    variant: str = "classic"
+    backbone: str = "transformer"
 
     def __post_init__(self):
         if isinstance(self.engram, dict):
@@ -62,7 +73,11 @@ class ModelConfig:
         if self.d_mlp == 0:
             self.d_mlp = 64 * math.ceil(8 * self.d_model / 3 / 64)
         problems = []
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+        if self.variant not in VARIANTS:
+            problems.append(f"variant '{self.variant}' is unknown (use one of {', '.join(VARIANTS)})")
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone '{self.backbone}' is unknown (use one of {', '.join(BACKBONES)})")
+        if self.backbone == "transformer" and (self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2):
             problems.append(f"d_model {self.d_model} must split into {self.n_heads} heads of even width")
         if self.engram is not None and max(self.engram.layer_ids) >= self.n_layers:
             problems.append(f"Engram layer ids {list(self.engram.layer_ids)} exceed the {self.n_layers} blocks")
@@ -96,6 +111,21 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
+BACKBONES = ("transformer", "stand-in")
+DSV41_NORM_EPS = 1e-6  # DeepSeek's rms_norm_eps, which its Engram layer's gate uses
+_STAND_IN_MAX_SEQ_LEN = 1 << 20  # a stand-in backbone has no attention: no context limit of its own
+
+
+def stand_in_config(hash_config: HashConfig, vocab_size: int, d_model: int, hc_mult: int, variant: str,
+                    row_format: str, row_dim: int) -> ModelConfig:
+    """A stand-in model around Engram layers of ``variant`` at ``hash_config``'s layers: ``d_model`` wide,
+    ``hc_mult`` copies, reading ``row_format``[``row_dim``] rows; dsv41 at DeepSeek's norm eps."""
+    return ModelConfig(vocab_size=vocab_size, tokenizer=hash_config.tokenizer, d_model=d_model,
+                       n_layers=max(hash_config.layer_ids) + 1, n_heads=1, max_seq_len=_STAND_IN_MAX_SEQ_LEN,
+                       norm_eps=DSV41_NORM_EPS if variant == "dsv41" else 1e-5, hc_mult=hc_mult, engram=hash_config,
+                       row_dim=row_dim, row_format=row_format, variant=variant, backbone="stand-in")
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding on [B, heads, T, hd], pairing the two halves of each head."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -104,12 +134,13 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class KVCache:
     """Incremental decoding state of a batch: per block the attention keys and values (preallocated
-    to ``max_len``), Engram's last N-1 canonical ids (the next tokens' N-grams reach back into them),
-    and each Engram layer's ShortConv state."""
+    to ``max_len``; none for a stand-in backbone), Engram's last N-1 canonical ids (the next tokens'
+    N-grams reach back into them), and each Engram layer's state (its ShortConv's)."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype):
         head_dim = config.d_model // config.n_heads
-        shape = (config.n_layers, batch_size, config.n_heads, max_len, head_dim)
+        blocks = config.n_layers if config.backbone == "transformer" else 0
+        shape = (blocks, batch_size, config.n_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
@@ -117,7 +148,7 @@ class KVCache:
         hash_config = config.engram
         self.recent_ids = None if hash_config is None else torch.full(
             (batch_size, hash_config.max_ngram_size - 1), hash_config.pad_id, dtype=torch.int64, device=device)
-        self.conv_states: dict[int, torch.Tensor] = {}
+        self.engram_states: dict[int, torch.Tensor | None] = {}
 
 
 class Attention(nn.Module):
@@ -156,7 +187,7 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """[Engram] -> attention -> MLP, each added to the residual stream."""
+    """[Engram] -> attention -> MLP, each added to the residual stream (a stand-in block: Engram only)."""
 
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -164,20 +195,25 @@ class Block(nn.Module):
         hash_config = config.engram
         self.engram = None
         if hash_config is not None and layer in hash_config.layer_ids:
-            self.engram = EngramLayer(config.d_model, hash_config.heads_per_layer, config.format,
-                                      hash_config.max_ngram_size, config.hc_mult, config.conv_kernel, config.norm_eps)
-        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.attn = Attention(config)
-        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = SwiGLU(config)
+            self.engram = engram_layer(config.variant, config.d_model, hash_config.heads_per_layer, config.format,
+                                       hash_config.max_ngram_size, config.hc_mult, config.conv_kernel, config.norm_eps)
+        self.transformer = config.backbone == "transformer"
+        if self.transformer:
+            self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+            self.attn = Attention(config)
+            self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+            self.mlp = SwiGLU(config)
 
-    def forward(self, h, cos, sin, engram_rows, cache: KVCache | None) -> torch.Tensor:
-        """h [B, T, hc, d]; ``engram_rows`` this block's rows when it holds an Engram layer."""
+    def forward(self, h, cos, sin, engram_rows, cache: KVCache | None, blocked: torch.Tensor | None) -> torch.Tensor:
+        """h [B, T, hc, d]; ``engram_rows`` this block's rows when it holds an Engram layer; ``blocked``
+        [B, T] the image positions (None: none), which the Engram layer leaves as they are."""
         if self.engram is not None:
-            update, conv_state = self.engram(h, engram_rows, None if cache is None else cache.conv_states.get(self.layer))
+            state = None if cache is None else cache.engram_states.get(self.layer)
+            h, state = self.engram(h, engram_rows, state, blocked)
             if cache is not None:
-                cache.conv_states[self.layer] = conv_state
-            h = h + update
+                cache.engram_states[self.layer] = state
+        if not self.transformer:
+            return h
         h = h + self.attn(self.attn_norm(h.mean(dim=2)), cos, sin, cache, self.layer).unsqueeze(2)
         return h + self.mlp(self.mlp_norm(h.mean(dim=2))).unsqueeze(2)
 
@@ -199,7 +235,8 @@ class EngramLM(nn.Module):
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         head_dim = config.d_model // config.n_heads
         freqs = config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
+        positions = config.max_seq_len if config.backbone == "transformer" else 0  # a stand-in has no attention
+        angles = torch.outer(torch.arange(positions, dtype=torch.float64), freqs)
         self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
         self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
         self.hasher = self.table = None
@@ -220,6 +257,11 @@ class EngramLM(nn.Module):
                 f"model: the compression lookup (shape {list(lookup.shape)}) must map {self.config.vocab_size} base ids "
                 f"into [0, {hash_config.vocab_size}); it comes from another tokenizer"
             )
+        if hash_config.image_id is not None and int((lookup == hash_config.image_id).sum()) != 1:
+            raise EngramTierError(
+                f"model: the image token's canonical id {hash_config.image_id} must be one base id's alone, and the "
+                "compression lookup gives it to none or several; load the tokenizer the hash config was made for"
+            )
         if hash_config.tokenizer_digest and lookup_digest(lookup.numpy()) != hash_config.tokenizer_digest:
             raise EngramTierError(
                 f"model: the tokenizer's compression map (digest {lookup_digest(lookup.numpy())}) is not the one the hash "
@@ -232,7 +274,8 @@ class EngramLM(nn.Module):
         """GPT-2 style initialisation from two generators, one for the backbone and one for Engram, so
         that a model with and without Engram starts from the same backbone weights. Table rows start
         as small as token embeddings: rows of unit scale would add noise many times larger than the
-        embeddings to the residual stream, and training first has to undo it."""
+        embeddings to the residual stream, and training first has to undo it. Biases (the demo layer's)
+        start at zero."""
         backbone, engram = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
         engram_parts = [b.engram for b in self.blocks if b.engram is not None]
         if self.table is not None:
@@ -243,6 +286,8 @@ class EngramLM(nn.Module):
             if isinstance(module, (nn.Linear, nn.Embedding, TrainableTable)):
                 std = residual_std if name.endswith(("attn.out", "mlp.down")) else 0.02
                 _normal_(module.weight, std, engram if id(module) in engram_modules else backbone)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
 
     def num_params(self) -> dict:
         table = self.table.weight.numel() if self.table is not None else (self.hasher.n_rows * self.config.row_dim if self.hasher else 0)
@@ -291,6 +336,12 @@ class EngramLM(nn.Module):
         ``speculate`` (and a cache), the next position's candidate rows go to ``rows.speculate`` once
         the named block has run (`engramtier.model.speculation`).
         """
+        return self._head(self.norm(self.hidden_states(base_ids, rows, kv_cache, speculate).mean(dim=2)))
+
+    def hidden_states(self, base_ids: torch.Tensor, rows: RowSource | None = None, kv_cache: KVCache | None = None,
+                      speculate: Speculation | None = None) -> torch.Tensor:
+        """The residual stream [B, T, hc, d] after the last block: `forward` without the output head,
+        which is what a replay of the Engram layers alone times (the head is not theirs)."""
         length = base_ids.shape[1]
         start = 0 if kv_cache is None else kv_cache.length
         limit = self.config.max_seq_len if kv_cache is None else kv_cache.max_len
@@ -299,16 +350,22 @@ class EngramLM(nn.Module):
         if speculate is not None:
             self._check_speculation(speculate, rows, kv_cache)
         handles = self._request_rows(base_ids, rows, kv_cache)
+        blocked = self.image_positions(base_ids)
         cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
         h = self.tok_emb(base_ids).unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1)
         for block in self.blocks:
             engram_rows = handles[block.layer].wait() if block.engram is not None else None
-            h = block(h, cos, sin, engram_rows, kv_cache)
+            h = block(h, cos, sin, engram_rows, kv_cache, blocked)
             if speculate is not None and block.layer == speculate.after_block:
                 rows.speculate(self.speculative_rows(h[:, -1], kv_cache, speculate.k))
         if kv_cache is not None:
             kv_cache.length += length
-        return self._head(self.norm(h.mean(dim=2)))
+        return h
+
+    def image_positions(self, base_ids: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] True where the token is the hash config's image token (None: the config names none)."""
+        image = None if self.hasher is None else self.config.engram.image_id
+        return None if image is None else self.compress_lookup[base_ids] == image
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(x) if self.lm_head is not None else x @ self.tok_emb.weight.t()

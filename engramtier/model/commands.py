@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields
 
-from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
+from engramtier.argtypes import learning_rate, nonnegative_int, positive_int, row_dim, seed
+from engramtier.model.train import train
+from engramtier.model.trainconfig import VARIANTS, TrainConfig
 
 
 def register(subparsers) -> None:
@@ -42,8 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--seq-len", type=positive_int)
-    p.add_argument("--lr", type=positive_float, help="peak learning rate of the dense weights")
-    p.add_argument("--table-lr", type=positive_float, help="peak learning rate of the Engram table (SparseAdam)")
+    p.add_argument("--lr", type=learning_rate, help="peak learning rate of the dense weights")
+    p.add_argument("--table-lr", type=learning_rate, help="peak learning rate of the Engram table (SparseAdam)")
     p.add_argument("--eval-every", type=nonnegative_int, help="steps between validations (0: only at the end)")
     p.add_argument("--eval-tokens", type=positive_int, help="held-out tokens per validation")
     p.add_argument("--seed", type=seed)
@@ -57,25 +60,26 @@ def register(subparsers) -> None:
     p.add_argument("--table-size", type=positive_int, help="rows per sub-table (each head takes the next unused prime above)")
     p.add_argument("--max-ngram", dest="max_ngram_size", type=positive_int, help="N: orders 2..N are hashed")
     p.add_argument("--hash-heads", type=positive_int, help="hash heads per order")
-    p.add_argument("--row-dim", type=positive_int, help="D, values per table row")
+    p.add_argument("--row-dim", type=row_dim, help="D, values per table row")
     p.add_argument("--row-format", choices=["bf16", "fp8_e4m3"])
+    p.add_argument("--variant", choices=VARIANTS,
+                   help="the Engram layer: classic (default; engramtier's first), demo (DeepSeek's paper demo) or "
+                   "dsv41 (DeepSeek-V4.1-Flash's); see the README's 'Engram layer variants'")
+    p.add_argument("--force", action="store_true", help="replace the run the --out folder holds (its files are deleted "
+                   "first); without it a folder holding another run is refused, one holding this same training is "
+                   "trained again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> None:
-    from dataclasses import fields
-
-    from engramtier.model.trainconfig import TrainConfig
-
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     given.setdefault("out", time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if "engram_layers" in given:
         given["engram_layers"] = tuple(given["engram_layers"])
     cfg = TrainConfig(**given)
-    from engramtier.model.train import train  # torch, once the arguments are checked
 
-    summary = train(cfg, progress=not getattr(args, "quiet", False))
+    summary = train(cfg, progress=not getattr(args, "quiet", False), force=getattr(args, "force", False))
     params = summary["params"]
     print(f"validation loss {summary['val_loss']:.4f} after {summary['steps']} steps "
           f"({summary['train_seconds']:.0f} s; {params['dense']:,} dense + {params['table']:,} table parameters) -> {cfg.out}")

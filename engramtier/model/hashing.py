@@ -3,7 +3,7 @@
 For every Engram layer ``l``, order ``n`` in 2..N and head ``h``, the suffix n-gram ending at each
 position is mixed by XOR of token-times-odd-multiplier products (int64, wrapping) and reduced modulo a
 prime unique to (l, n, h). Each (l, n, h) owns a sub-table; a row's global id is the sub-table's offset
-plus the head index. The exact recipe is fixed by DESIGN.md because the table's contents are only
+plus the head index. The exact recipe is fixed by docs/design.md because the table's contents are only
 meaningful under the addressing they were trained with.
 
 Two implementations give identical ids: a numba kernel for the CPU (trace building, simulation) and a
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
 from engramtier.errors import EngramTierError
@@ -62,6 +63,14 @@ def shape_problems(table_sizes, layer_ids, n_heads: int) -> list[str]:
     return problems
 
 
+def uniform_shape_problems(table_size: int, max_ngram: int, layer_ids, n_heads: int) -> list[str]:
+    """`shape_problems` of ``table_size`` rows for every order 2..``max_ngram`` (the shape the command line
+    and experiment files give), without first building a list as long as a mistyped ``max_ngram``."""
+    if max_ngram > MAX_NGRAM:
+        return [f"max n-gram {max_ngram} exceeds {MAX_NGRAM}", *shape_problems([table_size], layer_ids, n_heads)]
+    return shape_problems([table_size] * max(max_ngram - 1, 0), layer_ids, n_heads)
+
+
 @dataclass(frozen=True)
 class HashConfig:
     """Everything that decides which row a token position reads.
@@ -74,6 +83,10 @@ class HashConfig:
     n_heads      hash heads per order
     tokenizer    name of the base tokenizer and a digest of its compression map (provenance: the
                  same text under another tokenizer addresses other rows)
+    image_id     compressed id of the image token (V4.1 vision), None for none: a position holding it
+                 hashes as the pad, and so does every position before it in its n-grams (an n-gram never
+                 reaches across an image). Left out of ``to_dict`` when None, so the fingerprints of
+                 configs without one stay what they were
     """
 
     vocab_size: int
@@ -84,6 +97,7 @@ class HashConfig:
     seed: int = 0
     tokenizer: str = ""
     tokenizer_digest: str = ""
+    image_id: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
@@ -93,6 +107,8 @@ class HashConfig:
             problems.append(f"vocab_size must be positive, got {self.vocab_size}")
         elif not 0 <= self.pad_id < self.vocab_size:
             problems.append(f"pad_id {self.pad_id} lies outside the vocabulary [0, {self.vocab_size})")
+        if self.image_id is not None and not 0 <= self.image_id < self.vocab_size:
+            problems.append(f"image_id {self.image_id} lies outside the vocabulary [0, {self.vocab_size})")
         problems += shape_problems(self.table_sizes, self.layer_ids, self.n_heads)
         if problems:
             raise EngramTierError("hash config: " + "; ".join(problems))
@@ -107,7 +123,8 @@ class HashConfig:
         return (self.max_ngram_size - 1) * self.n_heads
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k == "image_id" and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashConfig":
@@ -119,10 +136,11 @@ class HashConfig:
     @classmethod
     def for_tokenizer(cls, tokenizer, tokenizer_name: str, table_sizes, layer_ids, n_heads: int,
                       seed: int = 0) -> "HashConfig":
-        """The config hashing a `CompressedTokenizer`'s ids, with its compression map's digest as provenance."""
+        """The config hashing a `CompressedTokenizer`'s ids, with its compression map's digest as provenance
+        and its image token (if it names one)."""
         return cls(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, table_sizes=tuple(table_sizes),
                    layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer=tokenizer_name,
-                   tokenizer_digest=tokenizer.digest)
+                   tokenizer_digest=tokenizer.digest, image_id=tokenizer.image_id)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -145,7 +163,7 @@ def _is_prime(n: int) -> bool:
 
 
 def layer_multipliers(config: HashConfig, layer_id: int) -> np.ndarray:
-    """The N odd int64 multipliers of one layer (DESIGN.md: seeded per layer)."""
+    """The N odd int64 multipliers of one layer (docs/design.md: seeded per layer)."""
     rng = np.random.default_rng(config.seed + _SEED_LAYER_STRIDE * layer_id)
     half = max(1, (_INT64_MAX // config.vocab_size) // 2)
     return rng.integers(0, half, size=config.max_ngram_size, dtype=np.int64) * 2 + 1
@@ -198,8 +216,9 @@ def _make_hash_kernel(fast: bool):
     recompile (seconds) in every new process."""
 
     @njit(parallel=True, nogil=True, cache=True)
-    def kernel(tokens, starts, pad_id, multipliers, primes, inv_primes, offsets, out):
-        """out[i, l, k] for flat tokens whose sequences begin at ``starts`` (last entry = len).
+    def kernel(tokens, starts, pad_id, image_id, multipliers, primes, inv_primes, offsets, out):
+        """out[i, l, k] for flat tokens whose sequences begin at ``starts`` (last entry = len); a token equal
+        to ``image_id`` (-1: none) blocks itself and every older shift, which then hold ``pad_id``.
 
         Works on chunks of positions so that each (layer, order, head) reduction runs as one
         vectorisable loop over the chunk; chunks run in parallel.
@@ -222,8 +241,10 @@ def _make_hash_kernel(fast: bool):
                 while starts[seq + 1] <= i:
                     seq += 1
                 first = starts[seq]
+                blocked = False
                 for k in range(n_orders + 1):
-                    context[k, j] = tokens[i - k] if i - k >= first else pad_id
+                    blocked = blocked or i - k < first or tokens[i - k] == image_id
+                    context[k, j] = pad_id if blocked else tokens[i - k]
             for l in range(n_layers):
                 m0 = multipliers[l, 0]
                 for j in range(width):
@@ -251,7 +272,7 @@ _hash_kernel_exact = _make_hash_kernel(False)
 
 
 class NgramHasher:
-    """Maps canonical token ids to the global row ids every Engram layer reads (DESIGN.md)."""
+    """Maps canonical token ids to the global row ids every Engram layer reads (docs/design.md)."""
 
     def __init__(self, config: HashConfig):
         self.config = config
@@ -261,6 +282,7 @@ class NgramHasher:
         self.offsets = (np.cumsum(sizes) - sizes).reshape(self.primes.shape)
         self.n_rows = int(sizes.sum())
         self._inv_primes = 1.0 / self.primes.astype(np.float64)
+        self._image_id = -1 if config.image_id is None else config.image_id  # -1 equals no token id
         self._torch_consts: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     @property
@@ -308,8 +330,8 @@ class NgramHasher:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         try:
             kernel = _hash_kernel_fast if self.primes.min() >= _FAST_MOD_MIN_PRIME else _hash_kernel_exact
-            kernel(tokens, starts, self.config.pad_id, self.multipliers, self.primes,
-                         self._inv_primes, self.offsets, out)
+            kernel(tokens, starts, self.config.pad_id, self._image_id, self.multipliers, self.primes,
+                   self._inv_primes, self.offsets, out)
         finally:
             numba.set_num_threads(previous)
         return out
@@ -327,7 +349,6 @@ class NgramHasher:
 
     def hash_torch(self, tokens: torch.Tensor) -> torch.Tensor:
         """The same row ids for a LongTensor [B, T] (or [T]) on any device, computed there."""
-        import torch
 
         if tokens.dtype != torch.int64:
             raise EngramTierError(f"hashing: token ids must be int64, got {tokens.dtype}")
@@ -338,8 +359,8 @@ class NgramHasher:
         mult, primes, offsets = self._torch_constants(x.device)
         n_orders = self.primes.shape[1]
         seq_len = x.shape[1]
-        shifted = [x] + [torch.nn.functional.pad(x, (k, 0), value=self.config.pad_id)[:, :seq_len]
-                         for k in range(1, n_orders + 1)]
+        shifted = _blocked_to_pad([x] + [torch.nn.functional.pad(x, (k, 0), value=self.config.pad_id)[:, :seq_len]
+                                         for k in range(1, n_orders + 1)], self.config)
         per_layer = []
         for l in range(self.n_layers):
             mix = shifted[0] * mult[l, 0]
@@ -352,8 +373,6 @@ class NgramHasher:
         return rows[0] if squeeze else rows
 
     def _torch_constants(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        import torch
-
         if device not in self._torch_consts:
             self._torch_consts[device] = tuple(
                 torch.from_numpy(a).to(device) for a in (self.multipliers, self.primes, self.offsets)
@@ -361,8 +380,21 @@ class NgramHasher:
         return self._torch_consts[device]
 
 
+def _blocked_to_pad(shifted: list, config: HashConfig) -> list:
+    """The shifts (k = 0, 1, ... tokens back; numpy arrays or tensors) with docs/design.md's image rule applied:
+    shift k holds the pad wherever shift k or a newer one holds the image token."""
+    if config.image_id is None:
+        return shifted
+    out, blocked = [], None
+    for s in shifted:
+        image = s == config.image_id
+        blocked = image if blocked is None else blocked | image
+        out.append(s * ~blocked + config.pad_id * blocked)
+    return out
+
+
 def hash_reference_numpy(hasher: NgramHasher, tokens: np.ndarray) -> np.ndarray:
-    """The straightforward numpy formulation of DESIGN.md's addressing for ids shaped [B, T].
+    """The straightforward numpy formulation of docs/design.md's addressing for ids shaped [B, T].
 
     Kept as the executable specification: tests check both kernels against it and the hashing
     benchmark measures them against it. Shift by padding, XOR the products, reduce with ``%``.
@@ -370,8 +402,8 @@ def hash_reference_numpy(hasher: NgramHasher, tokens: np.ndarray) -> np.ndarray:
     cfg = hasher.config
     tokens = np.asarray(tokens, dtype=np.int64)
     seq_len = tokens.shape[1]
-    shifted = [np.pad(tokens, ((0, 0), (k, 0)), constant_values=cfg.pad_id)[:, :seq_len]
-               for k in range(cfg.max_ngram_size)]
+    shifted = _blocked_to_pad([np.pad(tokens, ((0, 0), (k, 0)), constant_values=cfg.pad_id)[:, :seq_len]
+                               for k in range(cfg.max_ngram_size)], cfg)
     layers = []
     for li in range(hasher.n_layers):
         m = hasher.multipliers[li]

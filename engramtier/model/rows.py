@@ -1,7 +1,7 @@
 """Row formats: how one table row of D values is laid out as opaque bytes.
 
 Tiers move bytes and never look inside them; only the Engram layer decodes, on the compute device,
-right before use. Two layouts (DESIGN.md):
+right before use. Two layouts:
 
     bf16       D bfloat16 values, 2*D bytes (the paper's D = 80 gives 160 B)
     fp8_e4m3   D float8_e4m3fn values, then one ue8m0 scale byte per block of 32 values
@@ -66,7 +66,10 @@ class RowFormat:
         return torch.cat([codes, scales], dim=1)
 
     def decode(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 rows [..., row_bytes] -> values [..., dim] in ``dtype``, on the rows' device."""
+        """uint8 rows [..., row_bytes] -> values [..., dim] in ``dtype``, on the rows' device.
+
+        fp8 rows are scaled in float32, or in float64 for float64 values: a code times 2**(byte - 127)
+        is exact there for every scale byte, where float32 overflows for the largest codes above byte 246."""
         if rows.dtype != torch.uint8 or rows.shape[-1] != self.row_bytes:
             raise EngramTierError(
                 f"row format {self.kind}[{self.dim}]: expected uint8 rows of {self.row_bytes} bytes, "
@@ -75,8 +78,9 @@ class RowFormat:
         rows = rows.contiguous()
         if self.kind == "bf16":
             return rows.view(torch.bfloat16).to(dtype)
-        codes = rows[..., : self.dim].contiguous().view(torch.float8_e4m3fn).float()
-        scales = torch.exp2(rows[..., self.dim :].float() - _UE8M0_BIAS)
+        compute = torch.promote_types(dtype, torch.float32)
+        codes = rows[..., : self.dim].contiguous().view(torch.float8_e4m3fn).to(compute)
+        scales = torch.exp2(rows[..., self.dim :].to(compute) - _UE8M0_BIAS)
         blocks = codes.unflatten(-1, (-1, FP8_BLOCK)) * scales.unsqueeze(-1)
         return blocks.flatten(-2).to(dtype)
 

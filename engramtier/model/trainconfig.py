@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engramtier.errors import EngramTierError
-from engramtier.model.hashing import shape_problems
+from engramtier.model.hashing import uniform_shape_problems
+
+# The Engram layer variants (`engramtier.model.engram`), named here where no torch is imported so that
+# the command line can check --variant at once.
+VARIANTS = ("classic", "demo", "dsv41")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class TrainConfig:
     hash_heads: int = 4
     row_dim: int = 32
     row_format: str = "bf16"
+    variant: str = "classic"
 
     def __post_init__(self):
         small = [name for name in ("steps", "batch_size", "seq_len", "log_every") if getattr(self, name) < 1]
@@ -55,6 +60,8 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise EngramTierError(f"train: the held-out fraction must lie in (0, 1), got {self.val_fraction}")
         problems = []
+        if self.variant not in VARIANTS:
+            problems.append(f"--variant {self.variant} is unknown (use one of {', '.join(VARIANTS)})")
         if self.d_model % self.n_heads:
             problems.append(f"--d-model {self.d_model} is not a multiple of --heads {self.n_heads}")
         if self.engram:
@@ -62,8 +69,8 @@ class TrainConfig:
             if outside:
                 problems.append(f"--engram-layers {outside} lie outside blocks 0..{self.n_layers - 1}")
             else:
-                problems += shape_problems([self.table_size] * max(self.max_ngram_size - 1, 0),
-                                           self.engram_layers, self.hash_heads)
+                problems += uniform_shape_problems(self.table_size, self.max_ngram_size, self.engram_layers,
+                                                   self.hash_heads)
         if problems:
             raise EngramTierError("train: " + "; ".join(problems) + "; see engramtier train --help")
         if not Path(self.text).exists():

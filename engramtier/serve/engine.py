@@ -14,7 +14,7 @@ wait, finish, stats, step_records, recorded_trace, close). HTTP handlers hand it
 aborts and snapshot requests (`refresh`) through a condition variable, and it hands tokens back to
 each request's asyncio queue with ``call_soon_threadsafe``.
 
-Sampling and decoding are `generate`'s (`engramtier.tiers.generate.sample`, each token's raw bytes
+Sampling and decoding are `generate`'s (`engramtier.serve.generate.sample`, each token's raw bytes
 through an incremental UTF-8 decoder), so greedy completions equal `engramtier generate`'s.
 """
 
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from engramtier.errors import EngramTierError
+from engramtier.serve.generate import sample
 from engramtier.serve.metrics import ServeMetrics
-from engramtier.tiers.generate import sample
 from engramtier.trace.build import addressing_meta
 from engramtier.trace.schedule import ScheduledStep, Scheduler
 from engramtier.trace.workload import STEP_COLUMNS

@@ -11,15 +11,23 @@ import sys
 import threading
 from pathlib import Path
 
+import uvicorn
+
 from engramtier.argtypes import nonnegative_int, positive_int
 from engramtier.errors import EngramTierError
-from engramtier.tiers.commands import checked_hierarchy, format_ms, serving_options, tier_table
-from engramtier.trace.schedule import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
+from engramtier.outputs import check_output_file
+from engramtier.serve.app import build_app
+from engramtier.serve.commands import checked_hierarchy, format_ms, load_served_run, serving_options, table_opener, tier_table
+from engramtier.serve.engine import ServeEngine
+from engramtier.serve.metrics import ServeMetrics
+from engramtier.tiers.records import distribution, sized_tiers
+from engramtier.trace.schedule import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, Scheduler
+from engramtier.trace.tracefile import save_trace
 
 SERVE_EXAMPLES = """examples:
   engramtier serve --run runs/train-1                                    # http://127.0.0.1:8000
   engramtier serve --run runs/train-1 --hierarchy tiers.toml --port 8080 --max-queue 64
-  engramtier serve --run runs/train-1 --record-trace served.trace          # then: engramtier simulate
+  engramtier serve --run runs/train-1 --record served.trace          # then: engramtier simulate
                                                                          #   --hierarchy tiers.toml served.trace
   curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"prompt": "The tutorial", "max_tokens": 32, "temperature": 0}'
@@ -29,7 +37,7 @@ SERVE_EXAMPLES = """examples:
 Endpoints: POST /v1/completions (prompt, max_tokens, temperature, top_k, seed, stream), GET /v1/models,
 GET /health, GET /metrics (Prometheus). Steps are cut by vLLM's continuous batching (--max-num-batched-tokens,
 --max-num-seqs); each step is one TieredTable step. SIGTERM or Ctrl-C stops taking requests, finishes the
-ones in flight, writes --record-trace and the tier report, and exits 0.
+ones in flight, writes --record and the tier report, and exits 0.
 """
 
 
@@ -51,20 +59,18 @@ def register(subparsers) -> None:
                    help=f"most requests running at once (default {DEFAULT_MAX_NUM_SEQS})")
     p.add_argument("--max-queue", type=nonnegative_int, metavar="N",
                    help="most requests waiting to be admitted; more get 429 (default: no limit)")
-    p.add_argument("--record-trace", metavar="FILE.trace",
+    p.add_argument("--record", metavar="FILE",
                    help="write the served steps as a trace file at shutdown (simulate replays it to the same hits)")
     p.set_defaults(run=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from engramtier.outputs import check_output_file
-
     hierarchy = checked_hierarchy(args)
     if hierarchy is not None and hierarchy.lossy:
         raise EngramTierError(f"--hierarchy: tier '{hierarchy.lossy_tier}' drops late rows (on_late = 'drop'); serve "
                               "does not take such a tier yet: leave on_late out (engramtier generate --window-s takes it)")
-    if args.record_trace:
-        check_output_file(args.record_trace, "--record-trace")
+    if args.record:
+        check_output_file(args.record, "--record")
     sock = _listen(args.host, args.port)
     with sock:
         _serve(args, hierarchy, sock)
@@ -90,22 +96,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _serve(args: argparse.Namespace, hierarchy, sock: socket.socket) -> None:
-    import uvicorn
-
-    from engramtier.serve.app import build_app
-    from engramtier.serve.engine import ServeEngine
-    from engramtier.serve.metrics import ServeMetrics
-    from engramtier.tiers.commands import load_served_run, table_opener
-    from engramtier.tiers.replay import distribution, sized_tiers
-    from engramtier.trace.schedule import Scheduler
-
     loaded = load_served_run(args, args.run_dir)
     name = args.served_model_name or Path(args.run_dir).resolve().name
-    table = table_opener(args, args.run_dir, hierarchy, loaded)(bool(args.record_trace))
+    table = table_opener(args, args.run_dir, hierarchy, loaded)(bool(args.record))
     with table:
         engine = ServeEngine(loaded.model, loaded.tokenizer, table, Scheduler(args.max_num_batched_tokens, args.max_num_seqs),
                              ServeMetrics(), device=table.device, max_queue=args.max_queue,
-                             record_trace=bool(args.record_trace), source={"kind": "served", "run": str(args.run_dir)})
+                             record_trace=bool(args.record), source={"kind": "served", "run": str(args.run_dir)})
         app = build_app(engine, name, loaded.tokenizer, loaded.model.config.max_seq_len)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
         host, port = sock.getsockname()[:2]
@@ -117,15 +114,13 @@ def _serve(args: argparse.Namespace, hierarchy, sock: socket.socket) -> None:
             raise EngramTierError(f"serve: the engine failed and the server stopped: {engine.failure}")
         stats = table.stats()
         records = [r for r in table.step_records() if not r["speculative"]]
-        if args.record_trace:
+        if args.record:
             if not records:
                 print("no request was served, so no trace was written", file=sys.stderr)
             else:
-                from engramtier.trace.tracefile import save_trace
-
                 trace, columns = engine.recorded()
-                save_trace(trace, args.record_trace, step_columns=columns)
-                print(f"{args.record_trace}: {trace.n_steps} served steps, {trace.n_rows} row ids")
+                save_trace(trace, args.record, step_columns=columns)
+                print(f"{args.record}: {trace.n_steps} served steps, {trace.n_rows} row ids")
     stall = distribution([r["stall_s"] for r in records]) if records else None
     print(f"served {stats['steps']} steps; " + (f"stall per step p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}, "
           f"total {stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)" if stall else "no steps"))

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from engramtier.cache.timing import tier_model
 from engramtier.errors import EngramTierError
 
 
 def default_model(name: str) -> Any:
     """The published-figure `TierModel` called ``name`` (hbm, dram, cxl, nvme, remote)."""
-    from engramtier.cache.timing import tier_model
 
     return tier_model(name)
 
@@ -78,7 +78,11 @@ class Tier(ABC):
             "bytes_written": self.rows_written * self.row_bytes,
         }
 
-    def close(self) -> None:
+    def report(self) -> dict:
+        """Facts of its own a tier adds to the runtime's per-tier report (`TieredTable.tier_stats`)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 (a default, not abstract: a tier holding nothing need not override it)
         """Release what the tier holds; the base has nothing to release."""
 
     def __enter__(self) -> "Tier":
@@ -129,20 +133,6 @@ class Tier(ABC):
         if not rows.flags.c_contiguous:
             raise EngramTierError(f"{self.name} tier: {what} must be C-contiguous; pass np.ascontiguousarray(...)")
         return rows
-
-
-def available_host_bytes() -> int:
-    """MemAvailable from /proc/meminfo: what the kernel can give without swapping."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_fits(name: str, nbytes: int, available: int, where: str) -> None:

@@ -116,6 +116,9 @@ class CxlTier(DramTier):
     def modeled(self) -> bool:
         return self.numa_node is None
 
+    def direct_rows(self) -> np.ndarray | None:
+        return None if self.modeled else self.slab  # a modeled read waits for its modeled time
+
     def _gather(self, slots: np.ndarray, out: Any) -> None:
         if not self.modeled:
             super()._gather(slots, out)

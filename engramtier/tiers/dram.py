@@ -17,7 +17,7 @@ import torch
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import default_model
 from engramtier.tiers.gpu import resolve_device
-from engramtier.tiers.slab import SlabTier, copy_rows
+from engramtier.tiers.slab import SlabTier, copy_rows, host_slab
 from engramtier.tiers.uva import device_view, gather_rows, require_cuda
 
 GATHERS = ("copy", "uva")  # how rows reach the device: CPU gather + copy, or a GPU gather over UVA
@@ -52,9 +52,15 @@ class DramTier(SlabTier):
         self.slab_pinned = self.pin
         self.slab = self._allocate_slab()
         self._slab_on_device = device_view(torch.from_numpy(self.slab), self.device) if gather == "uva" else None
+        self.reads_into_device = gather == "uva"
+
+    def direct_rows(self) -> np.ndarray | None:
+        return self.slab
 
     def _allocate_slab(self) -> np.ndarray:
-        return torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, pin_memory=self.pin).numpy()
+        if self.pin:  # page-locked for DMA to the GPU
+            return torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, pin_memory=True).numpy()
+        return host_slab(self.capacity_rows, self.row_bytes)
 
     def _gather(self, slots: np.ndarray, out: Any) -> None:
         if self._slab_on_device is not None and isinstance(out, torch.Tensor) and out.device.type == "cuda":
@@ -65,6 +71,9 @@ class DramTier(SlabTier):
 
     def _scatter(self, slots: np.ndarray, rows: Any) -> None:
         copy_rows(self._host_rows(rows, slots.size, "rows"), None, self.slab, slots, self.parallel_min_rows)
+
+    def _scatter_from(self, staging: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> None:
+        copy_rows(staging, positions, self.slab, slots, self.parallel_min_rows)
 
     def _check_device_out(self, out: torch.Tensor, n_rows: int) -> None:
         if out.device != self.device or out.shape != (n_rows, self.row_bytes) or out.dtype != torch.uint8 \

@@ -15,7 +15,7 @@ import torch
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import default_model
-from engramtier.tiers.slab import SlabTier, copy_rows
+from engramtier.tiers.slab import SlabTier, copy_rows, host_slab
 
 
 def resolve_device(device: Any, where: str) -> torch.device:
@@ -48,7 +48,12 @@ class GpuTier(SlabTier):
         self.emulated = self.device.type != "cuda"
         self.parallel_min_rows = int(parallel_min_rows)
         super().__init__(n_table_rows, capacity_rows, row_bytes, model or default_model("hbm"))
-        self.slab = torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, device=self.device)
+        self.slab = torch.from_numpy(host_slab(self.capacity_rows, self.row_bytes)) if self.emulated else \
+            torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, device=self.device)
+        self.reads_into_device = self.slab_on_device = not self.emulated
+
+    def direct_rows(self) -> np.ndarray | None:
+        return self.slab.numpy() if self.emulated else None
 
     def _slab_room(self) -> tuple[int, str | None]:
         if self.emulated:
@@ -85,6 +90,12 @@ class GpuTier(SlabTier):
             return
         rows = self._device_rows(rows, slots.size, "rows").to(self.device, non_blocking=True)
         self.slab.index_copy_(0, self._slots(slots), rows)
+
+    def _scatter_from(self, staging: Any, positions: np.ndarray, slots: np.ndarray) -> None:
+        if self.emulated:
+            copy_rows(staging, positions, self.slab.numpy(), slots, self.parallel_min_rows)
+            return
+        self.slab.index_copy_(0, self._slots(slots), staging.index_select(0, self._slots(positions)))
 
     def stats(self) -> dict:
         return {**super().stats(), "device": str(self.device), "emulated": self.emulated}

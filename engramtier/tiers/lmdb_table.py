@@ -34,12 +34,29 @@ from numba import njit
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
+from engramtier.memory import check_memory
+from engramtier.model.rows import RowFormat
+from engramtier.model.table import MANIFEST_FILE, open_table
 from engramtier.tiers.nvme import (
-    COUNT, DATA_FILE, LAYOUT_CHUNK, TABLE_FORMAT, layout_chunk_keys, open_environment, permutation_dtype,
+    COUNT,
+    DATA_FILE,
+    LAYOUT_CHUNK,
+    TABLE_FORMAT,
+    layout_chunk_keys,
+    open_environment,
+    permutation_dtype,
 )
 from engramtier.tiers.pages import (
-    PAGE_HEADER, PAGE_KEY, ROW_SUM_BYTES, Compression, Layout, encode_page, row_checksums,
+    PAGE_HEADER,
+    PAGE_KEY,
+    ROW_SUM_BYTES,
+    Compression,
+    Layout,
+    encode_page,
+    row_checksums,
 )
+from engramtier.trace.stats import row_counts
+from engramtier.trace.tracefile import TraceReader
 
 # An LMDB value larger than a page lives in whole 4 KiB overflow pages after a 16-byte page header;
 # sizing pages to fit that exactly keeps a "16 KiB" page in 16 KiB of disk instead of 20.
@@ -52,8 +69,6 @@ class FlatTableRows:
     """Rows of a flat table directory (`engramtier.model.table`), memory-mapped."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from engramtier.model.table import MANIFEST_FILE, open_table
-
         self.table = open_table(path)
         self.n_rows, self.row_bytes = self.table.n_rows, self.table.row_bytes
         self.manifest = json.loads((self.table.path / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -89,8 +104,6 @@ class RandomRows:
     (`for_hasher`: a table of a model's shape, which that model's hash config opens)."""
 
     def __init__(self, n_rows: int, row_format: str, dim: int, seed: int) -> None:
-        from engramtier.model.rows import RowFormat
-
         if n_rows < 1:
             raise EngramTierError(f"random table: --rows must be positive, got {n_rows}")
         self.format = RowFormat(row_format, dim)
@@ -128,8 +141,6 @@ def load_profile(path: str | os.PathLike, n_rows: int) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix != ".npy":
-        from engramtier.trace.stats import row_counts
-        from engramtier.trace.tracefile import TraceReader
 
         with TraceReader(path) as trace:
             if trace.n_table_rows != n_rows:
@@ -186,6 +197,12 @@ def build_lmdb_table(source: Any, path: str | os.PathLike, profile: np.ndarray |
         "source": source.identity, "compression": str(comp), "page_rows": layout.page_rows,
         "profile_sha256": None if profile is None else hashlib.sha256(profile.tobytes()).hexdigest(),
     }
+    batch_pages = batch_pages or max(1, (32 << 20) // layout.page_bytes)
+    batch_rows = min(batch_pages * layout.page_rows, layout.n_rows)
+    check_memory(f"building table {path}", {
+        "lower --batch-pages or --page-kib (rows packed per write)": 4 * batch_rows * (layout.row_bytes + ROW_SUM_BYTES),
+        "build a smaller table (its profile order)": 0 if profile is None else 40 * layout.n_rows,
+    })
     if map_size is None:
         map_size = 2 * layout.n_pages * _page_on_disk(layout) + (64 << 20)
         map_size += 2 * source.n_rows * permutation_dtype(source.n_rows).itemsize
@@ -198,7 +215,6 @@ def build_lmdb_table(source: Any, path: str | os.PathLike, profile: np.ndarray |
         done, summary = writer.resume_or_start(request, source, order)
         if summary is not None:
             return summary  # complete already
-        batch_pages = batch_pages or max(1, (32 << 20) // layout.page_bytes)
         with tqdm(total=layout.n_pages, initial=done, unit="page", disable=not progress,
                   desc=f"build {path.name}") as bar:
             for first in range(done, layout.n_pages, batch_pages):

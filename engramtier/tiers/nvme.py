@@ -24,7 +24,10 @@ read verifies the checksums of the pages and rows it touches, so a flipped bit o
 naming the page and file. Uncompressed pages are read in place from LMDB's memory map (no copy).
 
 Pages are fetched by ``readers`` threads, each in its own read transaction; the environment is opened
-read-only without a lock file, so any number of serving processes can share one table.
+read-only without a lock file, so any number of serving processes can share one table. A read of a
+step's rows is one batch: sorted by position and cut at page boundaries into one group per reader,
+each thread copying (and faulting in from disk) its own pages, so a cold read keeps ``readers`` disk
+requests in flight and each page is touched once.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 import zstandard
 
 from engramtier.errors import EngramTierError
+from engramtier.model.table import check_manifest
 from engramtier.tiers.base import Tier, default_model
 from engramtier.tiers.pages import PAGE_KEY, Layout, read_rows, rows_offset
 
@@ -49,6 +53,7 @@ TABLE_FORMAT = b"engramtier-lmdb-table/1"
 DATA_FILE = "data.mdb"
 COUNT = struct.Struct(">Q")
 LAYOUT_CHUNK = 1 << 20  # permutation entries per LMDB value
+SHARED_READ_ROWS = 256  # reads of at least this many rows are shared by the reader threads, page by page
 DATABASES = (b"meta", b"pages", b"layout")
 
 # --- The table's environment, shared with the builder. -------------------------------------------
@@ -60,9 +65,14 @@ def layout_chunk_keys(kind: bytes, n: int) -> list[bytes]:
 
 
 def open_environment(path: Path, *, readonly: bool, map_size: int = 1 << 30) -> lmdb.Environment:
-    """The LMDB environment of a table directory; read-only opens take no lock (shared serving)."""
-    return lmdb.open(str(path), subdir=True, readonly=readonly, lock=not readonly, max_dbs=len(DATABASES),
-                     map_size=map_size, readahead=False, meminit=False)
+    """The LMDB environment of a table directory; read-only opens take no lock (shared serving). A map
+    the process cannot address (a map size beyond the address space or the vm limits) is one line."""
+    try:
+        return lmdb.open(str(path), subdir=True, readonly=readonly, lock=not readonly, max_dbs=len(DATABASES),
+                         map_size=map_size, readahead=False, meminit=False)
+    except (lmdb.MemoryError, OverflowError) as err:
+        raise EngramTierError(f"table {path}: LMDB cannot map {map_size:,} bytes ({err}); give a smaller --map-size "
+                              "(the table's size with room to spare)") from None
 
 
 def drop_page_cache(path: str | os.PathLike) -> None:
@@ -182,24 +192,41 @@ class NvmeTier(Tier):
             page_of = positions // lay.page_rows
             unknown = page_of[self._page_at[page_of] == 0]
             if unknown.size:
-                self._in_readers(self._locate, np.unique(unknown))
+                self._for_pages(self._locate, np.unique(unknown))
         self._epoch += 1
-        bad, why, pages, stored = read_rows(positions, lay.page_rows, lay.n_rows, self._page_at, self._rows_at,
-                                            self._page_len, self._compressed, self._checked, self._epoch,
-                                            self.row_bytes, out)
+        results = self._in_readers(lambda order, lo, hi: read_rows(
+            positions, order, lo, hi, lay.page_rows, lay.n_rows, self._page_at, self._rows_at, self._page_len,
+            self._compressed, self._checked, self._epoch, self.row_bytes, out), *self._page_groups(positions))
         del keep  # the decompressed pages `_rows_at` pointed into
-        if bad >= 0:
-            raise self._corrupt(bad, "checksum list or header mismatch" if why == 1 else "row checksum mismatch")
+        for bad, why, _, _ in results:
+            if bad >= 0:
+                raise self._corrupt(bad, "checksum list or header mismatch" if why == 1 else "row checksum mismatch")
         self._count_read(ids.size)
-        self.pages_read += pages
-        self.stored_bytes_read += stored
+        self.pages_read += sum(r[2] for r in results)
+        self.stored_bytes_read += sum(r[3] for r in results)
 
-    def _in_readers(self, work: Any, pages: np.ndarray) -> list:
+    def _page_groups(self, positions: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The read's rows cut into one group per reader thread, each its own pages: (the rows in position
+        order, the groups' bounds in it). A read too small to share stays one group in request order."""
+        if self._pool is None or positions.size < SHARED_READ_ROWS:
+            return np.empty(0, np.int64), [0, positions.size]
+        order = np.argsort(positions, kind="stable")
+        page_of = positions[order] // self.layout.page_rows
+        cuts = np.searchsorted(page_of, page_of[np.linspace(0, page_of.size - 1, self.readers + 1).astype(np.int64)[1:-1]])
+        return order, [0, *sorted({c for c in cuts.tolist() if 0 < c < positions.size}), positions.size]
+
+    def _in_readers(self, read: Any, order: np.ndarray, bounds: list[int]) -> list:
+        """``read(order, lo, hi)`` for each group ``bounds[g]:bounds[g + 1]``, the groups in the reader threads."""
+        if len(bounds) == 2:
+            return [read(order, bounds[0], bounds[1])]
+        return list(self._pool.map(lambda g: read(order, bounds[g], bounds[g + 1]), range(len(bounds) - 1)))
+
+    def _for_pages(self, work: Any, pages: np.ndarray) -> list:
         """Run ``work(pages[start:stop])`` over slices of ``pages`` in the reader threads."""
         if self._pool is None or pages.size < 4 * self.readers:
             return [work(pages)]
         bounds = np.linspace(0, pages.size, self.readers + 1).astype(np.int64)
-        return list(self._pool.map(work, [pages[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
+        return list(self._pool.map(work, [pages[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]))
 
     def _lookup(self, pages: np.ndarray) -> Any:
         """Yield (page, rows on it, stored value) for ``pages``, recording where each value lives.
@@ -249,7 +276,7 @@ class NvmeTier(Tier):
                 keep.append(rows)
             return keep
 
-        return self._in_readers(work, pages)
+        return self._for_pages(work, pages)
 
     def _decompressor(self) -> Any:
         """This thread's zstd decompress function (contexts are not thread-safe)."""
@@ -328,7 +355,6 @@ def _check_meta(where: str, layout: Layout, done: int, summary: dict, manifest: 
     if ok and manifest.get("hash_config") is None:  # random rows: one sub-table, no addressing
         ok = manifest.get("fingerprint") is None and manifest.get("subtable_sizes") == [layout.n_rows]
     elif ok:  # a table for a model: the model's modules are loaded by whoever opens it
-        from engramtier.model.table import check_manifest
 
         check_manifest(manifest, f"{where}: the manifest")
     if not ok:

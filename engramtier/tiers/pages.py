@@ -139,20 +139,23 @@ def _pointer(typingctx, address):
 
 
 @njit(nogil=True, cache=True)
-def read_rows(positions, page_rows, n_rows, value_at, rows_at, value_len, compressed, checked, epoch, row_bytes,
-              out):
-    """Copy the row at ``positions[i]`` into ``out[i]``, verifying each page's header and checksum list
-    the first time this read touches it and every row's checksum.
+def read_rows(positions, order, lo, hi, page_rows, n_rows, value_at, rows_at, value_len, compressed, checked, epoch,
+              row_bytes, out):
+    """Copy the row at ``positions[i]`` into ``out[i]`` for ``i`` in ``order[lo:hi]`` (empty ``order``:
+    ``lo:hi`` itself), verifying each page's header and checksum list the first time this read touches
+    it and every row's checksum.
 
     Per page: ``value_at`` is the address of its stored value (header and checksum list), ``rows_at``
     that of its row bytes (inside the value, or a decompressed copy), both bounds-checked by the
     caller; ``checked[page] == epoch`` marks pages already verified by this read, so requests need no
-    grouping by page (no sort). Returns (bad page or -1, 1 for a bad header or checksum list and 2 for
-    a bad row, distinct pages touched, their stored bytes).
+    grouping by page (no sort). Several threads may read one batch at once when each owns its pages
+    (``order`` sorted by position, cut at page boundaries). Returns (bad page or -1, 1 for a bad header
+    or checksum list and 2 for a bad row, distinct pages touched, their stored bytes).
     """
     pages = 0
     stored = 0
-    for i in range(positions.size):
+    for j in range(lo, hi):
+        i = order[j] if order.size else j
         position = positions[i]
         page = position // page_rows
         k = position - page * page_rows

@@ -1,11 +1,15 @@
 """A cache tier: a slab of ``capacity_rows`` slots plus the map saying which table row is in which slot.
 
 The gpu, dram and cxl tiers differ only in where the slab lives and how rows are copied in and out;
-the bookkeeping is here. ``slot_of`` holds one int32 per table row (-1 = absent) so that a lookup is
-one array index, like the policies' own maps; ``id_of`` holds the row in each slot (-1 = free).
+the bookkeeping is here. ``id_of`` holds the row in each slot (-1 = free), and ``index`` finds a row's
+slot: a hashed key map over the slots (`engramtier.cache.keymap`), so the map costs a few bytes per
+slot whatever the table's size (DeepSeek-V4.1-Flash's 768M rows cost a 2 GiB tier nothing more than a
+20-row table would). Its kernels (`find_slots`, `remap`) are numba, so the runtime's step calls them
+in compiled code.
 
-The tier does not choose what to keep: the runtime's policy picks victims and slots, then calls
-`write_slots` and `evict`. `write` is the convenience form that reuses a row's slot or takes free ones.
+The tier does not choose what to keep: the runtime's policy picks victims and slots, then the runtime
+applies its own plan (`remap`, then the copies). `write_slots` and `evict` are the checked forms for
+other callers; `write` is the convenience form that reuses a row's slot or takes free ones.
 """
 
 from __future__ import annotations
@@ -16,12 +20,38 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from engramtier.cache import keymap
 from engramtier.errors import EngramTierError
-from engramtier.tiers.base import Tier, available_host_bytes, check_fits
+from engramtier.memory import available_host_bytes
+from engramtier.tiers.base import Tier, check_fits
+
+
+@njit(nogil=True, cache=True)
+def find_slots(index, id_of, ids, out):
+    """``out[i]`` = the slot holding row ``ids[i]``, or -1; returns how many are held."""
+    held = 0
+    for i in range(ids.size):
+        s = keymap.find(index, id_of, ids[i])
+        out[i] = s
+        held += s >= 0
+    return held
+
+
+@njit(nogil=True, cache=True)
+def remap(index, id_of, leaving, slots, ids):
+    """Apply planned slot changes to the map: the ``leaving`` rows (all held) give up their slots, then
+    row ``ids[i]`` takes slot ``slots[i]``. A row moving between slots is in both."""
+    for i in range(leaving.size):
+        s = keymap.find(index, id_of, leaving[i])
+        keymap.delete(index, id_of, leaving[i])
+        id_of[s] = -1
+    for i in range(ids.size):
+        id_of[slots[i]] = ids[i]
+        keymap.insert(index, id_of, ids[i], slots[i])
 
 
 def _copy_rows(src, src_index, dst, dst_index):
-    """``dst[dst_index[i]] = src[src_index[i]]``, with a byte loop that numba turns into wide moves.
+    """``dst[dst_index[i]] = src[src_index[i]]``, a loop over a row's words (see `words`).
 
     A slice assignment per row would build two array views per row and run several times slower.
     An empty index array means "row i" (identity), so gather and scatter share this one loop.
@@ -42,6 +72,20 @@ _copy_rows_parallel = njit(nogil=True, parallel=True, cache=True)(_copy_rows)
 _NO_INDEX = np.empty(0, np.int64)
 
 
+def host_slab(rows: int, row_bytes: int) -> np.ndarray:
+    """An untouched host slab of ``rows`` rows. numpy asks the kernel for transparent huge pages on large
+    arrays (torch's allocator does not), and rows are read at random, so 2 MiB pages spare a TLB miss
+    on nearly every row read."""
+    return np.empty((rows, row_bytes), np.uint8)
+
+
+def words(rows: np.ndarray) -> np.ndarray:
+    """C-contiguous uint8 rows ``[n, row_bytes]`` viewed as the widest unsigned words that divide a row
+    (264-byte fp8 rows are 33 uint64): a row copy then moves a few words, not hundreds of bytes."""
+    width = next(w for w in (8, 4, 2, 1) if rows.shape[1] % w == 0)
+    return rows.view(np.dtype(f"u{width}"))
+
+
 def copy_rows(src: np.ndarray, src_index: np.ndarray | None, dst: np.ndarray, dst_index: np.ndarray | None,
               parallel_min_rows: int) -> None:
     """Copy rows between host arrays; identity where an index is None; threads from ``parallel_min_rows`` rows."""
@@ -49,15 +93,20 @@ def copy_rows(src: np.ndarray, src_index: np.ndarray | None, dst: np.ndarray, ds
     dst_index = _NO_INDEX if dst_index is None else dst_index
     n = max(src_index.size, dst_index.size)
     kernel = _copy_rows_parallel if n >= parallel_min_rows else _copy_rows_serial
-    kernel(src, src_index, dst, dst_index)
+    kernel(words(src), src_index, words(dst), dst_index)
 
 
 class SlabTier(Tier):
     """Slots and slot map shared by every cache tier; subclasses own the slab and the copies."""
 
+    # What the runtime asks of a cache tier: whether its reads fill device memory, whether its slab
+    # lives there (writes then take device rows), and `direct_rows` (see there).
+    reads_into_device = False
+    slab_on_device = False
+
     def __init__(self, n_table_rows: int, capacity_rows: int, row_bytes: int, model: Any) -> None:
         super().__init__(n_table_rows, capacity_rows, row_bytes, model)
-        map_bytes = 4 * self.n_table_rows + 8 * self.capacity_rows
+        map_bytes = keymap.index_bytes(self.n_table_rows, self.capacity_rows, True) + 8 * self.capacity_rows
         slab_bytes = self.capacity_rows * self.row_bytes
         room, where = self._slab_room()
         host = available_host_bytes()
@@ -66,9 +115,15 @@ class SlabTier(Tier):
         else:
             check_fits(self.name, map_bytes, host, "host memory (slot map)")
             check_fits(self.name, slab_bytes, room, where)
-        self.slot_of = np.full(self.n_table_rows, -1, np.int32)
+        self.index = keymap.hashed_index(self.capacity_rows)
         self.id_of = np.full(self.capacity_rows, -1, np.int64)
         self.evictions = 0
+
+    def direct_rows(self) -> np.ndarray | None:
+        """The slab as a host array when reading a row is nothing but a memory copy, so the runtime may
+        read rows straight out of it into what it delivers; None when a read must go through `read`
+        (a device slab, a modeled read that takes time)."""
+        return None
 
     def _slab_room(self) -> tuple[int, str | None]:
         """Free bytes where the slab will live and a name for that place; None: host memory."""
@@ -82,16 +137,48 @@ class SlabTier(Tier):
     def _scatter(self, slots: np.ndarray, rows: Any) -> None:
         """Copy ``rows`` into ``slots``."""
 
+    @abstractmethod
+    def _scatter_from(self, staging: Any, positions: np.ndarray, slots: np.ndarray) -> None:
+        """Copy ``staging[positions[i]]`` into slot ``slots[i]``."""
+
     def occupancy(self) -> int:
         return int(np.count_nonzero(self.id_of >= 0))
 
+    def slots_of(self, ids: Any) -> np.ndarray:
+        """The slot of each row of ``ids``, -1 where it is not held."""
+        ids = self._ids(ids)
+        slots = np.empty(ids.size, np.int64)
+        find_slots(self.index, self.id_of, ids, slots)
+        return slots
+
     def contains(self, ids: Any) -> np.ndarray:
-        return self.slot_of[self._ids(ids)] >= 0
+        return self.slots_of(ids) >= 0
 
     def read(self, ids: Any, out: Any) -> None:
         ids = self._ids(ids)
-        self._gather(self._held_slots(ids), out)
-        self._count_read(ids.size)
+        self.read_slots(self._held_slots(ids), out)
+
+    def read_slots(self, slots: np.ndarray, out: Any) -> None:
+        """Copy the rows in ``slots`` (int64, as `slots_of` gives them) into ``out``: `read` once the
+        slots are known."""
+        self._gather(slots, out)
+        self._count_read(slots.size)
+
+    def count_direct_reads(self, n: int) -> None:
+        """Count ``n`` rows the runtime read straight out of `direct_rows`."""
+        self._count_read(n)
+
+    def apply_plan(self, leaving: np.ndarray, slots: np.ndarray, ids: np.ndarray, staging: Any,
+                   positions: np.ndarray) -> None:
+        """Apply the runtime's own plan (`engramtier.tiers.slots`, trusted, so unchecked): the
+        ``leaving`` rows give up their slots, then row ``ids[i]`` is copied from ``staging[positions[i]]``
+        into slot ``slots[i]``. ``staging`` is where the slab lives (host rows, or device rows for a
+        device slab)."""
+        remap(self.index, self.id_of, leaving, slots, ids)
+        self.evictions += leaving.size
+        if ids.size:
+            self._scatter_from(staging, positions, slots)
+            self._count_write(ids.size)
 
     def write_slots(self, slots: Any, ids: Any, rows: Any) -> None:
         """Put ``rows[i]`` (row ``ids[i]``) into slot ``slots[i]``, replacing what the slot held.
@@ -110,7 +197,7 @@ class SlabTier(Tier):
             )
         if np.unique(slots).size != slots.size or np.unique(ids).size != ids.size:
             raise EngramTierError(f"{self.name} tier: a write names the same slot or row twice; deduplicate it")
-        held = self.slot_of[ids]
+        held = self.slots_of(ids)
         moved = (held >= 0) & (held != slots)
         if moved.any():
             i = int(np.flatnonzero(moved)[0])
@@ -121,16 +208,14 @@ class SlabTier(Tier):
         self._scatter(slots, rows)
         replaced = self.id_of[slots]
         replaced = replaced[(replaced >= 0) & (replaced != ids)]
-        self.slot_of[replaced] = -1
         self.evictions += replaced.size
-        self.id_of[slots] = ids
-        self.slot_of[ids] = slots
+        remap(self.index, self.id_of, replaced, slots, ids)
         self._count_write(ids.size)
 
     def write(self, ids: Any, rows: Any) -> None:
         """Store rows: a held row is overwritten in place, a new row takes a free slot."""
         ids = self._ids(ids)
-        slots = self.slot_of[ids].astype(np.int64)
+        slots = self.slots_of(ids)
         new = slots < 0
         n_new = int(np.count_nonzero(new))
         if n_new:
@@ -147,8 +232,7 @@ class SlabTier(Tier):
         """Drop rows ``ids`` (all must be held) and return the slots they free."""
         ids = self._ids(ids)
         slots = self._held_slots(ids)
-        self.slot_of[ids] = -1
-        self.id_of[slots] = -1
+        remap(self.index, self.id_of, ids, slots[:0], ids[:0])
         self.evictions += ids.size
         return slots
 
@@ -156,11 +240,11 @@ class SlabTier(Tier):
         return {**super().stats(), "occupancy": self.occupancy(), "evictions": self.evictions}
 
     def _held_slots(self, ids: np.ndarray) -> np.ndarray:
-        slots = self.slot_of[ids]
-        if slots.size and slots.min() < 0:
+        slots = np.empty(ids.size, np.int64)
+        if find_slots(self.index, self.id_of, ids, slots) < ids.size:
             missing = ids[slots < 0]
             raise EngramTierError(
                 f"{self.name} tier: {missing.size} of {ids.size} rows are not held (first: row {missing[0]}); "
                 "check contains() and read those from a lower tier"
             )
-        return slots.astype(np.int64)
+        return slots

@@ -16,66 +16,84 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from engramtier.cache.policy import is_compiled
+from engramtier.cache import keymap
 from engramtier.errors import EngramTierError
 from engramtier.tiers.slab import SlabTier
-from engramtier.tiers.staging import Grow
 
 
 @njit(inline="always")
-def _release(row, slot_of, id_of, free, n_free, mark, step, touched, before, n):
-    """Free ``row``'s slot, listing the slot as touched; the new touched count, or -1 if ``row`` holds
-    no slot (the map contradicts the policy)."""
-    s = slot_of[row]
-    if s < 0:
-        return -1
+def _take(index, id_of, row, s, mark, step, touched, before, n):
+    """Row ``row`` takes slot ``s`` (free, or freed just now), listing the slot as touched; the new
+    touched count."""
     if mark[s] != step:
         mark[s] = step
         touched[n] = s
         before[n] = id_of[s]
         n += 1
-    slot_of[row] = -1
-    id_of[s] = -1
-    free[n_free[0]] = s
-    n_free[0] += 1
+    id_of[s] = row
+    keymap.insert(index, id_of, row, s)
     return n
 
 
+@njit(inline="always")
+def _vacate(index, id_of, row, mark, step, touched, before, n):
+    """Free ``row``'s slot, listing it as touched; returns (the slot, the new touched count), or
+    (-1, n) if ``row`` holds no slot (the map contradicts the policy)."""
+    s = keymap.find(index, id_of, row)
+    if s < 0:
+        return -1, n
+    if mark[s] != step:
+        mark[s] = step
+        touched[n] = s
+        before[n] = id_of[s]
+        n += 1
+    keymap.delete(index, id_of, row)
+    id_of[s] = -1
+    return s, n
+
+
 @njit(nogil=True, cache=True)
-def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_free, mark, step, touched,
-               before, after):
-    """Replay one cache tier's events of a step (an `Engine` stream) on its slot map.
+def plan_slots(events, hit, victim, exclusive_lower, index, id_of, free, n_free, mark, step, touched, before,
+               after, arrive_slots, arrive_rows, leaving, counts):
+    """Replay one cache tier's events of a step (an `Engine` stream) on its slot map (``index`` over
+    ``id_of``, see `engramtier.tiers.slab`).
 
     A lookup the tier missed and admitted (``victim`` = what ``admit`` returned: -1, a victim, or the
     row itself when declined) takes the victim's slot or pops a free one; for an exclusive lower tier
     (``exclusive_lower``) a lookup hit frees the row's slot (the row moves up) and a DEMOTE event
     (-1 - row) is admitted the same way; a hit that evicted (``victim`` >= 0 on a hit, see
-    `hit_victim`) frees the evicted row's slot. ``free[:n_free[0]]`` is the stack of free slots, updated to
-    the step's end. Each slot touched is listed once in ``touched`` with its row ``before`` and
-    ``after`` the step (``mark[slot] == step`` once listed); ``slot_of``/``id_of`` are left as they
-    were, because the rows move only after the step's gather. Returns (slots touched, -1), or the
-    index of the first event the map contradicts (a policy admitting into a full tier, a victim not
-    held).
+    `hit_victim`) frees the evicted row's slot. ``free[:n_free[0]]`` is the stack of free slots, updated
+    to the step's end. Each slot touched is listed once in ``touched`` with its row ``before`` and
+    ``after`` the step (``mark[slot] == step`` once listed); the map is left as it was, because the rows
+    move only after the step's gather.
+
+    The plan comes out as ``counts`` = [arrivals, leaving rows]: ``arrive_rows[i]`` takes slot
+    ``arrive_slots[i]``, and ``leaving`` rows give up their slots (gone, or moved to another slot), what
+    `engramtier.tiers.slab.remap` applies. Returns the index of the first event the map contradicts (a
+    policy admitting into a full tier, a victim not held), or -1.
     """
     n = 0
     bad = -1
     for j in range(events.size):
         e = events[j]
         if e >= 0 and exclusive_lower:
-            if not hit[j]:
-                continue
-            n = _release(e, slot_of, id_of, free, n_free, mark, step, touched, before, n)
-            if n < 0:
-                bad = j
-                break
+            if hit[j]:
+                s, n = _vacate(index, id_of, e, mark, step, touched, before, n)
+                if s < 0:
+                    bad = j
+                    break
+                free[n_free[0]] = s
+                n_free[0] += 1
             continue
         if e >= 0:
             if hit[j]:
                 if victim[j] >= 0:  # the hit evicted a row (see `hit_victim`): free its slot
-                    n = _release(victim[j], slot_of, id_of, free, n_free, mark, step, touched, before, n)
-                    if n < 0:
+                    s, n = _vacate(index, id_of, victim[j], mark, step, touched, before, n)
+                    if s < 0:
                         bad = j
                         break
+                    free[n_free[0]] = s
+                    n_free[0] += 1
                 continue
             k = e
         else:
@@ -90,49 +108,36 @@ def plan_slots(events, hit, victim, exclusive_lower, slot_of, id_of, free, n_fre
             n_free[0] -= 1
             s = free[n_free[0]]
         else:
-            s = slot_of[v]
+            s, n = _vacate(index, id_of, v, mark, step, touched, before, n)
             if s < 0:
                 bad = j
                 break
-            slot_of[v] = -1
-        if mark[s] != step:
-            mark[s] = step
-            touched[n] = s
-            before[n] = id_of[s]
-            n += 1
-        id_of[s] = k
-        slot_of[k] = s
+        n = _take(index, id_of, k, s, mark, step, touched, before, n)
+    n_arrive = n_leave = 0
     for i in range(n):
-        after[i] = id_of[touched[i]]
-    for i in range(n):  # undo, latest occupants first, then the occupants at the start
+        a, b = id_of[touched[i]], before[i]
+        after[i] = a
+        if a >= 0 and a != b:
+            arrive_slots[n_arrive] = touched[i]
+            arrive_rows[n_arrive] = a
+            n_arrive += 1
+        if b >= 0 and b != a:
+            leaving[n_leave] = b
+            n_leave += 1
+    for i in range(n):  # undo: forget the latest occupants, then restore those at the start
         if after[i] >= 0:
-            slot_of[after[i]] = -1
+            keymap.delete(index, id_of, after[i])
     for i in range(n):
         id_of[touched[i]] = before[i]
         if before[i] >= 0:
-            slot_of[before[i]] = touched[i]
-    return n, bad
-
-
-@njit(nogil=True)
-def _held_keys(policy, n_keys, out):
-    n = 0
-    for k in range(n_keys):
-        if policy.contains(k):
-            out[n] = k
-            n += 1
-    return n
-
-
-def held_keys(policy: Any, n_keys: int) -> np.ndarray:
-    """The rows a policy holds (a static hot set starts full), scanned once when the table opens."""
-    out = np.empty(int(policy.occupancy()), np.int64)
-    n = (_held_keys if is_compiled(policy) else _held_keys.py_func)(policy, n_keys, out)
-    return out[:n]
+            keymap.insert(index, id_of, before[i], touched[i])
+    counts[0], counts[1] = n_arrive, n_leave
+    return bad
 
 
 class SlotPlan:
-    """The runtime's bookkeeping for one cache tier: its free slots and the slot changes of a step."""
+    """The runtime's bookkeeping for one cache tier: its free slots and the slot changes of a step
+    (`arrive_slots`, `arrive_rows` and `leaving`, valid until the next `plan`)."""
 
     def __init__(self, tier: SlabTier, exclusive_lower: bool) -> None:
         self.tier = tier
@@ -142,28 +147,37 @@ class SlotPlan:
         self.free[: free.size] = free
         self.n_free = np.array([free.size], np.int64)
         self.mark = np.full(tier.capacity_rows, -1, np.int64)
-        self.touched, self.before, self.after = Grow(np.int64), Grow(np.int64), Grow(np.int64)
-        self.n = 0
+        self._capacity = 0
+        self._counts = np.zeros(2, np.int64)
+        self._reserve(1)
+        self.clear()
 
-    def plan(self, stream: Any, step: int, name: str) -> None:
-        n_events = stream.events.size
-        touched, before, after = self.touched.take(n_events), self.before.take(n_events), self.after.take(n_events)
-        self.n, bad = plan_slots(stream.events, stream.hit, stream.victim, self.exclusive_lower, self.tier.slot_of,
-                                 self.tier.id_of, self.free, self.n_free, self.mark, step, touched, before, after)
+    def plan(self, stream: Any, step: int, name: str) -> bool:
+        """Plan the tier's events of a step (an `Engine` stream); returns whether any slot changes. The
+        changes of a step stand until the next call (a tier that nothing reached is not asked: see
+        `clear`)."""
+        self._reserve(stream.events.size)
+        bad = plan_slots(stream.events, stream.hit, stream.victim, self.exclusive_lower, self.tier.index,
+                         self.tier.id_of, self.free, self.n_free, self.mark, step, self._touched, self._before,
+                         self._after, self._slots, self._rows, self._leaving, self._counts)
         if bad >= 0:
             raise EngramTierError(
                 f"tiered table: tier '{name}': its policy's decision at step {step} (event {bad}) contradicts the "
                 "tier's slots (a policy admitting beyond its capacity or evicting a row it does not hold); "
                 "check the policy against the policy interface"
             )
+        n_arrive, n_leave = self._counts.tolist()
+        self.arrive_slots, self.arrive_rows, self.leaving = (
+            self._slots[:n_arrive], self._rows[:n_arrive], self._leaving[:n_leave])
+        return bool(n_arrive or n_leave)
 
-    def arrivals(self) -> tuple[np.ndarray, np.ndarray]:
-        """(slots, rows) that change occupant in the planned step."""
-        touched, before, after = self.touched.array[: self.n], self.before.array[: self.n], self.after.array[: self.n]
-        arrive = (after >= 0) & (after != before)
-        return touched[arrive], after[arrive]
+    def _reserve(self, n_events: int) -> None:
+        """Room for a step of ``n_events`` events: the buffers grow with the largest step, never shrink."""
+        if n_events > self._capacity:
+            self._capacity = max(n_events, 2 * self._capacity)
+            self._touched, self._before, self._after, self._slots, self._rows, self._leaving = (
+                np.empty(self._capacity, np.int64) for _ in range(6))
 
-    def leaving(self) -> np.ndarray:
-        """Rows that leave their slot in the planned step (gone, or moved to another slot)."""
-        before, after = self.before.array[: self.n], self.after.array[: self.n]
-        return before[(before >= 0) & (before != after)]
+    def clear(self) -> None:
+        """No slot changes (a step nothing reached this tier in)."""
+        self.arrive_slots, self.arrive_rows, self.leaving = self._slots[:0], self._rows[:0], self._leaving[:0]

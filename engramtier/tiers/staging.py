@@ -38,19 +38,32 @@ class Staging:
     """Rows of ``row_bytes`` staged for ``device``: `host` rows, `device` rows, and the copy between.
 
     ``stream`` is the side stream the device buffer is allocated and filled on (None without CUDA,
-    where the host buffer is what is delivered and nothing is copied). The copy is asynchronous: wait
-    on ``stream`` before refilling the host rows it reads.
+    where the host buffer is what is delivered and nothing is copied). The copy is asynchronous, so
+    with CUDA there are two host buffers, used by turns (`flip`): a step fills one while the copy of
+    the step before may still read the other, and only the step after next must wait for that copy.
     """
 
     def __init__(self, row_bytes: int, device: torch.device) -> None:
         self.row_bytes = row_bytes
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._host = Grow(np.uint8, (row_bytes,), pinned=self.stream is not None)
+        turns = 2 if self.stream is not None else 1
+        self._turns = [Grow(np.uint8, (row_bytes,), pinned=self.stream is not None) for _ in range(turns)]
+        self._host = self._turns[0]
         self.on_device = torch.empty((0, row_bytes), dtype=torch.uint8, device=device)  # grown by `device`
+
+    def flip(self) -> None:
+        """Take the other host buffer (with CUDA): the next step fills it while the last one's copy runs."""
+        self._turns.append(self._turns.pop(0))
+        self._host = self._turns[0]
 
     def host(self, n: int) -> np.ndarray:
         """The first ``n`` host rows (pinned where CUDA exists)."""
         return self._host.take(n)
+
+    @property
+    def host_rows(self) -> np.ndarray:
+        """Every host row there is (the buffer `host` hands out views of, until it grows)."""
+        return self._host.array
 
     def device(self, n: int) -> torch.Tensor:
         """The first ``n`` device rows, the buffer grown to hold them."""

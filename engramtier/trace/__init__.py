@@ -1,6 +1,6 @@
 """engramtier.trace: token sources -> row traces in steps -> trace files, exports and statistics.
 
-sources    text files, directories, JSONL, stdin and synthetic Zipf streams, as canonical token ids
+sources    text documents (`engramtier.documents`) and synthetic Zipf streams, as canonical token ids
 build      token ids -> global row ids, grouped into prefill or decode (continuous batching) steps
 rowtrace   `RowTrace`, the in-memory trace the simulator replays
 schedule   continuous batching as vLLM's V1 scheduler cuts steps (token budget, chunked prefill, FCFS)

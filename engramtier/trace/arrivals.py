@@ -172,7 +172,10 @@ def _csv_records(text, path: Path):
     header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
     for number, row in enumerate(reader, 2):
         if row:
-            yield number, dict(zip(header, row))
+            if len(row) != len(header):
+                raise EngramTierError(f"--arrivals {path} line {number}: {len(row)} fields but the header has {len(header)}; "
+                                      "give a CSV whose rows match its header")
+            yield number, dict(zip(header, row, strict=True))
 
 
 def _jsonl_records(text, path: Path):

@@ -6,10 +6,20 @@ import argparse
 import json
 import sys
 
-from engramtier.argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int, seed
+from engramtier.argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int, row_bytes, seed
 from engramtier.errors import EngramTierError
-from engramtier.trace.arrivals import DEFAULT_POISSON_REQUESTS
-from engramtier.trace.schedule import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
+from engramtier.model.hashing import uniform_shape_problems
+from engramtier.model.presets import SHAPE_KEYS, shape_settings
+from engramtier.outputs import atomic_output, check_output_file
+from engramtier.trace.arrivals import DEFAULT_POISSON_REQUESTS, LengthDistribution, parse_arrivals_spec, poisson_arrivals, read_arrivals
+from engramtier.trace.build import StepPlan, hasher_for, write_trace
+from engramtier.trace.export import export_trace
+from engramtier.trace.schedule import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, Scheduler
+from engramtier.trace.sources import TextSource, ZipfSource, shipped_experiment
+from engramtier.trace.stats import trace_stats
+from engramtier.trace.tomlfile import read_toml
+from engramtier.trace.tracefile import TraceReader
+from engramtier.trace.workload import StepTime, write_workload_trace
 
 TRACE_EXAMPLES = """examples:
   engramtier trace engramtier/data/sample_text -o docs.trace
@@ -25,7 +35,8 @@ TRACE_EXAMPLES = """examples:
       exponential:128 --max-num-batched-tokens 2048 --timing my.toml engramtier/data/sample_text -o p4.trace
 
 --preset sets the table shape of a published model (dsv41-flash, engram-27b, engram-40b): tokenizer,
-layers, heads, max n-gram, table size, row bytes, Engram pad and seed; options given explicitly override it.
+layers, heads, max n-gram, table size, row bytes, Engram pad, seed and image token (none); options given
+explicitly override it.
 
 --arrivals reads the columns of the Azure LLM inference traces (TIMESTAMP, ContextTokens, GeneratedTokens),
 BurstGPT (Timestamp, Request tokens, Response tokens) or Mooncake (timestamp, input_length, output_length;
@@ -90,10 +101,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-ngram", type=positive_int, help="largest n-gram order N (default 3)")
     p.add_argument("--table-size", type=positive_int, help="rows per sub-table, rounded up to a prime (default 1000003)")
     p.add_argument("--seed", type=seed, help="hash seed and the Zipf stream's seed (default 0)")
-    p.add_argument("--row-bytes", type=positive_int, help="bytes per row (default 160: bf16[80])")
+    p.add_argument("--row-bytes", type=row_bytes, help="bytes per row (default 160: bf16[80])")
     p.add_argument("--engram-pad", type=nonnegative_int, metavar="BASE_ID",
                    help="base token id standing for positions before a sequence's start (default: the "
                    "tokenizer's, 2 for deepseek)")
+    p.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
+                   help="base token id of the model's image token: it and every n-gram reaching across it hash as "
+                   "the pad (docs/design.md's image rule; default: none)")
     p.add_argument("--chunk-rows", type=positive_int, default=1 << 20, help="row ids per file chunk (default 1048576)")
     p.add_argument("--synthetic-zipf", type=positive_float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
     p.add_argument("--vocab", type=positive_int, default=100_000, help="synthetic vocabulary size (default 100000)")
@@ -147,16 +161,10 @@ def register(subparsers) -> None:
 
 
 def run_trace(args) -> None:
-    from engramtier.model.hashing import shape_problems
-    from engramtier.model.presets import SHAPE_KEYS, shape_settings
-    from engramtier.outputs import check_output_file
-    from engramtier.trace.build import StepPlan, hasher_for, write_trace
-    from engramtier.trace.sources import TextSource, ZipfSource
-
-    check_output_file(args.output, "-o")
+    check_output_file(args.output, "-o", inputs=[s for s in args.sources if s != "-"])
     workload = _workload_inputs(args) if args.arrivals else None  # a bad arrival file is refused before the tokenizer loads
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
-    problems = shape_problems([shape["table_size"]] * max(shape["max_ngram"] - 1, 0), shape["layers"], shape["heads"])
+    problems = uniform_shape_problems(shape["table_size"], shape["max_ngram"], shape["layers"], shape["heads"])
     if problems:
         raise EngramTierError("table shape: " + "; ".join(problems) + "; see engramtier trace --help")
     if args.synthetic_zipf is not None:
@@ -166,7 +174,7 @@ def run_trace(args) -> None:
     elif not args.sources:
         raise EngramTierError("no input: name text files, directories, JSONL files or '-', or use --synthetic-zipf")
     else:
-        source = TextSource(args.sources, shape["tokenizer"], args.field, shape["engram_pad"])
+        source = TextSource(args.sources, shape["tokenizer"], args.field, shape["engram_pad"], shape["image_token"])
     hasher = hasher_for(source, shape["table_size"], shape["layers"], shape["heads"], shape["max_ngram"], shape["seed"])
     if workload is not None:
         _write_workload(args, workload, source, hasher, shape)
@@ -181,12 +189,6 @@ def run_trace(args) -> None:
 
 def _workload_inputs(args):
     """(arrivals, scheduler, step time) of the --arrivals options, every one checked."""
-    from engramtier.tomlfile import read_toml
-    from engramtier.trace.arrivals import LengthDistribution, parse_arrivals_spec, poisson_arrivals, read_arrivals
-    from engramtier.trace.schedule import Scheduler
-    from engramtier.trace.sources import shipped_experiment
-    from engramtier.trace.workload import StepTime
-
     if args.mode != "prefill":
         raise EngramTierError("--arrivals cuts steps by continuous batching; leave out --mode")
     timing_file = args.timing or str(shipped_experiment())
@@ -206,8 +208,6 @@ def _workload_inputs(args):
 
 
 def _write_workload(args, workload, source, hasher, shape) -> None:
-    from engramtier.trace.workload import write_workload_trace
-
     arrivals, scheduler, step_time = workload
     summary = write_workload_trace(source, hasher, arrivals, scheduler, step_time, args.output, shape["row_bytes"],
                                    args.chunk_rows, preset=args.preset, progress=not args.quiet)
@@ -225,19 +225,15 @@ def _write_workload(args, workload, source, hasher, shape) -> None:
 
 
 def run_stats(args) -> None:
-    from engramtier.outputs import atomic_output, check_output_file
-    from engramtier.trace.stats import trace_stats
-    from engramtier.trace.tracefile import TraceReader
-
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", inputs=[args.trace])
     with TraceReader(args.trace) as reader:
         stats = trace_stats(reader).stats_dict()
         columns = reader.step_columns
     if columns:
         stats["per_step"] = {name: {"mean": float(v.mean()), "max": int(v.max())} for name, v in columns.items()}
     if args.json:
-        with atomic_output(args.json, "--json") as part, open(part, "w", encoding="utf-8") as f:
+        with atomic_output(args.json, "--json", inputs=[args.trace]) as part, open(part, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
     alpha = stats["zipf_alpha"]
     lines = [
@@ -266,10 +262,8 @@ def run_stats(args) -> None:
 
 
 def run_export(args) -> None:
-    from engramtier.outputs import atomic_output
-    from engramtier.trace.export import export_trace
-    from engramtier.trace.tracefile import TraceReader
-
-    with TraceReader(args.trace) as reader, atomic_output(args.output, "-o") as part:
+    # the oracle format places its records out of order (it seeks): only CSV streams into a device or FIFO
+    with TraceReader(args.trace) as reader, \
+            atomic_output(args.output, "-o", inputs=[args.trace], stream_ok=args.format == "csv") as part:
         n = export_trace(reader, part, args.format, args.stream, args.object_size)
     print(f"{args.output}: {n} records ({args.format}, {args.stream})")

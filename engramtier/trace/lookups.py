@@ -1,8 +1,9 @@
 """A step's lookups: its unique rows in first-occurrence order, each with its last request's position.
 
-One forward pass fetches a row once however often its tokens ask for it, so the simulator, the
-runtime and the libCacheSim lookup export all replay this, not the raw requests. It lives in
-`trace/` because all three read it and `trace/` is upstream of `cache/` and `tiers/`.
+One forward pass fetches a row once however often its tokens ask for it, so the simulator and the
+libCacheSim lookup export replay this, not the raw requests; the runtime computes the same per step
+through a hash map sized by the step (`engramtier.tiers.step.dedup`, tested equal), since its keys are
+a table's row ids. It lives in `trace/` because both read it and `trace/` is upstream of `cache/`.
 """
 
 from numba import njit

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
 from engramtier.errors import EngramTierError, check_number
 from engramtier.model.hashing import NgramHasher
@@ -32,6 +33,7 @@ from engramtier.trace.arrivals import Arrivals
 from engramtier.trace.build import addressing_meta
 from engramtier.trace.schedule import ScheduledStep, Scheduler
 from engramtier.trace.sources import TokenSource
+from engramtier.trace.tracefile import TraceWriter
 
 STEP_COLUMNS = ("start_us", "prefill_tokens", "decode_tokens", "running", "waiting")
 
@@ -114,10 +116,6 @@ def write_workload_trace(source: TokenSource, hasher: NgramHasher, arrivals: Arr
                          preset: str | None = None, progress: bool = False) -> dict:
     """Write the trace of ``arrivals`` served under ``scheduler`` (see the module docstring); returns a
     summary: requests, tokens, steps, rows, bytes, simulated seconds, source restarts, seconds spent."""
-    from tqdm import tqdm
-
-    from engramtier.trace.tracefile import TraceWriter
-
     meta = {"mode": "arrivals", **addressing_meta(hasher, preset), "source": source.describe(),
             "arrivals": arrivals.origin,
             "scheduler": {"max_num_batched_tokens": scheduler.max_num_batched_tokens,

@@ -15,6 +15,10 @@ Every node holds a distinct key, so a pool never needs more nodes than there are
 caps it there, which keeps a tier far larger than a trace's working set (a 32 GiB DRAM tier over a
 trace's dense keys) from allocating nodes no key can ever fill. A few nodes of slack cover a key
 that is briefly in two lists while it moves.
+
+Every list policy's state tuple begins with the same five arrays, named by `INDEX` .. `ST`: the key
+map (`engramtier.cache.keymap`: key -> node, dense or hashed), each node's key, the links, and the
+policy's int64 scalars. `node_of`, `link_key` and `unlink_key` are the key map seen through a state.
 """
 
 import math
@@ -22,13 +26,20 @@ import math
 import numpy as np
 from numba import njit, types
 
+from engramtier.cache import keymap
+
+INDEX, KEY_OF = keymap.INDEX, keymap.KEY_OF
+PRV, NXT, ST = 2, 3, 4  # the state tuple's first arrays, shared by every list policy
+
 
 POOL_SLACK = 2
 
 
 def bounded_pool(nodes: int, n_keys: int) -> int:
-    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring)."""
-    return min(int(nodes), int(n_keys) + POOL_SLACK)
+    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring); at least
+    two, because numba types the field views of a one-record pool as contiguous arrays, another type than
+    every other pool's, whose policy and drivers it would compile again (a one-row miniature cache)."""
+    return max(2, min(int(nodes), int(n_keys) + POOL_SLACK))
 
 
 def free_chain(pool: int) -> np.ndarray:
@@ -36,6 +47,32 @@ def free_chain(pool: int) -> np.ndarray:
     nxt = np.arange(1, pool + 1, dtype=np.int32)
     nxt[-1] = -1
     return nxt
+
+
+@njit(inline="always")
+def node_of(state, key):
+    """``key``'s node (cached or ghost), or -1."""
+    return keymap.find(state[INDEX], state[KEY_OF], key)
+
+
+@njit(inline="always")
+def link_key(state, key, s):
+    """Record that node ``s`` holds ``key`` (sets ``key_of[s]``, then maps the key to it)."""
+    state[KEY_OF][s] = key
+    keymap.insert(state[INDEX], state[KEY_OF], key, s)
+
+
+@njit(inline="always")
+def unlink_key(state, s):
+    """Forget node ``s``'s key (the node keeps it in ``key_of`` until reused); returns the key."""
+    key = state[KEY_OF][s]
+    keymap.delete(state[INDEX], state[KEY_OF], key)
+    return key
+
+
+def key_index(n_keys: int, pool: int, hashed: bool) -> np.ndarray:
+    """The key map of a pool of ``pool`` nodes over ``n_keys`` keys (`engramtier.cache.keymap.new_index`)."""
+    return keymap.new_index(n_keys, pool, hashed)
 
 
 # Numba types of the views into node records: strided ("A" layout) 1-D arrays.
@@ -110,9 +147,10 @@ def move_to_head(prv, nxt, st, q, s):
 
 
 # Policies with several lists over one pool (ARC, 2Q, S3-FIFO, W-TinyLFU) share a layout: their
-# state tuple begins (slot_of[key], key_of[node], prv, nxt, st, list_of[node]), where slot_of maps a
-# key to its node or -1 and list_of names the node's list; st holds the heads of up to four lists,
-# then their lengths from LENGTH, the free chain at FREE, and the policy's own scalars from SCALARS.
+# state tuple is the five shared arrays, then list_of[node] (`LIST_OF`), naming the node's list; st
+# holds the heads of up to four lists, then their lengths from LENGTH, the free chain at FREE, and the
+# policy's own scalars from SCALARS. Their own arrays follow from `EXTRA`.
+LIST_OF, EXTRA = 5, 6
 LENGTH, FREE, SCALARS = 4, 8, 9
 
 
@@ -135,19 +173,21 @@ def lists_state_type(*extra) -> types.Tuple:
     return types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_BYTES) + extra)
 
 
-def lists_state(n_keys: int, pool: int, scalars: list[int], node_fields=()) -> tuple:
+def lists_state(n_keys: int, pool: int, scalars: list[int], node_fields=(), hashed: bool = False) -> tuple:
     """Empty lists over a pool of ``pool`` nodes (at most `bounded_pool`), with the policy's scalars
-    appended to st and views of its per-node ``node_fields`` ((name, dtype) pairs) appended to the tuple."""
-    nodes = node_records(bounded_pool(pool, n_keys), [("list", np.uint8), *node_fields])
+    appended to st and views of its per-node ``node_fields`` ((name, dtype) pairs) appended to the tuple;
+    ``hashed``: a hashed key map (see `key_index`)."""
+    pool = bounded_pool(pool, n_keys)
+    nodes = node_records(pool, [("list", np.uint8), *node_fields])
     st = np.array([-1] * 4 + [0] * 4 + [0] + list(scalars), np.int64)
-    return (np.full(n_keys, -1, np.int32), nodes["key"], nodes["prv"], nodes["nxt"], st, nodes["list"],
+    return (key_index(n_keys, pool, hashed), nodes["key"], nodes["prv"], nodes["nxt"], st, nodes["list"],
             *(nodes[name] for name, _ in node_fields))
 
 
 @njit(inline="always")
 def move(state, s, src, dst):
     """Move node ``s`` from list ``src`` to the head of list ``dst``."""
-    prv, nxt, st, list_of = state[2], state[3], state[4], state[5]
+    prv, nxt, st, list_of = state[PRV], state[NXT], state[ST], state[LIST_OF]
     unlink(prv, nxt, st, src, s)
     st[LENGTH + src] -= 1
     push_head(prv, nxt, st, dst, s)
@@ -158,11 +198,10 @@ def move(state, s, src, dst):
 @njit(inline="always")
 def drop(state, s, src):
     """Forget node ``s`` of list ``src`` entirely and free it; returns its key."""
-    slot_of, key_of, prv, nxt, st = state[0], state[1], state[2], state[3], state[4]
+    prv, nxt, st = state[PRV], state[NXT], state[ST]
     unlink(prv, nxt, st, src, s)
     st[LENGTH + src] -= 1
-    key = key_of[s]
-    slot_of[key] = -1
+    key = unlink_key(state, s)
     give_node(nxt, st, FREE, s)
     return key
 
@@ -170,28 +209,27 @@ def drop(state, s, src):
 @njit(inline="always")
 def insert(state, key, dst):
     """Give ``key`` a free node at the head of list ``dst``; returns the node."""
-    slot_of, key_of, prv, nxt, st, list_of = state[0], state[1], state[2], state[3], state[4], state[5]
+    prv, nxt, st = state[PRV], state[NXT], state[ST]
     s = take_node(nxt, st, FREE)
     push_head(prv, nxt, st, dst, s)
     st[LENGTH + dst] += 1
-    list_of[s] = dst
-    key_of[s] = key
-    slot_of[key] = s
+    state[LIST_OF][s] = dst
+    link_key(state, key, s)
     return s
 
 
 @njit(inline="always")
 def holds(state, key, ghosts):
     """`contains` of a multi-list policy whose list ids from ``ghosts`` on only remember keys."""
-    s = state[0][key]
-    return s >= 0 and state[5][s] < ghosts
+    s = node_of(state, key)
+    return s >= 0 and state[LIST_OF][s] < ghosts
 
 
 @njit(inline="always")
 def remove_held(state, key, ghosts):
     """`remove` of such a policy: forget ``key`` if it is cached; a ghost entry stays."""
-    s = state[0][key]
-    if s < 0 or state[5][s] >= ghosts:
+    s = node_of(state, key)
+    if s < 0 or state[LIST_OF][s] >= ghosts:
         return False
-    drop(state, s, state[5][s])
+    drop(state, s, state[LIST_OF][s])
     return True

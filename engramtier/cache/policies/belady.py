@@ -26,11 +26,19 @@ import numpy as np
 from numba import njit, types
 
 from engramtier.cache.nextuse import (
-    heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
+    heap_delete,
+    heap_push,
+    heap_replace_top,
+    heap_set,
+    next_request_after,
+    next_use,
+    occurrences,
+    trace_keys,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 SIZE, CAPACITY, BYPASS = range(3)  # indices into st
+WHERE, HEAP_KEY, HEAP_NEXT, KEYS, NEXT_USE, OCC_STARTS, OCC_POSITIONS, ST = range(8)  # the state's arrays
 
 STATE = types.Tuple((
     types.int32[::1],  # where[key]: heap index or -1
@@ -46,21 +54,21 @@ STATE = types.Tuple((
 
 @njit(inline="always")
 def _next(state, key, t):
-    return next_request_after(key, t, state[3], state[4], state[5], state[6])
+    return next_request_after(key, t, state[KEYS], state[NEXT_USE], state[OCC_STARTS], state[OCC_POSITIONS])
 
 
 @njit(inline="always")
 def lookup(state, key, t):
-    i = state[0][key]
+    i = state[WHERE][key]
     if i < 0:
         return False
-    heap_set(state[1], state[2], state[0], i, _next(state, key, t), state[7][SIZE])
+    heap_set(state[HEAP_KEY], state[HEAP_NEXT], state[WHERE], i, _next(state, key, t), state[ST][SIZE])
     return True
 
 
 @njit(inline="always")
 def admit(state, key, t):
-    where, heap_key, heap_next, st = state[0], state[1], state[2], state[7]
+    where, heap_key, heap_next, st = state[WHERE], state[HEAP_KEY], state[HEAP_NEXT], state[ST]
     nxt = _next(state, key, t)
     size = st[SIZE]
     if size < st[CAPACITY]:
@@ -74,18 +82,18 @@ def admit(state, key, t):
 
 @njit(inline="always")
 def remove(state, key):
-    where, st = state[0], state[7]
+    where, st = state[WHERE], state[ST]
     i = where[key]
     if i < 0:
         return False
-    heap_delete(state[1], state[2], where, i, st[SIZE])
+    heap_delete(state[HEAP_KEY], state[HEAP_NEXT], where, i, st[SIZE])
     st[SIZE] -= 1
     return True
 
 
 @njit(inline="always")
 def occupancy(state):
-    return state[7][SIZE]
+    return state[ST][SIZE]
 
 
 Belady = compiled_policy("Belady", STATE, lookup, admit, remove, holds_key, occupancy)
@@ -99,4 +107,4 @@ def build(capacity: int, ctx: PolicyContext, bypass: bool = False) -> Belady:
     return Belady((
         np.full(ctx.n_keys, -1, np.int32), np.empty(slots, np.int64), np.empty(slots, np.int64),
         keys, next_use(ctx, "belady"), starts, positions, np.array([0, capacity, bool(bypass)], np.int64),
-    ))
+    ), ctx.n_keys)

@@ -10,12 +10,26 @@ rotation of the head, so a lap costs no link updates.
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import NODE_BYTES, NODE_KEYS, NODE_LINKS, push_head, tail, take_node
-from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, occupancy, remove, ring_state
+from engramtier.cache.policies._lists import (
+    NODE_BYTES,
+    NODE_KEYS,
+    NODE_LINKS,
+    NXT,
+    PRV,
+    ST,
+    link_key,
+    node_of,
+    push_head,
+    tail,
+    take_node,
+    unlink_key,
+)
+from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, SLOT_FIELDS, occupancy, remove, ring_state
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
 
 MAX_COUNT = FREE + 1  # index into st
+COUNT = SLOT_FIELDS  # the state's array of each slot's counter
 
 # lru's five arrays, then the counter of each slot
 STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_BYTES))
@@ -23,10 +37,10 @@ STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.
 
 @njit(inline="always")
 def lookup(state, key, t):
-    s = state[0][key]
+    s = node_of(state, key)
     if s < 0:
         return False
-    count, st = state[5], state[4]
+    count, st = state[COUNT], state[ST]
     if count[s] < st[MAX_COUNT]:
         count[s] += 1
     return True
@@ -34,7 +48,7 @@ def lookup(state, key, t):
 
 @njit(inline="always")
 def admit(state, key, t):
-    slot_of, key_of, prv, nxt, st, count = state
+    prv, nxt, st, count = state[PRV], state[NXT], state[ST], state[COUNT]
     victim = -1
     if st[SIZE] < st[CAPACITY]:
         s = take_node(nxt, st, FREE)
@@ -46,11 +60,9 @@ def admit(state, key, t):
             count[s] -= 1
             st[HEAD] = s  # back to the front
             s = prv[s]
-        victim = key_of[s]
-        slot_of[victim] = -1
+        victim = unlink_key(state, s)
         st[HEAD] = s
-    key_of[s] = key
-    slot_of[key] = s
+    link_key(state, key, s)
     count[s] = 0
     return victim
 
@@ -62,4 +74,4 @@ CLOCK = compiled_policy("CLOCK", STATE, lookup, admit, remove, holds_key, occupa
 def build(capacity: int, ctx: PolicyContext, bits: int = 1) -> CLOCK:
     if not 1 <= bits <= 8:
         raise EngramTierError(f"policy 'clock': bits must be between 1 and 8, got {bits}")
-    return CLOCK(ring_state(capacity, ctx.n_keys, extra_scalars=[2**bits - 1], slot_fields=[("ref", np.uint8)]))
+    return CLOCK(ring_state(capacity, ctx, extra_scalars=[2**bits - 1], slot_fields=[("ref", np.uint8)]), ctx.n_keys)

@@ -5,13 +5,14 @@ LRU's ring without the move on a hit, so admission, eviction and removal are LRU
 
 from numba import njit
 
+from engramtier.cache.policies._lists import node_of
 from engramtier.cache.policies.lru import STATE, admit_at_head, occupancy, remove, ring_state
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 
 @njit(inline="always")
 def lookup(state, key, t):
-    return state[0][key] >= 0
+    return node_of(state, key) >= 0
 
 
 FIFO = compiled_policy("FIFO", STATE, lookup, admit_at_head, remove, holds_key, occupancy)
@@ -19,4 +20,4 @@ FIFO = compiled_policy("FIFO", STATE, lookup, admit_at_head, remove, holds_key, 
 
 @register("fifo")
 def build(capacity: int, ctx: PolicyContext) -> FIFO:
-    return FIFO(ring_state(capacity, ctx.n_keys))
+    return FIFO(ring_state(capacity, ctx), ctx.n_keys)

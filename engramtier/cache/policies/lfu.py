@@ -15,29 +15,44 @@ that count is not present, or, for a slot alone in its bucket, by relabelling th
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import bounded_pool, free_chain, give_node, push_head, take_node, unlink
+from engramtier.cache.policies._lists import (
+    NXT,
+    PRV,
+    ST,
+    bounded_pool,
+    free_chain,
+    give_node,
+    key_index,
+    link_key,
+    node_of,
+    push_head,
+    take_node,
+    unlink,
+    unlink_key,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 SIZE, CAPACITY, FREE, LOWEST, FREE_BUCKET = range(5)  # indices into st; LOWEST: bucket with the fewest uses
+COUNT, BUCKET_OF, BUCKET_COUNT, BUCKET_HEAD, UP, DOWN = range(5, 11)  # the state's arrays after the shared five
 
 STATE = types.Tuple((
-    types.int32[::1],  # slot_of[key]
-    types.int64[::1],  # key_of[slot]
-    types.int32[::1],  # prv[slot]  (ring within the slot's bucket)
-    types.int32[::1],  # nxt[slot]
-    types.int64[::1],  # st
-    types.int64[::1],  # count[slot]: uses since admission
-    types.int32[::1],  # bucket_of[slot]
-    types.int64[::1],  # bucket_count[bucket]
-    types.int64[::1],  # bucket_head[bucket]: newest slot of the bucket's ring, -1 when empty
-    types.int32[::1],  # up[bucket]: next bucket with a higher count (also chains free buckets)
-    types.int32[::1],  # down[bucket]
+    types.int32[::1],  # INDEX: key -> slot (`engramtier.cache.keymap`)
+    types.int64[::1],  # KEY_OF[slot]
+    types.int32[::1],  # PRV[slot]  (ring within the slot's bucket)
+    types.int32[::1],  # NXT[slot]
+    types.int64[::1],  # ST
+    types.int64[::1],  # COUNT[slot]: uses since admission
+    types.int32[::1],  # BUCKET_OF[slot]
+    types.int64[::1],  # BUCKET_COUNT[bucket]
+    types.int64[::1],  # BUCKET_HEAD[bucket]: newest slot of the bucket's ring, -1 when empty
+    types.int32[::1],  # UP[bucket]: next bucket with a higher count (also chains free buckets)
+    types.int32[::1],  # DOWN[bucket]
 ))
 
 
 @njit(inline="always")
 def _new_bucket(state, count, below, above):
-    st, bucket_count, bucket_head, up, down = state[4], state[7], state[8], state[9], state[10]
+    st, bucket_count, bucket_head, up, down = state[ST], state[BUCKET_COUNT], state[BUCKET_HEAD], state[UP], state[DOWN]
     b = take_node(up, st, FREE_BUCKET)
     bucket_count[b] = count
     bucket_head[b] = -1
@@ -54,7 +69,7 @@ def _new_bucket(state, count, below, above):
 
 @njit(inline="always")
 def _drop_bucket(state, b):
-    st, up, down = state[4], state[9], state[10]
+    st, up, down = state[ST], state[UP], state[DOWN]
     below, above = down[b], up[b]
     if below >= 0:
         up[below] = above
@@ -68,7 +83,7 @@ def _drop_bucket(state, b):
 @njit(inline="always")
 def _leave_bucket(state, s):
     """Take slot ``s`` out of its bucket, dropping the bucket once empty."""
-    prv, nxt, bucket_of, bucket_head = state[2], state[3], state[6], state[8]
+    prv, nxt, bucket_of, bucket_head = state[PRV], state[NXT], state[BUCKET_OF], state[BUCKET_HEAD]
     b = bucket_of[s]
     unlink(prv, nxt, bucket_head, b, s)
     if bucket_head[b] < 0:
@@ -77,9 +92,9 @@ def _leave_bucket(state, s):
 
 @njit(inline="always")
 def lookup(state, key, t):
-    slot_of, prv, nxt, count, bucket_of, bucket_count, bucket_head, up = (
-        state[0], state[2], state[3], state[5], state[6], state[7], state[8], state[9])
-    s = slot_of[key]
+    prv, nxt, count, bucket_of, bucket_count, bucket_head, up = (
+        state[PRV], state[NXT], state[COUNT], state[BUCKET_OF], state[BUCKET_COUNT], state[BUCKET_HEAD], state[UP])
+    s = node_of(state, key)
     if s < 0:
         return False
     b = bucket_of[s]
@@ -99,7 +114,8 @@ def lookup(state, key, t):
 
 @njit(inline="always")
 def admit(state, key, t):
-    slot_of, key_of, prv, nxt, st, count, bucket_of, bucket_count, bucket_head = state[:9]
+    prv, nxt, st, count, bucket_of, bucket_count, bucket_head = (
+        state[PRV], state[NXT], state[ST], state[COUNT], state[BUCKET_OF], state[BUCKET_COUNT], state[BUCKET_HEAD])
     victim = -1
     if st[SIZE] < st[CAPACITY]:
         s = take_node(nxt, st, FREE)
@@ -107,27 +123,25 @@ def admit(state, key, t):
     else:
         s = prv[bucket_head[st[LOWEST]]]  # oldest slot among the least used
         _leave_bucket(state, s)
-        victim = key_of[s]
-        slot_of[victim] = -1
+        victim = unlink_key(state, s)
     lowest = st[LOWEST]
     if lowest < 0 or bucket_count[lowest] != 1:
         lowest = _new_bucket(state, 1, -1, lowest)
     push_head(prv, nxt, bucket_head, lowest, s)
     bucket_of[s] = lowest
     count[s] = 1
-    key_of[s] = key
-    slot_of[key] = s
+    link_key(state, key, s)
     return victim
 
 
 @njit(inline="always")
 def remove(state, key):
-    slot_of, nxt, st = state[0], state[3], state[4]
-    s = slot_of[key]
+    nxt, st = state[NXT], state[ST]
+    s = node_of(state, key)
     if s < 0:
         return False
     _leave_bucket(state, s)
-    slot_of[key] = -1
+    unlink_key(state, s)
     give_node(nxt, st, FREE, s)
     st[SIZE] -= 1
     return True
@@ -135,7 +149,7 @@ def remove(state, key):
 
 @njit(inline="always")
 def occupancy(state):
-    return state[4][SIZE]
+    return state[ST][SIZE]
 
 
 LFU = compiled_policy("LFU", STATE, lookup, admit, remove, holds_key, occupancy)
@@ -146,7 +160,7 @@ def build(capacity: int, ctx: PolicyContext) -> LFU:
     st = np.array([0, capacity, 0, -1, 0], np.int64)
     slots = bounded_pool(capacity, ctx.n_keys)
     return LFU((
-        np.full(ctx.n_keys, -1, np.int32),
+        key_index(ctx.n_keys, slots, ctx.hashed),
         np.full(slots, -1, np.int64),
         np.zeros(slots, np.int32),
         free_chain(slots),
@@ -157,4 +171,4 @@ def build(capacity: int, ctx: PolicyContext) -> LFU:
         np.full(slots + 1, -1, np.int64),
         free_chain(slots + 1),
         np.zeros(slots + 1, np.int32),
-    ))
+    ), ctx.n_keys)

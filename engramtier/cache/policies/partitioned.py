@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from engramtier.cache.mrc import lru_mrc
 from engramtier.cache.policy import PolicyContext, check_policy, make_policy, register
 from engramtier.errors import EngramTierError
+from engramtier.trace.layout import SubtableLayout
 
 QUANTA = 512  # profile shares are allocated in slices of capacity / QUANTA rows
 
@@ -36,7 +38,7 @@ QUANTA = 512  # profile shares are allocated in slices of capacity / QUANTA rows
 class Partitioned:
     """Routes each key to the sub-policy of its part (``part_of_key``, -1: no share, declined)."""
 
-    def __init__(self, parts: list[Any], part_of_key: np.ndarray, rows: dict[int, int]):
+    def __init__(self, parts: list[Any], part_of_key: np.ndarray | RowOrders, rows: dict[int, int]):
         self.parts = parts
         self.part_of_key = part_of_key
         self.rows = rows  # order -> rows of its share, reported in `describe`
@@ -72,14 +74,32 @@ class Partitioned:
         return {o: self.parts[i].occupancy() for i, o in enumerate(self.rows)}
 
 
-def order_of_keys(ctx: PolicyContext) -> np.ndarray:
-    """The n-gram order of every key (int8), through the context's layout."""
+class RowOrders:
+    """The n-gram order of a table's row ids, through its layout, computed when asked: in the runtime,
+    keys are row ids of a table too large to tabulate. Indexed like the table it stands for, by one id
+    or an array of them; ``part_of_order`` (order -> part) turns orders into parts."""
+
+    def __init__(self, layout: SubtableLayout, part_of_order: np.ndarray | None = None) -> None:
+        self.layout, self.part_of_order = layout, part_of_order
+        self.size = layout.n_rows
+
+    def __getitem__(self, keys: Any) -> Any:
+        orders = self.layout.order_of(np.atleast_1d(np.asarray(keys, np.int64)))
+        found = orders if self.part_of_order is None else self.part_of_order[orders]
+        return found if np.ndim(keys) else int(found[0])
+
+
+def order_of_keys(ctx: PolicyContext) -> np.ndarray | RowOrders:
+    """The n-gram order of every key (int8), through the context's layout; computed when asked where
+    keys are a table's row ids (``ctx.hashed``)."""
     if ctx.layout is None:
         raise EngramTierError(
             "policy 'partitioned': needs the table's sub-table layout to tell orders apart; use a trace built "
             "from tokens (its meta records the layout) or pass PolicyContext(layout=...)"
         )
     row_ids = ctx.global_ids()
+    if row_ids is None and ctx.hashed:
+        return RowOrders(ctx.layout)
     keys = np.arange(ctx.n_keys, dtype=np.int64) if row_ids is None else row_ids
     return ctx.layout.order_of(keys)
 
@@ -103,13 +123,16 @@ def fixed_rows(shares: dict, capacity: int, orders: range) -> dict[int, int]:
         out[order] = share
     if sum(out.values()) > 1 + 1e-9:
         raise EngramTierError(f"policy 'partitioned': shares add up to {sum(out.values()):g}, more than the whole capacity (1)")
+    starved = [o for o, share in out.items() if share > 0 and int(share * capacity) == 0]
+    if starved:
+        raise EngramTierError(f"policy 'partitioned': order {starved[0]}'s share {out[starved[0]]:g} of {capacity} rows "
+                              "rounds to 0 rows; give it a larger share or the tier more rows")
     return {o: int(out[o] * capacity) for o in sorted(out)}
 
 
 def order_hit_curves(ctx: PolicyContext, order_of_key: np.ndarray, orders: range) -> dict[int, np.ndarray]:
     """Per order, hits at 0, 1, 2, ... rows (up to its distinct rows): exact LRU over the context's trace,
     else a static cache of its most requested rows under the profile."""
-    from engramtier.cache.mrc import lru_mrc  # mrc imports the policy registry, which imports this module
 
     keys = ctx.trace_keys()
     curves = {}
@@ -118,7 +141,8 @@ def order_hit_curves(ctx: PolicyContext, order_of_key: np.ndarray, orders: range
             stream = keys[order_of_key[keys] == o]
             hits = lru_mrc(stream).hits if stream.size else np.empty(0, np.int64)
         elif ctx.profile is not None:
-            counts = np.asarray(ctx.profile, np.float64)[: order_of_key.size][order_of_key == o]
+            counts = np.asarray(ctx.profile, np.float64)[: order_of_key.size]
+            counts = counts[order_of_key[np.arange(counts.size)] == o]
             hits = np.cumsum(np.sort(counts[counts > 0])[::-1])
         else:
             raise EngramTierError(
@@ -179,6 +203,9 @@ def build(capacity: int, ctx: PolicyContext, inner: str = "lru", shares: Any = "
             f"{{2 = 0.3, 3 = 0.7}}, got {shares!r}"
         )
     rows = {o: r for o, r in rows.items() if r > 0}
+    if not rows:
+        raise EngramTierError(f"policy 'partitioned': no order gets a row of the tier's {capacity}; give the tier more "
+                              "rows or larger shares")
     part_of_order = np.full(max(orders) + 1, -1, np.int8)
     parts = []
     for i, (o, r) in enumerate(rows.items()):
@@ -187,4 +214,6 @@ def build(capacity: int, ctx: PolicyContext, inner: str = "lru", shares: Any = "
         except EngramTierError as err:
             raise EngramTierError(f"policy 'partitioned': order {o}'s share of {r} rows: {err}") from None
         part_of_order[o] = i
+    if isinstance(order_of_key, RowOrders):
+        return Partitioned(parts, RowOrders(ctx.layout, part_of_order), rows)
     return Partitioned(parts, part_of_order[order_of_key], rows)

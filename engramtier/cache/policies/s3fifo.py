@@ -21,8 +21,25 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache.policies._lists import (
-    LENGTH, NODE_BYTES, SCALARS, capacity_for, drop, holds, insert, lists_state, lists_state_type, move, remove_held,
-    share, tail,
+    EXTRA,
+    KEY_OF,
+    LENGTH,
+    LIST_OF,
+    NODE_BYTES,
+    PRV,
+    SCALARS,
+    ST,
+    capacity_for,
+    drop,
+    holds,
+    insert,
+    lists_state,
+    lists_state_type,
+    move,
+    node_of,
+    remove_held,
+    share,
+    tail,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.errors import EngramTierError
@@ -30,15 +47,16 @@ from engramtier.errors import EngramTierError
 SMALL, MAIN, GHOST = range(3)  # list ids
 CAPACITY, SMALL_SHARE, MAIN_SHARE, GHOST_SHARE, MOVE_TO_MAIN, MAX_FREQ, HAS_EVICTED = range(SCALARS, SCALARS + 7)
 
+FREQ = EXTRA  # the state's array of each node's hit count
 STATE = lists_state_type(NODE_BYTES)  # then freq[node]
 
 
 @njit(inline="always")
 def lookup(state, key, t):
-    s = state[0][key]
-    if s < 0 or state[5][s] == GHOST:
+    s = node_of(state, key)
+    if s < 0 or state[LIST_OF][s] == GHOST:
         return False
-    freq, st = state[6], state[4]
+    freq, st = state[FREQ], state[ST]
     if freq[s] < st[MAX_FREQ]:
         freq[s] += 1
     return True
@@ -47,7 +65,7 @@ def lookup(state, key, t):
 @njit(inline="always")
 def _clean_main(state):
     """Reinsert main's oldest rows while they were used; evict the first unused one."""
-    prv, st, freq = state[2], state[4], state[6]
+    prv, st, freq = state[PRV], state[ST], state[FREQ]
     s = tail(prv, st, MAIN)
     while freq[s] >= 1:
         freq[s] = min(freq[s], 3) - 1
@@ -60,7 +78,7 @@ def _clean_main(state):
 def _clean_small(state):
     """Promote small's oldest rows while they were used enough; evict the first other one into the
     ghost. Returns its key, or -1 when small emptied into main without an eviction."""
-    key_of, prv, st, freq = state[1], state[2], state[4], state[6]
+    key_of, prv, st, freq = state[KEY_OF], state[PRV], state[ST], state[FREQ]
     while st[LENGTH + SMALL] > 0:
         s = tail(prv, st, SMALL)
         if freq[s] >= st[MOVE_TO_MAIN]:
@@ -80,8 +98,8 @@ def _clean_small(state):
 
 @njit(inline="always")
 def admit(state, key, t):
-    slot_of, st, freq = state[0], state[4], state[6]
-    s = slot_of[key]
+    st, freq = state[ST], state[FREQ]
+    s = node_of(state, key)
     from_ghost = s >= 0
     if from_ghost:
         drop(state, s, GHOST)
@@ -112,7 +130,7 @@ def contains(state, key):
 
 @njit(inline="always")
 def occupancy(state):
-    return state[4][LENGTH + SMALL] + state[4][LENGTH + MAIN]
+    return state[ST][LENGTH + SMALL] + state[ST][LENGTH + MAIN]
 
 
 S3FIFO = compiled_policy("S3FIFO", STATE, lookup, admit, remove, contains, occupancy)
@@ -133,4 +151,4 @@ def build(capacity: int, ctx: PolicyContext, small_ratio: float = 0.1, ghost_rat
             f"and needs 2: use at least {capacity_for(2, small_ratio)} rows or a larger small_ratio"
         )
     scalars = [capacity, small, capacity - small, ghost, move_to_main, max(move_to_main, 3), 0]
-    return S3FIFO(lists_state(ctx.n_keys, capacity + ghost, scalars, [("freq", np.uint8)]))
+    return S3FIFO(lists_state(ctx.n_keys, capacity + ghost, scalars, [("freq", np.uint8)], hashed=ctx.hashed), ctx.n_keys)

@@ -12,20 +12,21 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache.policies import lru
-from engramtier.cache.policies._lists import push_head, tail, take_node, unlink
+from engramtier.cache.policies._lists import NXT, PRV, ST, link_key, node_of, push_head, tail, take_node, unlink, unlink_key
 from engramtier.cache.policies.clock import STATE  # the same arrays: a visited mark per slot
-from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, occupancy, ring_state
+from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, SLOT_FIELDS, occupancy, ring_state
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 HAND = FREE + 1  # index into st: slot under the hand, -1 for none
+VISITED = SLOT_FIELDS  # the state's array of each slot's visited mark
 
 
 @njit(inline="always")
 def lookup(state, key, t):
-    s = state[0][key]
+    s = node_of(state, key)
     if s < 0:
         return False
-    state[5][s] = 1
+    state[VISITED][s] = 1
     return True
 
 
@@ -37,7 +38,7 @@ def _hand_after(prv, st, s):
 
 @njit(inline="always")
 def admit(state, key, t):
-    slot_of, key_of, prv, nxt, st, visited = state
+    prv, nxt, st, visited = state[PRV], state[NXT], state[ST], state[VISITED]
     victim = -1
     if st[SIZE] < st[CAPACITY]:
         s = take_node(nxt, st, FREE)
@@ -49,20 +50,18 @@ def admit(state, key, t):
             s = prv[s]  # towards newer rows; the ring wraps from the newest to the oldest
         st[HAND] = _hand_after(prv, st, s)
         unlink(prv, nxt, st, HEAD, s)
-        victim = key_of[s]
-        slot_of[victim] = -1
+        victim = unlink_key(state, s)
     push_head(prv, nxt, st, HEAD, s)
-    key_of[s] = key
-    slot_of[key] = s
+    link_key(state, key, s)
     visited[s] = 0
     return victim
 
 
 @njit(inline="always")
 def remove(state, key):
-    s = state[0][key]
-    if s >= 0 and s == state[4][HAND]:
-        state[4][HAND] = _hand_after(state[2], state[4], s)
+    s = node_of(state, key)
+    if s >= 0 and s == state[ST][HAND]:
+        state[ST][HAND] = _hand_after(state[PRV], state[ST], s)
     return lru.remove(state, key)
 
 
@@ -71,4 +70,4 @@ SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, holds_key, occupa
 
 @register("sieve")
 def build(capacity: int, ctx: PolicyContext) -> SIEVE:
-    return SIEVE(ring_state(capacity, ctx.n_keys, extra_scalars=[-1], slot_fields=[("visited", np.uint8)]))
+    return SIEVE(ring_state(capacity, ctx, extra_scalars=[-1], slot_fields=[("visited", np.uint8)]), ctx.n_keys)

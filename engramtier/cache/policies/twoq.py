@@ -16,8 +16,25 @@ capacity whose Ain share rounds to zero rows admits nothing in libCacheSim, so i
 from numba import njit
 
 from engramtier.cache.policies._lists import (
-    LENGTH, SCALARS, capacity_for, drop, holds, insert, lists_state, lists_state_type, move, move_to_head,
-    remove_held, share, tail,
+    KEY_OF,
+    LENGTH,
+    LIST_OF,
+    NXT,
+    PRV,
+    SCALARS,
+    ST,
+    capacity_for,
+    drop,
+    holds,
+    insert,
+    lists_state,
+    lists_state_type,
+    move,
+    move_to_head,
+    node_of,
+    remove_held,
+    share,
+    tail,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.errors import EngramTierError
@@ -30,19 +47,19 @@ STATE = lists_state_type()
 
 @njit(inline="always")
 def lookup(state, key, t):
-    s = state[0][key]
+    s = node_of(state, key)
     if s < 0:
         return False
-    where = state[5][s]
+    where = state[LIST_OF][s]
     if where == AM:
-        move_to_head(state[2], state[3], state[4], AM, s)
+        move_to_head(state[PRV], state[NXT], state[ST], AM, s)
     return where != AOUT
 
 
 @njit(inline="always")
 def admit(state, key, t):
-    slot_of, key_of, prv, st = state[0], state[1], state[2], state[4]
-    s = slot_of[key]
+    key_of, prv, st = state[KEY_OF], state[PRV], state[ST]
+    s = node_of(state, key)
     from_ghost = s >= 0
     if from_ghost:
         drop(state, s, AOUT)
@@ -80,7 +97,7 @@ def contains(state, key):
 
 @njit(inline="always")
 def occupancy(state):
-    return state[4][LENGTH + AIN] + state[4][LENGTH + AM]
+    return state[ST][LENGTH + AIN] + state[ST][LENGTH + AM]
 
 
 TwoQ = compiled_policy("TwoQ", STATE, lookup, admit, remove, contains, occupancy)
@@ -98,4 +115,5 @@ def build(capacity: int, ctx: PolicyContext, in_ratio: float = 0.25, out_ratio: 
             f"policy 'twoq': Ain would get 0 of the {capacity} rows (in_ratio {in_ratio}) and admit nothing; "
             f"use a capacity of at least {capacity_for(1, in_ratio)} rows or a larger in_ratio"
         )
-    return TwoQ(lists_state(ctx.n_keys, capacity + out_share, [capacity, in_share, out_share, capacity - in_share]))
+    scalars = [capacity, in_share, out_share, capacity - in_share]
+    return TwoQ(lists_state(ctx.n_keys, capacity + out_share, scalars, hashed=ctx.hashed), ctx.n_keys)

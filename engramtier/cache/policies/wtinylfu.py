@@ -20,7 +20,7 @@ it, and the first eviction moves rows into main until main is full.
 
 A main hit can evict a row: rounding can leave probation holding one row more than its share, and
 then the row that a promotion demotes from protected overfills it, so probation's LRU row is evicted
-(libCacheSim's SLRU does the same). `lookup` leaves that row's key in ``state[4][HIT_VICTIM]``
+(libCacheSim's SLRU does the same). `lookup` leaves that row's key in ``state[ST][HIT_VICTIM]``
 (-1 when a lookup evicted nothing), which `hit_victim()` reports to the drivers.
 
 libCacheSim admits nothing when the window rounds to zero rows and refuses an empty probation
@@ -32,8 +32,25 @@ import math
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (LENGTH, SCALARS, capacity_for, drop, insert, lists_state,
-                                              lists_state_type, move, move_to_head, share, tail)
+from engramtier.cache.policies._lists import (
+    EXTRA,
+    LENGTH,
+    LIST_OF,
+    NXT,
+    PRV,
+    SCALARS,
+    ST,
+    capacity_for,
+    drop,
+    insert,
+    lists_state,
+    lists_state_type,
+    move,
+    move_to_head,
+    node_of,
+    share,
+    tail,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
 from engramtier.xxh64 import xxh64_u64
@@ -45,6 +62,7 @@ WINDOW, PROBATION, PROTECTED = range(3)  # list ids
 # then the sketch's counters, the indexes of each node's counters (N_HASHES a node), 1 / counters, and
 # each key's global row id (empty when keys are row ids): the sketch hashes rows, so dense keys
 # (`PolicyContext.row_ids`) count exactly as the global ids would
+SKETCH, ROWS_OF, INVERSE, ROW_IDS = range(EXTRA, EXTRA + 4)
 STATE = lists_state_type(types.uint32[::1], types.uint32[::1], types.float64[::1], types.int64[::1])
 
 # libCacheSim's counting Bloom filter for n entries at error 0.001
@@ -71,10 +89,10 @@ def _place(state, s, key):
 
     The modulo goes through a float reciprocal, exact after a one-step correction (the quotient of
     32-bit operands is off by at most one), because an integer division is several times slower."""
-    st, rows_of, row_ids = state[4], state[7], state[9]
+    st, rows_of, row_ids = state[ST], state[ROWS_OF], state[ROW_IDS]
     packed = key_hash(row_ids[key] if row_ids.size else key)
     h0, h1 = np.int64(packed & LOW32), np.int64(packed >> np.uint64(32))
-    n, inverse = st[COUNTERS], state[8][0]
+    n, inverse = st[COUNTERS], state[INVERSE][0]
     for i in range(N_HASHES):
         x = (h0 + i * h1) & 0xFFFFFFFF
         r = x - np.int64(x * inverse) * n
@@ -85,7 +103,7 @@ def _place(state, s, key):
 @njit(inline="always")
 def _estimate(state, s):
     """The sketch's count for node ``s``'s key: its smallest counter."""
-    sketch, rows_of = state[6], state[7]
+    sketch, rows_of = state[SKETCH], state[ROWS_OF]
     least = SATURATED
     for i in range(N_HASHES):
         least = min(least, sketch[rows_of[s * N_HASHES + i]])
@@ -94,7 +112,7 @@ def _estimate(state, s):
 
 @njit(inline="always")
 def _increment(state, s):
-    sketch, rows_of = state[6], state[7]
+    sketch, rows_of = state[SKETCH], state[ROWS_OF]
     for i in range(N_HASHES):
         sketch[rows_of[s * N_HASHES + i]] += np.uint32(1)
 
@@ -104,26 +122,26 @@ def _count(state, s):
     """Add one use of node ``s``'s key: one to each of its counters, unless all are saturated
     (libCacheSim's rule). A first counter below saturation settles that without reading the
     others, so a use costs one pass over the counters, not an estimate and then a count."""
-    if state[6][state[7][s * N_HASHES]] < SATURATED or _estimate(state, s) < SATURATED:
+    if state[SKETCH][state[ROWS_OF][s * N_HASHES]] < SATURATED or _estimate(state, s) < SATURATED:
         _increment(state, s)
 
 
 @njit(inline="always")
 def _main_victim(state):
-    prv, st = state[2], state[4]
+    prv, st = state[PRV], state[ST]
     return tail(prv, st, PROBATION if st[LENGTH + PROBATION] > 0 else PROTECTED)
 
 
 @njit(inline="always")
 def _main_evict(state):
     s = _main_victim(state)
-    return drop(state, s, state[5][s])
+    return drop(state, s, state[LIST_OF][s])
 
 
 @njit(inline="always")
 def _main_take(state, s):
     """Move window row ``s`` into main: the lowest segment with room, else probation."""
-    st = state[4]
+    st = state[ST]
     if st[LENGTH + PROBATION] < st[PROBATION_SHARE] or st[LENGTH + PROTECTED] >= st[PROTECTED_SHARE]:
         move(state, s, WINDOW, PROBATION)
     else:
@@ -132,8 +150,8 @@ def _main_take(state, s):
 
 @njit(inline="always")
 def _main_hit(state, s):
-    prv, nxt, st = state[2], state[3], state[4]
-    if state[5][s] == PROTECTED:
+    prv, nxt, st = state[PRV], state[NXT], state[ST]
+    if state[LIST_OF][s] == PROTECTED:
         move_to_head(prv, nxt, st, PROTECTED, s)
         return
     move(state, s, PROBATION, PROTECTED)
@@ -145,20 +163,20 @@ def _main_hit(state, s):
 
 @njit(inline="always")
 def lookup(state, key, t):
-    s = state[0][key]
+    s = node_of(state, key)
     if s < 0:
         return False
-    st = state[4]
+    st = state[ST]
     st[HIT_VICTIM] = -1
-    if state[5][s] == WINDOW:
-        move_to_head(state[2], state[3], st, WINDOW, s)
+    if state[LIST_OF][s] == WINDOW:
+        move_to_head(state[PRV], state[NXT], st, WINDOW, s)
         return True
     _main_hit(state, s)
     _count(state, s)
     st[HITS_SINCE_AGING] += 1
     if st[HITS_SINCE_AGING] >= st[AGING_PERIOD]:
         st[HITS_SINCE_AGING] = 0
-        sketch = state[6]
+        sketch = state[SKETCH]
         for i in range(sketch.size):  # a loop: slice arithmetic would allocate
             sketch[i] >>= np.uint32(1)
     return True
@@ -166,14 +184,14 @@ def lookup(state, key, t):
 
 @njit(inline="always")
 def occupancy(state):
-    st = state[4]
+    st = state[ST]
     return st[LENGTH + WINDOW] + st[LENGTH + PROBATION] + st[LENGTH + PROTECTED]
 
 
 @njit(inline="always")
 def _evict_step(state):
     """One step of libCacheSim's WTinyLFU_evict: the evicted key, or -1 when a row only moved to main."""
-    prv, st = state[2], state[4]
+    prv, st = state[PRV], state[ST]
     if st[LENGTH + WINDOW] == 0:
         return _main_evict(state)
     s = tail(prv, st, WINDOW)
@@ -195,7 +213,7 @@ def _evict_step(state):
 @njit(inline="always")
 def admit(state, key, t):
     victim = -1
-    while occupancy(state) >= state[4][CAPACITY]:
+    while occupancy(state) >= state[ST][CAPACITY]:
         victim = _evict_step(state)
     s = insert(state, key, WINDOW)
     _place(state, s, key)
@@ -205,17 +223,17 @@ def admit(state, key, t):
 
 @njit(inline="always")
 def remove(state, key):
-    s = state[0][key]
+    s = node_of(state, key)
     if s < 0:
         return False
-    drop(state, s, state[5][s])
+    drop(state, s, state[LIST_OF][s])
     return True
 
 
 
 @njit(inline="always")
 def hit_victim(state):
-    return state[4][HIT_VICTIM]
+    return state[ST][HIT_VICTIM]
 
 WTinyLFU = compiled_policy("WTinyLFU", STATE, lookup, admit, remove, holds_key, occupancy, hit_victim)
 
@@ -245,8 +263,8 @@ def build(capacity: int, ctx: PolicyContext, window_ratio: float = 0.01) -> WTin
     if counters < N_HASHES:
         counters = 2 * N_HASHES
     scalars = [capacity, main, probation, protected, counters, 32 * main, 0, -1]
-    lists = lists_state(ctx.n_keys, capacity, scalars)
+    lists = lists_state(ctx.n_keys, capacity, scalars, hashed=ctx.hashed)
     row_ids = ctx.global_ids()
     return WTinyLFU(lists + (np.zeros(counters, np.uint32), np.zeros(lists[1].size * N_HASHES, np.uint32),
                              np.array([1.0 / counters]),
-                             np.empty(0, np.int64) if row_ids is None else np.ascontiguousarray(row_ids, np.int64)))
+                             np.empty(0, np.int64) if row_ids is None else np.ascontiguousarray(row_ids, np.int64)), ctx.n_keys)

@@ -19,12 +19,17 @@ equal the runtime's exactly.
 Without a trained run, `random_run` writes a random-initialised one (same files as `engramtier train`;
 the table drawn N(0, 1) like an untrained one and rounded to its row format), so a replay needs no
 training: its outputs mean nothing as language, but bytes, hits and timings are those of a real model.
+
+`engram_only_replay` runs a stand-in model's Engram layers alone (an imported DeepSeek-V4.1 checkpoint's,
+or `random_stand_in_run`'s) over the tiered table only: the layers' own speed, bytes and stall at their
+row size, with no flat pass to compare (the production table is 189 GiB).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,41 +39,25 @@ import numpy as np
 import torch
 
 from engramtier.cache.simulator import simulate
+from engramtier.documents import text_documents
 from engramtier.errors import EngramTierError
-from engramtier.model.backbone import EngramLM
+from engramtier.model.backbone import EngramLM, stand_in_config
+from engramtier.model.hashing import HashConfig, NgramHasher
+from engramtier.model.presets import get_preset, preset_hash_config
+from engramtier.model.run import save_run
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
+from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.open import LMDB_TABLE
+from engramtier.tiers.records import BYTES_READ_NOTE, distribution, sized_tiers
 from engramtier.trace.build import StepPlan, windows
+from engramtier.trace.layout import SubtableLayout
 
 PAD_REPLAY = "right-padded with the end-of-text token"
 WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once
 TIMING = ("untimed warm-up steps first on each path; then flat and tiered alternate step by step; tokens_per_s = "
           "tokens / total measured step time, median_tokens_per_s = tokens / (steps x median step time)")
-BYTES_READ_NOTE = ("bytes read is what each tier actually read, served bytes its hits x row bytes; they differ "
-                   "because a row is read from the fastest tier holding it when its step starts (which can be "
-                   "above the tier the policies say served it), and rows demoted into a tier are read to be "
-                   "copied down")
-
-
-def distribution(values) -> dict:
-    """Mean and percentiles of per-step seconds: medians and spreads resist the outlier steps (a page
-    fault, a scheduler hiccup) that a mean or a total lets dominate a short run."""
-    v = np.asarray(values, np.float64)
-    p10, p50, p90, p99 = np.percentile(v, [10, 50, 90, 99])
-    return {"mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
-
-
-def served_above_store(records: list[dict]) -> float:
-    """The share of these `TieredTable.step_records`' unique rows that a cache tier served (the store
-    is the last tier); 0 for steps without rows."""
-    unique = sum(r["unique"] for r in records)
-    store = sum(list(r["served"].values())[-1] for r in records)
-    return 1 - store / unique if unique else 0.0
-
-
-def sized_tiers(tiers: list[dict], row_bytes: int) -> list[dict]:
-    """`TieredTable.tier_stats` with each tier's size in bytes beside its size in rows."""
-    return [{**t, "capacity_bytes": t["capacity_rows"] * row_bytes} for t in tiers]
-
-
 @dataclass
 class PassResult:
     """One path's measured steps: a digest of each step's logits, seconds per step, positions run."""
@@ -95,7 +84,6 @@ def text_batches(tokenizer, text: str | Path, plan: StepPlan, max_tokens: int | 
     """Base-token batches [B, T] of ``text`` (a file or directory): windows of at most ``plan.seq_len``
     tokens, ``plan.batch`` (prefill) or ``plan.requests`` (decode) per batch, right-padded; at most
     ``max_tokens`` tokens of text in all."""
-    from engramtier.trace.sources import text_documents
 
     texts = [doc for _, doc in text_documents([text])]
     documents = (np.asarray(ids, np.int64) for ids in tokenizer.encode_base_batch(texts))
@@ -145,18 +133,20 @@ def plan_steps(batches: list[torch.Tensor], plan: StepPlan, device) -> Iterator[
 
 
 class _Path:
-    """The model reading its rows one way (flat or tiered), stepping through the plan with its own KV cache."""
+    """The model reading its rows one way (flat or tiered), stepping through the plan with its own KV cache;
+    ``engram_only``: the residual stream after the last block instead of the logits (no output head)."""
 
-    def __init__(self, model: EngramLM, rows) -> None:
+    def __init__(self, model: EngramLM, rows, engram_only: bool = False) -> None:
         self.model, self.rows, self.cache = model, rows, None
+        self.forward = model.hidden_states if engram_only else model
         self.result = PassResult()
 
     def step(self, batch: torch.Tensor, ids: torch.Tensor, fresh: bool) -> None:
         start = time.perf_counter()
         if fresh:
             self.cache = self.model.new_cache(batch.shape[0], batch.shape[1])
-        logits = self.model(ids, rows=self.rows, kv_cache=self.cache)
-        digest = hashlib.blake2b(logits.float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        output = self.forward(ids, rows=self.rows, kv_cache=self.cache)
+        digest = hashlib.blake2b(output.float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
         self.result.step_s.append(time.perf_counter() - start)
         self.result.digests.append(digest)
         self.result.tokens += ids.numel()
@@ -164,11 +154,11 @@ class _Path:
 
 @torch.no_grad()
 def warm_up(model: EngramLM, sources: list, batches: list[torch.Tensor], plan: StepPlan, device,
-            steps: int = WARMUP_STEPS) -> None:
+            steps: int = WARMUP_STEPS, engram_only: bool = False) -> None:
     """The plan's first ``steps`` steps through ``model`` once per row source, untimed and discarded, so
     that no measured step pays torch's first calls (allocations, the KV-cache path) or a table's."""
     for rows in sources:
-        path = _Path(model, rows)
+        path = _Path(model, rows, engram_only)
         for batch, ids, fresh in itertools.islice(plan_steps(batches, plan, device), steps):
             path.step(batch, ids, fresh)
 
@@ -191,39 +181,88 @@ def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan:
     per step). Warm both paths up first (`warm_up`, or `warm_replay`): the steps here are all timed."""
     flat, tiered = run_interleaved(model, flat_rows, table, batches, plan)
     table.finish()
-    equal = [a == b for a, b in zip(flat.digests, tiered.digests)]
-    stats = table.stats()
+    equal = [a == b for a, b in zip(flat.digests, tiered.digests, strict=True)]
     first_engram = min(model.config.engram.layer_ids)
     window = np.asarray(flat.step_s) * first_engram / model.config.n_layers
-    trace = table.recorded_trace({"rows_per_token": float(model.hasher.rows_per_token)})
-    simulated = simulate(trace, table.hierarchy, compute_window_s=window, step_compute_s=np.asarray(flat.step_s),
+    summary, steps = _tiered_summary(model, table, tiered, plan, window, flat.step_s,
+                                     "the flat pass's step time x blocks before the first Engram layer / blocks")
+    summary = {
+        "bitwise_equal": all(equal) and len(flat.digests) == len(tiered.digests),
+        "first_unequal_step": equal.index(False) if not all(equal) else None,
+        "steps": len(flat.digests), "plan": summary.pop("plan"), "timing": TIMING, "flat": flat.summary(), **summary,
+    }
+    records = [{**r, "flat_step_s": f, "tiered_step_s": t, "equal": e}
+               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal, strict=True)]
+    return summary, records
+
+
+def _tiered_summary(model: EngramLM, table, tiered: PassResult, plan: StepPlan, window, step_compute_s,
+                    window_note: str) -> tuple[dict, list[dict]]:
+    """The finished ``table``'s side of a replay: the tiered pass with its stall, the tiers, and the
+    simulator's replay of the table's recorded trace (hit counts equal, and the modelled stall under
+    ``window``); plus the table's step records without its own step times (they span other work)."""
+    stats = table.stats()
+    trace = table.recorded_trace({"rows_per_token": float(model.hasher.rows_per_token),
+                                  **SubtableLayout.of_hasher(model.hasher).to_meta()})
+    simulated = simulate(trace, table.hierarchy, compute_window_s=window, step_compute_s=np.asarray(step_compute_s),
                          progress=False)
     sim_tiers = simulated.tier_stats()
     hits_equal = [t["hits"] for t in stats["tiers"]] == [t["hits"] for t in sim_tiers]
     # the table times a step from one submit to the next, which here spans a flat step too: drop that
     steps = [{k: v for k, v in r.items() if k != "step_s"} for r in table.step_records()]
     stall = [r["stall_s"] for r in steps]
+    stall_fraction = stats["stall_seconds"] / tiered.seconds if tiered.seconds > 0 else 0.0
     summary = {
-        "bitwise_equal": all(equal) and len(flat.digests) == len(tiered.digests),
-        "first_unequal_step": equal.index(False) if not all(equal) else None,
-        "steps": len(flat.digests),
         "plan": {"mode": plan.mode, "batch": plan.batch, "requests": plan.requests, "seq_len": plan.seq_len,
                  "prompt_len": plan.prompt_len, "padding": PAD_REPLAY},
-        "timing": TIMING,
-        "flat": flat.summary(),
-        "tiered": {**tiered.summary(), "stall_seconds": stats["stall_seconds"],
-                   "stall_fraction": stats["stall_seconds"] / tiered.seconds if tiered.seconds > 0 else 0.0,
+        "tiered": {**tiered.summary(), "stall_seconds": stats["stall_seconds"], "stall_fraction": stall_fraction,
                    "stall_per_step_s": distribution(stall), "fetch_seconds": stats["fetch_seconds"]},
         "tiers": sized_tiers(stats["tiers"], stats["row_bytes"]),
         "bytes_read_note": BYTES_READ_NOTE,
         "simulated": {"hits_equal": hits_equal, "hits": [t["hits"] for t in sim_tiers],
-                      "stall_seconds": float(simulated.stall_s.sum()),
-                      "window": "the flat pass's step time x blocks before the first Engram layer / blocks"},
+                      "stall_seconds": float(simulated.stall_s.sum()), "window": window_note},
         "table": {**{k: v for k, v in stats.items() if k != "tiers"}, "step_seconds": tiered.seconds,
-                  "stall_fraction": stats["stall_seconds"] / tiered.seconds if tiered.seconds > 0 else 0.0},
+                  "stall_fraction": stall_fraction},
     }
-    records = [{**r, "flat_step_s": f, "tiered_step_s": t, "equal": e}
-               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal)]
+    return summary, steps
+
+
+STAND_IN = ("a stand-in backbone: seeded token embeddings are the Engram layers' input, no block runs between "
+            "them and no output head is timed; so nothing hides the fetch (stall is all of it that the step waits "
+            "for), and the outputs mean nothing as language")
+
+
+@torch.no_grad()
+def engram_only_replay(model: EngramLM, open_table: Callable[[bool], Any], batches: list[torch.Tensor],
+                       plan: StepPlan, warmup_steps: int = WARMUP_STEPS) -> tuple[dict, list[dict]]:
+    """The Engram layers of a stand-in model (`EngramLM` with ``backbone = "stand-in"``) over the
+    `TieredTable` ``open_table(record_trace)`` opens, step by step after ``warmup_steps`` untimed ones
+    on a scratch table: the layers' own tokens/s, bytes and stall at their row size. There is no flat
+    pass (the table may be 189 GiB); the simulator's hit counts must still equal the runtime's."""
+    if model.config.backbone != "stand-in":
+        raise EngramTierError("replay --engram-only: the model has a transformer backbone; replay a stand-in model "
+                              "(an imported checkpoint, or the random one without --run)")
+    if warmup_steps:
+        with open_table(False) as scratch:
+            warm_up(model, [scratch], batches, plan, scratch.device, warmup_steps, engram_only=True)
+    with open_table(True) as table:
+        path = _Path(model, table, engram_only=True)
+        for batch, ids, fresh in plan_steps(batches, plan, table.device):
+            path.step(batch, ids, fresh)
+        table.finish()
+        tiered = path.result
+        summary, steps = _tiered_summary(model, table, tiered, plan, np.zeros(len(tiered.step_s)), tiered.step_s,
+                                         "none: a stand-in backbone computes nothing before the first Engram layer")
+    config = model.config
+    summary = {
+        "engram_only": True, "steps": len(tiered.step_s), "warmup_steps": warmup_steps, "plan": summary.pop("plan"),
+        "timing": "untimed warm-up steps first on a scratch table; tokens_per_s = tokens / total measured step time",
+        "layers": {"variant": config.variant, "layer_ids": list(config.engram.layer_ids), "d_model": config.d_model,
+                   "hc_mult": config.hc_mult, "rows_per_token": model.hasher.rows_per_token,
+                   "row_format": config.row_format, "row_dim": config.row_dim, "row_bytes": config.format.row_bytes},
+        "backbone": STAND_IN, **summary,
+    }
+    records = [{**r, "tiered_step_s": t} for r, t in zip(steps, tiered.step_s, strict=True)]
     return summary, records
 
 
@@ -249,9 +288,7 @@ def random_run(run_dir: str | Path, text: str | Path, *, tokenizer: str = "bpe:5
     ``shape`` takes `TrainConfig`'s model fields (d_model, n_layers, n_heads, engram_layers, table_size,
     max_ngram_size, hash_heads, row_dim, row_format); a ``bpe:N`` tokenizer is learned from ``text``.
     """
-    import json
 
-    from engramtier.model.train import TrainConfig, build_model_config, save_run, tokenize_corpus
 
     cfg = TrainConfig(text=str(text), out=str(run_dir), tokenizer=tokenizer, seed=seed, **shape)
     run_dir = Path(run_dir)
@@ -262,4 +299,31 @@ def random_run(run_dir: str | Path, text: str | Path, *, tokenizer: str = "bpe:5
     save_run(model, run_dir)
     (run_dir / "summary.json").write_text(json.dumps({"random_init": True, "seed": seed, "params": model.num_params(),
                                                       "model_config": config.to_dict()}, indent=2) + "\n")
+    return run_dir
+
+
+def random_stand_in_run(run_dir: str | Path, *, variant: str, d_model: int, hc_mult: int, seed: int = 0,
+                        table: str | Path | None = None, table_size: int | None = None,
+                        image_token: int | None = None, progress: bool = False) -> Path:
+    """Write a random-initialised stand-in model of ``variant`` (`engramtier.model.backbone`) as a run
+    directory, for `engram_only_replay`: over the LMDB ``table`` (its manifest's hash config and rows,
+    which may be an imported checkpoint's or `build-table --random`'s), or else over a random table of
+    DeepSeek-V4.1-Flash's shape (sub-tables of ``table_size`` rows) built into RUN/table.lmdb."""
+
+    run_dir = Path(run_dir)
+    if table is not None:
+        with NvmeTier(table) as store:
+            manifest = store.manifest
+        if manifest.get("hash_config") is None:
+            raise EngramTierError(f"--table {table}: holds random rows with no hash config, which no model addresses; "
+                                  "build it with --preset (or --from-checkpoint)")
+        config, row_format, row_dim = HashConfig.from_dict(manifest["hash_config"]), manifest["format"], manifest["dim"]
+    else:
+        preset = get_preset("dsv41-flash")
+        config, row_format, row_dim = preset_hash_config(preset.name, table_size, image_token), preset.row_format, preset.row_dim
+        build_lmdb_table(RandomRows.for_hasher(NgramHasher(config), row_format, row_dim, seed, preset=preset.name),
+                         run_dir / LMDB_TABLE, progress=progress)
+    tokenizer = load_compressed_tokenizer(config.tokenizer)
+    model_config = stand_in_config(config, tokenizer.base_vocab_size, d_model, hc_mult, variant, row_format, row_dim)
+    save_run(EngramLM(model_config, tokenizer.lookup, trainable_table=False, seed=seed), run_dir)
     return run_dir
