@@ -103,7 +103,7 @@ def post(port, body, raw=None):
     conn.request("POST", "/v1/completions", raw if raw is not None else json.dumps(body),
                  {"Content-Type": "application/json"})
     response = conn.getresponse()
-    out = response.status, json.loads(response.read()), dict(response.getheaders())
+    out = response.status, json.loads(response.read()), {k.lower(): v for k, v in response.getheaders()}
     conn.close()
     return out
 
@@ -218,6 +218,7 @@ def test_bad_requests_get_openai_errors(run_dir, loaded):
         ({"prompt": "a", "max_tokens": 0}, None, 400, "max_tokens must be an integer >= 1"),
         ({"prompt": "a", "temperature": 3}, None, 400, "temperature must be"),
         ({"prompt": "a", "n": 2}, None, 400, "n = 2 is not supported"),
+        ({"prompt": "a", "ignore_eos": 1}, None, 400, "ignore_eos must be true or false"),
         ({"prompt": "a", "frobnicate": 1}, None, 400, "unrecognized request argument supplied: frobnicate"),
         ({"prompt": "a", "max_tokens": 5000}, None, 400, "exceeds the model's 2048 positions"),
         ({"prompt": "a", "stream_options": {"include_usage": True}}, None, 400, "only allowed with stream"),
@@ -237,7 +238,8 @@ def test_bad_requests_get_openai_errors(run_dir, loaded):
 def test_a_full_queue_gets_429_and_a_client_that_leaves_is_aborted(run_dir, loaded):
     with serving(run_dir, loaded, max_num_seqs=1, max_queue=1) as (port, engine, table):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Python", "max_tokens": 2000, "stream": True}),
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Python", "max_tokens": 2000, "stream": True,
+                                                            "ignore_eos": True}),
                       {"Content-Type": "application/json"})
         response = conn.getresponse()
         next(sse_events(response))  # the long request is running
@@ -248,7 +250,7 @@ def test_a_full_queue_gets_429_and_a_client_that_leaves_is_aborted(run_dir, load
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             status, answer, headers = post(port, {"prompt": "y", "max_tokens": 1})
-            assert status == 429 and "queue is full" in answer["error"]["message"] and headers["Retry-After"] == "1"
+            assert status == 429 and "queue is full" in answer["error"]["message"] and headers["retry-after"] == "1"
             response.close()
             conn.close()  # the client leaves: its request is aborted, and the waiting one runs
             assert waiting.result(timeout=60)[0] == 200

@@ -2,7 +2,7 @@
 
     POST /v1/completions   prompt (a string or a list of strings), max_tokens (default 16), temperature
                            (default 1; 0 is greedy), top_k (vLLM's extension; -1 or 0: every token),
-                           seed, stream (server-sent events in OpenAI's chunk format, then ``[DONE]``),
+                           ignore_eos (vLLM's: keep going past the end-of-text token), seed, stream (server-sent events in OpenAI's chunk format, then ``[DONE]``),
                            stream_options.include_usage; n, best_of, top_p, echo, logprobs, stop and the
                            penalties are accepted only at their defaults
     GET  /v1/models        the one model served
@@ -35,7 +35,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's
 # parameters accepted only at these values: anything else is a feature this server does not have
 FIXED = {"n": 1, "best_of": 1, "top_p": 1, "echo": False, "logprobs": None, "stop": None,
          "presence_penalty": 0, "frequency_penalty": 0, "suffix": None}
-KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_k", "seed", "stream", "stream_options", "user", *FIXED}
+KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_k", "ignore_eos", "seed", "stream", "stream_options", "user", *FIXED}
 REFRESH_TIMEOUT_S = 30.0
 
 
@@ -79,7 +79,7 @@ def build_app(engine: ServeEngine, model_name: str, tokenizer, max_seq_len: int,
             return error_response(str(err), err.status, err.kind, err.param)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         batch = [Completion(ids, params["max_tokens"], params["temperature"], params["top_k"],
-                            None if params["seed"] is None else params["seed"] + i, loop, events, index=i)
+                            params["ignore_eos"], None if params["seed"] is None else params["seed"] + i, loop, events, index=i)
                  for i, ids in enumerate(encoded)]
         try:
             engine.submit(batch)
@@ -191,6 +191,9 @@ def _parse(body: dict, model_name: str) -> tuple[list[str], dict]:
     top_k = body.get("top_k", -1)
     if not _integer(top_k) or top_k < -1:
         raise BadRequest(f"top_k must be an integer >= 1, or -1 or 0 for every token, got {top_k!r}", "top_k")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise BadRequest(f"ignore_eos must be true or false, got {ignore_eos!r}", "ignore_eos")
     seed = body.get("seed")
     if seed is not None and (not _integer(seed) or not 0 <= seed < 2**63):
         raise BadRequest(f"seed must be an integer >= 0, got {seed!r}", "seed")
@@ -202,7 +205,7 @@ def _parse(body: dict, model_name: str) -> tuple[list[str], dict]:
         raise BadRequest("stream_options must be {\"include_usage\": true|false}", "stream_options")
     if options and not stream:
         raise BadRequest("stream_options is only allowed with stream = true", "stream_options")
-    return prompts, {"max_tokens": max_tokens, "temperature": float(temperature), "top_k": max(top_k, 0),
+    return prompts, {"max_tokens": max_tokens, "temperature": float(temperature), "top_k": max(top_k, 0), "ignore_eos": ignore_eos,
                      "seed": seed, "stream": stream, "include_usage": options.get("include_usage", False)}
 
 

@@ -58,6 +58,7 @@ class Completion:
     max_tokens: int
     temperature: float
     top_k: int
+    ignore_eos: bool
     seed: int | None
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
@@ -188,6 +189,7 @@ class ServeEngine:
                            or self.scheduler.has_work or self._stepped):
                     self._cond.wait()
                 inbox, self._inbox = self._inbox, []
+                self._waiting += len(inbox)  # they join the scheduler's queue: still waiting for `submit`'s count
                 aborts, self._aborts = self._aborts, []
                 refreshes, self._refreshes = self._refreshes, []
                 stopping = self._stopping
@@ -256,7 +258,8 @@ class ServeEngine:
         self._publish_counts()
 
     def _sampled(self, c: Completion, logits: torch.Tensor) -> bool:
-        """Sample ``c``'s next token and emit its text; True when it is the end-of-text token."""
+        """Sample ``c``'s next token and emit its text; True when it is the end-of-text token (and ``c`` does
+        not ignore it)."""
         top_k = 0 if c.temperature == 0 else (c.top_k if c.top_k > 0 else logits.shape[-1])
         token = int(sample(logits, top_k, c.temperature or 1.0, c.generator)[0])
         now = time.perf_counter()
@@ -265,7 +268,7 @@ class ServeEngine:
         else:
             self.metrics.inter_token_latency.observe(now - c.last_token_at)
         c.last_token_at = now
-        if token == self.end_token:
+        if token == self.end_token and not c.ignore_eos:
             return True
         c.ids[c.prompt_ids.size + len(c.generated)] = token
         c.generated.append(token)
