@@ -2,7 +2,8 @@
 
     POST /v1/completions   prompt (a string or a list of strings), max_tokens (default 16), temperature
                            (default 1; 0 is greedy), top_k (vLLM's extension; -1 or 0: every token),
-                           ignore_eos (vLLM's: keep going past the end-of-text token), seed, stream (server-sent events in OpenAI's chunk format, then ``[DONE]``),
+                           ignore_eos (vLLM's: keep going past the end-of-text token), seed, stream
+                           (server-sent events in OpenAI's chunk format, then ``[DONE]``),
                            stream_options.include_usage; n, best_of, top_p, echo, logprobs, stop and the
                            penalties are accepted only at their defaults
     GET  /v1/models        the one model served
