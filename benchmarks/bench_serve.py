@@ -66,9 +66,10 @@ def scrape(port: int) -> dict:
 
 
 def client(port: int, texts: list[str], max_tokens: int, until: float, out: dict) -> None:
-    """Streamed completions back to back until ``until``; appends TTFTs, inter-token gaps and tokens to ``out``."""
+    """Streamed completions back to back until ``until`` (at least one); appends TTFTs, inter-token gaps
+    and tokens to ``out``."""
     i = 0
-    while time.perf_counter() < until:
+    while i == 0 or time.perf_counter() < until:
         body = {"prompt": texts[i % len(texts)], "max_tokens": max_tokens, "temperature": 0, "stream": True,
                 "ignore_eos": True, "stream_options": {"include_usage": True}}
         i += 1
@@ -138,6 +139,7 @@ def main() -> None:
     try:
         port = int(server.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
         texts = prompts(256, args.prompt_chars, args.seed)
+        client(port, texts[:1], args.max_tokens, 0.0, {"ttft": [], "itl": [], "tokens": []})  # warm-up: kernels compile
         levels = [level(port, int(n), args.seconds, args.max_tokens, texts) for n in args.clients.split(",")]
     finally:
         server.terminate()
