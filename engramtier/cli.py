@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "engramtier.tiers.remote.commands",
     "engramtier.analysis.commands",
     "engramtier.serve.commands",
+    "engramtier.serve.server",
 )
 
 

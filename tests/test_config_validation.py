@@ -102,7 +102,7 @@ def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("engramtier.cache.tomlfile.open", denied, raising=False)
+    monkeypatch.setattr("engramtier.trace.tomlfile.open", denied, raising=False)
     assert "cannot read it (Permission denied)" in refusal(path)
 
 

@@ -26,12 +26,12 @@ from typing import Any, Iterable, Mapping
 from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, hierarchy_section, parse_size
 from engramtier.cache.policy import check_policy
-from engramtier.cache.tomlfile import read_toml
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
 from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, uniform_shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
 from engramtier.trace.build import MODES
 from engramtier.trace.sources import MAX_ZIPF_VOCAB
+from engramtier.trace.tomlfile import read_toml
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
 from engramtier.analysis.config import ExperimentConfig, load_config
@@ -19,13 +18,9 @@ from engramtier.analysis.report import write_report
 from engramtier.analysis.sweep import with_capacities
 from engramtier.cache.hierarchy import format_bytes
 from engramtier.rundir import RunDir
-from engramtier.trace.sources import sample_text_dir
+from engramtier.trace.sources import sample_text_dir, shipped_experiment
 
 TINY_TEXT_CHARS = 4000
-
-
-def shipped_config_path() -> Path:
-    return Path(str(resources.files("engramtier") / "data" / "experiment.toml"))
 
 
 def tiny_config(cfg: ExperimentConfig, text_path: Path) -> ExperimentConfig:
@@ -47,7 +42,7 @@ def quickstart(out: str | None = None, tiny: bool = False, progress: bool = True
     """Run every stage of the shipped experiment into ``out`` (default ``runs/quickstart-TIME``; ``force``:
     replace another run there), write the report and log a short summary; returns the run directory."""
     start = time.perf_counter()
-    cfg = load_config(shipped_config_path())
+    cfg = load_config(shipped_experiment())
     with RunDir.create(out, "quickstart", {"out": out, "tiny": tiny}, None, force=force,
                        stages=["trace", *STAGES]) as run:
         if tiny:

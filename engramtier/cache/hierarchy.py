@@ -32,8 +32,8 @@ from engramtier.cache.admission import build as build_admission
 from engramtier.cache.admission import parse as parse_admission
 from engramtier.cache.policy import PolicyContext, check_params, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
-from engramtier.cache.tomlfile import read_toml
 from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.trace.tomlfile import read_toml
 
 MODES = ("inclusive", "exclusive")
 # What a step does with a tier's rows that cannot arrive within its compute window: wait for them (a

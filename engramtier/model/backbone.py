@@ -300,14 +300,16 @@ class EngramLM(nn.Module):
             raise EngramTierError(f"model: a cache of {max_len} positions exceeds max_seq_len {self.config.max_seq_len}")
         return KVCache(self.config, batch_size, max_len, self.rope_cos.device, self.tok_emb.weight.dtype)
 
-    def row_ids(self, base_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def row_ids(self, base_ids: torch.Tensor, cache: KVCache | None = None, advance: bool = True) -> torch.Tensor:
         """Global row ids [B, T, layers, (N-1)*H] of every Engram layer for these positions; with a
-        cache, the N-grams reach back into the tokens decoded before (and the cache remembers these)."""
+        cache, the N-grams reach back into the tokens decoded before (and the cache remembers these,
+        unless ``advance`` is False: a server names a step's rows before it runs the step's forwards)."""
         canonical = self.compress_lookup[base_ids]
         if cache is None:
             return self.hasher.hash_torch(canonical)
         context = torch.cat([cache.recent_ids, canonical], dim=1)
-        cache.recent_ids = context[:, context.shape[1] - cache.recent_ids.shape[1] :]
+        if advance:
+            cache.recent_ids = context[:, context.shape[1] - cache.recent_ids.shape[1] :]
         return self.hasher.hash_torch(context)[:, context.shape[1] - canonical.shape[1] :]
 
     def _request_rows(self, base_ids, rows: RowSource | None, cache: KVCache | None) -> dict:

@@ -75,6 +75,21 @@ def hasher_for(source: TokenSource, table_size: int, layer_ids, n_heads: int, ma
     return NgramHasher(source.hash_config((table_size,) * (max_ngram - 1), tuple(layer_ids), n_heads, seed))
 
 
+def addressing_meta(hasher: NgramHasher, preset: str | None = None) -> dict:
+    """What a trace records about the rows it addresses: the hash config, its fingerprint, the sub-table
+    layout (`engramtier.trace.layout`) and ``rows_per_token`` (per-token timing and tokens/s)."""
+    cfg = hasher.config
+    return {
+        "rows_per_token": hasher.rows_per_token,
+        **SubtableLayout.of_hasher(hasher).to_meta(),
+        "hash_config": cfg.to_dict(),
+        "fingerprint": cfg.fingerprint,
+        "preset": preset,
+        "tokenizer": cfg.tokenizer,
+        "tokenizer_digest": cfg.tokenizer_digest,
+    }
+
+
 def windows(documents: Iterator[np.ndarray], seq_len: int) -> Iterator[np.ndarray]:
     """Each document cut into consecutive sequences of at most ``seq_len`` tokens."""
     for doc in documents:
@@ -102,20 +117,8 @@ class TraceBuilder:
 
     def meta(self) -> dict:
         """What a trace built by this builder records about itself."""
-        cfg = self.hasher.config
-        return {
-            "mode": self.plan.mode,
-            "plan": asdict(self.plan),
-            "tokens_per_step": self.plan.tokens_per_step,
-            "rows_per_token": self.rows_per_token,
-            **SubtableLayout.of_hasher(self.hasher).to_meta(),
-            "hash_config": cfg.to_dict(),
-            "fingerprint": cfg.fingerprint,
-            "preset": self.preset,
-            "tokenizer": cfg.tokenizer,
-            "tokenizer_digest": cfg.tokenizer_digest,
-            "source": self.source.describe(),
-        }
+        return {"mode": self.plan.mode, "plan": asdict(self.plan), "tokens_per_step": self.plan.tokens_per_step,
+                **addressing_meta(self.hasher, self.preset), "source": self.source.describe()}
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         sequences = self._timed(windows(self.source.documents(), self.plan.seq_len))

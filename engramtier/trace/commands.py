@@ -6,16 +6,20 @@ import argparse
 import json
 import sys
 
-from engramtier.argtypes import int_list, nonnegative_int, positive_float, positive_int, row_bytes, seed
+from engramtier.argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int, row_bytes, seed
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import uniform_shape_problems
 from engramtier.model.presets import SHAPE_KEYS, shape_settings
 from engramtier.outputs import atomic_output, check_output_file
+from engramtier.trace.arrivals import DEFAULT_POISSON_REQUESTS, LengthDistribution, parse_arrivals_spec, poisson_arrivals, read_arrivals
 from engramtier.trace.build import StepPlan, hasher_for, write_trace
 from engramtier.trace.export import export_trace
-from engramtier.trace.sources import TextSource, ZipfSource
+from engramtier.trace.schedule import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, Scheduler
+from engramtier.trace.sources import TextSource, ZipfSource, shipped_experiment
 from engramtier.trace.stats import trace_stats
+from engramtier.trace.tomlfile import read_toml
 from engramtier.trace.tracefile import TraceReader
+from engramtier.trace.workload import StepTime, write_workload_trace
 
 TRACE_EXAMPLES = """examples:
   engramtier trace engramtier/data/sample_text -o docs.trace
@@ -25,9 +29,23 @@ TRACE_EXAMPLES = """examples:
   engramtier trace --preset dsv41-flash engramtier/data/sample_text -o flash.trace   # DeepSeek-V4.1-Flash's rows
   engramtier trace --preset dsv41-flash --table-size 20011 notes/ -o small.trace     # its shape, small tables
 
+  # a served workload: requests arrive over time, each step cut by vLLM's continuous batching
+  engramtier trace --arrivals AzureLLMInferenceTrace_conv.csv engramtier/data/sample_text -o azure.trace
+  engramtier trace --arrivals poisson:4 --max-requests 500 --input-len lognormal:512:1 --output-len \
+      exponential:128 --max-num-batched-tokens 2048 --timing my.toml engramtier/data/sample_text -o p4.trace
+
 --preset sets the table shape of a published model (dsv41-flash, engram-27b, engram-40b): tokenizer,
 layers, heads, max n-gram, table size, row bytes, Engram pad, seed and image token (none); options given
 explicitly override it.
+
+--arrivals reads the columns of the Azure LLM inference traces (TIMESTAMP, ContextTokens, GeneratedTokens),
+BurstGPT (Timestamp, Request tokens, Response tokens) or Mooncake (timestamp, input_length, output_length;
+milliseconds), as CSV or JSONL (.jsonl), optionally .gz. Each request reads consecutive tokens of the
+sources (its prompt, then its output), which start over when they run out. Steps are cut by vLLM's
+continuous batching (running requests one token each, then chunked prefill of waiting ones, first come
+first served) against a step time from [timing] (compute_s + compute_per_token_s x tokens; default: the
+shipped experiment.toml); each step records its start time, prefill and decode tokens, and the requests
+running and waiting (engramtier stats prints them).
 """
 
 STATS_EXAMPLES = """examples:
@@ -95,6 +113,29 @@ def register(subparsers) -> None:
     p.add_argument("--vocab", type=positive_int, default=100_000, help="synthetic vocabulary size (default 100000)")
     p.add_argument("--tokens", type=positive_int, default=1_000_000, help="synthetic token count (default 1000000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    w = p.add_argument_group("served workload (--arrivals; replaces --mode, --batch, --requests, --prompt-len)")
+    w.add_argument("--arrivals", metavar="FILE|poisson:RATE",
+                   help="an arrival trace (CSV or JSONL: Azure, BurstGPT or Mooncake columns), or Poisson arrivals at "
+                   "RATE requests/s")
+    w.add_argument("--max-num-batched-tokens", type=positive_int, default=DEFAULT_MAX_NUM_BATCHED_TOKENS, metavar="N",
+                   help=f"token budget of a step (default {DEFAULT_MAX_NUM_BATCHED_TOKENS}, vLLM's)")
+    w.add_argument("--max-num-seqs", type=positive_int, default=DEFAULT_MAX_NUM_SEQS, metavar="N",
+                   help=f"most requests running at once (default {DEFAULT_MAX_NUM_SEQS}, vLLM's)")
+    w.add_argument("--timing", metavar="FILE.toml", help="experiment file whose [timing] gives the step time "
+                   "(default: the shipped engramtier/data/experiment.toml)")
+    w.add_argument("--compute-s", type=nonnegative_float, metavar="S",
+                   help="fixed compute per step (seconds), added to the per-token compute; overrides [timing] compute_s")
+    w.add_argument("--compute-per-token-s", type=nonnegative_float, metavar="S",
+                   help="compute per token (seconds); overrides [timing] compute_per_token_s")
+    w.add_argument("--max-requests", type=positive_int, metavar="N",
+                   help=f"the first N requests (poisson: default {DEFAULT_POISSON_REQUESTS} unless --duration)")
+    w.add_argument("--duration", type=positive_float, metavar="S", help="only requests arriving in the first S seconds")
+    w.add_argument("--input-len", default="lognormal:512:1", metavar="DIST",
+                   help="poisson: prompt tokens, N | uniform:LO:HI | exponential:MEAN | lognormal:MEDIAN:SIGMA "
+                   "(default lognormal:512:1)")
+    w.add_argument("--output-len", default="lognormal:128:1", metavar="DIST",
+                   help="poisson: output tokens, same forms (default lognormal:128:1)")
+    w.add_argument("--arrival-seed", type=seed, default=0, help="poisson: seed of arrivals and lengths (default 0)")
     p.set_defaults(run=run_trace)
 
     p = subparsers.add_parser("stats", help="summarise a row trace file", epilog=STATS_EXAMPLES, formatter_class=fmt,
@@ -121,6 +162,7 @@ def register(subparsers) -> None:
 
 def run_trace(args) -> None:
     check_output_file(args.output, "-o", inputs=[s for s in args.sources if s != "-"])
+    workload = _workload_inputs(args) if args.arrivals else None  # a bad arrival file is refused before the tokenizer loads
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
     problems = uniform_shape_problems(shape["table_size"], shape["max_ngram"], shape["layers"], shape["heads"])
     if problems:
@@ -133,8 +175,11 @@ def run_trace(args) -> None:
         raise EngramTierError("no input: name text files, directories, JSONL files or '-', or use --synthetic-zipf")
     else:
         source = TextSource(args.sources, shape["tokenizer"], args.field, shape["engram_pad"], shape["image_token"])
-    plan = StepPlan(args.mode, args.batch, args.seq_len, args.requests, args.prompt_len)
     hasher = hasher_for(source, shape["table_size"], shape["layers"], shape["heads"], shape["max_ngram"], shape["seed"])
+    if workload is not None:
+        _write_workload(args, workload, source, hasher, shape)
+        return
+    plan = StepPlan(args.mode, args.batch, args.seq_len, args.requests, args.prompt_len)
     summary = write_trace(source, hasher, plan, args.output, shape["row_bytes"], args.chunk_rows,
                           progress=not args.quiet, preset=args.preset)
     print(f"{args.output}: {summary['tokens']:,} tokens, {summary['steps']:,} steps, {summary['rows']:,} row ids "
@@ -142,11 +187,51 @@ def run_trace(args) -> None:
           f"fingerprint {hasher.config.fingerprint}" + (f", preset {args.preset}" if args.preset else ""))
 
 
+def _workload_inputs(args):
+    """(arrivals, scheduler, step time) of the --arrivals options, every one checked."""
+    if args.mode != "prefill":
+        raise EngramTierError("--arrivals cuts steps by continuous batching; leave out --mode")
+    timing_file = args.timing or str(shipped_experiment())
+    timing = read_toml(timing_file, "an experiment .toml with a [timing] table").get("timing")
+    if not isinstance(timing, dict):
+        raise EngramTierError(f"--timing {timing_file}: no [timing] table; give compute_per_token_s (and compute_s) there")
+    timing |= {k: getattr(args, k) for k in ("compute_s", "compute_per_token_s") if getattr(args, k) is not None}
+    step_time = StepTime.from_timing(timing, f"{timing_file}: [timing]")
+    rate = parse_arrivals_spec(args.arrivals)
+    if rate is None:
+        arrivals = read_arrivals(args.arrivals).limited(args.max_requests, args.duration)
+    else:
+        arrivals = poisson_arrivals(rate, LengthDistribution.parse(args.input_len, "--input-len"),
+                                    LengthDistribution.parse(args.output_len, "--output-len"), seed=args.arrival_seed,
+                                    max_requests=args.max_requests, duration_s=args.duration)
+    return arrivals, Scheduler(args.max_num_batched_tokens, args.max_num_seqs), step_time
+
+
+def _write_workload(args, workload, source, hasher, shape) -> None:
+    arrivals, scheduler, step_time = workload
+    summary = write_workload_trace(source, hasher, arrivals, scheduler, step_time, args.output, shape["row_bytes"],
+                                   args.chunk_rows, preset=args.preset, progress=not args.quiet)
+    origin = arrivals.origin
+    used = (f"{origin['path']} ({origin['format']} columns {', '.join(origin['columns'])}; times in {origin['time_unit']}"
+            + (f"; {origin['skipped_empty']} requests with 0 tokens left out" if origin["skipped_empty"] else "") + ")"
+            if origin["kind"] == "file" else
+            f"Poisson at {origin['rate_per_s']:g}/s, input {origin['input_len']}, output {origin['output_len']}, "
+            f"seed {origin['seed']}")
+    restarts = summary["source_restarts"]
+    print(f"{args.output}: {summary['requests']:,} requests from {used}; {summary['tokens']:,} tokens in "
+          f"{summary['steps']:,} steps over {summary['simulated_s']:.1f} simulated s, {summary['rows']:,} row ids, "
+          f"fingerprint {hasher.config.fingerprint}"
+          + (f"; the text ran out and started over {restarts} times (repeated text raises hit rates)" if restarts else ""))
+
+
 def run_stats(args) -> None:
     if args.json:
         check_output_file(args.json, "--json", inputs=[args.trace])
     with TraceReader(args.trace) as reader:
         stats = trace_stats(reader).stats_dict()
+        columns = reader.step_columns
+    if columns:
+        stats["per_step"] = {name: {"mean": float(v.mean()), "max": int(v.max())} for name, v in columns.items()}
     if args.json:
         with atomic_output(args.json, "--json", inputs=[args.trace]) as part, open(part, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
@@ -157,6 +242,10 @@ def run_stats(args) -> None:
         f"unique rows     {stats['unique_rows']} of {stats['table_rows']} ({stats['seen_once_fraction']:.1%} requested once)",
         f"zipf alpha      {'n/a' if alpha is None else f'{alpha:.3f}'}",
     ]
+    per_step = stats.get("per_step")
+    if per_step:
+        lines.append("per step        " + ", ".join(f"{name} mean {v['mean']:.1f} max {v['max']}" for name, v in per_step.items()
+                                                    if name != "start_us"))
     for w, ws in stats["working_set"].items():
         lines.append(f"working set     {w:>5} steps: mean {ws['mean_unique_rows']:.0f} unique rows "
                      f"({ws['mean_unique_fraction']:.1%} of requests), max {ws['max_unique_rows']}")

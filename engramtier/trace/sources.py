@@ -28,6 +28,11 @@ def sample_text_dir() -> Path:
     return Path(str(resources.files("engramtier") / "data" / "sample_text"))
 
 
+def shipped_experiment() -> Path:
+    """The shipped experiment file (the quickstart's; its [timing] is the default step time of a workload trace)."""
+    return Path(str(resources.files("engramtier") / "data" / "experiment.toml"))
+
+
 class TokenSource(Protocol):
     def documents(self) -> Iterator[np.ndarray]:
         """Compressed token ids, one int64 array per document."""

@@ -6,6 +6,7 @@ Layout (all integers little-endian)::
     chunk*    FRAME: whole steps, their step counts and their rows as *dense keys*
     distinct  FRAME*: the distinct row ids the trace touches, in key order (dense key k is row_ids[k])
     steps     FRAME: every step's row count
+    columns   FRAME*: version 3 only, one per per-step column the header's ``step_columns`` names
     index     per chunk: u64 file offset, u64 first step, u64 first row
     trailer   u64 index, distinct and steps offsets | u64 chunks, steps, rows, distinct | u32 crc32 | END_MAGIC
 
@@ -26,6 +27,12 @@ writer collects the distinct rows while it writes, then renumbers its chunks onc
 The meta of a trace built from tokens records its hash config, ``fingerprint``, preset and
 tokenizer digest; a reader given ``expect_fingerprint`` refuses a trace built for other addressing.
 Version 1 files (before dense keys and DeepSeek's exact tokenizer compression) are refused: rebuild.
+
+Per-step columns (a workload trace's prefill and decode tokens, running and waiting requests, step
+start time: `engramtier.trace.workload`) are int64 frames after the step table, named in the
+header's ``step_columns``; `TraceReader.step_columns` returns them. A file with columns is version 3;
+one without is written as version 2, byte for byte what older engramtier writes and reads, so only
+the files that need the addition leave older readers behind (they refuse version 3 in one line).
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ from engramtier.trace.rowtrace import RowTrace
 MAGIC = b"ENGTRACE"
 END_MAGIC = b"ENGTEND\x00"
 CHUNK_MAGIC = b"CHNK"
-VERSION = 2
+VERSION = 3  # the newest version this module reads and writes
+PLAIN_VERSION = 2  # a file without per-step columns: the layout older engramtier reads
 _HEAD = struct.Struct("<8sIII")
 _CHUNK = struct.Struct("<4sIQQBI")
 _TRAILER = struct.Struct("<QQQQQQQI8s")
@@ -164,11 +172,12 @@ class TraceWriter:
     Chunks of global row ids go to a scratch file as they fill; `close` renumbers them to dense keys
     into a temporary file beside ``PATH`` and renames that over it (`engramtier.outputs`: unique
     names, a link's target replaced, a device such as /dev/null written in place), so a crash or an
-    exception never leaves a half-written file under the real name.
+    exception never leaves a half-written file under the real name. ``step_columns`` names per-step
+    integer columns that every `append` then gives (see the module docstring).
     """
 
     def __init__(self, path, n_table_rows: int, row_bytes: int, meta: dict | None = None,
-                 chunk_rows: int = 1 << 20, level: int = 3):
+                 chunk_rows: int = 1 << 20, level: int = 3, step_columns: tuple[str, ...] = ()):
         if n_table_rows < 1 or row_bytes < 1 or chunk_rows < 1:
             raise EngramTierError(
                 f"trace writer: n_table_rows, row_bytes and chunk_rows must be positive, got {n_table_rows}, {row_bytes}, {chunk_rows}"
@@ -177,7 +186,12 @@ class TraceWriter:
         self.n_table_rows, self.row_bytes, self.chunk_rows = int(n_table_rows), int(row_bytes), int(chunk_rows)
         self.width = _width_for(self.n_table_rows)
         self.n_steps = self.n_rows = self.bytes_written = 0
-        self._header = json.dumps({"n_table_rows": self.n_table_rows, "row_bytes": self.row_bytes, "meta": meta or {}}).encode()
+        self.step_columns = tuple(step_columns)
+        header = {"n_table_rows": self.n_table_rows, "row_bytes": self.row_bytes, "meta": meta or {}}
+        if self.step_columns:
+            header["step_columns"] = list(self.step_columns)
+        self._header = json.dumps(header).encode()
+        self._columns: list[list[np.ndarray]] = [[] for _ in self.step_columns]
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._row_index = RowIndex(self.n_table_rows)
         self._raw_frames: list[tuple[int, int]] = []  # (offset, length) in the raw file
@@ -205,12 +219,19 @@ class TraceWriter:
     def append_step(self, rows: np.ndarray) -> None:
         self.append(rows, np.array([np.size(rows)], np.int64))
 
-    def append(self, rows: np.ndarray, step_counts: np.ndarray) -> None:
-        """Append whole steps: ``rows`` holds them back to back, ``step_counts`` their sizes."""
+    def append(self, rows: np.ndarray, step_counts: np.ndarray, columns: dict[str, np.ndarray] | None = None) -> None:
+        """Append whole steps: ``rows`` holds them back to back, ``step_counts`` their sizes, ``columns``
+        each named step column's values for these steps."""
         rows = np.asarray(rows).reshape(-1)
         step_counts = np.asarray(step_counts, np.int64)
         if step_counts.size and (step_counts.min() < 0 or step_counts.sum() != rows.size):
             raise EngramTierError(f"trace writer {self.path}: step counts must be >= 0 and add up to the {rows.size} rows given")
+        columns = columns or {}
+        if set(columns) != set(self.step_columns) or any(np.shape(c) != step_counts.shape for c in columns.values()):
+            raise EngramTierError(f"trace writer {self.path}: give one value per step for each of the step columns "
+                                  f"{list(self.step_columns)}, got {sorted(columns)}")
+        for values, name in zip(self._columns, self.step_columns, strict=True):
+            values.append(np.asarray(columns[name], np.int64))
         if rows.size:
             lo, hi = int(rows.min()), int(rows.max())
             if lo < 0 or hi >= self.n_table_rows:
@@ -275,7 +296,8 @@ class TraceWriter:
         first_seen = FirstSeen(sorted_row_ids.size)
         key_width = _width_for(max(sorted_row_ids.size, 1))
         self._file = open(self._final if self._part is None else self._part, "wb")
-        self._write(_HEAD.pack(MAGIC, VERSION, len(self._header), zlib.crc32(self._header)) + self._header)
+        version = VERSION if self.step_columns else PLAIN_VERSION
+        self._write(_HEAD.pack(MAGIC, version, len(self._header), zlib.crc32(self._header)) + self._header)
         decompressor = zstandard.ZstdDecompressor()
         index, keys = [], np.empty(0, np.int64)
         first_step = first_row = 0
@@ -303,6 +325,10 @@ class TraceWriter:
         all_counts = np.concatenate(self._step_counts) if self._step_counts else no_counts
         frame, self._encoded = _encode_frame(self._compressor, all_counts, no_counts, 4, self._encoded)
         self._write(frame)
+        for values in self._columns:
+            frame, self._encoded = _encode_frame(self._compressor, np.concatenate(values) if values else no_counts,
+                                                 no_counts, 4, self._encoded)
+            self._write(frame)
         index_bytes = np.array(index, _INDEX).tobytes()
         offsets = (self.bytes_written, distinct_offset, steps_offset, len(index), self.n_steps, self.n_rows, row_ids.size)
         fields = _TRAILER.pack(*offsets, 0, END_MAGIC)[: 7 * 8]
@@ -368,7 +394,7 @@ class TraceReader:
         if len(head) < 12 or head[:8] != MAGIC:
             raise EngramTierError(f"{self.path} is not an engramtier trace file (wrong magic bytes); build one with `engramtier trace`")
         version = struct.unpack_from("<I", head, 8)[0]
-        if version < VERSION:
+        if version < PLAIN_VERSION:
             raise EngramTierError(
                 f"{self.path} is a version-{version} trace from an older engramtier (other tokenizer compression, "
                 "no dense row keys); rebuild it with `engramtier trace`"
@@ -390,9 +416,10 @@ class TraceReader:
             self.n_table_rows = int(header["n_table_rows"])
             self.row_bytes = int(header["row_bytes"])
             self.meta = dict(header["meta"])
+            self.step_column_names = tuple(str(name) for name in header.get("step_columns", []))
         except (ValueError, KeyError, TypeError, OverflowError):
             raise self._corrupt("the header") from None
-        if self.n_table_rows < 1 or self.row_bytes < 1:
+        if self.n_table_rows < 1 or self.row_bytes < 1 or (version == PLAIN_VERSION) != (not self.step_column_names):
             raise self._corrupt("the header")
         self._data_start = _HEAD.size + length
 
@@ -461,17 +488,22 @@ class TraceReader:
         """The distinct row ids the trace touches, in key order: dense key ``k`` is row ``row_ids()[k]``."""
         return self._row_ids
 
+    def _frame_end(self, at: int, limit: int, what: str) -> int:
+        """Where the FRAME starting at ``at`` ends, by its header (at most ``limit``: a bad length
+        shows as a checksum mismatch when the frame is read)."""
+        self._file.seek(at)
+        fields = self._file.read(_CHUNK.size)
+        if len(fields) < _CHUNK.size:
+            raise self._corrupt(what)
+        return min(at + _CHUNK.size + _CHUNK.unpack(fields)[3], limit)
+
     @cached_property
     def _row_ids(self) -> np.ndarray:
         parts, at = [], self._distinct_offset
         while at < self._steps_offset:
-            self._file.seek(at)
-            fields = self._file.read(_CHUNK.size)
-            if len(fields) < _CHUNK.size:
-                raise self._corrupt("the distinct-row table")
-            end = at + _CHUNK.size + _CHUNK.unpack(fields)[3]
+            end = self._frame_end(at, self._steps_offset, "the distinct-row table")
             left = self.n_distinct - sum(p.size for p in parts)
-            parts.append(self._frame_at(at, min(end, self._steps_offset), "the distinct-row table", 0, left)[1])
+            parts.append(self._frame_at(at, end, "the distinct-row table", 0, left)[1])
             at = end
         ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
         if ids.size != self.n_distinct or (ids.size and (ids.min() < 0 or ids.max() >= self.n_table_rows)):
@@ -479,14 +511,38 @@ class TraceReader:
         return ids
 
     @cached_property
+    def _columns_offset(self) -> int:
+        """Where the step table ends: the per-step columns follow it, up to the index."""
+        if not self.step_column_names:
+            return self._index_offset
+        return self._frame_end(self._steps_offset, self._index_offset, "the step table")
+
+    @cached_property
     def step_starts(self) -> np.ndarray:
         """Index of each step's first request, then ``n_rows`` (read from the file's step table)."""
-        counts, ids = self._frame_at(self._steps_offset, self._index_offset, "the step table", self.n_steps, 0)
+        counts, ids = self._frame_at(self._steps_offset, self._columns_offset, "the step table", self.n_steps, 0)
         if counts.size != self.n_steps or ids.size or (counts.size and counts.min() < 0) or counts.sum() != self.n_rows:
             raise self._corrupt("the step table")
         starts = np.zeros(counts.size + 1, np.int64)
         np.cumsum(counts, out=starts[1:])
         return starts
+
+    @cached_property
+    def step_columns(self) -> dict[str, np.ndarray]:
+        """Each per-step column the file holds (int64, one value per step) by name; empty for none."""
+        columns, at = {}, self._columns_offset
+        for name in self.step_column_names:
+            what = f"step column '{name}'"
+            if at >= self._index_offset:
+                raise self._corrupt(what)
+            end = self._frame_end(at, self._index_offset, what)
+            values, ids = self._frame_at(at, end, what, self.n_steps, 0)
+            if values.size != self.n_steps or ids.size:
+                raise self._corrupt(what)
+            columns[name], at = values, end
+        if at != self._index_offset:
+            raise self._corrupt("the step columns")
+        return columns
 
     def chunks(self, reverse: bool = False, dense: bool = False) -> Iterator[TraceChunk]:
         order = range(self.n_chunks - 1, -1, -1) if reverse else range(self.n_chunks)
@@ -546,10 +602,12 @@ def trace_chunks(trace: "RowTrace | TraceReader", reverse: bool = False, dense: 
         yield TraceChunk(0, 0, 0, rows, np.diff(trace.step_starts), dense)
 
 
-def save_trace(trace: RowTrace, path, chunk_rows: int = 1 << 20) -> None:
-    """Write an in-memory trace to a trace file."""
-    with TraceWriter(path, trace.n_table_rows, trace.row_bytes, trace.meta, chunk_rows=chunk_rows) as writer:
-        writer.append(trace.rows, np.diff(trace.step_starts))
+def save_trace(trace: RowTrace, path, chunk_rows: int = 1 << 20, step_columns: dict[str, np.ndarray] | None = None) -> None:
+    """Write an in-memory trace to a trace file, with per-step ``step_columns`` if given."""
+    step_columns = step_columns or {}
+    with TraceWriter(path, trace.n_table_rows, trace.row_bytes, trace.meta, chunk_rows=chunk_rows,
+                     step_columns=tuple(step_columns)) as writer:
+        writer.append(trace.rows, np.diff(trace.step_starts), step_columns)
 
 
 def load_trace(path, expect_fingerprint: str | None = None) -> RowTrace:
