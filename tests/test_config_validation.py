@@ -279,7 +279,13 @@ def test_check_number_refuses(value, bounds, message):
 def test_check_number_passes_values_in_range():
     assert check_number(1, "x", low=0, high=1, low_open=True) == 1
     assert check_number(0.5, "x", low=0, high=1) == 0.5
-    assert check_number(2**70, "x", integer=True, low=0) == 2**70
+    assert check_number(2**62, "x", integer=True, low=0) == 2**62
+
+
+def test_check_number_bounds_an_integer_to_int64_headroom():
+    """TOML integers are unbounded in Python; past 2**62 one would overflow numpy's int64 downstream."""
+    with pytest.raises(EngramTierError, match=r"x must be an integer in \[0, 4,611,686,018,427,387,904\], got"):
+        check_number(2**70, "x", integer=True, low=0)
 
 
 def test_an_unknown_name_with_a_newline_is_refused_in_one_line():

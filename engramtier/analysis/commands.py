@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engramtier.argtypes import fraction, int_list, name_list, nonnegative_float, nonnegative_int, positive_int, seed, size_list
+from engramtier.argtypes import (fraction, int_list, name_list, nonnegative_float, nonnegative_int, positive_int, row_dim, seed,
+                                 size_list)
 from engramtier.errors import EngramTierError
 from engramtier.model.trainconfig import VARIANTS
 from engramtier.tiers.commands import checked_hierarchy, format_ms, load_served_run, serving_options, table_opener, tier_table
@@ -454,7 +455,7 @@ def _register_replay(subparsers) -> None:
     random_init.add_argument("--engram-layers", type=nonnegative_int, nargs="+", default=shape["engram_layers"])
     random_init.add_argument("--table-size", type=positive_int, default=20011, help="rows per sub-table")
     random_init.add_argument("--hash-heads", type=positive_int, default=shape["hash_heads"])
-    random_init.add_argument("--row-dim", type=positive_int, default=shape["row_dim"])
+    random_init.add_argument("--row-dim", type=row_dim, default=shape["row_dim"])
     random_init.add_argument("--seed", type=seed, default=0)
     random_init.add_argument("--variant", choices=VARIANTS,
                              help="the Engram layer: classic, demo or dsv41 (default classic; with --engram-only dsv41)")
