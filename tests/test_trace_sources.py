@@ -140,7 +140,7 @@ def test_zipf_source_streams_in_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"alpha": -1.0}, "alpha must be >= 0"), ({"vocab": 0}, "vocabulary must be >= 1"),
+    ({"alpha": -1.0}, "alpha must be >= 0"), ({"vocab": 0}, "vocabulary must be in 1.."), ({"vocab": 2**62}, "vocabulary must be in 1.."),
     ({"n_tokens": 0}, "token count"), ({"doc_len": 0}, "document length"),
 ])
 def test_bad_zipf_parameters(kwargs, words):

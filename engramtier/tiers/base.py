@@ -135,20 +135,6 @@ class Tier(ABC):
         return rows
 
 
-def available_host_bytes() -> int:
-    """MemAvailable from /proc/meminfo: what the kernel can give without swapping."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def check_fits(name: str, nbytes: int, available: int, where: str) -> None:
     """Refuse to allocate ``nbytes`` when only ``available`` bytes are free in ``where``."""
     if nbytes > available:

@@ -16,13 +16,16 @@ import zlib
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from engramtier import memory
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import HashConfig
 
+TEXT_MEMORY_PER_BYTE = 64  # memory while a document is decoded, tokenized and hashed, per byte of its text
+_READ_CHUNK = 1 << 20
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")  # Python docs' ``.rst.txt`` ends in .txt
 JSONL_SUFFIXES = (".jsonl",)
 GZIP_SUFFIX = ".gz"  # any of the above compressed (Debian ships its docs so): read decompressed
@@ -45,6 +48,13 @@ class TokenSource(Protocol):
 
     def describe(self) -> dict:
         """JSON-ready provenance recorded in the trace's meta."""
+
+    def max_tokens(self) -> int | None:
+        """At most how many tokens `documents` yields, None when that is unknown (standard input, compressed
+        files): what a trace build holds at once is bounded by it (`engramtier.trace.build.build_memory`)."""
+
+    def held_bytes(self) -> dict[str, float]:
+        """Memory the source itself holds while it yields, keyed by the advice that lowers it."""
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -84,20 +94,48 @@ def _kind_suffix(path: Path) -> str:
     return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == GZIP_SUFFIX else path.suffix.lower()
 
 
+def document_limit() -> int:
+    """The most bytes one document may hold: its text, token ids and the tokenizer's encodings take
+    about `TEXT_MEMORY_PER_BYTE` bytes of memory per byte, all at once."""
+    return memory.available_host_bytes() // TEXT_MEMORY_PER_BYTE
+
+
+def read_document(f: BinaryIO, where: str) -> bytes:
+    """All of ``f``, read in chunks and refused as soon as a chunk holds a NUL byte (binary) or the
+    bytes outgrow `document_limit`: a device or a pipe that never ends (/dev/zero, a stream without
+    line breaks) is never read whole into memory."""
+    limit = document_limit()
+    chunks, size = [], 0
+    while chunk := f.read(min(_READ_CHUNK, limit + 1 - size)):
+        if b"\x00" in chunk:
+            raise _binary(where)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise EngramTierError(
+                f"{where} holds more than {memory.gib(limit)} of text in one document, more than the "
+                f"{memory.gib(memory.available_host_bytes())} of memory available can tokenize at once (about "
+                f"{TEXT_MEMORY_PER_BYTE} bytes per byte of text); split it into smaller files or JSONL lines"
+            )
+    return b"".join(chunks)
+
+
 def _read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.suffix.lower() != GZIP_SUFFIX:
-        return raw
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
+        with (gzip.open(path, "rb") if path.suffix.lower() == GZIP_SUFFIX else open(path, "rb")) as f:
+            return read_document(f, str(path))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise EngramTierError(f"{path} is not a readable gzip file ({err}); recompress it or leave it out") from None
+
+
+def _binary(where: str) -> EngramTierError:
+    return EngramTierError(f"{where} is a binary file (it holds NUL bytes); pass text, Markdown, reST, HTML or JSONL")
 
 
 def decode_text(raw: bytes, where: str) -> str:
     """``raw`` as UTF-8 text, or one line saying why it is not text."""
     if b"\x00" in raw:
-        raise EngramTierError(f"{where} is a binary file (it holds NUL bytes); pass text, Markdown, reST, HTML or JSONL")
+        raise _binary(where)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -112,11 +150,15 @@ def _read_text_file(path: Path) -> str:
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    limit = document_limit()
     with (gzip.open(path, "rb") if path.suffix.lower() == GZIP_SUFFIX else open(path, "rb")) as f:
-        for number, line in enumerate(f, 1):
+        for number, line in enumerate(iter(lambda: f.readline(limit + 1), b""), 1):  # a line is one document
+            where = f"{path} line {number}"
+            if len(line) > limit:
+                raise EngramTierError(f"{where} is longer than {memory.gib(limit)}, more than the memory available "
+                                      "can tokenize at once; split the record, or the file into lines")
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
@@ -147,7 +189,7 @@ def text_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator
     empty trace."""
     for item in paths:
         if str(item) == STDIN:
-            text = decode_text(sys.stdin.buffer.read(), "standard input")
+            text = decode_text(read_document(sys.stdin.buffer, "standard input"), "standard input")
             if not text.strip():
                 raise EngramTierError("standard input holds no text; pipe some text in or name files instead")
             yield "<stdin>", text
@@ -211,6 +253,21 @@ class TextSource:
     def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
         return HashConfig.for_tokenizer(self.tokenizer, self.tokenizer_name, table_sizes, layer_ids, n_heads, seed)
 
+    def max_tokens(self) -> int | None:
+        """The bytes of the files named (a token takes a byte of text at least); None with standard input
+        or compressed files, whose size says nothing."""
+        total = 0
+        for item in self.paths:
+            path = Path(item)
+            files = _files_under(path) if path.is_dir() else [path]
+            if item == STDIN or any(f.suffix.lower() == GZIP_SUFFIX or not f.is_file() for f in files):
+                return None
+            total += sum(f.stat().st_size for f in files)
+        return total
+
+    def held_bytes(self) -> dict[str, float]:
+        return {}
+
     def describe(self) -> dict:
         return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name,
                 "engram_pad": self.tokenizer.pad_base_id,
@@ -218,6 +275,9 @@ class TextSource:
 
 
 # -------------------------------------------------------------------------------------------- zipf
+
+
+MAX_ZIPF_VOCAB = 1 << 26  # the synthetic source keeps 24 bytes per id (its CDF and rank permutation): 1.5 GiB
 
 
 class ZipfSource:
@@ -236,8 +296,8 @@ class ZipfSource:
         problems = []
         if not alpha >= 0:
             problems.append(f"alpha must be >= 0, got {alpha}")
-        if vocab < 1:
-            problems.append(f"vocabulary must be >= 1, got {vocab}")
+        if not 1 <= vocab <= MAX_ZIPF_VOCAB:
+            problems.append(f"vocabulary must be in 1..{MAX_ZIPF_VOCAB}, got {vocab}")
         if n_tokens < 1:
             problems.append(f"token count must be >= 1, got {n_tokens}")
         if doc_len < 1:
@@ -262,6 +322,13 @@ class ZipfSource:
     def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
         return HashConfig(vocab_size=self.vocab + 1, pad_id=self.vocab, table_sizes=tuple(table_sizes),
                           layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer="synthetic-zipf")
+
+    def max_tokens(self) -> int:
+        return self.n_tokens
+
+    def held_bytes(self) -> dict[str, float]:
+        """The rank CDF (float64), the rank -> id permutation (int64) and its int64 draft, per vocabulary id."""
+        return {"lower the synthetic vocabulary (--vocab)": 24 * self.vocab}
 
     def describe(self) -> dict:
         return {"kind": "synthetic-zipf", "alpha": self.alpha, "vocab": self.vocab, "tokens": self.n_tokens,
