@@ -3,6 +3,8 @@ inputs: each must end with exit status 2 and exactly one line on stderr (no trac
 hang), and leave no output file behind, complete or half-written.
 
 The cases run concurrently once per module (`outcomes`); each parametrized test then checks one.
+`IN_PROCESS_CASES` are numbers past any sane range (issue 22 part 8: each was a traceback), which
+need no process of their own: they run through `engramtier.cli.main` and are checked the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
+from engramtier.cli import main
 
 ENGRAMTIER = [sys.executable, "-m", "engramtier.cli"]
 TIMEOUT_S = 120
@@ -196,6 +200,32 @@ CASES = [
     Case("unknown-command", "frobnicate", ("frobnicate",)),
 ]
 
+HUGE = str(2**63)
+TABLE = "build-table {out}/t.lmdb --random --rows 500 --dim 16 --quiet"
+IN_PROCESS_CASES = [
+    Case("trace-vocab-2**63", f"trace {ZIPF} --vocab {HUGE} -o {{out}}/a.trace", ("--vocab",), outputs=("{out}/a.trace",)),
+    Case("trace-vocab-2**62", f"trace {ZIPF} --vocab {2**62} -o {{out}}/a.trace", ("vocabulary",),
+         outputs=("{out}/a.trace",)),
+    Case("trace-chunk-rows-2**63", f"trace {ZIPF} --chunk-rows {HUGE} -o {{out}}/a.trace", ("--chunk-rows",)),
+    Case("trace-row-bytes-huge", f"trace {ZIPF} --row-bytes {HUGE} -o {{out}}/a.trace", ("--row-bytes",)),
+    Case("mrc-sizes-1e30B", "mrc {trace} --sizes 1000000000000000000000000000000B --out {out}/m1 --quiet",
+         ("--sizes", "4 EiB"), outputs=("{out}/m1",)),
+    Case("mrc-sizes-huge-rows", f"mrc {{trace}} --sizes {HUGE} --out {{out}}/m2 --quiet", ("--sizes",),
+         outputs=("{out}/m2",)),
+    Case("build-table-map-size-1e20B", TABLE + " --map-size 100000000000000000000B", ("--map-size", "4 EiB"),
+         outputs=("{out}/t.lmdb",)),
+    Case("build-table-map-size-1e8TiB", TABLE + " --map-size 100000000TiB", ("--map-size",), outputs=("{out}/t.lmdb",)),
+    Case("build-table-page-kib-4194304", TABLE + " --page-kib 4194304", ("--page-kib",), outputs=("{out}/t.lmdb",)),
+    Case("build-table-dim-1e8", TABLE + " --dim 100000000", ("--dim",), outputs=("{out}/t.lmdb",)),
+    Case("train-row-dim-1e8", "train --row-dim 100000000 --out {out}/tr", ("--row-dim",), outputs=("{out}/tr",)),
+    Case("train-lr-1e308", "train --lr 1e308 --out {out}/tr", ("--lr",), outputs=("{out}/tr",)),
+    Case("train-table-lr-1e308", "train --table-lr 1e308 --out {out}/tr", ("--table-lr",), outputs=("{out}/tr",)),
+    Case("replay-row-dim-1e8", "replay --row-dim 100000000 --out {out}/rp", ("--row-dim",), outputs=("{out}/rp",)),
+    Case("remote-url-http", "remote populate --table {lmdb} --storage backend=redis url=http://127.0.0.1:1/0",
+         ("Redis url",)),
+    Case("sweep-toml-integer-2**70", "sweep {toml_int_huge} --out {out}/sw --quiet", ("tokens", "4,611,686,018,427,387,904"), outputs=("{out}/sw",)),
+]
+
 
 def _write_fixtures(root: Path) -> dict[str, str]:
     """The inputs the cases name: good ones to misuse and bad ones to refuse."""
@@ -231,6 +261,7 @@ def _write_fixtures(root: Path) -> dict[str, str]:
         "toml_table_absurd": '[trace]\nsource = "zipf"\ntokens = 2000\ntable_size = 1000000000000000000\n' + hierarchy,
         "toml_malformed": '[trace\nsource = "zipf"\n',
         "toml_sweep_empty": experiment.replace("sizes = [100, 400]\n", ""),
+        "toml_int_huge": f'[trace]\nsource = "zipf"\ntokens = {2**70}\n' + hierarchy,
     }
     for name, body in tomls.items():
         paths[name] = root / f"{name.removeprefix('toml_')}.toml"
@@ -292,14 +323,26 @@ def outcomes(fixture_paths) -> dict[str, subprocess.CompletedProcess]:
 
 
 def test_case_names_are_unique():
-    assert len({c.name for c in CASES}) == len(CASES)
+    assert len({c.name for c in CASES + IN_PROCESS_CASES}) == len(CASES) + len(IN_PROCESS_CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_refused_in_one_line(case: Case, outcomes, fixture_paths):
     result = outcomes[case.name]
-    err = result.stderr.decode("utf-8", "replace")
-    assert result.returncode == 2, f"exit {result.returncode} (negative: killed by a signal)\n{err}"
+    assert_refused(case, result.returncode, result.stderr.decode("utf-8", "replace"), fixture_paths)
+
+
+@pytest.mark.parametrize("case", IN_PROCESS_CASES, ids=[c.name for c in IN_PROCESS_CASES])
+def test_numbers_past_their_range_are_refused_in_one_line(case: Case, fixture_paths, capsys, monkeypatch):
+    monkeypatch.chdir(fixture_paths["out"])
+    code = main(_argv(case, fixture_paths))
+    assert_refused(case, code, capsys.readouterr().err, fixture_paths)
+
+
+def assert_refused(case: Case, code: int, err: str, fixture_paths: dict[str, str]) -> None:
+    """Exit 2, no traceback, one line on stderr (as a terminal shows it) holding the case's words, and no
+    output left behind."""
+    assert code == 2, f"exit {code} (negative: killed by a signal)\n{err}"
     assert "Traceback" not in err, err
     # what a terminal shows: a progress bar cleared with "\r" before the error line leaves no line
     lines = [shown for line in err.split("\n") if (shown := line.rsplit("\r", 1)[-1]).strip()]
