@@ -223,7 +223,8 @@ IN_PROCESS_CASES = [
     Case("replay-row-dim-1e8", "replay --row-dim 100000000 --out {out}/rp", ("--row-dim",), outputs=("{out}/rp",)),
     Case("remote-url-http", "remote populate --table {lmdb} --storage backend=redis url=http://127.0.0.1:1/0",
          ("Redis url",)),
-    Case("sweep-toml-integer-2**70", "sweep {toml_int_huge} --out {out}/sw --quiet", ("tokens", "4,611,686,018,427,387,904"), outputs=("{out}/sw",)),
+    Case("sweep-toml-integer-2**70", "sweep {toml_int_huge} --out {out}/sw --quiet", ("tokens", "4,611,686,018,427,387,904"),
+         outputs=("{out}/sw",)),
 ]
 
 
