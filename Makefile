@@ -29,7 +29,7 @@ test: $(STAMP)
 	    apt-get install -y -qq redis-server libibverbs1 >/dev/null; } || \
 	  echo "redis-server or libibverbs1 is not installed: the remote-tier tests that need them will be skipped"
 	$(BIN)/ruff check engramtier tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

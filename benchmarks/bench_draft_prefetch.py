@@ -29,12 +29,12 @@ import time
 
 import numpy as np
 import torch
+from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 
 from engramtier.analysis.drafts import SCHEDULES, draft_decoding_study, verify_traces
 from engramtier.model.train import held_out_windows
 from engramtier.rundir import RunDir
 from engramtier.tiers.open import lmdb_table_for, open_table
-from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 
 GAMMAS = (1, 2, 4, 8)
 

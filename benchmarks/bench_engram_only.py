@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engramtier.model.train import load_model
+from engramtier.model.run import load_model
+from engramtier.serve.replay import engram_only_replay, random_stand_in_run, text_batches
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model
-from engramtier.tiers.replay import engram_only_replay, random_stand_in_run, text_batches
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
 

@@ -42,7 +42,7 @@ def main():
     result = {"benchmark": "hashing", "tokens": args.tokens, "orders": 2, "heads": 8, "layers": 1,
               "rows_per_token": hasher.rows_per_token}
     for threads in (1, 2):
-        seconds = best_of(args.repeats, lambda: hasher.hash_ragged(tokens, starts, threads=threads, out=out))
+        seconds = best_of(args.repeats, lambda threads=threads: hasher.hash_ragged(tokens, starts, threads=threads, out=out))
         result[f"numba_{threads}_threads_tokens_per_s"] = args.tokens / seconds
 
     # numpy works on 1M-token slices (its temporaries for 10M tokens would dominate otherwise)

@@ -29,13 +29,13 @@ import math
 
 import numpy as np
 import torch
+from sample_model import add_model_options, dram_over_nvme, model_for  # benchmarks/, the script's own folder
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.model.rowsource import ReadyRows
 from engramtier.model.train import evaluate, held_out_windows
 from engramtier.rundir import RunDir
-from sample_model import add_model_options, dram_over_nvme, model_for  # benchmarks/, the script's own folder
 from engramtier.trace.rowtrace import RowTrace
 
 FRACTIONS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -92,7 +92,7 @@ def main():
     assert quality[-1]["val_loss"] == zero_loss, "f = 1 must be the all-zero table's loss"
 
     timing = _deadlines(trace, FRACTIONS)
-    records = [{**q, "val_perplexity": math.exp(q["val_loss"]), **t} for q, t in zip(quality, timing)]
+    records = [{**q, "val_perplexity": math.exp(q["val_loss"]), **t} for q, t in zip(quality, timing, strict=True)]
     run.append(records)
     summary = {
         "benchmark": "lossy_fetch",
@@ -169,7 +169,7 @@ def _figure(records):
     ax.set_ylabel("held-out perplexity", color="C0")
     twin = ax.twinx()
     saved = [(r["fraction"], r["stall_saved_s_per_step"] * 1e6) for r in records if r["stall_saved_s_per_step"] is not None]
-    twin.plot(*zip(*saved), "s--", color="C1", label="stall saved at the matching deadline")
+    twin.plot(*zip(*saved, strict=True), "s--", color="C1", label="stall saved at the matching deadline")
     twin.set_ylabel("stall saved per step (µs, simulated)", color="C1")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper left", fontsize=8)

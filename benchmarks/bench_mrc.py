@@ -31,7 +31,6 @@ from engramtier.trace.export import export_oracle_general
 from engramtier.trace.rowtrace import RowTrace
 
 
-
 def zipf_trace(n_ids: int, n_requests: int, alpha: float, seed: int) -> np.ndarray:
     """Row ids drawn from a Zipf(alpha) popularity over ``n_ids`` ids, ranks mapped to permuted ids."""
     rng = np.random.default_rng(seed)

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from engramtier.analysis.config import load_config, size_to_rows
 from engramtier.analysis.experiment import build_trace
 from engramtier.analysis.plots import order_hit_rate_figure
@@ -67,7 +66,7 @@ def main() -> None:
     lru_t = time.perf_counter()
     replay(make_policy("lru", sizes[0], ctx), keys)
     lru_s = time.perf_counter() - lru_t
-    for size, shared_hits in zip(sizes, shared):
+    for size, shared_hits in zip(sizes, shared, strict=True):
         row = {"size_rows": size, "size_bytes": size * trace.row_bytes, "shared_lru": int(shared_hits) / keys.size}
         for name, shares in (("fixed", fixed), ("profile", "profile")):
             policy = make_policy("partitioned", size, ctx, shares=shares)

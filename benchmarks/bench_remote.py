@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 import redis
-
 from bench_tiers import rate, timed_batches, zipf_sampler
+
 from engramtier.provenance import machine_info
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier

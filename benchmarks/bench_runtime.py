@@ -21,7 +21,7 @@ of the sample text, read again from its start when it runs out (real n-gram stat
 a dram cache over nvme lives on), or uniform random ids (nano-vLLM's; almost every row is then read
 once, the worst case for any cache).
 
-Per mode and tiered configuration, one checking replay (`engramtier.tiers.replay.replay`, on the first
+Per mode and tiered configuration, one checking replay (`engramtier.serve.replay.replay`, on the first
 --check-batches batches) proves the outputs bitwise equal to the flat table's and the simulator's hit
 counts equal to the runtime's; then --repeats timed passes alternate flat and every tiered
 configuration (a fresh table each time; --cold-nvme drops the LMDB file from the page cache first, so
@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import runtime_scale
 import torch
 
 from engramtier.cache.hierarchy import Hierarchy
@@ -67,15 +68,13 @@ from engramtier.model.hashing import NgramHasher
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
 from engramtier.provenance import machine_info
+from engramtier.serve.replay import forward_inputs, replay, text_batches
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import drop_page_cache
-from engramtier.tiers.replay import forward_inputs, replay, text_batches
 from engramtier.tiers.open import open_table
 from engramtier.tiers.tiered import TieredTable
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
-
-import runtime_scale
 
 BACKBONES = {
     "small": dict(d_model=128, n_layers=4, n_heads=4, engram_layers=(1, 3)),
@@ -164,7 +163,7 @@ def sequence_batches(stream: np.ndarray | None, vocab_size: int, pad: int, plan:
     for lo in range(0, n, per_batch):
         group = lengths[lo : lo + per_batch]
         batch = np.full((group.size, int(group.max())), pad, np.int64)
-        for i, (start, length) in enumerate(zip(starts[lo : lo + per_batch].tolist(), group.tolist())):
+        for i, (start, length) in enumerate(zip(starts[lo : lo + per_batch].tolist(), group.tolist(), strict=True)):
             batch[i, :length] = rng.integers(0, vocab_size, length) if stream is None \
                 else stream[np.arange(start, start + length) % stream.size]
         batches.append(torch.from_numpy(batch))
@@ -294,7 +293,7 @@ def scale_parts(args) -> dict:
     if "state" in args.parts:
         out["state"] = runtime_scale.state(args.state_rows, [("256MiB", "2GiB"), ("32MiB", "128MiB")])
     if "steps" in args.parts:
-        out["steps"] = runtime_scale.steps(args.step_sizes, 10_000_000, args.step_rounds)
+        out["steps"] = runtime_scale.steps(args.step_sizes, runtime_scale.V41_ROWS, args.step_rounds)
     if "store" in args.parts:
         folder = Path(args.dir)
         folder.mkdir(parents=True, exist_ok=True)

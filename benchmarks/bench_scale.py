@@ -108,7 +108,8 @@ def child_simulate(trace_path: str, hierarchy_path: str, ids: str) -> None:
         else:
             n = reader.n_table_rows
             ctx = PolicyContext(n_keys=n)
-            engine = Engine(cfg.hierarchy.build_policies(ctx, reader.row_bytes), cfg.hierarchy.mode, n)
+            engine = Engine(cfg.hierarchy.build_policies(ctx, reader.row_bytes), cfg.hierarchy.mode, n,
+                            cfg.hierarchy.build_admissions(ctx, reader.row_bytes))
             stamp, done = np.full(n, -1, np.int64), 0
             for chunk in reader.chunks():
                 keys, ts = np.empty(chunk.rows.size, np.int64), np.empty(chunk.rows.size, np.int64)

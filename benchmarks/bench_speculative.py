@@ -34,14 +34,14 @@ import json
 
 import numpy as np
 import torch
+from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 
 from engramtier.analysis.speculative import measured_speculation, speculative_prefetch_study
 from engramtier.model.speculation import Speculation
 from engramtier.model.train import held_out_windows
 from engramtier.rundir import RunDir
-from engramtier.tiers.generate import decode_teacher_forced
+from engramtier.serve.generate import decode_teacher_forced
 from engramtier.tiers.open import lmdb_table_for, open_for_model
-from sample_model import add_model_options, dram_over_nvme, model_for, simulator_agrees  # benchmarks/, the script's own folder
 
 K_VALUES = (0, 1, 2, 4, 8)
 

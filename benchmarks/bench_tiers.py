@@ -46,10 +46,10 @@ import torch
 
 from engramtier.model.rows import RowFormat
 from engramtier.provenance import machine_info
-from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import DramTier
 from engramtier.tiers.gpu import GpuTier
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import DATA_FILE, NvmeTier, drop_page_cache
 
 FORMATS = {  # name: (format, dim, rows per token)

@@ -11,7 +11,12 @@ steps   the time from `prefetch` to `wait` of a step whose rows are all cached (
         dram tiers), by step size, side by side with the same number of rows gathered from a flat
         in-memory table through `FlatRowSource` (the flat model's own row source, torch's
         `index_select`) and with numpy's `take`; medians over alternating repeats; and the step's rows
-        per second as a fraction of one thread's memcpy bandwidth.
+        per second as a fraction of one thread's memcpy bandwidth. Both sides use the threads they use
+        by default (the runtime's largest steps share their copies among numba's threads, torch its
+        gather among its own); the JSON says how many cores the machine has. Steps of distinct random rows are the worst case (every
+        row is a lookup); ``text-prefill`` is a real prefill step: DeepSeek-V4.1-Flash's rows (its
+        preset's hashing, 48 per token) of 1,365 tokens of the shipped sample text, 65,520 requests of
+        which the repeated n-grams make fewer unique rows.
 store   rows per second of the LMDB store reading a step's rows (uniformly random: no two on one page
         by design), warm (in the page cache) and cold (dropped from it before every read), for 1 and
         several reader threads, side by side with a plain loop over the same pages in sorted order
@@ -25,6 +30,7 @@ import resource
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -52,7 +58,9 @@ def _rss() -> int:
 
 def _open_cost(n_rows: int, gpu: str, dram: str) -> dict:
     """In a fresh process: RSS and seconds to open a table of ``n_rows`` computed rows."""
+    start = time.perf_counter()
     tiered_table(caches("64KiB", "256KiB"), ComputedStore(10_000, ROW_BYTES), device="cpu").close()
+    first_open_s = time.perf_counter() - start  # what the first table of a process pays: loading kernels
     before = _rss()
     start = time.perf_counter()
     table = tiered_table(caches(gpu, dram), ComputedStore(n_rows, ROW_BYTES), device="cpu")
@@ -60,7 +68,8 @@ def _open_cost(n_rows: int, gpu: str, dram: str) -> dict:
     after = _rss()
     capacity = [tier.capacity_rows for tier in table.caches]
     table.close()
-    return {"table_rows": n_rows, "open_s": round(seconds, 3), "rss_before_mib": round(before / 2**20),
+    return {"table_rows": n_rows, "open_s": round(seconds, 3), "first_open_in_process_s": round(first_open_s, 2),
+            "rss_before_mib": round(before / 2**20),
             "rss_after_mib": round(after / 2**20), "rss_growth_mib": round((after - before) / 2**20),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10),
             "cache_rows": capacity}
@@ -71,7 +80,7 @@ def state(rows: list[int], configs: list[tuple[str, str]]) -> list[dict]:
     out = []
     for gpu, dram in configs:
         for n in rows:
-            if n * ROW_BYTES <= 2 * (_bytes(gpu) + _bytes(dram)):
+            if n * ROW_BYTES <= _bytes(gpu) + _bytes(dram):
                 continue  # caches this size need a larger table
             with spawn.Pool(1) as pool:
                 out.append({"gpu": gpu, "dram": dram, **pool.apply(_open_cost, (n, gpu, dram))})
@@ -101,18 +110,31 @@ def memcpy_bandwidth() -> float:
     return src.nbytes / (_median_us(lambda: np.copyto(dst, src), 5) / 1e6)
 
 
+def text_prefill_rows(tokens: int = 1365) -> np.ndarray:
+    """DeepSeek-V4.1-Flash's row ids for the first ``tokens`` tokens of the shipped sample text."""
+    from engramtier.model.hashing import NgramHasher
+    from engramtier.model.presets import preset_hash_config
+    from engramtier.model.tokenizer import load_compressed_tokenizer
+    from engramtier.trace.sources import sample_text_dir
+    text = " ".join(p.read_text(encoding="utf-8") for p in sorted(sample_text_dir().glob("*.txt")))
+    ids = load_compressed_tokenizer("deepseek").encode(text[: 20 * tokens])[:tokens]
+    return NgramHasher(preset_hash_config("dsv41-flash")).hash(ids).reshape(-1)
+
+
 def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
-    """Steps of cached rows vs a flat gather of as many rows, by step size."""
-    torch.set_num_threads(1)  # one thread for torch's index_select too: the comparison is per thread
+    """Steps of cached rows vs a flat gather of as many rows, by step size; then a real prefill step."""
     rng = np.random.default_rng(seed)
     table = tiered_table(caches("256MiB", "2GiB"), ComputedStore(n_rows, ROW_BYTES), device="cpu")
     flat_rows = 1 << 21  # 528 MiB: larger than any CPU cache, like the slabs
     flat = FlatRowSource(torch.from_numpy(rng.integers(0, 256, (flat_rows, ROW_BYTES), dtype=np.uint8)))
     bandwidth = memcpy_bandwidth()
+    prefill = text_prefill_rows()
+    cases = [("distinct", rng.choice(table.caches[0].capacity_rows * 4, n, replace=False)) for n in sizes]
     out = []
-    for n in sizes:
-        cached = torch.from_numpy(rng.choice(table.caches[0].capacity_rows * 4, n, replace=False))
-        flat_ids = torch.from_numpy(rng.integers(0, flat_rows, n))
+    for case, ids in [*cases, ("text-prefill", prefill)]:
+        cached = torch.from_numpy(ids)
+        n = ids.size
+        flat_ids = torch.from_numpy(rng.integers(0, flat_rows, ids.size))
         for _ in range(3):  # into the caches (and the slabs' pages), and every kernel warm
             table.prefetch(cached).wait()
         assert table.stats()["tiers"][0]["hit_rate"] > 0
@@ -120,18 +142,20 @@ def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
         tiered_us, flat_us, take_us = [], [], []
         slab = flat.rows.numpy()
         for _ in range(rounds):  # alternated, so both see the same machine
-            tiered_us.append(_median_us(lambda: table.prefetch(cached).wait(), repeats))
-            flat_us.append(_median_us(lambda: flat.prefetch(flat_ids).wait(), repeats))
-            take_us.append(_median_us(lambda: np.take(slab, flat_ids.numpy(), axis=0), repeats))
+            tiered_us.append(_median_us(lambda cached=cached: table.prefetch(cached).wait(), repeats))
+            flat_us.append(_median_us(lambda flat_ids=flat_ids: flat.prefetch(flat_ids).wait(), repeats))
+            take_us.append(_median_us(lambda flat_ids=flat_ids, slab=slab: np.take(slab, flat_ids.numpy(), axis=0), repeats))
         t, f, k = float(np.median(tiered_us)), float(np.median(flat_us)), float(np.median(take_us))
-        out.append({"rows": n, "tiered_us": round(t, 2), "flat_index_select_us": round(f, 2),
+        out.append({"case": case, "rows": n, "unique_rows": int(np.unique(ids).size), "tiered_us": round(t, 2),
+                    "flat_index_select_us": round(f, 2),
                     "numpy_take_us": round(k, 2), "tiered_vs_flat": round(t / f, 2),
                     "tiered_GBps": round(n * ROW_BYTES / t / 1e3, 3),
                     "of_memcpy": round(n * ROW_BYTES / (t / 1e6) / bandwidth, 3)})
     served = table.stats()["tiers"]
     table.close()
     return {"table_rows": n_rows, "row_bytes": ROW_BYTES, "memcpy_GBps": round(bandwidth / 1e9, 2),
-            "torch_threads": 1, "hit_rate": {t["name"]: round(t["hit_rate"], 4) for t in served}, "sizes": out}
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
+            "hit_rate": {t["name"]: round(t["hit_rate"], 4) for t in served}, "sizes": out}
 
 
 def _plain_sorted_read(path: Path, ids: np.ndarray, out: np.ndarray, page_rows: int, n_rows: int) -> None:
@@ -175,6 +199,8 @@ def store(sizes: list[int], n_rows: int, readers: list[int], folder: Path, seed:
             got = np.empty_like(expected)
             if cold:
                 drop_page_cache(path)
+            else:
+                _plain_sorted_read(path, ids, got, page_rows, n_rows)  # its pages into the page cache
             start = time.perf_counter()
             _plain_sorted_read(path, ids, got, page_rows, n_rows)
             row[f"{kind}_plain_rows_per_s"] = round(n / (time.perf_counter() - start))

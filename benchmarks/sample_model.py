@@ -16,7 +16,8 @@ import numpy as np
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
-from engramtier.model.train import LoadedRun, TrainConfig, load_model, tokenize_corpus, train
+from engramtier.model.run import LoadedRun, load_model
+from engramtier.model.train import TrainConfig, tokenize_corpus, train
 from engramtier.trace.sources import sample_text_dir
 
 

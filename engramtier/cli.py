@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "engramtier.tiers.commands",
     "engramtier.tiers.remote.commands",
     "engramtier.analysis.commands",
+    "engramtier.serve.commands",
 )
 
 
@@ -53,6 +54,14 @@ def os_error_line(err: OSError) -> str:
     cause = err.strerror or str(err)
     advice = _OS_ADVICE.get(err.errno, "check the path and try again")
     return f"{paths}: {cause}; {advice}" if paths else f"{cause}; {advice}"
+
+
+def _clear_progress_bars() -> None:
+    """Erase the progress bars still drawn (an interrupted command's), so the line that follows starts a line."""
+    if "tqdm" in sys.modules:
+        for bar in list(sys.modules["tqdm"].tqdm._instances):
+            bar.leave = False
+            bar.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engramtier {args.command}: error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _clear_progress_bars()
         print(f"engramtier {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0

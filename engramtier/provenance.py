@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import platform
 
+import numba
+import numpy
+import torch
+
 from engramtier import __version__
 
 
 def machine_info() -> dict:
     """Versions and hardware that decide what a measurement means."""
-    import numba
-    import numpy
-    import torch
 
     info = {
         "engramtier": __version__,

@@ -1,6 +1,6 @@
 """A small DeepSeek-V4.1-style safetensors checkpoint for the import tests (not part of the package).
 
-Its Engram tensors have the production names and dtypes (DESIGN.md, "Checkpoint tensors"): per layer
+Its Engram tensors have the production names and dtypes (docs/design.md, "checkpoint tensors"): per layer
 an fp8 table with e8m0 row scales, an fp8 ``wkv`` with e8m0 128x128 block scales (or bf16), and bf16
 gate weights; only the shape is small: `dsv41-flash` with sub-tables of ``TABLE_SIZE`` rows
 (``--table-size``), a 32-wide model with 4 hyper-connection copies.

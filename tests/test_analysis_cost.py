@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.analysis.cost import (DEFAULT_USD_PER_GB, budget_line, cheapest_within, cost_frontier,
-                                      hierarchy_cost_usd, least_stall, pareto_front)
+from engramtier.analysis.cost import (
+    DEFAULT_USD_PER_GB,
+    budget_line,
+    cheapest_within,
+    cost_frontier,
+    hierarchy_cost_usd,
+    least_stall,
+    pareto_front,
+)
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
 
@@ -20,7 +27,7 @@ points = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1,
 @settings(max_examples=150, deadline=None)
 @given(points)
 def test_frontier_is_the_set_no_point_dominates(pts):
-    cost, stall = (np.array(x, float) for x in zip(*pts))
+    cost, stall = (np.array(x, float) for x in zip(*pts, strict=True))
     front = pareto_front(cost, stall)
     for i in range(len(pts)):
         dominated = any(cost[j] <= cost[i] and stall[j] <= stall[i] and (cost[j] < cost[i] or stall[j] < stall[i])
@@ -32,7 +39,7 @@ def test_frontier_is_the_set_no_point_dominates(pts):
 @settings(max_examples=300, deadline=None)
 @given(points, st.integers(0, 20), st.data())
 def test_cheapest_within_budget(pts, budget, data):
-    cost, stall = (np.array(x, float) for x in zip(*pts))
+    cost, stall = (np.array(x, float) for x in zip(*pts, strict=True))
     latency = data.draw(st.lists(st.one_of(st.none(), st.sampled_from([170.0, 270.0, 500.0])),
                                  min_size=len(pts), max_size=len(pts)))
     best = cheapest_within(cost, stall, budget, np.array([np.nan if x is None else x for x in latency]))

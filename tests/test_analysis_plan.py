@@ -90,7 +90,7 @@ def test_best_split_is_brute_force_over_simulate_point(tmp_path):
 
 
 def test_without_stall_the_largest_batch_wins(tmp_path):
-    cfg = config(tmp_path, timing={"window_per_token_s": 1.0})  # a window that hides any fetch
+    cfg = config(tmp_path, timing={"window_per_token_s": 1.0, "compute_per_token_s": 1.0})  # hides any fetch
     records, best = plan_splits(cfg, build, progress=False)
     feasible = [r for r in records if r["feasible"]]
     assert all(r["stall_fraction"] == 0 for r in feasible)

@@ -4,6 +4,8 @@ names each point's tier sizes."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -25,13 +27,13 @@ def assert_apart(fig, labels, along: int):
     """No two labels' boxes overlap (``along`` 0: side by side on x, 1: stacked on y)."""
     renderer = fig.canvas.get_renderer()
     boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda b: b.extents[along])
-    for a, b in zip(boxes, boxes[1:]):
+    for a, b in pairwise(boxes):
         assert a.extents[along + 2] <= b.extents[along], f"tick labels overlap: {[x.get_text() for x in labels]}"
 
 
 def hit_records(sizes):
     return [{"policy": p, "size_rows": s, "size_bytes": s * ROW_BYTES, "hit_rate": h}
-            for p, scale in (("lru", 0.5), ("belady", 0.7)) for s, h in zip(sizes, scale * np.linspace(0.1, 0.9, len(sizes)))]
+            for p, scale in (("lru", 0.5), ("belady", 0.7)) for s, h in zip(sizes, scale * np.linspace(0.1, 0.9, len(sizes)), strict=True)]
 
 
 SPANS = {"one decade": [2000, 3000, 5000, 8000, 12000, 20000],
@@ -49,7 +51,7 @@ def test_size_axes_label_without_overlap(span):
         labels = shown_labels(fig, axis)
         assert len(labels) >= 3, [x.get_text() for x in labels]
         assert_apart(fig, labels, 0)
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def test_one_decade_is_labelled_in_rows_and_bytes():
@@ -57,7 +59,7 @@ def test_one_decade_is_labelled_in_rows_and_bytes():
     ax = fig.axes[0]
     assert [x.get_text() for x in shown_labels(fig, ax.xaxis)] == ["2K", "3K", "5K", "10K", "20K"]
     assert [x.get_text() for x in shown_labels(fig, ax.child_axes[0].xaxis)] == ["512 KiB", "1 MiB", "2 MiB"]
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def test_mrc_figure_labels_its_sizes_apart():
@@ -67,7 +69,7 @@ def test_mrc_figure_labels_its_sizes_apart():
     labels = shown_labels(fig, fig.axes[0].xaxis)
     assert len(labels) >= 3
     assert_apart(fig, labels, 0)
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def per_step(fetch_ms, window_ms):
@@ -88,7 +90,7 @@ def test_fetch_time_panel_has_several_labels(fetch_ms, scale):
     labels = shown_labels(fig, top.yaxis)
     assert len(labels) >= 3, [x.get_text() for x in labels]
     assert_apart(fig, labels, 1)
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
 
 
 def sim_record(label, gpu_rows, dram_rows, stall):
@@ -119,4 +121,16 @@ def test_cost_frontier_names_the_tier_sizes_of_its_points():
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in numbers]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    plots.plt.close(fig)
+    plots._pyplot().close(fig)
+
+
+def test_admission_figure_draws_each_policy_and_filter_on_both_panels():
+    records = [{"policy": p, "admission": a, "gpu_rows": rows, "gpu_hit_rate": 0.1 * i, "stall_fraction": 0.09 - 0.01 * i}
+               for p in ("lru", "s3fifo") for a in ("none", "bloom") for i, rows in enumerate((1_000, 4_000, 16_000))]
+    fig = plots.admission_figure(records, ROW_BYTES)
+    for ax in fig.axes[:2]:
+        assert [line.get_label() for line in ax.get_lines()] == [
+            "lru, admission none", "lru, admission bloom", "s3fifo, admission none", "s3fifo, admission bloom"]
+        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1_000, 4_000, 16_000]] * 4
+    assert fig.axes[0].get_ylim()[0] == 0
+    plots._pyplot().close(fig)

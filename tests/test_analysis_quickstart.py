@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
-
-from engramtier.rundir import RunDir
-from engramtier.cli import main
-from engramtier.trace.tracefile import load_trace
 from reference_policies import python_cache_hits
 
+from engramtier.cli import main
+from engramtier.rundir import RunDir
+from engramtier.trace.tracefile import load_trace
+
 FIGURES = {"zipf_rank", "mrc_shards", "hit_rate_vs_size", "step_timeline", "stall_heatmap", "cxl_swap", "cost_frontier"}
+
+
+pytestmark = pytest.mark.slow  # the whole pipeline on real text
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def test_hit_rates_are_real(run):
     for r in records:
         assert 0 < r["hit_rate"] < 1 and r["requests"] == trace.n_rows
     lru = sorted((r["size_rows"], r["hits"]) for r in records if r["policy"] == "lru")
-    assert all(a[1] <= b[1] for a, b in zip(lru, lru[1:])) and lru[0][1] < lru[-1][1]
+    assert all(a[1] <= b[1] for a, b in pairwise(lru)) and lru[0][1] < lru[-1][1]
     for size, hits in lru:
         assert hits == python_cache_hits(trace.rows, size, recency=True)
     by_size = {}

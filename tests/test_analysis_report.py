@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from engramtier.analysis.report import write_report
-from engramtier.rundir import RunDir
 from engramtier.cache.mrc import lru_mrc
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
+from engramtier.rundir import RunDir
 from engramtier.trace.tracefile import load_trace
 
 
@@ -51,13 +51,22 @@ def test_run_dir_and_report_by_hand(tmp_path):
     assert config["machine"]["platform"] in html
 
     (run.path / "hit_rate.csv").write_text("policy,size_rows\n")
-    again = RunDir.create(run.path, "unit", {})  # reusing the folder drops the old run's outputs
-    assert again.figures() == [] and again.results() == [] and not (run.path / "report.html").exists()
-    assert not (run.path / "hit_rate.csv").exists()
+    with pytest.raises(EngramTierError, match="another engramtier command is writing this run directory"):
+        RunDir.create(run.path, "unit", {"x": 1})  # the folder is locked while its run is written
+    run.__exit__(None, None, None)
+    with pytest.raises(EngramTierError, match="holds a unit run; give a new folder, or add --force"):
+        RunDir.create(run.path, "unit", {"x": 2})
+    assert run.results() and (run.path / "report.html").exists()  # a refusal leaves the run as it was
+    with RunDir.create(run.path, "unit", {"x": 1}) as again:  # the same run again drops its old outputs
+        assert again.figures() == [] and again.results() == [] and not (run.path / "report.html").exists()
+        assert not (run.path / "hit_rate.csv").exists()
+    with RunDir.create(run.path, "other", {}, force=True) as replaced:
+        assert replaced.config()["command"] == "other" and not (run.path / "figures" / "first.svg").exists()
 
 
 def test_unfinished_run_is_refused(tmp_path):
-    run = RunDir.create(tmp_path / "r", "unit", {})
+    with RunDir.create(tmp_path / "r", "unit", {}) as run:
+        pass
     with pytest.raises(EngramTierError, match="no summary.json; the run did not finish"):
         write_report(run.path)
     (run.path / "summary.json").write_text("{not json")

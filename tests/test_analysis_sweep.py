@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from reference_policies import python_cache_hits
 
 from engramtier.analysis.config import TimingConfig
-from engramtier.analysis.sweep import (cxl_sweep, hit_rate_sweep, simulate_point, stall_sweep,
-                                       step_seconds, with_capacities, with_cxl)
+from engramtier.analysis.sweep import cxl_sweep, hit_rate_sweep, simulate_point, stall_sweep, step_seconds, with_capacities, with_cxl
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
-from reference_policies import python_cache_hits
 
 N_KEYS, STEP = 600, 80
 

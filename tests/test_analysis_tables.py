@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from engramtier.analysis.tables import (CURVE_COLUMNS, TABLE_WIDTH, curve_row, hit_rate_table, humanise,
-                                        read_curves_csv, write_curves_csv)
+from engramtier.analysis.tables import CURVE_COLUMNS, TABLE_WIDTH, curve_row, hit_rate_table, humanise, read_curves_csv, write_curves_csv
 from engramtier.cli import main
 
 ROW_BYTES = 160

@@ -9,10 +9,9 @@ import textwrap
 import pytest
 
 from engramtier.analysis.config import load_config
-from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.hierarchy import Hierarchy, load_hierarchy
 from engramtier.cli import main
-from engramtier.errors import EngramTierError, check_number, refuse_unknown
-from engramtier.cache.hierarchy import load_hierarchy
+from engramtier.errors import MAX_INT, EngramTierError, check_number, refuse_unknown
 from engramtier.trace.tracefile import TraceReader
 
 GOOD = textwrap.dedent("""\
@@ -103,7 +102,7 @@ def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("engramtier.tomlfile.open", denied, raising=False)
+    monkeypatch.setattr("engramtier.cache.tomlfile.open", denied, raising=False)
     assert "cannot read it (Permission denied)" in refusal(path)
 
 
@@ -193,6 +192,8 @@ def test_through_the_command_line_exit_2_one_line(tmp_path, trace_file, capsys):
     ("stall_budget = 0.05", "stall_budget = nan", ("[cost]", "'stall_budget'", "got nan")),
     ("stall_budget = 0.05", "stall_budget = 0.05\nusd_per_gb = { hbm = inf }", ("[cost]", "usd_per_gb.hbm", "inf")),
     ("stall_budget = 0.05", "stall_budget = 0.05\nusd_per_gb = { hbm = -1 }", ("usd_per_gb.hbm",)),
+    ("compute_per_token_s = 50e-6\nwindow_per_token_s = 3e-6", "compute_s = 1e-3\nwindow_s = 2e-3",
+     ("[timing]", "window_s 0.002 exceeds compute_s 0.001", "give window_s <= compute_s")),
 ])
 def test_wrong_types_and_values_name_file_and_key(tmp_path, old, new, words):
     assert GOOD.count(old) == 1
@@ -245,6 +246,20 @@ def test_sizes_larger_than_the_table_name_file_and_key(tmp_path, old, new, where
     assert line.startswith(f"{cfg.path}: ") and where in line and "\n" not in line, line
 
 
+def test_sweep_sizes_and_windows_that_do_not_fit_are_refused_through_the_command_line(tmp_path, capsys):
+    """[sweep] sizes larger than the table are refused for every policy (lru's one-pass curve too), once
+    the trace says how large the table is; a per-token window longer than the step's compute too."""
+    config = write(tmp_path, GOOD.replace('sizes = [100, "1MiB"]', "sizes = [100, 200000]")
+                   .replace('policies = ["lru", "belady"]', 'policies = ["lru"]'))
+    assert main(["sweep", str(config), "--stages", "hit_rate", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "[sweep] sizes[1]: size 200000 is 200,000 rows, more than the table's" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    slow = write(tmp_path, GOOD.replace("compute_per_token_s = 50e-6", "compute_per_token_s = 1e-6"), "slow.toml")
+    assert main(["simulate", str(slow), "--out", str(tmp_path / "sim"), "--quiet"]) == 2
+    assert "compute window" in capsys.readouterr().err and not (tmp_path / "sim").exists()
+
+
 def test_a_size_equal_to_the_table_is_fine(tmp_path):
     cfg = load_config(write(tmp_path, GOOD.replace('sizes = [100, "1MiB"]', "sizes = [100, 5000]")))
     cfg.check_stages(["hit_rate", "simulate", "stall", "cxl"], n_table_rows=5000, row_bytes=160)
@@ -279,12 +294,12 @@ def test_check_number_refuses(value, bounds, message):
 def test_check_number_passes_values_in_range():
     assert check_number(1, "x", low=0, high=1, low_open=True) == 1
     assert check_number(0.5, "x", low=0, high=1) == 0.5
-    assert check_number(2**62, "x", integer=True, low=0) == 2**62
+    assert check_number(MAX_INT, "x", integer=True, low=0) == MAX_INT
 
 
-def test_check_number_bounds_an_integer_to_int64_headroom():
-    """TOML integers are unbounded in Python; past 2**62 one would overflow numpy's int64 downstream."""
-    with pytest.raises(EngramTierError, match=r"x must be an integer in \[0, 4,611,686,018,427,387,904\], got"):
+def test_an_integer_without_a_bound_stays_within_int64_sums():
+    """TOML integers are unbounded in Python; one past `MAX_INT` would overflow numpy's int64 a few sums later."""
+    with pytest.raises(EngramTierError, match=r"x must be an integer in \[0, 4,611,686,018,427,387,904\], got 1180591620717411303424"):
         check_number(2**70, "x", integer=True, low=0)
 
 

@@ -39,7 +39,7 @@ def brute_lru2_hits(keys, capacity):
         if k in cache:
             continue
         if len(cache) == capacity:
-            def rank(c):
+            def rank(c, t=t):
                 seen = [u for u in range(t) if keys[u] == c]
                 return (seen[-2] if len(seen) > 1 else -1, seen[-1])
 

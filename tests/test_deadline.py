@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from zipf import zipf_keys
 
 from engramtier.cache.hierarchy import Hierarchy
@@ -113,7 +112,7 @@ def test_runtime_zeroes_exactly_the_simulators_dropped_rows(table_dir, mode):
     sim = simulate(trace, Hierarchy.from_dict(spec), compute_window_s=WINDOW, progress=False)
     runtime_dropped = np.array([[s["dropped"][name] for s in per_step] for name in ("dram", "nvme")])
     np.testing.assert_array_equal(runtime_dropped, sim.dropped)
-    for ids, got, n_dropped in zip(steps, outputs, sim.dropped.sum(axis=0)):
+    for ids, got, n_dropped in zip(steps, outputs, sim.dropped.sum(axis=0), strict=True):
         zero = ~got.any(axis=1)
         np.testing.assert_array_equal(got[~zero], flat[ids[~zero]])  # every other row: the flat table's bytes
         assert np.unique(ids[zero]).size == n_dropped  # the zero rows are exactly the dropped unique rows

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
 from engramtier.cache.engine import Engine
-from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
 from engramtier.cache.policy import PolicyContext, policy_names
 from engramtier.cache.simulator import simulate
 from engramtier.trace import rowindex
 from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.lookups import unique_per_step
 from engramtier.trace.rowindex import FirstSeen, RowIndex, dense_keys
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, save_trace
@@ -34,7 +33,8 @@ def served_on_global_ids(trace: RowTrace, hierarchy: Hierarchy) -> tuple[np.ndar
     """The engine fed the trace's global row ids, policies sized by the whole table (no dense keys)."""
     ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts,
                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "test"))
-    engine = Engine(hierarchy.build_policies(ctx, trace.row_bytes), hierarchy.mode, trace.n_table_rows)
+    engine = Engine(hierarchy.build_policies(ctx, trace.row_bytes), hierarchy.mode, trace.n_table_rows,
+                    hierarchy.build_admissions(ctx, trace.row_bytes))
     keys, ts = np.empty(trace.n_rows, np.int64), np.empty(trace.n_rows, np.int64)
     starts = np.empty(trace.n_steps + 1, np.int64)
     n = unique_per_step(trace.rows, trace.step_starts, 0, np.full(trace.n_table_rows, -1, np.int64), 0, keys, ts, starts)
@@ -57,6 +57,22 @@ def test_every_policy_hits_the_same_on_dense_keys(policy, mode):
     np.testing.assert_array_equal(result.served, served)
     for i, totals in enumerate(result.tier_totals[:-1]):
         assert [totals[c] for c in ("lookups", "hits", "promoted", "demoted", "evicted", "declined")] == counters[i].tolist()
+
+
+@pytest.mark.parametrize("filter_text", ["bloom", "bloom:2", "prob:0.4:5", "tinylfu"])
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+def test_admission_decides_the_same_on_dense_keys(filter_text, mode):
+    """Filters hash the row id behind a dense key: the same rows are declined as on global ids."""
+    trace = sparse_trace(5)
+    hierarchy = Hierarchy((TierSpec("a", 150, "lru", {}, "hbm", admission=filter_text),
+                           TierSpec("b", 600, "s3fifo", {}, "dram", admission=filter_text),
+                           TierSpec("store", None, None, {}, "nvme")), mode)
+    result = simulate(trace, hierarchy, compute_window_s=1e-3, progress=False)
+    served, counters = served_on_global_ids(trace, hierarchy)
+    np.testing.assert_array_equal(result.served, served)
+    for i, totals in enumerate(result.tier_totals[:-1]):
+        assert [totals[c] for c in ("lookups", "hits", "promoted", "demoted", "evicted", "declined")] == counters[i].tolist()
+        assert totals["declined"] > 0
 
 
 @pytest.mark.parametrize("policy", ["lru", "arc", "s3fifo", "wtinylfu", "twoq", "lfu", "sieve", "clock"])

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from engramtier.cache.engine import COUNTERS, Engine
-from engramtier.trace.lookups import unique_per_step
-from engramtier.cache.policy import PolicyContext, make_policy, replay
-from engramtier.errors import EngramTierError
 from reference_policies import PyLRU
 from zipf import zipf_keys
+
+from engramtier.cache.engine import COUNTERS, Engine
+from engramtier.cache.policy import PolicyContext, make_policy, replay
+from engramtier.errors import EngramTierError
+from engramtier.trace.lookups import unique_per_step
 
 
 class PyEvenLRU(PyLRU):
@@ -104,7 +104,7 @@ def run_engine(steps, policies, mode, chunk_steps):
             admitted = np.where(stream.events[is_admit] >= 0, stream.events[is_admit], -1 - stream.events[is_admit])
             real = stream.victim[is_admit] != admitted  # a declined row is not an eviction
             victims[i].extend(stream.victim[is_admit][real].tolist())
-    counts = [dict(zip(COUNTERS, row.tolist())) for row in engine.counters]
+    counts = [dict(zip(COUNTERS, row.tolist(), strict=True)) for row in engine.counters]
     return np.concatenate(served, axis=1).tolist(), victims, counts, engine
 
 
@@ -123,7 +123,7 @@ def test_compiled_lru_hierarchy_equals_brute_force(steps, capacities, mode, chun
     assert victims == want_victims
     assert counts == want_counts
     assert engine.store_lookups == sum(want_served[-1])
-    for p, c in zip(compiled, capacities):
+    for p, c in zip(compiled, capacities, strict=True):
         assert p.occupancy() <= c
     if mode == "exclusive":  # no row in two caches above the store
         for k in range(25):

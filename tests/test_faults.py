@@ -72,6 +72,13 @@ def size(path: Path) -> int:
         return 0
 
 
+def new_file_grown_to(folder: Path, pattern: str, target: int):
+    """A test that turns true once a file matching ``pattern`` in ``folder``, other than those there now
+    (an earlier run's leftovers: a writer's temporary files are named by its process), holds ``target`` bytes."""
+    before = set(folder.glob(pattern))
+    return lambda: any(size(p) >= target for p in folder.glob(pattern) if p not in before)
+
+
 def grown_to(path: Path, target: int):
     """A test that turns true once ``path`` holds ``target`` bytes written by a run started after this call:
     a leftover of an earlier run, however large, does not count until the new run rewrites it."""
@@ -99,22 +106,23 @@ TRACE = ["--synthetic-zipf", "1.1", "--vocab", "50000", "--tokens", "400000", "-
 
 
 def test_trace_killed_leaves_nothing_readable_and_rerun_is_byte_identical(tmp_path, capsys):
-    """The trace writer writes PATH.part.raw, rewrites it to dense keys in PATH.part and renames that to PATH:
-    a kill anywhere leaves either no PATH or a complete one, leftovers that `stats` refuses, and a rerun over
-    them writes the same bytes. Two kills land while the raw file grows, one in the shorter rewrite."""
+    """The trace writer writes PATH.<pid>-0.raw, rewrites it to dense keys in PATH.<pid>-0.part and renames
+    that to PATH: a kill anywhere leaves either no PATH or a complete one, leftovers that `stats` refuses,
+    and a rerun over them (another process) writes the same bytes and removes them. Two kills land while
+    the raw file grows, one in the shorter rewrite."""
     reference = tmp_path / "reference.trace"
-    raw = reference.with_name(reference.name + ".part.raw")
     raw_sizes = [0]
-    reference_run(["trace", *TRACE, "-o", str(reference)], lambda: raw_sizes.append(size(raw)))
+    reference_run(["trace", *TRACE, "-o", str(reference)],
+                  lambda: raw_sizes.append(max([size(p) for p in tmp_path.glob("reference.trace.*.raw")] or [0])))
     want = reference.read_bytes()
     out = tmp_path / "killed.trace"
     argv = ["trace", *TRACE, "-o", str(out)]
-    kills = [(".part.raw", at) for at in points(max(raw_sizes), seed=1, n=KILLS - 1)]
+    kills = [(".raw", at) for at in points(max(raw_sizes), seed=1, n=KILLS - 1)]
     kills += [(".part", at) for at in points(len(want), seed=2, n=1)]
     for suffix, at in kills:
-        killed_run(argv, grown_to(out.with_name(out.name + suffix), at))
+        killed_run(argv, new_file_grown_to(tmp_path, f"killed.trace.*{suffix}", at))
         assert "does not exist" in refused(capsys, ["stats", str(out)])  # renamed into place only once complete
-        parts = list(tmp_path.glob("killed.trace.part*"))
+        parts = [p for p in tmp_path.glob("killed.trace.*") if p.suffix in (".part", ".raw")]
         assert parts
         for part in parts:  # half-written: never read as a trace
             assert re.search("is not an engramtier trace file|is truncated", refused(capsys, ["stats", str(part)]))
@@ -276,3 +284,23 @@ def test_remote_populate_killed_then_rerun_has_every_row(server, tmp_path, capsy
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["written_rows"] == missing
         np.testing.assert_array_equal(store_rows(), want)
+
+
+def test_ctrl_c_erases_the_progress_bar_and_leaves_no_file(tmp_path):
+    """SIGINT mid-trace: the bar's line is cleared before 'interrupted' (which starts its own line), the
+    exit status is 130, and the interrupted writer leaves nothing behind."""
+    out = tmp_path / "big.trace"
+    proc = subprocess.Popen([*ENGRAMTIER, "trace", "--synthetic-zipf", "1.0", "--vocab", "1000", "--tokens", "100000000",
+                             "--table-size", "1009", "--layers", "1", "--heads", "2", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # bytes: text mode reads \r as \n
+    deadline = time.monotonic() + 120
+    while not any(p.suffix == ".raw" and p.stat().st_size for p in tmp_path.iterdir()):  # tracing has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130
+    before, last = err.rsplit("\r", 1)
+    assert last == "engramtier trace: interrupted\n" and "trace:" in before and before.rsplit("\r", 1)[-1].strip() == ""
+    assert list(tmp_path.iterdir()) == []

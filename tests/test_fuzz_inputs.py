@@ -490,6 +490,7 @@ def test_flat_manifest_values_of_the_wrong_kind_are_refused_or_read(flat_table, 
 # --- through the command line ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_files_through_the_command_line_exit_2_never_crash(trace_file, experiment, tmp_path):
     """A few seeded damaged files through the real CLI in a subprocess: exit 2, never a signal."""
     rng = np.random.default_rng(0)

@@ -107,7 +107,8 @@ STORE = TierSpec("nvme", None, None, {}, "nvme")
     (lambda: Hierarchy((spec(policy=None), STORE)), "cache tier 'gpu' needs a capacity and a policy"),
     (lambda: Hierarchy((spec(capacity=None), STORE)), "cache tier 'gpu' needs a capacity and a policy"),
     (lambda: Hierarchy((spec(), TierSpec("nvme", None, "lru", {}, "nvme"))), "takes no policy"),
-    (lambda: spec(storage="redis://x"), "storage must be a table"),
+    (lambda: spec(storage="redis://x"), r"unknown storage \(where the rows live\) 'redis://x': choose one of gpu"),
+    (lambda: spec(storage=3), "storage must be where a cache tier's rows live"),
     (lambda: Hierarchy((spec(storage={"backend": "redis"}), STORE)), "cache tier 'gpu' has a storage table"),
 ])
 def test_declaration_errors(make, match):

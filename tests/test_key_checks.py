@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engramtier.tiers.replay import random_run
+from engramtier.serve.replay import random_run
 from engramtier.trace.sources import sample_text_dir
 
 TIMEOUT_S = 300

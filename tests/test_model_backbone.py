@@ -6,10 +6,10 @@ import torch
 
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM, ModelConfig
-from engramtier.model.tokenizer import lookup_digest
 from engramtier.model.hashing import HashConfig
 from engramtier.model.rowsource import FlatRowSource
 from engramtier.model.table import open_table, save_table
+from engramtier.model.tokenizer import lookup_digest
 
 BASE_VOCAB, CANONICAL_VOCAB = 400, 250
 LOOKUP = np.arange(BASE_VOCAB) % CANONICAL_VOCAB  # base ids i and i + 250 share a canonical id

@@ -17,7 +17,7 @@ from engramtier.model.checkpoint import Checkpoint, CheckpointRows
 from engramtier.model.hashing import NgramHasher
 from engramtier.model.rows import RowFormat
 from engramtier.model.rowsource import FlatRowSource
-from engramtier.model.train import load_model
+from engramtier.model.run import load_model
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.open import open_for_model
 

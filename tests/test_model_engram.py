@@ -12,7 +12,10 @@ from engramtier.model.rows import RowFormat
 D_MODEL, ROWS_PER_TOKEN, NGRAM, HC = 8, 4, 3, 2
 
 
-def _layer(fmt=RowFormat("bf16", 4), seed=0):
+BF16_4 = RowFormat("bf16", 4)
+
+
+def _layer(fmt=BF16_4, seed=0):
     layer = ClassicEngram(D_MODEL, ROWS_PER_TOKEN, fmt, max_ngram_size=NGRAM, hc_mult=HC, kernel_size=4)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # every parameter random, the zero-initialised convolution included

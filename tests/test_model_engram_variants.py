@@ -1,4 +1,4 @@
-"""The dsv41 and demo Engram layers against DESIGN.md's formulas written out in float64 numpy, fp8 rows
+"""The dsv41 and demo Engram layers against docs/design.md's formulas written out in float64 numpy, fp8 rows
 decoded by an independent reading of the formats, image positions, and chunked / KV-cache decoding."""
 
 import math
@@ -63,7 +63,7 @@ def _sigmoid_signed_sqrt(x: float) -> float:
 
 
 def _dsv41_reference(layer, hidden, rows, blocked):
-    """DESIGN.md's dsv41 layer per token and copy: e = the rows dequantised and concatenated; wkv e = keys per
+    """docs/design.md's dsv41 layer per token and copy: e = the rows dequantised and concatenated; wkv e = keys per
     copy, then the value; w = q_weight * k_weight; rstd over `hidden` of h and of k; gate; h + gate * value."""
     p = {n: t.detach().numpy() for n, t in layer.named_parameters()}
     e = _decoded(rows).reshape(*rows.shape[:2], K * DIM)

@@ -1,13 +1,19 @@
-"""The N-gram hasher against DESIGN.md's addressing: formulas, primes, and three implementations."""
+"""The N-gram hasher against docs/design.md's addressing: formulas, primes, and three implementations."""
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import (
-    HashConfig, NgramHasher, _mod_fast, _FAST_MOD_MIN_PRIME, hash_reference_numpy, head_primes,
+    _FAST_MOD_MIN_PRIME,
+    HashConfig,
+    NgramHasher,
+    _mod_fast,
+    hash_reference_numpy,
+    head_primes,
 )
 
 
@@ -78,7 +84,7 @@ def test_ragged_sequences_hash_as_if_alone():
     seqs = [rng.integers(0, 1000, size=n) for n in (1, 2, 7, 0, 5)]
     starts = np.concatenate([[0], np.cumsum([s.size for s in seqs])])
     ragged = hasher.hash_ragged(np.concatenate(seqs), starts)
-    for s, lo, hi in zip(seqs, starts[:-1], starts[1:]):
+    for s, lo, hi in zip(seqs, starts[:-1], starts[1:], strict=True):
         if s.size:
             np.testing.assert_array_equal(ragged[lo:hi], hasher.hash(s))
 
@@ -101,7 +107,7 @@ def test_many_chunks_and_threads_give_the_same_ids():
     one = hasher.hash_ragged(tokens, starts, threads=1).copy()
     two = hasher.hash_ragged(tokens, starts, threads=2, out=buffer)
     np.testing.assert_array_equal(one, two)
-    for lo, hi in zip(starts[:-1], starts[1:]):
+    for lo, hi in zip(starts[:-1], starts[1:], strict=True):
         np.testing.assert_array_equal(one[lo:hi], hash_reference_numpy(hasher, tokens[None, lo:hi])[0])
 
 
@@ -163,7 +169,7 @@ def _image_config(**kw):
 
 
 def _rule_rows(hasher, sequence):
-    """DESIGN.md's image rule written out per position in plain Python integers: walking back from t,
+    """docs/design.md's image rule written out per position in plain Python integers: walking back from t,
     the first shift that is the image token or lies before the start blocks itself and every older one,
     which then hold the pad; the rest is the ordinary XOR-multiply-mod addressing."""
     cfg = hasher.config

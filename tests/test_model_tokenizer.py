@@ -1,4 +1,4 @@
-"""Tokenizer compression: DESIGN.md's rule (DeepSeek's demo, id for id) and the shipped base tokenizers."""
+"""Tokenizer compression: docs/design.md's rule (DeepSeek's demo, id for id) and the shipped base tokenizers."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,11 @@ import pytest
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import HashConfig
 from engramtier.model.tokenizer import (
-    BaseTokenizer, CompressedTokenizer, canonical_key, load_base_tokenizer, load_compressed_tokenizer,
+    BaseTokenizer,
+    CompressedTokenizer,
+    canonical_key,
+    load_base_tokenizer,
+    load_compressed_tokenizer,
 )
 
 

@@ -8,7 +8,8 @@ import torch
 
 from engramtier import cli
 from engramtier.errors import EngramTierError
-from engramtier.model.train import TrainConfig, evaluate, load_model, split_documents, tokenize_corpus, train
+from engramtier.model.run import load_model
+from engramtier.model.train import TrainConfig, evaluate, split_documents, tokenize_corpus, train
 from engramtier.trace.sources import sample_text_dir
 
 TINY = dict(tokenizer="bpe:512", steps=80, batch_size=8, seq_len=32, lr=1e-2, table_lr=5e-2, warmup_steps=5,

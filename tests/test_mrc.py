@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
-from engramtier.cache.mrc import MissRatioCurve, _hash32, lru_mrc, shards_mrc, sweep
+from engramtier.cache.mrc import MissRatioCurve, _hash32, lru_mrc, mini_mrc, shards_mrc, spatial_samples, sweep
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
+from engramtier.trace.rowtrace import RowTrace
 
 MASK64 = (1 << 64) - 1
 
@@ -271,3 +271,87 @@ def test_streamed_curves_equal_the_in_memory_ones(tmp_path):
             in_memory = shards_mrc(keys, sizes, seed=3, **kwargs)
             np.testing.assert_array_equal(streamed.miss_ratios, in_memory.miss_ratios)
             assert streamed.method == in_memory.method
+
+
+# ---------------------------------------------------------------------------------- miniature simulation
+
+
+def sparse_row_trace(seed: int, n_requests: int = 40_000, touched: int = 4_000, table: int = 1 << 40):
+    """Zipf requests over ``touched`` rows scattered over a huge table (dense keys are not row ids), 100-row steps."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(table, touched, replace=False)[zipf_keys(n_requests, touched, 0.9, rng, shuffle=True)]
+    return RowTrace(rows.astype(np.int64), np.arange(0, n_requests + 1, 100, dtype=np.int64), table, 160)
+
+
+def test_a_spatial_sample_keeps_every_request_of_the_rows_whose_id_hashes_below_the_rate():
+    trace = sparse_row_trace(1)
+    rate = 0.2
+    for seed, sample in enumerate(spatial_samples(trace, rate, seeds=3)):
+        distinct = np.unique(trace.rows)
+        chosen = distinct[[splitmix_top32(int(r), seed) < round(rate * 2**32) for r in distinct]]
+        kept = np.isin(trace.rows, chosen)
+        np.testing.assert_array_equal(sample.row_ids[sample.keys], trace.rows[kept])  # row ids, in request order
+        assert sample.keys[0] == 0 and np.all(np.diff(np.maximum.accumulate(sample.keys)) <= 1)
+        np.testing.assert_array_equal(np.diff(sample.step_starts),
+                                      np.add.reduceat(kept, trace.step_starts[:-1]).astype(np.int64))
+        assert abs(chosen.size - rate * distinct.size) < 5 * np.sqrt(distinct.size * rate * (1 - rate))
+
+
+@pytest.mark.parametrize("policy", ["lru", "arc", "s3fifo", "belady", "reference_policies:PyLRU"])
+def test_mini_simulation_at_rate_one_is_the_full_sweep(policy):
+    trace = sparse_row_trace(2, n_requests=8_000, touched=1_500)
+    sizes = np.array([20, 50, 200, 900])
+    ctx = PolicyContext(n_keys=trace.n_distinct, keys=trace.dense_keys(), step_starts=trace.step_starts,
+                        n_table_rows=trace.n_table_rows, row_ids=trace.row_ids())
+    exact = sweep(ctx.keys, policy, sizes, ctx, workers=2)
+    mini = mini_mrc(trace, spatial_samples(trace, 1.0, seeds=2), policy, sizes, workers=2)
+    np.testing.assert_array_equal(mini.scaled, sizes)
+    np.testing.assert_array_equal(mini.miss_ratios, np.stack([exact.miss_ratios] * 2))
+    assert np.all(mini.spread == 0) and np.all(mini.errors(exact.miss_ratios) == 0)
+
+
+def test_mini_simulation_estimates_the_curve_within_a_few_points():
+    trace = sparse_row_trace(3, n_requests=400_000, touched=100_000)
+    sizes = np.unique(np.geomspace(100, 100_000, 12).astype(np.int64))
+    ctx = PolicyContext(n_keys=trace.n_distinct, keys=trace.dense_keys(), row_ids=trace.row_ids(),
+                        n_table_rows=trace.n_table_rows)
+    for policy in ("lru", "arc"):
+        exact = sweep(ctx.keys, policy, sizes, ctx, workers=2).miss_ratios
+        mini = mini_mrc(trace, spatial_samples(trace, 0.05, seeds=4), policy, sizes, workers=2)
+        np.testing.assert_array_equal(mini.scaled, np.maximum(1, np.rint(sizes * mini.rate)))
+        assert np.all(mini.estimated) and np.all(mini.sampled > 0.03 * trace.n_rows)
+        assert np.mean(np.abs(mini.mean - exact)) < 0.02, policy
+        assert np.all(mini.errors(exact) < 0.05) and np.all(mini.spread >= 0)
+
+
+def test_sizes_a_policy_refuses_at_miniature_scale_are_left_out_and_bad_names_refused():
+    trace = sparse_row_trace(4)
+    samples = spatial_samples(trace, 0.1, seeds=1)
+    mini = mini_mrc(trace, samples, "wtinylfu", [100, 500, 1_000, 3_000])  # W-TinyLFU needs 100 rows
+    assert mini.estimated.tolist() == [False, False, True, True] and np.isnan(mini.miss_ratios[0, :2]).all()
+    with pytest.raises(EngramTierError, match="did you mean 'arc'"):
+        mini_mrc(trace, samples, "arcc", [100])
+    with pytest.raises(EngramTierError, match="unknown parameter"):
+        mini_mrc(trace, samples, "arc", [100], ghosts=3)
+    with pytest.raises(EngramTierError, match="sampled no row"):
+        spatial_samples(RowTrace(np.array([5, 5, 5]), np.array([0, 3]), 10, 160), 1e-9)
+
+
+def test_mrc_command_mini_writes_the_curve_its_error_and_speed_up(tmp_path, capsys):
+    from engramtier.cli import main
+    from engramtier.trace.tracefile import save_trace
+
+    save_trace(sparse_row_trace(5), tmp_path / "t.trace")
+    out = tmp_path / "run"
+    assert main(["mrc", str(tmp_path / "t.trace"), "--mini", "0.25", "--policy", "arc", "--sweep", "--seeds", "2",
+                 "--sizes", "40,400,2000", "--out", str(out), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "arc by miniature simulation, R=0.25, 2 salts, 3 of 3 sizes estimated; mean abs. error" in line
+    summary = json.loads((out / "summary.json").read_text())["mini"]
+    assert summary["estimated_sizes"] == 3 and summary["speedup"] > 0
+    rows = [r.split(",") for r in (out / "mrc.csv").read_text().splitlines()[1:]]
+    curves = {name: [float(r[4]) for r in rows if r[0] == name] for name in ("arc", "arc-mini")}
+    assert [len(c) for c in curves.values()] == [3, 3]
+    assert summary["mean_curve_abs_error"] == pytest.approx(np.mean(np.abs(np.subtract(*curves.values()))))
+    assert summary["max_abs_error_per_seed"] >= summary["mean_abs_error_per_seed"] > 0
+    assert (out / "figures" / "mrc_mini.svg").exists() and (out / "report.html").exists()

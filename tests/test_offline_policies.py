@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from libcachesim_io import lcs, libcachesim_hits, next_positions, write_oracle_general
 from zipf import zipf_keys
 
 from engramtier.cache.nextuse import (
-    NEVER, heap_delete, heap_push, heap_replace_top, heap_set, next_use, occurrences,
+    NEVER,
+    heap_delete,
+    heap_push,
+    heap_replace_top,
+    heap_set,
+    next_use,
+    occurrences,
 )
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
@@ -66,7 +71,7 @@ def brute_lookahead(keys, step_starts, capacity, window, removals=None):
         else:
             hits.append(False)
             if len(last_touch) >= capacity:
-                def rank(c):
+                def rank(c, t=t, end=end):
                     nxt = first_request_after(keys, c, t, end)
                     return (0, nxt) if nxt != FAR else (1, -last_touch[c])
 

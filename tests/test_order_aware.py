@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from zipf import zipf_keys
 
 from engramtier.cache.policies.partitioned import Partitioned
@@ -114,6 +113,7 @@ def test_profile_shares_follow_the_orders_hit_curves():
     ({"inner": "lruu"}, None, "did you mean 'lru'"),
     ({"inner": "partitioned"}, None, "inner must be another policy"),
     ({"shares": {"2": 0.01}}, None, "order 2's share of 1 rows"),
+    ({"shares": {"2": 0.5, "3": 0.001}}, None, "order 3's share 0.001 of 100 rows rounds to 0 rows"),
     ({}, PolicyContext(n_keys=N_KEYS), "needs the table's sub-table layout"),
     ({}, PolicyContext(n_keys=N_KEYS, layout=LAYOUT), "shares = \"profile\" needs the trace"),
 ])

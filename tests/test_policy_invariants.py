@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.policies import wtinylfu
+from engramtier.cache.policies import arc
 from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.errors import EngramTierError
 
@@ -36,11 +36,6 @@ REQUEST, REMOVE = 0, 1
 ops = st.lists(st.tuples(st.sampled_from([REQUEST] * 4 + [REMOVE]), st.integers(0, N_KEYS - 1)), max_size=160)
 
 
-def hit_victim(policy, name: str) -> int:
-    """A row evicted by the last lookup (only W-TinyLFU's main hits evict), else -1."""
-    return int(policy.state[4][wtinylfu.HIT_VICTIM]) if name == "wtinylfu" else -1
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), sequence=ops)
@@ -55,7 +50,7 @@ def test_reported_contents_are_the_contents(name, data, sequence):
             cached.discard(key)
         elif policy.lookup(key, t):
             assert key in cached
-            victim = hit_victim(policy, name)
+            victim = int(policy.hit_victim())  # only W-TinyLFU's main hits evict; else -1
             if victim >= 0:
                 assert victim in cached and victim != key
                 cached.discard(victim)
@@ -170,7 +165,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     assert policy.admit(3, 3) == 2
     assert not policy.contains(2) and not policy.lookup(2, 4)
     assert policy.admit(2, 4) == 1
-    assert policy.state[6][0] == 1.0
+    assert policy.state[arc.P][0] == 1.0
     assert sorted(k for k in range(8) if policy.contains(k)) == [2, 3]
 
 

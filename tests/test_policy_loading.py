@@ -166,7 +166,7 @@ def isolated():
     policy_module.policy_names()  # the built-ins registered before the registry is saved
     saved = dict(policy_module._REGISTRY), dict(policy_module._REFERENCES), list(sys.path)
     yield
-    for table, before in zip((policy_module._REGISTRY, policy_module._REFERENCES), saved):
+    for table, before in zip((policy_module._REGISTRY, policy_module._REFERENCES), saved[:2], strict=True):
         table.clear()
         table.update(before)
     for name in USER_MODULES:

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from reference_policies import PyLRU
+from zipf import zipf_keys
 
 import engramtier.cache.policy as policy_module
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
@@ -12,8 +14,6 @@ from engramtier.cache.simulator import simulate
 from engramtier.cache.timing import TierModel
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
-from reference_policies import PyLRU
-from zipf import zipf_keys
 
 FAST = TierModel("fast", latency_s=1e-6, bandwidth_Bps=1e8, parallelism=1)  # 2 us per 100-B row
 SLOW = TierModel("slow", latency_s=1e-5, bandwidth_Bps=1e8, parallelism=2)  # 10 us per pair + 1 us per row

@@ -1,6 +1,8 @@
 """Decode-time speculative prefetch: candidate rows, coverage, extra rows and the simulated stall; the
 verify steps of speculative decoding: real draft slots only, prompt-lookup drafts."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -58,9 +60,9 @@ def test_coverage_is_full_with_the_whole_vocabulary_and_monotone_in_k():
     results = _study([0, 1, 2, 4, 8, BASE_VOCAB])
     coverage = [r["coverage"] for r in results]
     assert coverage[0] == 0.0 and coverage[-1] == 1.0
-    assert all(a <= b for a, b in zip(coverage, coverage[1:]))
+    assert all(a <= b for a, b in pairwise(coverage))
     extra = [r["extra_rows_per_step"] for r in results]
-    assert all(a <= b for a, b in zip(extra, extra[1:])) and extra[-1] > 0
+    assert all(a <= b for a, b in pairwise(extra)) and extra[-1] > 0
 
 
 def test_no_speculation_moves_nothing_extra_and_full_speculation_removes_the_demand_stall():

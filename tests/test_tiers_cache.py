@@ -55,13 +55,13 @@ def test_slots_follow_a_dict_model(kind, ops):
         where = {r: s for s, r in held.items()}
         if op == "write_slots":
             slots = np.array(slots[: ids.size])
-            clash = any(r in where and where[r] != s for r, s in zip(ids.tolist(), slots.tolist()))
+            clash = any(r in where and where[r] != s for r, s in zip(ids.tolist(), slots.tolist(), strict=True))
             if clash:
                 with pytest.raises(EngramTierError, match="already held"):
                     tier.write_slots(slots, ids, rows[ids])
                 continue
             tier.write_slots(slots, ids, rows[ids])
-            for r, s in zip(ids.tolist(), slots.tolist()):
+            for r, s in zip(ids.tolist(), slots.tolist(), strict=True):
                 held[s] = r
         elif op == "write":
             new = [r for r in ids.tolist() if r not in where]
@@ -71,7 +71,7 @@ def test_slots_follow_a_dict_model(kind, ops):
                     tier.write(ids, rows[ids])
                 continue
             tier.write(ids, rows[ids])
-            for r, s in zip(new, free):
+            for r, s in zip(new, free[: len(new)], strict=True):  # the lowest free slots, in order
                 held[s] = r
         elif op == "evict":
             if all(r in where for r in ids.tolist()):

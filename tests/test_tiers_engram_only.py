@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from engramtier.cli import main
-from engramtier.model.train import load_model
-from engramtier.tiers.replay import forward_inputs, random_run, text_batches
+from engramtier.model.run import load_model
+from engramtier.serve.replay import forward_inputs, random_run, text_batches
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
 

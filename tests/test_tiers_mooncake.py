@@ -5,15 +5,15 @@ import time
 
 import numpy as np
 import pytest
+from mooncake_fixture import MooncakeStore, free_ports, need_mooncake
+from remote_source import N_ROWS, ROW_BYTES, SourceRows
+from zipf import zipf_keys
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.lmdb_table import build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
-from engramtier.tiers.remote import RemoteDamaged, RemoteUnavailable, calibrate_remote, mooncake, open_remote, populate_remote
 from engramtier.tiers.open import open_table
-from mooncake_fixture import MooncakeStore, free_ports, need_mooncake
-from remote_source import N_ROWS, ROW_BYTES, SourceRows
-from zipf import zipf_keys
+from engramtier.tiers.remote import RemoteDamaged, RemoteUnavailable, calibrate_remote, mooncake, open_remote, populate_remote
 
 BLOCK_ROWS = 256  # small blocks so a read spans many objects
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import redis
 from redis.crc import key_slot
-
 from redis_servers import free_port
 from remote_source import N_ROWS, SourceRows
 

@@ -18,12 +18,12 @@ from zipf import zipf_keys
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
+from engramtier.serve.replay import random_run
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.open import lmdb_table_for, open_table
 from engramtier.tiers.remote import RemoteDamaged, RemoteUnavailable, populate_remote
 from engramtier.tiers.remote.redis import RedisTier
-from engramtier.tiers.replay import random_run
-from engramtier.tiers.open import lmdb_table_for, open_table
 from engramtier.trace.sources import sample_text_dir
 
 N_ROWS, BLOCK_ROWS, STEPS, KILL_AT = 3000, 256, 8, 3

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from engramtier.cli import main
-from engramtier.model.table import DATA_FILE
-from engramtier.model.train import load_model
-from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
-from engramtier.tiers.generate import generate
-from engramtier.tiers.replay import forward_inputs, random_run, replay, text_batches
 from engramtier.cache.hierarchy import load_hierarchy
+from engramtier.cli import main
+from engramtier.model.run import load_model
+from engramtier.model.table import DATA_FILE
+from engramtier.serve.generate import generate
+from engramtier.serve.replay import forward_inputs, random_run, replay, text_batches
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model
 from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
@@ -191,6 +191,24 @@ def test_batched_generation_is_exact(run_dir, tmp_path):
     sampled = generate(loaded.model, loaded.tokenizer, loaded.rows, prompts, max_new_tokens=6, top_k=20, seed=3)[0]
     again = generate(loaded.model, loaded.tokenizer, loaded.rows, prompts, max_new_tokens=6, top_k=20, seed=3)[0]
     assert sampled == again  # seeded
+
+
+def test_replay_and_generate_serve_a_partitioned_tier(run_dir, text, tmp_path, capsys):
+    """Order-aware placement in the runtime: the model's hashing tells the tiers each row's order."""
+    spec = tmp_path / "partitioned.toml"
+    spec.write_text(hierarchy_file(tmp_path).read_text().replace('policy = "lru"', 'policy = "partitioned"\n'
+                                                                 'params = { shares = { 2 = 0.5, 3 = 0.5 } }', 1))
+    out = tmp_path / "out"
+    assert main(["replay", "--run", str(run_dir), "--text", str(text), "--hierarchy", str(spec), "--max-tokens", "200",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"] and summary["tiers"][0]["policy"] == "partitioned"
+    capsys.readouterr()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Python is\n")
+    assert main(["generate", "--run", str(run_dir), "--prompts", str(prompts), "--device", "cpu", "--max-new-tokens", "3",
+                 "--hierarchy", str(spec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["table"]["tiers"][0]["lookups"] > 0
 
 
 def test_generate_command(run_dir, tmp_path, capsys):

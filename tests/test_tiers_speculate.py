@@ -14,12 +14,12 @@ from engramtier.cache.simulator import simulate
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
 from engramtier.model.rowsource import FlatRowSource
+from engramtier.model.run import load_model
 from engramtier.model.speculation import Speculation
-from engramtier.model.train import load_model
-from engramtier.tiers.generate import decode_teacher_forced, generate
+from engramtier.serve.generate import decode_teacher_forced, generate
+from engramtier.serve.replay import random_run
 from engramtier.tiers.lmdb_table import FlatTableRows, RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model, open_table
-from engramtier.tiers.replay import random_run
 from engramtier.trace.sources import sample_text_dir
 
 N_ROWS = 300

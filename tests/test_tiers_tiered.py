@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zipf import zipf_keys
 
 from engramtier.cache.hierarchy import Hierarchy
@@ -16,6 +15,9 @@ from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
 from engramtier.tiers.computed import ComputedStore, expected_rows
+from engramtier.tiers.cxl import CxlTier
+from engramtier.tiers.dram import DramTier
+from engramtier.tiers.gpu import GpuTier
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_table, tiered_table
 
@@ -48,7 +50,7 @@ def zipf_steps(n_steps, seed, max_len=50):
 
 def assert_slabs_mirror_policies(table, flat):
     """Every cache tier's slab holds exactly its policy's rows, each with the table's bytes."""
-    for tier, policy in zip(table.caches, table.engine.policies):
+    for tier, policy in zip(table.caches, table.engine.policies, strict=True):
         held = np.sort(tier.id_of[tier.id_of >= 0])
         by_policy = np.array([k for k in range(N_ROWS) if policy.contains(k)], np.int64)
         np.testing.assert_array_equal(held, by_policy)
@@ -108,6 +110,25 @@ def test_every_policy_hits_as_simulated_above_and_below_in_both_modes(table_dir,
             assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0
 
 
+@pytest.mark.parametrize("filter_text", ["bloom", "prob:0.5:1", "tinylfu"])
+def test_admission_hits_as_simulated_in_both_modes(table_dir, filter_text):
+    """A filter on each cache tier: the runtime keys it by row id, the simulator by dense keys hashed as
+    their row ids, and both decline the same rows (in exclusive mode, a row tier 0 declines goes down)."""
+    path, flat = table_dir
+    steps = zipf_steps(40, seed=10, max_len=60)
+    for mode in ("inclusive", "exclusive"):
+        spec = hierarchy(mode, "lru", "arc", top_rows=20, middle_rows=60)
+        for tier in spec["tier"][:2]:
+            tier["admission"] = filter_text
+        with open_table(spec, path, device="cpu", record_trace=True) as table:
+            for ids in steps:
+                np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            table.finish()
+            assert_slabs_mirror_policies(table, flat)
+            runtime = assert_runtime_is_simulated(table, spec)
+        assert all(t["declined"] > 0 and t["hits"] > 0 for t in runtime["tiers"][:2])
+
+
 @pytest.mark.parametrize("policy", ["belady", "lookahead"])
 def test_offline_policies_hit_as_simulated(table_dir, policy):
     path, flat = table_dir
@@ -150,7 +171,7 @@ def test_a_step_is_every_layer_of_one_forward_in_trace_order(table_dir):
     with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2, record_trace=True) as table:
         for forward in layers:
             handles = [table.prefetch(ids) for ids in forward]
-            for ids, handle in zip(forward, handles):
+            for ids, handle in zip(forward, handles, strict=True):
                 np.testing.assert_array_equal(handle.wait().numpy(), flat[ids.numpy()])
         trace = table.recorded_trace()
         assert table.stats()["steps"] == 5
@@ -205,6 +226,12 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
     spec = {"tier": [{"name": "flash", "capacity": 4, "policy": "lru", "model": "nvme"}, {"name": "nvme", "model": "nvme"}]}
     with pytest.raises(EngramTierError, match="cannot tell where cache tier 'flash' lives"):
         open_table(spec, path, device="cpu")
+    spec["tier"][0]["storage"] = "ssd"
+    with pytest.raises(EngramTierError, match=r"tier 'flash': unknown storage \(where the rows live\) 'ssd'"):
+        open_table(spec, path, device="cpu")
+    spec["tier"][-1]["storage"] = "dram"
+    with pytest.raises(EngramTierError, match="backing store; its storage is a table naming a remote store"):
+        Hierarchy.from_dict(spec | {"tier": [{**spec["tier"][0], "storage": "dram"}, spec["tier"][-1]]})
     with pytest.raises(EngramTierError, match="policy 'belady' is offline and needs the whole trace"):
         open_table(hierarchy("inclusive", top="belady"), path, device="cpu")
     with open_table(hierarchy("inclusive"), path, device="cpu", layers_per_step=2) as table:
@@ -218,6 +245,21 @@ def test_refusals(table_dir, tmp_path, monkeypatch):
             table.prefetch(torch.tensor([1, 400]))
     with pytest.raises(EngramTierError, match="stable_rows .* needs a cuda device"):
         open_table(hierarchy("inclusive"), path, device="cpu", stable_rows=True)
+
+
+@pytest.mark.parametrize("storage,slab", [(None, GpuTier), ("dram", DramTier), ("cxl", CxlTier)])
+def test_a_cache_tiers_storage_says_where_its_rows_live(table_dir, storage, slab):
+    """An explicit `storage` decides the slab, whatever the tier and its model are called; without one,
+    the model does (hbm: a gpu tier). The hits follow the policy alone."""
+    path, _ = table_dir
+    spec = hierarchy("inclusive")
+    spec["tier"][0] |= {"name": "fast", "model": "hbm"} | ({"storage": storage} if storage else {})
+    with open_table(spec, path, device="cpu") as table:
+        assert type(table.caches[0]) is slab and isinstance(table.caches[1], DramTier)
+        for step in zipf_steps(20, seed=3):
+            table.prefetch(torch.from_numpy(step)).wait()
+        assert table.stats()["tiers"][0]["hits"] > 0
+    assert Hierarchy.from_dict(spec).to_dict()["tier"][0].get("storage") == storage
 
 
 @pytest.mark.gpu

@@ -4,14 +4,13 @@ in one line where it cannot run."""
 import numpy as np
 import pytest
 import torch
-
 from zipf import zipf_keys
 
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
-from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.dram import DramTier
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_table
 from engramtier.tiers.uva import device_view, gather_rows
 

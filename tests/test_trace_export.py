@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from libcachesim_io import ORACLE_RECORD, lcs, libcachesim_hits, next_positions, read_oracle_general
 
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
@@ -16,8 +15,8 @@ from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.cache.simulator import simulate
 from engramtier.cli import main
 from engramtier.errors import EngramTierError
-from engramtier.trace.build import StepPlan, build_trace, hasher_for
 from engramtier.trace import export
+from engramtier.trace.build import StepPlan, build_trace, hasher_for
 from engramtier.trace.export import export_csv, export_oracle_general, export_trace
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import ZipfSource

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from reference_policies import PyLRU
 from zipf import zipf_keys
 

@@ -9,7 +9,7 @@ plots       the figures, PNG and SVG
 tables      hit-rate curves as CSV and as the terminal table sweep and mrc print
 report      report.html (self-contained) and report.md of a run directory
 experiment  the stages shared by the commands; quickstart: the whole pipeline on the sample text
-commands    `engramtier simulate | sweep | plan | mrc | replay | report | quickstart`
+commands    `engramtier simulate | sweep | plan | mrc | report | quickstart`
 
 Data flows one way: analysis reads trace/ and cache/, and nothing there reads analysis/.
 """

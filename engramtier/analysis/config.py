@@ -26,10 +26,10 @@ from typing import Any, Iterable, Mapping
 from engramtier.analysis.cost import DEFAULT_USD_PER_GB
 from engramtier.cache.hierarchy import Hierarchy, hierarchy_section, parse_size
 from engramtier.cache.policy import check_policy
+from engramtier.cache.tomlfile import read_toml
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
 from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, uniform_shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
-from engramtier.tomlfile import read_toml
 from engramtier.trace.build import MODES
 from engramtier.trace.sources import MAX_ZIPF_VOCAB
 
@@ -301,6 +301,10 @@ def _timing_config(table: Mapping[str, Any], where: str) -> TimingConfig:
     if len(given) != 1:
         raise EngramTierError(f"{where}: give exactly one of window_s (seconds per step) or window_per_token_s "
                               f"(seconds per token), got {', '.join(given) or 'neither'}")
+    if cfg.window_s is not None and cfg.compute_s is not None and cfg.compute_per_token_s is None \
+            and cfg.window_s > cfg.compute_s:
+        raise EngramTierError(f"{where}: window_s {cfg.window_s} exceeds compute_s {cfg.compute_s}: the window is the "
+                              "part of a step's compute before the Engram layer; give window_s <= compute_s")
     if cfg.overlap not in ("parallel", "serial"):
         raise EngramTierError(f"{where}: overlap must be \"parallel\" or \"serial\", got {cfg.overlap!r}")
     return cfg

@@ -109,7 +109,7 @@ def cost_frontier(points: Sequence[Mapping], row_bytes: int, prices: Mapping[str
     rows = [{"label": p["label"], "cost_usd": float(c), "stall_fraction": float(s), "on_frontier": bool(f),
              "tokens_per_s": p.get("tokens_per_s"), "cxl_latency_ns": p.get("cxl_latency_ns"),
              "capacities": {t["name"]: t["capacity_rows"] for t in p["tiers"]}}
-            for p, c, s, f in zip(points, cost, stall, front)]
+            for p, c, s, f in zip(points, cost, stall, front, strict=True)]
     choices = 0 if best is None else int(np.sum((stall <= budget) & np.isclose(cost, cost[best], rtol=COST_RTOL, atol=0)))
     return {"budget": budget, "prices_usd_per_gb": dict(prices), "points": rows, "budget_met": best is not None,
             "cheapest": None if best is None else rows[best], "equal_cost_choices": choices,

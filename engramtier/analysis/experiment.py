@@ -19,6 +19,7 @@ the summary, which is rewritten after every stage so an interrupted run still re
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,14 +29,29 @@ import numpy as np
 from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, TimingConfig, TraceConfig, size_to_rows
 from engramtier.analysis.cost import cost_frontier
+from engramtier.analysis.executors import LocalExecutor, RayExecutor, default_workers
+from engramtier.analysis.sweep import cxl_sweep, hit_rate_sweep, point_record, simulate_point, stall_sweep, trace_context
 from engramtier.analysis.tables import HIT_RATE_CSV, MRC_CSV, curve_row, write_curves_csv
-from engramtier.analysis.sweep import (cxl_sweep, hit_rate_sweep, point_record, simulate_point,
-                                       stall_sweep)
 from engramtier.cache.hierarchy import format_bytes
+from engramtier.cache.mrc import (
+    KeyStream,
+    compile_replay,
+    lru_mrc,
+    mini_mrc,
+    mini_sizes,
+    sample_context,
+    shards_mrc,
+    spatial_samples,
+    sweep,
+)
+from engramtier.cache.warm import load_profile
 from engramtier.errors import EngramTierError
 from engramtier.rundir import RunDir
+from engramtier.trace.build import StepPlan, hasher_for, write_trace
 from engramtier.trace.rowtrace import RowTrace
-from engramtier.trace.tracefile import TraceReader
+from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
+from engramtier.trace.stats import row_counts, trace_stats
+from engramtier.trace.tracefile import TraceReader, load_trace
 
 STAGES = ("stats", "mrc", "hit_rate", "simulate", "stall", "cxl", "cost")
 TIMED_STAGES = ("simulate", "stall", "cxl")
@@ -55,9 +71,6 @@ TRACE_FILE = "trace.trace"
 
 def build_trace(cfg: TraceConfig, out: Path | None, progress: bool = True) -> RowTrace:
     """The trace ``cfg`` describes: loaded from its file, or built into ``out`` (a trace file) and loaded."""
-    from engramtier.trace.build import StepPlan, hasher_for, write_trace
-    from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
-    from engramtier.trace.tracefile import load_trace
 
     if cfg.source == "file":
         return load_trace(cfg.file)
@@ -82,6 +95,7 @@ class Experiment:
     progress: bool = True
     warm: str | None = None  # a profile to warm-start every cache tier from, against the cold hierarchy
     first_steps: int = 100  # the cold-start window: the steps `SimResult.first_steps` reports
+    executor: LocalExecutor | RayExecutor | None = None  # where sweep points run (None: threads, [sweep] workers)
     summary: dict = field(default_factory=dict)
     _sim_records: list = field(default_factory=list)
 
@@ -89,22 +103,23 @@ class Experiment:
         return size_to_rows(size, self.trace.row_bytes, where)
 
     def run_stages(self, stages, log: Callable[[str], None] = lambda _: None) -> dict:
+        for stage in stages:
+            if stage not in STAGES:
+                raise EngramTierError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
+        self.cfg.check_stages(stages, self.trace.n_table_rows, self.trace.row_bytes)  # before the first stage runs
         self.summary.setdefault("trace", trace_summary(self.trace))
         if set(stages) & set(TIMED_STAGES):
             self.summary["timing_assumption"] = timing_assumption(self.cfg.timing)
         for stage in stages:
-            if stage not in STAGES:
-                raise EngramTierError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
             log(f"[{stage}]")
             getattr(self, f"stage_{stage}")()
             self.run.write_summary(self.summary)
+            self.run.stage_done(stage)
         return self.summary
 
     # ------------------------------------------------------------------------------------------ stages
 
     def stage_stats(self) -> None:
-        from engramtier.trace.stats import trace_stats
-
         stats = trace_stats(self.trace)
         d = stats.stats_dict()
         per_order = (d.pop("subtables") or {}).get("per_order")
@@ -122,7 +137,7 @@ class Experiment:
         if not sw.sizes:
             raise EngramTierError(f"{self.cfg.path}: [sweep] sizes is empty; list the tier sizes to sweep")
         sizes = [self.rows(s, f"{self.cfg.path}: [sweep] sizes[{i}]") for i, s in enumerate(sw.sizes)]
-        records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress)
+        records = hit_rate_sweep(self.trace, sw.policies, sizes, sw.workers, self.progress, self.executor)
         self.run.append(records)
         write_curves_csv(self.run.path / HIT_RATE_CSV,
                          (curve_row(r["policy"], r["size_rows"], self.trace.row_bytes, r["hit_rate"]) for r in records))
@@ -135,8 +150,6 @@ class Experiment:
         self.summary["hit_rate"] = table
 
     def stage_simulate(self) -> None:
-        from engramtier.cache.warm import load_profile
-
         profile = None if self.warm is None else load_profile(self.warm, self.trace.n_table_rows, "--warm")
         hierarchy = self.cfg.hierarchy if profile is None else self.cfg.hierarchy.with_warm(None)
         result = simulate_point(self.trace, hierarchy, self.cfg.timing, progress=self.progress)
@@ -159,7 +172,6 @@ class Experiment:
         """The declared hierarchy warm-started from ``profile`` (read from ``self.warm``), against ``cold``
         (it without warm keys): both cold-start figures, the whole runs' tier-0 share and stall, and whether
         the profile is honest (not the measured trace's own counts, which would make it an upper bound)."""
-        from engramtier.trace.stats import row_counts
 
         warm = simulate_point(self.trace, self.cfg.hierarchy.with_warm(profile), self.cfg.timing,
                               progress=self.progress)
@@ -190,7 +202,8 @@ class Experiment:
         tier_rows = {name: sorted({self.rows(s, f"{self.cfg.path}: [sweep] tier_sizes.{name}[{i}]")
                                    for i, s in enumerate(sizes)})
                      for name, sizes in sw.tier_sizes.items()}
-        records = stall_sweep(self.trace, self.cfg.hierarchy, tier_rows, self.cfg.timing, sw.workers, self.progress)
+        records = stall_sweep(self.trace, self.cfg.hierarchy, tier_rows, self.cfg.timing, sw.workers, self.progress,
+                              self.executor)
         self.run.append(records)
         self._sim_records += records
         self.run.save_figure(plots.stall_heatmap_figure(records, self.trace.row_bytes), "stall_heatmap")
@@ -206,7 +219,7 @@ class Experiment:
             raise EngramTierError(f"{self.cfg.path}: [sweep] cxl_latencies_ns is empty; list latencies such as [170, 270, 500]")
         cxl_rows = self.rows(sw.cxl_capacity, f"{self.cfg.path}: [sweep] cxl_capacity")
         records = cxl_sweep(self.trace, self.cfg.hierarchy, cxl_rows, sw.cxl_latencies_ns, self.cfg.timing,
-                            sw.cxl_policy, sw.workers, self.progress)
+                            sw.cxl_policy, sw.workers, self.progress, self.executor)
         self.run.append(records)
         self._sim_records += records
         self.run.save_figure(plots.cxl_figure(records), "cxl_swap")
@@ -232,7 +245,6 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
     at ``sizes`` (default 48 sizes spaced evenly in log from one row to every distinct row), each one
     streamed pass over the trace's dense keys; records, figure, headline numbers, and mrc.csv with the
     exact curve as policy ``lru`` and the SHARDS mean over the seeds as ``lru-shards``."""
-    from engramtier.cache.mrc import KeyStream, lru_mrc, shards_mrc
 
     stream = KeyStream.of_trace(trace)
     if sizes is None:
@@ -250,7 +262,7 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
     curves = [] if curve is None else [("lru", curve.miss_ratios)]
     write_curves_csv(run.path / MRC_CSV, (curve_row(policy, s, trace.row_bytes, 1 - m)
                                           for policy, misses in curves + [("lru-shards", shards_mean)]
-                                          for s, m in zip(sizes, misses)))
+                                          for s, m in zip(sizes, misses, strict=True)))
     run.save_figure(plots.mrc_figure(sizes, None if curve is None else curve.miss_ratios,
                                      [e.miss_ratios for e in estimates], rate, trace.row_bytes), "mrc_shards")
     errors = [e.error for e in estimates] if curve is not None else [None]
@@ -258,6 +270,63 @@ def mrc_stage(trace: RowTrace | TraceReader, run: RunDir, rate: float, seeds: in
             "shards_mean_abs_error": None if curve is None else float(np.mean(errors)),
             "shards_max_abs_error": None if curve is None else float(np.max(errors)),
             "shards_miss_ratio_mean": [float(m) for m in shards_mean]}
+
+
+def mini_stage(trace: RowTrace | TraceReader, run: RunDir, policy: str, rate: float, seeds: int, sizes=None,
+               exact: bool = True, full_sweep: bool = False, workers: int | None = None, progress: bool = False) -> dict:
+    """``policy``'s miss-ratio curve by miniature simulation (`engramtier.cache.mrc.mini_mrc`) at ``rate``
+    with hash salts ``0..seeds-1``, at ``sizes`` (default 48 sizes spaced evenly in log from ``1 / rate``
+    rows, a one-row miniature cache, to every distinct row). The exact curve to compare with: with
+    ``full_sweep``, the policy replayed over the whole trace at every size (what the estimate saves);
+    else for lru the one-pass curve (unless not ``exact``); else none. Records, figure, the timings and
+    errors, and mrc.csv with the exact curve as ``policy`` and the estimates' mean as ``policy-mini``."""
+
+
+    if sizes is None:
+        sizes = np.unique(np.geomspace(max(1, round(1 / rate)), trace.n_distinct, 48).astype(np.int64))
+    sizes = np.asarray(sizes, np.int64)
+    workers = workers or default_workers()
+    start = time.perf_counter()
+    samples = spatial_samples(trace, rate, seeds)
+    sampling_s = time.perf_counter() - start
+    # compiled once outside the timings (a bad name or parameter is refused here), as in a sweep
+    compile_replay(policy, int(mini_sizes(sizes, rate).max()), sample_context(samples[0], trace))
+    start = time.perf_counter()
+    mini = mini_mrc(trace, samples, policy, sizes, workers)
+    mini_s = sampling_s + time.perf_counter() - start
+    exact_curve, exact_s, exact_label = None, None, None
+    if full_sweep:
+        start = time.perf_counter()
+        ctx = trace_context(trace.read_all() if isinstance(trace, TraceReader) else trace, "mrc --sweep")
+        exact_curve = sweep(ctx.keys, policy, sizes, ctx, workers=workers).miss_ratios
+        exact_s, exact_label = time.perf_counter() - start, f"exact {policy} (replayed at every size)"
+    elif policy == "lru" and exact:
+        start = time.perf_counter()
+        exact_curve = lru_mrc(KeyStream.of_trace(trace), sizes, progress=progress).miss_ratios
+        exact_s, exact_label = time.perf_counter() - start, "exact LRU (Mattson stack distance)"
+    run.append({"experiment": "mrc_mini", "policy": policy, "size_rows": int(s), "mini_rows": int(c),
+                "exact_miss_ratio": None if exact_curve is None else float(exact_curve[i]),
+                "mini_miss_ratios": [None if np.isnan(m) else float(m) for m in mini.miss_ratios[:, i]]}
+               for i, (s, c) in enumerate(zip(sizes, mini.scaled, strict=True)))
+    estimated = mini.estimated
+    curves = ([] if exact_curve is None else [(policy, sizes, exact_curve)]) + [
+        (f"{policy}-mini", sizes[estimated], mini.mean[estimated])]
+    write_curves_csv(run.path / MRC_CSV, (curve_row(name, s, trace.row_bytes, 1 - m)
+                                          for name, at, misses in curves for s, m in zip(at, misses, strict=True)))
+    run.save_figure(plots.mrc_figure(sizes, exact_curve, list(mini.miss_ratios), mini.rate, trace.row_bytes, policy,
+                                     "miniature simulation", exact_label or ""), "mrc_mini")
+    errors = None if exact_curve is None else mini.errors(exact_curve)
+    return {"policy": policy, "rate": mini.rate, "seeds": int(seeds), "sizes": int(sizes.size),
+            "estimated_sizes": int(estimated.sum()),
+            "smallest_estimated_rows": int(sizes[estimated][0]) if estimated.any() else None,
+            "sampled_requests_mean": float(mini.sampled.mean()),
+            "seed_spread_mean": float(np.mean(mini.spread[estimated])) if estimated.any() else None,
+            "mean_abs_error_per_seed": None if errors is None else float(np.mean(errors)),
+            "max_abs_error_per_seed": None if errors is None else float(np.max(errors)),
+            "mean_curve_abs_error": None if exact_curve is None else float(
+                np.mean(np.abs(mini.mean[estimated] - exact_curve[estimated]))),
+            "mini_seconds": mini_s, "exact": exact_label, "exact_seconds": exact_s,
+            "speedup": None if exact_s is None else exact_s / mini_s}
 
 
 def trace_summary(trace: RowTrace) -> dict:

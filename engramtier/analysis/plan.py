@@ -23,7 +23,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from engramtier.analysis import plots
 from engramtier.analysis.config import ExperimentConfig, PlanConfig, TraceConfig, size_to_rows
+from engramtier.analysis.experiment import Experiment, build_trace, timing_assumption, trace_summary
 from engramtier.analysis.sweep import point_record, simulate_point, with_capacities
 from engramtier.cache.hierarchy import Hierarchy, format_bytes
 from engramtier.errors import EngramTierError
@@ -176,8 +178,6 @@ def run_plan(cfg: ExperimentConfig, run, progress: bool = True, cost: bool = Tru
              build: TraceFor | None = None, log: Callable[[str], None] = lambda _: None) -> dict:
     """The planner into run directory ``run``: one record per split, the tokens/s-vs-split figure,
     the summary, then (``cost``, when [sweep] gives sizes to price) the best split's cost frontier."""
-    from engramtier.analysis import plots
-    from engramtier.analysis.experiment import Experiment, build_trace, timing_assumption, trace_summary
 
     records, best = plan_splits(cfg, build or (lambda t, path: build_trace(t, path, progress=False)), progress)
     run.append(records)

@@ -9,61 +9,81 @@ one or two ticks over a decade, or crowds minor labels into each other.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import functools
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from engramtier.analysis.tables import humanise
+from engramtier.cache.hierarchy import format_bytes
 
-from engramtier.cache.hierarchy import format_bytes  # noqa: E402
-from engramtier.analysis.tables import humanise  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
-                     "svg.fonttype": "none"})
+
+@functools.cache
+def _pyplot():
+    """pyplot on the Agg backend (no display), imported at the first figure: importing matplotlib takes
+    a few tenths of a second that a command drawing nothing should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
+                         "svg.fonttype": "none"})
+    return plt
 
 # Offline policies, drawn dashed. Static preloads its hot set, so its first requests hit: it can beat
 # Belady, which is optimal only among caches that fetch on demand.
 OFFLINE = {"belady": "belady (offline, optimal on demand)", "static": "static (hot set from the trace's own counts, preloaded)",
            "lookahead": "lookahead (sees the step's future)"}
 
-_BYTES = FuncFormatter(lambda x, _: format_bytes(x) if x > 0 else "")
-_ROWS = FuncFormatter(lambda x, _: humanise(x) if x > 0 else "")
-_PLAIN = FuncFormatter(lambda x, _: f"{x:g}")
+def _bytes_label(x: float, _=None) -> str:
+    return format_bytes(x) if x > 0 else ""
+
+
+def _rows_label(x: float, _=None) -> str:
+    return humanise(x) if x > 0 else ""
+
+
+def _plain_label(x: float, _=None) -> str:
+    return f"{x:g}"
 
 
 def _log_ticks(axis, lo: float, hi: float, formatter, base: int = 10) -> None:
     """Labelled ticks for a log ``axis`` over data ``lo..hi``: in base 10, 1, 2, 3 and 5 per decade over
     up to a decade and a half, 1, 2 and 5 up to three decades, powers of ten beyond; in another base its
     powers; at most nine, thinned evenly. Minor ticks unlabelled."""
+    plt = _pyplot()
     decades = np.log10(hi / lo) if 0 < lo < hi else 0.0
     subs = (1.0,) if base != 10 or decades > 3 else (1.0, 2.0, 5.0) if decades > 1.5 else (1.0, 2.0, 3.0, 5.0)
-    axis.set_major_locator(LogLocator(base=base, subs=subs, numticks=9))
+    axis.set_major_locator(plt.LogLocator(base=base, subs=subs, numticks=9))
     axis.set_major_formatter(formatter)
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_minor_formatter(plt.NullFormatter())
 
 
 def _size_axes(ax, sizes, row_bytes: int) -> None:
     """The log x axis of tier sizes in rows, and a top axis with the same sizes as bytes (powers of two)."""
+    plt = _pyplot()
     ax.set_xscale("log")
     lo, hi = float(np.min(sizes)), float(np.max(sizes))
-    _log_ticks(ax.xaxis, lo, hi, _ROWS)
+    _log_ticks(ax.xaxis, lo, hi, plt.FuncFormatter(_rows_label))
     top = ax.secondary_xaxis("top", functions=(lambda r: r * row_bytes, lambda b: b / row_bytes))
-    _log_ticks(top.xaxis, lo * row_bytes, hi * row_bytes, _BYTES, base=2)
+    _log_ticks(top.xaxis, lo * row_bytes, hi * row_bytes, plt.FuncFormatter(_bytes_label), base=2)
     top.set_xlabel(f"tier size (bytes, {row_bytes} B per row)")
 
 
-def hit_rate_figure(records: Sequence[Mapping], row_bytes: int, ceiling: float | None = None) -> plt.Figure:
+def hit_rate_figure(records: Sequence[Mapping], row_bytes: int, ceiling: float | None = None) -> Figure:
     """Hit rate of one cache tier vs its size, one line per policy; ``ceiling`` (1 - distinct rows /
     requests) is the most any cache that fetches on demand can hit, since every first request misses."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if ceiling is not None:
         ax.axhline(ceiling, color="black", lw=0.8, ls=":", label=f"ceiling of demand caches (first requests miss): {ceiling:.3f}")
     for policy in dict.fromkeys(r["policy"] for r in records):
         points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["policy"] == policy)
-        sizes, rates = zip(*points)
+        sizes, rates = zip(*points, strict=True)
         ax.plot(sizes, rates, marker="o", ms=3.5, label=OFFLINE.get(policy, policy), ls="--" if policy in OFFLINE else "-")
     _size_axes(ax, [r["size_rows"] for r in records], row_bytes)
     ax.set_xlabel("tier size (rows)")
@@ -74,8 +94,9 @@ def hit_rate_figure(records: Sequence[Mapping], row_bytes: int, ceiling: float |
     return fig
 
 
-def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figure:
+def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> Figure:
     """Stall seconds and stall fraction over the sizes of one or two cache tiers."""
+    plt = _pyplot()
     names = list(records[0]["sizes"])
     y_name, x_name = (names + [None])[:2] if len(names) == 2 else (None, names[0])
     xs = sorted({r["sizes"][x_name] for r in records})
@@ -89,7 +110,7 @@ def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figu
         grid["stall_fraction"][i, j] = r["stall_fraction"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     titles = {"stall_ms_per_step": "mean stall per step (ms)", "stall_fraction": "stall fraction of run time"}
-    for ax, key in zip(axes, grid):
+    for ax, key in zip(axes, grid, strict=True):
         values = grid[key]
         im = ax.imshow(values, origin="lower", aspect="auto", cmap="magma_r")
         fig.colorbar(im, ax=ax, label=titles[key])
@@ -111,29 +132,33 @@ def stall_heatmap_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figu
 
 
 def mrc_figure(sizes: np.ndarray, exact: np.ndarray | None, estimates: Sequence[np.ndarray], rate: float,
-               row_bytes: int) -> plt.Figure:
-    """Exact LRU miss-ratio curve (when computed), and the SHARDS estimates over several hash seeds as
-    a mean and a band."""
+               row_bytes: int, policy: str = "LRU", method: str = "SHARDS",
+               exact_label: str = "exact LRU (Mattson stack distance)") -> Figure:
+    """The exact miss-ratio curve of ``policy`` (when computed), and sampled estimates (``method``:
+    SHARDS, or miniature simulation) over several hash seeds as a mean and a band. NaN estimates (sizes a
+    method could not estimate) leave gaps."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if exact is not None:
-        ax.plot(sizes, exact, color="black", lw=2, label="exact LRU (Mattson stack distance)")
+        ax.plot(sizes, exact, color="black", lw=2, label=exact_label)
     if len(estimates):
-        est = np.asarray(estimates)
-        error = "" if exact is None else f" (mean abs. error {float(np.mean(np.abs(est - exact))):.4f})"
+        est = np.asarray(estimates, dtype=float)
+        error = "" if exact is None else f" (mean abs. error {float(np.nanmean(np.abs(est - exact))):.4f})"
         ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3,
-                        label=f"SHARDS range over {len(est)} hash seeds")
-        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"SHARDS mean, R={rate:g}{error}")
+                        label=f"{method} range over {len(est)} hash seeds")
+        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"{method} mean, R={rate:g}{error}")
     _size_axes(ax, sizes, row_bytes)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("LRU cache size (rows)")
+    ax.set_xlabel(f"{policy} cache size (rows)")
     ax.set_ylabel("miss ratio")
     ax.legend(fontsize=8)
-    ax.set_title("Miss-ratio curve: exact vs SHARDS sampling")
+    ax.set_title(f"Miss-ratio curve: exact vs {method}")
     return fig
 
 
-def zipf_figure(counts: np.ndarray, alpha: float | None) -> plt.Figure:
+def zipf_figure(counts: np.ndarray, alpha: float | None) -> Figure:
     """Requests per row by popularity rank (log-log) with the maximum-likelihood Zipf law."""
+    plt = _pyplot()
     c = np.sort(counts[counts > 0])[::-1].astype(float)
     ranks = np.arange(1, c.size + 1)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -152,9 +177,10 @@ def zipf_figure(counts: np.ndarray, alpha: float | None) -> plt.Figure:
     return fig
 
 
-def cxl_figure(records: Sequence[Mapping]) -> plt.Figure:
+def cxl_figure(records: Sequence[Mapping]) -> Figure:
     """Stall fraction and tokens (or requests) per second vs CXL latency, CXL as a cache tier above the
     store and CXL as the store, against the declared hierarchy without CXL."""
+    plt = _pyplot()
     base = next(r for r in records if r["cxl_role"] is None)
     rate_key = "tokens_per_s" if "tokens_per_s" in base else "requests_per_s"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -164,7 +190,8 @@ def cxl_figure(records: Sequence[Mapping]) -> plt.Figure:
             line = sorted((r["cxl_latency_ns"], r[key]) for r in records if r["cxl_role"] == role)
             if line:
                 name = next(r["label"] for r in records if r["cxl_role"] == role).split(" @ ")[0]
-                ax.plot(*zip(*line), marker=marker, label=f"{name} ({'above the store' if role == 'cache' else 'replaces the store'})")
+                where = "above the store" if role == "cache" else "replaces the store"
+                ax.plot(*zip(*line, strict=True), marker=marker, label=f"{name} ({where})")
         ax.axhline(base[key], color="gray", ls="--", label=f"without CXL ({base['label']})")
         ax.set_xlabel("CXL read latency (ns)")
         ax.set_ylabel(label)
@@ -186,11 +213,12 @@ def _money(x: float, _=None) -> str:
     return f"${x:,.2f}" if x >= 0.1 else f"${x:.2g}"
 
 
-def cost_figure(frontier: Mapping, row_bytes: int) -> plt.Figure:
+def cost_figure(frontier: Mapping, row_bytes: int) -> Figure:
     """Cost vs stall fraction of every simulated hierarchy, the frontier and the budget's cheapest.
     Frontier points are numbered at the point and their tier sizes listed in a key under the plot:
     sizes written beside points that sit close together would overlap. Cost is on a log axis when it
     spans more than a decade, so that cheap points do not crowd into the left edge."""
+    plt = _pyplot()
     points = frontier["points"]
     cost = np.array([p["cost_usd"] for p in points])
     stall = np.array([p["stall_fraction"] for p in points])
@@ -215,9 +243,9 @@ def cost_figure(frontier: Mapping, row_bytes: int) -> plt.Figure:
                 label=f"cheapest within budget: ${best['cost_usd']:,.2f}\n{best['label']}")
     if cost.min() > 0 and cost.max() > 10 * cost.min():
         ax.set_xscale("log")
-        _log_ticks(ax.xaxis, cost.min(), cost.max(), FuncFormatter(_money))
+        _log_ticks(ax.xaxis, cost.min(), cost.max(), plt.FuncFormatter(_money))
     else:
-        ax.xaxis.set_major_formatter(FuncFormatter(_money))
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(_money))
     ax.set_xlabel("memory cost (USD, all tiers incl. the store)")
     ax.set_ylabel("stall fraction of run time")
     ax.set_ylim(bottom=0)
@@ -228,9 +256,10 @@ def cost_figure(frontier: Mapping, row_bytes: int) -> plt.Figure:
     return fig
 
 
-def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Figure:
+def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> Figure:
     """Per step: fetch time vs the compute window (stall shaded, on a log axis unless a time is zero),
     and rows served by each tier."""
+    plt = _pyplot()
     fetch, window, stall = (np.asarray(per_step[k]) for k in ("fetch_s", "window_s", "stall_s"))
     steps = np.arange(fetch.size)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
@@ -241,7 +270,7 @@ def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Fi
     ms = np.concatenate([fetch, window]) * 1e3
     if ms.size and ms.min() > 0:  # log shows fetch and window orders of magnitude apart; a zero keeps it linear
         top.set_yscale("log")
-        _log_ticks(top.yaxis, ms.min(), ms.max(), _PLAIN)
+        _log_ticks(top.yaxis, ms.min(), ms.max(), plt.FuncFormatter(_plain_label))
     top.legend(fontsize=8)
     served = np.asarray([per_step["served"][n] for n in tier_names], dtype=float)
     bottom.stackplot(steps, served, labels=list(tier_names), alpha=0.8)
@@ -252,10 +281,11 @@ def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> plt.Fi
     return fig
 
 
-def replay_stall_figure(records: Sequence[Mapping]) -> plt.Figure:
+def replay_stall_figure(records: Sequence[Mapping]) -> Figure:
     """A replay's steps (`engramtier replay`'s records): the flat and tiered step times (tiered only for
     --engram-only, which has no flat pass), and below them the tiered step's stall (waiting on its rows)
     with its median and 99th percentile, in milliseconds."""
+    plt = _pyplot()
     ms = lambda key: np.asarray([r[key] for r in records], float) * 1e3  # noqa: E731
     stall = ms("stall_s")
     steps = np.arange(stall.size)
@@ -275,10 +305,11 @@ def replay_stall_figure(records: Sequence[Mapping]) -> plt.Figure:
     return fig
 
 
-def plan_figure(records: Sequence[Mapping], plan: Mapping) -> plt.Figure:
+def plan_figure(records: Sequence[Mapping], plan: Mapping) -> Figure:
     """Tokens per second and stall fraction vs the split of the HBM budget (the KV cache's share of it,
     linear, so the knee where the Engram tier starts to lose rows shows), batches on the top axis,
     the best split marked."""
+    plt = _pyplot()
     ok = sorted((r for r in records if r["feasible"]), key=lambda r: r["batch"])
     share = np.array([r["kv_fraction"] for r in ok])
     per_batch = ok[0]["kv_fraction"] / ok[0]["batch"]  # the budget's share one sequence's KV takes
@@ -309,9 +340,10 @@ def plan_figure(records: Sequence[Mapping], plan: Mapping) -> plt.Figure:
     return fig
 
 
-def warm_start_figure(cold, warm, n_steps: int, tier: str) -> plt.Figure:
+def warm_start_figure(cold, warm, n_steps: int, tier: str) -> Figure:
     """The first ``n_steps`` of a cold and a warm-started simulation (`SimResult`s): the top tier's hit rate
     per step (its share of the step's lookups) and the stall per step."""
+    plt = _pyplot()
     n = min(n_steps, cold.requests.size)
     steps = np.arange(n)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
@@ -325,20 +357,21 @@ def warm_start_figure(cold, warm, n_steps: int, tier: str) -> plt.Figure:
     top.legend(fontsize=8)
     bottom.set_ylabel("stall per step (ms)")
     bottom.set_xlabel("step")
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     bottom.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"Cold start vs warm start: the first {n} steps")
     return fig
 
 
-def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Figure:
+def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> Figure:
     """Left: each n-gram order's exact LRU hit rate over its own requests vs the rows given to it (how
     much an order gains per row, what profile shares allocate by). Right: one shared LRU vs partitioned
     caches at equal total rows, the comparison order-aware placement has to win."""
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for curve in dict.fromkeys(r["curve"] for r in records):
         points = sorted((r["size_rows"], r["hit_rate"]) for r in records if r["curve"] == curve)
-        sizes, rates = zip(*points)
+        sizes, rates = zip(*points, strict=True)
         ax = left if curve.startswith("order ") else right
         ax.plot(sizes, rates, marker="o", ms=3.5, label=curve)
     for ax, title, xlabel in ((left, "Hit rate per n-gram order (exact LRU, own requests)", "rows given to the order"),
@@ -349,4 +382,62 @@ def order_hit_rate_figure(records: Sequence[Mapping], row_bytes: int) -> plt.Fig
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
         ax.set_title(title)
+    return fig
+
+
+def admission_figure(records: Sequence[Mapping], row_bytes: int) -> Figure:
+    """Left: the gpu tier's hit rate vs its size, per policy and admission filter (none solid); right: the
+    hierarchy's stall fraction. What filtering one-hit rows out of a small top tier buys."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {}
+    for r in records:
+        styles.setdefault(r["admission"], ("-", "--", ":", "-.")[len(styles) % 4])
+    colours = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in records))}
+    for (policy, filter_name) in dict.fromkeys((r["policy"], r["admission"]) for r in records):
+        points = sorted((r["gpu_rows"], r["gpu_hit_rate"], r["stall_fraction"]) for r in records
+                        if r["policy"] == policy and r["admission"] == filter_name)
+        sizes, rates, stalls = zip(*points, strict=True)
+        style = dict(color=colours[policy], ls=styles[filter_name], marker="o", ms=3,
+                     label=f"{policy}, admission {filter_name}")
+        left.plot(sizes, rates, **style)
+        right.plot(sizes, stalls, **style)
+    for ax, ylabel in ((left, "gpu tier hit rate (fraction of lookups)"), (right, "stall fraction of run time")):
+        _size_axes(ax, [r["gpu_rows"] for r in records], row_bytes)
+        ax.set_xlabel("gpu tier size (rows)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    left.set_ylim(bottom=0)
+    left.set_title("gpu tier hit rate with and without admission")
+    right.set_title("hierarchy stall (axis zoomed in)")
+    return fig
+
+
+def mini_mrc_grid_figure(panels: Sequence[Mapping], rate: float, title: str) -> Figure:
+    """One panel per policy: its exact miss-ratio curve (a full replay at every size) beside its
+    miniature-simulation estimates at ``rate`` (mean and range over the hash salts). Each of ``panels``
+    holds ``policy``, ``sizes``, ``exact`` and ``estimates`` (salts x sizes, NaN where not estimated)."""
+    plt = _pyplot()
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    for ax, panel in zip(axes.flat, panels, strict=True):
+        sizes, exact, est = panel["sizes"], np.asarray(panel["exact"]), np.asarray(panel["estimates"], dtype=float)
+        ax.plot(sizes, exact, color="black", lw=1.5, label="exact (full replay)")
+        ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3, label="range over salts")
+        error = float(np.nanmean(np.abs(np.nanmean(est, axis=0) - exact)))
+        ax.plot(sizes, est.mean(axis=0), color="tab:orange", ls="--", label=f"mean (MAE {error:.4f})")
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, float(np.min(sizes)), float(np.max(sizes)), plt.FuncFormatter(_rows_label))
+        ax.set_ylim(0, 1)
+        ax.set_title(panel["policy"], fontsize=9)
+        ax.legend(fontsize=6, loc="lower left")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("cache size (rows)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("miss ratio")
+    fig.suptitle(f"{title}: miniature simulation at R={rate:g} vs the exact curve")
     return fig

@@ -16,9 +16,10 @@ from pathlib import Path
 from engramtier.analysis.config import ExperimentConfig, load_config
 from engramtier.analysis.experiment import STAGES, TRACE_FILE, Experiment, build_trace
 from engramtier.analysis.report import write_report
-from engramtier.rundir import RunDir
 from engramtier.analysis.sweep import with_capacities
 from engramtier.cache.hierarchy import format_bytes
+from engramtier.rundir import RunDir
+from engramtier.trace.sources import sample_text_dir
 
 TINY_TEXT_CHARS = 4000
 
@@ -29,7 +30,6 @@ def shipped_config_path() -> Path:
 
 def tiny_config(cfg: ExperimentConfig, text_path: Path) -> ExperimentConfig:
     """``cfg`` cut down to a few KB of text (already written to ``text_path``) and a few sweep points."""
-    from engramtier.trace.sources import sample_text_dir
 
     source = sorted(sample_text_dir().glob("tutorial-introduction*"))[0]
     text_path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,21 +43,24 @@ def tiny_config(cfg: ExperimentConfig, text_path: Path) -> ExperimentConfig:
     return replace(cfg, trace=trace, hierarchy=hierarchy, sweep=sweep)
 
 
-def quickstart(out: str | None = None, tiny: bool = False, progress: bool = True, log=print) -> RunDir:
-    """Run every stage of the shipped experiment into ``out`` (default ``runs/quickstart-TIME``), write the
-    report and log a short summary; returns the run directory."""
+def quickstart(out: str | None = None, tiny: bool = False, progress: bool = True, log=print, force: bool = False) -> RunDir:
+    """Run every stage of the shipped experiment into ``out`` (default ``runs/quickstart-TIME``; ``force``:
+    replace another run there), write the report and log a short summary; returns the run directory."""
     start = time.perf_counter()
     cfg = load_config(shipped_config_path())
-    run = RunDir.create(out, "quickstart", {"out": out, "tiny": tiny}, None)
-    if tiny:
-        cfg = tiny_config(cfg, run.path / "inputs" / "sample_excerpt.txt")
-    run.update_config(config=cfg.to_dict())
-    log(f"quickstart: building the row trace of {'a few KB of ' if tiny else ''}the sample text -> {run.path / TRACE_FILE}")
-    trace = build_trace(cfg.trace, run.path / TRACE_FILE, progress)
-    run.update_config(fingerprint=trace.meta.get("fingerprint"))
-    experiment = Experiment(cfg, trace, run, progress)
-    summary = experiment.run_stages(STAGES, log=lambda stage: log(f"quickstart: {stage}"))
-    html, _ = write_report(run.path)
+    with RunDir.create(out, "quickstart", {"out": out, "tiny": tiny}, None, force=force,
+                       stages=["trace", *STAGES]) as run:
+        if tiny:
+            cfg = tiny_config(cfg, run.path / "inputs" / "sample_excerpt.txt")
+        run.update_config(config=cfg.to_dict())
+        log(f"quickstart: building the row trace of {'a few KB of ' if tiny else ''}the sample text -> "
+            f"{run.path / TRACE_FILE}")
+        trace = build_trace(cfg.trace, run.path / TRACE_FILE, progress)
+        run.update_config(fingerprint=trace.meta.get("fingerprint"))
+        run.stage_done("trace")
+        experiment = Experiment(cfg, trace, run, progress)
+        summary = experiment.run_stages(STAGES, log=lambda stage: log(f"quickstart: {stage}"))
+        html, _ = write_report(run.path)
     for line in summary_lines(summary, cfg):
         log(line)
     log(f"report        {html}  ({time.perf_counter() - start:.0f} s)")

@@ -18,6 +18,8 @@ from engramtier.rundir import FIGURES, REPORTS, RunDir
 CAPTIONS = {
     "zipf_rank": "Requests per table row by popularity rank, with the maximum-likelihood Zipf law.",
     "mrc_shards": "Exact LRU miss-ratio curve against SHARDS sampled estimates (band: range over hash seeds).",
+    "mrc_mini": "A policy's miss-ratio curve by miniature simulation over spatial samples (band: range over hash salts), "
+                "against its exact curve when computed.",
     "hit_rate_vs_size": "Hit rate of a single cache tier vs its size, per policy (belady and static are offline).",
     "step_timeline": "The declared hierarchy step by step: fetch time against the compute window, and who served the rows.",
     "stall_heatmap": "Total stall and stall fraction over the swept cache tier sizes.",
@@ -59,6 +61,8 @@ def summary_blocks(summary: dict) -> list[tuple]:
                    ("table", ["policy", *sizes], [[p, *(row.get(k) for k in sizes)] for p, row in table.items()])]
     if "mrc" in s:
         blocks += [("h2", "Miss-ratio curve (SHARDS vs exact)"), _kv(s.pop("mrc"))]
+    if "mini" in s:
+        blocks += [("h2", "Miss-ratio curve (miniature simulation)"), _kv(s.pop("mini"))]
     if "simulation" in s:
         sim = s.pop("simulation")
         tiers = sim.get("tiers", [])
@@ -94,7 +98,7 @@ def summary_blocks(summary: dict) -> list[tuple]:
 
 
 def replay_blocks(s: dict) -> list[tuple]:
-    """A replay's summary (`engramtier.tiers.replay`) as tables, taking its keys out of ``s``: the check,
+    """A replay's summary (`engramtier.serve.replay`) as tables, taking its keys out of ``s``: the check,
     flat vs tiered timing, the tiered table's stall per step, and each tier's size and traffic."""
     flat, tiered, plan, sim = s.pop("flat"), s.pop("tiered"), s.pop("plan"), s.pop("simulated")
     steps, warmup, equal = s.pop("steps"), s.pop("warmup_steps", 0), s.pop("bitwise_equal")
@@ -126,6 +130,10 @@ def report_blocks(run: RunDir) -> list[tuple]:
     blocks: list[tuple] = [("h1", f"engramtier {config.get('command', '')} run"),
                            ("p", f"{run.path.resolve()} — created {config.get('created', '?')}, "
                                  f"engramtier {config.get('engramtier', '?')}, fingerprint {config.get('fingerprint') or '—'}")]
+    missing = run.missing_stages()
+    if missing:
+        blocks.append(("p", f"INCOMPLETE: the command did not finish stage(s) {', '.join(missing)} (interrupted or "
+                            "failed); what follows is what it recorded. Run the same command again to finish it."))
     blocks += summary_blocks(run.summary())
     figures = run.figures()
     if figures:

@@ -35,7 +35,7 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
 from engramtier.model.speculation import candidate_rows
-from engramtier.tiers.replay import distribution, served_above_store
+from engramtier.tiers.records import distribution, served_above_store
 from engramtier.trace.rowtrace import RowTrace
 
 

@@ -1,59 +1,71 @@
 """Sweeps: many cache sizes and policies (hit rate), many hierarchies (stall), each point one JSON record.
 
 One-tier hit rates come from `engramtier.cache.mrc`: the exact LRU curve in one pass (`lru_mrc`,
-identical to replaying LRU at each size), every other policy replayed once per size on parallel
-threads (`mrc.sweep`). Stall needs the whole hierarchy and the timing model, so each point is one
-`simulate` run; the runs share the read-only trace and go to a thread pool (the compiled drivers
-release the GIL, so threads use every core without copying the trace into processes).
+identical to replaying LRU at each size), every other policy replayed once per size. Stall needs the
+whole hierarchy and the timing model, so each point is one `simulate` run. Every point of a sweep (each
+policy at each size, LRU's whole curve, each hierarchy) is one task for an executor
+(`engramtier.analysis.executors`): by default threads on every core of this machine, which share the
+read-only trace (the compiled drivers release the GIL); or tasks on a Ray cluster.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from engramtier.analysis.config import TimingConfig
+from engramtier.analysis.executors import LocalExecutor, RayExecutor
 from engramtier.cache.hierarchy import Hierarchy, TierSpec, format_bytes
-from engramtier.cache.mrc import lru_mrc, sweep
-from engramtier.cache.policy import PolicyContext
+from engramtier.cache.mrc import compile_replay, lru_mrc
+from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.cache.simulator import SimResult, simulate
 from engramtier.cache.timing import tier_model
 from engramtier.errors import EngramTierError
 from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowtrace import RowTrace
 
+Executor = LocalExecutor | RayExecutor
 
-def default_workers() -> int:
-    return os.cpu_count() or 1
+
+def trace_context(trace: RowTrace, where: str) -> PolicyContext:
+    """The context one-tier replays of the whole ``trace`` share: its dense keys (policy state follows
+    the rows the trace touches, not the table), steps, row ids and sub-table layout."""
+    return PolicyContext(n_keys=trace.n_distinct, keys=trace.dense_keys(), step_starts=trace.step_starts,
+                         n_table_rows=trace.n_table_rows, row_ids=trace.row_ids(),
+                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, where))
+
+
+def hit_rate_point(ctx: PolicyContext, point: tuple[str, int | np.ndarray]) -> np.ndarray:
+    """Hits of one point of a hit-rate sweep over the trace ``ctx`` holds: ``(policy, rows)`` replayed,
+    or ``("lru", sizes)``, the exact curve at every size in one pass."""
+    policy, size = point
+    if policy == "lru":
+        return lru_mrc(ctx.keys, size).hits
+    return np.array([replay(make_policy(policy, int(size), ctx), ctx.keys)])
 
 
 def hit_rate_sweep(trace: RowTrace, policies: Sequence[str], sizes: Sequence[int], workers: int | None = None,
-                   progress: bool = True) -> list[dict]:
-    """One record per (policy, size): hits of a single cache of ``size`` rows over the whole trace."""
+                   progress: bool = True, executor: Executor | None = None) -> list[dict]:
+    """One record per (policy, size): hits of a single cache of ``size`` rows over the whole trace.
+    Points: every (policy, size), LRU's whole curve as one; on ``executor`` (default: ``workers`` threads)."""
     sizes = np.asarray(sorted(set(int(s) for s in sizes)), np.int64)
     if sizes.size == 0:
         raise EngramTierError("hit-rate sweep: no sizes; give [sweep] sizes = [\"16MiB\", ...] or rows")
-    keys = trace.dense_keys()  # policy state follows the rows the trace touches, not the table
-    ctx = PolicyContext(n_keys=trace.n_distinct, keys=keys, step_starts=trace.step_starts,
-                        n_table_rows=trace.n_table_rows, row_ids=trace.row_ids(),
-                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "hit-rate sweep"))
-    records = []
-    for policy in tqdm(policies, desc="policy sweep", unit="policy", disable=not progress):
-        if policy == "lru":
-            curve = lru_mrc(keys, sizes)
-        else:
-            curve = sweep(keys, policy, sizes, ctx, workers=workers or default_workers())
-        records += [{"experiment": "hit_rate", "policy": policy, "size_rows": int(s),
-                     "size_bytes": int(s) * trace.row_bytes, "hits": int(h), "requests": curve.requests,
-                     "hit_rate": int(h) / curve.requests}
-                    for s, h in zip(curve.sizes, curve.hits)]
-    return records
+    executor = executor or LocalExecutor(workers)
+    policies = list(dict.fromkeys(policies))
+    ctx = trace_context(trace, "hit-rate sweep")
+    points = [(p, sizes) if p == "lru" else (p, int(s)) for p in policies for s in (sizes[:1] if p == "lru" else sizes)]
+    if executor.in_process:  # compile each policy and fill ctx's derived arrays once, before threads share them
+        for policy in dict.fromkeys(p for p in policies if p != "lru"):
+            compile_replay(policy, int(sizes[0]), ctx)
+    hits = executor.map(hit_rate_point, ctx, points, "hit-rate sweep", progress)
+    by_policy = {p: np.concatenate([h for (q, _), h in zip(points, hits, strict=True) if q == p]) for p in policies}
+    return [{"experiment": "hit_rate", "policy": policy, "size_rows": int(s), "size_bytes": int(s) * trace.row_bytes,
+             "hits": int(h), "requests": trace.n_rows, "hit_rate": int(h) / trace.n_rows}
+            for policy in policies for s, h in zip(sizes, by_policy[policy], strict=True)]
 
 
 def step_seconds(trace: RowTrace, timing: TimingConfig):
@@ -80,18 +92,20 @@ def point_record(experiment: str, label: str, result: SimResult, **extra) -> dic
     return {"experiment": experiment, "label": label, **extra, **summary}
 
 
+def simulate_one(shared: tuple[RowTrace, TimingConfig], hierarchy: Hierarchy) -> SimResult:
+    """One point of a stall or CXL sweep: ``hierarchy`` simulated over the shared (trace, timing)."""
+    trace, timing = shared
+    return simulate_point(trace, hierarchy, timing)
+
+
 def simulate_many(trace: RowTrace, points: Sequence[tuple[dict, Hierarchy]], timing: TimingConfig,
-                  workers: int | None = None, progress: bool = True, desc: str = "simulate") -> list[SimResult]:
-    """`simulate` each hierarchy of ``points`` (``(label fields, hierarchy)``) on a thread pool, in order."""
-    step_seconds(trace, timing)  # refuse a bad timing before any thread starts
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, \
-            tqdm(total=len(points), desc=desc, unit="run", disable=not progress) as bar:
-        futures = [pool.submit(simulate_point, trace, h, timing) for _, h in points]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            bar.update(1)
-    return results
+                  workers: int | None = None, progress: bool = True, desc: str = "simulate",
+                  executor: Executor | None = None) -> list[SimResult]:
+    """`simulate` each hierarchy of ``points`` (``(label fields, hierarchy)``) on ``executor`` (default:
+    ``workers`` threads), in order."""
+    step_seconds(trace, timing)  # refuse a bad timing before any point starts
+    return (executor or LocalExecutor(workers)).map(simulate_one, (trace, timing), [h for _, h in points], desc,
+                                                    progress)
 
 
 def with_capacities(hierarchy: Hierarchy, rows: Mapping[str, int]) -> Hierarchy:
@@ -131,13 +145,13 @@ def _label(rows: Mapping[str, int], row_bytes: int) -> str:
 
 
 def stall_sweep(trace: RowTrace, hierarchy: Hierarchy, tier_rows: Mapping[str, Sequence[int]], timing: TimingConfig,
-                workers: int | None = None, progress: bool = True) -> list[dict]:
+                workers: int | None = None, progress: bool = True, executor: Executor | None = None) -> list[dict]:
     """One record per combination of the cache tier sizes in ``tier_rows`` (every other tier as declared)."""
     names = list(tier_rows)
-    combos = [dict(zip(names, c)) for c in itertools.product(*(tier_rows[n] for n in names))]
+    combos = [dict(zip(names, c, strict=True)) for c in itertools.product(*(tier_rows[n] for n in names))]
     points = [(c, with_capacities(hierarchy, c)) for c in combos]
-    results = simulate_many(trace, points, timing, workers, progress, desc="stall sweep")
-    return [point_record("stall", _label(c, trace.row_bytes), r, sizes=c) for c, r in zip(combos, results)]
+    results = simulate_many(trace, points, timing, workers, progress, desc="stall sweep", executor=executor)
+    return [point_record("stall", _label(c, trace.row_bytes), r, sizes=c) for c, r in zip(combos, results, strict=True)]
 
 
 CXL_ROLES = ("cache", "store")
@@ -145,13 +159,13 @@ CXL_ROLES = ("cache", "store")
 
 def cxl_sweep(trace: RowTrace, hierarchy: Hierarchy, cxl_rows: int, latencies_ns: Sequence[float],
               timing: TimingConfig, policy: str | None = None, workers: int | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, executor: Executor | None = None) -> list[dict]:
     """The hierarchy as declared (``cxl_role`` None), then at each latency with a CXL cache tier of
     ``cxl_rows`` above the store, and with CXL in place of the store (see `with_cxl`)."""
     points = [({"cxl_role": None, "cxl_latency_ns": None}, hierarchy)]
     points += [({"cxl_role": role, "cxl_latency_ns": float(ns)}, with_cxl(hierarchy, role, ns * 1e-9, cxl_rows, policy))
                for role in CXL_ROLES for ns in latencies_ns]
-    results = simulate_many(trace, points, timing, workers, progress, desc="cxl sweep")
+    results = simulate_many(trace, points, timing, workers, progress, desc="cxl sweep", executor=executor)
 
     def label(p: dict) -> str:
         if p["cxl_role"] is None:
@@ -159,4 +173,4 @@ def cxl_sweep(trace: RowTrace, hierarchy: Hierarchy, cxl_rows: int, latencies_ns
         what = f"cxl cache {format_bytes(cxl_rows * trace.row_bytes)}" if p["cxl_role"] == "cache" else "cxl store"
         return f"{what} @ {p['cxl_latency_ns']:g} ns"
 
-    return [point_record("cxl", label(p), r, **p) for (p, _), r in zip(points, results)]
+    return [point_record("cxl", label(p), r, **p) for (p, _), r in zip(points, results, strict=True)]

@@ -7,6 +7,7 @@ policies/   the built-ins, one per module (lru fifo clock sieve lfu arc twoq s3f
             holds the linked lists they share
 nextuse     next-use arrays and the heap the offline policies (belady, lookahead) rank them in
 hierarchy   a hierarchy of tiers as the user declares it (TOML or Python): capacities, policies, models
+admission   admission filters in front of any tier's policy: bloom (second hit), prob:P, tinylfu
 engine      the tiers of a hierarchy as compiled drivers over streams of lookups and demotions
 simulator   replays a trace through a hierarchy in steps and charges each step its fetch and stall
 mrc         miss-ratio curves: exact one-pass LRU, SHARDS sampling, any policy at many sizes

@@ -51,7 +51,7 @@ def late_keys(streams: Sequence[Stream], dropped: np.ndarray) -> np.ndarray:
     """The rows dropped in a one-step `Engine.feed` whose ``streams`` it left: per tier, the last
     ``dropped[i]`` rows that tier served (a cache tier's LOOKUP events that hit, the store's lookups)."""
     picked = []
-    for stream, n in zip(streams, dropped.tolist()):
+    for stream, n in zip(streams, dropped.tolist(), strict=True):
         if n:
             lookups = stream.events >= 0
             served = stream.events[lookups & stream.hit] if stream.hit is not None else stream.events[lookups]

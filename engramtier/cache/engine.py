@@ -48,10 +48,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numba import njit
 
+from engramtier.cache import admission
 from engramtier.cache.hierarchy import MODES
 from engramtier.cache.policy import check_keys, held_keys, inline_ops, is_compiled
-from engramtier.cache.references import user_code
 from engramtier.cache.prefetch import PREFETCH_AHEAD
+from engramtier.cache.references import user_code
 from engramtier.errors import EngramTierError
 
 # Per-tier counters, one int64 row per cache tier (see `Engine.counters`): LOOKUP events seen, hits,
@@ -73,26 +74,30 @@ def count_admission(counters, column, key, victim):
             counters[EVICTED] += 1
 
 
-def make_drivers(lookup, admit, remove, hit_victim, prefetch):
+def make_drivers(lookup, admit, remove, hit_victim, prefetch, observe, admits, note_victim):
     """The cache-tier drivers (and the warm-start loop) over a ``target`` that the operations ``lookup(target, key, t)``,
     ``admit(target, key, t)``, ``remove(target, key)``, ``hit_victim(target)`` and ``prefetch(target,
-    key)`` act on, as plain Python functions (compile them with `numba.njit`).
+    key)`` act on, and an admission filter ``adm`` that ``observe(adm, key)``, ``admits(adm, key)`` and
+    ``note_victim(adm, key)`` act on (`engramtier.cache.admission`), as plain Python functions
+    (compile them with `numba.njit`).
 
     One source serves every kind of policy: a built-in `compiled_policy` passes its inline functions
     and its bare state tuple, so the whole tier is one loop without calls or reference counting that
     also prefetches each key's entry `PREFETCH_AHEAD` events ahead; any other policy passes functions
-    that call its methods (`METHOD_OPS`).
+    that call its methods (`METHOD_OPS`). The filter sees every lookup that reaches the tier and is
+    asked before each admission; a row it refuses is declined without reaching the policy.
     """
 
-    def fill_tier(target, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
+    def fill_tier(target, adm, events, ts, step_starts, demote, hit, victim, out_events, out_ts, out_starts,
                   hits_per_step, counters):
         """A tier that looks rows up and admits what it misses: every inclusive tier, and exclusive
         tier 0 (``demote``: its victims, or rows it declines, go down as DEMOTE events). ``events``
         are lookups.
 
-        Per input event: ``hit``, and ``victim`` = what ``admit`` returned, or on a hit what the hit
-        evicted (`hit_victim`, usually -1; demoted like any victim). Misses are forwarded as LOOKUPs
-        into ``out_*``; returns the number of output events.
+        Per input event: ``hit``, and ``victim`` = what ``admit`` returned (the key itself when the
+        filter ``adm`` or the policy declined it), or on a hit what the hit evicted (`hit_victim`,
+        usually -1; demoted like any victim). Misses are forwarded as LOOKUPs into ``out_*``; returns
+        the number of output events.
         """
         n_out = 0
         last = step_starts[step_starts.size - 1]
@@ -104,12 +109,14 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                     prefetch(target, events[j + PREFETCH_AHEAD])
                 k = events[j]
                 t = ts[j]
+                observe(adm, k)
                 if lookup(target, k, t):
                     hit[j] = True
                     n_hits += 1
                     v = hit_victim(target)
                     victim[j] = v
                     if v >= 0:
+                        note_victim(adm, v)
                         counters[EVICTED] += 1
                         if demote:
                             out_events[n_out] = -1 - v
@@ -120,7 +127,9 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                 out_events[n_out] = k
                 out_ts[n_out] = t
                 n_out += 1
-                v = admit(target, k, t)
+                v = admit(target, k, t) if admits(adm, k) else k
+                if v != k:
+                    note_victim(adm, v)
                 victim[j] = v
                 count_admission(counters, PROMOTED, k, v)
                 if demote and v >= 0:
@@ -133,10 +142,11 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
         counters[LOOKUPS] += last - step_starts[0]
         return n_out
 
-    def victim_tier(target, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
+    def victim_tier(target, adm, events, ts, step_starts, hit, victim, out_events, out_ts, out_starts,
                     hits_per_step, counters):
         """Exclusive tier ``i > 0``: a LOOKUP hit removes the row (it moves to tier 0), a miss is
-        forwarded; a DEMOTE is admitted and the victim (or the declined row) is demoted further.
+        forwarded; a DEMOTE is offered to the filter ``adm`` and admitted, and the victim (or the
+        declined row) is demoted further.
 
         Per input event: ``hit`` (LOOKUPs only) and ``victim`` = what ``admit`` returned for a DEMOTE
         (-1 for a LOOKUP). Returns the number of output events.
@@ -156,14 +166,18 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
                 hit[j] = False
                 if e >= 0:
                     counters[LOOKUPS] += 1
+                    observe(adm, e)
                     if remove(target, e):
+                        note_victim(adm, -1)  # the row moved up: the tier has room
                         hit[j] = True
                         n_hits += 1
                         continue
                     out_events[n_out] = e
                 else:
                     k = -1 - e
-                    v = admit(target, k, t)
+                    v = admit(target, k, t) if admits(adm, k) else k
+                    if v != k:
+                        note_victim(adm, v)
                     victim[j] = v
                     count_admission(counters, DEMOTED, k, v)
                     if v < 0:
@@ -179,7 +193,8 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch):
     def warm_tier(target, keys):
         """A warm start (`engramtier.cache.warm`): admit ``keys`` in order, each admitted one then looked
         up once, as if it had been requested again; victims of either are dropped (nothing is below yet).
-        ``t`` is -1: before the trace (offline policies are refused a warm start). Returns the rows declined."""
+        ``t`` is -1: before the trace (offline policies are refused a warm start). The admission filter is
+        bypassed: a profile chose these rows. Returns the rows declined."""
         declined = 0
         for j in range(keys.size):
             k = keys[j]
@@ -213,7 +228,7 @@ def _no_prefetch(policy, key):
 
 
 METHOD_OPS = (_method_lookup, _method_admit, _method_remove, _method_hit_victim, _no_prefetch)
-_PYTHON_DRIVERS = make_drivers(*METHOD_OPS)
+_PYTHON_DRIVERS = make_drivers(*METHOD_OPS, *admission.OPS)
 _DRIVERS: dict[Any, tuple[Any, Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim, warm)
 
 
@@ -270,9 +285,10 @@ def drivers_for(policy: Any, n_keys: int) -> tuple[Any, Any, Any, Any]:
     ops = inline_ops(policy)
     if kind not in _DRIVERS:
         if ops is None:
-            _DRIVERS[kind] = tuple(njit(nogil=True)(d) for d in make_drivers(*(njit(inline="always")(f) for f in METHOD_OPS)))
+            methods = (njit(inline="always")(f) for f in METHOD_OPS)
+            _DRIVERS[kind] = tuple(njit(nogil=True)(d) for d in make_drivers(*methods, *admission.OPS))
         else:
-            _DRIVERS[kind] = tuple(njit(nogil=True, _nrt=False)(d) for d in make_drivers(*ops))
+            _DRIVERS[kind] = tuple(njit(nogil=True, _nrt=False)(d) for d in make_drivers(*ops, *admission.OPS))
     return (policy if ops is None else policy.state, *_DRIVERS[kind])
 
 
@@ -308,7 +324,7 @@ def tier_report(tiers: Sequence[Mapping[str, Any]], row_bytes: int) -> list[dict
              "served_bytes": t["hits"] * row_bytes} for t in tiers]
 
 
-@dataclass
+@dataclass(slots=True)
 class Stream:
     """The events one tier consumed in the last `Engine.feed`: views into reused buffers, valid until
     the next feed. ``hit`` and ``victim`` are the driver's per-event outputs (None for the store)."""
@@ -324,17 +340,23 @@ class Engine:
     """Runs a hierarchy's cache ``policies`` (fastest first; the store below them is implicit) over
     consecutive chunks of steps for a table of ``n_keys`` rows. ``counters[i]`` accumulates tier
     ``i``'s `COUNTERS`; ``streams`` holds each tier's input of the last feed (the store's last), for
-    the runtime to turn decisions into copies.
+    the runtime to turn decisions into copies. ``admissions``: each cache tier's admission filter
+    (`engramtier.cache.admission.build`; None, or a None entry: the tier admits every row it misses).
 
     In exclusive mode a policy that starts with rows (a preloaded hot set) gives up those already
     held by a tier above it, so the hierarchy starts exclusive too."""
 
-    def __init__(self, policies: Sequence[Any], mode: str, n_keys: int) -> None:
+    def __init__(self, policies: Sequence[Any], mode: str, n_keys: int,
+                 admissions: Sequence[tuple | None] | None = None) -> None:
         if mode not in MODES:
             raise EngramTierError(f"engine: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         self.policies = list(policies)
         self.mode = mode
         self.n_keys = int(n_keys)
+        admissions = [None] * len(self.policies) if admissions is None else list(admissions)
+        if len(admissions) != len(self.policies):
+            raise EngramTierError(f"engine: {len(admissions)} admission filters for {len(self.policies)} cache tiers")
+        self.admissions = [admission.build(None, 1) if a is None else a for a in admissions]
         if mode == "exclusive":
             for i, lower in enumerate(self.policies):
                 with running(lower):
@@ -365,6 +387,7 @@ class Engine:
         for first, stop in ((0, at), (at, len(self.policies))):
             half = Engine.__new__(Engine)
             half.policies, half.mode, half.first_tier, half.n_keys = self.policies[first:stop], self.mode, first, self.n_keys
+            half.admissions = self.admissions[first:stop]
             half._drivers, half._check_victims = self._drivers[first:stop], self._check_victims[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
@@ -383,10 +406,11 @@ class Engine:
         if 2 * keys.size > self._capacity or n_steps >= self._step_capacity:
             self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
         served = np.empty((len(self.policies) + 1, n_steps), np.int64)
-        self.streams = []
+        streams = self.streams = []
         events, ts_in, starts = keys, ts, step_starts
         exclusive = self.mode == "exclusive"
         for i, (target, fill, victim_driver, _) in enumerate(self._drivers):
+            adm = self.admissions[i]
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
             out_starts = out_starts[: n_steps + 1]
@@ -395,18 +419,21 @@ class Engine:
                 out_starts[:] = 0
             elif self.first_tier + i == 0 or not exclusive:
                 with running(self.policies[i]):
-                    n = fill(target, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
+                    n = fill(target, adm, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
                              served[i], self.counters[i])
             else:
                 with running(self.policies[i]):
-                    n = victim_driver(target, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
+                    n = victim_driver(target, adm, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
                                       served[i], self.counters[i])
             if self._check_victims[i]:
                 self._refuse_bad_victims(i, events, victim[: events.size])
-            self.streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
+            streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
             events, ts_in, starts = out_events[:n], out_ts[:n], out_starts
-        self.store_lookups += int(store_tier(events, starts, served[-1]))
-        self.streams.append(Stream(events, ts_in, starts))
+        if events.size:
+            self.store_lookups += int(store_tier(events, starts, served[-1]))
+        else:
+            served[-1] = 0
+        streams.append(Stream(events, ts_in, starts))
         return served
 
     def warm(self, keysets: Sequence[np.ndarray | None]) -> list[int]:
@@ -427,7 +454,7 @@ class Engine:
 
     def tier_counts(self) -> list[dict[str, int]]:
         """Per tier, fastest first and the store last: the `COUNTERS` so far (every store lookup hits)."""
-        counts = [dict(zip(COUNTERS, c.tolist())) for c in self.counters]
+        counts = [dict(zip(COUNTERS, c.tolist(), strict=True)) for c in self.counters]
         return [*counts, {**dict.fromkeys(COUNTERS, 0), "lookups": self.store_lookups, "hits": self.store_lookups}]
 
     def _checked_batch(self, keys: Any, ts: Any, step_starts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

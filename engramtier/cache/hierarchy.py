@@ -5,6 +5,9 @@ Every tier but the last is a cache: a capacity (rows, or bytes such as ``"2GiB"`
 policy and every lookup that reaches it hits; its capacity may be left out (the table) but never be
 smaller than the table. ``mode`` says how the caches share rows (see `engramtier.cache.engine`):
 ``"inclusive"`` fills every cache a lookup missed, ``"exclusive"`` keeps each row in at most one.
+A cache may also name an admission filter (``admission = "bloom" | "bloom:W" | "prob:P" |
+"prob:P:SEED" | "tinylfu"``, `engramtier.cache.admission`), which decides before its policy whether a
+missed row is kept; `build_admissions` makes one per cache tier for the engine.
 
 Byte capacities become rows only against a table (``row_bytes``), so a `Hierarchy` is validated in
 two stages: what can be checked alone on construction, the rest in `capacities` (sizes against the
@@ -25,15 +28,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from engramtier.cache.admission import build as build_admission
+from engramtier.cache.admission import parse as parse_admission
 from engramtier.cache.policy import PolicyContext, check_params, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
-from engramtier.errors import MAX_INT, EngramTierError, refuse_unknown
-from engramtier.tomlfile import read_toml
+from engramtier.cache.tomlfile import read_toml
+from engramtier.errors import EngramTierError, refuse_unknown
 
 MODES = ("inclusive", "exclusive")
 # What a step does with a tier's rows that cannot arrive within its compute window: wait for them (a
 # stall), or drop them (the step reads zero rows instead; see `engramtier.cache.deadline`).
 ON_LATE = ("wait", "drop")
+# Where a cache tier's rows live (its `storage`): device memory, host DRAM, or CXL-attached memory.
+CACHE_STORAGE = ("gpu", "dram", "cxl")
 HIERARCHY_KEYS = ("mode", "tier")  # a hierarchy's keys, at a file's top or under [hierarchy]
 
 SIZE_UNITS = {
@@ -49,8 +56,7 @@ def parse_size(text: str) -> int:
     """Bytes in a size such as ``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``"160000B"``.
 
     Decimal (KB = 1000 B) and binary (KiB = 1024 B) units, case-insensitive; the result must be a
-    whole number of bytes, at most `MAX_INT` (4 EiB): every size then stays inside int64 wherever it goes
-    (rows of a cache, an LMDB map), instead of overflowing into a traceback several steps later.
+    whole number of bytes.
     """
     match = _SIZE.fullmatch(text) if isinstance(text, str) else None
     scale = _UNIT_OF.get(match.group(2).lower()) if match else None
@@ -62,8 +68,6 @@ def parse_size(text: str) -> int:
     nbytes = Decimal(match.group(1)) * scale
     if nbytes != nbytes.to_integral_value():
         raise EngramTierError(f"size {text!r} is not a whole number of bytes")
-    if nbytes > MAX_INT:
-        raise EngramTierError(f"size {text!r} is more than {MAX_INT:,} bytes (4 EiB); give a smaller size")
     return int(nbytes)
 
 
@@ -81,23 +85,28 @@ def format_bytes(n: float) -> str:
 class TierSpec:
     """One tier: ``capacity`` in rows (int) or bytes (a size string; None for the backing store: the
     whole table), the ``policy`` name and its ``params`` (None for the store), the read ``model``
-    (a `TierModel` or the name of a default one), and for the backing store only, ``storage``: where
-    the runtime finds the rows when they are not in the local LMDB table (a remote store's backend and
-    options, see `engramtier.tiers.remote`; the simulator reads only the model). ``warm``, for a cache:
+    (a `TierModel` or the name of a default one), and ``storage``, which the runtime reads (the
+    simulator reads only the model): for a cache tier, where its rows live, one of `CACHE_STORAGE`
+    (default: the one its model names, see `cache_storage`); for the backing store, where the rows are
+    when they are not in the local LMDB table (a remote store's backend and options, see
+    `engramtier.tiers.remote`). ``warm``, for a cache:
     a frequency profile (a .npy of requests per table row, a trace file, or the counts as an array)
     whose hottest rows it opens holding (`engramtier.cache.warm`); None: it opens empty. ``on_late``: what a
     step does with this tier's rows that its model says cannot arrive within the step's compute window:
     ``"wait"`` (the default: the step stalls) or ``"drop"`` (a deadline-bounded, lossy fetch: the step
-    goes on and reads zero rows in their place, see `engramtier.cache.deadline`)."""
+    goes on and reads zero rows in their place, see `engramtier.cache.deadline`). ``admission``, for a
+    cache: a filter deciding which missed rows it keeps, in front of its policy (``"bloom"``,
+    ``"prob:P"``, ``"tinylfu"``: `engramtier.cache.admission`); None: it keeps every row it misses."""
 
     name: str
     capacity: int | str | None
     policy: str | None
     params: Mapping[str, Any]
     model: TierModel | str
-    storage: Mapping[str, Any] = field(default_factory=dict)
+    storage: Mapping[str, Any] | str = field(default_factory=dict)
     warm: str | os.PathLike | np.ndarray | None = field(default=None, compare=False)
     on_late: str = "wait"
+    admission: str | None = None
 
     def __post_init__(self) -> None:
         where = f"tier '{self.name}'"
@@ -106,6 +115,8 @@ class TierSpec:
         if not isinstance(self.on_late, str) or self.on_late not in ON_LATE:
             raise EngramTierError(f"{where}: on_late must be one of {', '.join(repr(r) for r in ON_LATE)} (what a step "
                                   f"does with rows that miss its window), got {self.on_late!r}")
+        if self.admission is not None:
+            parse_admission(self.admission, where)
         if isinstance(self.capacity, str):
             try:
                 parse_size(self.capacity)  # refuse a bad size now, not when the table is known
@@ -130,13 +141,25 @@ class TierSpec:
         if self.warm is not None and not isinstance(self.warm, (str, os.PathLike, np.ndarray)):
             raise EngramTierError(f"{where}: warm must be a profile's path (.npy of counts per row, or a trace file) "
                                   f"or an array of counts, got {self.warm!r}")
-        if not isinstance(self.storage, Mapping):
-            raise EngramTierError(f"{where}: storage must be a table (backend, url, ...), got {self.storage!r}")
+        if isinstance(self.storage, str):
+            refuse_unknown([self.storage], CACHE_STORAGE, where, "storage (where the rows live)")
+        elif not isinstance(self.storage, Mapping):
+            raise EngramTierError(f"{where}: storage must be where a cache tier's rows live ({', '.join(CACHE_STORAGE)}) "
+                                  f"or, for the backing store, a table (backend, url, ...); got {self.storage!r}")
         if not isinstance(self.model, TierModel):
             try:
                 object.__setattr__(self, "model", tier_model(self.model))
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
+
+    @property
+    def cache_storage(self) -> str | None:
+        """Where this cache tier's rows live: its ``storage``, else what its model names (``hbm``: gpu);
+        None when neither says."""
+        if isinstance(self.storage, str):
+            return self.storage
+        name = {"hbm": "gpu"}.get(self.model.name, self.model.name)
+        return name if name in CACHE_STORAGE else None
 
     @property
     def lossy(self) -> bool:
@@ -158,7 +181,9 @@ class TierSpec:
         if self.warm is not None:
             d["warm"] = f"array of {self.warm.size} counts" if isinstance(self.warm, np.ndarray) else str(self.warm)
         d = {**d, "on_late": self.on_late} if self.lossy else d  # the default leaves a config as it was
-        return {**d, "storage": dict(self.storage)} if self.storage else d
+        d = {**d, "admission": self.admission} if self.admission is not None else d
+        storage = self.storage if isinstance(self.storage, str) else dict(self.storage)
+        return {**d, "storage": storage} if storage else d
 
 
 def _check_printable(at: str, name: Any) -> None:
@@ -195,14 +220,21 @@ class Hierarchy:
                     "(only the last tier, the backing store, goes without)"
                 )
         for tier in self.caches:
-            if tier.storage:
+            if isinstance(tier.storage, Mapping) and tier.storage:
                 raise EngramTierError(
                     f"{where}: cache tier '{tier.name}' has a storage table, but only the last tier (the backing "
-                    "store) takes one; move it there"
+                    f"store) takes one; move it there (a cache tier's storage names where its rows live: "
+                    f"{', '.join(CACHE_STORAGE)})"
                 )
+        if isinstance(self.store.storage, str):
+            raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store; its storage is a "
+                                  f"table naming a remote store (backend, url, ...), not {self.store.storage!r}")
         if self.store.warm is not None:
             raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store and holds every row "
                                   "already; give warm to a cache tier")
+        if self.store.admission is not None:
+            raise EngramTierError(f"{where}: the last tier '{self.store.name}' is the backing store and serves every "
+                                  f"row; give admission {self.store.admission!r} to a cache tier")
         if self.store.policy is not None:
             raise EngramTierError(
                 f"{where}: the last tier '{self.store.name}' is the backing store holding every row and takes no "
@@ -223,6 +255,15 @@ class Hierarchy:
                                                 self.store))
 
     @property
+    def cache_storage(self) -> str | None:
+        """Where this cache tier's rows live: its ``storage``, else what its model names (``hbm``: gpu);
+        None when neither says."""
+        if isinstance(self.storage, str):
+            return self.storage
+        name = {"hbm": "gpu"}.get(self.model.name, self.model.name)
+        return name if name in CACHE_STORAGE else None
+
+    @property
     def lossy(self) -> bool:
         """True when some tier drops its late rows (``on_late = "drop"``)."""
         return self.lossy_tier is not None
@@ -240,7 +281,7 @@ class Hierarchy:
             *rows, store_rows = (tier.rows(row_bytes) for tier in self.tiers)
         except EngramTierError as err:
             raise EngramTierError(at + str(err)) from None
-        for tier, r in zip(self.caches, rows):
+        for tier, r in zip(self.caches, rows, strict=True):
             if r > n_table_rows:
                 raise EngramTierError(
                     f"{at}tier '{tier.name}': capacity {tier.capacity} ({r} rows) exceeds the table's {n_table_rows} "
@@ -256,12 +297,23 @@ class Hierarchy:
     def build_policies(self, ctx: PolicyContext, row_bytes: int) -> list[Any]:
         """One fresh policy per cache tier, sized for the table of ``ctx.n_table_rows`` rows of ``row_bytes``."""
         policies = []
-        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes)):
+        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes), strict=True):
             try:
                 policies.append(make_policy(tier.policy, rows, ctx, **tier.params))
             except EngramTierError as err:
                 raise EngramTierError(f"{self._at()}tier '{tier.name}': {err}") from None
         return policies
+
+    def build_admissions(self, ctx: PolicyContext, row_bytes: int) -> list[tuple]:
+        """One fresh admission filter per cache tier (`engramtier.cache.admission`), sized by its capacity
+        and hashing rows by their global ids (``ctx.global_ids()``), for `Engine`."""
+        filters = []
+        for tier, rows in zip(self.caches, self.capacities(ctx.n_table_rows, row_bytes), strict=True):
+            try:
+                filters.append(build_admission(tier.admission, rows, ctx.global_ids() if tier.admission else None))
+            except EngramTierError as err:
+                raise EngramTierError(f"{self._at()}tier '{tier.name}': {err}") from None
+        return filters
 
     def _at(self) -> str:
         """The prefix naming the file a refusal against the table comes from (none when built in code)."""
@@ -305,7 +357,7 @@ class Hierarchy:
                 warm = str(Path(search[0]) / warm)
             try:
                 spec = TierSpec(t["name"], t.get("capacity"), t.get("policy"), t.get("params", {}), model,
-                                t.get("storage", {}), warm, t.get("on_late", "wait"))
+                                t.get("storage", {}), warm, t.get("on_late", "wait"), t.get("admission"))
             except EngramTierError as err:
                 raise EngramTierError(f"{where}: {err}") from None
             if spec.policy is not None and i < len(tiers) - 1:  # the store's policy is refused below

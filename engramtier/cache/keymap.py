@@ -31,6 +31,10 @@ from numba import njit
 
 from engramtier.cache.prefetch import prefetch
 
+# A compiled policy's state begins with its key map and each node's key (`engramtier.cache.policy`'s
+# `holds_key` and `held_keys` read them by these names; `policies/_lists.py` names the rest).
+INDEX, KEY_OF = 0, 1
+
 FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads consecutive row ids evenly
 EMPTY = -1
 LOAD = 2  # table entries per node, at least
@@ -152,3 +156,4 @@ def home_entry(index, key):
 def prefetch_home(index, key):
     """Start loading the entry a lookup of ``key`` reads first (`engramtier.cache.prefetch`)."""
     prefetch(index, home_entry(index, key))
+

@@ -21,10 +21,20 @@ decides most of the error, and the adjustment removes most of it).
 
 `sweep` replays any registered policy once per size, the sizes on parallel threads (the compiled
 drivers release the GIL).
+
+Miniature simulation (Waldspurger et al., ATC'17) estimates any policy's curve, offline and
+plain-Python ones included: the requests whose *global row id* hashes (splitmix64 with a salt, as
+SHARDS) below ``R * 2**32`` form a spatially sampled trace of about ``R`` of the rows and requests, and
+a cache of ``S`` rows is emulated by the policy itself at ``max(1, round(R * S))`` rows over that
+sample; its miss ratio estimates the full one. Hashing the row id (not a trace's dense key) samples the
+same rows whichever trace numbering holds them. Each salt (`mini_mrc`'s seeds) draws another sample, so
+the spread over salts shows the estimate's sampling error. A size the policy refuses at its scaled
+size (W-TinyLFU needs 100 rows, S-FIFO's small queue a row) is not estimated and is reported so.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
@@ -34,12 +44,14 @@ from numba import njit, uint64
 from tqdm import tqdm
 
 from engramtier.cache.nextuse import heap_delete, heap_push
-from engramtier.cache.policy import PolicyContext, make_policy, replay
+from engramtier.cache.policy import PolicyContext, check_policy, make_policy, replay
 from engramtier.errors import EngramTierError
-from engramtier.trace.rowindex import popcount
+from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.rowindex import dense_keys, popcount
 from engramtier.trace.tracefile import trace_chunks
 
 HASH_RANGE = 1 << 32  # sampling compares the top 32 bits of a key's 64-bit hash with the threshold
+KEYS, NOW, THRESHOLD = range(3)  # a pass's state array: keys marked (or tracked), requests seen, sampling threshold
 
 
 @dataclass(frozen=True)
@@ -186,7 +198,7 @@ def _depth_pass(ids, bits, tree, last, state, hist):
     """Add to ``hist[d]`` the requests of stack depth ``d`` (``d < hist.size``) among ``ids``, which
     continue the stream whose (marked keys, time) are ``state``."""
     max_depth = hist.size - 1
-    n_marked, now = state[0], state[1]
+    n_marked, now = state[KEYS], state[NOW]
     for t in range(ids.size):
         key = ids[t]
         _publish(bits, tree, now)
@@ -201,7 +213,7 @@ def _depth_pass(ids, bits, tree, last, state, hist):
         bits[now >> 6] |= uint64(1) << uint64(now & 63)
         last[key] = now
         now += 1
-    state[0], state[1] = n_marked, now
+    state[KEYS], state[NOW] = n_marked, now
 
 
 @njit(nogil=True, cache=True)
@@ -210,7 +222,7 @@ def _shards_size_pass(ids, hashes, bits, tree, last, where, heap_key, heap_hash,
     (``ceil(1 + (d - 1) / R)``, capped at ``hist.size - 1``) and total weight (first requests
     included); ``state`` is (tracked keys, time, threshold), tracking at most ``s_max`` keys."""
     cap = hist.size - 1
-    n_tracked, now, threshold = state[0], state[1], state[2]
+    n_tracked, now, threshold = state[KEYS], state[NOW], state[THRESHOLD]
     for t in range(ids.size):
         key = ids[t]
         h = hashes[t]
@@ -238,7 +250,7 @@ def _shards_size_pass(ids, hashes, bits, tree, last, where, heap_key, heap_hash,
             _unmark(bits, tree, last[gone], now - 1)
             last[gone] = -1
             n_tracked -= 1
-    state[0], state[1], state[2] = n_tracked, now, threshold
+    state[KEYS], state[NOW], state[THRESHOLD] = n_tracked, now, threshold
 
 
 # ------------------------------------------------------------------------------------------- front end
@@ -277,10 +289,10 @@ class _Marks:
         n_words = (max(n_times, 1) >> 6) + 1
         self.bits, self.tree = np.zeros(n_words, np.uint64), np.zeros(n_words + 1, np.int64)
         self.last = np.full(max(n_ids, 1), -1, np.int64)
-        self.state = np.zeros(3, np.int64)  # (marked or tracked keys, time, threshold)
+        self.state = np.zeros(3, np.int64)  # KEYS, NOW, THRESHOLD
 
     def reserve(self, more_times: int, more_ids: int, n_ids: int) -> None:
-        now = int(self.state[1])
+        now = int(self.state[NOW])
         if (now + more_times) >> 6 >= self.bits.size:
             words = max(2 * self.bits.size, ((now + more_times) >> 6) + 1)
             self.bits = np.concatenate([self.bits, np.zeros(words - self.bits.size, np.uint64)])
@@ -387,7 +399,7 @@ def shards_mrc(
     sampler = _Sampler(threshold, seed)
     expected = threshold / HASH_RANGE * stream.n_requests
     marks = _Marks(int(1.2 * expected) + 64, int(min(stream.n_keys, 1.2 * expected)) + 64)
-    marks.state[2] = threshold
+    marks.state[THRESHOLD] = threshold
     r = threshold / HASH_RANGE
     if s_max is None:
         depth_limits = 1 + np.floor((sizes - 1) * r).astype(np.int64)  # 1 + (d - 1) / R <= size
@@ -407,9 +419,9 @@ def shards_mrc(
                     where = np.concatenate([where, np.full(marks.last.size - where.size, -1, np.int32)])
                 _shards_size_pass(ids, hashes, marks.bits, marks.tree, marks.last, where, heap_key, heap_hash,
                                   marks.state, hist, total, int(s_max))
-                sampler.threshold = int(marks.state[2])  # later chunks need sample no more than this
+                sampler.threshold = int(marks.state[THRESHOLD])  # later chunks need sample no more than this
             bar.update(chunk.size)
-    n_sampled = int(marks.state[1])
+    n_sampled = int(marks.state[NOW])
     if n_sampled == 0:
         raise EngramTierError(
             f"SHARDS: rate {rate} sampled no request of the {stream.n_requests}; raise the rate or use a longer trace"
@@ -422,14 +434,20 @@ def shards_mrc(
         # SHARDS_adj again: the weights of the sampled requests estimate the trace length
         n = stream.n_requests
         hit_ratio = np.clip((np.cumsum(hist)[sizes] + n - total[0]) / n, 0.0, 1.0)
-        method = f"shards(s_max={int(s_max)}, R={marks.state[2] / HASH_RANGE:.6g})"
+        method = f"shards(s_max={int(s_max)}, R={marks.state[THRESHOLD] / HASH_RANGE:.6g})"
     return MissRatioCurve.from_miss_ratios(sizes, 1.0 - hit_ratio, stream.n_requests, method)
 
 
+def compile_replay(policy: str, capacity: int, ctx: PolicyContext, **params: Any) -> None:
+    """Compile the replay of this policy type and fill ``ctx``'s derived arrays, once, before threads share
+    them (and before anything is timed): one replay of one request."""
+    replay(make_policy(policy, capacity, ctx, **params), ctx.keys[:1] if ctx.keys is not None else np.zeros(1, np.int64))
+
+
 def sweep(
-    keys: np.ndarray, policy: str, sizes: Any, ctx: PolicyContext, workers: int = 1, **params: Any
+    keys: np.ndarray, policy: str, sizes: Any, ctx: PolicyContext, workers: int | None = None, **params: Any
 ) -> MissRatioCurve:
-    """Hits of ``policy`` at each size, one replay per size, ``workers`` sizes at a time.
+    """Hits of ``policy`` at each size, one replay per size, ``workers`` sizes at a time (default: every core).
 
     Offline policies read the trace from ``ctx.keys``, which must be ``keys``. Results do not depend
     on ``workers``: every replay owns its policy and shares only read-only context arrays.
@@ -440,6 +458,7 @@ def sweep(
         bad = keys.min() if keys.min() < 0 else keys.max()
         raise EngramTierError(f"sweep: trace key {bad} lies outside the table's rows [0, {ctx.n_keys}); "
                               "pass the table's row count as PolicyContext(n_keys=...)")
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if int(workers) != workers or workers < 1:
         raise EngramTierError(f"sweep: workers must be a positive number of threads, got {workers}")
     if ctx.keys is not None and not np.array_equal(ctx.keys, keys):
@@ -451,8 +470,135 @@ def sweep(
     def hits_at(size: int) -> int:
         return replay(make_policy(policy, int(size), ctx, **params), keys)
 
-    # Compile the driver for this policy type and fill ctx's derived arrays once, before threads share them.
-    replay(make_policy(policy, int(sizes[0]), ctx, **params), keys[:1])
+    compile_replay(policy, int(sizes[0]), ctx, **params)
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
         hits = np.fromiter(pool.map(hits_at, sizes), dtype=np.int64, count=sizes.size)
     return MissRatioCurve.from_hits(sizes, hits, keys.size, f"replay:{policy}")
+
+
+# ---------------------------------------------------------------------------------- miniature simulation
+
+
+@njit(nogil=True, cache=True)
+def _hashed_below(rows, threshold, seed, out):
+    """Positions of ``rows`` whose hash under ``seed`` lies below ``threshold``; returns how many."""
+    n = 0
+    for t in range(rows.size):
+        if _hash32(rows[t], seed) < threshold:
+            out[n] = t
+            n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class SampledTrace:
+    """The requests of a trace whose rows hash below ``rate``: ``keys`` numbered by first request, each
+    key's global row id (``row_ids``), and the trace's steps (``step_starts``, empty steps kept)."""
+
+    keys: np.ndarray
+    row_ids: np.ndarray
+    step_starts: np.ndarray
+    rate: float
+
+
+def spatial_samples(trace, rate: float, seeds: int = 1) -> list[SampledTrace]:
+    """The spatially hashed samples of ``trace`` (a `RowTrace` or a `TraceReader`, streamed chunk by
+    chunk, once for all salts) at ``rate``, one per salt ``0..seeds-1``: every request of a sampled row,
+    none of another."""
+    if int(seeds) != seeds or seeds < 1:
+        raise EngramTierError(f"miniature simulation: seeds must be a positive number of hash salts, got {seeds}")
+    threshold = _threshold(rate)
+    row_ids = trace.row_ids()
+    picked = [[] for _ in range(int(seeds))]
+    steps = [[np.zeros(1, np.int64)] for _ in range(int(seeds))]
+    for chunk in trace_chunks(trace, dense=True):
+        rows, positions = row_ids[chunk.rows], np.empty(chunk.rows.size, np.int64)
+        for seed in range(int(seeds)):
+            n = _hashed_below(rows, threshold, seed, positions)
+            picked[seed].append(chunk.rows[positions[:n]])
+            steps[seed].append(np.searchsorted(positions[:n], chunk.step_starts[1:]) + steps[seed][-1][-1])
+    samples = []
+    for seed in range(int(seeds)):
+        if sum(p.size for p in picked[seed]) == 0:
+            raise EngramTierError(f"miniature simulation: rate {rate:g} (salt {seed}) sampled no row of the trace's "
+                                  f"{trace.n_distinct}; raise the rate")
+        keys, dense = dense_keys(np.concatenate(picked[seed]))
+        samples.append(SampledTrace(keys, row_ids[dense], np.concatenate(steps[seed]), threshold / HASH_RANGE))
+    return samples
+
+
+def sample_context(sample: SampledTrace, trace) -> PolicyContext:
+    """The context a policy replaying ``sample`` of ``trace`` is built with: the sample's keys, steps and
+    row ids, the trace's table and sub-table layout."""
+    return PolicyContext(n_keys=sample.row_ids.size, keys=sample.keys, step_starts=sample.step_starts,
+                         n_table_rows=trace.n_table_rows, row_ids=sample.row_ids,
+                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "miniature simulation"))
+
+
+@dataclass(frozen=True)
+class MiniCurves:
+    """A policy's miss ratios estimated by miniature simulation: ``miss_ratios[i, j]`` for salt ``i`` at
+    ``sizes[j]`` (NaN where the policy refused ``scaled[j]`` rows), over ``sampled`` requests per salt."""
+
+    policy: str
+    rate: float
+    sizes: np.ndarray
+    scaled: np.ndarray
+    miss_ratios: np.ndarray
+    sampled: np.ndarray
+
+    @property
+    def estimated(self) -> np.ndarray:
+        """Which sizes have an estimate."""
+        return ~np.isnan(self.miss_ratios).any(axis=0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.miss_ratios.mean(axis=0)
+
+    @property
+    def spread(self) -> np.ndarray:
+        """Per size, the largest minus the smallest estimate over the salts."""
+        return self.miss_ratios.max(axis=0) - self.miss_ratios.min(axis=0)
+
+    def errors(self, exact: np.ndarray) -> np.ndarray:
+        """Per salt, the mean absolute error against the ``exact`` miss ratios over the estimated sizes."""
+        keep = self.estimated
+        return np.abs(self.miss_ratios[:, keep] - exact[keep]).mean(axis=1)
+
+
+def mini_sizes(sizes: Any, rate: float) -> np.ndarray:
+    """The miniature cache emulating each of ``sizes`` at sampling ``rate``: ``max(1, round(rate * size))`` rows."""
+    return np.maximum(1, np.rint(_checked_sizes(sizes) * (_threshold(rate) / HASH_RANGE))).astype(np.int64)
+
+
+def mini_mrc(trace, samples: list[SampledTrace], policy: str, sizes: Any, workers: int | None = None,
+             **params: Any) -> MiniCurves:
+    """Miniature simulation of ``policy`` (with ``params``) at ``sizes`` rows, over each of ``samples``
+    of ``trace`` (`spatial_samples`), the miniature caches of each replayed on ``workers`` threads (`sweep`)."""
+    sizes = _checked_sizes(sizes)
+    rate = samples[0].rate
+    scaled = mini_sizes(sizes, rate)
+    check_policy(policy)
+    miss_ratios, sampled = np.full((len(samples), sizes.size), np.nan), np.zeros(len(samples), np.int64)
+    for i, sample in enumerate(samples):
+        ctx = sample_context(sample, trace)
+        make_policy(policy, int(scaled.max()), ctx, **params)  # a bad name or parameter is refused, not skipped
+        accepted = np.array([c for c in np.unique(scaled) if _builds(policy, int(c), ctx, params)], np.int64)
+        sampled[i] = sample.keys.size
+        if accepted.size == 0:
+            continue
+        curve = sweep(sample.keys, policy, accepted, ctx, workers=workers, **params)
+        at = np.searchsorted(accepted, scaled).clip(max=accepted.size - 1)
+        found = accepted[at] == scaled
+        miss_ratios[i, found] = curve.miss_ratios[at[found]]
+    return MiniCurves(policy, rate, sizes, scaled, miss_ratios, sampled)
+
+
+def _builds(policy: str, capacity: int, ctx: PolicyContext, params: dict) -> bool:
+    """Whether ``policy`` accepts a cache of ``capacity`` rows (a miniature one may be refused as too small)."""
+    try:
+        make_policy(policy, capacity, ctx, **params)
+    except EngramTierError:
+        return False
+    return True

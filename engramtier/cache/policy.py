@@ -267,8 +267,8 @@ def key_space(policy: Any) -> int | None:
 
 @njit(inline="always")
 def prefetch_key(state, key):
-    """Start loading the entry of the state's key map (its first array) that a lookup of ``key`` reads first."""
-    keymap.prefetch_home(state[0], key)
+    """Start loading the entry of the state's key map (`INDEX`) that a lookup of ``key`` reads first."""
+    keymap.prefetch_home(state[keymap.INDEX], key)
 
 
 def inline_ops(policy: Any) -> tuple | None:
@@ -281,7 +281,7 @@ def inline_ops(policy: Any) -> tuple | None:
 def holds_key(state, key):
     """`contains` of the policies whose state begins with a key map (`engramtier.cache.keymap`) to their
     nodes or heap entries and each one's key: held exactly when the key has a node."""
-    return keymap.find(state[0], state[1], key) >= 0
+    return keymap.find(state[keymap.INDEX], state[keymap.KEY_OF], key) >= 0
 
 
 @njit(inline="always")
@@ -371,10 +371,10 @@ def _held_among(policy, candidates, out):
 
 def held_keys(policy: Any, n_keys: int) -> np.ndarray:
     """The keys ``policy`` holds, ascending. A `compiled_policy` is asked only about the keys its nodes
-    have held (its state's second array), so the scan follows its capacity, not ``n_keys``; any other
+    have held (its state's `KEY_OF` array), so the scan follows its capacity, not ``n_keys``; any other
     policy is asked about every key."""
     ops = inline_ops(policy)
-    candidates = policy.state[1] if ops is not None else np.arange(n_keys, dtype=np.int64)
+    candidates = policy.state[keymap.KEY_OF] if ops is not None else np.arange(n_keys, dtype=np.int64)
     out = np.empty(candidates.size, np.int64)
     n = (_held_among if is_compiled(policy) else _held_among.py_func)(policy, candidates, out)
     return np.unique(out[:n])

@@ -39,12 +39,12 @@ from tqdm import tqdm
 
 from engramtier.cache.deadline import late_rows
 from engramtier.cache.engine import Engine, tier_report
-from engramtier.trace.lookups import unique_per_step
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.warm import warm_rows
 from engramtier.errors import EngramTierError
 from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.lookups import unique_per_step
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceReader, trace_chunks
 
@@ -79,7 +79,7 @@ class SimResult:
         stats = [{**t, "bytes_read": t["served_bytes"]} for t in tier_report(self.tier_totals, self.config["row_bytes"])]
         if self.dropped is None:
             return stats
-        return [{**t, "dropped": int(d)} for t, d in zip(stats, self.dropped.sum(axis=1).tolist())]
+        return [{**t, "dropped": int(d)} for t, d in zip(stats, self.dropped.sum(axis=1).tolist(), strict=True)]
 
     def deadline_summary(self) -> dict[str, Any]:
         """What dropping late rows did: rows dropped (and their fraction of the lookups), the stall of
@@ -121,7 +121,7 @@ class SimResult:
             "steps": n,
             "lookups": lookups,
             "served_share": {t["name"]: int(s) / max(lookups, 1)
-                             for t, s in zip(self.tier_totals, self.served[:, :n].sum(axis=1))},
+                             for t, s in zip(self.tier_totals, self.served[:, :n].sum(axis=1), strict=True)},
             "stall_seconds": stall,
             "stall_fraction": stall / seconds if seconds > 0 else 0.0,
         }
@@ -139,9 +139,9 @@ class SimResult:
                 "fetch_s": self.step_fetch_s.tolist(),
                 "stall_s": self.stall_s.tolist(),
                 "step_s": self.step_s.tolist(),
-                "served": dict(zip(names, self.served.tolist())),
-                "tier_fetch_s": dict(zip(names, self.fetch_s.tolist())),
-                **({"dropped": dict(zip(names, self.dropped.tolist()))} if self.dropped is not None else {}),
+                "served": dict(zip(names, self.served.tolist(), strict=True)),
+                "tier_fetch_s": dict(zip(names, self.fetch_s.tolist(), strict=True)),
+                **({"dropped": dict(zip(names, self.dropped.tolist(), strict=True))} if self.dropped is not None else {}),
             },
         }
 
@@ -162,6 +162,12 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     n_steps, row_bytes = trace.n_steps, trace.row_bytes
     window = _per_step(compute_window_s, n_steps, "compute_window_s")
     compute = window if step_compute_s is None else _per_step(step_compute_s, n_steps, "step_compute_s")
+    longer = np.flatnonzero(window > compute)
+    if longer.size:
+        i = int(longer[0])
+        raise EngramTierError(f"simulate: step {i}'s compute window ({float(window[i]):.4g} s) exceeds its compute "
+                              f"({float(compute[i]):.4g} s): the window is the part of a step's compute before the "
+                              "Engram layer; give a window no longer than the compute")
     rows_per_token = _rows_per_token(trace.meta)
     capacities = hierarchy.capacities(trace.n_table_rows, row_bytes)
     warm = warm_rows(hierarchy, capacities, trace.n_table_rows)
@@ -175,7 +181,8 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
     ctx = PolicyContext(n_keys=n_keys, n_table_rows=trace.n_table_rows,
                         layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "simulate"),
                         load_trace=lambda: (trace.dense_keys(), trace.step_starts), load_row_ids=load_row_ids)
-    engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys)
+    engine = Engine(hierarchy.build_policies(ctx, row_bytes), hierarchy.mode, n_keys,
+                    hierarchy.build_admissions(ctx, row_bytes))
     held = engine.warm(warm)
 
     requests = np.diff(trace.step_starts)
@@ -200,8 +207,8 @@ def simulate(trace: RowTrace | TraceReader, hierarchy: Hierarchy, *, compute_win
         fetch, step_fetch, stall = _charge(hierarchy, served - dropped, row_bytes, window, overlap)
     facts = [{"name": tier.name, "policy": tier.policy, "capacity_rows": rows, "model": tier.model.name,
               "warm_rows": warm_held} for tier, rows, warm_held in zip(hierarchy.tiers, [*capacities, trace.n_table_rows],
-                                                                        [*held, 0])]
-    tier_totals = [{**f, **counts} for f, counts in zip(facts, engine.tier_counts())]
+                                                                        [*held, 0], strict=True)]
+    tier_totals = [{**f, **counts} for f, counts in zip(facts, engine.tier_counts(), strict=True)]
     config = {
         "hierarchy": hierarchy.to_dict(),
         "overlap": overlap,
@@ -247,7 +254,7 @@ def _lookup_chunks(trace: RowTrace | TraceReader, n_keys: int, chunk_requests: i
     for chunk in _read_ahead(trace_chunks(trace, dense=True)):
         starts = chunk.step_starts
         bounds = _chunk_bounds(starts, chunk_requests)
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             lo, hi = int(starts[a]), int(starts[b])
             keys_buf, ts_buf, step_unique = buffers.reserve(hi - lo, b - a + 1)
             n = unique_per_step(chunk.rows[lo:hi], starts[a : b + 1] - lo, chunk.first_row + lo, stamp,

@@ -108,7 +108,7 @@ def default_tier_models() -> dict[str, TierModel]:
         "dram": TierModel("dram", latency_s=100e-9, bandwidth_Bps=50e9, parallelism=64),
         # CXL Type-3 memory expander read like DRAM, then over the same PCIe link. Latency: local DRAM
         # + 170 ns (CXL memory measures 2-5x local latency on three real expanders, Liu et al., "Exploring
-        # and Evaluating Real-world CXL", arXiv 2405.14209; DESIGN.md's range is +100-250 ns). Bandwidth: one
+        # and Evaluating Real-world CXL", arXiv 2405.14209; published Type-3 expanders span +100-250 ns). Bandwidth: one
         # PCIe 5.0 x8 module, up to 36 GB/s (Micron CZ120 product brief, MLC 2:1 read/write; Samsung CMM-D
         # is in the same class), below the x16 link to the GPU, so the module is the bound.
         "cxl": TierModel("cxl", latency_s=270e-9, bandwidth_Bps=36e9, parallelism=64),

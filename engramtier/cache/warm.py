@@ -76,7 +76,7 @@ def warm_rows(hierarchy: Hierarchy, capacities: list[int], n_table_rows: int) ->
     profiles: dict[Any, np.ndarray] = {}
     taken = np.empty(0, np.int64)
     out: list[np.ndarray | None] = []
-    for tier, capacity in zip(hierarchy.caches, capacities):
+    for tier, capacity in zip(hierarchy.caches, capacities, strict=True):
         if tier.warm is None:
             out.append(None)
             continue

@@ -1,6 +1,6 @@
 """DeepSeek-V4.1-Flash's Engram tensors in its safetensors checkpoint: checked, then read by row ranges.
 
-Per Engram layer L (DESIGN.md, "Checkpoint tensors"; SGLang's loader reads the same names):
+Per Engram layer L (docs/design.md, "checkpoint tensors"; SGLang's loader reads the same names):
 
     layers.L.engram.embed.weight   float8_e4m3fn  [rows_L, 256]   the layer's table, row ids its own
     layers.L.engram.embed.scale    float8_e8m0fnu [rows_L, 8]     one exponent per 32 values
@@ -32,6 +32,9 @@ from engramtier.errors import EngramTierError
 from engramtier.model.backbone import stand_in_config
 from engramtier.model.hashing import HashConfig, NgramHasher
 from engramtier.model.rows import FP8_BLOCK, RowFormat
+from engramtier.model.run import write_model_files
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.outputs import write_text_atomic
 
 ROW_FORMAT = "fp8_e4m3"
 ROW_DIM = 256
@@ -88,7 +91,7 @@ class Checkpoint:
             layer = _ENGRAM_NAME.match(name)
             near = sorted(n for n in self._shards if layer and n.startswith(layer.group(0)))
             raise EngramTierError(f"checkpoint {self.path}: no tensor '{name}' ({what}); it holds {near or 'no such layer'}; "
-                                  "give a DeepSeek-V4.1 checkpoint, whose names DESIGN.md lists")
+                                  "give a DeepSeek-V4.1 checkpoint, whose names docs/design.md lists")
         piece = self._shards[name].get_slice(name)
         dtype, got = piece.get_dtype(), list(piece.get_shape())
         if dtype not in dtypes:
@@ -220,9 +223,6 @@ def import_checkpoint(checkpoint: Checkpoint, run_dir: str | Path, hash_config: 
     """Check ``checkpoint``'s Engram layers against ``hash_config`` (table rows and dense weights, before
     anything is written), write the stand-in model of their weights into ``run_dir`` (config.json,
     model.safetensors, summary.json), and return the rows for the LMDB table."""
-    from engramtier.model.tokenizer import load_compressed_tokenizer
-    from engramtier.model.train import write_model_files
-    from engramtier.outputs import write_text_atomic
 
     rows = CheckpointRows(checkpoint, NgramHasher(hash_config), preset)
     state, hidden, hc_mult, stored = engram_weights(checkpoint, hash_config)

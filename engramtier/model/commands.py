@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields
 
 from engramtier.argtypes import learning_rate, nonnegative_int, positive_int, row_dim, seed
-from engramtier.model.trainconfig import VARIANTS
+from engramtier.model.train import train
+from engramtier.model.trainconfig import VARIANTS, TrainConfig
 
 
 def register(subparsers) -> None:
@@ -63,23 +65,21 @@ def register(subparsers) -> None:
     p.add_argument("--variant", choices=VARIANTS,
                    help="the Engram layer: classic (default; engramtier's first), demo (DeepSeek's paper demo) or "
                    "dsv41 (DeepSeek-V4.1-Flash's); see the README's 'Engram layer variants'")
+    p.add_argument("--force", action="store_true", help="replace the run the --out folder holds (its files are deleted "
+                   "first); without it a folder holding another run is refused, one holding this same training is "
+                   "trained again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> None:
-    from dataclasses import fields
-
-    from engramtier.model.trainconfig import TrainConfig
-
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     given.setdefault("out", time.strftime("runs/train-%Y%m%d-%H%M%S"))
     if "engram_layers" in given:
         given["engram_layers"] = tuple(given["engram_layers"])
     cfg = TrainConfig(**given)
-    from engramtier.model.train import train  # torch, once the arguments are checked
 
-    summary = train(cfg, progress=not getattr(args, "quiet", False))
+    summary = train(cfg, progress=not getattr(args, "quiet", False), force=getattr(args, "force", False))
     params = summary["params"]
     print(f"validation loss {summary['val_loss']:.4f} after {summary['steps']} steps "
           f"({summary['train_seconds']:.0f} s; {params['dense']:,} dense + {params['table']:,} table parameters) -> {cfg.out}")

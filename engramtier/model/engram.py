@@ -4,7 +4,7 @@ At each position a layer receives the (N-1)*H rows its hashed suffix N-grams add
 one memory vector e. e is static (it depends only on the tokens), so the hidden state decides how much of
 it to admit: every hyper-connection copy c of the hidden state compares a key projected from e with
 itself, and a signed square root keeps that similarity's sigmoid gate from saturating; the gated value
-(one value for all copies) is added to the copy. The variants (DESIGN.md, "The Engram layer"):
+(one value for all copies) is added to the copy. The variants (docs/design.md, "The Engram layer and DeepSeek's checkpoint"):
 
     dsv41    DeepSeek-V4.1-Flash as the public serving stacks run it: one projection ``wkv`` (keys per
              copy, then the shared value), gate weights q_weight * k_weight, no norms of its own, no
@@ -15,7 +15,7 @@ itself, and a signed square root keeps that similarity's sigmoid gate from satur
              eps; models saved without a ``variant`` are this one, and compute what they computed
 
 A position holding the image token (``blocked``) keeps its hidden state: no gated update there, and, in
-the variants with a ShortConv, no value for its neighbours to mix in either (DESIGN.md's image rule).
+the variants with a ShortConv, no value for its neighbours to mix in either (docs/design.md's image rule).
 
 Rows arrive either as bytes in a `RowFormat` (inference: decoded here, on the compute device) or as
 float rows from `TrainableTable` (training: float32 master rows, gathered with sparse gradients).
@@ -31,6 +31,7 @@ from torch import nn
 
 from engramtier.model.rows import RowFormat
 from engramtier.model.rowsource import ReadyRows
+
 _GATE_FLOOR = 1e-6  # |score| floor under the square root: its gradient is infinite at zero
 _DEMO_CONV_EPS = 1e-5  # the demo's ShortConv RMSNorm eps (its key and query norms take the machine eps)
 

@@ -3,7 +3,7 @@
 For every Engram layer ``l``, order ``n`` in 2..N and head ``h``, the suffix n-gram ending at each
 position is mixed by XOR of token-times-odd-multiplier products (int64, wrapping) and reduced modulo a
 prime unique to (l, n, h). Each (l, n, h) owns a sub-table; a row's global id is the sub-table's offset
-plus the head index. The exact recipe is fixed by DESIGN.md because the table's contents are only
+plus the head index. The exact recipe is fixed by docs/design.md because the table's contents are only
 meaningful under the addressing they were trained with.
 
 Two implementations give identical ids: a numba kernel for the CPU (trace building, simulation) and a
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
 from engramtier.errors import EngramTierError
@@ -162,7 +163,7 @@ def _is_prime(n: int) -> bool:
 
 
 def layer_multipliers(config: HashConfig, layer_id: int) -> np.ndarray:
-    """The N odd int64 multipliers of one layer (DESIGN.md: seeded per layer)."""
+    """The N odd int64 multipliers of one layer (docs/design.md: seeded per layer)."""
     rng = np.random.default_rng(config.seed + _SEED_LAYER_STRIDE * layer_id)
     half = max(1, (_INT64_MAX // config.vocab_size) // 2)
     return rng.integers(0, half, size=config.max_ngram_size, dtype=np.int64) * 2 + 1
@@ -271,7 +272,7 @@ _hash_kernel_exact = _make_hash_kernel(False)
 
 
 class NgramHasher:
-    """Maps canonical token ids to the global row ids every Engram layer reads (DESIGN.md)."""
+    """Maps canonical token ids to the global row ids every Engram layer reads (docs/design.md)."""
 
     def __init__(self, config: HashConfig):
         self.config = config
@@ -348,7 +349,6 @@ class NgramHasher:
 
     def hash_torch(self, tokens: torch.Tensor) -> torch.Tensor:
         """The same row ids for a LongTensor [B, T] (or [T]) on any device, computed there."""
-        import torch
 
         if tokens.dtype != torch.int64:
             raise EngramTierError(f"hashing: token ids must be int64, got {tokens.dtype}")
@@ -373,8 +373,6 @@ class NgramHasher:
         return rows[0] if squeeze else rows
 
     def _torch_constants(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        import torch
-
         if device not in self._torch_consts:
             self._torch_consts[device] = tuple(
                 torch.from_numpy(a).to(device) for a in (self.multipliers, self.primes, self.offsets)
@@ -383,7 +381,7 @@ class NgramHasher:
 
 
 def _blocked_to_pad(shifted: list, config: HashConfig) -> list:
-    """The shifts (k = 0, 1, ... tokens back; numpy arrays or tensors) with DESIGN.md's image rule applied:
+    """The shifts (k = 0, 1, ... tokens back; numpy arrays or tensors) with docs/design.md's image rule applied:
     shift k holds the pad wherever shift k or a newer one holds the image token."""
     if config.image_id is None:
         return shifted
@@ -396,7 +394,7 @@ def _blocked_to_pad(shifted: list, config: HashConfig) -> list:
 
 
 def hash_reference_numpy(hasher: NgramHasher, tokens: np.ndarray) -> np.ndarray:
-    """The straightforward numpy formulation of DESIGN.md's addressing for ids shaped [B, T].
+    """The straightforward numpy formulation of docs/design.md's addressing for ids shaped [B, T].
 
     Kept as the executable specification: tests check both kernels against it and the hashing
     benchmark measures them against it. Shift by padding, XOR the products, reduce with ``%``.

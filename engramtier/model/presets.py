@@ -4,7 +4,7 @@ A preset gives defaults for the settings `engramtier trace`, `build-table`, and 
 [trace] table take (``--preset NAME``, ``preset = "NAME"``); any setting given explicitly overrides its
 preset value, so ``--preset dsv41-flash --table-size 20011`` keeps the model's shape with small tables.
 
-dsv41-flash  DeepSeek-V4.1-Flash as shipped (DESIGN.md): layers [1, 14], orders 2..4, 8 heads, 16,000,000
+dsv41-flash  DeepSeek-V4.1-Flash as shipped (docs/design.md): layers [1, 14], orders 2..4, 8 heads, 16,000,000
              rows per order, fp8_e4m3[256] + ue8m0 rows (264 B); the prime search gives the published
              per-layer row counts 384,006,168 and 384,016,682 (768,022,850 rows, about 189 GiB).
 engram-27b   the paper's Engram-27B (Cheng et al., arXiv 2601.07372, section 4 and Appendix A, Table 5):
@@ -17,7 +17,7 @@ engram-40b   layers [2, 15], N-gram orders [2, 3], 8 heads, d_mem 1280 (each of 
 
 Every preset uses DeepSeek's tokenizer (the paper's models use the DeepSeek-V3 tokenizer) with the
 Engram pad at base id 2, as DeepSeek's demo sets it, and hash seed 0. No preset names an image token
-(``image_token``, a base id that hashing blocks: DESIGN.md's image rule): give the model's own with
+(``image_token``, a base id that hashing blocks: docs/design.md's image rule): give the model's own with
 ``--image-token`` (``image_token`` in an experiment's [trace]) where its inputs hold images.
 """
 
@@ -26,7 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engramtier.errors import refuse_unknown
-from engramtier.model.tokenizer import DEEPSEEK_ENGRAM_PAD
+from engramtier.model.hashing import HashConfig
+from engramtier.model.rows import RowFormat
+from engramtier.model.tokenizer import DEEPSEEK_ENGRAM_PAD, load_compressed_tokenizer
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,6 @@ class Preset:
 
     @property
     def row_bytes(self) -> int:
-        from engramtier.model.rows import RowFormat  # torch: imported only when a preset is used
-
         return RowFormat(self.row_format, self.row_dim).row_bytes
 
     def trace_settings(self) -> dict:
@@ -80,8 +80,6 @@ def get_preset(name: str, where: str = "--preset") -> Preset:
 def preset_hash_config(preset: str, table_size: int | None = None, image_token: int | None = None):
     """The `HashConfig` of preset ``preset``, its sub-tables ``table_size`` rows when given and its image
     token the base id ``image_token`` when given (the preset's tokenizer checks it)."""
-    from engramtier.model.hashing import HashConfig
-    from engramtier.model.tokenizer import load_compressed_tokenizer
 
     shape = shape_settings(preset, {"table_size": table_size, "image_token": image_token})
     tokenizer = load_compressed_tokenizer(shape["tokenizer"], shape["engram_pad"], shape["image_token"])

@@ -1,7 +1,7 @@
 """Row formats: how one table row of D values is laid out as opaque bytes.
 
 Tiers move bytes and never look inside them; only the Engram layer decodes, on the compute device,
-right before use. Two layouts (DESIGN.md):
+right before use. Two layouts:
 
     bf16       D bfloat16 values, 2*D bytes (the paper's D = 80 gives 160 B)
     fp8_e4m3   D float8_e4m3fn values, then one ue8m0 scale byte per block of 32 values

@@ -3,7 +3,7 @@
 Engram hashes *canonical* token ids: tokens that differ only by case, accents, Unicode form or
 surrounding whitespace ("Apple", " apple", "APPLE") share one id, which shrinks the vocabulary (the
 paper reports 23% for a 128k tokenizer) and lets their N-grams share table rows. The mapping is fixed
-by DESIGN.md, id for id the `CompressedTokenizer` of DeepSeek's Engram demo (`engram_demo_v1.py`), so
+by docs/design.md, id for id the `CompressedTokenizer` of DeepSeek's Engram demo (`engram_demo_v1.py`), so
 that a table built here addresses the same rows as DeepSeek's: on DeepSeek's tokenizer 129,280 base ids
 become the 99,092 canonical ids DeepSeek-V4.1-Flash ships. The keys come from the `tokenizers`
 library's own normalizers, not Python's unicodedata: the two differ in Unicode version, in which marks
@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Regex, Tokenizer, normalizers
 
 from engramtier.errors import EngramTierError
 
@@ -40,7 +41,7 @@ def _gpt2_byte_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
 _BYTE_TO_UNICODE = _gpt2_byte_to_unicode()
@@ -54,7 +55,7 @@ class BaseTokenizer:
     end_token_id   the token that ends a text: training separates documents with it, generation stops
                    at it, replay right-pads batches with it
     engram_pad_id  the base id whose canonical id fills the positions before a sequence's start when
-                   hashing (DESIGN.md): a config value of its own, not necessarily a pad token
+                   hashing (docs/design.md): a config value of its own, not necessarily a pad token
 
     The defaults of `decode_one` and `vocab_string` derive both from `token_bytes` the way a byte-level
     BPE spells them (tiktoken encodings); a Hugging Face tokenizer asks its own library instead.
@@ -87,8 +88,6 @@ class HFTokenizer(BaseTokenizer):
     """A Hugging Face `tokenizer.json` (fast tokenizers library)."""
 
     def __init__(self, path: str | Path, name: str | None = None, engram_pad_id: int | None = None):
-        from tokenizers import Tokenizer
-
         path = Path(path)
         if not path.is_file():
             raise EngramTierError(f"tokenizer file {path} does not exist; give a tokenizer.json path or one of "
@@ -193,8 +192,7 @@ _SENTINEL = "\uE000"  # keeps a whitespace-only text as " " through Strip
 
 @lru_cache(maxsize=1)
 def _normalizer():
-    """DESIGN.md's normalizer sequence, built from the `tokenizers` normalizers as DeepSeek's demo does."""
-    from tokenizers import Regex, normalizers
+    """docs/design.md's normalizer sequence, built from the `tokenizers` normalizers as DeepSeek's demo does."""
 
     return normalizers.Sequence([
         normalizers.NFKC(), normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase(),
@@ -204,7 +202,7 @@ def _normalizer():
 
 
 def canonical_key(base: BaseTokenizer, token_id: int) -> object:
-    """The compression key of one base token (DESIGN.md): equal keys share a canonical id.
+    """The compression key of one base token (docs/design.md): equal keys share a canonical id.
 
     The key is the token's decoded text, normalized. A text holding U+FFFD was decoded from a partial
     UTF-8 sequence and says nothing about the token's bytes, so such a token keys by its vocabulary
@@ -251,7 +249,7 @@ class CompressedTokenizer:
         return other
 
     def with_image(self, image_base_id: int | None) -> "CompressedTokenizer":
-        """The same compression with an image token (base id; None: none), which hashing blocks (DESIGN.md).
+        """The same compression with an image token (base id; None: none), which hashing blocks (docs/design.md).
 
         Hashing sees canonical ids, so the image token's canonical id must be its alone: were another base
         token to share it, that token would be blocked too, and the rows would no longer be the model's.

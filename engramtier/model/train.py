@@ -1,11 +1,7 @@
 """Train a small Engram language model on real text, evaluate it on held-out documents, save the run.
 
-A run directory holds everything needed to use the model again:
+The run directory holds the saved model (`engramtier.model.run`) and the training record:
 
-    config.json        ModelConfig (shape, tokenizer, hash config)
-    model.safetensors  dense weights (everything but the Engram table)
-    table/             the Engram table as a table file, in the config's row format
-    tokenizer.json     the base tokenizer, when it is not a built-in one
     metrics.jsonl      training and validation losses as they happen
     summary.json       final numbers, configuration and machine
 
@@ -21,26 +17,26 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from engramtier.documents import text_documents
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import DSV41_NORM_EPS, EngramLM, ModelConfig
 from engramtier.model.hashing import HashConfig
-from engramtier.model.rowsource import FlatRowSource
-from engramtier.model.table import FlatTable, open_table, save_table
+from engramtier.model.run import LOCAL_TOKENIZER, load_tokenizer, save_run
+from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer
 from engramtier.model.trainconfig import TrainConfig
-from engramtier.model.tokenizer import BUILTIN_TOKENIZERS, CompressedTokenizer, load_base_tokenizer, load_compressed_tokenizer
-from engramtier.outputs import atomic_output, write_text_atomic
+from engramtier.outputs import write_text_atomic
 from engramtier.provenance import machine_info
-from engramtier.trace.sources import text_documents
+from engramtier.rundir import claim
 
-LOCAL_TOKENIZER = "tokenizer.json"
 BPE_PREFIX = "bpe:"
 
 
@@ -52,15 +48,6 @@ class TokenData:
     val: np.ndarray
     n_train_docs: int
     n_val_docs: int
-
-
-@dataclass
-class LoadedRun:
-    model: EngramLM
-    tokenizer: CompressedTokenizer
-    table: FlatTable | None
-    rows: FlatRowSource | None
-    summary: dict = field(default_factory=dict)
 
 
 def _is_held_out(text: str, fraction: float) -> bool:
@@ -83,7 +70,6 @@ def split_documents(texts: list[str], fraction: float) -> tuple[list[str], list[
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
     """A byte-level BPE tokenizer.json of ``vocab_size`` tokens learned from ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -94,14 +80,6 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
     return path
-
-
-def load_tokenizer(name: str, run_dir: Path | None = None) -> CompressedTokenizer:
-    """A built-in tokenizer by name (cached), or a tokenizer.json path, relative to ``run_dir`` if given."""
-    if name in BUILTIN_TOKENIZERS:
-        return load_compressed_tokenizer(name)
-    path = run_dir / name if run_dir is not None else Path(name)
-    return CompressedTokenizer(load_base_tokenizer(str(path)))
 
 
 def _prepare_tokenizer(spec: str, train_texts: list[str], run_dir: Path) -> tuple[CompressedTokenizer, str]:
@@ -219,10 +197,14 @@ def _optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optimizer
     return optimizers
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run one training and write the run directory; returns the summary."""
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(cfg: TrainConfig, progress: bool = True, force: bool = False) -> dict:
+    """Run one training and write the run directory (claimed first: `engramtier.rundir.claim`; ``force``
+    replaces another run there); returns the summary."""
+    with claim(cfg.out, "train", asdict(cfg), force):
+        return _train(cfg, Path(cfg.out), progress)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, progress: bool) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EngramTierError("train: --device cuda was asked for but CUDA is not available; use --device cpu")
@@ -288,60 +270,3 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def save_run(model: EngramLM, run_dir: Path) -> None:
-    """config.json, model.safetensors and, with Engram, the table in the config's row format. A stand-in
-    backbone's own weights are not saved: they are drawn from the seed again when it loads."""
-    stand_in = model.config.backbone == "stand-in"
-    dense = {n: t for n, t in model.state_dict().items()
-             if not n.startswith("table.") and not (stand_in and ".engram." not in n)}
-    write_model_files(run_dir, model.config, dense)
-    if model.table is not None:
-        save_table(run_dir / "table", model.table.export(model.config.format), model.config.format, model.hasher)
-
-
-def write_model_files(run_dir: Path, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
-    """config.json and model.safetensors (``weights``) of a run directory, each written atomically."""
-    from safetensors.torch import save
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.json", config.to_json() + "\n")
-    dense = {n: t.detach().cpu().contiguous() for n, t in weights.items()}
-    with atomic_output(run_dir / "model.safetensors", "model") as part:
-        part.write_bytes(save(dense))  # written by Python, so a full disk is an OSError naming the file
-
-
-def load_model(run_dir: str | Path, device: str = "cpu", verify: bool = False) -> LoadedRun:
-    """Rebuild a saved model for inference and open its flat table (refused if built for other hashing).
-    A stand-in model may have none (an imported checkpoint's table is only the LMDB one): ``rows`` None."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    for name in ("config.json", "model.safetensors"):
-        if not (run_dir / name).is_file():
-            raise EngramTierError(f"run {run_dir}: {name} is missing; give a directory written by 'engramtier train'")
-    config = ModelConfig.from_json((run_dir / "config.json").read_text(encoding="utf-8"))
-    tokenizer = load_tokenizer(config.tokenizer, run_dir)
-    model = EngramLM(config, tokenizer.lookup if config.engram else None, trainable_table=False)
-    stand_in = config.backbone == "stand-in"
-    try:
-        missing, unexpected = model.load_state_dict(load_file(str(run_dir / "model.safetensors")), strict=not stand_in)
-    except RuntimeError as err:
-        raise EngramTierError(f"run {run_dir}: model.safetensors does not fit config.json ({str(err).splitlines()[0]})") from None
-    missing = [n for n in missing if ".engram." in n]  # a stand-in's own weights are drawn, not saved
-    if missing or unexpected:
-        raise EngramTierError(f"run {run_dir}: model.safetensors does not fit config.json (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); rewrite the run")
-    model.to(device).eval()
-    table = rows = None
-    if config.engram is not None and not (stand_in and not (run_dir / "table").exists()):
-        table = open_table(run_dir / "table", expect_fingerprint=config.engram.fingerprint,
-                           expect_subtable_sizes=model.hasher.subtable_sizes, verify=verify)
-        if table.row_format != config.format:
-            raise EngramTierError(f"run {run_dir}: the table holds {table.row_format.kind}[{table.row_format.dim}] rows, "
-                                  f"the model reads {config.row_format}[{config.row_dim}]; rebuild the table")
-        rows = FlatRowSource(table.tensor().to(device), device)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    return LoadedRun(model, tokenizer, table, rows, summary)

@@ -16,8 +16,7 @@ slots            its slot planning: which slots a step's admissions and eviction
 staging          its staging buffers and the one host-to-device copy
 records          what each step asked for, what served it and what it cost
 open             the composition root: building a hierarchy's tiers and the `TieredTable` over them
-replay, generate the model over a tiered table, compared with the flat one (or its Engram layers
-                 alone), and generating text
-commands         `engramtier build-table | generate` and the serving options (`replay` is an
-                 experiment: `engramtier.analysis.commands`)
+commands         `engramtier build-table`
+
+The applications that run a model over a tiered table (replay, generate) are `engramtier.serve`.
 """

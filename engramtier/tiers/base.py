@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from engramtier.cache.timing import tier_model
 from engramtier.errors import EngramTierError
 
 
 def default_model(name: str) -> Any:
     """The published-figure `TierModel` called ``name`` (hbm, dram, cxl, nvme, remote)."""
-    from engramtier.cache.timing import tier_model
 
     return tier_model(name)
 
@@ -82,7 +82,7 @@ class Tier(ABC):
         """Facts of its own a tier adds to the runtime's per-tier report (`TieredTable.tier_stats`)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a default, not abstract: a tier holding nothing need not override it)
         """Release what the tier holds; the base has nothing to release."""
 
     def __enter__(self) -> "Tier":

@@ -17,7 +17,7 @@ import torch
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import default_model
 from engramtier.tiers.gpu import resolve_device
-from engramtier.tiers.slab import SlabTier, copy_rows
+from engramtier.tiers.slab import SlabTier, copy_rows, host_slab
 from engramtier.tiers.uva import device_view, gather_rows, require_cuda
 
 GATHERS = ("copy", "uva")  # how rows reach the device: CPU gather + copy, or a GPU gather over UVA
@@ -58,7 +58,9 @@ class DramTier(SlabTier):
         return self.slab
 
     def _allocate_slab(self) -> np.ndarray:
-        return torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, pin_memory=self.pin).numpy()
+        if self.pin:  # page-locked for DMA to the GPU
+            return torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, pin_memory=True).numpy()
+        return host_slab(self.capacity_rows, self.row_bytes)
 
     def _gather(self, slots: np.ndarray, out: Any) -> None:
         if self._slab_on_device is not None and isinstance(out, torch.Tensor) and out.device.type == "cuda":

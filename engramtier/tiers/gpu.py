@@ -15,7 +15,7 @@ import torch
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import default_model
-from engramtier.tiers.slab import SlabTier, copy_rows
+from engramtier.tiers.slab import SlabTier, copy_rows, host_slab
 
 
 def resolve_device(device: Any, where: str) -> torch.device:
@@ -48,7 +48,8 @@ class GpuTier(SlabTier):
         self.emulated = self.device.type != "cuda"
         self.parallel_min_rows = int(parallel_min_rows)
         super().__init__(n_table_rows, capacity_rows, row_bytes, model or default_model("hbm"))
-        self.slab = torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, device=self.device)
+        self.slab = torch.from_numpy(host_slab(self.capacity_rows, self.row_bytes)) if self.emulated else \
+            torch.empty((self.capacity_rows, self.row_bytes), dtype=torch.uint8, device=self.device)
         self.reads_into_device = self.slab_on_device = not self.emulated
 
     def direct_rows(self) -> np.ndarray | None:

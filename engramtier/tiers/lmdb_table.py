@@ -35,12 +35,28 @@ from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
 from engramtier.memory import check_memory
+from engramtier.model.rows import RowFormat
+from engramtier.model.table import MANIFEST_FILE, open_table
 from engramtier.tiers.nvme import (
-    COUNT, DATA_FILE, LAYOUT_CHUNK, TABLE_FORMAT, layout_chunk_keys, open_environment, permutation_dtype,
+    COUNT,
+    DATA_FILE,
+    LAYOUT_CHUNK,
+    TABLE_FORMAT,
+    layout_chunk_keys,
+    open_environment,
+    permutation_dtype,
 )
 from engramtier.tiers.pages import (
-    PAGE_HEADER, PAGE_KEY, ROW_SUM_BYTES, Compression, Layout, encode_page, row_checksums,
+    PAGE_HEADER,
+    PAGE_KEY,
+    ROW_SUM_BYTES,
+    Compression,
+    Layout,
+    encode_page,
+    row_checksums,
 )
+from engramtier.trace.stats import row_counts
+from engramtier.trace.tracefile import TraceReader
 
 # An LMDB value larger than a page lives in whole 4 KiB overflow pages after a 16-byte page header;
 # sizing pages to fit that exactly keeps a "16 KiB" page in 16 KiB of disk instead of 20.
@@ -53,8 +69,6 @@ class FlatTableRows:
     """Rows of a flat table directory (`engramtier.model.table`), memory-mapped."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from engramtier.model.table import MANIFEST_FILE, open_table
-
         self.table = open_table(path)
         self.n_rows, self.row_bytes = self.table.n_rows, self.table.row_bytes
         self.manifest = json.loads((self.table.path / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -90,8 +104,6 @@ class RandomRows:
     (`for_hasher`: a table of a model's shape, which that model's hash config opens)."""
 
     def __init__(self, n_rows: int, row_format: str, dim: int, seed: int) -> None:
-        from engramtier.model.rows import RowFormat
-
         if n_rows < 1:
             raise EngramTierError(f"random table: --rows must be positive, got {n_rows}")
         self.format = RowFormat(row_format, dim)
@@ -129,8 +141,6 @@ def load_profile(path: str | os.PathLike, n_rows: int) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix != ".npy":
-        from engramtier.trace.stats import row_counts
-        from engramtier.trace.tracefile import TraceReader
 
         with TraceReader(path) as trace:
             if trace.n_table_rows != n_rows:

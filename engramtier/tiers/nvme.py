@@ -45,6 +45,7 @@ import numpy as np
 import zstandard
 
 from engramtier.errors import EngramTierError
+from engramtier.model.table import check_manifest
 from engramtier.tiers.base import Tier, default_model
 from engramtier.tiers.pages import PAGE_KEY, Layout, read_rows, rows_offset
 
@@ -225,7 +226,7 @@ class NvmeTier(Tier):
         if self._pool is None or pages.size < 4 * self.readers:
             return [work(pages)]
         bounds = np.linspace(0, pages.size, self.readers + 1).astype(np.int64)
-        return list(self._pool.map(work, [pages[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
+        return list(self._pool.map(work, [pages[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]))
 
     def _lookup(self, pages: np.ndarray) -> Any:
         """Yield (page, rows on it, stored value) for ``pages``, recording where each value lives.
@@ -354,7 +355,6 @@ def _check_meta(where: str, layout: Layout, done: int, summary: dict, manifest: 
     if ok and manifest.get("hash_config") is None:  # random rows: one sub-table, no addressing
         ok = manifest.get("fingerprint") is None and manifest.get("subtable_sizes") == [layout.n_rows]
     elif ok:  # a table for a model: the model's modules are loaded by whoever opens it
-        from engramtier.model.table import check_manifest
 
         check_manifest(manifest, f"{where}: the manifest")
     if not ok:

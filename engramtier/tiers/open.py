@@ -2,7 +2,7 @@
 
 This is the composition root: the only place that knows the concrete tiers. It builds the backing
 store (the local LMDB table, or a remote store behind its failover rule), the cache tiers (gpu, dram
-or cxl slabs, chosen by tier name or model name), and hands them to `TieredTable`
+or cxl slabs, as each tier's `storage` says), and hands them to `TieredTable`
 (`engramtier.tiers.tiered`), which knows them only by their interface. Where a trained run's LMDB
 copy lives is decided here too.
 """
@@ -16,19 +16,22 @@ from typing import Any, Mapping
 import torch
 
 from engramtier.cache.hierarchy import Hierarchy, TierSpec
+from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.tiers.base import Tier
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import GATHERS, DramTier
 from engramtier.tiers.gpu import GpuTier
+from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.remote import FailoverStore, open_remote, split_rule
 from engramtier.tiers.slab import SlabTier
 from engramtier.tiers.step import PARALLEL_MIN_ROWS
 from engramtier.tiers.tiered import TieredTable
+from engramtier.trace.layout import SubtableLayout
 
-# A cache tier's storage, by its name or its model's name (a TOML hierarchy says `model = "hbm"`).
-STORAGE = {"gpu": GpuTier, "hbm": GpuTier, "dram": DramTier, "cxl": CxlTier}
+# The slab behind each of a cache tier's `storage` names (`engramtier.cache.hierarchy.CACHE_STORAGE`).
+STORAGE = {"gpu": GpuTier, "dram": DramTier, "cxl": CxlTier}
 
 DEFAULT_TOP_FRACTION, DEFAULT_MIDDLE_FRACTION = 1 / 64, 1 / 8
 LMDB_TABLE = "table.lmdb"  # the LMDB copy of a run's flat table, built next to it when asked for
@@ -50,7 +53,6 @@ def default_hierarchy(n_rows: int) -> Hierarchy:
 def lmdb_table_for(run_dir: str | os.PathLike, progress: bool = False) -> str:
     """The LMDB copy of a run's flat table (``RUN/table.lmdb``), built on first use (resumable); a run
     without a flat table (an imported checkpoint's) has only the LMDB one, which opening checks."""
-    from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 
     path = Path(run_dir) / LMDB_TABLE
     if not (Path(run_dir) / "table").exists() and path.is_dir():
@@ -97,14 +99,14 @@ def open_store(spec: TierSpec, table_path: str | os.PathLike | None, *, fingerpr
 
 def cache_tier(spec: TierSpec, n_rows: int, capacity: int, row_bytes: int, device: torch.device,
                dram_gather: str, first: bool) -> SlabTier:
-    """The cache tier ``spec`` names, of ``capacity`` rows: storage by tier name or model name; a gpu
-    tier lives on ``device`` (emulated in host memory on a CPU) and must be the ``first`` tier there."""
-    kind = STORAGE.get(spec.name) or STORAGE.get(spec.model.name)
-    if kind is None:
+    """The cache tier ``spec`` names, of ``capacity`` rows, in the storage it says; a gpu tier lives on
+    ``device`` (emulated in host memory on a CPU) and must be the ``first`` tier there."""
+    if spec.cache_storage is None:
         raise EngramTierError(
-            f"tiered table: cannot tell where cache tier '{spec.name}' lives; name it (or its model) one of "
-            f"{', '.join(STORAGE)}"
+            f"tiered table: cannot tell where cache tier '{spec.name}' lives (its model '{spec.model.name}' names no "
+            f"storage); give it storage = one of {', '.join(repr(s) for s in STORAGE)}"
         )
+    kind = STORAGE[spec.cache_storage]
     options: dict[str, Any] = {"model": spec.model, "parallel_min_rows": PARALLEL_MIN_ROWS}
     if kind is GpuTier and not first and device.type == "cuda":
         raise EngramTierError(f"tier '{spec.name}': a gpu tier must be the first (fastest) tier of the hierarchy")
@@ -177,6 +179,7 @@ def open_for_model(model: Any, table_path: str | os.PathLike | None, hierarchy: 
                 f"{model.hasher.n_rows} rows of {model.config.format.row_bytes} B; rebuild it from the model's table"
             )
         return tiered_table(hierarchy, store, device=device, layers_per_step=len(config.layer_ids),
+                            ctx=PolicyContext(n_keys=store.n_table_rows, layout=SubtableLayout.of_hasher(model.hasher)),
                             record_trace=record_trace, compute_window_s=compute_window_s)
     except BaseException:
         store.close()

@@ -12,8 +12,34 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engramtier.trace.rowtrace import RowTrace
 from engramtier.errors import EngramTierError
+from engramtier.trace.rowtrace import RowTrace
+
+BYTES_READ_NOTE = ("bytes read is what each tier actually read, served bytes its hits x row bytes; they differ "
+                   "because a row is read from the fastest tier holding it when its step starts (which can be "
+                   "above the tier the policies say served it), and rows demoted into a tier are read to be "
+                   "copied down")
+
+
+def distribution(values) -> dict:
+    """Mean and percentiles of per-step seconds: medians and spreads resist the outlier steps (a page
+    fault, a scheduler hiccup) that a mean or a total lets dominate a short run."""
+    v = np.asarray(values, np.float64)
+    p10, p50, p90, p99 = np.percentile(v, [10, 50, 90, 99])
+    return {"mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def served_above_store(records: list[dict]) -> float:
+    """The share of these `TieredTable.step_records`' unique rows that a cache tier served (the store
+    is the last tier); 0 for steps without rows."""
+    unique = sum(r["unique"] for r in records)
+    store = sum(list(r["served"].values())[-1] for r in records)
+    return 1 - store / unique if unique else 0.0
+
+
+def sized_tiers(tiers: list[dict], row_bytes: int) -> list[dict]:
+    """`TieredTable.tier_stats` with each tier's size in bytes beside its size in rows."""
+    return [{**t, "capacity_bytes": t["capacity_rows"] * row_bytes} for t in tiers]
 
 
 @dataclass(slots=True)

@@ -72,6 +72,13 @@ _copy_rows_parallel = njit(nogil=True, parallel=True, cache=True)(_copy_rows)
 _NO_INDEX = np.empty(0, np.int64)
 
 
+def host_slab(rows: int, row_bytes: int) -> np.ndarray:
+    """An untouched host slab of ``rows`` rows. numpy asks the kernel for transparent huge pages on large
+    arrays (torch's allocator does not), and rows are read at random, so 2 MiB pages spare a TLB miss
+    on nearly every row read."""
+    return np.empty((rows, row_bytes), np.uint8)
+
+
 def words(rows: np.ndarray) -> np.ndarray:
     """C-contiguous uint8 rows ``[n, row_bytes]`` viewed as the widest unsigned words that divide a row
     (264-byte fp8 rows are 33 uint64): a row copy then moves a few words, not hundreds of bytes."""

@@ -47,10 +47,10 @@ import torch
 from numba import njit, prange
 
 from engramtier.cache import keymap
-from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
 from engramtier.cache.deadline import late_keys, late_rows
 from engramtier.cache.engine import Engine
 from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier
 from engramtier.tiers.slab import SlabTier, words
@@ -120,38 +120,42 @@ def mark_rows(index, needed, rows, flags):
         flags[index[keymap.entry(index, needed, rows[i])]] = True
 
 
-@njit(nogil=True, cache=True)
-def resolve(index, needed, m, tier_indexes, tier_id_ofs, arrivals, direct, src, slot, stage_pos, order, bounds,
-            reads):
-    """Where each of the ``m`` needed rows is read from, and the step's staging layout.
-
-    Source: the fastest cache tier whose slot map (``tier_indexes[t]`` over ``tier_id_ofs[t]``) holds
-    the row now, else the store (source ``len(direct) - 1``); ``slot[j]`` its slot there. ``reads[g]``
-    counts the rows read from each source.
-
-    Staging rows by group: group ``g`` < ``len(direct)`` holds the rows read from source ``g`` when it
-    is not direct (tiers, then the store), the last group the rows of direct sources that arrive in
-    some tier (``arrivals[t]``: the rows tier ``t`` takes in; they are copied out of their slab before
-    the apply); other rows of direct sources are not staged (``stage_pos`` -1). ``order[p]`` is the
-    needed row at staging row ``p``, ``bounds`` the groups' starts, then the total."""
-    store = direct.size - 1
-    n_groups = direct.size + 1
-    for g in range(n_groups + 1):
-        bounds[g] = 0
-    for g in range(direct.size):
-        reads[g] = 0
-    for j in range(m):
-        if j + PREFETCH_AHEAD < m:
-            for t in range(len(tier_indexes)):
-                keymap.prefetch_home(tier_indexes[t], needed[j + PREFETCH_AHEAD])
+def _find_sources(needed, m, tier_indexes, tier_id_ofs, store, src, slot):
+    """Each needed row's source: the fastest cache tier whose slot map (``tier_indexes[t]`` over
+    ``tier_id_ofs[t]``) holds it now, ``slot[j]`` its slot there; else the ``store``. Rows are
+    independent, so large steps share them among threads."""
+    for j in prange(m):
+        if j + PREFETCH_AHEAD < m:  # the fastest tier holds most rows: only its entries are worth prefetching
+            keymap.prefetch_home(tier_indexes[0], needed[j + PREFETCH_AHEAD])
         src[j] = store
-        stage_pos[j] = 0  # 1: arrives in some tier
         for t in range(len(tier_indexes)):
             s = keymap.find(tier_indexes[t], tier_id_ofs[t], needed[j])
             if s >= 0:
                 src[j] = t
                 slot[j] = s
                 break
+
+
+find_sources_serial = njit(nogil=True, cache=True)(_find_sources)
+find_sources_parallel = njit(nogil=True, cache=True, parallel=True)(_find_sources)
+
+
+@njit(nogil=True, cache=True)
+def layout(index, needed, m, arrivals, direct, src, stage_pos, order, bounds, reads):
+    """The step's staging layout, and ``reads[g]``: the rows read from each source.
+
+    Staging rows by group: group ``g`` < ``len(direct)`` holds the rows read from source ``g`` when it
+    is not direct (tiers, then the store), the last group the rows of direct sources that arrive in
+    some tier (``arrivals[t]``: the rows tier ``t`` takes in; they are copied out of their slab before
+    the apply); other rows of direct sources are not staged (``stage_pos`` -1). ``order[p]`` is the
+    needed row at staging row ``p``, ``bounds`` the groups' starts, then the total."""
+    n_groups = direct.size + 1
+    for g in range(n_groups + 1):
+        bounds[g] = 0
+    for g in range(direct.size):
+        reads[g] = 0
+    for j in range(m):
+        stage_pos[j] = 0  # 1: arrives in some tier
         reads[src[j]] += 1
     for t in range(len(arrivals)):
         rows = arrivals[t]
@@ -263,6 +267,7 @@ class StepPipeline:
         self.word, self.width = words(empty).dtype, words(empty).shape[1]  # rows are `width` words
         self._staging_words = (None, None)  # (the host staging array, its flat word view)
         self.direct = np.array([v is not None for v in views] + [False], np.bool_)  # the store is read through read()
+        self._direct_tiers = [v is not None for v in views]
         self.store_source = len(self.caches)
         nobody = (keymap.hashed_index(1), np.full(1, -1, np.int64))  # stands in for the tiers of a cacheless table
         self._tier_indexes = tuple(t.index for t in self.caches) or (nobody[0],)
@@ -342,8 +347,10 @@ class StepPipeline:
                 arrivals = tuple(p.arrive_rows for p in self.plans)
                 if plan.arrive_rows.size:  # rows demoted into a tier from outside the step are needed too
                     m = int(add_rows(plan.arrive_rows, self._map, needed, m, entries))
-        resolve(self._map, needed, m, self._tier_indexes, self._tier_id_ofs, arrivals, self.direct, self._src,
-                self._slot, self._stage_pos, self._order, self._bounds, self._reads)
+        find = find_sources_parallel if m >= PARALLEL_MIN_ROWS else find_sources_serial
+        find(needed, m, self._tier_indexes, self._tier_id_ofs, self.store_source, self._src, self._slot)
+        layout(self._map, needed, m, arrivals, self.direct, self._src, self._stage_pos, self._order, self._bounds,
+               self._reads)
         self.n, self.u, self.m, self.speculative = n, u, m, speculative
         return served
 
@@ -395,7 +402,7 @@ class StepPipeline:
         on_device = 0
         for t, tier in enumerate(self.caches):
             lo, hi = bounds[t], bounds[t + 1]
-            if self.direct[t]:
+            if self._direct_tiers[t]:
                 if reads[t]:
                     tier.count_direct_reads(reads[t])
             elif hi > lo:
@@ -424,9 +431,7 @@ class StepPipeline:
         return self._staging_words[1]
 
     def _late_flags(self) -> np.ndarray:
-        """Per needed row, whether a tier drops it (empty when no tier drops rows)."""
-        if self.late_rows is None:
-            return self._late[:0]
+        """Per needed row, whether a tier drops it."""
         late = self._late[: self.m]
         late[:] = False
         if self.late_keys.size:
@@ -435,7 +440,8 @@ class StepPipeline:
 
     def _deliver(self, staging: np.ndarray) -> torch.Tensor:
         """The step's rows in request order, a fresh tensor on the compute device (late rows zeros)."""
-        n, late = self.n, self._late_flags()
+        n = self.n
+        late = self._late[:0] if self.late_rows is None else self._late_flags()
         if self.fetch_stream is None:
             out = np.empty(n * self.width, self.word)
             kernel = deliver_parallel if n >= PARALLEL_MIN_ROWS else deliver_serial

@@ -154,8 +154,9 @@ class TieredTable:
         if [tier.capacity_rows for tier in self.caches] != self.capacities:
             raise EngramTierError(f"tiered table: the cache tiers hold {[t.capacity_rows for t in self.caches]} rows, "
                                   f"the hierarchy says {self.capacities}; build them with engramtier.tiers.open")
-        policies = self.hierarchy.build_policies(dataclasses.replace(ctx, hashed=True), self.row_bytes)
-        self.engine = Engine(policies, self.hierarchy.mode, self.n_rows)
+        ctx = dataclasses.replace(ctx, hashed=True)
+        self.engine = Engine(self.hierarchy.build_policies(ctx, self.row_bytes), self.hierarchy.mode, self.n_rows,
+                             self.hierarchy.build_admissions(ctx, self.row_bytes))
         self._warm_held = self.engine.warm(warm_rows(self.hierarchy, self.capacities, self.n_rows))
         if stable_rows and not self.cuda:
             raise EngramTierError("tiered table: stable_rows keeps a step's rows in device buffers for CUDA graphs; "
@@ -244,7 +245,7 @@ class TieredTable:
         else on the worker (see the module docstring); a demand step's ``rows`` get its result."""
         if ids.dtype is not torch.int64 or ids.is_cuda or ids.requires_grad:
             ids = ids.detach().to("cpu", torch.int64)
-        host_ids = ids.reshape(-1).numpy()
+        host_ids = ids.numpy().reshape(-1)
         pipeline = self._pipeline
         pipeline.check(host_ids)
         if pipeline.stable_rows and rows is not None:  # the consumer has queued all it does with earlier rows
@@ -253,7 +254,9 @@ class TieredTable:
             pipeline.release(released)
         record.requests, record.submitted = host_ids.size, time.perf_counter()
         self._log.start(record, host_ids)
-        if rows is not None and (self._queued is None or self._queued.done()):
+        if self._queued is not None and self._queued.done():
+            self._queued = None  # asked once: a done future's lock is not free
+        if rows is not None and self._queued is None:
             try:
                 self._note_decision(record, pipeline.decide(host_ids, False))
                 if not pipeline.reads_store:

@@ -25,13 +25,16 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
 from engramtier.memory import check_memory
 from engramtier.model.hashing import NgramHasher
+from engramtier.trace.layout import SubtableLayout
 from engramtier.trace.rowindex import BITMAP_MAX_ROWS
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import TokenSource
+from engramtier.trace.tracefile import TraceWriter
 
 MODES = ("prefill", "decode")
 BLOCK_TOKENS = 1 << 18  # tokens hashed per call
@@ -105,10 +108,7 @@ class TraceBuilder:
             "plan": asdict(self.plan),
             "tokens_per_step": self.plan.tokens_per_step,
             "rows_per_token": self.rows_per_token,
-            "layer_ids": list(cfg.layer_ids),
-            "n_heads": cfg.n_heads,
-            "max_ngram": cfg.max_ngram_size,
-            "subtable_sizes": self.hasher.subtable_sizes.tolist(),
+            **SubtableLayout.of_hasher(self.hasher).to_meta(),
             "hash_config": cfg.to_dict(),
             "fingerprint": cfg.fingerprint,
             "preset": self.preset,
@@ -287,9 +287,7 @@ def write_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, path, 
                 chunk_rows: int = 1 << 20, progress: bool = False, preset: str | None = None) -> dict:
     """Build the trace straight into a trace file, holding only one block in memory; returns a summary
     with the token, step and row counts and the seconds spent in each stage."""
-    from tqdm import tqdm
 
-    from engramtier.trace.tracefile import TraceWriter
 
     builder = TraceBuilder(source, hasher, plan, preset=preset)
     check_memory(f"building the trace {path}", build_memory(source, plan, builder.rows_per_token, hasher.n_rows,

@@ -8,6 +8,14 @@ import sys
 
 from engramtier.argtypes import int_list, nonnegative_int, positive_float, positive_int, row_bytes, seed
 from engramtier.errors import EngramTierError
+from engramtier.model.hashing import uniform_shape_problems
+from engramtier.model.presets import SHAPE_KEYS, shape_settings
+from engramtier.outputs import atomic_output, check_output_file
+from engramtier.trace.build import StepPlan, hasher_for, write_trace
+from engramtier.trace.export import export_trace
+from engramtier.trace.sources import TextSource, ZipfSource
+from engramtier.trace.stats import trace_stats
+from engramtier.trace.tracefile import TraceReader
 
 TRACE_EXAMPLES = """examples:
   engramtier trace engramtier/data/sample_text -o docs.trace
@@ -81,7 +89,7 @@ def register(subparsers) -> None:
                    "tokenizer's, 2 for deepseek)")
     p.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
                    help="base token id of the model's image token: it and every n-gram reaching across it hash as "
-                   "the pad (DESIGN.md's image rule; default: none)")
+                   "the pad (docs/design.md's image rule; default: none)")
     p.add_argument("--chunk-rows", type=positive_int, default=1 << 20, help="row ids per file chunk (default 1048576)")
     p.add_argument("--synthetic-zipf", type=positive_float, metavar="ALPHA", help="draw token ids from Zipf(ALPHA) instead of text")
     p.add_argument("--vocab", type=positive_int, default=100_000, help="synthetic vocabulary size (default 100000)")
@@ -112,13 +120,7 @@ def register(subparsers) -> None:
 
 
 def run_trace(args) -> None:
-    from engramtier.model.hashing import uniform_shape_problems
-    from engramtier.model.presets import SHAPE_KEYS, shape_settings
-    from engramtier.outputs import check_output_file
-    from engramtier.trace.build import StepPlan, hasher_for, write_trace
-    from engramtier.trace.sources import TextSource, ZipfSource
-
-    check_output_file(args.output, "-o")
+    check_output_file(args.output, "-o", inputs=[s for s in args.sources if s != "-"])
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
     problems = uniform_shape_problems(shape["table_size"], shape["max_ngram"], shape["layers"], shape["heads"])
     if problems:
@@ -141,16 +143,12 @@ def run_trace(args) -> None:
 
 
 def run_stats(args) -> None:
-    from engramtier.outputs import atomic_output, check_output_file
-    from engramtier.trace.stats import trace_stats
-    from engramtier.trace.tracefile import TraceReader
-
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", inputs=[args.trace])
     with TraceReader(args.trace) as reader:
         stats = trace_stats(reader).stats_dict()
     if args.json:
-        with atomic_output(args.json, "--json") as part, open(part, "w", encoding="utf-8") as f:
+        with atomic_output(args.json, "--json", inputs=[args.trace]) as part, open(part, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
     alpha = stats["zipf_alpha"]
     lines = [
@@ -175,10 +173,8 @@ def run_stats(args) -> None:
 
 
 def run_export(args) -> None:
-    from engramtier.outputs import atomic_output
-    from engramtier.trace.export import export_trace
-    from engramtier.trace.tracefile import TraceReader
-
-    with TraceReader(args.trace) as reader, atomic_output(args.output, "-o") as part:
+    # the oracle format places its records out of order (it seeks): only CSV streams into a device or FIFO
+    with TraceReader(args.trace) as reader, \
+            atomic_output(args.output, "-o", inputs=[args.trace], stream_ok=args.format == "csv") as part:
         n = export_trace(reader, part, args.format, args.stream, args.object_size)
     print(f"{args.output}: {n} records ({args.format}, {args.stream})")

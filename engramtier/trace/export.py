@@ -25,8 +25,8 @@ from typing import Iterator
 import numpy as np
 from numba import njit
 
-from engramtier.trace.lookups import unique_per_step
 from engramtier.errors import EngramTierError
+from engramtier.trace.lookups import unique_per_step
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.tracefile import TraceChunk, TraceReader, trace_chunks
 

@@ -54,6 +54,12 @@ class SubtableLayout:
             )
         return cls(sizes, layers, n_heads, max_ngram)
 
+    @classmethod
+    def of_hasher(cls, hasher) -> "SubtableLayout":
+        """The layout of the table an `engramtier.model.hashing.NgramHasher` addresses."""
+        config = hasher.config
+        return cls(hasher.subtable_sizes, config.layer_ids, config.n_heads, config.max_ngram_size)
+
     def to_meta(self) -> dict:
         return {"subtable_sizes": self.sizes.tolist(), "layer_ids": list(self.layer_ids), "n_heads": self.n_heads,
                 "max_ngram": self.max_ngram}

@@ -208,8 +208,8 @@ def trace_stats(trace: RowTrace | TraceReader, window_steps: tuple[int, ...] = W
     reuse_hist = np.zeros(_REUSE_BUCKETS, np.int64)
     windows = np.array([w for w in window_steps if w <= trace.n_steps] or [trace.n_steps], np.int64)
     n_windows = (trace.n_steps + windows - 1) // windows
-    unique = {int(w): np.zeros(m, np.int64) for w, m in zip(windows, n_windows)}
-    requests = {int(w): np.zeros(m, np.int64) for w, m in zip(windows, n_windows)}
+    unique = {int(w): np.zeros(m, np.int64) for w, m in zip(windows, n_windows, strict=True)}
+    requests = {int(w): np.zeros(m, np.int64) for w, m in zip(windows, n_windows, strict=True)}
     for chunk in trace_chunks(trace, dense=True):
         if chunk.step_counts.size == 0:
             continue

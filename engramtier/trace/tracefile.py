@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,6 +45,7 @@ import zstandard
 from numba import njit
 
 from engramtier.errors import EngramTierError
+from engramtier.outputs import check_output_file, is_special, replace_with, temporary_beside
 from engramtier.trace.rowindex import FirstSeen, RowIndex
 from engramtier.trace.rowtrace import RowTrace
 
@@ -159,9 +161,10 @@ class TraceWriter:
     """Appends steps to a trace file, holding at most about ``chunk_rows`` rows in memory (plus the set
     of distinct rows: a bit per table row, see `RowIndex`).
 
-    Chunks of global row ids go to ``PATH.part.raw`` as they fill; `close` renumbers them to dense
-    keys into ``PATH.part`` and renames that to ``PATH``, so a crash or an exception never leaves a
-    half-written file under the real name.
+    Chunks of global row ids go to a scratch file as they fill; `close` renumbers them to dense keys
+    into a temporary file beside ``PATH`` and renames that over it (`engramtier.outputs`: unique
+    names, a link's target replaced, a device such as /dev/null written in place), so a crash or an
+    exception never leaves a half-written file under the real name.
     """
 
     def __init__(self, path, n_table_rows: int, row_bytes: int, meta: dict | None = None,
@@ -184,15 +187,15 @@ class TraceWriter:
         self._encoded = np.empty(0, np.uint8)  # reused for each frame's payload before compression
         self._n_buffered = 0
         self._counts: list[np.ndarray] = []
-        self._part = self.path.with_name(self.path.name + ".part")
-        self._raw_path = self.path.with_name(self.path.name + ".part.raw")
-        self._file = None
-        self._raw = self._open(self._raw_path)
-
-    def _open(self, path: Path):
+        self._final = check_output_file(self.path, "trace file")
+        in_place = is_special(self._final)  # a device or FIFO: written as a stream, its folder not ours
+        self._part = None if in_place else temporary_beside(self._final)
+        self._file = self._raw = self._raw_path = None
         try:
-            return open(path, "w+b")
+            self._raw_path = temporary_beside(self._final, ".raw", Path(tempfile.gettempdir()) if in_place else None)
+            self._raw = open(self._raw_path, "w+b")
         except OSError as err:
+            self.abandon()
             raise EngramTierError(f"cannot write trace file {self.path}: {err.strerror}; choose a writable path") from None
 
     def _failed(self, err: OSError) -> EngramTierError:
@@ -263,20 +266,21 @@ class TraceWriter:
             self._finish()
         except OSError as err:
             raise self._failed(err) from None
-        os.replace(self._part, self.path)
+        if self._part is not None:
+            replace_with(self._part, self._final)
 
     def _finish(self) -> None:
         """Renumber the raw chunks to dense keys and write the file under ``PATH.part``."""
         sorted_row_ids = self._row_index.finish()
         first_seen = FirstSeen(sorted_row_ids.size)
         key_width = _width_for(max(sorted_row_ids.size, 1))
-        self._file = open(self._part, "wb")
+        self._file = open(self._final if self._part is None else self._part, "wb")
         self._write(_HEAD.pack(MAGIC, VERSION, len(self._header), zlib.crc32(self._header)) + self._header)
         decompressor = zstandard.ZstdDecompressor()
         index, keys = [], np.empty(0, np.int64)
         first_step = first_row = 0
         self._raw.seek(0)
-        for offset, length in self._raw_frames:
+        for _offset, length in self._raw_frames:
             counts, rows = _decode_frame(self._raw.read(length), decompressor, self.n_steps, self.n_rows)
             if keys.size < rows.size:
                 keys = np.empty(rows.size, np.int64)
@@ -306,12 +310,13 @@ class TraceWriter:
         self._file.close()
 
     def abandon(self) -> None:
-        """Drop the partial files."""
+        """Drop the partial files (never a special file written in place)."""
         for f in (self._raw, self._file):
             if f is not None:
                 f.close()
-        self._raw_path.unlink(missing_ok=True)
-        self._part.unlink(missing_ok=True)
+        for path in (self._raw_path, self._part):
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def __enter__(self) -> "TraceWriter":
         return self

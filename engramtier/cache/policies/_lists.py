@@ -28,15 +28,18 @@ from numba import njit, types
 
 from engramtier.cache import keymap
 
-INDEX, KEY_OF, PRV, NXT, ST = range(5)  # the state tuple's first arrays, shared by every list policy
+INDEX, KEY_OF = keymap.INDEX, keymap.KEY_OF
+PRV, NXT, ST = 2, 3, 4  # the state tuple's first arrays, shared by every list policy
 
 
 POOL_SLACK = 2
 
 
 def bounded_pool(nodes: int, n_keys: int) -> int:
-    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring)."""
-    return min(int(nodes), int(n_keys) + POOL_SLACK)
+    """Nodes to allocate for a pool of ``nodes`` over ``n_keys`` keys (see the module docstring); at least
+    two, because numba types the field views of a one-record pool as contiguous arrays, another type than
+    every other pool's, whose policy and drivers it would compile again (a one-row miniature cache)."""
+    return max(2, min(int(nodes), int(n_keys) + POOL_SLACK))
 
 
 def free_chain(pool: int) -> np.ndarray:

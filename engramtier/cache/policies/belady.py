@@ -26,7 +26,14 @@ import numpy as np
 from numba import njit, types
 
 from engramtier.cache.nextuse import (
-    heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
+    heap_delete,
+    heap_push,
+    heap_replace_top,
+    heap_set,
+    next_request_after,
+    next_use,
+    occurrences,
+    trace_keys,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 

@@ -10,8 +10,20 @@ rotation of the head, so a lap costs no link updates.
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (NODE_BYTES, NODE_KEYS, NODE_LINKS, NXT, PRV, ST, link_key, node_of,
-                                              push_head, tail, take_node, unlink_key)
+from engramtier.cache.policies._lists import (
+    NODE_BYTES,
+    NODE_KEYS,
+    NODE_LINKS,
+    NXT,
+    PRV,
+    ST,
+    link_key,
+    node_of,
+    push_head,
+    tail,
+    take_node,
+    unlink_key,
+)
 from engramtier.cache.policies.lru import CAPACITY, FREE, HEAD, SIZE, SLOT_FIELDS, occupancy, remove, ring_state
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError

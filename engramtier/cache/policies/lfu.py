@@ -15,8 +15,21 @@ that count is not present, or, for a slot alone in its bucket, by relabelling th
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (NXT, PRV, ST, bounded_pool, free_chain, give_node, key_index, link_key,
-                                              node_of, push_head, take_node, unlink, unlink_key)
+from engramtier.cache.policies._lists import (
+    NXT,
+    PRV,
+    ST,
+    bounded_pool,
+    free_chain,
+    give_node,
+    key_index,
+    link_key,
+    node_of,
+    push_head,
+    take_node,
+    unlink,
+    unlink_key,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 SIZE, CAPACITY, FREE, LOWEST, FREE_BUCKET = range(5)  # indices into st; LOWEST: bucket with the fewest uses

@@ -25,7 +25,14 @@ from numba import int32, int64
 from numba.experimental import jitclass
 
 from engramtier.cache.nextuse import (
-    heap_delete, heap_push, heap_replace_top, heap_set, next_request_after, next_use, occurrences, trace_keys,
+    heap_delete,
+    heap_push,
+    heap_replace_top,
+    heap_set,
+    next_request_after,
+    next_use,
+    occurrences,
+    trace_keys,
 )
 from engramtier.cache.policy import PolicyContext, check_key, register
 from engramtier.errors import EngramTierError

@@ -13,9 +13,25 @@ share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (NODE_KEYS, NODE_LINKS, NXT, PRV, ST, bounded_pool, give_node,
-                                              key_index, link_key, move_to_head, node_of, node_records, push_head,
-                                              tail, take_node, unlink, unlink_key)
+from engramtier.cache.policies._lists import (
+    NODE_KEYS,
+    NODE_LINKS,
+    NXT,
+    PRV,
+    ST,
+    bounded_pool,
+    give_node,
+    key_index,
+    link_key,
+    move_to_head,
+    node_of,
+    node_records,
+    push_head,
+    tail,
+    take_node,
+    unlink,
+    unlink_key,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 HEAD, SIZE, CAPACITY, FREE = range(4)  # indices into st

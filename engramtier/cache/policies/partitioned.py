@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from engramtier.cache.mrc import lru_mrc
 from engramtier.cache.policy import PolicyContext, check_policy, make_policy, register
 from engramtier.errors import EngramTierError
 from engramtier.trace.layout import SubtableLayout
@@ -122,13 +123,16 @@ def fixed_rows(shares: dict, capacity: int, orders: range) -> dict[int, int]:
         out[order] = share
     if sum(out.values()) > 1 + 1e-9:
         raise EngramTierError(f"policy 'partitioned': shares add up to {sum(out.values()):g}, more than the whole capacity (1)")
+    starved = [o for o, share in out.items() if share > 0 and int(share * capacity) == 0]
+    if starved:
+        raise EngramTierError(f"policy 'partitioned': order {starved[0]}'s share {out[starved[0]]:g} of {capacity} rows "
+                              "rounds to 0 rows; give it a larger share or the tier more rows")
     return {o: int(out[o] * capacity) for o in sorted(out)}
 
 
 def order_hit_curves(ctx: PolicyContext, order_of_key: np.ndarray, orders: range) -> dict[int, np.ndarray]:
     """Per order, hits at 0, 1, 2, ... rows (up to its distinct rows): exact LRU over the context's trace,
     else a static cache of its most requested rows under the profile."""
-    from engramtier.cache.mrc import lru_mrc  # mrc imports the policy registry, which imports this module
 
     keys = ctx.trace_keys()
     curves = {}
@@ -199,6 +203,9 @@ def build(capacity: int, ctx: PolicyContext, inner: str = "lru", shares: Any = "
             f"{{2 = 0.3, 3 = 0.7}}, got {shares!r}"
         )
     rows = {o: r for o, r in rows.items() if r > 0}
+    if not rows:
+        raise EngramTierError(f"policy 'partitioned': no order gets a row of the tier's {capacity}; give the tier more "
+                              "rows or larger shares")
     part_of_order = np.full(max(orders) + 1, -1, np.int8)
     parts = []
     for i, (o, r) in enumerate(rows.items()):

@@ -21,8 +21,25 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache.policies._lists import (
-    EXTRA, KEY_OF, LENGTH, LIST_OF, NODE_BYTES, PRV, SCALARS, ST, capacity_for, drop, holds, insert, lists_state,
-    lists_state_type, move, node_of, remove_held, share, tail,
+    EXTRA,
+    KEY_OF,
+    LENGTH,
+    LIST_OF,
+    NODE_BYTES,
+    PRV,
+    SCALARS,
+    ST,
+    capacity_for,
+    drop,
+    holds,
+    insert,
+    lists_state,
+    lists_state_type,
+    move,
+    node_of,
+    remove_held,
+    share,
+    tail,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.errors import EngramTierError

@@ -16,8 +16,25 @@ capacity whose Ain share rounds to zero rows admits nothing in libCacheSim, so i
 from numba import njit
 
 from engramtier.cache.policies._lists import (
-    KEY_OF, LENGTH, LIST_OF, NXT, PRV, SCALARS, ST, capacity_for, drop, holds, insert, lists_state, lists_state_type,
-    move, move_to_head, node_of, remove_held, share, tail,
+    KEY_OF,
+    LENGTH,
+    LIST_OF,
+    NXT,
+    PRV,
+    SCALARS,
+    ST,
+    capacity_for,
+    drop,
+    holds,
+    insert,
+    lists_state,
+    lists_state_type,
+    move,
+    move_to_head,
+    node_of,
+    remove_held,
+    share,
+    tail,
 )
 from engramtier.cache.policy import PolicyContext, compiled_policy, register
 from engramtier.errors import EngramTierError

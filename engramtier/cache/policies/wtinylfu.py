@@ -32,8 +32,25 @@ import math
 import numpy as np
 from numba import njit, types
 
-from engramtier.cache.policies._lists import (EXTRA, LENGTH, LIST_OF, NXT, PRV, SCALARS, ST, capacity_for, drop, insert,
-                                              lists_state, lists_state_type, move, move_to_head, node_of, share, tail)
+from engramtier.cache.policies._lists import (
+    EXTRA,
+    LENGTH,
+    LIST_OF,
+    NXT,
+    PRV,
+    SCALARS,
+    ST,
+    capacity_for,
+    drop,
+    insert,
+    lists_state,
+    lists_state_type,
+    move,
+    move_to_head,
+    node_of,
+    share,
+    tail,
+)
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 from engramtier.errors import EngramTierError
 from engramtier.xxh64 import xxh64_u64

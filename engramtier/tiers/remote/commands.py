@@ -14,7 +14,10 @@ import tomllib
 from typing import Any
 
 from engramtier.argtypes import positive_int
+from engramtier.cache.hierarchy import TierSpec, load_hierarchy
 from engramtier.errors import EngramTierError
+from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote, split_rule
 
 _EXAMPLES = """\
 examples:
@@ -94,11 +97,6 @@ def _toml(value: Any) -> str:
 
 
 def _run_remote(args: argparse.Namespace) -> None:
-    from engramtier.cache.hierarchy import TierSpec
-    from engramtier.tiers.nvme import NvmeTier
-    from engramtier.tiers.remote import calibrate_remote, open_remote, populate_remote, split_rule
-    from engramtier.cache.hierarchy import load_hierarchy
-
     if args.hierarchy:
         spec = load_hierarchy(args.hierarchy).store
         where = f"{args.hierarchy}: tier '{spec.name}' storage"

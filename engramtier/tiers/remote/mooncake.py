@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import socket
+from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -226,7 +227,7 @@ class MooncakeTier(RemoteTier):
         src = ((rows[starts] - run_blocks * br) * rb).tolist()
         size = (lengths * rb).tolist()
         keys = [self._key(f"block/{b}") for b in run_blocks[firsts].tolist()]
-        per_key = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        per_key = [slice(a, b) for a, b in pairwise(bounds)]
         self._probe("read")
         opened = self._store.batch_get_session_start(keys)
         try:
@@ -239,7 +240,7 @@ class MooncakeTier(RemoteTier):
         finally:
             self._store.batch_get_session_end(keys)
         self.round_trips += 2
-        for code, s in zip(got, per_key):
+        for code, s in zip(got, per_key, strict=True):
             self._check(code, "read")
             if code != sum(size[s]):
                 raise EngramTierError(

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from engramtier.cache.timing import calibrate
 from engramtier.errors import EngramTierError
 from engramtier.tiers.remote.base import RemoteTier
 
@@ -75,7 +76,6 @@ def calibrate_remote(tier: RemoteTier, sizes: Iterable[int] = (1, 16, 256, 4096,
     One read is one round of requests, one per block touched, sent together: hence the parallelism of
     ``block_rows`` rows per request.
     """
-    from engramtier.cache.timing import calibrate
 
     rng = np.random.default_rng(seed)
     samples = []

@@ -156,7 +156,7 @@ class RedisTier(RemoteTier):
                 taken.append((pool, pool.get_connection()))
                 taken[-1][1].send_packed_command(commands)
             return [[connection.read_response() for _ in commands]
-                    for (_, connection), (_, commands) in zip(taken, requests.values())]
+                    for (_, connection), (_, commands) in zip(taken, requests.values(), strict=True)]
         except BaseException:
             for _, connection in taken:
                 connection.disconnect()
@@ -180,7 +180,7 @@ class RedisTier(RemoteTier):
         ends = np.append(starts[1:], ids.size)
         first_block = blocks[order][starts].tolist()
         return order, [(b, slice(s, min(s + CHUNK_KEYS, end)))
-                       for b, start, end in zip(first_block, starts.tolist(), ends.tolist())
+                       for b, start, end in zip(first_block, starts.tolist(), ends.tolist(), strict=True)
                        for s in range(start, end, CHUNK_KEYS)]
 
     def read(self, ids: Any, out: Any) -> None:
@@ -201,8 +201,8 @@ class RedisTier(RemoteTier):
         with self._talking("read"):
             answers = self._exchange(commands)
         replies: list[Any] = [None] * len(requests)
-        for (_, served), answer in zip(shards.values(), answers):
-            for i, reply in zip(served, answer):
+        for (_, served), answer in zip(shards.values(), answers, strict=True):
+            for i, reply in zip(served, answer, strict=True):
                 replies[i] = reply
         self.round_trips += len(shards)
         values = [v for reply in replies for v in reply]

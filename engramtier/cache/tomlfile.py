@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 from engramtier.errors import EngramTierError
+from engramtier.trace.tracefile import MAGIC
 
 MAX_TOML_BYTES = 16 << 20  # a config file is a few KiB; anything this large is some other file
 
@@ -27,8 +28,6 @@ def read_toml(path: str | Path, expected: str) -> dict:
     except OSError as err:
         raise EngramTierError(f"{path}: cannot read it ({err.strerror}); give a readable path of {expected}") from None
     if len(raw) > MAX_TOML_BYTES or b"\0" in raw:  # no text: a trace's header holds NUL bytes too
-        from engramtier.trace.tracefile import MAGIC  # only a file that is no TOML gets here: keep the usual path light
-
         if raw.startswith(MAGIC):
             raise EngramTierError(f"{path} is a trace file, not {expected}; a trace goes after the TOML, as in "
                                   f"`engramtier simulate --hierarchy H.toml {path}`")

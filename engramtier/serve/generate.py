@@ -26,7 +26,7 @@ import torch
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM
 from engramtier.model.speculation import Speculation
-from engramtier.tiers.replay import distribution
+from engramtier.tiers.records import distribution
 
 
 def sample(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,41 +39,25 @@ import numpy as np
 import torch
 
 from engramtier.cache.simulator import simulate
+from engramtier.documents import text_documents
 from engramtier.errors import EngramTierError
-from engramtier.model.backbone import EngramLM
+from engramtier.model.backbone import EngramLM, stand_in_config
+from engramtier.model.hashing import HashConfig, NgramHasher
+from engramtier.model.presets import get_preset, preset_hash_config
+from engramtier.model.run import save_run
+from engramtier.model.tokenizer import load_compressed_tokenizer
+from engramtier.model.train import TrainConfig, build_model_config, tokenize_corpus
+from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
+from engramtier.tiers.nvme import NvmeTier
+from engramtier.tiers.open import LMDB_TABLE
+from engramtier.tiers.records import BYTES_READ_NOTE, distribution, sized_tiers
 from engramtier.trace.build import StepPlan, windows
+from engramtier.trace.layout import SubtableLayout
 
 PAD_REPLAY = "right-padded with the end-of-text token"
 WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once
 TIMING = ("untimed warm-up steps first on each path; then flat and tiered alternate step by step; tokens_per_s = "
           "tokens / total measured step time, median_tokens_per_s = tokens / (steps x median step time)")
-BYTES_READ_NOTE = ("bytes read is what each tier actually read, served bytes its hits x row bytes; they differ "
-                   "because a row is read from the fastest tier holding it when its step starts (which can be "
-                   "above the tier the policies say served it), and rows demoted into a tier are read to be "
-                   "copied down")
-
-
-def distribution(values) -> dict:
-    """Mean and percentiles of per-step seconds: medians and spreads resist the outlier steps (a page
-    fault, a scheduler hiccup) that a mean or a total lets dominate a short run."""
-    v = np.asarray(values, np.float64)
-    p10, p50, p90, p99 = np.percentile(v, [10, 50, 90, 99])
-    return {"mean": float(v.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
-
-
-def served_above_store(records: list[dict]) -> float:
-    """The share of these `TieredTable.step_records`' unique rows that a cache tier served (the store
-    is the last tier); 0 for steps without rows."""
-    unique = sum(r["unique"] for r in records)
-    store = sum(list(r["served"].values())[-1] for r in records)
-    return 1 - store / unique if unique else 0.0
-
-
-def sized_tiers(tiers: list[dict], row_bytes: int) -> list[dict]:
-    """`TieredTable.tier_stats` with each tier's size in bytes beside its size in rows."""
-    return [{**t, "capacity_bytes": t["capacity_rows"] * row_bytes} for t in tiers]
-
-
 @dataclass
 class PassResult:
     """One path's measured steps: a digest of each step's logits, seconds per step, positions run."""
@@ -99,7 +84,6 @@ def text_batches(tokenizer, text: str | Path, plan: StepPlan, max_tokens: int | 
     """Base-token batches [B, T] of ``text`` (a file or directory): windows of at most ``plan.seq_len``
     tokens, ``plan.batch`` (prefill) or ``plan.requests`` (decode) per batch, right-padded; at most
     ``max_tokens`` tokens of text in all."""
-    from engramtier.trace.sources import text_documents
 
     texts = [doc for _, doc in text_documents([text])]
     documents = (np.asarray(ids, np.int64) for ids in tokenizer.encode_base_batch(texts))
@@ -197,7 +181,7 @@ def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan:
     per step). Warm both paths up first (`warm_up`, or `warm_replay`): the steps here are all timed."""
     flat, tiered = run_interleaved(model, flat_rows, table, batches, plan)
     table.finish()
-    equal = [a == b for a, b in zip(flat.digests, tiered.digests)]
+    equal = [a == b for a, b in zip(flat.digests, tiered.digests, strict=True)]
     first_engram = min(model.config.engram.layer_ids)
     window = np.asarray(flat.step_s) * first_engram / model.config.n_layers
     summary, steps = _tiered_summary(model, table, tiered, plan, window, flat.step_s,
@@ -208,7 +192,7 @@ def replay(model: EngramLM, flat_rows, table, batches: list[torch.Tensor], plan:
         "steps": len(flat.digests), "plan": summary.pop("plan"), "timing": TIMING, "flat": flat.summary(), **summary,
     }
     records = [{**r, "flat_step_s": f, "tiered_step_s": t, "equal": e}
-               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal)]
+               for r, f, t, e in zip(steps, flat.step_s, tiered.step_s, equal, strict=True)]
     return summary, records
 
 
@@ -218,7 +202,8 @@ def _tiered_summary(model: EngramLM, table, tiered: PassResult, plan: StepPlan, 
     simulator's replay of the table's recorded trace (hit counts equal, and the modelled stall under
     ``window``); plus the table's step records without its own step times (they span other work)."""
     stats = table.stats()
-    trace = table.recorded_trace({"rows_per_token": float(model.hasher.rows_per_token)})
+    trace = table.recorded_trace({"rows_per_token": float(model.hasher.rows_per_token),
+                                  **SubtableLayout.of_hasher(model.hasher).to_meta()})
     simulated = simulate(trace, table.hierarchy, compute_window_s=window, step_compute_s=np.asarray(step_compute_s),
                          progress=False)
     sim_tiers = simulated.tier_stats()
@@ -303,9 +288,7 @@ def random_run(run_dir: str | Path, text: str | Path, *, tokenizer: str = "bpe:5
     ``shape`` takes `TrainConfig`'s model fields (d_model, n_layers, n_heads, engram_layers, table_size,
     max_ngram_size, hash_heads, row_dim, row_format); a ``bpe:N`` tokenizer is learned from ``text``.
     """
-    import json
 
-    from engramtier.model.train import TrainConfig, build_model_config, save_run, tokenize_corpus
 
     cfg = TrainConfig(text=str(text), out=str(run_dir), tokenizer=tokenizer, seed=seed, **shape)
     run_dir = Path(run_dir)
@@ -326,14 +309,6 @@ def random_stand_in_run(run_dir: str | Path, *, variant: str, d_model: int, hc_m
     directory, for `engram_only_replay`: over the LMDB ``table`` (its manifest's hash config and rows,
     which may be an imported checkpoint's or `build-table --random`'s), or else over a random table of
     DeepSeek-V4.1-Flash's shape (sub-tables of ``table_size`` rows) built into RUN/table.lmdb."""
-    from engramtier.model.backbone import stand_in_config
-    from engramtier.model.hashing import HashConfig, NgramHasher
-    from engramtier.model.presets import get_preset, preset_hash_config
-    from engramtier.model.tokenizer import load_compressed_tokenizer
-    from engramtier.model.train import save_run
-    from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
-    from engramtier.tiers.nvme import NvmeTier
-    from engramtier.tiers.open import LMDB_TABLE
 
     run_dir = Path(run_dir)
     if table is not None:
