@@ -53,15 +53,6 @@ def test_a_huge_synthetic_vocabulary_is_refused_by_the_estimate(tmp_path, capsys
     assert "lower the synthetic vocabulary (--vocab)" in refused(capsys, argv)
 
 
-def test_a_sparse_file_of_zeros_as_text_is_refused_after_its_first_chunk(tmp_path, capsys):
-    """/dev/zero's case, without the machine's /dev: a GiB of zeros, never read whole."""
-    zeros = tmp_path / "zeros.txt"
-    with open(zeros, "wb") as f:
-        f.truncate(1 << 30)
-    assert "binary file" in refused(capsys, ["trace", str(zeros), "--quiet", "-o", str(tmp_path / "a.trace")])
-    assert not (tmp_path / "a.trace").exists()
-
-
 def test_an_endless_pipe_of_text_is_refused_once_it_outgrows_memory(tmp_path, capsys, monkeypatch):
     """A FIFO that never ends (text without NULs) is read in chunks and refused past what memory can
     tokenize at once, instead of being read until the kernel kills the process."""
