@@ -1,13 +1,15 @@
 """What memory a command may take, and the one refusal when its arguments ask for more.
 
-Several commands hold memory that grows with an argument: the rows of a decode trace's pending
-requests (``--requests``), a prefill step (``--batch`` x ``--seq-len``), a trace file's chunk
-(``--chunk-rows``), a synthetic vocabulary (``--vocab``), a random table (``--rows`` x ``--dim``), a
-model's Engram table (``--table-size`` x ``--row-dim``), a miss-ratio curve's largest size. Each
-estimates what it will hold from its arguments, before allocating, and calls `check_memory`: an
-estimate that does not fit what the machine can give is one line naming the estimate, the memory
-available and what to change, instead of a process that grows until the kernel kills it (and other
-processes with it).
+Some commands hold memory that grows with their arguments or inputs rather than with the table:
+a trace build holds the tokens of a decode's pending requests (``--requests`` x ``--seq-len``) or a
+prefill step (``--batch`` x ``--seq-len``), the writer's chunk (``--chunk-rows``), the step counts
+(``--tokens``) and a synthetic vocabulary (``--vocab``), see `engramtier.trace.build.build_memory`; a
+text document is read whole before it is tokenized (`engramtier.documents.read_document`); an LMDB
+build packs a batch of pages (``--batch-pages``). Each estimates what it will hold before allocating
+and calls `check_memory`: an estimate that does not fit what the machine can give is one line naming
+the estimate, the memory available and what to change, instead of a process that grows until the
+kernel kills it (and other processes with it). Tier capacities are checked against the same reading
+(`engramtier.tiers.slab`).
 
 What the machine can give is the kernel's MemAvailable, lowered to the room left under the memory
 limit of the process's cgroup (a container's ``memory.max``), where there is one. It lives at the top
@@ -23,6 +25,7 @@ from typing import Mapping
 from engramtier.errors import EngramTierError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")  # which group this process is in, per hierarchy
 
 
 def available_host_bytes() -> int:
@@ -45,21 +48,40 @@ def available_host_bytes() -> int:
 
 def cgroup_room() -> int | None:
     """The memory left under the tightest limit of this process's cgroup and its ancestors (v2
-    ``memory.max``; v1 ``memory.limit_in_bytes`` of the mounted memory hierarchy): the limit less what is
-    charged, the reclaimable page cache not counted; None when no limit applies or none can be read."""
+    ``memory.max``; v1 ``memory.limit_in_bytes`` of the memory controller's hierarchy): the limit less what
+    is charged, the reclaimable page cache not counted; None when no limit applies or none can be read."""
     rooms = []
-    try:
-        line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
-        group = CGROUP_ROOT / line[3:].strip().lstrip("/")
-        for directory in (group, *group.parents):
-            if not directory.is_relative_to(CGROUP_ROOT):
+    for directory, files in _cgroup_directories():
+        for parent in (directory, *directory.parents):
+            if not parent.is_relative_to(CGROUP_ROOT):
                 break
-            rooms.append(_room(directory, "memory.max", "memory.current", "inactive_file"))
-    except (OSError, StopIteration):
-        pass
-    rooms.append(_room(CGROUP_ROOT / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+            rooms.append(_room(parent, *files))
     rooms = [r for r in rooms if r is not None]
     return min(rooms) if rooms else None
+
+
+V2_FILES = ("memory.max", "memory.current", "inactive_file")
+V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def _cgroup_directories() -> list[tuple[Path, tuple[str, str, str]]]:
+    """This process's cgroup directories that may hold a memory limit, from /proc/self/cgroup: the v2
+    group (``0::/path``) and the v1 memory controller's group (``N:memory:/path``), each with its files."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        controllers, group = fields[1], fields[2].strip().lstrip("/")
+        if controllers == "":
+            found.append((CGROUP_ROOT / group, V2_FILES))
+        elif "memory" in controllers.split(","):
+            found.append((CGROUP_ROOT / controllers / group, V1_FILES))
+    return found
 
 
 def _room(directory: Path, limit_file: str, used_file: str, cache_key: str) -> int | None:

@@ -218,6 +218,10 @@ CASES = [
     Case("train-lr-1e308", "train --text {text} --lr 1e308 --steps 1 --out {out}/tr", ("--lr",)),
     Case("trace-memory", f"trace - {TRACE_SHAPE} --batch 4611686018427387904 --seq-len 1000000 -o {{out}}/s.trace",
          ("would hold about", "available", "--batch"), stdin=b"a stream whose length nobody knows", outputs=("{out}/s.trace",)),
+    Case("mrc-sizes-1e30-bytes", "mrc {trace} --sizes 1000000000000000000000000000000B --out {out}/m --quiet",
+         ("--sizes", "4 EiB"), outputs=("{out}/m",)),
+    Case("build-table-map-size-1e8-tib", "build-table {out}/t --random --rows 500 --dim 16 --map-size 100000000TiB "
+         "--quiet", ("--map-size", "4 EiB"), outputs=("{out}/t",)),
     Case("remote-url-scheme", "remote populate --table {lmdb} --hierarchy {http_hierarchy}", ("Redis url",)),
     # a policy module of the user's that cannot make a policy
     Case("policy-missing-parameter", "simulate --hierarchy {needs_arg_hierarchy} {trace} --out {out}/p --quiet",

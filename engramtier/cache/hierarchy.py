@@ -32,7 +32,7 @@ from engramtier.cache.admission import build as build_admission
 from engramtier.cache.admission import parse as parse_admission
 from engramtier.cache.policy import PolicyContext, check_params, check_policy, make_policy
 from engramtier.cache.timing import TierModel, tier_model
-from engramtier.errors import EngramTierError, refuse_unknown
+from engramtier.errors import MAX_INT, EngramTierError, refuse_unknown
 from engramtier.trace.tomlfile import read_toml
 
 MODES = ("inclusive", "exclusive")
@@ -56,7 +56,8 @@ def parse_size(text: str) -> int:
     """Bytes in a size such as ``"2GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``"160000B"``.
 
     Decimal (KB = 1000 B) and binary (KiB = 1024 B) units, case-insensitive; the result must be a
-    whole number of bytes.
+    whole number of bytes, at most `MAX_INT` (4 EiB): every size then stays inside int64 wherever it goes
+    (rows of a cache, an LMDB map), instead of overflowing into a traceback several steps later.
     """
     match = _SIZE.fullmatch(text) if isinstance(text, str) else None
     scale = _UNIT_OF.get(match.group(2).lower()) if match else None
@@ -68,6 +69,8 @@ def parse_size(text: str) -> int:
     nbytes = Decimal(match.group(1)) * scale
     if nbytes != nbytes.to_integral_value():
         raise EngramTierError(f"size {text!r} is not a whole number of bytes")
+    if nbytes > MAX_INT:
+        raise EngramTierError(f"size {text!r} is more than {MAX_INT:,} bytes (4 EiB); give a smaller size")
     return int(nbytes)
 
 
