@@ -30,6 +30,8 @@ CONFIGS = {
     "twoq": (range(4, 10), {}),
     "s3fifo": (range(7, 13), {"small_ratio": 0.3, "ghost_ratio": 0.5}),
     "wtinylfu": (range(6, 13), {"window_ratio": 0.2}),  # 7 and 12 leave probation a row of slack
+    "random": (range(1, 9), {"seed": 3}),
+    "lruprob": (range(1, 9), {"prob": 0.3}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -179,6 +181,10 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("wtinylfu", 100, {"window_ratio": 1.0}, "window_ratio must lie in (0, 1)"),
     ("wtinylfu", 99, {}, "use at least 100 rows"),
     ("wtinylfu", 5, {"window_ratio": 0.2}, "a probation segment of 0; both need a row: use at least 6 rows"),
+    ("random", 10, {"seed": -1}, "params.seed must be an integer in [0, "),
+    ("lruprob", 10, {"seed": 1.5}, "params.seed must be an integer"),
+    ("lruprob", 10, {"prob": 1.5}, "params.prob must be a finite number in (0, 1]"),
+    ("lruprob", 10, {"prob": 1e-12}, "too small for libCacheSim's int threshold"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
