@@ -134,6 +134,7 @@ RANDOMISED = {
     # spared): the loop trace is measured against the uniform policy's own fixed point instead (below)
     "random": (lcs.Random, [{}], ["zipf", "uniform", "phase"]),
     "lruprob": (lcs.LRUProb, [{}, {"prob": 0.2}], list(TRACES)),
+    "hyperbolic": (lcs.Hyperbolic, [{}], list(TRACES)),
 }
 RANDOM_SIZES = [2, 13, 128, 1200]
 SEEDS = 5

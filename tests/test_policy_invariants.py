@@ -32,6 +32,7 @@ CONFIGS = {
     "wtinylfu": (range(6, 13), {"window_ratio": 0.2}),  # 7 and 12 leave probation a row of slack
     "random": (range(1, 9), {"seed": 3}),
     "lruprob": (range(1, 9), {"prob": 0.3}),
+    "hyperbolic": (range(1, 9), {"samples": 3}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -156,6 +157,18 @@ def test_lfu_ties_go_to_the_least_recently_used():
     assert policy.admit(4, 5) == 3
 
 
+def test_hyperbolic_evicts_the_fewest_requests_per_age():
+    # capacity 2: 1 enters at t=0 and hits twice (freq 3, age 4 at t=4: 0.75); 2 enters at t=1 (freq 1,
+    # age 3: 0.33); 3 evicts 2. Then 2 returns at t=5, and 3 (1/1) outscores 1 (3/5): 1 goes.
+    # 64 samples of two slots miss one with chance 2**-64.
+    policy = make_policy("hyperbolic", 2, PolicyContext(n_keys=8))
+    policy.admit(1, 0)
+    policy.admit(2, 1)
+    assert policy.lookup(1, 2) and policy.lookup(1, 3)
+    assert policy.admit(3, 4) == 2
+    assert policy.admit(2, 5) == 1
+
+
 def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     # capacity 2: 1 and 2 enter T1; a hit moves 1 to T2; 3 demotes 2, T1's LRU row (|T1| = 1 > p = 0),
     # to ghost list B1. 2 again is a miss (ghosts are not cached) that raises p by max(|B2|/|B1|, 1)
@@ -185,6 +198,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lruprob", 10, {"seed": 1.5}, "params.seed must be an integer"),
     ("lruprob", 10, {"prob": 1.5}, "params.prob must be a finite number in (0, 1]"),
     ("lruprob", 10, {"prob": 1e-12}, "too small for libCacheSim's int threshold"),
+    ("hyperbolic", 10, {"samples": 0}, "params.samples must be an integer in [1, "),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:

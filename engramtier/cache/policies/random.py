@@ -28,14 +28,25 @@ def lookup(state, key, t):
 
 
 @njit(inline="always")
+def random_slot(st):
+    """A uniform slot of a full ring (every slot holds a row); Hyperbolic samples its candidates so."""
+    return draw_below(st, DRAWS, SEED, st[CAPACITY])
+
+
+@njit(inline="always")
+def replace(state, s, key):
+    """Slot ``s`` gives up its key (returned) for ``key``."""
+    victim = unlink_key(state, s)
+    link_key(state, key, s)
+    return victim
+
+
+@njit(inline="always")
 def admit(state, key, t):
     st = state[ST]
     if st[SIZE] < st[CAPACITY]:
         return admit_at_head(state, key, t)
-    s = draw_below(st, DRAWS, SEED, st[CAPACITY])
-    victim = unlink_key(state, s)
-    link_key(state, key, s)
-    return victim
+    return replace(state, random_slot(st), key)
 
 
 RANDOM = compiled_policy("Random", STATE, lookup, admit, remove, holds_key, occupancy)
