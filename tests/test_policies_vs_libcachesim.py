@@ -46,6 +46,7 @@ POLICIES = {
     "s3fifo": (lcs.S3FIFO, {"small_ratio": "small_size_ratio", "ghost_ratio": "ghost_size_ratio",
                             "move_to_main": "move_to_main_threshold"}),
     "wtinylfu": (lcs.WTinyLFU, {"window_ratio": "window_size"}),
+    "lecar": (lcs.LeCaR, {"update_weight": "update_weight", "lru_weight": "lru_weight"}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -66,6 +67,8 @@ CASES = {
     "wtinylfu": [(6, {"window_ratio": 0.17}), (8, {"window_ratio": 0.25}), (13, {"window_ratio": 0.2}),
                  (50, {"window_ratio": 0.1})] + [(c, {}) for c in SIZES[6:]]
     + [(400, {"window_ratio": 0.3})],
+    # fixed weights of 1 or 0: LeCaR always follows LRU or LFU, no draw decides (randomised cases below)
+    "lecar": [(c, {"update_weight": False, "lru_weight": w}) for c in SIZES for w in (0.0, 1.0)],
 }
 
 
@@ -135,6 +138,7 @@ RANDOMISED = {
     "random": (lcs.Random, [{}], ["zipf", "uniform", "phase"]),
     "lruprob": (lcs.LRUProb, [{}, {"prob": 0.2}], list(TRACES)),
     "hyperbolic": (lcs.Hyperbolic, [{}], list(TRACES)),
+    "lecar": (lcs.LeCaR, [{}, {"update_weight": False, "lru_weight": 0.8}], list(TRACES)),
 }
 RANDOM_SIZES = [2, 13, 128, 1200]
 SEEDS = 5

@@ -9,11 +9,13 @@ cached. The simple policies are also replayed against list models, evictions and
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.policies import arc
+from engramtier.cache.policies import arc, lecar
 from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.errors import EngramTierError
 
@@ -33,6 +35,7 @@ CONFIGS = {
     "random": (range(1, 9), {"seed": 3}),
     "lruprob": (range(1, 9), {"prob": 0.3}),
     "hyperbolic": (range(1, 9), {"samples": 3}),
+    "lecar": (range(1, 9), {}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -169,6 +172,23 @@ def test_hyperbolic_evicts_the_fewest_requests_per_age():
     assert policy.admit(2, 5) == 1
 
 
+def test_lecar_ghost_of_lru_lowers_lru_weight():
+    # capacity 2, w_lru = 1 (LRU wins every disagreement): 1 is used twice, 2 once; 3 makes LRU pick 1
+    # and LFU pick 2, so 1 goes to LRU's ghosts at t=3. 1 again at t=4 (age 1) cuts w_lru to
+    # exp(-0.45 * dr) with dr = 0.005 ** (1/2), then both are normalised; then both experts pick 2.
+    policy = make_policy("lecar", 2, PolicyContext(n_keys=8), lru_weight=1.0)
+    policy.admit(1, 0)
+    assert policy.lookup(1, 1)
+    policy.admit(2, 2)
+    assert policy.admit(3, 3) == 1
+    assert not policy.contains(1) and not policy.remove(1)
+    assert policy.admit(1, 4) == 2
+    w_lru = math.exp(-0.45 * 0.005 ** 0.5) + 1e-10
+    total = w_lru + 0.5 + 2e-10
+    assert policy.state[lecar.WEIGHTS][lecar.W_LRU] == pytest.approx(w_lru / total, rel=1e-12)
+    assert policy.state[lecar.WEIGHTS][lecar.W_LFU] == pytest.approx((0.5 + 1e-10) / total, rel=1e-12)
+
+
 def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     # capacity 2: 1 and 2 enter T1; a hit moves 1 to T2; 3 demotes 2, T1's LRU row (|T1| = 1 > p = 0),
     # to ghost list B1. 2 again is a miss (ghosts are not cached) that raises p by max(|B2|/|B1|, 1)
@@ -199,6 +219,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lruprob", 10, {"prob": 1.5}, "params.prob must be a finite number in (0, 1]"),
     ("lruprob", 10, {"prob": 1e-12}, "too small for libCacheSim's int threshold"),
     ("hyperbolic", 10, {"samples": 0}, "params.samples must be an integer in [1, "),
+    ("lecar", 10, {"lru_weight": 1.5}, "params.lru_weight must be a finite number in [0, 1]"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
