@@ -139,6 +139,7 @@ RANDOMISED = {
     "lruprob": (lcs.LRUProb, [{}, {"prob": 0.2}], list(TRACES)),
     "hyperbolic": (lcs.Hyperbolic, [{}], list(TRACES)),
     "lecar": (lcs.LeCaR, [{}, {"update_weight": False, "lru_weight": 0.8}], list(TRACES)),
+    "lhd": (lcs.LHD, [{}], list(TRACES)),
 }
 RANDOM_SIZES = [2, 13, 128, 1200]
 SEEDS = 5

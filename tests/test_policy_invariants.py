@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.policies import arc, lecar
+from engramtier.cache.policies import arc, lecar, lhd
 from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.errors import EngramTierError
 
@@ -36,6 +36,7 @@ CONFIGS = {
     "lruprob": (range(1, 9), {"prob": 0.3}),
     "hyperbolic": (range(1, 9), {"samples": 3}),
     "lecar": (range(1, 9), {}),
+    "lhd": (range(1, 9), {}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -189,6 +190,19 @@ def test_lecar_ghost_of_lru_lowers_lru_weight():
     assert policy.state[lecar.WEIGHTS][lecar.W_LFU] == pytest.approx((0.5 + 1e-10) / total, rel=1e-12)
 
 
+def test_lhd_starts_from_its_gdsf_like_densities():
+    # before any reconfiguration the density of class c at age a is (c + 1) / (a + 1), classes 16..31: a
+    # row just admitted is in class 16 (its last-but-one hit age is MAX_AGE), one hit at age 0 in class 31.
+    # Ages are accesses >> 10, so all 0 here: 1 (hit) has 32, 2 has 17, and 3 evicts 2, though LRU would
+    # evict 1. A tiny cache has no explorer budget; seed 0 samples both slots among its 8 candidates.
+    policy = make_policy("lhd", 2, PolicyContext(n_keys=8))
+    policy.admit(1, 0)
+    assert policy.lookup(1, 1)
+    policy.admit(2, 2)
+    assert policy.admit(3, 3) == 2
+    assert policy.state[lhd.DENSITIES][15, 0] == 32 and policy.state[lhd.DENSITIES][0, 0] == 17
+
+
 def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     # capacity 2: 1 and 2 enter T1; a hit moves 1 to T2; 3 demotes 2, T1's LRU row (|T1| = 1 > p = 0),
     # to ghost list B1. 2 again is a miss (ghosts are not cached) that raises p by max(|B2|/|B1|, 1)
@@ -220,6 +234,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lruprob", 10, {"prob": 1e-12}, "too small for libCacheSim's int threshold"),
     ("hyperbolic", 10, {"samples": 0}, "params.samples must be an integer in [1, "),
     ("lecar", 10, {"lru_weight": 1.5}, "params.lru_weight must be a finite number in [0, 1]"),
+    ("lhd", 10, {"seed": "a"}, "params.seed must be a number"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
