@@ -29,7 +29,7 @@ def lookup(state, key, t):
 
 @njit(inline="always")
 def random_slot(st):
-    """A uniform slot of a full ring (every slot holds a row); Hyperbolic samples its candidates so."""
+    """A uniform slot of a full ring (every slot holds a row); Hyperbolic and LHD sample candidates so."""
     return draw_below(st, DRAWS, SEED, st[CAPACITY])
 
 
