@@ -79,4 +79,4 @@ HYPERBOLIC = compiled_policy("Hyperbolic", STATE, lookup, admit, remove, holds_k
 def build(capacity: int, ctx: PolicyContext, samples: int = 64, seed: int = 0) -> HYPERBOLIC:
     check_number(samples, "policy 'hyperbolic': params.samples", integer=True, low=1, high=2**20)
     return HYPERBOLIC(ring_state(capacity, ctx, extra_scalars=[check_seed("hyperbolic", seed), 0, samples],
-                                 slot_fields=[("freq", np.int64), ("entered", np.int64)]))
+                                 slot_fields=[("freq", np.int64), ("entered", np.int64)]), ctx.n_keys)

@@ -196,4 +196,4 @@ def build(capacity: int, ctx: PolicyContext, lru_weight: float = 0.5, update_wei
         np.zeros(nodes, np.uint8),
         np.zeros(nodes, np.int64),
         weights,
-    ))
+    ), ctx.n_keys)

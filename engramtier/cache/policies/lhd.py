@@ -243,4 +243,4 @@ def build(capacity: int, ctx: PolicyContext, seed: int = 0) -> LHD:
     classes = APP_CLASS * HIT_AGE_CLASSES + np.arange(HIT_AGE_CLASSES)
     densities = ((classes[:, None] + 1.0) / (np.arange(MAX_AGE)[None, :] + 1.0)).astype(np.float32)
     return LHD((*ring, np.full(ADMISSIONS, -1, np.int64), np.zeros((HIT_AGE_CLASSES, MAX_AGE), np.float32),
-                np.zeros((HIT_AGE_CLASSES, MAX_AGE), np.float32), densities, np.zeros(3, np.float32)))
+                np.zeros((HIT_AGE_CLASSES, MAX_AGE), np.float32), densities, np.zeros(3, np.float32)), ctx.n_keys)

@@ -51,4 +51,5 @@ def build(capacity: int, ctx: PolicyContext, prob: float = 0.5, seed: int = 0) -
     if threshold(prob) > INT_MAX:
         raise EngramTierError(f"policy 'lruprob': params.prob {prob!r} is too small for libCacheSim's int "
                               f"threshold (1/prob > {INT_MAX}); give at least 5e-10")
-    return LRUPROB(ring_state(capacity, ctx, extra_scalars=[check_seed("lruprob", seed), 0, threshold(prob)]))
+    return LRUPROB(ring_state(capacity, ctx, extra_scalars=[check_seed("lruprob", seed), 0, threshold(prob)]),
+                   ctx.n_keys)

@@ -54,4 +54,4 @@ RANDOM = compiled_policy("Random", STATE, lookup, admit, remove, holds_key, occu
 
 @register("random")
 def build(capacity: int, ctx: PolicyContext, seed: int = 0) -> RANDOM:
-    return RANDOM(ring_state(capacity, ctx, extra_scalars=[check_seed("random", seed), 0]))
+    return RANDOM(ring_state(capacity, ctx, extra_scalars=[check_seed("random", seed), 0]), ctx.n_keys)
