@@ -46,6 +46,7 @@ POLICIES = {
     "s3fifo": (lcs.S3FIFO, {"small_ratio": "small_size_ratio", "ghost_ratio": "ghost_size_ratio",
                             "move_to_main": "move_to_main_threshold"}),
     "wtinylfu": (lcs.WTinyLFU, {"window_ratio": "window_size"}),
+    "lecar": (lcs.LeCaR, {"update_weight": "update_weight", "lru_weight": "lru_weight"}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -66,6 +67,8 @@ CASES = {
     "wtinylfu": [(6, {"window_ratio": 0.17}), (8, {"window_ratio": 0.25}), (13, {"window_ratio": 0.2}),
                  (50, {"window_ratio": 0.1})] + [(c, {}) for c in SIZES[6:]]
     + [(400, {"window_ratio": 0.3})],
+    # fixed weights of 1 or 0: LeCaR always follows LRU or LFU, no draw decides (randomised cases below)
+    "lecar": [(c, {"update_weight": False, "lru_weight": w}) for c in SIZES for w in (0.0, 1.0)],
 }
 
 
@@ -124,3 +127,65 @@ def test_hit_counts_identical_with_bloom_admission(name, trace_files):
             if ours != theirs:
                 mismatches.append(f"{trace} capacity={capacity} {params}: ours {ours} libCacheSim {theirs}")
     assert not mismatches, "\n".join(mismatches)
+
+
+# Randomised policies: libCacheSim seeds its generator from the clock, ours draw from their `seed`, so
+# hit counts agree in distribution: the mean hit ratio of SEEDS seeds of ours and of SEEDS runs of
+# libCacheSim's must lie within RANDOM_TOLERANCE. name -> (libCacheSim class, parameter sets, traces)
+RANDOMISED = {
+    # libCacheSim's Random is not uniform where few rows hit (it draws hash buckets, so rows sharing one are
+    # spared): the loop trace is measured against the uniform policy's own fixed point instead (below)
+    "random": (lcs.Random, [{}], ["zipf", "uniform", "phase"]),
+    "lruprob": (lcs.LRUProb, [{}, {"prob": 0.2}], list(TRACES)),
+    "hyperbolic": (lcs.Hyperbolic, [{}], list(TRACES)),
+    "lecar": (lcs.LeCaR, [{}, {"update_weight": False, "lru_weight": 0.8}], list(TRACES)),
+    "lhd": (lcs.LHD, [{}], list(TRACES)),
+}
+RANDOM_SIZES = [2, 13, 128, 1200]
+SEEDS = 5
+RANDOM_TOLERANCE = 0.01
+
+
+@pytest.mark.parametrize("name", sorted(RANDOMISED))
+def test_randomised_hit_ratios_agree_over_seeds(name, trace_files):
+    cls, param_sets, traces = RANDOMISED[name]
+    ctx = PolicyContext(n_keys=N_KEYS)
+    mismatches = []
+    for trace in traces:
+        keys = TRACES[trace]
+        for capacity in RANDOM_SIZES:
+            for params in param_sets:
+                ours = np.mean([replay(make_policy(name, capacity, ctx, seed=seed, **params), keys)
+                                for seed in range(SEEDS)]) / keys.size
+                theirs = np.mean([libcachesim_hits(cls(capacity, hashpower=max(4, math.ceil(math.log2(capacity)) + 1),
+                                                       **params), trace_files[trace])
+                                  for _ in range(SEEDS)]) / keys.size
+                if abs(ours - theirs) > RANDOM_TOLERANCE:
+                    mismatches.append(f"{trace} capacity={capacity} {params}: ours {ours:.4f} libCacheSim {theirs:.4f}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_random_on_a_loop_hits_at_the_uniform_fixed_point():
+    """A loop of N rows through C < N: a row hits when it survives the evictions of the N(1 - h) misses
+    since its last request, each taking it with chance 1/C, so h = (1 - 1/C) ** (N (1 - h)); the first lap
+    only misses."""
+    loop, capacity = 600, 128
+    keys = TRACES["loop"]
+    h = 0.0
+    for _ in range(50):
+        h = (1 - 1 / capacity) ** (loop * (1 - h))
+    ours = np.mean([replay(make_policy("random", capacity, PolicyContext(n_keys=N_KEYS), seed=seed), keys)
+                    for seed in range(SEEDS)]) / keys.size
+    assert abs(ours - h * (1 - loop / keys.size)) < 0.002 and h > 0.005
+
+
+@pytest.mark.parametrize("name", sorted(RANDOMISED))
+def test_randomised_policies_repeat_for_a_seed(name):
+    ctx, keys = PolicyContext(n_keys=N_KEYS), TRACES["zipf"]
+    runs = {}
+    for seed in (1, 1, 2):
+        hits = np.empty(keys.size, np.bool_)
+        replay(make_policy(name, 128, ctx, seed=seed), keys, hits)
+        runs.setdefault(seed, []).append(hits)
+    np.testing.assert_array_equal(runs[1][0], runs[1][1])
+    assert not np.array_equal(runs[1][0], runs[2][0])

@@ -9,11 +9,13 @@ cached. The simple policies are also replayed against list models, evictions and
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramtier.cache.policies import arc
+from engramtier.cache.policies import arc, lecar, lhd
 from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.errors import EngramTierError
 
@@ -30,6 +32,11 @@ CONFIGS = {
     "twoq": (range(4, 10), {}),
     "s3fifo": (range(7, 13), {"small_ratio": 0.3, "ghost_ratio": 0.5}),
     "wtinylfu": (range(6, 13), {"window_ratio": 0.2}),  # 7 and 12 leave probation a row of slack
+    "random": (range(1, 9), {"seed": 3}),
+    "lruprob": (range(1, 9), {"prob": 0.3}),
+    "hyperbolic": (range(1, 9), {"samples": 3}),
+    "lecar": (range(1, 9), {}),
+    "lhd": (range(1, 9), {}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -154,6 +161,48 @@ def test_lfu_ties_go_to_the_least_recently_used():
     assert policy.admit(4, 5) == 3
 
 
+def test_hyperbolic_evicts_the_fewest_requests_per_age():
+    # capacity 2: 1 enters at t=0 and hits twice (freq 3, age 4 at t=4: 0.75); 2 enters at t=1 (freq 1,
+    # age 3: 0.33); 3 evicts 2. Then 2 returns at t=5, and 3 (1/1) outscores 1 (3/5): 1 goes.
+    # 64 samples of two slots miss one with chance 2**-64.
+    policy = make_policy("hyperbolic", 2, PolicyContext(n_keys=8))
+    policy.admit(1, 0)
+    policy.admit(2, 1)
+    assert policy.lookup(1, 2) and policy.lookup(1, 3)
+    assert policy.admit(3, 4) == 2
+    assert policy.admit(2, 5) == 1
+
+
+def test_lecar_ghost_of_lru_lowers_lru_weight():
+    # capacity 2, w_lru = 1 (LRU wins every disagreement): 1 is used twice, 2 once; 3 makes LRU pick 1
+    # and LFU pick 2, so 1 goes to LRU's ghosts at t=3. 1 again at t=4 (age 1) cuts w_lru to
+    # exp(-0.45 * dr) with dr = 0.005 ** (1/2), then both are normalised; then both experts pick 2.
+    policy = make_policy("lecar", 2, PolicyContext(n_keys=8), lru_weight=1.0)
+    policy.admit(1, 0)
+    assert policy.lookup(1, 1)
+    policy.admit(2, 2)
+    assert policy.admit(3, 3) == 1
+    assert not policy.contains(1) and not policy.remove(1)
+    assert policy.admit(1, 4) == 2
+    w_lru = math.exp(-0.45 * 0.005 ** 0.5) + 1e-10
+    total = w_lru + 0.5 + 2e-10
+    assert policy.state[lecar.WEIGHTS][lecar.W_LRU] == pytest.approx(w_lru / total, rel=1e-12)
+    assert policy.state[lecar.WEIGHTS][lecar.W_LFU] == pytest.approx((0.5 + 1e-10) / total, rel=1e-12)
+
+
+def test_lhd_starts_from_its_gdsf_like_densities():
+    # before any reconfiguration the density of class c at age a is (c + 1) / (a + 1), classes 16..31: a
+    # row just admitted is in class 16 (its last-but-one hit age is MAX_AGE), one hit at age 0 in class 31.
+    # Ages are accesses >> 10, so all 0 here: 1 (hit) has 32, 2 has 17, and 3 evicts 2, though LRU would
+    # evict 1. A tiny cache has no explorer budget; seed 0 samples both slots among its 8 candidates.
+    policy = make_policy("lhd", 2, PolicyContext(n_keys=8))
+    policy.admit(1, 0)
+    assert policy.lookup(1, 1)
+    policy.admit(2, 2)
+    assert policy.admit(3, 3) == 2
+    assert policy.state[lhd.DENSITIES][15, 0] == 32 and policy.state[lhd.DENSITIES][0, 0] == 17
+
+
 def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     # capacity 2: 1 and 2 enter T1; a hit moves 1 to T2; 3 demotes 2, T1's LRU row (|T1| = 1 > p = 0),
     # to ghost list B1. 2 again is a miss (ghosts are not cached) that raises p by max(|B2|/|B1|, 1)
@@ -179,6 +228,13 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("wtinylfu", 100, {"window_ratio": 1.0}, "window_ratio must lie in (0, 1)"),
     ("wtinylfu", 99, {}, "use at least 100 rows"),
     ("wtinylfu", 5, {"window_ratio": 0.2}, "a probation segment of 0; both need a row: use at least 6 rows"),
+    ("random", 10, {"seed": -1}, "params.seed must be an integer in [0, "),
+    ("lruprob", 10, {"seed": 1.5}, "params.seed must be an integer"),
+    ("lruprob", 10, {"prob": 1.5}, "params.prob must be a finite number in (0, 1]"),
+    ("lruprob", 10, {"prob": 1e-12}, "too small for libCacheSim's int threshold"),
+    ("hyperbolic", 10, {"samples": 0}, "params.samples must be an integer in [1, "),
+    ("lecar", 10, {"lru_weight": 1.5}, "params.lru_weight must be a finite number in [0, 1]"),
+    ("lhd", 10, {"seed": "a"}, "params.seed must be a number"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:

@@ -88,7 +88,7 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
 
 
-ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu"]
+ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "random", "lruprob", "hyperbolic", "lecar", "lhd"]
 
 
 @pytest.mark.parametrize("policy", ONLINE)

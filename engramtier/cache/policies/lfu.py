@@ -81,7 +81,7 @@ def _drop_bucket(state, b):
 
 
 @njit(inline="always")
-def _leave_bucket(state, s):
+def leave_bucket(state, s):
     """Take slot ``s`` out of its bucket, dropping the bucket once empty."""
     prv, nxt, bucket_of, bucket_head = state[PRV], state[NXT], state[BUCKET_OF], state[BUCKET_HEAD]
     b = bucket_of[s]
@@ -91,12 +91,10 @@ def _leave_bucket(state, s):
 
 
 @njit(inline="always")
-def lookup(state, key, t):
+def touch(state, s):
+    """A hit on slot ``s``: one more use, which moves it into the bucket just above."""
     prv, nxt, count, bucket_of, bucket_count, bucket_head, up = (
         state[PRV], state[NXT], state[COUNT], state[BUCKET_OF], state[BUCKET_COUNT], state[BUCKET_HEAD], state[UP])
-    s = node_of(state, key)
-    if s < 0:
-        return False
     b = bucket_of[s]
     c = count[s] + 1
     count[s] = c
@@ -104,46 +102,72 @@ def lookup(state, key, t):
     if above < 0 or bucket_count[above] != c:
         if nxt[s] == s:  # alone in its bucket: the bucket itself takes the new count
             bucket_count[b] = c
-            return True
+            return
         above = _new_bucket(state, c, b, above)
-    _leave_bucket(state, s)
+    leave_bucket(state, s)
     push_head(prv, nxt, bucket_head, above, s)
     bucket_of[s] = above
+
+
+@njit(inline="always")
+def least_used(state):
+    """The oldest slot among the least used: LFU's victim."""
+    return state[PRV][state[BUCKET_HEAD][state[ST][LOWEST]]]
+
+
+@njit(inline="always")
+def enter(state, key, s):
+    """Slot ``s``, taken out of every bucket, holds ``key`` now, used once."""
+    st, bucket_count = state[ST], state[BUCKET_COUNT]
+    lowest = st[LOWEST]
+    if lowest < 0 or bucket_count[lowest] != 1:
+        lowest = _new_bucket(state, 1, -1, lowest)
+    push_head(state[PRV], state[NXT], state[BUCKET_HEAD], lowest, s)
+    state[BUCKET_OF][s] = lowest
+    state[COUNT][s] = 1
+    link_key(state, key, s)
+
+
+@njit(inline="always")
+def lookup(state, key, t):
+    s = node_of(state, key)
+    if s < 0:
+        return False
+    touch(state, s)
     return True
 
 
 @njit(inline="always")
 def admit(state, key, t):
-    prv, nxt, st, count, bucket_of, bucket_count, bucket_head = (
-        state[PRV], state[NXT], state[ST], state[COUNT], state[BUCKET_OF], state[BUCKET_COUNT], state[BUCKET_HEAD])
+    st = state[ST]
     victim = -1
     if st[SIZE] < st[CAPACITY]:
-        s = take_node(nxt, st, FREE)
+        s = take_node(state[NXT], st, FREE)
         st[SIZE] += 1
     else:
-        s = prv[bucket_head[st[LOWEST]]]  # oldest slot among the least used
-        _leave_bucket(state, s)
+        s = least_used(state)
+        leave_bucket(state, s)
         victim = unlink_key(state, s)
-    lowest = st[LOWEST]
-    if lowest < 0 or bucket_count[lowest] != 1:
-        lowest = _new_bucket(state, 1, -1, lowest)
-    push_head(prv, nxt, bucket_head, lowest, s)
-    bucket_of[s] = lowest
-    count[s] = 1
-    link_key(state, key, s)
+    enter(state, key, s)
     return victim
 
 
 @njit(inline="always")
+def remove_slot(state, s):
+    """Forget cached slot ``s`` and free it."""
+    st = state[ST]
+    leave_bucket(state, s)
+    unlink_key(state, s)
+    give_node(state[NXT], st, FREE, s)
+    st[SIZE] -= 1
+
+
+@njit(inline="always")
 def remove(state, key):
-    nxt, st = state[NXT], state[ST]
     s = node_of(state, key)
     if s < 0:
         return False
-    _leave_bucket(state, s)
-    unlink_key(state, s)
-    give_node(nxt, st, FREE, s)
-    st[SIZE] -= 1
+    remove_slot(state, s)
     return True
 
 
