@@ -46,6 +46,7 @@ POLICIES = {
     "s3fifo": (lcs.S3FIFO, {"small_ratio": "small_size_ratio", "ghost_ratio": "ghost_size_ratio",
                             "move_to_main": "move_to_main_threshold"}),
     "wtinylfu": (lcs.WTinyLFU, {"window_ratio": "window_size"}),
+    "slru": (lcs.SLRU, {}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -66,6 +67,8 @@ CASES = {
     "wtinylfu": [(6, {"window_ratio": 0.17}), (8, {"window_ratio": 0.25}), (13, {"window_ratio": 0.2}),
                  (50, {"window_ratio": 0.1})] + [(c, {}) for c in SIZES[6:]]
     + [(400, {"window_ratio": 0.3})],
+    # libCacheSim's 4 segments: capacities a multiple of 4 or one more (see slru.py)
+    "slru": [(c, {}) for c in (4, 5, 8, 13, 49, 128, 400, 1201)],
 }
 
 

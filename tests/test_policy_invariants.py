@@ -30,6 +30,7 @@ CONFIGS = {
     "twoq": (range(4, 10), {}),
     "s3fifo": (range(7, 13), {"small_ratio": 0.3, "ghost_ratio": 0.5}),
     "wtinylfu": (range(6, 13), {"window_ratio": 0.2}),  # 7 and 12 leave probation a row of slack
+    "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
 }
 
 REQUEST, REMOVE = 0, 1
@@ -50,7 +51,7 @@ def test_reported_contents_are_the_contents(name, data, sequence):
             cached.discard(key)
         elif policy.lookup(key, t):
             assert key in cached
-            victim = int(policy.hit_victim())  # only W-TinyLFU's main hits evict; else -1
+            victim = int(policy.hit_victim())  # W-TinyLFU's main hits and SLRU's promotions may evict; else -1
             if victim >= 0:
                 assert victim in cached and victim != key
                 cached.discard(victim)
@@ -179,6 +180,9 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("wtinylfu", 100, {"window_ratio": 1.0}, "window_ratio must lie in (0, 1)"),
     ("wtinylfu", 99, {}, "use at least 100 rows"),
     ("wtinylfu", 5, {"window_ratio": 0.2}, "a probation segment of 0; both need a row: use at least 6 rows"),
+    ("slru", 3, {}, "use at least 4 rows or a smaller n_seg"),
+    ("slru", 50, {}, "e.g. 49 or 52 rows"),
+    ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
