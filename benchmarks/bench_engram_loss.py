@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
+from engramtier.documents import text_documents
 from engramtier.model.train import TrainConfig, split_documents, train, train_bpe_tokenizer
 from engramtier.provenance import machine_info
-from engramtier.trace.sources import sample_text_dir, text_documents
+from engramtier.trace.sources import sample_text_dir
 
 PYTHON_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from engramtier.documents import TEXT_SUFFIXES
 from engramtier.model.tokenizer import load_compressed_tokenizer
 from engramtier.provenance import machine_info
 from engramtier.trace.build import StepPlan, hasher_for, write_trace
-from engramtier.trace.sources import TEXT_SUFFIXES, TextSource, sample_text_dir
+from engramtier.trace.sources import TextSource, sample_text_dir
 from engramtier.trace.tracefile import load_trace
 
 DEBIAN_DOCS = Path("/usr/share/doc/python3.11/html/_sources")

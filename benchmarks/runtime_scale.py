@@ -116,7 +116,6 @@ def text_prefill_rows(tokens: int = 1365) -> np.ndarray:
     from engramtier.model.presets import preset_hash_config
     from engramtier.model.tokenizer import load_compressed_tokenizer
     from engramtier.trace.sources import sample_text_dir
-
     text = " ".join(p.read_text(encoding="utf-8") for p in sorted(sample_text_dir().glob("*.txt")))
     ids = load_compressed_tokenizer("deepseek").encode(text[: 20 * tokens])[:tokens]
     return NgramHasher(preset_hash_config("dsv41-flash")).hash(ids).reshape(-1)

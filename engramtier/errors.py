@@ -27,11 +27,17 @@ def refuse_unknown(names: Iterable, valid: Iterable, where: str = "", what: str 
                                   f"{', '.join(map(_printable, valid))}")
 
 
+MAX_INT = 2**62  # the largest integer any count or size may be: sums and products of a few stay in int64
+
+
 def check_number(value, what: str, *, integer: bool = False, low=None, high=None, low_open: bool = False):
     """``value`` when it is a number in [low, high] (``low_open``: (low, high]), else one line naming
     ``what`` (e.g. "experiment.toml: [trace] 'seed'"). A bool is no number (TOML's ``true`` is not 1),
-    NaN and infinities never pass, and ``integer`` refuses a float even when whole (``4.0``): a file
-    says what it means, and a value read from one must not turn into garbage several steps later."""
+    NaN and infinities never pass, ``integer`` refuses a float even when whole (``4.0``), and an integer
+    without a ``high`` is at most `MAX_INT` (TOML integers are unbounded in Python): a file says what it
+    means, and a value read from one must not turn into garbage (or an overflow) several steps later."""
+    if integer and high is None and isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
+        high = MAX_INT
     kind = "an integer" if integer else "a finite number"
     if low is not None and high is not None:
         kind += f" in {'(' if low_open else '['}{_shown(low)}, {_shown(high)}]"

@@ -206,7 +206,62 @@ CASES = [
          ("--batch-rows",)),
     Case("quickstart-out-is-file", "quickstart --out {experiment} --tiny --quiet", ("is a file",)),
     Case("unknown-command", "frobnicate", ("frobnicate",)),
+    # numbers too large for what they size (each was a traceback once), and memory a command cannot have
+    Case("trace-vocab-2-63", f"trace {ZIPF} --vocab 9223372036854775808 -o {{out}}/a.trace", ("--vocab",)),
+    Case("mrc-sizes-1e30", "mrc {trace} --sizes 1e30 --out {out}/m --quiet", ("--sizes", "1e30")),
+    Case("build-table-map-size-1e20", "build-table {out}/t --random --rows 500 --dim 16 --map-size 1e20B --quiet",
+         ("--map-size",)),
+    Case("build-table-page-kib-4gib", "build-table {out}/t --random --rows 500 --dim 16 --page-kib 4194304 --quiet",
+         ("--page-kib",)),
+    Case("build-table-dim-1e8", "build-table {out}/t --random --rows 500 --dim 100000000 --quiet", ("--dim",)),
+    Case("replay-row-dim-1e8", "replay --row-dim 100000000 --out {out}/r", ("--row-dim",)),
+    Case("train-lr-1e308", "train --text {text} --lr 1e308 --steps 1 --out {out}/tr", ("--lr",)),
+    Case("trace-memory", f"trace - {TRACE_SHAPE} --batch 4611686018427387904 --seq-len 1000000 -o {{out}}/s.trace",
+         ("would hold about", "available", "--batch"), stdin=b"a stream whose length nobody knows", outputs=("{out}/s.trace",)),
+    Case("remote-url-scheme", "remote populate --table {lmdb} --hierarchy {http_hierarchy}", ("Redis url",)),
+    # a policy module of the user's that cannot make a policy
+    Case("policy-missing-parameter", "simulate --hierarchy {needs_arg_hierarchy} {trace} --out {out}/p --quiet",
+         ("NeedsArg", "must")),
+    Case("policy-builder-raises", "simulate --hierarchy {raising_builder_hierarchy} {trace} --out {out}/p --quiet",
+         ("raising_builder", "builder broke")),
+    Case("policy-wrong-arity", "simulate --hierarchy {wrong_arity_hierarchy} {trace} --out {out}/p --quiet",
+         ("WrongArity", "lookup")),
+    Case("policy-exits-on-import", "simulate --hierarchy {exits_hierarchy} {trace} --out {out}/p --quiet",
+         ("exits", "sys.exit(0)")),
 ]
+
+USER_POLICIES = """
+class FIFO:
+    def __init__(self, capacity):
+        self.capacity, self.held = capacity, []
+    def lookup(self, key, t):
+        return key in self.held
+    def admit(self, key, t):
+        self.held.append(key)
+        return self.held.pop(0) if len(self.held) > self.capacity else -1
+    def remove(self, key):
+        return False
+    def contains(self, key):
+        return key in self.held
+    def occupancy(self):
+        return len(self.held)
+    def hit_victim(self):
+        return -1
+
+
+class NeedsArg(FIFO):
+    def __init__(self, capacity, must):
+        super().__init__(capacity)
+
+
+def raising_builder(capacity, ctx):
+    raise RuntimeError("builder broke")
+
+
+class WrongArity(FIFO):
+    def lookup(self, key):
+        return False
+"""
 
 
 def _write_fixtures(root: Path) -> dict[str, str]:
@@ -243,6 +298,16 @@ def _write_fixtures(root: Path) -> dict[str, str]:
         "toml_malformed": '[trace\nsource = "zipf"\n',
         "toml_sweep_empty": experiment.replace("sizes = [100, 400]\n", ""),
     }
+    (root / "user_policies.py").write_text(USER_POLICIES)
+    (root / "exits.py").write_text("import sys\n\nsys.exit(0)\n")
+    one_tier = ('mode = "inclusive"\n[[tier]]\nname = "dram"\ncapacity = 50\npolicy = "{policy}"\nmodel = "dram"\n'
+                '[[tier]]\nname = "nvme"\nmodel = "nvme"\n[timing]\nwindow_s = 1e-3\n')
+    for name, policy in (("needs_arg", "user_policies:NeedsArg"), ("raising_builder", "user_policies:raising_builder"),
+                         ("wrong_arity", "user_policies:WrongArity"), ("exits", "exits:FIFO")):
+        tomls[f"{name}_hierarchy"] = one_tier.format(policy=policy)
+    tomls["http_hierarchy"] = ('mode = "inclusive"\n[[tier]]\nname = "dram"\ncapacity = 50\npolicy = "lru"\n'
+                               'model = "dram"\n[[tier]]\nname = "remote"\nmodel = "remote"\n[tier.storage]\n'
+                               'backend = "redis"\nurl = "http://127.0.0.1:1"\n')
     for name, body in tomls.items():
         paths[name] = root / f"{name.removeprefix('toml_')}.toml"
         paths[name].write_text(body)

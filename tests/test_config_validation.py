@@ -11,7 +11,7 @@ import pytest
 from engramtier.analysis.config import load_config
 from engramtier.cache.hierarchy import Hierarchy, load_hierarchy
 from engramtier.cli import main
-from engramtier.errors import EngramTierError, check_number, refuse_unknown
+from engramtier.errors import MAX_INT, EngramTierError, check_number, refuse_unknown
 from engramtier.trace.tracefile import TraceReader
 
 GOOD = textwrap.dedent("""\
@@ -294,7 +294,13 @@ def test_check_number_refuses(value, bounds, message):
 def test_check_number_passes_values_in_range():
     assert check_number(1, "x", low=0, high=1, low_open=True) == 1
     assert check_number(0.5, "x", low=0, high=1) == 0.5
-    assert check_number(2**70, "x", integer=True, low=0) == 2**70
+    assert check_number(MAX_INT, "x", integer=True, low=0) == MAX_INT
+
+
+def test_an_integer_without_a_bound_stays_within_int64_sums():
+    """TOML integers are unbounded in Python; one past `MAX_INT` would overflow numpy's int64 a few sums later."""
+    with pytest.raises(EngramTierError, match=r"x must be an integer in \[0, 4,611,686,018,427,387,904\], got 1180591620717411303424"):
+        check_number(2**70, "x", integer=True, low=0)
 
 
 def test_an_unknown_name_with_a_newline_is_refused_in_one_line():

@@ -83,6 +83,35 @@ def build_dict(capacity, ctx):
     return {}
 
 
+class NeedsDepth(FIFO):
+    def __init__(self, capacity, depth):
+        super().__init__(capacity)
+
+
+class RaisingInit(FIFO):
+    def __init__(self, capacity):
+        raise RuntimeError("no room")
+
+
+def raising_builder(capacity, ctx):
+    raise ValueError("bad builder")
+
+
+class ShortLookup(FIFO):
+    def lookup(self, key):
+        return key in self.cached
+
+
+class FailingLookup(FIFO):
+    def lookup(self, key, t):
+        raise KeyError(key)
+
+
+class ExitingAdmit(FIFO):
+    def admit(self, key, t):
+        raise SystemExit(0)
+
+
 NOT_CALLABLE = 3
 """
 
@@ -127,7 +156,7 @@ policies = {policies}
 """
 
 REFS = {"gpu": "user_fifo:FIFO", "dram": "user_lru2:LRU2"}
-USER_MODULES = ("user_fifo", "user_lru2", "broken")
+USER_MODULES = ("user_fifo", "user_lru2", "broken", "exiting")
 SAME_REGISTERED = {"gpu": "fifo", "dram": "lru2"}  # built-in FIFO; the doc's module registers "lru2"
 
 
@@ -257,16 +286,33 @@ def test_class_with_ctx_and_params_and_a_builder_function(tmp_path, monkeypatch)
                              "hit_victim"),
     ("user_fifo:NOT_CALLABLE", "NOT_CALLABLE is an object of type int, not a policy class or a builder function"),
     ("broken:FIFO", "importing module 'broken' failed: ZeroDivisionError: division by zero"),
+    ("exiting:FIFO", "importing module 'exiting' failed: it called sys.exit(0)"),
     ("user_fifo:", "a policy reference is 'module:attribute'"),
+    ("user_fifo:NeedsDepth", "policy 'user_fifo:NeedsDepth': it needs parameter(s) depth, which have no default; add "
+                             "them to the tier's params table (params = {{depth = ...}})"),
+    ("user_fifo:ShortLookup", "class ShortLookup is not a policy: lookup(self, key) cannot be called as lookup(key, t)"),
 ])
 def test_bad_references_are_one_line(tmp_path, capsys, reference, message):
     config = experiment(tmp_path, gpu=reference)
     (tmp_path / "broken.py").write_text("1 / 0\n")
+    (tmp_path / "exiting.py").write_text("import sys\nsys.exit(0)\n")
     assert main(["simulate", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "exp.toml: [hierarchy]: tier 'gpu': " in err and message.format(dir=tmp_path) in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("user_fifo:RaisingInit", "policy 'user_fifo:RaisingInit': building it failed: RuntimeError: no room"),
+    ("user_fifo:raising_builder", "policy 'user_fifo:raising_builder': building it failed: ValueError: bad builder"),
+    ("user_fifo:FailingLookup", "policy FailingLookup failed: KeyError: "),
+    ("user_fifo:ExitingAdmit", "policy ExitingAdmit failed: it called sys.exit(0)"),
+])
+def test_a_policy_raising_when_built_or_run_is_one_line(tmp_path, capsys, reference, message):
+    assert main(["simulate", str(experiment(tmp_path, gpu=reference)), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
 
 
 def test_bad_reference_in_sweep_policies(tmp_path, capsys):

@@ -13,7 +13,7 @@ from engramtier.errors import EngramTierError
 from engramtier.tiers.lmdb_table import build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.open import open_table
-from engramtier.tiers.remote import RemoteUnavailable, calibrate_remote, mooncake, open_remote, populate_remote
+from engramtier.tiers.remote import RemoteDamaged, RemoteUnavailable, calibrate_remote, mooncake, open_remote, populate_remote
 
 BLOCK_ROWS = 256  # small blocks so a read spans many objects
 
@@ -84,6 +84,23 @@ def test_write_then_contains_and_missing_block_is_one_line(store):
         assert "\n" not in str(err.value) and (out == 9).all()  # nothing written on failure
         with pytest.raises(EngramTierError, match="writes go by whole blocks"):
             tier.write(np.array([1]), rows[:1])
+
+
+def test_a_damaged_block_is_refused_and_out_untouched(store):
+    source = SourceRows()
+    with open_tier(store, "damaged") as tier:
+        populate_remote(source, tier, batch_rows=1000, progress=False)
+        key = "damaged/block/1"
+        stored = np.frombuffer(tier._store.get(key), np.uint8).reshape(BLOCK_ROWS, tier.stored_row_bytes).copy()
+        stored[:, :8] = 0xA5  # the first 8 bytes of every row of block 1
+        assert tier._store.upsert(key, stored.reshape(-1), tier._config) == 0
+        out = np.full((3, ROW_BYTES), 9, np.uint8)
+        with pytest.raises(RemoteDamaged, match=r"1 of 3 rows read fail their checksum \(first: row 300, "
+                                                         r"block 1 of prefix 'damaged'\)") as err:
+            tier.read(np.array([5, 300, 600]), out)
+        assert "\n" not in str(err.value) and (out == 9).all()
+        tier.read(np.array([5, 600, 4999]), out)  # the other blocks still read
+        np.testing.assert_array_equal(out, source.expected([5, 600, 4999]))
 
 
 def test_fingerprint_and_shape_mismatch_are_refused(store, table):

@@ -11,6 +11,7 @@ import tomllib
 
 import numpy as np
 import pytest
+import redis
 from redis_servers import free_port
 from zipf import zipf_keys
 
@@ -21,7 +22,7 @@ from engramtier.serve.replay import random_run
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.nvme import NvmeTier
 from engramtier.tiers.open import lmdb_table_for, open_table
-from engramtier.tiers.remote import RemoteUnavailable, populate_remote
+from engramtier.tiers.remote import RemoteDamaged, RemoteUnavailable, populate_remote
 from engramtier.tiers.remote.redis import RedisTier
 from engramtier.trace.sources import sample_text_dir
 
@@ -186,6 +187,42 @@ def test_error_and_retry_rules_down_at_open(persistent_server, lmdb_table, table
     assert facts["fallback_rows"] == 0 and store["rows_read"] > 0
 
 
+def damage_every_row(url, prefix):
+    """Overwrite the first 8 bytes of every row stored under ``prefix`` (not its done marks or manifest)."""
+    client = redis.Redis.from_url(url)
+    keys = [key for key in client.scan_iter(match=f"{{{prefix}:*", count=1000) if not key.endswith(b":done")]
+    assert keys
+    for key in keys:
+        client.setrange(key, 0, b"\xa5" * 8)
+    client.close()
+
+
+def test_damaged_rows_are_refused_or_read_from_the_local_table(server, lmdb_table, table_rows):
+    populate(server.url, lmdb_table)
+    damage_every_row(server.url, "rt")
+    with open_table(hierarchy(server.url), lmdb_table, device="cpu") as table:
+        with pytest.raises(RemoteDamaged, match=r"rows read fail their checksum \(first: row \d+, block \d+ of prefix "
+                                                r"'rt'\): the store's copy is damaged; delete") as err:
+            run(table, table_rows)
+    assert "\n" not in str(err.value)
+    with open_table(hierarchy(server.url, on_failure="fallback"), lmdb_table, device="cpu") as table:
+        store = run(table, table_rows)  # every row served is the table's
+    facts = store["remote"]
+    assert facts["damaged_reads"] > 0 and facts["fallback_rows"] == store["rows_read"] > 0
+    assert facts["failures"] == 0  # the store answered: damage is not an outage
+
+
+def test_a_store_of_the_previous_format_is_refused(server, lmdb_table):
+    populate(server.url, lmdb_table)
+    client = redis.Redis.from_url(server.url)
+    manifest = json.loads(client.get("{rt}:manifest"))
+    client.set("{rt}:manifest", json.dumps({**manifest, "format": "engramtier-remote-table/2"}))
+    with pytest.raises(EngramTierError, match=r"holds a table of format engramtier-remote-table/2, whose rows carry no "
+                                              r"checksums .* run `engramtier remote populate` again") as err:
+        populate(server.url, lmdb_table)
+    assert "\n" not in str(err.value)
+
+
 def test_fallback_must_be_the_table_the_store_was_populated_from(server, lmdb_table, tmp_path):
     populate(server.url, lmdb_table)
     other = tmp_path / "other.lmdb"
@@ -231,6 +268,7 @@ def test_remote_commands_populate_resume_calibrate_and_plan(server, lmdb_table, 
     (["backend=redis", "urll=redis://127.0.0.1:1"], r"--storage: unknown storage option 'urll': did you mean 'url'"),
     (["backend=redis", "url=redis://127.0.0.1:{dead}", "timeout_s=1"], r"unreachable: .*start the server"),
     (["backend", "url=x"], r"--storage: 'backend' is not KEY=VALUE"),
+    (["backend=redis", "url=http://127.0.0.1:1"], r"'http://127.0.0.1:1' is not a Redis url .*write redis://HOST:PORT"),
 ])
 def test_remote_command_refusals_are_one_line(lmdb_table, storage, match, capsys):
     storage = [s.format(dead=free_port()) for s in storage]
@@ -268,6 +306,28 @@ def test_replay_serves_a_trained_table_from_redis_bitwise_equal(server, trained,
     assert summary["bitwise_equal"] and summary["simulated"]["hits_equal"]
     assert remote["storage"] == "remote" and remote["remote"]["backend"] == "redis" and remote["rows_read"] > 0
     assert "remote" in capsys.readouterr().out
+
+
+def test_replay_and_generate_refuse_a_damaged_store_or_read_the_local_table(server, trained, tmp_path, capsys):
+    run_dir, text = trained
+    hierarchy_toml = tmp_path / "remote.toml"
+    hierarchy_toml.write_text(REMOTE_HIERARCHY.format(url=server.url, rule="error"))
+    assert main(["remote", "populate", "--table", lmdb_table_for(run_dir), "--hierarchy", str(hierarchy_toml),
+                 "--quiet"]) == 0
+    damage_every_row(server.url, "replay")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Python is\n")
+    for argv in (["replay", "--run", str(run_dir), "--text", str(text), "--max-tokens", "300", "--out",
+                  str(tmp_path / "refused")],
+                 ["generate", "--run", str(run_dir), "--prompts", str(prompts), "--max-new-tokens", "4"]):
+        capsys.readouterr()
+        assert main([*argv, "--hierarchy", str(hierarchy_toml), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "fail their checksum" in err and "prefix 'replay'" in err, err
+    hierarchy_toml.write_text(REMOTE_HIERARCHY.format(url=server.url, rule="fallback"))
+    summary = replay(run_dir, text, hierarchy_toml, tmp_path / "fallback")
+    remote = summary["tiers"][-1]["remote"]
+    assert summary["bitwise_equal"] and remote["damaged_reads"] > 0 and remote["fallback_rows"] > 0
 
 
 def test_replay_with_the_store_down_from_the_start_falls_back(trained, tmp_path):

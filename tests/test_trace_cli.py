@@ -59,6 +59,17 @@ def test_decode_and_synthetic_zipf(tmp_path):
         assert first.size == 4 * 10 * 2  # the first step reads the four requests' prompts
 
 
+def test_decode_memory_follows_the_requests_served_not_requests(tmp_path):
+    """--requests 1e9 once held a slot per request up front (24 GB before the kernel killed it): slots open
+    as requests arrive, so a billion slots over a few thousand tokens cost what the tokens cost."""
+    out = tmp_path / "d.trace"
+    assert main(["trace", "--synthetic-zipf", "1.1", "--vocab", "500", "--tokens", "3000", "-o", str(out),
+                 "--mode", "decode", "--requests", "1000000000", "--seq-len", "100", "--max-ngram", "2",
+                 "--quiet", *SMALL_TABLE]) == 0
+    with TraceReader(out) as reader:
+        assert reader.n_rows == 3000 * 2 and reader.n_steps == 100  # all 30 requests decode together
+
+
 def test_help_has_examples(capsys):
     for command in ("trace", "stats", "export"):
         assert main([command, "--help"]) == 0

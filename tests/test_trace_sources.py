@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from engramtier.documents import html_to_text, text_documents
 from engramtier.errors import EngramTierError
 from engramtier.model.tokenizer import load_compressed_tokenizer
-from engramtier.trace.sources import TextSource, ZipfSource, html_to_text, sample_text_dir, text_documents
+from engramtier.trace.sources import TextSource, ZipfSource, sample_text_dir
 
 
 @pytest.fixture
@@ -140,10 +141,37 @@ def test_zipf_source_streams_in_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"alpha": -1.0}, "alpha must be >= 0"), ({"vocab": 0}, "vocabulary must be >= 1"),
+    ({"alpha": -1.0}, "alpha must be >= 0"), ({"vocab": 0}, r"vocabulary must be in 1\.\.67108864, got 0"),
     ({"n_tokens": 0}, "token count"), ({"doc_len": 0}, "document length"),
 ])
 def test_bad_zipf_parameters(kwargs, words):
     args = {"alpha": 1.0, "vocab": 10, "n_tokens": 10} | kwargs
     with pytest.raises(EngramTierError, match=words):
         ZipfSource(**args)
+
+
+def test_a_file_of_nul_bytes_is_refused_at_its_first_chunk(tmp_path):
+    """/dev/zero read as text: refused as binary after one chunk, never read whole (a sparse 64 GiB file
+    here stands for it; reading it whole would take the machine's memory)."""
+    zeros = tmp_path / "zeros.txt"
+    with open(zeros, "wb") as f:
+        f.truncate(64 << 30)
+    with pytest.raises(EngramTierError, match="zeros.txt is a binary file"):
+        next(text_documents([zeros]))
+
+
+def test_a_document_larger_than_memory_can_tokenize_is_refused(tmp_path, monkeypatch):
+    """What tokenizing a document holds grows ~64 bytes per byte of text: a document beyond what memory
+    allows is one line, from a file, a JSONL line or standard input, before it is read whole."""
+    monkeypatch.setattr("engramtier.memory.available_host_bytes", lambda: 64 << 10)  # a 1 KiB document limit
+    big = "word " * 400
+    (tmp_path / "big.txt").write_text(big)
+    (tmp_path / "big.jsonl").write_text(json.dumps({"text": big}) + "\n")
+    for path in ("big.txt", "big.jsonl"):
+        with pytest.raises(EngramTierError, match=f"{path}.* more than .* memory"):
+            list(text_documents([tmp_path / path]))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(big.encode())))
+    with pytest.raises(EngramTierError, match="standard input holds more than"):
+        list(text_documents(["-"]))
+    (tmp_path / "small.txt").write_text("a few words of text")
+    assert [text for _, text in text_documents([tmp_path / "small.txt"])] == ["a few words of text"]

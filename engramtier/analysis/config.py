@@ -28,12 +28,12 @@ from engramtier.cache.hierarchy import Hierarchy, hierarchy_section, parse_size
 from engramtier.cache.policy import check_policy
 from engramtier.cache.tomlfile import read_toml
 from engramtier.errors import EngramTierError, check_number, refuse_unknown
-from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, shape_problems
+from engramtier.model.hashing import MAX_HEADS, MAX_NGRAM, MAX_TABLE_SIZE, uniform_shape_problems
 from engramtier.model.presets import SHAPE_KEYS, get_preset
 from engramtier.trace.build import MODES
+from engramtier.trace.sources import MAX_ZIPF_VOCAB
 
 TRACE_SOURCES = ("sample", "text", "zipf", "file")
-MAX_ZIPF_VOCAB = 1 << 26  # the synthetic source keeps 24 bytes per id (its CDF and rank permutation): 1.5 GiB
 
 
 def size_to_rows(size: int | str, row_bytes: int, where: str, n_table_rows: int | None = None) -> int:
@@ -274,7 +274,7 @@ def _trace_config(table: Mapping[str, Any], path: Path) -> TraceConfig:
     if not all(isinstance(l, int) and not isinstance(l, bool) for l in cfg.layers):
         raise EngramTierError(f"{where}: 'layers' must be a list of layer numbers such as [1, 15], "
                               f"got {reprlib.repr(list(cfg.layers))}")
-    problems = shape_problems([cfg.table_size] * (cfg.max_ngram - 1), cfg.layers, cfg.heads)
+    problems = uniform_shape_problems(cfg.table_size, cfg.max_ngram, cfg.layers, cfg.heads)
     if problems:
         raise EngramTierError(f"{where}: " + "; ".join(problems))
     base = path.parent

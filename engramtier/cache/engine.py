@@ -41,6 +41,7 @@ method calls for other jitclass policies, and run as Python for a plain-Python p
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -49,8 +50,9 @@ from numba import njit
 
 from engramtier.cache import admission
 from engramtier.cache.hierarchy import MODES
-from engramtier.cache.policy import held_keys, inline_ops, is_compiled
+from engramtier.cache.policy import check_keys, held_keys, inline_ops, is_compiled
 from engramtier.cache.prefetch import PREFETCH_AHEAD
+from engramtier.cache.references import user_code
 from engramtier.errors import EngramTierError
 
 # Per-tier counters, one int64 row per cache tier (see `Engine.counters`): LOOKUP events seen, hits,
@@ -230,12 +232,55 @@ _PYTHON_DRIVERS = make_drivers(*METHOD_OPS, *admission.OPS)
 _DRIVERS: dict[Any, tuple[Any, Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim, warm)
 
 
-def drivers_for(policy: Any) -> tuple[Any, Any, Any, Any]:
-    """(target, fill driver, victim driver, warm loop) for ``policy``: its bare state and drivers specialised to
-    it for a `compiled_policy`, the policy with method-calling drivers for other jitclasses (compiled)
-    and plain Python policies (run as Python); compiled drivers are built once per policy type."""
+def running(policy: Any) -> AbstractContextManager:
+    """Where the engine runs ``policy``'s code: a plain-Python policy's is its user's (`user_code`:
+    whatever it raises becomes one line naming it); a compiled one's errors are engramtier's own."""
+    return nullcontext() if is_compiled(policy) else user_code(f"policy {type(policy).__name__}")
+
+
+class CheckedPolicy:
+    """A plain-Python policy as the Python drivers call it, for keys ``0 <= key < n_keys``.
+
+    What its ``admit`` and ``hit_victim`` return is checked right where it is returned: the tiers below
+    (compiled policies) and the runtime's slot maps index arrays by it without bounds checks."""
+
+    __slots__ = ("policy", "n_keys", "lookup", "remove")
+
+    def __init__(self, policy: Any, n_keys: int) -> None:
+        self.policy, self.n_keys = policy, n_keys
+        self.lookup, self.remove = policy.lookup, policy.remove
+
+    def admit(self, key: int, t: int) -> int:
+        victim = self.policy.admit(key, t)
+        if self._is_key(victim) and (victim == -1 or victim == key):
+            return victim
+        return self._held_key(victim, f"admit({key}, t={t})", "-1 (nothing evicted), the key itself (declined) or the "
+                              "key it evicted")
+
+    def hit_victim(self) -> int:
+        victim = self.policy.hit_victim()
+        return victim if self._is_key(victim) and victim == -1 else self._held_key(
+            victim, "hit_victim()", "-1 or the key the last hit evicted")
+
+    @staticmethod
+    def _is_key(value: Any) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    def _held_key(self, victim: Any, call: str, allowed: str) -> int:
+        """``victim`` if it is a key, else the one-line refusal naming the policy and what it returned."""
+        if self._is_key(victim) and 0 <= victim < self.n_keys:
+            return victim
+        raise EngramTierError(f"policy {type(self.policy).__name__}: {call} returned {victim!r}; it must return "
+                              f"{allowed}, a key in [0, {self.n_keys})")
+
+
+def drivers_for(policy: Any, n_keys: int) -> tuple[Any, Any, Any, Any]:
+    """(target, fill driver, victim driver, warm loop) for ``policy`` over keys ``0 <= key < n_keys``: its
+    bare state and drivers specialised to it for a `compiled_policy`, the policy with method-calling
+    drivers for other jitclasses (compiled), and a `CheckedPolicy` with the same drivers run as Python
+    for plain Python policies; compiled drivers are built once per policy type."""
     if not is_compiled(policy):
-        return (policy, *_PYTHON_DRIVERS)
+        return (CheckedPolicy(policy, n_keys), *_PYTHON_DRIVERS)
     kind = policy._numba_type_
     ops = inline_ops(policy)
     if kind not in _DRIVERS:
@@ -307,17 +352,22 @@ class Engine:
             raise EngramTierError(f"engine: unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         self.policies = list(policies)
         self.mode = mode
+        self.n_keys = int(n_keys)
         admissions = [None] * len(self.policies) if admissions is None else list(admissions)
         if len(admissions) != len(self.policies):
             raise EngramTierError(f"engine: {len(admissions)} admission filters for {len(self.policies)} cache tiers")
         self.admissions = [admission.build(None, 1) if a is None else a for a in admissions]
         if mode == "exclusive":
             for i, lower in enumerate(self.policies):
-                for upper in self.policies[:i] if lower.occupancy() else ():
+                with running(lower):
+                    held = held_keys(lower, n_keys) if lower.occupancy() else None
+                for upper in self.policies[:i] if held is not None else ():
                     compiled = is_compiled(upper) and is_compiled(lower)
-                    (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower,
-                                                                                          held_keys(lower, n_keys))
-        self._drivers = [drivers_for(policy) for policy in self.policies]
+                    with running(upper), running(lower):
+                        (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, held)
+        self._drivers = [drivers_for(policy, self.n_keys) for policy in self.policies]
+        # jitclasses called through their methods (not `compiled_policy` built-ins): their victims are checked per feed
+        self._check_victims = [is_compiled(p) and inline_ops(p) is None for p in self.policies]
         self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
         self.store_lookups = 0
         self.streams: list[Stream] = []
@@ -336,9 +386,9 @@ class Engine:
         halves = []
         for first, stop in ((0, at), (at, len(self.policies))):
             half = Engine.__new__(Engine)
-            half.policies, half.mode, half.first_tier = self.policies[first:stop], self.mode, first
+            half.policies, half.mode, half.first_tier, half.n_keys = self.policies[first:stop], self.mode, first, self.n_keys
             half.admissions = self.admissions[first:stop]
-            half._drivers = self._drivers[first:stop]
+            half._drivers, half._check_victims = self._drivers[first:stop], self._check_victims[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
             halves.append(half)
@@ -347,7 +397,11 @@ class Engine:
     def feed(self, keys: np.ndarray, ts: np.ndarray, step_starts: np.ndarray) -> np.ndarray:
         """Resolve the lookups ``keys`` (int64, unique within each step) at positions ``ts``, cut into
         steps by ``step_starts`` (indices into ``keys``, then ``keys.size``). Returns the rows each
-        tier served per step, int64 ``[len(policies) + 1, steps]``, the store last."""
+        tier served per step, int64 ``[len(policies) + 1, steps]``, the store last.
+
+        The batch is checked once here (keys in the table, steps inside it); the compiled drivers then
+        index by it unchecked."""
+        keys, ts, step_starts = self._checked_batch(keys, ts, step_starts)
         n_steps = step_starts.size - 1
         if 2 * keys.size > self._capacity or n_steps >= self._step_capacity:
             self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
@@ -364,11 +418,15 @@ class Engine:
                 served[i] = 0
                 out_starts[:] = 0
             elif self.first_tier + i == 0 or not exclusive:
-                n = fill(target, adm, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
-                         served[i], self.counters[i])
+                with running(self.policies[i]):
+                    n = fill(target, adm, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
+                             served[i], self.counters[i])
             else:
-                n = victim_driver(target, adm, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
-                                  served[i], self.counters[i])
+                with running(self.policies[i]):
+                    n = victim_driver(target, adm, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
+                                      served[i], self.counters[i])
+            if self._check_victims[i]:
+                self._refuse_bad_victims(i, events, victim[: events.size])
             streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
             events, ts_in, starts = out_events[:n], out_ts[:n], out_starts
         if events.size:
@@ -384,15 +442,44 @@ class Engine:
         afterwards. Counters are untouched: a warm start is not a lookup."""
         if len(keysets) != len(self.policies):
             raise EngramTierError(f"engine: {len(keysets)} warm key sets for {len(self.policies)} cache tiers")
-        for (target, _, _, warm_driver), keys in zip(self._drivers, keysets, strict=True):
-            if keys is not None and keys.size:
-                warm_driver(target, np.ascontiguousarray(keys, np.int64))
-        return [int(policy.occupancy()) for policy in self.policies]
+        held = []
+        for policy, (target, _, _, warm_driver), keys in zip(self.policies, self._drivers, keysets, strict=True):
+            with running(policy):
+                if keys is not None and keys.size:
+                    keys = np.ascontiguousarray(keys, np.int64).reshape(-1)
+                    check_keys("engine: warm start", keys, self.n_keys)
+                    warm_driver(target, keys)
+                held.append(int(policy.occupancy()))
+        return held
 
     def tier_counts(self) -> list[dict[str, int]]:
         """Per tier, fastest first and the store last: the `COUNTERS` so far (every store lookup hits)."""
         counts = [dict(zip(COUNTERS, c.tolist(), strict=True)) for c in self.counters]
         return [*counts, {**dict.fromkeys(COUNTERS, 0), "lookups": self.store_lookups, "hits": self.store_lookups}]
+
+    def _checked_batch(self, keys: Any, ts: Any, step_starts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``feed``'s arguments as contiguous int64, refused unless every key lies in the table, ``ts``
+        matches ``keys`` and ``step_starts`` rises from 0 to ``keys.size``."""
+        keys, ts, step_starts = (np.ascontiguousarray(a, np.int64).reshape(-1) for a in (keys, ts, step_starts))
+        # a lower half (`split`) is fed the events the half above passed down: DEMOTE(k) is -1 - k
+        check_keys("engine", keys if self.first_tier == 0 else np.where(keys >= 0, keys, -1 - keys), self.n_keys)
+        if ts.size != keys.size:
+            raise EngramTierError(f"engine: {ts.size} trace positions for {keys.size} lookups; give one per lookup")
+        if step_starts.size < 1 or step_starts[0] != 0 or step_starts[-1] != keys.size or np.any(np.diff(step_starts) < 0):
+            raise EngramTierError(f"engine: step_starts must rise from 0 to the {keys.size} lookups (each step's "
+                                  "first lookup, then the total)")
+        return keys, ts, step_starts
+
+    def _refuse_bad_victims(self, tier: int, events: np.ndarray, victims: np.ndarray) -> None:
+        """What a policy called through its methods returned (see `CheckedPolicy`), checked for a whole feed before
+        the next tier reads it: -1, the event's key, or a key of the table."""
+        keys = np.where(events >= 0, events, -1 - events)
+        bad = ~((victims == -1) | (victims == keys) | ((victims >= 0) & (victims < self.n_keys)))
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise EngramTierError(f"policy {type(self.policies[tier]).__name__}: returned {int(victims[j])} for key "
+                                  f"{int(keys[j])}; admit must return -1, the key itself or a key in [0, {self.n_keys}), "
+                                  "hit_victim -1 or such a key")
 
     def _reserve(self, n_events: int, n_starts: int) -> None:
         """Grow the per-tier event buffers (never shrink them), so that feeds of similar size reuse them."""

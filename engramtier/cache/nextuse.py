@@ -93,8 +93,9 @@ def occurrences(ctx: PolicyContext, policy: str) -> tuple[np.ndarray, np.ndarray
 
 @njit(inline="always")
 def next_request_after(key, t, keys, next_use, starts, positions):
-    """Position of the first request for ``key`` after position ``t``, or ``NEVER``."""
-    if keys[t] == key:
+    """Position of the first request for ``key`` after position ``t``, or ``NEVER``. ``t`` may lie outside
+    the trace (a warm start before it, a runtime running past it): the occurrences answer then."""
+    if 0 <= t < keys.size and keys[t] == key:
         return next_use[t]
     lo = starts[key]
     hi = starts[key + 1]

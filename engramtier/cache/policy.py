@@ -34,6 +34,11 @@ built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, t
 inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
 forward to them, and `replay` and the engine's drivers (`engine.make_drivers`) inline them into one
 loop over the bare tuple.
+
+Compiled code does not bound-check, so a key outside ``[0, n_keys)`` would read and write memory
+that is not the policy's. Keys are checked where they cross into it: every method a built-in offers
+to Python checks its key (`check_key`), and `replay` and the engine (`check_keys`) check a batch of
+keys once before their compiled loops, which then run unchecked.
 """
 
 from __future__ import annotations
@@ -44,12 +49,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 from numba.experimental import jitclass
 
 from engramtier.cache import keymap
 from engramtier.cache.prefetch import PREFETCH_AHEAD
-from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference
+from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference, user_code
 from engramtier.errors import EngramTierError, refuse_unknown
 from engramtier.trace.layout import SubtableLayout
 
@@ -154,26 +159,35 @@ def make_policy(name: str, capacity: int, ctx: PolicyContext, **params: Any) -> 
             f"policy '{name}': capacity {capacity} rows exceeds the table's {ctx.n_table_rows} rows; "
             "make the tier smaller or leave it out (the last tier holds every row)"
         )
-    accepted = list(inspect.signature(builder).parameters)[2:]
+    check_params(name, params)
+    if not is_reference(name):
+        return builder(int(capacity), ctx, **params)
+    with user_code(f"policy '{name}': building it"):
+        policy = builder(int(capacity), ctx, **params)
+    try:  # a builder function is checked only once it has built something
+        refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
+    except EngramTierError as err:
+        raise EngramTierError(f"policy '{name}': {err}") from None
+    return policy
+
+
+def check_params(name: str, params: dict) -> None:
+    """Refuse parameters the builder does not take, the ones it needs left out, and a value of another kind
+    than its parameter's default (a hierarchy file may give names and tables too, for policies that take
+    them), so that builders compare numbers with numbers."""
+    parameters = list(inspect.signature(_builder(name)).parameters.values())[2:]
+    accepted = [p.name for p in parameters]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise EngramTierError(
             f"policy '{name}': unknown parameter(s) {', '.join(unknown)}; "
             f"it takes {', '.join(accepted) if accepted else 'no parameters'}"
         )
-    check_params(name, params)
-    policy = builder(int(capacity), ctx, **params)
-    if is_reference(name):  # a builder function is checked only once it has built something
-        try:
-            refuse_non_policy(type(policy), f"its builder returned a {type(policy).__name__}, which")
-        except EngramTierError as err:
-            raise EngramTierError(f"policy '{name}': {err}") from None
-    return policy
-
-
-def check_params(name: str, params: dict) -> None:
-    """Refuse a value of another kind than its parameter's default (a hierarchy file may give names and
-    tables too, for policies that take them), so that builders compare numbers with numbers."""
+    missing = [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               and p.name not in params]
+    if missing:
+        raise EngramTierError(f"policy '{name}': it needs parameter(s) {', '.join(missing)}, which have no default; add "
+                              "them to the tier's params table (params = {" + ", ".join(f"{m} = ..." for m in missing) + "})")
     for key, parameter in inspect.signature(_builder(name)).parameters.items():
         if key not in params or parameter.default is inspect.Parameter.empty:
             continue
@@ -228,6 +242,29 @@ def _load_builtins() -> None:
 _KERNELS: dict[Any, Any] = {}
 _INLINE_OPS: dict[Any, tuple] = {}
 
+def check_keys(where: str, keys: np.ndarray, n_keys: int) -> None:
+    """Refuse a batch of keys (int64) holding one outside ``[0, n_keys)``, once, before a compiled loop
+    indexes arrays by them."""
+    if keys.size and (keys.min() < 0 or keys.max() >= n_keys):
+        bad = int(keys.min()) if keys.min() < 0 else int(keys.max())
+        raise EngramTierError(f"{where}: key {bad} lies outside the policy's keys [0, {n_keys}); keys are row ids "
+                              "of the table the policies were built for (PolicyContext(n_keys=...))")
+
+
+@njit(inline="always")
+def check_key(name, n_keys, key):
+    """`check_keys` for one key a built-in's method receives from Python."""
+    if key < 0 or key >= n_keys:
+        raise EngramTierError("policy " + name + ": key " + str(key) + " lies outside its keys [0, " + str(n_keys)
+                              + "); keys are row ids of the table it was built for (PolicyContext(n_keys=...))")
+
+
+def key_space(policy: Any) -> int | None:
+    """The number of keys a built-in policy was built for (its methods refuse others), None for any other
+    policy."""
+    return int(policy.n_keys) if is_compiled(policy) and hasattr(policy, "n_keys") else None
+
+
 @njit(inline="always")
 def prefetch_key(state, key):
     """Start loading the entry of the state's key map (`INDEX`) that a lookup of ``key`` reads first."""
@@ -255,9 +292,10 @@ def no_hit_victim(state):
 
 def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,
                     hit_victim=no_hit_victim) -> Any:
-    """Build the jitclass ``name`` around ``state`` (a tuple of arrays typed ``state_type`` whose first
-    array is a key map and second each node's key (`engramtier.cache.keymap`): `replay` prefetches the
-    map ahead of the requests).
+    """Build the jitclass ``name``, made as ``name(state, n_keys)`` around ``state`` (a tuple of arrays
+    typed ``state_type`` whose first array is a key map and second each node's key
+    (`engramtier.cache.keymap`): `replay` prefetches the map ahead of the requests) for keys
+    ``0 <= key < n_keys``, which its methods check (`check_key`); the inlined loops do not.
 
     ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
     key)``, ``occupancy(state)`` and ``hit_victim(state)`` are ``@njit(inline='always')`` functions of
@@ -272,19 +310,24 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
         for fn in (lookup, admit, remove, contains, occupancy, hit_victim))
 
     class Policy:
-        def __init__(self, state):
+        def __init__(self, state, n_keys):
             self.state = state
+            self.n_keys = n_keys
 
         def lookup(self, key, t):
+            check_key(name, self.n_keys, key)
             return lookup_(self.state, key, t)
 
         def admit(self, key, t):
+            check_key(name, self.n_keys, key)
             return admit_(self.state, key, t)
 
         def remove(self, key):
+            check_key(name, self.n_keys, key)
             return remove_(self.state, key)
 
         def contains(self, key):
+            check_key(name, self.n_keys, key)
             return contains_(self.state, key)
 
         def occupancy(self):
@@ -294,7 +337,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
             return hit_victim_(self.state)
 
     Policy.__name__ = Policy.__qualname__ = name
-    cls = jitclass([("state", state_type)])(Policy)
+    cls = jitclass([("state", state_type), ("n_keys", types.int64)])(Policy)
 
     @njit(nogil=True, _nrt=False)
     def kernel(state, keys, hits):
@@ -355,8 +398,14 @@ def _replay(policy, keys, hits):
 def replay(policy: Any, keys: np.ndarray, hits: np.ndarray | None = None) -> int:
     """Run a single-tier cache over ``keys``; fills ``hits`` (bool per request) and returns the hit count."""
     keys = np.ascontiguousarray(keys, dtype=np.int64)
+    n_keys = key_space(policy)
+    if n_keys is not None:
+        check_keys(f"replay ({type(policy).__name__})", keys, n_keys)
     if hits is None:
         hits = np.empty(keys.size, dtype=np.bool_)
+    elif not (isinstance(hits, np.ndarray) and hits.dtype == np.bool_ and hits.shape == (keys.size,)):
+        raise EngramTierError(f"replay: hits must be a bool array of one entry per key ({keys.size}), got "
+                              f"{getattr(hits, 'dtype', type(hits).__name__)} {getattr(hits, 'shape', '')}")
     kernel = _KERNELS.get(getattr(policy, "_numba_type_", None))
     if kernel is not None:
         return int(kernel(policy.state, keys, hits))

@@ -13,12 +13,15 @@ import importlib
 import inspect
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from engramtier.errors import EngramTierError
 
-POLICY_METHODS = ("lookup", "admit", "remove", "contains", "occupancy", "hit_victim")
+# the six methods and the arguments each is called with
+POLICY_METHODS = {"lookup": ("key", "t"), "admit": ("key", "t"), "remove": ("key",), "contains": ("key",),
+                  "occupancy": (), "hit_victim": ()}
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -63,14 +66,30 @@ def _import(module_name: str, search: list[Path]) -> Any:
         except ModuleNotFoundError as err:
             if not (err.name and (module_name == err.name or module_name.startswith(err.name + "."))):
                 raise EngramTierError(f"importing module '{module_name}' failed: {err}") from None
-        except Exception as err:  # the user's module failing in any way: its error becomes the one line
-            raise EngramTierError(f"importing module '{module_name}' failed: {type(err).__name__}: {err}") from None
+        except (Exception, SystemExit) as err:  # the user's module failing in any way (sys.exit too): one line
+            raise EngramTierError(f"importing module '{module_name}' failed: {_cause(err)}") from None
         finally:
             for directory in added:
                 sys.path.remove(directory)
     places = " nor in " + ", ".join(map(str, search)) + " (the TOML file's directory)" if search else ""
     raise EngramTierError(f"no module '{module_name}' on the Python path{places}; add its directory to PYTHONPATH "
                           "or put the module beside the TOML file")
+
+
+@contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Run code of a user's policy (building it, calling its methods): whatever it raises, ``sys.exit()``
+    included, becomes one line saying that ``what`` failed and why; an `EngramTierError` keeps its line."""
+    try:
+        yield
+    except EngramTierError:
+        raise
+    except (Exception, SystemExit) as err:
+        raise EngramTierError(f"{what} failed: {_cause(err)}") from None
+
+
+def _cause(err: BaseException) -> str:
+    return f"it called sys.exit({err.code!r})" if isinstance(err, SystemExit) else f"{type(err).__name__}: {err}"
 
 
 def _class_builder(cls: type, attribute: str) -> Callable[..., Any]:
@@ -95,8 +114,21 @@ def _class_builder(cls: type, attribute: str) -> Callable[..., Any]:
 
 
 def refuse_non_policy(cls: type, what: str) -> None:
-    """Refuse ``cls`` unless it has the six policy methods; ``what`` names it in the error."""
+    """Refuse ``cls`` unless it has the six policy methods, each taking its arguments; ``what`` names it in the
+    error."""
     missing = [m for m in POLICY_METHODS if not callable(getattr(cls, m, None))]
     if missing:
         raise EngramTierError(f"{what} is not a policy: it lacks {', '.join(missing)} (a policy has the six "
                               "methods of docs/custom_policy.md)")
+    for method, arguments in POLICY_METHODS.items():
+        member = getattr(cls, method)
+        try:
+            signature = inspect.signature(member)
+        except (TypeError, ValueError):  # a builtin or compiled method without a signature: not checkable
+            continue
+        unbound = inspect.isfunction(member) and not isinstance(inspect.getattr_static(cls, method), staticmethod)
+        try:
+            signature.bind(*((None,) if unbound else ()), *arguments)  # a plain method takes self first
+        except TypeError:
+            raise EngramTierError(f"{what} is not a policy: {method}{signature} cannot be called as "
+                                  f"{method}({', '.join(arguments)}) (docs/custom_policy.md)") from None

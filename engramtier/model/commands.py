@@ -10,7 +10,7 @@ import argparse
 import time
 from dataclasses import fields
 
-from engramtier.argtypes import nonnegative_int, positive_float, positive_int, seed
+from engramtier.argtypes import learning_rate, nonnegative_int, positive_int, row_dim, seed
 from engramtier.model.train import train
 from engramtier.model.trainconfig import VARIANTS, TrainConfig
 
@@ -45,8 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--seq-len", type=positive_int)
-    p.add_argument("--lr", type=positive_float, help="peak learning rate of the dense weights")
-    p.add_argument("--table-lr", type=positive_float, help="peak learning rate of the Engram table (SparseAdam)")
+    p.add_argument("--lr", type=learning_rate, help="peak learning rate of the dense weights")
+    p.add_argument("--table-lr", type=learning_rate, help="peak learning rate of the Engram table (SparseAdam)")
     p.add_argument("--eval-every", type=nonnegative_int, help="steps between validations (0: only at the end)")
     p.add_argument("--eval-tokens", type=positive_int, help="held-out tokens per validation")
     p.add_argument("--seed", type=seed)
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     p.add_argument("--table-size", type=positive_int, help="rows per sub-table (each head takes the next unused prime above)")
     p.add_argument("--max-ngram", dest="max_ngram_size", type=positive_int, help="N: orders 2..N are hashed")
     p.add_argument("--hash-heads", type=positive_int, help="hash heads per order")
-    p.add_argument("--row-dim", type=positive_int, help="D, values per table row")
+    p.add_argument("--row-dim", type=row_dim, help="D, values per table row")
     p.add_argument("--row-format", choices=["bf16", "fp8_e4m3"])
     p.add_argument("--variant", choices=VARIANTS,
                    help="the Engram layer: classic (default; engramtier's first), demo (DeepSeek's paper demo) or "

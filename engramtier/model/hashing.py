@@ -63,6 +63,14 @@ def shape_problems(table_sizes, layer_ids, n_heads: int) -> list[str]:
     return problems
 
 
+def uniform_shape_problems(table_size: int, max_ngram: int, layer_ids, n_heads: int) -> list[str]:
+    """`shape_problems` of ``table_size`` rows for every order 2..``max_ngram`` (the shape the command line
+    and experiment files give), without first building a list as long as a mistyped ``max_ngram``."""
+    if max_ngram > MAX_NGRAM:
+        return [f"max n-gram {max_ngram} exceeds {MAX_NGRAM}", *shape_problems([table_size], layer_ids, n_heads)]
+    return shape_problems([table_size] * max(max_ngram - 1, 0), layer_ids, n_heads)
+
+
 @dataclass(frozen=True)
 class HashConfig:
     """Everything that decides which row a token position reads.

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from engramtier.documents import text_documents
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import DSV41_NORM_EPS, EngramLM, ModelConfig
 from engramtier.model.hashing import HashConfig
@@ -35,7 +36,6 @@ from engramtier.model.trainconfig import TrainConfig
 from engramtier.outputs import write_text_atomic
 from engramtier.provenance import machine_info
 from engramtier.rundir import claim
-from engramtier.trace.sources import text_documents
 
 BPE_PREFIX = "bpe:"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engramtier.errors import EngramTierError
-from engramtier.model.hashing import shape_problems
+from engramtier.model.hashing import uniform_shape_problems
 
 # The Engram layer variants (`engramtier.model.engram`), named here where no torch is imported so that
 # the command line can check --variant at once.
@@ -69,8 +69,8 @@ class TrainConfig:
             if outside:
                 problems.append(f"--engram-layers {outside} lie outside blocks 0..{self.n_layers - 1}")
             else:
-                problems += shape_problems([self.table_size] * max(self.max_ngram_size - 1, 0),
-                                           self.engram_layers, self.hash_heads)
+                problems += uniform_shape_problems(self.table_size, self.max_ngram_size, self.engram_layers,
+                                                   self.hash_heads)
         if problems:
             raise EngramTierError("train: " + "; ".join(problems) + "; see engramtier train --help")
         if not Path(self.text).exists():

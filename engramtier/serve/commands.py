@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from engramtier.analysis.plots import replay_stall_figure
-from engramtier.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, seed
+from engramtier.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int, row_dim, seed
 from engramtier.cache.hierarchy import format_bytes, load_hierarchy
+from engramtier.documents import decode_text
 from engramtier.errors import EngramTierError
 from engramtier.model.run import load_model
 from engramtier.model.speculation import Speculation
@@ -28,7 +29,7 @@ from engramtier.serve.replay import engram_only_replay, random_run, random_stand
 from engramtier.tiers.open import lmdb_table_for, open_for_model
 from engramtier.tiers.records import BYTES_READ_NOTE, distribution, served_above_store, sized_tiers
 from engramtier.trace.build import StepPlan
-from engramtier.trace.sources import decode_text, sample_text_dir
+from engramtier.trace.sources import sample_text_dir
 
 _REPLAY_EXAMPLES = """\
 examples:
@@ -268,7 +269,7 @@ def _register_replay(subparsers) -> None:
     random_init.add_argument("--engram-layers", type=nonnegative_int, nargs="+", default=shape["engram_layers"])
     random_init.add_argument("--table-size", type=positive_int, default=20011, help="rows per sub-table")
     random_init.add_argument("--hash-heads", type=positive_int, default=shape["hash_heads"])
-    random_init.add_argument("--row-dim", type=positive_int, default=shape["row_dim"])
+    random_init.add_argument("--row-dim", type=row_dim, default=shape["row_dim"])
     random_init.add_argument("--seed", type=seed, default=0)
     random_init.add_argument("--variant", choices=VARIANTS,
                              help="the Engram layer: classic, demo or dsv41 (default classic; with --engram-only dsv41)")

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from engramtier.cache.simulator import simulate
+from engramtier.documents import text_documents
 from engramtier.errors import EngramTierError
 from engramtier.model.backbone import EngramLM, stand_in_config
 from engramtier.model.hashing import HashConfig, NgramHasher
@@ -52,7 +53,6 @@ from engramtier.tiers.open import LMDB_TABLE
 from engramtier.tiers.records import BYTES_READ_NOTE, distribution, sized_tiers
 from engramtier.trace.build import StepPlan, windows
 from engramtier.trace.layout import SubtableLayout
-from engramtier.trace.sources import text_documents
 
 PAD_REPLAY = "right-padded with the end-of-text token"
 WARMUP_STEPS = 3  # a decode plan's prompt step and two one-token steps: every kind of forward once

@@ -17,7 +17,6 @@ see `engramtier.tiers.slab`. The nvme tier holds every row and is the table's so
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -134,19 +133,6 @@ class Tier(ABC):
         if not rows.flags.c_contiguous:
             raise EngramTierError(f"{self.name} tier: {what} must be C-contiguous; pass np.ascontiguousarray(...)")
         return rows
-
-
-def available_host_bytes() -> int:
-    """MemAvailable from /proc/meminfo: what the kernel can give without swapping."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_fits(name: str, nbytes: int, available: int, where: str) -> None:

@@ -16,7 +16,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from engramtier.argtypes import nonnegative_int, positive_int, seed
+from engramtier.argtypes import nonnegative_int, page_kib, positive_int, row_dim, seed
 from engramtier.cache.hierarchy import parse_size
 from engramtier.errors import EngramTierError
 from engramtier.model.checkpoint import Checkpoint, import_checkpoint
@@ -77,12 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-token", type=nonnegative_int, metavar="BASE_ID",
                    help="with --preset: the model's image token, which hashing blocks (its tables' fingerprint has it)")
     p.add_argument("--format", help="row format of a --random table: bf16 or fp8_e4m3 (default bf16, or the preset's)")
-    p.add_argument("--dim", type=positive_int, help="values per row of a --random table (default 80, or the preset's)")
+    p.add_argument("--dim", type=row_dim, help="values per row of a --random table (default 80, or the preset's)")
     p.add_argument("--seed", type=seed, default=0, help="seed of a --random table's values (default 0)")
     p.add_argument("--profile", metavar="TRACE_OR_NPY",
                    help="a trace file, or per-row access counts or row ids (.npy): rows are laid out hottest first")
     p.add_argument("--compression", default="none", help="none, zstd[:LEVEL] or zstd-dict[:LEVEL] (default none)")
-    p.add_argument("--page-kib", type=positive_int, default=16, help="page size in KiB (default 16)")
+    p.add_argument("--page-kib", type=page_kib, default=16, help="page size in KiB (default 16)")
     p.add_argument("--map-size", metavar="SIZE", help="LMDB map size, e.g. 64GiB (default: twice the raw table)")
     p.add_argument("--batch-pages", type=positive_int, metavar="N",
                    help="pages per write transaction, the most a crash loses (default: 32 MiB of rows)")

@@ -34,6 +34,7 @@ from numba import njit
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
+from engramtier.memory import check_memory
 from engramtier.model.rows import RowFormat
 from engramtier.model.table import MANIFEST_FILE, open_table
 from engramtier.tiers.nvme import (
@@ -196,6 +197,12 @@ def build_lmdb_table(source: Any, path: str | os.PathLike, profile: np.ndarray |
         "source": source.identity, "compression": str(comp), "page_rows": layout.page_rows,
         "profile_sha256": None if profile is None else hashlib.sha256(profile.tobytes()).hexdigest(),
     }
+    batch_pages = batch_pages or max(1, (32 << 20) // layout.page_bytes)
+    batch_rows = min(batch_pages * layout.page_rows, layout.n_rows)
+    check_memory(f"building table {path}", {
+        "lower --batch-pages or --page-kib (rows packed per write)": 4 * batch_rows * (layout.row_bytes + ROW_SUM_BYTES),
+        "build a smaller table (its profile order)": 0 if profile is None else 40 * layout.n_rows,
+    })
     if map_size is None:
         map_size = 2 * layout.n_pages * _page_on_disk(layout) + (64 << 20)
         map_size += 2 * source.n_rows * permutation_dtype(source.n_rows).itemsize
@@ -208,7 +215,6 @@ def build_lmdb_table(source: Any, path: str | os.PathLike, profile: np.ndarray |
         done, summary = writer.resume_or_start(request, source, order)
         if summary is not None:
             return summary  # complete already
-        batch_pages = batch_pages or max(1, (32 << 20) // layout.page_bytes)
         with tqdm(total=layout.n_pages, initial=done, unit="page", disable=not progress,
                   desc=f"build {path.name}") as bar:
             for first in range(done, layout.n_pages, batch_pages):

@@ -65,9 +65,14 @@ def layout_chunk_keys(kind: bytes, n: int) -> list[bytes]:
 
 
 def open_environment(path: Path, *, readonly: bool, map_size: int = 1 << 30) -> lmdb.Environment:
-    """The LMDB environment of a table directory; read-only opens take no lock (shared serving)."""
-    return lmdb.open(str(path), subdir=True, readonly=readonly, lock=not readonly, max_dbs=len(DATABASES),
-                     map_size=map_size, readahead=False, meminit=False)
+    """The LMDB environment of a table directory; read-only opens take no lock (shared serving). A map
+    the process cannot address (a map size beyond the address space or the vm limits) is one line."""
+    try:
+        return lmdb.open(str(path), subdir=True, readonly=readonly, lock=not readonly, max_dbs=len(DATABASES),
+                         map_size=map_size, readahead=False, meminit=False)
+    except (lmdb.MemoryError, OverflowError) as err:
+        raise EngramTierError(f"table {path}: LMDB cannot map {map_size:,} bytes ({err}); give a smaller --map-size "
+                              "(the table's size with room to spare)") from None
 
 
 def drop_page_cache(path: str | os.PathLike) -> None:

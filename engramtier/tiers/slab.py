@@ -22,7 +22,8 @@ from numba import njit, prange
 
 from engramtier.cache import keymap
 from engramtier.errors import EngramTierError
-from engramtier.tiers.base import Tier, available_host_bytes, check_fits
+from engramtier.memory import available_host_bytes
+from engramtier.tiers.base import Tier, check_fits
 
 
 @njit(nogil=True, cache=True)

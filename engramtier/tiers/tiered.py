@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from engramtier.cache.engine import Engine, tier_report
+from engramtier.cache.engine import Engine, running, tier_report
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext, held_keys
 from engramtier.cache.simulator import OVERLAPS
@@ -187,8 +187,9 @@ class TieredTable:
     def _preload(self) -> None:
         """Copy in the rows a policy holds from the start (a static hot set, a warm start), from the store."""
         for tier, policy in zip(self.caches, self.engine.policies, strict=True):
-            if policy.occupancy():
-                keys = held_keys(policy, self.n_rows)
+            with running(policy):
+                keys = held_keys(policy, self.n_rows) if policy.occupancy() else None
+            if keys is not None:
                 rows = np.empty((keys.size, self.row_bytes), np.uint8)
                 self.store.read(keys, rows)
                 tier.write(keys, torch.from_numpy(rows).to(tier.device) if tier.slab_on_device else rows)

@@ -1,6 +1,6 @@
 """engramtier.trace: token sources -> row traces in steps -> trace files, exports and statistics.
 
-sources    text files, directories, JSONL, stdin and synthetic Zipf streams, as canonical token ids
+sources    text documents (`engramtier.documents`) and synthetic Zipf streams, as canonical token ids
 build      token ids -> global row ids, grouped into prefill or decode (continuous batching) steps
 rowtrace   `RowTrace`, the in-memory trace the simulator replays
 lookups    a step's unique rows in first-occurrence order: what the simulator and the runtime replay

@@ -28,13 +28,19 @@ import numpy as np
 from tqdm import tqdm
 
 from engramtier.errors import EngramTierError
+from engramtier.memory import check_memory
 from engramtier.model.hashing import NgramHasher
 from engramtier.trace.layout import SubtableLayout
+from engramtier.trace.rowindex import BITMAP_MAX_ROWS
 from engramtier.trace.rowtrace import RowTrace
 from engramtier.trace.sources import TokenSource
 from engramtier.trace.tracefile import TraceWriter
 
 MODES = ("prefill", "decode")
+BLOCK_TOKENS = 1 << 18  # tokens hashed per call
+# memory per token hashed and not yet written: its rows (int64) in the hash buffer, the block and the sorted
+# copy a decode emits, plus the token id, its step and slot
+BYTES_PER_HELD_ROW, BYTES_PER_HELD_TOKEN = 3 * 8, 64
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class TraceBuilder:
     ``preset`` names the model shape (`engramtier.model.presets`) the hasher was made from, if any.
     """
 
-    def __init__(self, source: TokenSource, hasher: NgramHasher, plan: StepPlan, block_tokens: int = 1 << 18,
+    def __init__(self, source: TokenSource, hasher: NgramHasher, plan: StepPlan, block_tokens: int = BLOCK_TOKENS,
                  threads: int | None = None, preset: str | None = None):
         self.source, self.hasher, self.plan, self.preset = source, hasher, plan, preset
         self.block_tokens = block_tokens
@@ -159,14 +165,17 @@ class TraceBuilder:
     def _decode_blocks(self, sequences: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Assign each request a slot and a start step, hash a block of requests, and emit the steps
         that no later request can join (those before the earliest step a slot frees up)."""
-        free_at = [(0, slot) for slot in range(self.plan.requests)]  # (first free step, slot) heap
+        # (first free step, slot) heap of the slots opened so far; the others are free from step 0, and are
+        # opened in slot order before any is reused, so memory follows the requests served, not --requests
+        free_at: list[tuple[int, int]] = []
         pending = _Scheduled.empty(self._buffer.shape[1:])
         first_step = 0
         block: list[np.ndarray] = []
         starts, slots = [], []
         n_block = 0
         for seq in sequences:
-            step, slot = heapq.heappop(free_at)
+            opened = len(free_at) < self.plan.requests
+            step, slot = (0, len(free_at)) if opened else heapq.heappop(free_at)
             heapq.heappush(free_at, (step + self._request_steps(seq.size), slot))
             block.append(seq)
             starts.append(step)
@@ -174,7 +183,7 @@ class TraceBuilder:
             n_block += seq.size
             if n_block >= self.block_tokens:
                 pending = pending.join(self._schedule(block, starts, slots))
-                horizon = free_at[0][0]
+                horizon = free_at[0][0] if len(free_at) == self.plan.requests else 0  # a free slot joins step 0
                 if horizon > first_step:
                     ready, pending = pending.split(horizon)
                     yield self._emit(ready, first_step, horizon)
@@ -236,6 +245,28 @@ class _Scheduled:
                 _Scheduled(self.steps[~early], self.slots[~early], self.rows[~early]))
 
 
+def build_memory(source: TokenSource, plan: StepPlan, rows_per_token: int, n_table_rows: int,
+                 chunk_rows: int) -> dict[str, float]:
+    """What a trace build holds at most, keyed by the advice that lowers each part (for
+    `engramtier.memory.check_memory`): the tokens hashed and not yet written (a step of a prefill, every
+    request's window of a decode, and a block; never more than the source holds), the writer's chunk,
+    the row count of every step, the rows' index (a bit per table row and its rank, see `engramtier.trace.rowindex`) and what the
+    source holds itself."""
+    window = (plan.batch if plan.mode == "prefill" else plan.requests) * plan.seq_len + BLOCK_TOKENS
+    known = source.max_tokens()
+    held = window if known is None else min(window, known)
+    chunk = chunk_rows if known is None else min(chunk_rows, known * rows_per_token)
+    steps = 0 if known is None else known // plan.tokens_per_step + 1  # a prompt step or a short last step aside
+    return {
+        "lower --tokens (the trace's step counts)": 3 * 8 * steps,
+        f"lower --{'batch' if plan.mode == 'prefill' else 'requests'} or --seq-len (tokens held per step)":
+            held * (BYTES_PER_HELD_ROW * rows_per_token + BYTES_PER_HELD_TOKEN),
+        "lower --chunk-rows": 2 * 8 * chunk,  # the buffer and its encoding
+        "lower --table-size (the rows' index)": min(n_table_rows, BITMAP_MAX_ROWS) / 4,
+        **source.held_bytes(),
+    }
+
+
 def build_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, row_bytes: int = 160,
                 preset: str | None = None) -> RowTrace:
     """The whole row trace in memory (for tests and small inputs; `write_trace` streams to a file)."""
@@ -259,6 +290,8 @@ def write_trace(source: TokenSource, hasher: NgramHasher, plan: StepPlan, path, 
 
 
     builder = TraceBuilder(source, hasher, plan, preset=preset)
+    check_memory(f"building the trace {path}", build_memory(source, plan, builder.rows_per_token, hasher.n_rows,
+                                                          chunk_rows))
     write_s = 0.0
     with TraceWriter(path, hasher.n_rows, row_bytes, builder.meta(), chunk_rows=chunk_rows) as writer, \
             tqdm(unit="tok", unit_scale=True, disable=not progress, desc="trace", leave=False) as bar:

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from engramtier.argtypes import int_list, nonnegative_int, positive_float, positive_int, seed
+from engramtier.argtypes import int_list, nonnegative_int, positive_float, positive_int, row_bytes, seed
 from engramtier.errors import EngramTierError
-from engramtier.model.hashing import shape_problems
+from engramtier.model.hashing import uniform_shape_problems
 from engramtier.model.presets import SHAPE_KEYS, shape_settings
 from engramtier.outputs import atomic_output, check_output_file
 from engramtier.trace.build import StepPlan, hasher_for, write_trace
@@ -83,7 +83,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-ngram", type=positive_int, help="largest n-gram order N (default 3)")
     p.add_argument("--table-size", type=positive_int, help="rows per sub-table, rounded up to a prime (default 1000003)")
     p.add_argument("--seed", type=seed, help="hash seed and the Zipf stream's seed (default 0)")
-    p.add_argument("--row-bytes", type=positive_int, help="bytes per row (default 160: bf16[80])")
+    p.add_argument("--row-bytes", type=row_bytes, help="bytes per row (default 160: bf16[80])")
     p.add_argument("--engram-pad", type=nonnegative_int, metavar="BASE_ID",
                    help="base token id standing for positions before a sequence's start (default: the "
                    "tokenizer's, 2 for deepseek)")
@@ -122,7 +122,7 @@ def register(subparsers) -> None:
 def run_trace(args) -> None:
     check_output_file(args.output, "-o", inputs=[s for s in args.sources if s != "-"])
     shape = shape_settings(args.preset, {k: getattr(args, k) for k in SHAPE_KEYS})
-    problems = shape_problems([shape["table_size"]] * max(shape["max_ngram"] - 1, 0), shape["layers"], shape["heads"])
+    problems = uniform_shape_problems(shape["table_size"], shape["max_ngram"], shape["layers"], shape["heads"])
     if problems:
         raise EngramTierError("table shape: " + "; ".join(problems) + "; see engramtier trace --help")
     if args.synthetic_zipf is not None:

@@ -9,25 +9,17 @@ has a vocabulary of its own. Sources are iterators, so arbitrarily long inputs s
 
 from __future__ import annotations
 
-import gzip
-import json
-import sys
-import zlib
-from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
+from engramtier.documents import GZIP_SUFFIX, STDIN, files_under, no_such_path, text_documents
 from engramtier.errors import EngramTierError
 from engramtier.model.hashing import HashConfig
 from engramtier.model.tokenizer import load_compressed_tokenizer
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")  # Python docs' ``.rst.txt`` ends in .txt
-JSONL_SUFFIXES = (".jsonl",)
-GZIP_SUFFIX = ".gz"  # any of the above compressed (Debian ships its docs so): read decompressed
-STDIN = "-"
 _TOKENIZE_BATCH_CHARS = 1 << 20  # texts handed to the tokenizer at once (its batch call is parallel)
 
 
@@ -47,130 +39,15 @@ class TokenSource(Protocol):
     def describe(self) -> dict:
         """JSON-ready provenance recorded in the trace's meta."""
 
+    def max_tokens(self) -> int | None:
+        """At most how many tokens `documents` yields, None when that is unknown (standard input, compressed
+        files): what a trace build holds at once is bounded by it (`engramtier.trace.build.build_memory`)."""
+
+    def held_bytes(self) -> dict[str, float]:
+        """Memory the source itself holds while it yields, keyed by the advice that lowers it."""
+
 
 # --------------------------------------------------------------------------------------------- text
-
-
-class _TextOfHTML(HTMLParser):
-    """Collects the character data of an HTML page, leaving out scripts and style sheets."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden = 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag in ("script", "style"):
-            self._hidden += 1
-
-    def handle_endtag(self, tag):
-        if tag in ("script", "style") and self._hidden:
-            self._hidden -= 1
-
-    def handle_data(self, data):
-        if not self._hidden:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    parser = _TextOfHTML()
-    parser.feed(html)
-    parser.close()
-    return "".join(parser.parts)
-
-
-def _kind_suffix(path: Path) -> str:
-    """The suffix that says what a file holds: ``notes.rst.gz`` is reST (read decompressed)."""
-    suffixes = [x.lower() for x in path.suffixes]
-    return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == GZIP_SUFFIX else path.suffix.lower()
-
-
-def _read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.suffix.lower() != GZIP_SUFFIX:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise EngramTierError(f"{path} is not a readable gzip file ({err}); recompress it or leave it out") from None
-
-
-def decode_text(raw: bytes, where: str) -> str:
-    """``raw`` as UTF-8 text, or one line saying why it is not text."""
-    if b"\x00" in raw:
-        raise EngramTierError(f"{where} is a binary file (it holds NUL bytes); pass text, Markdown, reST, HTML or JSONL")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise EngramTierError(
-            f"{where} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 or leave it out"
-        ) from None
-
-
-def _read_text_file(path: Path) -> str:
-    text = decode_text(_read_bytes(path), str(path))
-    return html_to_text(text) if _kind_suffix(path) in (".html", ".htm") else text
-
-
-def _jsonl_documents(path: Path, field: str) -> Iterator[tuple[str, str]]:
-    with (gzip.open(path, "rb") if path.suffix.lower() == GZIP_SUFFIX else open(path, "rb")) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EngramTierError(f"{where} is not valid JSON ({err.msg} at column {err.colno}); fix or remove that line") from None
-            except UnicodeDecodeError:
-                raise EngramTierError(f"{where} is not UTF-8 text; convert the file to UTF-8") from None
-            if not isinstance(record, dict) or field not in record:
-                raise EngramTierError(f"{where} has no field '{field}'; choose the text field with --field")
-            if not isinstance(record[field], str):
-                raise EngramTierError(f"{where}: field '{field}' holds {type(record[field]).__name__}, not text")
-            yield where, record[field]
-
-
-def _missing(path) -> EngramTierError:
-    return EngramTierError(f"{path} does not exist; give text files, directories, JSONL files or '-' for stdin")
-
-
-def _files_under(directory: Path) -> list[Path]:
-    suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
-    return sorted(p for p in directory.rglob("*") if p.is_file() and _kind_suffix(p) in suffixes)
-
-
-def text_documents(paths: Iterable[str | Path], field: str = "text") -> Iterator[tuple[str, str]]:
-    """(origin, text) of every document under ``paths``: files, directories (recursively, the
-    suffixes in TEXT_SUFFIXES and JSONL_SUFFIXES, each optionally .gz), JSONL files (one document per line, text under
-    ``field``) and ``-`` for standard input (one document). Whitespace-only documents are skipped, but
-    a named file or directory that yields no text at all is an error: a typo should not make an
-    empty trace."""
-    for item in paths:
-        if str(item) == STDIN:
-            text = decode_text(sys.stdin.buffer.read(), "standard input")
-            if not text.strip():
-                raise EngramTierError("standard input holds no text; pipe some text in or name files instead")
-            yield "<stdin>", text
-            continue
-        path = Path(item)
-        if not path.exists():
-            raise _missing(path)
-        files = _files_under(path) if path.is_dir() else [path]
-        found = False
-        for file in files:
-            if _kind_suffix(file) in JSONL_SUFFIXES:
-                docs = _jsonl_documents(file, field)
-            else:
-                docs = iter([(str(file), _read_text_file(file))])
-            for origin, text in docs:
-                if text.strip():
-                    found = True
-                    yield origin, text
-        if not found:
-            kinds = " ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
-            what = f"directory with no non-empty {kinds} files" if path.is_dir() else "file with no text"
-            raise EngramTierError(f"{path} is a {what}; point at files that hold text")
 
 
 class TextSource:
@@ -186,7 +63,7 @@ class TextSource:
             raise EngramTierError("no text sources given; name files, directories, JSONL files or '-'")
         for path in self.paths:  # fail before the tokenizer loads and the output file opens
             if path != STDIN and not Path(path).exists():
-                raise _missing(path)
+                raise no_such_path(path)
         self.field = field
         self.tokenizer_name = tokenizer
         self.tokenizer = load_compressed_tokenizer(tokenizer, engram_pad, image_token)
@@ -211,6 +88,21 @@ class TextSource:
     def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
         return HashConfig.for_tokenizer(self.tokenizer, self.tokenizer_name, table_sizes, layer_ids, n_heads, seed)
 
+    def max_tokens(self) -> int | None:
+        """The bytes of the files named (a token takes a byte of text at least); None with standard input
+        or compressed files, whose size says nothing."""
+        total = 0
+        for item in self.paths:
+            path = Path(item)
+            files = files_under(path) if path.is_dir() else [path]
+            if item == STDIN or any(f.suffix.lower() == GZIP_SUFFIX or not f.is_file() for f in files):
+                return None
+            total += sum(f.stat().st_size for f in files)
+        return total
+
+    def held_bytes(self) -> dict[str, float]:
+        return {}
+
     def describe(self) -> dict:
         return {"kind": "text", "paths": self.paths, "field": self.field, "tokenizer": self.tokenizer_name,
                 "engram_pad": self.tokenizer.pad_base_id,
@@ -218,6 +110,9 @@ class TextSource:
 
 
 # -------------------------------------------------------------------------------------------- zipf
+
+
+MAX_ZIPF_VOCAB = 1 << 26  # the synthetic source keeps 24 bytes per id (its CDF and rank permutation): 1.5 GiB
 
 
 class ZipfSource:
@@ -236,8 +131,8 @@ class ZipfSource:
         problems = []
         if not alpha >= 0:
             problems.append(f"alpha must be >= 0, got {alpha}")
-        if vocab < 1:
-            problems.append(f"vocabulary must be >= 1, got {vocab}")
+        if not 1 <= vocab <= MAX_ZIPF_VOCAB:
+            problems.append(f"vocabulary must be in 1..{MAX_ZIPF_VOCAB}, got {vocab}")
         if n_tokens < 1:
             problems.append(f"token count must be >= 1, got {n_tokens}")
         if doc_len < 1:
@@ -262,6 +157,13 @@ class ZipfSource:
     def hash_config(self, table_sizes, layer_ids, n_heads, seed) -> HashConfig:
         return HashConfig(vocab_size=self.vocab + 1, pad_id=self.vocab, table_sizes=tuple(table_sizes),
                           layer_ids=tuple(layer_ids), n_heads=n_heads, seed=seed, tokenizer="synthetic-zipf")
+
+    def max_tokens(self) -> int:
+        return self.n_tokens
+
+    def held_bytes(self) -> dict[str, float]:
+        """The rank CDF (float64), the rank -> id permutation (int64) and its int64 draft, per vocabulary id."""
+        return {"lower the synthetic vocabulary (--vocab)": 24 * self.vocab}
 
     def describe(self) -> dict:
         return {"kind": "synthetic-zipf", "alpha": self.alpha, "vocab": self.vocab, "tokens": self.n_tokens,

@@ -183,7 +183,7 @@ class TraceWriter:
         self._raw_frames: list[tuple[int, int]] = []  # (offset, length) in the raw file
         self._raw_bytes = 0
         self._step_counts: list[np.ndarray] = []
-        self._rows = np.empty(self.chunk_rows, np.int64)  # rows of the steps not yet written
+        self._rows = np.empty(min(self.chunk_rows, 1 << 16), np.int64)  # rows of the steps not yet written (grows)
         self._encoded = np.empty(0, np.uint8)  # reused for each frame's payload before compression
         self._n_buffered = 0
         self._counts: list[np.ndarray] = []
@@ -218,8 +218,9 @@ class TraceWriter:
                     f"trace writer {self.path}: row id {lo if lo < 0 else hi} lies outside the table's {self.n_table_rows} rows"
                 )
             self._row_index.add(rows)
-        if self._n_buffered + rows.size > self._rows.size:
-            self._rows = np.concatenate([self._rows[: self._n_buffered], np.empty(rows.size, np.int64)])
+        if self._n_buffered + rows.size > self._rows.size:  # grow to what is held (x2), not to chunk_rows at once
+            grown = max(self._n_buffered + rows.size, min(2 * self._rows.size, self.chunk_rows))
+            self._rows = np.concatenate([self._rows[: self._n_buffered], np.empty(grown - self._n_buffered, np.int64)])
         self._rows[self._n_buffered : self._n_buffered + rows.size] = rows
         self._n_buffered += rows.size
         self._counts.append(step_counts)

@@ -236,4 +236,4 @@ ARC = compiled_policy("ARC", STATE, lookup, admit, remove, contains, occupancy)
 
 @register("arc")
 def build(capacity: int, ctx: PolicyContext) -> ARC:
-    return ARC(lists_state(ctx.n_keys, 2 * capacity, [capacity], hashed=ctx.hashed) + (np.zeros(1, np.float64),))
+    return ARC(lists_state(ctx.n_keys, 2 * capacity, [capacity], hashed=ctx.hashed) + (np.zeros(1, np.float64),), ctx.n_keys)

@@ -107,4 +107,4 @@ def build(capacity: int, ctx: PolicyContext, bypass: bool = False) -> Belady:
     return Belady((
         np.full(ctx.n_keys, -1, np.int32), np.empty(slots, np.int64), np.empty(slots, np.int64),
         keys, next_use(ctx, "belady"), starts, positions, np.array([0, capacity, bool(bypass)], np.int64),
-    ))
+    ), ctx.n_keys)

@@ -74,4 +74,4 @@ CLOCK = compiled_policy("CLOCK", STATE, lookup, admit, remove, holds_key, occupa
 def build(capacity: int, ctx: PolicyContext, bits: int = 1) -> CLOCK:
     if not 1 <= bits <= 8:
         raise EngramTierError(f"policy 'clock': bits must be between 1 and 8, got {bits}")
-    return CLOCK(ring_state(capacity, ctx, extra_scalars=[2**bits - 1], slot_fields=[("ref", np.uint8)]))
+    return CLOCK(ring_state(capacity, ctx, extra_scalars=[2**bits - 1], slot_fields=[("ref", np.uint8)]), ctx.n_keys)

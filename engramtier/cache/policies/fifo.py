@@ -20,4 +20,4 @@ FIFO = compiled_policy("FIFO", STATE, lookup, admit_at_head, remove, holds_key, 
 
 @register("fifo")
 def build(capacity: int, ctx: PolicyContext) -> FIFO:
-    return FIFO(ring_state(capacity, ctx))
+    return FIFO(ring_state(capacity, ctx), ctx.n_keys)

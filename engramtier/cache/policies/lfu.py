@@ -171,4 +171,4 @@ def build(capacity: int, ctx: PolicyContext) -> LFU:
         np.full(slots + 1, -1, np.int64),
         free_chain(slots + 1),
         np.zeros(slots + 1, np.int32),
-    ))
+    ), ctx.n_keys)

@@ -34,7 +34,7 @@ from engramtier.cache.nextuse import (
     occurrences,
     trace_keys,
 )
-from engramtier.cache.policy import PolicyContext, register
+from engramtier.cache.policy import PolicyContext, check_key, register
 from engramtier.errors import EngramTierError
 
 
@@ -92,6 +92,7 @@ class Lookahead:
         return nxt if nxt < self.window_end else self.unknown_base - t
 
     def lookup(self, key, t):
+        check_key("lookahead", self.where.size, key)
         self._slide(t)
         i = self.where[key]
         if i < 0:
@@ -100,6 +101,7 @@ class Lookahead:
         return True
 
     def admit(self, key, t):
+        check_key("lookahead", self.where.size, key)
         self._slide(t)
         pri = self._priority(key, t)
         if self.size < self.capacity:
@@ -109,6 +111,7 @@ class Lookahead:
         return heap_replace_top(self.heap_key, self.heap_pri, self.where, self.size, key, pri)
 
     def remove(self, key):
+        check_key("lookahead", self.where.size, key)
         i = self.where[key]
         if i < 0:
             return False
@@ -117,7 +120,12 @@ class Lookahead:
         return True
 
     def contains(self, key):
+        check_key("lookahead", self.where.size, key)
         return self.where[key] >= 0
+
+    @property
+    def n_keys(self):
+        return self.where.size
 
     def occupancy(self):
         return self.size

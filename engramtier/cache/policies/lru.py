@@ -112,4 +112,4 @@ LRU = compiled_policy("LRU", STATE, lookup, admit_at_head, remove, holds_key, oc
 
 @register("lru")
 def build(capacity: int, ctx: PolicyContext) -> LRU:
-    return LRU(ring_state(capacity, ctx))
+    return LRU(ring_state(capacity, ctx), ctx.n_keys)

@@ -151,4 +151,4 @@ def build(capacity: int, ctx: PolicyContext, small_ratio: float = 0.1, ghost_rat
             f"and needs 2: use at least {capacity_for(2, small_ratio)} rows or a larger small_ratio"
         )
     scalars = [capacity, small, capacity - small, ghost, move_to_main, max(move_to_main, 3), 0]
-    return S3FIFO(lists_state(ctx.n_keys, capacity + ghost, scalars, [("freq", np.uint8)], hashed=ctx.hashed))
+    return S3FIFO(lists_state(ctx.n_keys, capacity + ghost, scalars, [("freq", np.uint8)], hashed=ctx.hashed), ctx.n_keys)

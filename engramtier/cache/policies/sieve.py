@@ -70,4 +70,4 @@ SIEVE = compiled_policy("SIEVE", STATE, lookup, admit, remove, holds_key, occupa
 
 @register("sieve")
 def build(capacity: int, ctx: PolicyContext) -> SIEVE:
-    return SIEVE(ring_state(capacity, ctx, extra_scalars=[-1], slot_fields=[("visited", np.uint8)]))
+    return SIEVE(ring_state(capacity, ctx, extra_scalars=[-1], slot_fields=[("visited", np.uint8)]), ctx.n_keys)

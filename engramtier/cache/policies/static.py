@@ -16,7 +16,7 @@ from numba import int64, uint8
 from numba.experimental import jitclass
 
 from engramtier.cache.nextuse import trace_keys
-from engramtier.cache.policy import PolicyContext, register
+from engramtier.cache.policy import PolicyContext, check_key, register
 from engramtier.errors import EngramTierError
 
 OTHER, PINNED_ABSENT, PINNED_PRESENT = 0, 1, 2
@@ -33,9 +33,11 @@ class Static:
         self.size = hot_keys.size
 
     def lookup(self, key, t):
+        check_key("static", self.state.size, key)
         return self.state[key] == PINNED_PRESENT
 
     def admit(self, key, t):
+        check_key("static", self.state.size, key)
         if self.state[key] == OTHER:
             return key
         self.state[key] = PINNED_PRESENT
@@ -43,6 +45,7 @@ class Static:
         return -1
 
     def remove(self, key):
+        check_key("static", self.state.size, key)
         if self.state[key] != PINNED_PRESENT:
             return False
         self.state[key] = PINNED_ABSENT
@@ -50,7 +53,12 @@ class Static:
         return True
 
     def contains(self, key):
+        check_key("static", self.state.size, key)
         return self.state[key] == PINNED_PRESENT
+
+    @property
+    def n_keys(self):
+        return self.state.size
 
     def occupancy(self):
         return self.size

@@ -116,4 +116,4 @@ def build(capacity: int, ctx: PolicyContext, in_ratio: float = 0.25, out_ratio: 
             f"use a capacity of at least {capacity_for(1, in_ratio)} rows or a larger in_ratio"
         )
     scalars = [capacity, in_share, out_share, capacity - in_share]
-    return TwoQ(lists_state(ctx.n_keys, capacity + out_share, scalars, hashed=ctx.hashed))
+    return TwoQ(lists_state(ctx.n_keys, capacity + out_share, scalars, hashed=ctx.hashed), ctx.n_keys)

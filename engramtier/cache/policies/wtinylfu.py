@@ -267,4 +267,4 @@ def build(capacity: int, ctx: PolicyContext, window_ratio: float = 0.01) -> WTin
     row_ids = ctx.global_ids()
     return WTinyLFU(lists + (np.zeros(counters, np.uint32), np.zeros(lists[1].size * N_HASHES, np.uint32),
                              np.array([1.0 / counters]),
-                             np.empty(0, np.int64) if row_ids is None else np.ascontiguousarray(row_ids, np.int64)))
+                             np.empty(0, np.int64) if row_ids is None else np.ascontiguousarray(row_ids, np.int64)), ctx.n_keys)

@@ -2,7 +2,8 @@
 
 We reuse a store rather than build one. The modules:
 
-base       `RemoteTier` (blocks, the manifest, block-wise commits) and `RemoteUnavailable`
+base       `RemoteTier` (blocks, the manifest, block-wise commits, row checksums), `RemoteUnavailable`,
+           `RemoteDamaged`
 redis      Redis and Redis Cluster (``backend = "redis"``, ``cluster = true`` for a cluster)
 mooncake   Mooncake Store (``backend = "mooncake"``; its client library is optional)
 failover   `FailoverStore`: what the runtime does when the store goes away (stop, wait, read a local copy)
@@ -25,11 +26,11 @@ import importlib
 from typing import Any, Mapping
 
 from engramtier.errors import EngramTierError, refuse_unknown
-from engramtier.tiers.remote.base import RemoteTier, RemoteUnavailable
+from engramtier.tiers.remote.base import RemoteDamaged, RemoteTier, RemoteUnavailable
 from engramtier.tiers.remote.failover import FailoverStore, split_rule
 from engramtier.tiers.remote.populate import calibrate_remote, populate_remote
 
-__all__ = ["BACKENDS", "FailoverStore", "RemoteTier", "RemoteUnavailable", "calibrate_remote", "open_remote",
+__all__ = ["BACKENDS", "FailoverStore", "RemoteDamaged", "RemoteTier", "RemoteUnavailable", "calibrate_remote", "open_remote",
            "populate_remote", "split_rule"]
 
 # The TOML's ``backend`` -> (module, its `RemoteTier` class), imported on use.

@@ -12,8 +12,14 @@ Every backend (`engramtier.tiers.remote.redis` for Redis and Redis Cluster,
   (`engramtier.tiers.remote.populate`) killed at any point resumes at the blocks the store lacks, with
   no row lost or written twice (and resuming from another table, one whose manifest differs from the
   one recorded, is refused);
+- checked rows: a row is stored as its bytes followed by `CHECKSUM_BYTES` of checksum, the low half of
+  its XXH64 seeded with its row id (the LMDB pages' row checksum, `engramtier.tiers.pages.row_checksums`),
+  written by `populate_remote` and verified on every read (`verified_rows`), so a damaged row, or a row
+  stored under another row's key, is an error (`RemoteDamaged`), never served. A read fetches single
+  rows out of a block, not whole blocks, so the checksum is per row, like the rows inside an LMDB page;
 - `RemoteUnavailable`, the one error a backend raises when the store cannot be reached, which the
-  runtime's failover (`engramtier.tiers.remote.failover`) acts on; any other failure is an `EngramTierError`.
+  runtime's failover (`engramtier.tiers.remote.failover`) acts on, as it does on `RemoteDamaged`; any
+  other failure is an `EngramTierError`.
 
 Nothing here imports a backend's client library: the backends import this module, never the reverse.
 """
@@ -28,9 +34,12 @@ import numpy as np
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier, default_model
+from engramtier.tiers.pages import row_checksums
 
-REMOTE_FORMAT = "engramtier-remote-table/2"
+FORMAT_NAME = "engramtier-remote-table"
+REMOTE_FORMAT = f"{FORMAT_NAME}/3"  # /3: rows carry checksums; /2 stored bare rows
 BLOCK_ROWS = 4096  # rows per block: one cluster slot / one object, one request per block read
+CHECKSUM_BYTES = 4  # after each stored row: the low half of its XXH64 seeded with its row id
 
 
 class RemoteUnavailable(EngramTierError):
@@ -38,11 +47,17 @@ class RemoteUnavailable(EngramTierError):
     there, the request can be retried or served from a fallback."""
 
 
+class RemoteDamaged(EngramTierError):
+    """A row read from the store fails its checksum: the store's copy is damaged. Nothing was served;
+    the read can be served from a fallback (the local table), not retried."""
+
+
 class RemoteTier(Tier):
     """Every row of an ``n_table_rows`` x ``row_bytes`` table in a remote store under ``key_prefix``.
 
-    A backend implements `read` and five primitives: `_put_manifest_if_absent`, `_set_manifest`,
-    `_blocks_done`, `_write_block`, `close`; ``where`` names the store in messages.
+    A backend implements `read` (passing what it fetched through `verified_rows`) and five primitives:
+    `_put_manifest_if_absent`, `_set_manifest`, `_blocks_done`, `_write_block`, `close`; ``where`` names
+    the store in messages.
     """
 
     name = "remote"
@@ -82,8 +97,9 @@ class RemoteTier(Tier):
         """Bool per block of ``blocks``: committed (every row stored) or not."""
 
     @abstractmethod
-    def _write_block(self, block: int, rows: np.ndarray) -> None:
-        """Store block ``block``'s rows (``rows``: all of them, in order) and mark it done, atomically."""
+    def _write_block(self, block: int, stored: np.ndarray) -> None:
+        """Store block ``block``'s rows (``stored``: all of them, in order, as `stored_rows` gives them) and
+        mark it done, atomically."""
 
     # --- shared --------------------------------------------------------------------------------------
 
@@ -97,8 +113,12 @@ class RemoteTier(Tier):
             stored = json.loads(raw)
         except (TypeError, ValueError):
             stored = {}
-        if not isinstance(stored, dict) or stored.get("format") != REMOTE_FORMAT:
-            found = stored.get("format") if isinstance(stored, dict) else None
+        found = stored.get("format") if isinstance(stored, dict) else None
+        if isinstance(found, str) and found.startswith(f"{FORMAT_NAME}/") and found != REMOTE_FORMAT:
+            raise EngramTierError(f"{where} holds a table of format {found}, whose rows carry no checksums (this "
+                                  f"engramtier reads {REMOTE_FORMAT}); delete the prefix's keys and run `engramtier "
+                                  "remote populate` again, or use another key_prefix")
+        if found != REMOTE_FORMAT:
             raise EngramTierError(f"{where} holds no engramtier table of format {REMOTE_FORMAT} (found {found!r}); "
                                   "choose another key_prefix")
         if stored["fingerprint"] != self.fingerprint:
@@ -114,6 +134,40 @@ class RemoteTier(Tier):
                 "pass the stored sizes or use another key_prefix"
             )
         self.manifest = stored
+
+    @property
+    def stored_row_bytes(self) -> int:
+        """Bytes of a row as stored: the row, then its checksum."""
+        return self.row_bytes + CHECKSUM_BYTES
+
+    def stored_rows(self, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``rows`` (of rows ``ids``) as they are stored: uint8 [n, `stored_row_bytes`], each followed by its checksum."""
+        stored = np.empty((ids.size, self.stored_row_bytes), np.uint8)
+        stored[:, : self.row_bytes] = rows
+        stored[:, self.row_bytes:] = self._checksums(stored[:, : self.row_bytes], ids).view(np.uint8).reshape(-1, CHECKSUM_BYTES)
+        return stored
+
+    def verified_rows(self, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The rows of ``stored`` (as `stored_rows` wrote them, of rows ``ids``), refused (`RemoteDamaged`)
+        unless each one's checksum holds."""
+        rows = np.ascontiguousarray(stored[:, : self.row_bytes])
+        kept = np.ascontiguousarray(stored[:, self.row_bytes:]).view(np.uint32).reshape(-1)
+        bad = np.flatnonzero(self._checksums(rows, ids) != kept)
+        if bad.size:
+            row = int(ids[bad[0]])
+            raise RemoteDamaged(
+                f"remote tier {self.where}: {bad.size} of {ids.size} rows read fail their checksum (first: row {row}, "
+                f"block {row // self.block_rows} of prefix '{self.key_prefix}'): the store's copy is damaged; delete "
+                "the prefix's keys and run `engramtier remote populate` again (on_failure = 'fallback' reads the "
+                "local table meanwhile)"
+            )
+        return rows
+
+    @staticmethod
+    def _checksums(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        sums = np.empty(ids.size, np.uint32)
+        row_checksums(np.ascontiguousarray(rows), np.ascontiguousarray(ids, np.int64), sums)
+        return sums
 
     def block_rows_of(self, block: int) -> int:
         """Rows in ``block`` (the last one may be short)."""
@@ -157,9 +211,10 @@ class RemoteTier(Tier):
                 f"remote tier {self.where}: writes go by whole blocks of {self.block_rows} rows (ids from a multiple "
                 f"of {self.block_rows} to a block's end, in order); use populate_remote to copy a table"
             )
+        stored = self.stored_rows(rows, ids)
         for block in range(first // self.block_rows, -(-last // self.block_rows)):
             lo = block * self.block_rows - first
-            self._write_block(block, rows[lo: lo + self.block_rows_of(block)])
+            self._write_block(block, stored[lo: lo + self.block_rows_of(block)])
             self._done[block] = True
         self._count_write(ids.size)
 

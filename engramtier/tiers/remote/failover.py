@@ -14,7 +14,11 @@ its ``storage`` table (``on_failure``):
   seconds. The local copy must be the table the store was populated from (the manifests are compared
   when the store is first reached).
 
-Every outage is counted in `stats`: failures, retries, seconds waited, rows served by the fallback.
+A read that finds a damaged row (`RemoteDamaged`: a row failing its checksum) is served by the local
+copy under ``"fallback"`` and stops the run under the other rules (retrying would read the same bytes).
+
+Every outage is counted in `stats`: failures, retries, seconds waited, reads that found damaged rows,
+rows served by the fallback.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier, default_model
-from engramtier.tiers.remote.base import RemoteTier, RemoteUnavailable
+from engramtier.tiers.remote.base import RemoteDamaged, RemoteTier, RemoteUnavailable
 
 ON_FAILURE = ("error", "retry", "fallback")
 FAILOVER_OPTIONS = ("on_failure", "retry_s")
@@ -40,7 +44,7 @@ def split_rule(storage: Mapping[str, Any]) -> tuple[dict, dict]:
 
 
 # What a remote store's tier report adds (`report`).
-REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "fallback_rows")
+REMOTE_FACTS = ("backend", "where", "on_failure", "failures", "retries", "waited_s", "damaged_reads", "fallback_rows")
 
 
 class FailoverStore(Tier):
@@ -65,7 +69,7 @@ class FailoverStore(Tier):
                                   "(--table PATH.lmdb)")
         self.connect, self.on_failure, self.retry_s, self.fallback = connect, on_failure, float(retry_s), fallback
         self.backend, self.where = backend, where
-        self.failures = self.retries = self.fallback_rows = 0
+        self.failures = self.retries = self.damaged_reads = self.fallback_rows = 0
         self.waited_s = 0.0
         self._down_since: float | None = None  # fallback: when the store was last found unreachable
         self.primary: RemoteTier | None = None
@@ -108,6 +112,11 @@ class FailoverStore(Tier):
         try:
             self._reach().read(ids, out)
             self._down_since = None
+        except RemoteDamaged:
+            self.damaged_reads += 1
+            if self.on_failure != "fallback":
+                raise
+            return self._read_fallback(ids, out)
         except RemoteUnavailable as err:
             self.failures += 1
             if self.on_failure == "error":
@@ -157,7 +166,7 @@ class FailoverStore(Tier):
                 pass
         return {**own, "reads": self.reads, "rows_read": self.rows_read, "bytes_read": self.rows_read * self.row_bytes,
                 "on_failure": self.on_failure, "failures": self.failures, "retries": self.retries,
-                "waited_s": self.waited_s, "fallback_rows": self.fallback_rows}
+                "waited_s": self.waited_s, "damaged_reads": self.damaged_reads, "fallback_rows": self.fallback_rows}
 
     def report(self) -> dict:
         """Where the store is and how its outages went, for the runtime's per-tier report."""

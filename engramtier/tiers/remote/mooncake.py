@@ -2,7 +2,8 @@
 
 Object layout for prefix P (see `engramtier.tiers.remote.base` for what every backend shares):
 
-    P/block/<b>    rows b*block_rows .. (b+1)*block_rows - 1, back to back (the last block may be short)
+    P/block/<b>    rows b*block_rows .. (b+1)*block_rows - 1, back to back, each followed by its checksum
+                   (the last block may be short)
     P/manifest     JSON: format, sizes, block size, hash fingerprint, source table manifest
 
 Why blocks rather than an object per row: Mooncake is built for large objects (KV-cache pages); each
@@ -94,11 +95,12 @@ class MooncakeTier(RemoteTier):
         if not host or not port.isdigit():
             raise EngramTierError(f"remote tier: master must be the mooncake_master's 'host:port', got {master!r}")
         self._master_address = (host, int(port))
-        block_bytes = self.block_rows * self.row_bytes
+        block_bytes = self.block_rows * self.stored_row_bytes
         if not isinstance(local_buffer_size, int) or local_buffer_size < block_bytes:
             raise EngramTierError(
                 f"remote tier {self.where}: local_buffer_size ({local_buffer_size!r}) must hold a block "
-                f"({self.block_rows} rows of {self.row_bytes} B = {block_bytes} B); raise it or lower block_rows"
+                f"({self.block_rows} rows of {self.stored_row_bytes} B with their checksums = {block_bytes} B); raise it "
+                "or lower block_rows"
             )
         if not isinstance(replicas, int) or replicas < 1:
             raise EngramTierError(f"remote tier {self.where}: replicas must be a whole number >= 1, got {replicas!r}")
@@ -192,10 +194,10 @@ class MooncakeTier(RemoteTier):
             self._check(code, "read the done marks")
         return np.array(found, dtype=bool).reshape(-1)
 
-    def _write_block(self, block: int, rows: np.ndarray) -> None:
+    def _write_block(self, block: int, stored: np.ndarray) -> None:
         self._probe("write")
         key = self._key(f"block/{block}")
-        self._check(self._store.put(key, rows.reshape(-1), self._config), "write")
+        self._check(self._store.put(key, stored.reshape(-1), self._config), "write")
         # A put finding the key taken answers 0 and stores nothing, also when the other put never completed
         # (its writer was killed: the master discards it after put_start_discard_timeout_sec, 30 s).
         found = self._store.is_exist(key)
@@ -211,7 +213,7 @@ class MooncakeTier(RemoteTier):
         out = self._host_rows(out, ids.size, "out")
         if ids.size == 0:
             return
-        rb, br = self.row_bytes, self.block_rows
+        rb, br = self.stored_row_bytes, self.block_rows
         rows, inverse = np.unique(ids, return_inverse=True)
         blocks = rows // br
         # byte ranges: runs of consecutive rows within one block; staged in row order, back to back
@@ -245,7 +247,8 @@ class MooncakeTier(RemoteTier):
                     f"remote tier {self.where}: a block under prefix '{self.key_prefix}' returned {code} B, not "
                     f"{sum(size[s])}; the store holds another table: repopulate it"
                 )
-        np.take(staging[: rows.size * rb].reshape(rows.size, rb), inverse.reshape(-1), axis=0, out=out)
+        verified = self.verified_rows(staging[: rows.size * rb].reshape(rows.size, rb), rows)
+        np.take(verified, inverse.reshape(-1), axis=0, out=out)
         self.ranges_read += starts.size
         self._count_read(ids.size)
 

@@ -1,9 +1,9 @@
-"""The remote tier on Redis or a Redis Cluster: each row a plain string of its raw bytes.
+"""The remote tier on Redis or a Redis Cluster: each row a plain string of its bytes and checksum.
 
 Key layout for prefix P (see `engramtier.tiers.remote.base` for what every backend shares), block and row
 numbers in fixed-width hex:
 
-    {P:bbbbbbbb}:rrrrrrrrrrrr   the row's ``row_bytes`` bytes; block = row // ``block_rows``
+    {P:bbbbbbbb}:rrrrrrrrrrrr   the row's ``row_bytes`` bytes and its checksum; block = row // ``block_rows``
     {P:bbbbbbbb}:done           set in the same MULTI/EXEC as the block's rows: the block is committed
     {P}:manifest                JSON: format, sizes, block size, hash fingerprint, source table manifest
 
@@ -29,7 +29,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from engramtier.errors import EngramTierError
-from engramtier.tiers.remote.base import BLOCK_ROWS, RemoteTier, RemoteUnavailable
+from engramtier.tiers.remote.base import BLOCK_ROWS, RemoteDamaged, RemoteTier, RemoteUnavailable
 
 CHUNK_KEYS = 4096  # most keys in one MGET/MSET request, to keep each reply a few hundred KiB
 BLOCK_DIGITS, ROW_DIGITS = 8, 12  # hex digits of the block and row numbers in a key
@@ -64,10 +64,17 @@ class RedisTier(RemoteTier):
         self._block_at = len(length) + len(key_prefix.encode()) + 2
         self._row_at = self._block_at + BLOCK_DIGITS + 2
         self._key_span = slice(len(length), len(length) + len(key))
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < float("inf"):
+            raise EngramTierError(f"remote tier {self.where}: timeout_s must be a positive number of seconds, "
+                                  f"got {timeout_s!r}")
         options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        with self._talking("connect"):
-            self._client = RedisCluster.from_url(self.url, **options) if self.cluster \
-                else redis.Redis.from_url(self.url, **options)
+        try:
+            with self._talking("connect"):
+                self._client = RedisCluster.from_url(self.url, **options) if self.cluster \
+                    else redis.Redis.from_url(self.url, **options)
+        except (ValueError, TypeError) as err:  # redis-py parsing the url (or host and port)
+            raise EngramTierError(f"remote tier: {self.url!r} is not a Redis url ({err}); write redis://HOST:PORT/DB, "
+                                  "rediss:// for TLS or unix:///PATH.sock") from None
         try:
             with self._talking("open"):
                 self._open_manifest()
@@ -114,16 +121,16 @@ class RedisTier(RemoteTier):
                 pipe.exists(self._done_key(block))
             return np.array(pipe.execute(), dtype=bool).reshape(-1)
 
-    def _write_block(self, block: int, rows: np.ndarray) -> None:
+    def _write_block(self, block: int, stored: np.ndarray) -> None:
         """MULTI, MSETs of the block's rows, SET of its done mark, EXEC: encoded like a read's MGETs (key
         and value arguments side by side in one byte matrix) and sent in one write."""
-        n = rows.shape[0]
+        n = stored.shape[0]
         keys = self._arguments(np.arange(block * self.block_rows, block * self.block_rows + n))
-        head = np.frombuffer(b"$%d\r\n" % self.row_bytes, np.uint8)
-        pairs = np.empty((n, keys.shape[1] + head.size + self.row_bytes + 2), np.uint8)
+        head = np.frombuffer(b"$%d\r\n" % self.stored_row_bytes, np.uint8)
+        pairs = np.empty((n, keys.shape[1] + head.size + self.stored_row_bytes + 2), np.uint8)
         pairs[:, : keys.shape[1]] = keys
         pairs[:, keys.shape[1]: keys.shape[1] + head.size] = head
-        pairs[:, keys.shape[1] + head.size: -2] = rows
+        pairs[:, keys.shape[1] + head.size: -2] = stored
         pairs[:, -2:] = np.frombuffer(b"\r\n", np.uint8)
         done = self._done_key(block)
         commands = [b"*1\r\n$5\r\nMULTI\r\n",
@@ -202,12 +209,13 @@ class RedisTier(RemoteTier):
         if None in values:
             raise self.missing_row(int(ordered[values.index(None)]))
         joined = b"".join(values)
-        if len(joined) != ids.size * self.row_bytes:
-            raise EngramTierError(
-                f"remote tier {self.where}: rows under prefix '{self.key_prefix}' are not {self.row_bytes} B each; "
-                "the store holds another table: repopulate it"
+        if len(joined) != ids.size * self.stored_row_bytes:
+            raise RemoteDamaged(
+                f"remote tier {self.where}: rows under prefix '{self.key_prefix}' are not {self.stored_row_bytes} B "
+                "each (a row and its checksum): the store's copy is damaged or holds another table; repopulate it"
             )
-        out[order] = np.frombuffer(joined, np.uint8).reshape(ids.size, self.row_bytes)
+        stored = np.frombuffer(joined, np.uint8).reshape(ids.size, self.stored_row_bytes)
+        out[order] = self.verified_rows(stored, ordered)
         self._count_read(ids.size)
 
     def stats(self) -> dict:
