@@ -47,6 +47,7 @@ POLICIES = {
                             "move_to_main": "move_to_main_threshold"}),
     "wtinylfu": (lcs.WTinyLFU, {"window_ratio": "window_size"}),
     "lecar": (lcs.LeCaR, {"update_weight": "update_weight", "lru_weight": "lru_weight"}),
+    "slru": (lcs.SLRU, {}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -69,6 +70,8 @@ CASES = {
     + [(400, {"window_ratio": 0.3})],
     # fixed weights of 1 or 0: LeCaR always follows LRU or LFU, no draw decides (randomised cases below)
     "lecar": [(c, {"update_weight": False, "lru_weight": w}) for c in SIZES for w in (0.0, 1.0)],
+    # libCacheSim's 4 segments: capacities a multiple of 4 or one more (see slru.py)
+    "slru": [(c, {}) for c in (4, 5, 8, 13, 49, 128, 400, 1201)],
 }
 
 

@@ -37,6 +37,7 @@ CONFIGS = {
     "hyperbolic": (range(1, 9), {"samples": 3}),
     "lecar": (range(1, 9), {}),
     "lhd": (range(1, 9), {}),
+    "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
 }
 
 REQUEST, REMOVE = 0, 1
@@ -57,7 +58,7 @@ def test_reported_contents_are_the_contents(name, data, sequence):
             cached.discard(key)
         elif policy.lookup(key, t):
             assert key in cached
-            victim = int(policy.hit_victim())  # only W-TinyLFU's main hits evict; else -1
+            victim = int(policy.hit_victim())  # W-TinyLFU's main hits and SLRU's promotions may evict; else -1
             if victim >= 0:
                 assert victim in cached and victim != key
                 cached.discard(victim)
@@ -235,6 +236,9 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("hyperbolic", 10, {"samples": 0}, "params.samples must be an integer in [1, "),
     ("lecar", 10, {"lru_weight": 1.5}, "params.lru_weight must be a finite number in [0, 1]"),
     ("lhd", 10, {"seed": "a"}, "params.seed must be a number"),
+    ("slru", 3, {}, "use at least 4 rows or a smaller n_seg"),
+    ("slru", 50, {}, "e.g. 49 or 52 rows"),
+    ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:

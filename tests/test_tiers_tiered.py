@@ -88,7 +88,9 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
 
 
-ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "random", "lruprob", "hyperbolic", "lecar", "lhd"]
+ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "random", "lruprob", "hyperbolic",
+          "lecar", "lhd"]
+ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32)}
 
 
 @pytest.mark.parametrize("policy", ONLINE)
@@ -97,10 +99,11 @@ def test_every_policy_hits_as_simulated_above_and_below_in_both_modes(table_dir,
     its maps by row id in hashed maps, the simulator by dense keys in arrays; the counts agree."""
     path, flat = table_dir
     steps = zipf_steps(40, seed=8, max_len=60)
-    rows = 100 if policy == "wtinylfu" else 20  # W-TinyLFU's window needs 100 rows
+    # (rows on top, rows below): W-TinyLFU's window needs 100 rows, SLRU 4 segments of equal rows
+    top, below = ONLINE_ROWS.get(policy, (20, 30))
     for mode in ("inclusive", "exclusive"):
-        for spec in (hierarchy(mode, policy, "lru", top_rows=rows, middle_rows=rows + 40),
-                     hierarchy(mode, "lru", policy, top_rows=10, middle_rows=rows + 10)):
+        for spec in (hierarchy(mode, policy, "lru", top_rows=top, middle_rows=top + 40),
+                     hierarchy(mode, "lru", policy, top_rows=10, middle_rows=below)):
             with open_table(spec, path, device="cpu", record_trace=True) as table:
                 for ids in steps:
                     np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
