@@ -187,4 +187,4 @@ def build(capacity: int, ctx: PolicyContext, n_seg: int = 4) -> SLRU:
     pool = bounded_pool(capacity, ctx.n_keys)
     nodes = node_records(pool, [("segment", np.uint8)])
     return SLRU((key_index(ctx.n_keys, pool, ctx.hashed), nodes["key"], nodes["prv"], nodes["nxt"],
-                 np.array(st, np.int64), nodes["segment"]))
+                 np.array(st, np.int64), nodes["segment"]), ctx.n_keys)
