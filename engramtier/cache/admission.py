@@ -127,7 +127,7 @@ def build(text: str | None, capacity: int, row_ids: np.ndarray | None = None) ->
     return _empty_state(TINYLFU, [log2, SAMPLE_PER_ROW * capacity, 0, -1], counters=1 << log2, row_ids=row_ids)
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def _hashes(adm, key):
     """The two 64-bit hashes (h, g; g odd) of ``key``'s row: probe ``i`` of a table of ``2**log2``
     entries is the top ``log2`` bits of ``h + i * g`` (double hashing)."""
@@ -136,12 +136,12 @@ def _hashes(adm, key):
     return xxh64_u64(row, SEED0), xxh64_u64(row, SEED1) | np.uint64(1)
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def _probe(h, g, i, log2):
     return np.int64((h + np.uint64(i) * g) >> np.uint64(64 - log2))
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def _bloom_has(words, base, h, g, log2):
     """Whether every probe bit of the row hashed (h, g) is set in the generation starting at word ``base``."""
     for i in range(BLOOM_HASHES):
@@ -151,7 +151,7 @@ def _bloom_has(words, base, h, g, log2):
     return True
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def _bloom_add(words, base, h, g, log2):
     """Set the row's probe bits in the generation starting at word ``base``; True if all were set already."""
     present = True
@@ -164,7 +164,7 @@ def _bloom_add(words, base, h, g, log2):
     return present
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def _bloom_admits(adm, key):
     st, words = adm[ST], adm[BITS]
     h, g = _hashes(adm, key)
@@ -184,7 +184,7 @@ def _bloom_admits(adm, key):
     return seen
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def _estimate(adm, h, g):
     """The sketch's count of the row hashed (h, g): its least counter."""
     st, sketch = adm[ST], adm[SKETCH]

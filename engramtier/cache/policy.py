@@ -35,6 +35,13 @@ inline functions of that tuple compiled without reference counting (``_nrt=False
 forward to them, and `replay` and the engine's drivers (`engine.make_drivers`) inline them into one
 loop over the bare tuple.
 
+Only those six operations (and the key map's small functions, the hottest) are inlined by numba. The
+helpers they call (`_lists`, `nextuse`, the admission filters' internals) are plain functions compiled
+once without reference counting, ``njit(nogil=True, _nrt=False)``, which LLVM inlines into the same
+loops: numba's ``inline='always'`` re-copies a function's IR at every call site, so nested inlining
+through every driver and method made a policy like W-TinyLFU take 50 s to compile; this way it takes
+about 12 s, and the replays run as fast (`benchmarks/bench_policies.py`).
+
 Compiled code does not bound-check, so a key outside ``[0, n_keys)`` would read and write memory
 that is not the policy's. Keys are checked where they cross into it: every method a built-in offers
 to Python checks its key (`check_key`), and `replay` and the engine (`check_keys`) check a batch of
@@ -251,7 +258,7 @@ def check_keys(where: str, keys: np.ndarray, n_keys: int) -> None:
                               "of the table the policies were built for (PolicyContext(n_keys=...))")
 
 
-@njit(inline="always")
+@njit
 def check_key(name, n_keys, key):
     """`check_keys` for one key a built-in's method receives from Python."""
     if key < 0 or key >= n_keys:

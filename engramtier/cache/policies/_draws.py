@@ -21,7 +21,7 @@ def check_seed(policy: str, seed) -> int:
     return check_number(seed, f"policy '{policy}': params.seed", integer=True, low=0, high=SEED_HIGH)
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def draw_below(st, draws, seed, n):
     """The next draw of st's counter ``st[draws]`` under ``st[seed]``, uniform in ``[0, n)``."""
     st[draws] += 1

@@ -19,6 +19,10 @@ that is briefly in two lists while it moves.
 Every list policy's state tuple begins with the same five arrays, named by `INDEX` .. `ST`: the key
 map (`engramtier.cache.keymap`: key -> node, dense or hashed), each node's key, the links, and the
 policy's int64 scalars. `node_of`, `link_key` and `unlink_key` are the key map seen through a state.
+
+The helpers are plain compiled functions without reference counting, not ``inline='always'``: LLVM
+inlines them into the policies' loops all the same, and numba's own inlining would re-copy each one
+at every call site of every driver (see `engramtier.cache.policy.compiled_policy`).
 """
 
 import math
@@ -49,20 +53,20 @@ def free_chain(pool: int) -> np.ndarray:
     return nxt
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def node_of(state, key):
     """``key``'s node (cached or ghost), or -1."""
     return keymap.find(state[INDEX], state[KEY_OF], key)
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def link_key(state, key, s):
     """Record that node ``s`` holds ``key`` (sets ``key_of[s]``, then maps the key to it)."""
     state[KEY_OF][s] = key
     keymap.insert(state[INDEX], state[KEY_OF], key, s)
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def unlink_key(state, s):
     """Forget node ``s``'s key (the node keeps it in ``key_of`` until reused); returns the key."""
     key = state[KEY_OF][s]
@@ -88,25 +92,25 @@ def node_records(pool: int, fields=()) -> np.ndarray:
     return nodes
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def take_node(nxt, st, free):
     s = st[free]
     st[free] = nxt[s]
     return s
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def give_node(nxt, st, free, s):
     nxt[s] = st[free]
     st[free] = s
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def tail(prv, st, q):
     return prv[st[q]]
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def push_head(prv, nxt, st, q, s):
     h = st[q]
     if h < 0:
@@ -121,7 +125,7 @@ def push_head(prv, nxt, st, q, s):
     st[q] = s
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def unlink(prv, nxt, st, q, s):
     n = nxt[s]
     if n == s:
@@ -134,7 +138,7 @@ def unlink(prv, nxt, st, q, s):
         st[q] = n
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def move_to_head(prv, nxt, st, q, s):
     h = st[q]
     if s == h:
@@ -184,7 +188,7 @@ def lists_state(n_keys: int, pool: int, scalars: list[int], node_fields=(), hash
             *(nodes[name] for name, _ in node_fields))
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def move(state, s, src, dst):
     """Move node ``s`` from list ``src`` to the head of list ``dst``."""
     prv, nxt, st, list_of = state[PRV], state[NXT], state[ST], state[LIST_OF]
@@ -195,7 +199,7 @@ def move(state, s, src, dst):
     list_of[s] = dst
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def drop(state, s, src):
     """Forget node ``s`` of list ``src`` entirely and free it; returns its key."""
     prv, nxt, st = state[PRV], state[NXT], state[ST]
@@ -206,7 +210,7 @@ def drop(state, s, src):
     return key
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def insert(state, key, dst):
     """Give ``key`` a free node at the head of list ``dst``; returns the node."""
     prv, nxt, st = state[PRV], state[NXT], state[ST]
@@ -218,14 +222,14 @@ def insert(state, key, dst):
     return s
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def holds(state, key, ghosts):
     """`contains` of a multi-list policy whose list ids from ``ghosts`` on only remember keys."""
     s = node_of(state, key)
     return s >= 0 and state[LIST_OF][s] < ghosts
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)
 def remove_held(state, key, ghosts):
     """`remove` of such a policy: forget ``key`` if it is cached; a ghost entry stays."""
     s = node_of(state, key)
