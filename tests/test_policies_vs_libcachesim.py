@@ -49,6 +49,7 @@ POLICIES = {
     "lecar": (lcs.LeCaR, {"update_weight": "update_weight", "lru_weight": "lru_weight"}),
     "slru": (lcs.SLRU, {}),
     "lfuda": (lcs.LFUDA, {}),
+    "lruk": (lcs.LRUK, {"k": "k"}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -76,8 +77,11 @@ CASES = {
     # libCacheSim's LFUDA walks every integer priority between its age and the next row's, which grow
     # geometrically in a small cache: with 2-10 rows it did not finish even 8,000 requests of these traces
     # in 30 s, so smaller caches are not compared and the 13-row case replays the first 8,000 requests only
-    # (a case's third element: a prefix length, used only here)
-    "lfuda": [(13, {}, 8_000)] + [(c, {}) for c in (50, 128, 400, 1200)],
+    # (a case's third element: a prefix length, used only here). Behind libCacheSim's Bloom admissioner it
+    # stalls at 13 and 50 rows too, so the cases are ordered for the admission test's every third one to be
+    # 128 and 400 rows
+    "lfuda": [(128, {}), (13, {}, 8_000), (50, {}), (400, {}), (1200, {})],
+    "lruk": [(c, {}) for c in SIZES] + [(c, {"k": k}) for c in (3, 50, 400) for k in (1, 3)],
 }
 
 

@@ -88,8 +88,8 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
 
 
-ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "lfuda", "random", "lruprob", "hyperbolic",
-          "lecar", "lhd"]
+ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "lfuda", "lruk", "random", "lruprob",
+          "hyperbolic", "lecar", "lhd"]
 ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32)}
 
 
