@@ -25,8 +25,8 @@ capacity 1, which is refused. Nothing is kept for rows not cached.
 
 Priorities grow geometrically in a cache of a few rows (a hit adds the age, which follows the priorities
 up), and libCacheSim's walk over every integer between them then takes minutes (with 2-10 rows it did not
-finish 8,000 Zipf requests in 30 s), so hits are compared with it at 13 rows on trace prefixes and from
-50 rows on whole traces (`tests/test_policies_vs_libcachesim.py`). Where they would overflow int64 they
+finish 8,000 Zipf requests in 30 s), so hits are compared with it at 13 and 50 rows on trace prefixes and
+from 128 rows on whole traces (`tests/test_policies_vs_libcachesim.py`). Where they would overflow int64 they
 stop at `PRIORITY_CAP` instead (libCacheSim's uint64 would wrap); far above anything libCacheSim reaches
 in a run that finishes.
 """
