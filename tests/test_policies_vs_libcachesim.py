@@ -50,6 +50,7 @@ POLICIES = {
     "slru": (lcs.SLRU, {}),
     "lfuda": (lcs.LFUDA, {}),
     "lruk": (lcs.LRUK, {"k": "k"}),
+    "mq": (lcs.MQ, {"n_queue": "n_queue", "lifetime": "lifetime", "qout_ratio": "qout_size_ratio"}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -82,6 +83,9 @@ CASES = {
     # 50 rows even so, so the cases are ordered for the admission test's every third one to be 128 and 400
     "lfuda": [(128, {}), (13, {}, 4_000), (50, {}, 15_000), (400, {}), (1200, {})],
     "lruk": [(c, {}) for c in SIZES] + [(c, {"k": k}) for c in (3, 50, 400) for k in (1, 3)],
+    # a short lifetime makes Adjust demote rows often
+    "mq": [(c, {}) for c in SIZES] + [(c, {"lifetime": 100, "qout_ratio": 1.0}) for c in (5, 128)]
+    + [(c, {"n_queue": 3, "lifetime": 500}) for c in (13, 400)],
 }
 
 

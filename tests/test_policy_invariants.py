@@ -40,6 +40,7 @@ CONFIGS = {
     "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
     "lfuda": (range(2, 9), {}),
     "lruk": (range(1, 9), {"k": 2}),
+    "mq": (range(1, 9), {"lifetime": 20, "qout_ratio": 1.0}),  # Qout holds ghosts, Adjust demotes often
 }
 
 REQUEST, REMOVE = 0, 1
@@ -243,6 +244,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
     ("lfuda", 1, {}, "use at least 2 rows"),
     ("lruk", 10, {"k": 0}, "k must be an integer from 1 to 64"),
+    ("mq", 10, {"n_queue": 0}, "n_queue must be an integer from 1 to 64"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
