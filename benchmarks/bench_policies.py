@@ -44,6 +44,7 @@ SIZES = (0.01, 0.05, 0.10)
 LIBCACHESIM = {
     "lru": lcs.LRU, "fifo": lcs.FIFO, "clock": lcs.Clock, "lfu": lcs.LFU, "sieve": lcs.Sieve,
     "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady,
+    "lirs": lcs.LIRS,
 }
 OFFLINE = {"belady"}  # policies that read the future from the context's trace
 
@@ -64,7 +65,8 @@ def prepared_context(name: str, keys: np.ndarray) -> tuple[PolicyContext, float]
     """The context every size of ``name`` is built from, and the seconds its one-off passes over the
     trace take (0 for an online policy, which needs none): best of 3, each on a fresh context."""
     sample = keys[:1000]
-    replay(make_policy(name, 100, PolicyContext(n_keys=N_IDS, keys=sample)), sample, np.empty(sample.size, np.bool_))
+    # 200 rows: the least LIRS accepts (a 2-row HIR queue)
+    replay(make_policy(name, 200, PolicyContext(n_keys=N_IDS, keys=sample)), sample, np.empty(sample.size, np.bool_))
     if name not in OFFLINE:
         return PolicyContext(n_keys=N_IDS), 0.0
     best = math.inf

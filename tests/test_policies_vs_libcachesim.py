@@ -48,6 +48,7 @@ POLICIES = {
     "wtinylfu": (lcs.WTinyLFU, {"window_ratio": "window_size"}),
     "lecar": (lcs.LeCaR, {"update_weight": "update_weight", "lru_weight": "lru_weight"}),
     "slru": (lcs.SLRU, {}),
+    "lirs": (lcs.LIRS, {}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -72,6 +73,8 @@ CASES = {
     "lecar": [(c, {"update_weight": False, "lru_weight": w}) for c in SIZES for w in (0.0, 1.0)],
     # libCacheSim's 4 segments: capacities a multiple of 4 or one more (see slru.py)
     "slru": [(c, {}) for c in (4, 5, 8, 13, 49, 128, 400, 1201)],
+    # libCacheSim's HIR queue is 1% of the rows, and needs 2 (see lirs.py): 200 rows at least
+    "lirs": [(c, {}) for c in (200, 201, 299, 300, 400, 1200, 3000)],
 }
 
 
