@@ -46,7 +46,7 @@ LIBCACHESIM = {
     "lru": lcs.LRU, "fifo": lcs.FIFO, "clock": lcs.Clock, "lfu": lcs.LFU, "sieve": lcs.Sieve,
     "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady,
     "slru": lcs.SLRU, "random": lcs.Random, "lruprob": lcs.LRUProb, "hyperbolic": lcs.Hyperbolic, "lecar": lcs.LeCaR,
-    "lhd": lcs.LHD,
+    "lhd": lcs.LHD, "lfuda": lcs.LFUDA,
 }
 OFFLINE = {"belady"}  # policies that read the future from the context's trace
 # policies that draw random numbers: their hits agree with libCacheSim's in distribution, not exactly

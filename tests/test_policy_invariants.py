@@ -38,6 +38,7 @@ CONFIGS = {
     "lecar": (range(1, 9), {}),
     "lhd": (range(1, 9), {}),
     "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
+    "lfuda": (range(2, 9), {}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -239,6 +240,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("slru", 3, {}, "use at least 4 rows or a smaller n_seg"),
     ("slru", 50, {}, "e.g. 49 or 52 rows"),
     ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
+    ("lfuda", 1, {}, "use at least 2 rows"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:
