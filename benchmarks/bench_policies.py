@@ -44,6 +44,7 @@ SIZES = (0.01, 0.05, 0.10)
 LIBCACHESIM = {
     "lru": lcs.LRU, "fifo": lcs.FIFO, "clock": lcs.Clock, "lfu": lcs.LFU, "sieve": lcs.Sieve,
     "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady,
+    "clock2qplus": lcs.Clock2QPlus,
 }
 OFFLINE = {"belady"}  # policies that read the future from the context's trace
 

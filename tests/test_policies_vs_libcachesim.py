@@ -48,6 +48,9 @@ POLICIES = {
     "wtinylfu": (lcs.WTinyLFU, {"window_ratio": "window_size"}),
     "lecar": (lcs.LeCaR, {"update_weight": "update_weight", "lru_weight": "lru_weight"}),
     "slru": (lcs.SLRU, {}),
+    "clock2qplus": (lcs.Clock2QPlus, {"fifo_ratio": "fifo_size_ratio", "ghost_ratio": "ghost_size_ratio",
+                                      "move_to_main": "move_to_main_threshold",
+                                      "corr_window_ratio": "corr_window_ratio"}),
 }
 
 # (capacity, params) per policy: tiny tiers, where a default sub-queue would round to zero rows the
@@ -72,6 +75,10 @@ CASES = {
     "lecar": [(c, {"update_weight": False, "lru_weight": w}) for c in SIZES for w in (0.0, 1.0)],
     # libCacheSim's 4 segments: capacities a multiple of 4 or one more (see slru.py)
     "slru": [(c, {}) for c in (4, 5, 8, 13, 49, 128, 400, 1201)],
+    "clock2qplus": [(3, {"fifo_ratio": 0.67}), (5, {"fifo_ratio": 0.4}), (8, {"fifo_ratio": 0.25}),
+                    (13, {"fifo_ratio": 0.2})] + [(c, {}) for c in SIZES[5:]]
+    + [(400, {"move_to_main": 2, "ghost_ratio": 0.5}), (400, {"corr_window_ratio": 0.0}),
+       (128, {"corr_window_ratio": 1.3, "fifo_ratio": 0.3}), (50, {"ghost_ratio": 0.0})],
 }
 
 
@@ -113,9 +120,12 @@ def test_hit_counts_identical(name, trace_files):
 # window of them in two Bloom filters. With a window far longer than a trace's distinct rows (so nothing is
 # forgotten, and on these traces no false positive) the decisions, and so the hits, are the same.
 WIDE_WINDOW_ROWS = 400_000
+# libCacheSim's Clock2QPlus inserts through its sub-queues' own insert, never the outer cache's, so its
+# admissioner is never asked: its hits with one equal its hits without (measured), nothing to compare.
+IGNORES_ADMISSIONER = {"clock2qplus"}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(set(CASES) - IGNORES_ADMISSIONER))
 def test_hit_counts_identical_with_bloom_admission(name, trace_files):
     ctx = PolicyContext(n_keys=N_KEYS)
     mismatches = []
