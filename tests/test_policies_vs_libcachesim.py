@@ -120,8 +120,8 @@ def test_hit_counts_identical(name, trace_files):
 # window of them in two Bloom filters. With a window far longer than a trace's distinct rows (so nothing is
 # forgotten, and on these traces no false positive) the decisions, and so the hits, are the same.
 WIDE_WINDOW_ROWS = 400_000
-# libCacheSim's Clock2QPlus inserts through its sub-queues' own insert, never the outer cache's, so its
-# admissioner is never asked: its hits with one equal its hits without (measured), nothing to compare.
+# libCacheSim asks a cache's admissioner in cache_can_insert_default, which Clock2QPlus's own can_insert
+# never calls: its hits with an admissioner equal its hits without (measured), nothing to compare.
 IGNORES_ADMISSIONER = {"clock2qplus"}
 
 

@@ -20,8 +20,8 @@ Ghost entries are not cached (`contains` is False, `remove` ignores them); the g
 makes in its lookup happens at the start of `admit` here, with the same outcome. libCacheSim admits no
 row to a FIFO of fewer than 2 rows (it refuses a row as large as the FIFO, and then dereferences the
 object it did not make), so such capacities are refused. Counts saturate at 2**31 - 1, which changes no
-decision. libCacheSim's Clock2QPlus inserts through its sub-queues, so an admissioner given to it is never
-asked; here a tier's admission filter applies as to any policy.
+decision. libCacheSim's Clock2QPlus replaces the insert check that asks an admissioner, so one given to it is
+never asked; here a tier's admission filter applies as to any policy.
 """
 
 import math
