@@ -38,6 +38,7 @@ CONFIGS = {
     "lecar": (range(1, 9), {}),
     "lhd": (range(1, 9), {}),
     "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
+    "lfuda": (range(2, 9), {}),
     "clock2qplus": (range(7, 13), {"fifo_ratio": 0.3, "ghost_ratio": 0.5}),
 }
 
@@ -243,6 +244,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("clock2qplus", 100, {"move_to_main": 1.5}, "params.move_to_main must be an integer in [0, "),
     ("slru", 50, {}, "e.g. 49 or 52 rows"),
     ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
+    ("lfuda", 1, {}, "use at least 2 rows"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:

@@ -331,7 +331,7 @@ class StepPipeline:
         u = int(dedup(ids, self._requests, self._map, needed, self._ts, self._inv, entries))
         self._requests += n
         self._step_starts[1] = u
-        served = self.engine.feed(needed[:u], self._ts[:u], self._step_starts)
+        served = self.engine.feed(needed[:u], self._ts[:u], self._step_starts, checked=True)  # ids passed `check`
         self.late_rows = None
         if self.deadline is not None and not speculative:
             dropped = late_rows(self.hierarchy, served, self.row_bytes, *self.deadline)[:, 0]
