@@ -161,6 +161,21 @@ def test_hit_counts_identical_with_bloom_admission(name, trace_files, tmp_path):
     assert not mismatches, "\n".join(mismatches)
 
 
+def test_libcachesim_clockpro_never_evicts(trace_files):
+    """Why engramtier has no CLOCK-Pro to compare: libCacheSim 0.3.5's ClockPro refuses a miss (its can_insert)
+    once its cold rows reach their target, a check made before any eviction, so it never evicts and its hits
+    are those of a static cache of the first ``int(init_ratio_cold * capacity)`` distinct rows. This fails
+    once a libCacheSim that evicts makes a comparison possible."""
+    for trace, keys in TRACES.items():
+        _, first = np.unique(keys, return_index=True)
+        in_order = keys[np.sort(first)]
+        for capacity, ratio in ((50, 0.5), (400, 0.5), (400, 1.0)):
+            kept = in_order[: int(capacity * ratio)]
+            static_hits = int(np.isin(keys, kept).sum()) - kept.size
+            cache = lcs.ClockPro(capacity, hashpower=10, init_ratio_cold=ratio)
+            assert libcachesim_hits(cache, trace_files[trace]) == static_hits, (trace, capacity, ratio)
+
+
 # Randomised policies: libCacheSim seeds its generator from the clock, ours draw from their `seed`, so
 # hit counts agree in distribution: the mean hit ratio of SEEDS seeds of ours and of SEEDS runs of
 # libCacheSim's must lie within RANDOM_TOLERANCE. name -> (libCacheSim class, parameter sets, traces)
