@@ -47,6 +47,7 @@ LIBCACHESIM = {
     "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady,
     "slru": lcs.SLRU, "random": lcs.Random, "lruprob": lcs.LRUProb, "hyperbolic": lcs.Hyperbolic, "lecar": lcs.LeCaR,
     "lhd": lcs.LHD, "lfuda": lcs.LFUDA,
+    "clock2qplus": lcs.Clock2QPlus,
 }
 OFFLINE = {"belady"}  # policies that read the future from the context's trace
 # policies that draw random numbers: their hits agree with libCacheSim's in distribution, not exactly

@@ -89,7 +89,7 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
 
 
 ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "random", "lruprob", "hyperbolic",
-          "lecar", "lhd", "lfuda"]
+          "lecar", "lhd", "lfuda", "clock2qplus"]
 ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32)}
 
 
