@@ -40,6 +40,8 @@ CONFIGS = {
     "lecar": (range(1, 9), {}),
     "lhd": (range(1, 9), {}),
     "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
+    "lfuda": (range(2, 9), {}),
+    "clock2qplus": (range(7, 13), {"fifo_ratio": 0.3, "ghost_ratio": 0.5}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -291,10 +293,14 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lecar", 10, {"lru_weight": 1.5}, "params.lru_weight must be a finite number in [0, 1]"),
     ("lhd", 10, {"seed": "a"}, "params.seed must be a number"),
     ("slru", 3, {}, "use at least 4 rows or a smaller n_seg"),
+    ("clock2qplus", 19, {}, "use at least 20 rows or a larger fifo_ratio"),
+    ("clock2qplus", 100, {"fifo_ratio": 1.0}, "params.fifo_ratio must be below 1"),
+    ("clock2qplus", 100, {"move_to_main": 1.5}, "params.move_to_main must be an integer in [0, "),
     ("slru", 50, {}, "e.g. 49 or 52 rows"),
     ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
     ("lirs", 199, {}, "199 rows give the HIR queue 1 row (libCacheSim's 1%)"),
     ("lirs", 50, {}, "use at least 200 rows"),
+    ("lfuda", 1, {}, "use at least 2 rows"),
 ])
 def test_refused_configurations(name, capacity, params, message):
     with pytest.raises(EngramTierError) as err:

@@ -297,6 +297,13 @@ def no_hit_victim(state):
     return -1
 
 
+def hits_never_evict(policy: Any) -> bool:
+    """True for a `compiled_policy` whose hits never evict (its ``hit_victim`` is `no_hit_victim`): a step
+    in which all its lookups hit leaves its rows where they were. False when that is not known."""
+    ops = inline_ops(policy)
+    return ops is not None and ops[3] is no_hit_victim
+
+
 def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,
                     hit_victim=no_hit_victim) -> Any:
     """Build the jitclass ``name``, made as ``name(state, n_keys)`` around ``state`` (a tuple of arrays
