@@ -2,10 +2,10 @@
 end with exit status 2 and exactly one line on stderr (no traceback, no crash), and leave no output file
 behind, complete or half-written.
 
-The cases run once per module (`outcomes`), in this process through `engramtier.cli.main` (what the
-console script runs, with its standard streams captured), except those that need a limit of the
-process itself (``max_file_bytes``: ulimit -f), which run in a subprocess; each parametrized test then
-checks one.
+Each parametrized test runs its case, over inputs written once per module (`fixture_paths`), in this
+process through `engramtier.cli.main` (what the console script runs, with its standard streams
+captured), except those that need a limit of the process itself (``max_file_bytes``: ulimit -f), which
+run in a subprocess.
 """
 
 from __future__ import annotations
@@ -400,18 +400,13 @@ def fixture_paths(tmp_path_factory) -> dict[str, str]:
     return _write_fixtures(tmp_path_factory.mktemp("bad_input"))
 
 
-@pytest.fixture(scope="module")
-def outcomes(fixture_paths) -> dict[str, subprocess.CompletedProcess]:
-    return {case.name: _run(case, fixture_paths) for case in CASES}
-
-
 def test_case_names_are_unique():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_refused_in_one_line(case: Case, outcomes, fixture_paths):
-    result = outcomes[case.name]
+def test_refused_in_one_line(case: Case, fixture_paths):
+    result = _run(case, fixture_paths)  # each case where its test runs: the workers share the cases out
     err = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2, f"exit {result.returncode} (negative: killed by a signal)\n{err}"
     assert "Traceback" not in err, err

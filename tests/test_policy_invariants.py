@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zipf import zipf_keys
 
 from engramtier.cache.policies import arc, lecar, lhd
 from engramtier.cache.policy import PolicyContext, make_policy
@@ -39,6 +41,7 @@ CONFIGS = {
     "lhd": (range(1, 9), {}),
     "slru": (range(2, 10), {"n_seg": 2}),  # odd capacities: a hit promoting out of segment 0 evicts
     "lfuda": (range(2, 9), {}),
+    "clock2qplus": (range(7, 13), {"fifo_ratio": 0.3, "ghost_ratio": 0.5}),
     "lruk": (range(1, 9), {"k": 2}),
     "mq": (range(1, 9), {"lifetime": 20, "qout_ratio": 1.0}),  # Qout holds ghosts, Adjust demotes often
 }
@@ -53,8 +56,57 @@ ops = st.lists(st.tuples(st.sampled_from([REQUEST] * 4 + [REMOVE]), st.integers(
 def test_reported_contents_are_the_contents(name, data, sequence):
     capacities, params = CONFIGS[name]
     capacity = data.draw(st.sampled_from(capacities))
-    policy = make_policy(name, capacity, PolicyContext(n_keys=N_KEYS), **params)
+    assert_reported_contents(make_policy(name, capacity, PolicyContext(n_keys=N_KEYS), **params), capacity, sequence,
+                             N_KEYS)
+
+
+# LIRS needs 200 rows (a 2-row HIR queue, see lirs.py): its requests go over more keys, Zipf-skewed so that
+# rows are hit, demoted, evicted (on misses and on hits) and come back as non-resident entries of the stack
+LIRS_KEYS = 320
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lirs_reported_contents_are_the_contents(seed):
+    rng = np.random.default_rng(seed)
+    keys = zipf_keys(1500, LIRS_KEYS, 0.8, rng, shuffle=True)
+    ops_ = np.where(rng.random(keys.size) < 0.05, REMOVE, REQUEST)
+    capacity = 200 + seed
+    policy = make_policy("lirs", capacity, PolicyContext(n_keys=LIRS_KEYS))
+    victims = assert_reported_contents(policy, capacity, zip(ops_.tolist(), keys.tolist(), strict=True), LIRS_KEYS)
+    assert victims["miss"] > 50
+
+
+def test_lirs_hit_on_a_queue_only_row_demotes_the_bottom_lir_row_and_evicts():
+    """200 rows: 198 LIR, a 2-row HIR queue Q. A resident HIR row pruned from the stack S lives on in Q
+    alone; a hit on it demotes S's bottom LIR row into the full Q, which evicts Q's oldest row on a hit."""
+    policy = make_policy("lirs", 200, PolicyContext(n_keys=400))
+    t = 0
+
+    def request(key):
+        nonlocal t
+        t += 1
+        return policy.lookup(key, t) or policy.admit(key, t)
+
+    for key in range(198):
+        assert request(key) == -1  # LIR has room
+    assert request(300) == -1  # HIR, at the top of S and in Q
+    for key in range(198):  # hitting 197, S's bottom LIR row, prunes 300 below it from S
+        assert request(key) is True
+    assert request(301) == -1  # Q: 301, 300
+    assert policy.lookup(300, t + 1) and policy.hit_victim() == 301  # 0 demoted to Q, which evicts 301
+    assert policy.contains(0) and policy.contains(300) and not policy.contains(301)
+    assert policy.occupancy() == 199  # LIR is a row short until a miss fills it
+    assert not policy.lookup(301, t + 2)  # non-resident in S: a miss that makes it LIR, filling LIR again
+    assert policy.admit(301, t + 2) == -1 and policy.occupancy() == 200
+    assert not policy.lookup(302, t + 3) and policy.admit(302, t + 3) == 300  # Q (0, 300) is full: 300 goes
+    assert policy.contains(0) and policy.contains(301) and policy.contains(302) and not policy.contains(300)
+
+
+def assert_reported_contents(policy, capacity, sequence, n_keys) -> dict[str, int]:
+    """Run ``sequence`` of (op, key) on ``policy`` against the set of rows it reported keeping; returns how
+    many rows misses and hits evicted."""
     cached: set[int] = set()
+    victims = {"miss": 0, "hit": 0}
     for t, (op, key) in enumerate(sequence):
         if op == REMOVE:
             assert policy.remove(key) == (key in cached)
@@ -65,14 +117,17 @@ def test_reported_contents_are_the_contents(name, data, sequence):
             if victim >= 0:
                 assert victim in cached and victim != key
                 cached.discard(victim)
+                victims["hit"] += 1
         else:
             assert key not in cached
             victim = policy.admit(key, t)
             assert victim == -1 or (victim in cached and victim != key)
             cached.discard(victim)
             cached.add(key)
+            victims["miss"] += victim >= 0
         assert policy.occupancy() == len(cached) <= capacity
-        assert [policy.contains(k) for k in range(N_KEYS)] == [k in cached for k in range(N_KEYS)]
+        assert [policy.contains(k) for k in range(n_keys)] == [k in cached for k in range(n_keys)]
+    return victims
 
 
 class ListModel:
@@ -240,8 +295,13 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lecar", 10, {"lru_weight": 1.5}, "params.lru_weight must be a finite number in [0, 1]"),
     ("lhd", 10, {"seed": "a"}, "params.seed must be a number"),
     ("slru", 3, {}, "use at least 4 rows or a smaller n_seg"),
+    ("clock2qplus", 19, {}, "use at least 20 rows or a larger fifo_ratio"),
+    ("clock2qplus", 100, {"fifo_ratio": 1.0}, "params.fifo_ratio must be below 1"),
+    ("clock2qplus", 100, {"move_to_main": 1.5}, "params.move_to_main must be an integer in [0, "),
     ("slru", 50, {}, "e.g. 49 or 52 rows"),
     ("slru", 100, {"n_seg": 17}, "n_seg must be an integer from 1 to 16"),
+    ("lirs", 199, {}, "199 rows give the HIR queue 1 row (libCacheSim's 1%)"),
+    ("lirs", 50, {}, "use at least 200 rows"),
     ("lfuda", 1, {}, "use at least 2 rows"),
     ("lruk", 10, {"k": 0}, "k must be an integer from 1 to 64"),
     ("mq", 10, {"n_queue": 0}, "n_queue must be an integer from 1 to 64"),

@@ -88,9 +88,10 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
 
 
-ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "lfuda", "lruk", "random", "lruprob",
-          "mq", "hyperbolic", "lecar", "lhd"]
-ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32)}
+ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "random", "lruprob", "hyperbolic",
+          "lecar", "lhd", "lfuda", "clock2qplus", "lirs", "lruk", "mq"]
+ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32), "lirs": (200, 200)}
+ONLINE_STEPS = {"lirs": 200}  # its 200 rows on top hold half the table: enough misses to reach the tier below
 
 
 @pytest.mark.parametrize("policy", ONLINE)
@@ -98,8 +99,9 @@ def test_every_policy_hits_as_simulated_above_and_below_in_both_modes(table_dir,
     """Each online policy as the top tier and as the tier below, inclusive and exclusive: the runtime keys
     its maps by row id in hashed maps, the simulator by dense keys in arrays; the counts agree."""
     path, flat = table_dir
-    steps = zipf_steps(40, seed=8, max_len=60)
-    # (rows on top, rows below): W-TinyLFU's window needs 100 rows, SLRU 4 segments of equal rows
+    steps = zipf_steps(ONLINE_STEPS.get(policy, 40), seed=8, max_len=60)
+    # (rows on top, rows below): W-TinyLFU's window needs 100 rows, SLRU 4 segments of equal rows,
+    # LIRS a 2-row HIR queue (1%)
     top, below = ONLINE_ROWS.get(policy, (20, 30))
     for mode in ("inclusive", "exclusive"):
         for spec in (hierarchy(mode, policy, "lru", top_rows=top, middle_rows=top + 40),

@@ -214,6 +214,13 @@ def test_poisson_workload_trace_feeds_stats_and_simulate(tmp_path, capsys):
     assert main(["simulate", "--hierarchy", str(hierarchy), str(out), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["simulation"]["steps"] == counts.size
+    # each step's record carries its load, and the run draws hit rate and stall against it
+    steps = [r for r in map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())
+             if r["experiment"] == "step"]
+    for name in STEP_COLUMNS:
+        assert [r[name] for r in steps] == columns[name].tolist()
+    assert all(r["requests"] == n for r, n in zip(steps, counts, strict=True))
+    assert (tmp_path / "run" / "figures" / "load.png").stat().st_size > 0
 
 
 def test_step_clock_waits_for_arrivals_and_charges_compute():

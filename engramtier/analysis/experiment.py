@@ -155,14 +155,18 @@ class Experiment:
         result = simulate_point(self.trace, hierarchy, self.cfg.timing, progress=self.progress)
         per_step = result.to_dict()["per_step"]
         names = [t["name"] for t in result.tier_totals]
+        columns = getattr(self.trace, "step_columns", {})  # a served workload's per-step load (`trace --arrivals`)
         self.run.append({"experiment": "step", "step": i, **{k: per_step[k][i] for k in
                          ("requests", "unique", "window_s", "compute_s", "fetch_s", "stall_s", "step_s")},
-                         "served": {n: per_step["served"][n][i] for n in names}}
+                         "served": {n: per_step["served"][n][i] for n in names},
+                         **{name: int(values[i]) for name, values in columns.items()}}
                         for i in range(result.requests.size))
         record = point_record("simulate", " > ".join(names), result)
         self.run.append([record])
         self._sim_records.append(record)
         self.run.save_figure(plots.step_timeline_figure(per_step, names), "step_timeline")
+        if "running" in columns:
+            self.run.save_figure(plots.load_figure(per_step, columns, names[0]), "load")
         self.summary["simulation"] = {k: v for k, v in record.items() if k not in ("experiment", "label")}
         self.summary["simulation"]["first_steps"] = result.first_steps(self.first_steps)
         if profile is not None:

@@ -281,6 +281,60 @@ def step_timeline_figure(per_step: Mapping, tier_names: Sequence[str]) -> Figure
     return fig
 
 
+def load_figure(per_step: Mapping, columns: Mapping[str, np.ndarray], top_tier: str) -> Figure:
+    """A served workload's steps (a trace cut by `engramtier trace --arrivals`): the top tier's hit rate
+    and the stall of each step against its load, the requests running in it, with the mean per load.
+    Load changes what a step reads: more running requests mean more decode tokens (one each, whose rows
+    recur from request to request less than a long prompt's) and a larger step, hence more rows to fetch."""
+    plt = _pyplot()
+    unique = np.asarray(per_step["unique"], dtype=float)
+    hit = np.divide(np.asarray(per_step["served"][top_tier], dtype=float), unique, out=np.zeros_like(unique),
+                    where=unique > 0)
+    stall_ms = np.asarray(per_step["stall_s"]) * 1e3
+    running = np.asarray(columns["running"])
+    loads = np.unique(running)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
+    for ax, values, label in ((top, hit, f"{top_tier} hit rate per step"), (bottom, stall_ms, "stall per step (ms)")):
+        ax.scatter(running, values, s=6, alpha=0.25, color="tab:blue", label="steps")
+        ax.plot(loads, [values[running == n].mean() for n in loads], color="black", lw=1.5, label="mean")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    top.set_ylim(0, 1)
+    bottom.set_xlabel("requests running in the step")
+    fig.suptitle("Hit rate and stall per step against the load of the step")
+    return fig
+
+
+def workload_figure(records: Sequence[Mapping]) -> Figure:
+    """Served workloads at rising arrival rates (`benchmarks/bench_workload.py`'s records): the gpu tier's
+    hit rate over all lookups and per step, and the stall per step and as a fraction of run time."""
+    plt = _pyplot()
+    rates = [r["rate"] for r in records]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    left.plot(rates, [r["gpu_hit_rate"] for r in records], "o-", label="gpu hit rate, all lookups")
+    left.plot(rates, [r["step_hit_rate_mean"] for r in records], "s--", label="per step, mean")
+    left.fill_between(rates, [r["step_hit_rate_p10"] for r in records], [r["step_hit_rate_p90"] for r in records],
+                      alpha=0.2, label="per step, 10th-90th percentile")
+    left.set_ylabel("gpu tier hit rate")
+    left.set_ylim(0, 1)
+    right.plot(rates, [r["stall_ms_mean"] for r in records], "o-", label="stall per step, mean")
+    right.plot(rates, [r["stall_ms_p99"] for r in records], "s--", label="stall per step, p99")
+    right.set_ylabel("stall per step (ms)")
+    twin = right.twinx()
+    twin.plot(rates, [r["stall_fraction"] for r in records], "^:", color="tab:red", label="stall fraction")
+    twin.set_ylabel("stall fraction of run time")
+    twin.grid(False)
+    right.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="lower right", fontsize=8)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.set_xlabel("arrival rate (requests/s, Poisson)")
+    left.legend(fontsize=8)
+    fig.suptitle("Served workloads at rising load: gpu hit rate and stall per step")
+    return fig
+
+
 def replay_stall_figure(records: Sequence[Mapping]) -> Figure:
     """A replay's steps (`engramtier replay`'s records): the flat and tiered step times (tiered only for
     --engram-only, which has no flat pass), and below them the tiered step's stall (waiting on its rows)

@@ -366,6 +366,8 @@ class Engine:
                     with running(upper), running(lower):
                         (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, held)
         self._drivers = [drivers_for(policy, self.n_keys) for policy in self.policies]
+        # a compiled policy runs in a context that does nothing, made once: a small step feeds every few µs
+        self._contexts = [nullcontext() if is_compiled(p) else None for p in self.policies]
         # jitclasses called through their methods (not `compiled_policy` built-ins): their victims are checked per feed
         self._check_victims = [is_compiled(p) and inline_ops(p) is None for p in self.policies]
         self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
@@ -389,19 +391,23 @@ class Engine:
             half.policies, half.mode, half.first_tier, half.n_keys = self.policies[first:stop], self.mode, first, self.n_keys
             half.admissions = self.admissions[first:stop]
             half._drivers, half._check_victims = self._drivers[first:stop], self._check_victims[first:stop]
+            half._contexts = self._contexts[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
             halves.append(half)
         return halves[0], halves[1]
 
-    def feed(self, keys: np.ndarray, ts: np.ndarray, step_starts: np.ndarray) -> np.ndarray:
+    def feed(self, keys: np.ndarray, ts: np.ndarray, step_starts: np.ndarray, checked: bool = False) -> np.ndarray:
         """Resolve the lookups ``keys`` (int64, unique within each step) at positions ``ts``, cut into
         steps by ``step_starts`` (indices into ``keys``, then ``keys.size``). Returns the rows each
         tier served per step, int64 ``[len(policies) + 1, steps]``, the store last.
 
         The batch is checked once here (keys in the table, steps inside it); the compiled drivers then
-        index by it unchecked."""
-        keys, ts, step_starts = self._checked_batch(keys, ts, step_starts)
+        index by it unchecked. ``checked``: the caller built the batch itself from keys it checked, as
+        contiguous int64 arrays (the runtime's step, `engramtier.tiers.step`), and the checks, which
+        cost half a small step's engine time, are skipped."""
+        if not checked:
+            keys, ts, step_starts = self._checked_batch(keys, ts, step_starts)
         n_steps = step_starts.size - 1
         if 2 * keys.size > self._capacity or n_steps >= self._step_capacity:
             self._reserve(2 * keys.size, n_steps + 1)  # an exclusive tier emits at most two events per input
@@ -417,14 +423,11 @@ class Engine:
             if not n:  # nothing reaches this tier: it serves nothing and passes nothing down
                 served[i] = 0
                 out_starts[:] = 0
-            elif self.first_tier + i == 0 or not exclusive:
-                with running(self.policies[i]):
-                    n = fill(target, adm, events, ts_in, starts, exclusive, hit, victim, out_events, out_ts, out_starts,
-                             served[i], self.counters[i])
             else:
-                with running(self.policies[i]):
-                    n = victim_driver(target, adm, events, ts_in, starts, hit, victim, out_events, out_ts, out_starts,
-                                      served[i], self.counters[i])
+                driver, args = (fill, (exclusive,)) if self.first_tier + i == 0 or not exclusive else (victim_driver, ())
+                with self._contexts[i] or running(self.policies[i]):
+                    n = driver(target, adm, events, ts_in, starts, *args, hit, victim, out_events, out_ts, out_starts,
+                               served[i], self.counters[i])
             if self._check_victims[i]:
                 self._refuse_bad_victims(i, events, victim[: events.size])
             streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))

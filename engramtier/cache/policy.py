@@ -35,12 +35,15 @@ inline functions of that tuple compiled without reference counting (``_nrt=False
 forward to them, and `replay` and the engine's drivers (`engine.make_drivers`) inline them into one
 loop over the bare tuple.
 
-Only those six operations (and the key map's small functions, the hottest) are inlined by numba. The
+Numba inlines those six operations and the key map's small functions (the hottest). The shared
 helpers they call (`_lists`, `nextuse`, the admission filters' internals) are plain functions compiled
 once without reference counting, ``njit(nogil=True, _nrt=False)``, which LLVM inlines into the same
 loops: numba's ``inline='always'`` re-copies a function's IR at every call site, so nested inlining
 through every driver and method made a policy like W-TinyLFU take 50 s to compile; this way it takes
-about 12 s, and the replays run as fast (`benchmarks/bench_policies.py`).
+about 12 s, and the replays run as fast (`benchmarks/bench_policies.py`). A policy's own helpers are
+plain functions too, except where inlining them measurably pays (ARC, W-TinyLFU, LHD's per-request
+work, LFUDA's bucket moves: 20-40% slower replays as calls); cold ones, like LHD's reconfiguration,
+are never inlined.
 
 Compiled code does not bound-check, so a key outside ``[0, n_keys)`` would read and write memory
 that is not the policy's. Keys are checked where they cross into it: every method a built-in offers
@@ -295,6 +298,13 @@ def holds_key(state, key):
 def no_hit_victim(state):
     """`hit_victim` of the policies whose hits never evict."""
     return -1
+
+
+def hits_never_evict(policy: Any) -> bool:
+    """True for a `compiled_policy` whose hits never evict (its ``hit_victim`` is `no_hit_victim`): a step
+    in which all its lookups hit leaves its rows where they were. False when that is not known."""
+    ops = inline_ops(policy)
+    return ops is not None and ops[3] is no_hit_victim
 
 
 def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,

@@ -50,6 +50,7 @@ from engramtier.cache import keymap
 from engramtier.cache.deadline import late_keys, late_rows
 from engramtier.cache.engine import Engine
 from engramtier.cache.hierarchy import Hierarchy
+from engramtier.cache.policy import hits_never_evict
 from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier
@@ -273,6 +274,10 @@ class StepPipeline:
         self._tier_indexes = tuple(t.index for t in self.caches) or (nobody[0],)
         self._tier_id_ofs = tuple(t.id_of for t in self.caches) or (nobody[1],)
         self._no_arrivals = (np.empty(0, np.int64),) * max(1, len(self.caches))
+        # tiers a step whose lookups all hit leaves as they were (no slot plan to make): a policy whose hits
+        # never evict, in a tier whose hits keep their rows (an exclusive lower tier's hits move up)
+        self._all_hits_keep_slots = [hits_never_evict(policy) and not plan.exclusive_lower
+                                     for policy, plan in zip(engine.policies, self.plans, strict=True)]
         self._map = keymap.hashed_index(1)
         self._requests_cap = self._needed_cap = 0
         self._reserve(1, 1)
@@ -331,7 +336,7 @@ class StepPipeline:
         u = int(dedup(ids, self._requests, self._map, needed, self._ts, self._inv, entries))
         self._requests += n
         self._step_starts[1] = u
-        served = self.engine.feed(needed[:u], self._ts[:u], self._step_starts)
+        served = self.engine.feed(needed[:u], self._ts[:u], self._step_starts, checked=True)  # ids passed `check`
         self.late_rows = None
         if self.deadline is not None and not speculative:
             dropped = late_rows(self.hierarchy, served, self.row_bytes, *self.deadline)[:, 0]
@@ -340,8 +345,9 @@ class StepPipeline:
         self._plans_made += 1
         m = u
         arrivals = self._no_arrivals
-        for plan, stream, name in zip(self.plans, self.engine.streams[:-1], self.names, strict=True):
-            if not stream.events.size:
+        for plan, stream, name, hits, kept in zip(self.plans, self.engine.streams[:-1], self.names, served[:-1, 0].tolist(),
+                                                  self._all_hits_keep_slots, strict=True):
+            if not stream.events.size or (kept and hits == stream.events.size):
                 plan.clear()
             elif plan.plan(stream, step, name):
                 arrivals = tuple(p.arrive_rows for p in self.plans)

@@ -23,12 +23,12 @@ bucket ``m`` empty when it must evict: it dereferences a null object) evicts the
 smallest non-empty bucket instead, or else the oldest stranded row; one such state is certain at
 capacity 1, which is refused. Nothing is kept for rows not cached.
 
-Priorities grow geometrically in a cache of a few rows (a hit adds the age, which follows the priorities
-up), and libCacheSim's walk over every integer between them then takes minutes (with 2-10 rows it did not
-finish 8,000 Zipf requests in 30 s), so hits are compared with it at 13 and 50 rows on trace prefixes and
-from 128 rows on whole traces (`tests/test_policies_vs_libcachesim.py`). Where they would overflow int64 they
-stop at `PRIORITY_CAP` instead (libCacheSim's uint64 would wrap); far above anything libCacheSim reaches
-in a run that finishes.
+Priorities grow geometrically under this rule (a hit adds ``m``, and ``m`` follows the evicted
+priorities): at a few rows of capacity, a few thousand requests of a skewed trace take them past 2**62.
+libCacheSim's ``update_min_freq`` walks every integer up to the largest priority, so it stalls long
+before, and its int64 would then overflow; here a priority saturates at `MAX_PRIORITY` (2**62), where
+rows keep their bucket's first-in first-out order. The tests compare hit counts on trace prefixes and
+sizes where libCacheSim finishes, all far below saturation.
 """
 
 import numpy as np
@@ -64,10 +64,7 @@ SIZE, CAPACITY, FREE, FREE_BUCKET, M, HEAPED, STRANDED = range(7)  # indices int
 # heap slot, minus its priority, each bucket's heap slot)
 PRIORITY, BUCKET, BUCKET_INDEX, BUCKET_PRIORITY, BUCKET_HEAD, BUCKET_NEXT, HEAP_BUCKET, HEAP_PRI, HEAP_SLOT = range(5, 14)
 
-# Priorities grow geometrically while a small cache's hot rows keep hitting (each hit adds the age, which
-# follows the priorities up): on the test's Zipf trace a 13-row cache passes 2**62 within 40,000 requests.
-# They stop at this cap (two of them still add up inside int64) rather than wrap around to negative.
-PRIORITY_CAP = 2**62 - 1
+MAX_PRIORITY = 1 << 62  # priorities saturate here rather than overflow int64 (see the module docstring)
 
 STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_KEYS, NODE_LINKS,
                      types.int32[::1], types.int64[::1], types.int64[::1], types.int32[::1], types.int64[::1],
@@ -75,6 +72,12 @@ STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.
 
 
 @njit(nogil=True, _nrt=False)
+def _raised(p, by):
+    """``p + by``, saturating at `MAX_PRIORITY` (see the module docstring)."""
+    return p + by if p <= MAX_PRIORITY - by else MAX_PRIORITY
+
+
+@njit(inline="always")
 def _bucket_for(state, p):
     """The bucket of priority ``p``, made (and heaped) if there is none."""
     index, bucket_priority, st = state[BUCKET_INDEX], state[BUCKET_PRIORITY], state[ST]
@@ -89,7 +92,7 @@ def _bucket_for(state, p):
     return b
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _join(state, s, p):
     """Append node ``s`` to the bucket of priority ``p`` (as its newest row)."""
     b = _bucket_for(state, p)
@@ -98,7 +101,7 @@ def _join(state, s, p):
     state[PRIORITY][s] = p
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _part(state, s):
     """Take node ``s`` out of its bucket, dropping the bucket once empty; returns whether it emptied."""
     st, b, bucket_head = state[ST], state[BUCKET][s], state[BUCKET_HEAD]
@@ -112,7 +115,7 @@ def _part(state, s):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _leave(state, s):
     """Take node ``s`` out of its bucket or the stranded ring; when that empties the bucket ``m``, ``m``
     becomes the smallest priority left (libCacheSim's ``update_min_freq``)."""
@@ -132,7 +135,7 @@ def lookup(state, key, t):
     if st[M] == 0:  # p += 0: to the back of its bucket
         move_to_head(state[PRV], state[NXT], state[BUCKET_HEAD], state[BUCKET][s], s)
         return True
-    p = min(state[PRIORITY][s] + st[M], PRIORITY_CAP)
+    p = _raised(state[PRIORITY][s], st[M])
     _leave(state, s)
     if p < st[M]:
         state[BUCKET][s] = -1
@@ -143,7 +146,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _evict(state):
     st, prv = state[ST], state[PRV]
     b = keymap.find(state[BUCKET_INDEX], state[BUCKET_PRIORITY], max(st[M], 1))
@@ -167,7 +170,7 @@ def admit(state, key, t):
     victim = _evict(state) if st[SIZE] >= st[CAPACITY] else -1
     s = take_node(state[NXT], st, FREE)
     link_key(state, key, s)
-    _join(state, s, min(st[M] + 1, PRIORITY_CAP))
+    _join(state, s, _raised(st[M], 1))
     st[SIZE] += 1
     return victim
 

@@ -118,7 +118,7 @@ def _victim(state):
     return victim
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)  # cold (every 2**20 accesses): compiled once, not inlined
 def _adapt_age_coarsening(state):
     st, ewma, hits, evictions = state[ST], state[EWMA], state[HITS], state[EVICTIONS]
     ewma[OBJECTS] = ewma[OBJECTS] * EWMA_DECAY + np.float32(st[SIZE])
@@ -154,7 +154,7 @@ def _adapt_age_coarsening(state):
                 evictions[c, a] = 0
 
 
-@njit(inline="always")
+@njit(nogil=True, _nrt=False)  # cold (every 2**20 accesses): compiled once, not inlined
 def _reconfigure(state):
     """Decay the counts, maybe re-coarsen ages, and model each class's density at each age."""
     hits, evictions, densities = state[HITS], state[EVICTIONS], state[DENSITIES]
