@@ -77,7 +77,7 @@ def _raised(p, by):
     return p + by if p <= MAX_PRIORITY - by else MAX_PRIORITY
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _bucket_for(state, p):
     """The bucket of priority ``p``, made (and heaped) if there is none."""
     index, bucket_priority, st = state[BUCKET_INDEX], state[BUCKET_PRIORITY], state[ST]
@@ -92,7 +92,7 @@ def _bucket_for(state, p):
     return b
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _join(state, s, p):
     """Append node ``s`` to the bucket of priority ``p`` (as its newest row)."""
     b = _bucket_for(state, p)
@@ -101,7 +101,7 @@ def _join(state, s, p):
     state[PRIORITY][s] = p
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _part(state, s):
     """Take node ``s`` out of its bucket, dropping the bucket once empty; returns whether it emptied."""
     st, b, bucket_head = state[ST], state[BUCKET][s], state[BUCKET_HEAD]
@@ -115,7 +115,7 @@ def _part(state, s):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _leave(state, s):
     """Take node ``s`` out of its bucket or the stranded ring; when that empties the bucket ``m``, ``m``
     becomes the smallest priority left (libCacheSim's ``update_min_freq``)."""
@@ -146,7 +146,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@njit(inline="always")
 def _evict(state):
     st, prv = state[ST], state[PRV]
     b = keymap.find(state[BUCKET_INDEX], state[BUCKET_PRIORITY], max(st[M], 1))
