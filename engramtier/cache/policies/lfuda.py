@@ -157,6 +157,13 @@ def _evict(state):
         s = prv[state[BUCKET_HEAD][b]]
     else:
         s = prv[st[STRANDED]]
+    return _drop(state, s)
+
+
+@njit(inline="always")
+def _drop(state, s):
+    """Forget row node ``s`` (evicted or removed) and free it; returns its key."""
+    st = state[ST]
     _leave(state, s)
     st[SIZE] -= 1
     key = unlink_key(state, s)
@@ -180,11 +187,7 @@ def remove(state, key):
     s = node_of(state, key)
     if s < 0:
         return False
-    st = state[ST]
-    _leave(state, s)
-    st[SIZE] -= 1
-    unlink_key(state, s)
-    give_node(state[NXT], st, FREE, s)
+    _drop(state, s)
     return True
 
 
