@@ -40,11 +40,16 @@ TIMING = "[timing]\ncompute_s = 0.01\ncompute_per_token_s = 50e-6\nwindow_per_to
 SHAPE = ["--layers", "1,15", "--heads", "8", "--max-ngram", "3", "--table-size", "100003", "--row-bytes", "160"]
 
 
-def run_rate(rate: float, args, tmp: Path) -> dict:
-    """One rate: the workload trace, its simulation, and the per-rate record from the run's files."""
-    trace, run, hierarchy = tmp / f"{rate}.trace", tmp / f"run-{rate}", tmp / "hierarchy.toml"
+def write_hierarchy(path: Path) -> Path:
+    """The quickstart's ``[hierarchy]`` with `TIMING`: the file both the trace's clock and `simulate` read."""
     quickstart_tiers = EXPERIMENT.read_text().split("[hierarchy]", 1)[1].split("[timing]")[0]
-    hierarchy.write_text("[hierarchy]" + quickstart_tiers + TIMING)
+    path.write_text("[hierarchy]" + quickstart_tiers + TIMING)
+    return path
+
+
+def run_rate(rate: float, args, hierarchy: Path, tmp: Path) -> dict:
+    """One rate: the workload trace, its simulation, and the per-rate record from the run's files."""
+    trace, run = tmp / f"{rate}.trace", tmp / f"run-{rate}"
     with contextlib.redirect_stdout(io.StringIO()) as said:
         assert engramtier(["trace", "--arrivals", f"poisson:{rate}", "--max-requests", str(args.requests),
                            "--input-len", args.input_len, "--output-len", args.output_len, "--timing", str(hierarchy),
@@ -77,10 +82,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/workload", help="run directory for the figure")
     args = ap.parse_args()
 
+    run = RunDir.create(args.out, "bench_workload", vars(args))  # refused now, not after the runs, if it exists
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        records = [run_rate(rate, args, Path(tmp)) for rate in args.rates]
-    run = RunDir.create(args.out, "bench_workload", vars(args))
+        hierarchy = write_hierarchy(Path(tmp) / "hierarchy.toml")
+        records = [run_rate(rate, args, hierarchy, Path(tmp)) for rate in args.rates]
     run.save_figure(workload_figure(records), "workload")
     print(json.dumps({"hierarchy": "gpu:s3fifo:32MiB > dram:lru:128MiB > nvme (engramtier/data/experiment.toml)",
                       "records": records, "seconds": time.perf_counter() - start, "figure": str(run.path / "figures"),
