@@ -38,9 +38,9 @@ loop over the bare tuple.
 Numba inlines those six operations and the key map's small functions (the hottest). The shared
 helpers they call (`_lists`, `nextuse`, the admission filters' internals) are plain functions compiled
 once without reference counting, ``njit(nogil=True, _nrt=False)``, which LLVM inlines into the same
-loops: numba's ``inline='always'`` re-copies a function's IR at every call site, so nested inlining
-through every driver and method made a policy like W-TinyLFU take 50 s to compile; this way it takes
-about 12 s, and the replays run as fast (`benchmarks/bench_policies.py`). A policy's own helpers are
+loops: numba's ``inline='always'`` re-copies a function's IR at every call site, so nesting it through
+every driver and method made compiling a policy several times slower, while the replays run as fast
+either way (`benchmarks/bench_policies.py`, side by side). A policy's own helpers are
 plain functions too, except where inlining them measurably pays (ARC, W-TinyLFU, LHD's per-request
 work, LFUDA's bucket moves: 20-40% slower replays as calls); cold ones, like LHD's reconfiguration,
 are never inlined.
