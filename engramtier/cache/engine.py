@@ -232,10 +232,13 @@ _PYTHON_DRIVERS = make_drivers(*METHOD_OPS, *admission.OPS)
 _DRIVERS: dict[Any, tuple[Any, Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim, warm)
 
 
+_ENGRAMTIERS_OWN = nullcontext()  # reusable: made once, as a small step enters it for every tier
+
+
 def running(policy: Any) -> AbstractContextManager:
     """Where the engine runs ``policy``'s code: a plain-Python policy's is its user's (`user_code`:
     whatever it raises becomes one line naming it); a compiled one's errors are engramtier's own."""
-    return nullcontext() if is_compiled(policy) else user_code(f"policy {type(policy).__name__}")
+    return _ENGRAMTIERS_OWN if is_compiled(policy) else user_code(f"policy {type(policy).__name__}")
 
 
 class CheckedPolicy:
@@ -366,8 +369,6 @@ class Engine:
                     with running(upper), running(lower):
                         (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, held)
         self._drivers = [drivers_for(policy, self.n_keys) for policy in self.policies]
-        # a compiled policy runs in a context that does nothing, made once: a small step feeds every few µs
-        self._contexts = [nullcontext() if is_compiled(p) else None for p in self.policies]
         # jitclasses called through their methods (not `compiled_policy` built-ins): their victims are checked per feed
         self._check_victims = [is_compiled(p) and inline_ops(p) is None for p in self.policies]
         self.counters = np.zeros((len(self.policies), len(COUNTERS)), np.int64)
@@ -391,7 +392,6 @@ class Engine:
             half.policies, half.mode, half.first_tier, half.n_keys = self.policies[first:stop], self.mode, first, self.n_keys
             half.admissions = self.admissions[first:stop]
             half._drivers, half._check_victims = self._drivers[first:stop], self._check_victims[first:stop]
-            half._contexts = self._contexts[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
             halves.append(half)
@@ -425,7 +425,7 @@ class Engine:
                 out_starts[:] = 0
             else:
                 driver, args = (fill, (exclusive,)) if self.first_tier + i == 0 or not exclusive else (victim_driver, ())
-                with self._contexts[i] or running(self.policies[i]):
+                with running(self.policies[i]):
                     n = driver(target, adm, events, ts_in, starts, *args, hit, victim, out_events, out_ts, out_starts,
                                served[i], self.counters[i])
             if self._check_victims[i]:
