@@ -116,15 +116,25 @@ def least_used(state):
 
 
 @njit(inline="always")
+def join(state, s, count):
+    """Slot ``s``, in no bucket, joins the bucket of ``count`` uses as its newest slot (the bucket is made if
+    no slot has that count). Buckets are found by walking up from the lowest, so this costs one step per
+    count present below ``count``: none for a new row's 1, which is all `enter` asks."""
+    up, bucket_count = state[UP], state[BUCKET_COUNT]
+    below, b = -1, state[ST][LOWEST]
+    while b >= 0 and bucket_count[b] < count:
+        below, b = b, up[b]
+    if b < 0 or bucket_count[b] != count:
+        b = _new_bucket(state, count, below, b)
+    push_head(state[PRV], state[NXT], state[BUCKET_HEAD], b, s)
+    state[BUCKET_OF][s] = b
+    state[COUNT][s] = count
+
+
+@njit(inline="always")
 def enter(state, key, s):
     """Slot ``s``, taken out of every bucket, holds ``key`` now, used once."""
-    st, bucket_count = state[ST], state[BUCKET_COUNT]
-    lowest = st[LOWEST]
-    if lowest < 0 or bucket_count[lowest] != 1:
-        lowest = _new_bucket(state, 1, -1, lowest)
-    push_head(state[PRV], state[NXT], state[BUCKET_HEAD], lowest, s)
-    state[BUCKET_OF][s] = lowest
-    state[COUNT][s] = 1
+    join(state, s, 1)
     link_key(state, key, s)
 
 
