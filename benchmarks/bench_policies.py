@@ -47,12 +47,12 @@ LIBCACHESIM = {
     "arc": lcs.ARC, "twoq": lcs.TwoQ, "s3fifo": lcs.S3FIFO, "wtinylfu": lcs.WTinyLFU, "belady": lcs.Belady,
     "slru": lcs.SLRU, "random": lcs.Random, "lruprob": lcs.LRUProb, "hyperbolic": lcs.Hyperbolic, "lecar": lcs.LeCaR,
     "lhd": lcs.LHD, "lfuda": lcs.LFUDA,
-    "clock2qplus": lcs.Clock2QPlus, "lirs": lcs.LIRS, "lruk": lcs.LRUK, "mq": lcs.MQ,
+    "clock2qplus": lcs.Clock2QPlus, "lirs": lcs.LIRS, "lruk": lcs.LRUK, "mq": lcs.MQ, "cacheus": lcs.Cacheus,
 }
 OFFLINE = {"belady"}  # policies that read the future from the context's trace
 # policies that draw random numbers: their hits agree with libCacheSim's in distribution, not exactly
 # (tests/test_policies_vs_libcachesim.py bounds the difference over seeds); reported as a hit-ratio gap
-RANDOMISED = {"random", "lruprob", "hyperbolic", "lecar", "lhd"}
+RANDOMISED = {"random", "lruprob", "hyperbolic", "lecar", "lhd", "cacheus"}
 
 
 def zipf_trace(n_req: int, n_ids: int, alpha: float, seed: int) -> np.ndarray:

@@ -196,26 +196,34 @@ RANDOMISED = {
     "hyperbolic": (lcs.Hyperbolic, [{}], list(TRACES)),
     "lecar": (lcs.LeCaR, [{}, {"update_weight": False, "lru_weight": 0.8}], list(TRACES)),
     "lhd": (lcs.LHD, [{}], list(TRACES)),
+    "cacheus": (lcs.Cacheus, [{}], list(TRACES)),
 }
 RANDOM_SIZES = [2, 13, 128, 1200]
 SEEDS = 5
 RANDOM_TOLERANCE = 0.01
+# Cacheus's hit ratio has a long left tail in both (a run whose LRU weight falls to nothing follows CR-LFU
+# alone: zipf at 13 rows, 0.24 against the usual 0.31 in one of nine libCacheSim runs), which moves a mean
+# of five by more than the tolerance: its medians of nine are compared. Observed: within 0.0012, except at
+# 2 rows (+0.0056), where a request often returns to the row the one before evicted as a second victim,
+# which ours still holds (pending, see cacheus.py) and libCacheSim has dropped.
+MEDIAN_OF = {"cacheus": 9}
 
 
 @pytest.mark.parametrize("name", sorted(RANDOMISED))
 def test_randomised_hit_ratios_agree_over_seeds(name, trace_files):
     cls, param_sets, traces = RANDOMISED[name]
+    statistic, runs = (np.median, MEDIAN_OF[name]) if name in MEDIAN_OF else (np.mean, SEEDS)
     ctx = PolicyContext(n_keys=N_KEYS)
     mismatches = []
     for trace in traces:
         keys = TRACES[trace]
         for capacity in RANDOM_SIZES:
             for params in param_sets:
-                ours = np.mean([replay(make_policy(name, capacity, ctx, seed=seed, **params), keys)
-                                for seed in range(SEEDS)]) / keys.size
-                theirs = np.mean([libcachesim_hits(cls(capacity, hashpower=max(4, math.ceil(math.log2(capacity)) + 1),
-                                                       **params), trace_files[trace])
-                                  for _ in range(SEEDS)]) / keys.size
+                ours = statistic([replay(make_policy(name, capacity, ctx, seed=seed, **params), keys)
+                                  for seed in range(runs)]) / keys.size
+                theirs = statistic([libcachesim_hits(cls(capacity, hashpower=max(4, math.ceil(math.log2(capacity)) + 1),
+                                                         **params), trace_files[trace])
+                                    for _ in range(runs)]) / keys.size
                 if abs(ours - theirs) > RANDOM_TOLERANCE:
                     mismatches.append(f"{trace} capacity={capacity} {params}: ours {ours:.4f} libCacheSim {theirs:.4f}")
     assert not mismatches, "\n".join(mismatches)

@@ -13,13 +13,15 @@ import math
 
 import numpy as np
 import pytest
+from cacheus_model import CacheusModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zipf import zipf_keys
 
-from engramtier.cache.policies import arc, lecar, lhd
+from engramtier.cache.policies import arc, cacheus, lecar, lhd
 from engramtier.cache.policy import PolicyContext, make_policy
 from engramtier.errors import EngramTierError
+from engramtier.xxh64 import xxh64_u64
 
 N_KEYS = 24
 
@@ -44,6 +46,7 @@ CONFIGS = {
     "clock2qplus": (range(7, 13), {"fifo_ratio": 0.3, "ghost_ratio": 0.5}),
     "lruk": (range(1, 9), {"k": 2}),
     "mq": (range(1, 9), {"lifetime": 20, "qout_ratio": 1.0}),  # Qout holds ghosts, Adjust demotes often
+    "cacheus": (range(2, 9), {"seed": 5}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -104,9 +107,9 @@ def test_lirs_hit_on_a_queue_only_row_demotes_the_bottom_lir_row_and_evicts():
 
 def assert_reported_contents(policy, capacity, sequence, n_keys) -> dict[str, int]:
     """Run ``sequence`` of (op, key) on ``policy`` against the set of rows it reported keeping; returns how
-    many rows misses and hits evicted."""
+    many rows misses and hits evicted, and how many admissions the policy declined."""
     cached: set[int] = set()
-    victims = {"miss": 0, "hit": 0}
+    victims = {"miss": 0, "hit": 0, "declined": 0}
     for t, (op, key) in enumerate(sequence):
         if op == REMOVE:
             assert policy.remove(key) == (key in cached)
@@ -121,10 +124,13 @@ def assert_reported_contents(policy, capacity, sequence, n_keys) -> dict[str, in
         else:
             assert key not in cached
             victim = policy.admit(key, t)
-            assert victim == -1 or (victim in cached and victim != key)
-            cached.discard(victim)
-            cached.add(key)
-            victims["miss"] += victim >= 0
+            if victim == key:  # declined (Cacheus when libCacheSim's rules leave SR no room); nothing evicted
+                victims["declined"] += 1
+            else:
+                assert victim == -1 or victim in cached
+                cached.discard(victim)
+                cached.add(key)
+                victims["miss"] += victim >= 0
         assert policy.occupancy() == len(cached) <= capacity
         assert [policy.contains(k) for k in range(n_keys)] == [k in cached for k in range(n_keys)]
     return victims
@@ -249,6 +255,58 @@ def test_lecar_ghost_of_lru_lowers_lru_weight():
     assert policy.state[lecar.WEIGHTS][lecar.W_LFU] == pytest.approx((0.5 + 1e-10) / total, rel=1e-12)
 
 
+def seeded_draws(seed: int):
+    """The draws of a policy built with ``seed`` (`engramtier.cache.policies._draws`), one by one."""
+    counter = 0
+
+    def draw(n: int) -> int:
+        nonlocal counter
+        counter += 1
+        return int(xxh64_u64(np.uint64(counter), np.uint64(seed)) % np.uint64(n))
+
+    return draw
+
+
+@pytest.mark.parametrize("capacity", [2, 3, 4, 7, 16])
+def test_cacheus_answers_as_its_plain_model(capacity):
+    """Every lookup, victim, removal and the contents, against tests/cacheus_model.py given the same draws,
+    over Zipf requests on few rows (so rows come back from H and ghosts) with removals."""
+    n_keys = 3 * capacity + 8
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        keys = zipf_keys(2500, n_keys, 0.8, rng, shuffle=True).tolist()
+        removals = (rng.random(len(keys)) < 0.05).tolist()
+        policy = make_policy("cacheus", capacity, PolicyContext(n_keys=n_keys), seed=seed)
+        model = CacheusModel(capacity, seeded_draws(seed))
+        for t, (key, removal) in enumerate(zip(keys, removals, strict=True)):
+            if removal:
+                assert policy.remove(key) == model.remove(key), (seed, t)
+                continue
+            hit = policy.lookup(key, t)
+            assert hit == model.lookup(key), (seed, t)
+            assert (policy.hit_victim() if hit else policy.admit(key, t)) == (
+                model.last_hit_victim if hit else model.admit(key)), (seed, t)
+            assert policy.occupancy() == len(model.held()) <= capacity
+        assert {k for k in range(n_keys) if policy.contains(k)} == model.held()
+        assert policy.state[cacheus.WEIGHTS][cacheus.W_LRU] == pytest.approx(model.w_lru, rel=1e-12)
+
+
+def test_cacheus_grows_sr_when_a_new_row_returns_from_history():
+    # 3 rows: SR and R 1 row each. 1, 25 and 13 pass through SR (each pushing the one before to H); 25
+    # returns from H into R, and having been new it grows SR to min(1 + 1, 2 cached - 1) = 1 and R to 3 - 1
+    # = 2, so 22 returning later joins 25 in R instead of demoting it: 3 rows held, where the halves alone
+    # would hold 2 (and 22's return sets SR to min(1 + 1, 3 - 1) = 2, R to 1). libCacheSim 0.3.5 holds
+    # 1, 1, 1, 2, 2, 2, 2, 3 rows on this sequence.
+    policy = make_policy("cacheus", 3, PolicyContext(n_keys=40))
+    held = []
+    for t, key in enumerate([1, 25, 13, 25, 10, 22, 34, 22]):
+        assert not policy.lookup(key, t)
+        policy.admit(key, t)
+        held.append(policy.occupancy())
+    assert held == [1, 1, 1, 2, 2, 2, 2, 3]
+    assert policy.state[cacheus.ST][cacheus.R_SIZE] == 1 and policy.state[cacheus.ST][cacheus.SR_SIZE] == 2
+
+
 def test_lhd_starts_from_its_gdsf_like_densities():
     # before any reconfiguration the density of class c at age a is (c + 1) / (a + 1), classes 16..31: a
     # row just admitted is in class 16 (its last-but-one hit age is MAX_AGE), one hit at age 0 in class 31.
@@ -303,6 +361,8 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lirs", 199, {}, "199 rows give the HIR queue 1 row (libCacheSim's 1%)"),
     ("lirs", 50, {}, "use at least 200 rows"),
     ("lfuda", 1, {}, "use at least 2 rows"),
+    ("cacheus", 1, {}, "use at least 2 rows"),
+    ("cacheus", 10, {"seed": -1}, "params.seed must be an integer in [0, "),
     ("lruk", 10, {"k": 0}, "k must be an integer from 1 to 64"),
     ("mq", 10, {"n_queue": 0}, "n_queue must be an integer from 1 to 64"),
 ])
