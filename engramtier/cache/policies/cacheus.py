@@ -8,10 +8,11 @@ counts depend on each:
   row to R's front; R over its size demotes its oldest rows to SR's front (marked demoted), and SR over
   its size sends its oldest rows to H: evicted, whatever the cache's occupancy. A row that was new in SR
   and returns from H grows SR by ``max(1, C_demoted // C_new + 0.5)`` (at most to the rows cached, minus
-  one) and R is what is left of the capacity. That growth only happens since libCacheSim carried the new
-  mark from H to R (its PR #163, in 0.3.5: its hit counts follow this rule and not the older source);
-  the matching shrink of SR, on a hit on a demoted row, reads a mark that the move from SR to R never
-  carries, so it never happens, here as there.
+  one) and R is what is left of the capacity. libCacheSim 0.3.5 carries that new mark from H to R (its
+  hits and occupancy show it; the source in the repository snapshot read here does not, which leaves
+  SR and R at half the capacity each and a cache of odd capacity a row short: the fix of its PR #163).
+  The matching shrink of SR, on a hit on a demoted row, reads a mark that the move from SR to R never
+  carries, so it never happens, here as there, and ``C_demoted`` keeps counting such rows.
 - **CR-LFU** counts uses; a row returning from H takes the count it left with, plus one. Its victim is
   the *newest* row among the least used (churn resistance).
 - When a miss finds the cache full, each expert names a victim; if they differ, a draw ``r = (rand %
@@ -24,18 +25,21 @@ counts depend on each:
   libCacheSim's integer ``hits // capacity``, 1 only when every request of the period hit. When ``lr``
   stood still, ten periods without a rising hit rate redraw it.
 
-libCacheSim draws from a clock-seeded generator, ours from ``seed`` (`_draws`): given the draws everything
-is deterministic (`tests/cacheus_model.py` replays the rules in plain Python and must give the same hits
-request by request), and the tests compare the hit ratios of several seeds with libCacheSim's runs. Both
-have a long left tail (a run whose LRU weight falls to nothing keeps following CR-LFU), so the tests
-compare medians.
+libCacheSim draws from a clock-seeded generator, ours from ``seed`` (`_draws`). Given the draws everything
+is deterministic: `tests/cacheus_model.py` replays the rules in plain Python and the policy must answer
+as it does, operation by operation; until a full cache's experts first disagree no draw decides, and
+there the model and libCacheSim agree request by request. Beyond, the tests compare the hit ratios of
+several seeds with libCacheSim's runs: both have a long left tail (a run whose LRU weight falls to
+nothing keeps following CR-LFU), so they compare medians.
 
 One request can make libCacheSim evict two rows: a full cache evicts CR-LFU's choice out of R, and the
 new row then overflows SR. The policy interface reports one row per admission (or hit), so the second
 is *pending*: gone from every list, as in libCacheSim, but still held for the caller (`contains`,
 `occupancy`, a lookup hits it without changing anything) until the next admission that evicts nothing or
-the next hit reports it (`hit_victim`). Pending rows and cached rows never exceed the capacity. Every
-capacity from 2 rows is accepted (at 1 libCacheSim's halves are 0 rows and it caches nothing).
+the next hit reports it (`hit_victim`). Pending rows and cached rows never exceed the capacity. Where
+libCacheSim's rules leave the row no room (SR grown to the rows cached minus one can reach 0 rows), the
+admission is declined (`admit` returns the key). Every capacity from 2 rows is accepted (at 1 libCacheSim's
+halves are 0 rows and it caches nothing).
 
 State: `lfu`'s arrays (CR-LFU's count buckets; a node keeps its count in H) over a pool of nodes, each
 node a row cached, in H, in a ghost list or pending; then its SR-LRU list and marks, its ghost list and
