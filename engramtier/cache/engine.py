@@ -375,6 +375,7 @@ class Engine:
         self.store_lookups = 0
         self.streams: list[Stream] = []
         self.first_tier = 0  # the hierarchy index of policies[0] (see `split`)
+        self._plan_runs()
         self._capacity = -1  # events each buffer holds
         self._step_capacity = -1
 
@@ -394,6 +395,7 @@ class Engine:
             half._drivers, half._check_victims = self._drivers[first:stop], self._check_victims[first:stop]
             half.counters, half.store_lookups, half.streams = self.counters[first:stop], 0, []
             half._capacity = half._step_capacity = -1
+            half._plan_runs()
             halves.append(half)
         return halves[0], halves[1]
 
@@ -414,20 +416,18 @@ class Engine:
         served = np.empty((len(self.policies) + 1, n_steps), np.int64)
         streams = self.streams = []
         events, ts_in, starts = keys, ts, step_starts
-        exclusive = self.mode == "exclusive"
-        for i, (target, fill, victim_driver, _) in enumerate(self._drivers):
-            adm = self.admissions[i]
+        for i, (policy, driver, leading, flags, counters) in enumerate(self._runs):
             out_events, out_ts, out_starts, hit, victim = self._buffers[i]
             n = events.size
             out_starts = out_starts[: n_steps + 1]
+            tier_served = served[i]
             if not n:  # nothing reaches this tier: it serves nothing and passes nothing down
-                served[i] = 0
+                tier_served[:] = 0
                 out_starts[:] = 0
             else:
-                driver, args = (fill, (exclusive,)) if self.first_tier + i == 0 or not exclusive else (victim_driver, ())
-                with running(self.policies[i]):
-                    n = driver(target, adm, events, ts_in, starts, *args, hit, victim, out_events, out_ts, out_starts,
-                               served[i], self.counters[i])
+                with running(policy):
+                    n = driver(*leading, events, ts_in, starts, *flags, hit, victim, out_events, out_ts, out_starts,
+                               tier_served, counters)
             if self._check_victims[i]:
                 self._refuse_bad_victims(i, events, victim[: events.size])
             streams.append(Stream(events, ts_in, starts, hit[: events.size], victim[: events.size]))
@@ -483,6 +483,18 @@ class Engine:
             raise EngramTierError(f"policy {type(self.policies[tier]).__name__}: returned {int(victims[j])} for key "
                                   f"{int(keys[j])}; admit must return -1, the key itself or a key in [0, {self.n_keys}), "
                                   "hit_victim -1 or such a key")
+
+    def _plan_runs(self) -> None:
+        """What `feed` calls for each cache tier, worked out once: (its policy, its driver, the driver's
+        leading arguments (the policy's operations, its admission), its mode flags, its counters). The
+        hierarchy's first tier (and every tier of an inclusive one) is filled by lookups, an exclusive
+        lower tier by the victims of the tier above."""
+        exclusive = self.mode == "exclusive"
+        self._runs = []
+        for i, (policy, (target, fill, victim_driver, _), adm) in enumerate(
+                zip(self.policies, self._drivers, self.admissions, strict=True)):
+            driver, flags = (fill, (exclusive,)) if self.first_tier + i == 0 or not exclusive else (victim_driver, ())
+            self._runs.append((policy, driver, (target, adm), flags, self.counters[i]))
 
     def _reserve(self, n_events: int, n_starts: int) -> None:
         """Grow the per-tier event buffers (never shrink them), so that feeds of similar size reuse them."""

@@ -177,7 +177,8 @@ class SlotPlan:
             self._capacity = max(n_events, 2 * self._capacity)
             self._touched, self._before, self._after, self._slots, self._rows, self._leaving = (
                 np.empty(self._capacity, np.int64) for _ in range(6))
+            self._nothing = (self._slots[:0], self._rows[:0], self._leaving[:0])
 
     def clear(self) -> None:
         """No slot changes (a step nothing reached this tier in)."""
-        self.arrive_slots, self.arrive_rows, self.leaving = self._slots[:0], self._rows[:0], self._leaving[:0]
+        self.arrive_slots, self.arrive_rows, self.leaving = self._nothing

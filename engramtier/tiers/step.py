@@ -71,11 +71,20 @@ def first_outside(ids, n_rows):
 
 
 @njit(nogil=True, cache=True)
-def dedup(ids, t0, index, needed, ts, inv, entries):
+def clear(index, entries, m):
+    """Empty a step map whose ``m`` filled entries ``entries`` lists."""
+    for p in range(m):
+        index[entries[p]] = -1
+
+
+@njit(nogil=True, cache=True)
+def dedup(ids, t0, index, needed, ts, inv, entries, stale):
     """The unique rows of ``ids`` in first-occurrence order into ``needed``, each with the trace
     position (``t0`` + index) of its last request into ``ts``; ``inv[i]`` = the unique row of
-    request ``i``. ``index`` is an empty hashed key map over ``needed`` (`engramtier.cache.keymap`),
-    ``entries`` records the entries filled (for `clear`). Returns the number of unique rows."""
+    request ``i``. ``index`` is the step's hashed key map over ``needed`` (`engramtier.cache.keymap`),
+    emptied first of the previous step's ``stale`` entries; ``entries`` records the entries filled
+    (for the next step). Returns the number of unique rows."""
+    clear(index, entries, stale)
     u = 0
     for i in range(ids.size):
         if i + PREFETCH_AHEAD < ids.size:
@@ -105,13 +114,6 @@ def add_rows(rows, index, needed, m, entries):
             entries[m] = e
             m += 1
     return m
-
-
-@njit(nogil=True, cache=True)
-def clear(index, entries, m):
-    """Empty a step map whose ``m`` filled entries ``entries`` lists."""
-    for p in range(m):
-        index[entries[p]] = -1
 
 
 @njit(nogil=True, cache=True)
@@ -276,8 +278,8 @@ class StepPipeline:
         self._no_arrivals = (np.empty(0, np.int64),) * max(1, len(self.caches))
         # tiers a step whose lookups all hit leaves as they were (no slot plan to make): a policy whose hits
         # never evict, in a tier whose hits keep their rows (an exclusive lower tier's hits move up)
-        self._all_hits_keep_slots = [hits_never_evict(policy) and not plan.exclusive_lower
-                                     for policy, plan in zip(engine.policies, self.plans, strict=True)]
+        self._tier_plans = [(plan, name, hits_never_evict(policy) and not plan.exclusive_lower)
+                            for policy, plan, name in zip(engine.policies, self.plans, self.names, strict=True)]
         self._map = keymap.hashed_index(1)
         self._requests_cap = self._needed_cap = 0
         self._reserve(1, 1)
@@ -317,6 +319,7 @@ class StepPipeline:
                 self._positions = (np.empty(cap, np.int64) for _ in range(8))
             self._late = np.zeros(cap, np.bool_)
             self._map = keymap.hashed_index(cap)
+            self.m = 0  # a fresh map: no entries of the last step to clear
 
     # --- decide -------------------------------------------------------------------------------------
 
@@ -327,13 +330,13 @@ class StepPipeline:
             raise EngramTierError(f"tiered table: row id {int(ids[bad])} lies outside the table's {self.n_rows} rows; "
                                   "the model and table differ")
 
-    def decide(self, ids: np.ndarray, speculative: bool) -> np.ndarray:
+    def decide(self, ids: np.ndarray, speculative: bool) -> list[int]:
         """Decide a step of row ids (int64, any order, `check`ed); returns the rows each tier served
         (the store last)."""
         n = ids.size
         self._reserve(n, max(1, self._needed_per_request * n))
         needed, entries = self._needed, self._entries
-        u = int(dedup(ids, self._requests, self._map, needed, self._ts, self._inv, entries))
+        u = int(dedup(ids, self._requests, self._map, needed, self._ts, self._inv, entries, self.m))
         self._requests += n
         self._step_starts[1] = u
         served = self.engine.feed(needed[:u], self._ts[:u], self._step_starts, checked=True)  # ids passed `check`
@@ -345,9 +348,11 @@ class StepPipeline:
         self._plans_made += 1
         m = u
         arrivals = self._no_arrivals
-        for plan, stream, name, hits, kept in zip(self.plans, self.engine.streams[:-1], self.names, served[:-1, 0].tolist(),
-                                                  self._all_hits_keep_slots, strict=True):
-            if not stream.events.size or (kept and hits == stream.events.size):
+        served_rows = served[:, 0].tolist()
+        # streams and served rows end with the store's, which has no slots to plan
+        for (plan, name, kept), stream, hits in zip(self._tier_plans, self.engine.streams, served_rows, strict=False):
+            lookups = stream.events.size
+            if not lookups or (kept and hits == lookups):
                 plan.clear()
             elif plan.plan(stream, step, name):
                 arrivals = tuple(p.arrive_rows for p in self.plans)
@@ -358,7 +363,7 @@ class StepPipeline:
         layout(self._map, needed, m, arrivals, self.direct, self._src, self._stage_pos, self._order, self._bounds,
                self._reads)
         self.n, self.u, self.m, self.speculative = n, u, m, speculative
-        return served
+        return served_rows
 
     @property
     def reads_store(self) -> bool:
@@ -395,8 +400,6 @@ class StepPipeline:
             event = torch.cuda.Event()
             event.record(self.fetch_stream)
             self._events.append(event)
-        clear(self._map, self._entries, self.m)
-        self.m = self.u = 0
         return rows, event
 
     def _gather(self) -> tuple[np.ndarray, int]:

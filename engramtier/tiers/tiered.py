@@ -200,7 +200,8 @@ class TieredTable:
         """Start fetching the rows of a LongTensor of global row ids (any shape); the step starts once
         ``layers_per_step`` calls have arrived (or at the first `wait` on an incomplete one)."""
         self._check_usable()
-        row_ids = torch.as_tensor(row_ids)
+        if not isinstance(row_ids, torch.Tensor):
+            row_ids = torch.as_tensor(row_ids)
         if self._pending and row_ids.shape != self._pending[0].shape:
             raise EngramTierError(
                 f"tiered table: the layers of one step must ask for equally shaped ids, got {tuple(row_ids.shape)} "
@@ -273,8 +274,8 @@ class TieredTable:
         if rows is not None:
             rows.future = self._queued
 
-    def _note_decision(self, record: StepRecord, served: np.ndarray) -> None:
-        record.unique, record.served = self._pipeline.u, served[:, 0].tolist()
+    def _note_decision(self, record: StepRecord, served: list[int]) -> None:
+        record.unique, record.served = self._pipeline.u, served
         if self._pipeline.late_rows is not None:
             record.dropped = self._pipeline.late_rows.tolist()
 
