@@ -307,6 +307,21 @@ def test_cacheus_grows_sr_when_a_new_row_returns_from_history():
     assert policy.state[cacheus.ST][cacheus.R_SIZE] == 1 and policy.state[cacheus.ST][cacheus.SR_SIZE] == 2
 
 
+def test_cacheus_reports_a_second_victim_later():
+    # 4 rows, SR and R 2 each. 4, 0, 5, 2 pass through SR (4 and 0 to H); 0 returns to R (SR stays 2: at
+    # most 3 cached - 1), 5 hits into R; 4 returns, demoting 0 to SR, and grows SR to 3 (R 1); 2 hits, so
+    # R's 5 and 4 fall to SR: R [2], SR [0, 5, 4], all used twice. 1 finds the cache full: SR-LRU names 0,
+    # CR-LFU the newest of the least used, 2, and seed 0's draw follows CR-LFU; then 1 overflows SR, which
+    # drops 0 too. libCacheSim holds 3 rows; here 0 is pending, held until the next hit reports it.
+    policy = make_policy("cacheus", 4, PolicyContext(n_keys=8), seed=0)
+    victims = [policy.admit(key, t) for t, key in enumerate([4, 0, 5, 2, 0, 5, 4, 2]) if not policy.lookup(key, t)]
+    assert victims == [-1, -1, 4, 0, -1, -1] and policy.occupancy() == 4
+    assert not policy.lookup(1, 8) and policy.admit(1, 8) == 2
+    assert policy.contains(0) and policy.occupancy() == 4
+    assert policy.lookup(5, 9) and policy.hit_victim() == 0
+    assert not policy.contains(0) and policy.occupancy() == 3
+
+
 def test_lhd_starts_from_its_gdsf_like_densities():
     # before any reconfiguration the density of class c at age a is (c + 1) / (a + 1), classes 16..31: a
     # row just admitted is in class 16 (its last-but-one hit age is MAX_AGE), one hit at age 0 in class 31.
