@@ -147,10 +147,14 @@ class CacheusModel:
             row = self.h.pop(0)
             self.new.discard(row)
 
-    def _evict(self) -> int:
-        by_lru = self.sr[0] if self.sr else self.r[0]
+    def experts(self) -> tuple[int, int]:
+        """The victims SR-LRU and CR-LFU name: SR's oldest row (R's when SR is empty), and the newest of the
+        least used."""
         least = min(self.count[row] for row in self.by_use)
-        by_lfu = [row for row in self.by_use if self.count[row] == least][-1]  # the newest of the least used
+        return self.sr[0] if self.sr else self.r[0], [row for row in self.by_use if self.count[row] == least][-1]
+
+    def _evict(self) -> int:
+        by_lru, by_lfu = self.experts()
         expert = 1 if self.draw(100) / 100 < self.w_lru else 2
         victim = by_lru if expert == 1 else by_lfu
         self._to_history(victim)

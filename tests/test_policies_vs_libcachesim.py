@@ -263,9 +263,8 @@ class _FirstDisagreement(CacheusModel):
     disagreed = False
 
     def _evict(self):
-        least = min(self.count[row] for row in self.by_use)
-        by_lfu = [row for row in self.by_use if self.count[row] == least][-1]
-        self.disagreed |= (self.sr[0] if self.sr else self.r[0]) != by_lfu
+        by_lru, by_lfu = self.experts()
+        self.disagreed |= by_lru != by_lfu
         return super()._evict()
 
 
