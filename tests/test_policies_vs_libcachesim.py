@@ -286,3 +286,10 @@ def test_cacheus_is_libcachesim_until_its_experts_first_disagree():
                 agreed += 1
                 grew |= model.sr_size != capacity // 2
     assert grew and agreed > 100_000
+
+
+def test_libcachesim_cacheus_of_one_row_caches_nothing(trace_files):
+    """Why `cacheus` refuses 1 row: libCacheSim halves it into SR and R of 0 rows each, and its SR-LRU then
+    admits nothing (its can_insert), so every request misses."""
+    for trace in TRACES:
+        assert libcachesim_hits(lcs.Cacheus(1, hashpower=4), trace_files[trace]) == 0
