@@ -76,22 +76,34 @@ def test_a_hashed_map_is_sized_by_its_nodes_not_its_keys():
     assert keymap.index_bytes(2**33, 1000, hashed=False) == index.nbytes
 
 
-@settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.integers(0, 2**34), max_size=200), start=st.integers(0, 10**6))
-def test_step_dedup_equals_the_simulators(rows, start):
-    """The runtime's hashed dedup gives the simulator's unique rows, order and last positions."""
-    ids = np.array(rows, np.int64)
+def _simulator_dedup(ids, start):
+    """The simulator's unique rows of one step (first-occurrence order) and their last positions."""
     uniq = np.unique(ids)
     dense = np.searchsorted(uniq, ids)  # the simulator's keys for the same rows
     keys, ts, starts = (np.empty(max(ids.size, 1), np.int64) for _ in range(3))
     n = unique_per_step(dense, np.array([0, ids.size], np.int64), start, np.full(max(uniq.size, 1), -1, np.int64), 0,
                         keys, ts, starts)
-    index = keymap.hashed_index(max(ids.size, 1))
-    needed, got_ts, inv, entries = (np.empty(max(ids.size, 1), np.int64) for _ in range(4))
-    u = dedup(ids, start, index, needed, got_ts, inv, entries)
-    assert u == n
-    np.testing.assert_array_equal(needed[:u], uniq[keys[:n]])
-    np.testing.assert_array_equal(got_ts[:u], ts[:n])
-    np.testing.assert_array_equal(needed[inv[: ids.size]], ids)
+    return uniq[keys[:n]], ts[:n]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.lists(st.integers(0, 2**34), max_size=200), min_size=1, max_size=3),
+       start=st.integers(0, 10**6))
+def test_step_dedup_equals_the_simulators(steps, start):
+    """The runtime's hashed dedup gives the simulator's unique rows, order and last positions, step after
+    step over one map that each step empties of the last one's entries."""
+    cap = max(1, max(len(rows) for rows in steps))
+    index = keymap.hashed_index(cap)
+    needed, got_ts, inv, entries = (np.empty(cap, np.int64) for _ in range(4))
+    u = 0
+    for rows in steps:
+        ids = np.array(rows, np.int64)
+        want_rows, want_ts = _simulator_dedup(ids, start)
+        u = dedup(ids, start, index, needed, got_ts, inv, entries, u)
+        assert u == want_rows.size
+        np.testing.assert_array_equal(needed[:u], want_rows)
+        np.testing.assert_array_equal(got_ts[:u], want_ts)
+        np.testing.assert_array_equal(needed[inv[: ids.size]], ids)
+        start += ids.size
     clear(index, entries, u)
     assert (index[:-1] == -1).all()

@@ -2,9 +2,13 @@
 
 policy      the six-operation policy interface, the registry, `compiled_policy`, single-tier `replay`
 references  policies named where they live ("module:attribute" in a TOML), resolved to builders
-policies/   the built-ins, one per module (lru fifo clock sieve lfu arc twoq s3fifo wtinylfu belady
-            lookahead static, and partitioned, which splits a tier across n-gram orders); `_lists`
-            holds the linked lists they share
+policies/   the built-ins, one per module (lru fifo clock sieve lfu lfuda arc twoq s3fifo wtinylfu slru
+            lruk mq lirs clock2qplus hyperbolic lecar lhd random lruprob belady lookahead static, and
+            partitioned, which splits a tier across n-gram orders); `_lists` holds the linked lists
+            they share, `_draws` the seeded draws of the randomised ones
+keymap      the key maps policies and slot maps find rows in: dense over a trace's keys, or hashed and
+            sized by the nodes
+diskcache   the compiled policy loops kept on disk across processes, keyed by their operations
 nextuse     next-use arrays and the heap the offline policies (belady, lookahead) rank them in
 hierarchy   a hierarchy of tiers as the user declares it (TOML or Python): capacities, policies, models
 admission   admission filters in front of any tier's policy: bloom (second hit), prob:P, tinylfu

@@ -63,6 +63,7 @@ from numba import njit, types
 from numba.experimental import jitclass
 
 from engramtier.cache import keymap
+from engramtier.cache.diskcache import cached
 from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference, user_code
 from engramtier.errors import EngramTierError, refuse_unknown
@@ -356,6 +357,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     Policy.__name__ = Policy.__qualname__ = name
     cls = jitclass([("state", state_type), ("n_keys", types.int64)])(Policy)
 
+    @cached
     @njit(nogil=True, _nrt=False)
     def kernel(state, keys, hits):
         n_hits = 0

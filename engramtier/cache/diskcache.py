@@ -1,0 +1,88 @@
+"""Compiled policy loops kept on disk, so that a process loads what an earlier one compiled.
+
+numba caches a function on disk (``cache=True``) under a key that hashes its bytecode and, for a
+closure, the pickles of its cells. The engine's drivers (`engramtier.cache.engine.make_drivers`) and
+each policy's replay loop are closures over the policy's inline operations, and numba pickles a
+jitted function with an id drawn at random in each process, so those keys never matched: every
+process (each command line run, each test worker and subprocess) compiled every policy it used anew,
+5-18 s apiece.
+
+`cached` gives such a closure a cache keyed instead by what its cells *are*: each numba function's
+module and name, and the hash of the source they can reach (the engramtier package, and the module
+of a function defined outside it). The key is the same in every process while that source is, and
+changes with any edit of it, so an edited policy is compiled again, never served stale code. (A user
+operation calling helpers of *other* modules of its own is not re-hashed when only those change,
+numba's own limit for cached functions.)
+
+Every driver of every policy shares one index file, so processes compiling at once (test workers)
+take a file lock around each load and save: numba numbers a new entry's data file from the index it
+read, and two unlocked writers could file one's code under the other's key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from numba.core.caching import FunctionCache
+from numba.core.serialize import dumps
+
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def _source_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _identity(value: Any) -> bytes:
+    """What a closure cell holds, as the key sees it: a function by its module, name and source hash;
+    anything else (or a function without a source file) by its pickle, as numba keys it."""
+    func = getattr(value, "py_func", None) or getattr(value, "_defn", None) or value
+    code = getattr(func, "__code__", None)
+    if code is None or not Path(code.co_filename).is_file():
+        return dumps(value)
+    path = Path(code.co_filename).resolve()
+    own = "" if path.is_relative_to(PACKAGE) else _source_hash(path)
+    return f"{func.__module__}.{func.__qualname__}:{own}".encode()
+
+
+class ClosureCache(FunctionCache):
+    """numba's on-disk cache for one closure over numba functions (see the module docstring)."""
+
+    def _index_key(self, sig: Any, codegen: Any) -> tuple:
+        digest = hashlib.sha256(self._py_func.__code__.co_code)
+        for cell in self._py_func.__closure__ or ():
+            digest.update(_identity(cell.cell_contents))
+        digest.update(_source_hash(PACKAGE).encode())
+        return sig, codegen.magic_tuple(), digest.hexdigest()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._impl.locator.ensure_cache_path()
+        with open(os.path.join(self._cache_path, f"{self._impl.filename_base}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def load_overload(self, sig: Any, target_context: Any) -> Any:
+        with self._locked():
+            return super().load_overload(sig, target_context)
+
+    def save_overload(self, sig: Any, data: Any) -> None:
+        with self._locked():
+            super().save_overload(sig, data)
+
+
+def cached(dispatcher: Any) -> Any:
+    """``dispatcher`` (a fresh `numba.njit` of a closure) loading and saving its compiled code on disk
+    under `ClosureCache`'s key; returns it."""
+    dispatcher._cache = ClosureCache(dispatcher.py_func)
+    return dispatcher

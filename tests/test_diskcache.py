@@ -1,0 +1,85 @@
+"""Compiled policy loops are kept on disk (`engramtier.cache.diskcache`): a second process loads the
+engine's drivers and the replay loop instead of compiling them, with the same results; the key tells
+policies apart, and changes when the source of an operation outside the package changes.
+
+The reuse is between processes, so those two cases run in subprocesses, with numba's cache in the
+test's own folder (NUMBA_CACHE_DIR)."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+from numba import njit, types
+from numba.core.registry import cpu_target
+
+from engramtier.cache import diskcache
+
+RUN = """
+import json, sys
+import numpy as np
+from engramtier.cache.engine import Engine, drivers_for
+from engramtier.cache.policy import PolicyContext, _KERNELS, make_policy, replay
+
+name = sys.argv[1]
+keys = np.random.default_rng(0).zipf(1.2, 5_000) % 500
+ctx = PolicyContext(n_keys=500)
+hits = replay(make_policy(name, 50, ctx), keys)
+policy = make_policy(name, 50, ctx)
+engine = Engine([policy, make_policy("lru", 100, ctx)], "inclusive", 500)
+served = engine.feed(keys, np.arange(keys.size), np.array([0, keys.size]))
+compiled = [_KERNELS[policy._numba_type_], drivers_for(policy, 500)[1]]
+print(json.dumps({"hits": hits, "served": served[:, 0].tolist(),
+                  "loaded": [sum(f.stats.cache_hits.values()) for f in compiled],
+                  "compiled": [sum(f.stats.cache_misses.values()) for f in compiled]}))
+"""
+
+
+def _run(policy, cache_dir):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    done = subprocess.run([sys.executable, "-c", RUN, policy], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_a_second_process_loads_the_compiled_loops_and_policies_keep_their_own(tmp_path):
+    first = _run("s3fifo", tmp_path)
+    assert first["compiled"] == [1, 1] and first["loaded"] == [0, 0]
+    again = _run("s3fifo", tmp_path)
+    assert again["loaded"] == [1, 1] and again["compiled"] == [0, 0]
+    assert again["hits"] == first["hits"] and again["served"] == first["served"]
+    other = _run("sieve", tmp_path)  # the same closures over other operations: compiled, not s3fifo's code
+    assert other["compiled"] == [1, 1] and other["hits"] != first["hits"]
+
+
+def _loop_over(op):
+    def loop(keys):
+        n = 0
+        for k in keys:
+            n += op(k)
+        return n
+    return loop
+
+
+def _key(op):
+    diskcache._source_hash.cache_clear()  # as a new process would hash the source
+    loop = njit(_loop_over(op))
+    return diskcache.ClosureCache(loop.py_func)._index_key((types.int64[:],), cpu_target.target_context.codegen())
+
+
+def test_the_key_follows_the_operations_and_the_source_of_a_users_module(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "user_ops_for_key.py"
+    source.write_text("from numba import njit\n\n@njit(inline='always')\ndef op(k):\n    return k + 1\n")
+    module = importlib.import_module("user_ops_for_key")
+    monkeypatch.setitem(sys.modules, "user_ops_for_key", module)  # forgotten after the test
+    key = _key(module.op)
+    assert _key(njit(inline="always")(module.op.py_func)) == key  # another dispatcher of the same function
+    assert _key(njit(inline="always")(_twice)) != key
+    source.write_text("from numba import njit\n\n@njit(inline='always')\ndef op(k):\n    return k + 2\n")
+    assert _key(module.op) != key
+
+
+def _twice(k):
+    return 2 * k
