@@ -58,9 +58,7 @@ from engramtier.cache.policies._lists import (
     NXT,
     ST,
     bounded_pool,
-    free_chain,
     give_node,
-    key_index,
     link_key,
     move_to_head,
     node_of,
@@ -416,17 +414,7 @@ def build(capacity: int, ctx: PolicyContext, seed: int = 0) -> CACHEUS:
     weights[[W_LRU, W_LFU]] = 0.5
     weights[LR] = 0.001 + draw_below(st, DRAWS, SEED, 1000) / 1000.0
     return CACHEUS((
-        key_index(ctx.n_keys, nodes, ctx.hashed),
-        np.full(nodes, -1, np.int64),
-        np.zeros(nodes, np.int32),
-        free_chain(nodes),
-        st,
-        np.zeros(nodes, np.int64),
-        np.zeros(nodes, np.int32),
-        np.zeros(nodes + 1, np.int64),
-        np.full(nodes + 1, -1, np.int64),
-        free_chain(nodes + 1),
-        np.zeros(nodes + 1, np.int32),
+        *lfu.state_arrays(nodes, ctx, st),
         np.zeros(nodes, np.int32),
         np.zeros(nodes, np.int32),
         np.zeros(nodes, np.uint8),

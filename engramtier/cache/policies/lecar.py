@@ -34,9 +34,7 @@ from engramtier.cache.policies._lists import (
     PRV,
     ST,
     bounded_pool,
-    free_chain,
     give_node,
-    key_index,
     move_to_head,
     node_of,
     push_head,
@@ -180,17 +178,7 @@ def build(capacity: int, ctx: PolicyContext, lru_weight: float = 0.5, update_wei
     st[[GHOST_MAX, LEARNS, SEED]] = [ghosts, update_weight, check_seed("lecar", seed)]
     weights = np.array([lru_weight, 0.5, LEARNING_RATE_DEFAULT, 0.005 ** (1.0 / capacity)])
     return LECAR((
-        key_index(ctx.n_keys, nodes, ctx.hashed),
-        np.full(nodes, -1, np.int64),
-        np.zeros(nodes, np.int32),
-        free_chain(nodes),
-        st,
-        np.zeros(nodes, np.int64),
-        np.zeros(nodes, np.int32),
-        np.zeros(nodes + 1, np.int64),
-        np.full(nodes + 1, -1, np.int64),
-        free_chain(nodes + 1),
-        np.zeros(nodes + 1, np.int32),
+        *lfu.state_arrays(nodes, ctx, st),
         np.zeros(nodes, np.int32),
         np.zeros(nodes, np.int32),
         np.zeros(nodes, np.uint8),

@@ -189,20 +189,25 @@ def occupancy(state):
 LFU = compiled_policy("LFU", STATE, lookup, admit, remove, holds_key, occupancy)
 
 
+def state_arrays(nodes: int, ctx: PolicyContext, st: np.ndarray) -> tuple:
+    """LFU's state for ``nodes`` nodes around its scalars ``st``: the key map, the nodes and the
+    frequency buckets. The policies built on LFU (LeCaR, Cacheus) append their own arrays to it."""
+    return (
+        key_index(ctx.n_keys, nodes, ctx.hashed),
+        np.full(nodes, -1, np.int64),
+        np.zeros(nodes, np.int32),
+        free_chain(nodes),
+        st,
+        np.zeros(nodes, np.int64),
+        np.zeros(nodes, np.int32),
+        np.zeros(nodes + 1, np.int64),
+        np.full(nodes + 1, -1, np.int64),
+        free_chain(nodes + 1),
+        np.zeros(nodes + 1, np.int32),
+    )
+
+
 @register("lfu")
 def build(capacity: int, ctx: PolicyContext) -> LFU:
     st = np.array([0, capacity, 0, -1, 0], np.int64)
-    slots = bounded_pool(capacity, ctx.n_keys)
-    return LFU((
-        key_index(ctx.n_keys, slots, ctx.hashed),
-        np.full(slots, -1, np.int64),
-        np.zeros(slots, np.int32),
-        free_chain(slots),
-        st,
-        np.zeros(slots, np.int64),
-        np.zeros(slots, np.int32),
-        np.zeros(slots + 1, np.int64),
-        np.full(slots + 1, -1, np.int64),
-        free_chain(slots + 1),
-        np.zeros(slots + 1, np.int32),
-    ), ctx.n_keys)
+    return LFU(state_arrays(bounded_pool(capacity, ctx.n_keys), ctx, st), ctx.n_keys)
