@@ -16,7 +16,9 @@ numba's own limit for cached functions.)
 
 Every driver of every policy shares one index file, so processes compiling at once (test workers)
 take a file lock around each load and save: numba numbers a new entry's data file from the index it
-read, and two unlocked writers could file one's code under the other's key.
+read, and two unlocked writers could file one's code under the other's key. And a process that misses
+holds a lock on that key until it has saved, so that others wanting the same code wait and load it
+instead of compiling it a second time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,20 +68,61 @@ class ClosureCache(FunctionCache):
         digest.update(_source_hash(PACKAGE).encode())
         return sig, codegen.magic_tuple(), digest.hexdigest()
 
+    _compiling: Any = None  # the compile lock this process holds from a miss until the save
+
+    def _lock_file(self, suffix: str) -> Any:
+        self._impl.locator.ensure_cache_path()
+        return open(os.path.join(self._cache_path, f"{self._impl.filename_base}{suffix}.lock"), "a")
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self._impl.locator.ensure_cache_path()
-        with open(os.path.join(self._cache_path, f"{self._impl.filename_base}.lock"), "a") as lock:
+        with self._lock_file("") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
+        """The compiled code for ``sig`` from disk; on a miss this process keeps the key's compile lock
+        until it saves (`save_overload`), so that another process asking for the same code meanwhile
+        waits and loads it rather than compiling it too (test workers start on the same policies)."""
+        self._release_compile_lock()  # a compile of ours that failed before its save
+        key = hashlib.sha256(repr(self._index_key(sig, target_context.codegen())).encode()).hexdigest()[:16]
+        lock = self._lock_file(f"-{key}")
+        _wait_for(lock, COMPILE_WAIT_S)
         with self._locked():
-            return super().load_overload(sig, target_context)
+            data = super().load_overload(sig, target_context)
+        if data is not None:
+            lock.close()
+        else:
+            self._compiling = lock
+        return data
 
     def save_overload(self, sig: Any, data: Any) -> None:
-        with self._locked():
-            super().save_overload(sig, data)
+        try:
+            with self._locked():
+                super().save_overload(sig, data)
+        finally:
+            self._release_compile_lock()
+
+    def _release_compile_lock(self) -> None:
+        if self._compiling is not None:
+            self._compiling.close()  # closing the file releases its lock
+            self._compiling = None
+
+
+COMPILE_WAIT_S = 300  # past this, a process compiles for itself rather than wait on another's compile
+
+
+def _wait_for(lock: Any, seconds: float) -> bool:
+    """Take ``lock`` (an open file) exclusively, waiting at most ``seconds``; whether it was taken."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 def cached(dispatcher: Any) -> Any:

@@ -324,7 +324,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     reads ``self.state`` and makes one call, a pattern whose reference counting numba prunes.
     """
     lookup_, admit_, remove_, contains_, occupancy_, hit_victim_ = (
-        njit(nogil=True, _nrt=False)(fn.py_func)
+        cached(njit(nogil=True, _nrt=False)(fn.py_func))  # loaded from disk (`engramtier.cache.diskcache`)
         for fn in (lookup, admit, remove, contains, occupancy, hit_victim))
 
     class Policy:
