@@ -93,10 +93,12 @@ class _StepRows:
             start = time.perf_counter()
             rows, _ = self.future.result()
             self.record.stall_s += time.perf_counter() - start
-        shape = (*self.layer_shape[:-1], self.table.layers_per_step, self.layer_shape[-1]) if self.grouped \
-            else self.layer_shape
-        self.rows = rows.view(*shape, self.table.row_bytes)
-        return self.rows
+        if self.grouped:
+            rows = rows.view(*self.layer_shape[:-1], self.table.layers_per_step, self.layer_shape[-1], self.table.row_bytes)
+        elif len(self.layer_shape) != 1:  # one dimension of ids: the rows come as [ids, row_bytes] already
+            rows = rows.view(*self.layer_shape, self.table.row_bytes)
+        self.rows = rows
+        return rows
 
 
 class RowsHandle:
