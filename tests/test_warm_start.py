@@ -123,3 +123,19 @@ def test_engine_warm_is_the_policys_own_admit_path_compiled_or_python():
         engine.feed(np.array([5]), np.array([0]), np.array([0, 1]))  # a miss evicts the coldest warm row, 7
         assert [policy.contains(k) for k in (7, 1, 2, 5)] == [False, True, True, True]
         assert engine.tier_counts()[0]["lookups"] == 1  # warming counted no lookup
+
+
+@pytest.mark.parametrize("name", ["arc", "lru"])
+def test_engine_warm_leaves_held_rows_alone_and_refuses_a_row_given_twice(name):
+    """`admit` is for rows a policy does not hold: ARC took a held row for a ghost of an empty list and
+    divided by zero. Rows a tier holds after lookups stay where they are; the others are admitted."""
+    ctx = PolicyContext(n_keys=1000)
+    keys = zipf_keys(20_000, 1000, 1.0, 3)
+    engine = Engine([make_policy("lru", 100, ctx), make_policy(name, 600, ctx)], "exclusive", 1000)
+    engine.feed(keys, np.arange(keys.size), np.array([0, keys.size]))
+    lower = engine.policies[1]
+    before = {k for k in range(1000) if lower.contains(k)}
+    assert engine.warm([None, np.arange(50)]) == [100, 600]
+    assert {k for k in range(1000) if lower.contains(k)} >= before & set(range(50))
+    with pytest.raises(EngramTierError, match="key 7 appears 2 times in cache tier 1's keys; give each row once"):
+        engine.warm([None, np.array([3, 7, 7])])

@@ -443,15 +443,26 @@ class Engine:
     def warm(self, keysets: Sequence[np.ndarray | None]) -> list[int]:
         """Start each cache tier holding its ``keysets`` entry (keys coldest first, None: it stays cold;
         see `engramtier.cache.warm`), through its policy's own admit path; returns the keys each holds
-        afterwards. Counters are untouched: a warm start is not a lookup."""
+        afterwards. Counters are untouched: a warm start is not a lookup.
+
+        A policy's ``admit`` is for rows it does not hold, so keys a tier holds already (a tier that
+        started with rows, or ran lookups before) are left where they are, and a key given twice is
+        refused."""
         if len(keysets) != len(self.policies):
             raise EngramTierError(f"engine: {len(keysets)} warm key sets for {len(self.policies)} cache tiers")
         held = []
-        for policy, (target, _, _, warm_driver), keys in zip(self.policies, self._drivers, keysets, strict=True):
+        for i, (policy, (target, _, _, warm_driver), keys) in enumerate(
+                zip(self.policies, self._drivers, keysets, strict=True)):
             with running(policy):
                 if keys is not None and keys.size:
                     keys = np.ascontiguousarray(keys, np.int64).reshape(-1)
                     check_keys("engine: warm start", keys, self.n_keys)
+                    unique, counts = np.unique(keys, return_counts=True)
+                    if counts.max() > 1:
+                        raise EngramTierError(f"engine: warm start: key {int(unique[counts.argmax()])} appears "
+                                              f"{int(counts.max())} times in cache tier {i}'s keys; give each row once")
+                    if policy.occupancy():
+                        keys = keys[~np.isin(keys, held_keys(policy, self.n_keys))]
                     warm_driver(target, keys)
                 held.append(int(policy.occupancy()))
         return held
