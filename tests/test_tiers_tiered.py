@@ -206,8 +206,9 @@ def test_per_step_records_and_stall(table_dir):
         for ids in zipf_steps(4, seed=2, max_len=20):
             table.prefetch(torch.from_numpy(ids)).wait()
         table.finish()
-        records, stats = table.step_records(), table.stats()
+        records, stats, later = table.step_records(), table.stats(), table.step_records(since=2)
     assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert later == records[2:]  # what a server asks for: the steps it has not seen
     assert all(r["step_s"] > 0 and 0 <= r["stall_s"] <= r["step_s"] and r["fetch_s"] > 0 for r in records)
     assert stats["stall_seconds"] == pytest.approx(sum(r["stall_s"] for r in records))
     assert stats["requests"] == sum(r["requests"] for r in records)

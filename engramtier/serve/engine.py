@@ -307,11 +307,11 @@ class ServeEngine:
         try:
             if self._stepped and self.failure is None:
                 self.table.finish()
-                records = self.table.step_records()
-                for record in records[self._observed :]:
+                records = self.table.step_records(self._observed)  # only the steps since the last snapshot
+                for record in records:
                     self.metrics.step_stall.observe(record["stall_s"])
                     self.metrics.step_seconds.observe(record["step_s"])
-                self._observed = len(records)
+                self._observed += len(records)
                 self.metrics.publish_tiers(self.table.stats()["tiers"])
             self._stepped = False
         except BaseException as err:

@@ -98,17 +98,18 @@ class StepLog:
         np.cumsum([ids.size for ids in self.trace], out=starts[1:])
         return RowTrace(np.concatenate(self.trace), starts, n_rows, row_bytes, dict(meta or {}))
 
-    def step_records(self, names: Sequence[str], lossy: bool) -> list[dict]:
-        """One JSON-ready dict per step: requests, unique rows, rows served per tier, fetch, stall and step
-        seconds; a speculative step says so, and has no stall and no step time of its own; ``lossy``:
-        the rows each tier dropped too."""
+    def step_records(self, names: Sequence[str], lossy: bool, since: int = 0) -> list[dict]:
+        """One JSON-ready dict per step from step ``since`` on: requests, unique rows, rows served per tier,
+        fetch, stall and step seconds; a speculative step says so, and has no stall and no step time of
+        its own; ``lossy``: the rows each tier dropped too."""
+        steps = self.steps[since:]
         records = [{"step": i, "requests": r.requests, "unique": r.unique, "served": dict(zip(names, r.served, strict=True)),
                     "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s, "speculative": r.speculative}
-                   for i, r in enumerate(self.steps)]
+                   for i, r in enumerate(steps, start=since)]
         if not lossy:
             return records
         return [{**rec, "dropped": dict(zip(names, r.dropped or [0] * len(names), strict=True))}
-                for rec, r in zip(records, self.steps, strict=True)]
+                for rec, r in zip(records, steps, strict=True)]
 
     def totals(self) -> dict:
         """Per run: steps (demand), speculative steps, requests, lookups, fetch, stall and step seconds."""

@@ -325,10 +325,11 @@ class TieredTable:
         """The row ids of every step so far as a `RowTrace` (needs ``record_trace=True``)."""
         return self._log.recorded_trace(self.n_rows, self.row_bytes, meta)
 
-    def step_records(self) -> list[dict]:
-        """One JSON-ready dict per step: requests, unique rows, rows served per tier, fetch, stall and step
-        seconds; a speculative step (`speculate`) says so, and has no stall and no step time of its own."""
-        return self._log.step_records([t.name for t in self.hierarchy.tiers], self._lossy)
+    def step_records(self, since: int = 0) -> list[dict]:
+        """One JSON-ready dict per step from step ``since`` on: requests, unique rows, rows served per tier,
+        fetch, stall and step seconds; a speculative step (`speculate`) says so, and has no stall and no
+        step time of its own. A server asking again and again asks for the steps it has not seen."""
+        return self._log.step_records([t.name for t in self.hierarchy.tiers], self._lossy, since)
 
     def tier_stats(self) -> list[dict]:
         """Per tier, fastest first: the engine's counters (the simulator's), ``served_bytes`` (hits x row
