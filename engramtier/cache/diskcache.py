@@ -61,14 +61,14 @@ def _identity(value: Any) -> bytes:
 class ClosureCache(FunctionCache):
     """numba's on-disk cache for one closure over numba functions (see the module docstring)."""
 
+    _compiling: Any = None  # the compile lock this process holds from a miss until the save
+
     def _index_key(self, sig: Any, codegen: Any) -> tuple:
         digest = hashlib.sha256(self._py_func.__code__.co_code)
         for cell in self._py_func.__closure__ or ():
             digest.update(_identity(cell.cell_contents))
         digest.update(_source_hash(PACKAGE).encode())
         return sig, codegen.magic_tuple(), digest.hexdigest()
-
-    _compiling: Any = None  # the compile lock this process holds from a miss until the save
 
     def _lock_file(self, suffix: str) -> Any:
         self._impl.locator.ensure_cache_path()
@@ -112,16 +112,16 @@ class ClosureCache(FunctionCache):
 COMPILE_WAIT_S = 300  # past this, a process compiles for itself rather than wait on another's compile
 
 
-def _wait_for(lock: Any, seconds: float) -> bool:
-    """Take ``lock`` (an open file) exclusively, waiting at most ``seconds``; whether it was taken."""
+def _wait_for(lock: Any, seconds: float) -> None:
+    """Take ``lock`` (an open file) exclusively, waiting at most ``seconds`` (then going on without it)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                return False
+                return
             time.sleep(0.05)
 
 
