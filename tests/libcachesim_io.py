@@ -4,12 +4,16 @@ the tests that check the exporter compare it against something it does not share
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import os
 
 import numpy as np
 import pytest
 
 lcs = pytest.importorskip("libcachesim")
+_EXTENSION = ctypes.CDLL(importlib.import_module("libcachesim.libcachesim_python").__file__)
+_EXTENSION.set_rand_seed.argtypes = [ctypes.c_uint64]
 
 # libCacheSim's oracleGeneral record: time, object id, object size, position of the next request for
 # the same id (its ``next_access_vtime``), -1 for the id's last request.
@@ -47,3 +51,17 @@ def libcachesim_hits(cache, path, params=None) -> int:
     reader = lcs.TraceReader(str(path), lcs.TraceType.ORACLE_GENERAL_TRACE, *([params] if params else []))
     miss_ratio, _ = cache.process_trace(reader)
     return round((1.0 - miss_ratio) * (os.path.getsize(path) // ORACLE_RECORD.itemsize))
+
+
+def seeded_hits(run: int, path, cache_class, *args, **kwargs) -> int:
+    """`libcachesim_hits` over ``path`` of a ``cache_class(*args, **kwargs)`` built and run with its random
+    draws seeded for the ``run``-th run of a comparison.
+
+
+    libCacheSim seeds its generator once per process, not from the clock, so an unseeded run's draws
+    depend on every draw made before it in the process, that is on which tests the worker ran first: a
+    comparison could pass or fail by test order. Each run is seeded instead (its exported
+    ``set_rand_seed``), with a large number derived from ``run``: small seeds give its xorshift generator
+    states whose first draws are far from uniform."""
+    _EXTENSION.set_rand_seed(int(np.random.SeedSequence(run).generate_state(1, np.uint64)[0]) | 1)
+    return libcachesim_hits(cache_class(*args, **kwargs), path)

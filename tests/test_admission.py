@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from libcachesim_io import lcs, libcachesim_hits, write_oracle_general
+from libcachesim_io import lcs, seeded_hits, write_oracle_general
 from reference_policies import PyLRU
 from zipf import zipf_keys
 
@@ -89,8 +89,8 @@ def test_prob_agrees_with_libcachesim_on_average(tmp_path, policy, lcs_class):
     write_oracle_general(path, keys)
     for capacity, p in ((50, 0.2), (400, 0.5)):
         ours = [one_tier(keys, policy, capacity, f"prob:{p}:{seed}")["hits"] for seed in range(RUNS)]
-        theirs = [libcachesim_hits(getattr(lcs, lcs_class)(capacity, hashpower=12, admissioner=lcs.ProbAdmissioner(p)),
-                                   path) for _ in range(RUNS)]
+        theirs = [seeded_hits(run, path, getattr(lcs, lcs_class), capacity, hashpower=12, admissioner=lcs.ProbAdmissioner(p))
+                  for run in range(RUNS)]
         diff = abs(np.mean(ours) - np.mean(theirs))
         error = np.sqrt((np.var(ours, ddof=1) + np.var(theirs, ddof=1)) / RUNS)
         assert diff <= 5 * error and diff <= TOLERANCE * np.mean(theirs), (capacity, p, ours, theirs)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 from cacheus_model import CacheusModel
-from libcachesim_io import lcs, libcachesim_hits, next_positions, write_oracle_general
+from libcachesim_io import lcs, libcachesim_hits, next_positions, seeded_hits, write_oracle_general
 from zipf import zipf_keys
 
 from engramtier.cache import admission
@@ -204,8 +204,8 @@ SEEDS = 5
 RANDOM_TOLERANCE = 0.01
 # Cacheus's hit ratio has a long left tail in both (a run whose LRU weight falls to nothing follows CR-LFU
 # alone: zipf at 13 rows, 0.24 against the usual 0.31 in one of nine libCacheSim runs), which moves a mean
-# of five by more than the tolerance: its medians of nine are compared. Observed: within 0.0012, except at
-# 2 rows (+0.0056), where a request often returns to the row the one before evicted as a second victim,
+# of five by more than the tolerance: its medians of nine are compared. Observed: within 0.0019, except at
+# 2 rows (0.0056), where a request often returns to the row the one before evicted as a second victim,
 # which ours still holds (pending, see cacheus.py) and libCacheSim has dropped.
 MEDIAN_OF = {"cacheus": 9}
 
@@ -222,9 +222,9 @@ def test_randomised_hit_ratios_agree_over_seeds(name, trace_files):
             for params in param_sets:
                 ours = statistic([replay(make_policy(name, capacity, ctx, seed=seed, **params), keys)
                                   for seed in range(runs)]) / keys.size
-                theirs = statistic([libcachesim_hits(cls(capacity, hashpower=max(4, math.ceil(math.log2(capacity)) + 1),
-                                                         **params), trace_files[trace])
-                                    for _ in range(runs)]) / keys.size
+                hashpower = max(4, math.ceil(math.log2(capacity)) + 1)
+                theirs = statistic([seeded_hits(run, trace_files[trace], cls, capacity, hashpower=hashpower, **params)
+                                    for run in range(runs)]) / keys.size
                 if abs(ours - theirs) > RANDOM_TOLERANCE:
                     mismatches.append(f"{trace} capacity={capacity} {params}: ours {ours:.4f} libCacheSim {theirs:.4f}")
     assert not mismatches, "\n".join(mismatches)

@@ -20,7 +20,7 @@ the next tier as a demotion. A declined row never reaches the policy. Filters:
     the trace's distinct rows and no false positive, the decisions are libCacheSim's exactly.
 ``prob:P`` or ``prob:P:SEED``
     Admit with probability ``P`` in (0, 1] (libCacheSim's ``ProbAdmissioner``), drawing from a counter
-    hashed with XXH64 under ``SEED`` (default 0): reproducible, where libCacheSim seeds from the clock.
+    hashed with XXH64 under ``SEED`` (default 0): reproducible, where libCacheSim draws from one generator per process.
 ``tinylfu``
     TinyLFU's frequency filter (Einziger, Friedman & Manes, 2017) in front of any policy: a count-min
     sketch as Caffeine sizes it (16 counters per row of capacity, rounded up to a power of two; 4
