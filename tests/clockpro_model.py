@@ -22,7 +22,9 @@ class ClockProModel:
         self.evicted: list[int] = []  # rows made test entries during the current admission
         self.pending: list[int] = []  # evicted beyond the one an admission reports, still held; oldest first
         self.last_hit_victim = -1
-        self.deepest = 0  # most hand runs nested in one another so far (the compiled stack's bound)
+        # what the compiled policy's fixed arrays must hold: the most hand runs nested in one another, the
+        # most entries in the ring; and how many admissions evicted more than one row
+        self.deepest = self.most_entries = self.double_evictions = 0
         self._depth = 0
 
     def resident(self, key: int) -> bool:
@@ -57,7 +59,8 @@ class ClockProModel:
         while self.counts[HOT] + self.counts[COLD] >= self.capacity:
             self._run(self._cold_step)
         self._link(key, kind)
-        self.most_evicted = max(getattr(self, "most_evicted", 0), len(self.evicted))
+        self.most_entries = max(self.most_entries, len(self.kind))
+        self.double_evictions += len(self.evicted) > 1
         self.pending += self.evicted[1:]
         if self.evicted:
             return self.evicted[0]
@@ -111,7 +114,6 @@ class ClockProModel:
     def _run(self, step):
         self._depth += 1
         self.deepest = max(self.deepest, self._depth)
-        self.biggest = max(getattr(self, "biggest", 0), len(self.kind))
         step()
         self._depth -= 1
 

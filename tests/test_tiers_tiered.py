@@ -89,7 +89,7 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
 
 
 ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "random", "lruprob", "hyperbolic",
-          "lecar", "lhd", "lfuda", "clock2qplus", "lirs", "lruk", "mq", "cacheus"]
+          "lecar", "lhd", "lfuda", "clock2qplus", "lirs", "lruk", "mq", "cacheus", "clockpro"]
 ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32), "lirs": (200, 200)}
 ONLINE_STEPS = {"lirs": 200}  # its 200 rows on top hold half the table: enough misses to reach the tier below
 
