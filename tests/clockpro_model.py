@@ -39,7 +39,9 @@ class ClockProModel:
 
     def lookup(self, key: int) -> bool:
         self.last_hit_victim = -1
-        if key in self.pending:  # served as it is
+        if key in self.pending:  # still held, so a hit; the row comes back as on PyClockPro's miss
+            self.pending.remove(key)
+            self.last_hit_victim = self.admit(key)
             return True
         if not self.resident(key):
             return False

@@ -41,9 +41,12 @@ The policy interface reports one row per admission, so the second is *pending*, 
 `engramtier.cache.policies.cacheus`: evicted as in PyClockPro (its test entry is in the ring), but still
 held for the caller (`contains`, `occupancy`; a lookup is served without changing anything) until the
 next hit reports it (`hit_victim`) or the next admission that evicts nothing does (the admission after
-a double eviction never evicts, so it waits one request at most). Only a request for the pending row
-itself, right after the double eviction, can hit here and miss in PyClockPro. `remove` drops a resident
-row's entry from the ring (PyClockPro has no removal) and leaves a test entry where it is.
+a double eviction never evicts, so it waits one request at most). A request for the pending row itself
+(in a loop, often the very next one) is a hit, since the caller still holds the row, where PyClockPro
+misses; the policy then makes PyClockPro's miss (the row comes back, hot while its test entry is in the
+ring, and whatever that evicts is the hit's victim), so the two go on alike, one hit apart. `remove`
+drops a resident row's entry from the ring (PyClockPro has no removal) and leaves a test entry where it
+is, and forgets a pending row.
 
 Every capacity from 2 rows is accepted: at 1 PyClockPro's hands push one another for ever on a ring of
 a single hot entry, which it avoids by refusing fewer than 3 rows; at 2 they do not, and the rules give
@@ -265,20 +268,10 @@ def _run_hands(state):
         _hot_step(state)  # HOT_RUN with HAND_test elsewhere, or HOT_STEP
 
 
-@njit(inline="always")
-def lookup(state, key, t):
-    st = state[ST]
-    st[HIT_VICTIM] = -1
-    s = node_of(state, key)
-    if s >= 0 and state[KIND][s] != TEST:
-        state[REFERENCED][s] = 1
-        st[HIT_VICTIM] = _report_pending(state)
-        return True
-    return st[PENDING_LENGTH] > 0 and _find_pending(state, key) >= 0  # a pending row is served as it is
-
-
-@njit(inline="always")
-def admit(state, key, t):
+@njit(nogil=True, _nrt=False)
+def _admit(state, key):
+    """PyClockPro's miss: HAND_cold runs until the resident rows leave room, then ``key`` enters; returns
+    the row to report evicted (the first the runs evicted, else the oldest pending one) or -1."""
     st = state[ST]
     s = node_of(state, key)
     if s >= 0:  # a test entry: its row is back within its test period
@@ -294,6 +287,30 @@ def admit(state, key, t):
         link_key(state, key, s)
         _link(state, s, COLD)
     return st[VICTIM] if st[VICTIM] >= 0 else _report_pending(state)
+
+
+@njit(inline="always")
+def lookup(state, key, t):
+    st = state[ST]
+    st[HIT_VICTIM] = -1
+    s = node_of(state, key)
+    if s >= 0 and state[KIND][s] != TEST:
+        state[REFERENCED][s] = 1
+        st[HIT_VICTIM] = _report_pending(state)
+        return True
+    if st[PENDING_LENGTH] == 0:
+        return False
+    i = _find_pending(state, key)
+    if i < 0:
+        return False
+    _drop_pending(state, i)  # still held: a hit, on which PyClockPro's miss brings the row back
+    st[HIT_VICTIM] = _admit(state, key)
+    return True
+
+
+@njit(inline="always")
+def admit(state, key, t):
+    return _admit(state, key)
 
 
 @njit(inline="always")
