@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from zipf import zipf_keys
 
 from engramtier.cache.policies import arc, cacheus, clockpro, lecar, lhd
-from engramtier.cache.policy import PolicyContext, make_policy
+from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
 from engramtier.xxh64 import xxh64_u64
 
@@ -371,6 +371,18 @@ def test_clockpro_hands_push_one_another_and_evict_two_rows():
             assert not policy.lookup(4, 8) and policy.admit(4, 8) == 0
             assert not policy.contains(0)
         assert policy.occupancy() == 3 and policy.contains(3) and policy.contains(4)
+
+
+def test_clockpro_refuses_a_cascade_deeper_than_its_stack():
+    """The hand stack is sized from the deepest cascades measured (clockpro.py); one deeper is refused in one
+    line, not written past the array's end. 40 laps of a loop of 600 rows through 400 nest 141 hand runs (the model's
+    count); given a stack of 40 steps, the policy stops there."""
+    policy = make_policy("clockpro", 400, PolicyContext(n_keys=600))
+    state = list(policy.state)
+    state[clockpro.STACK] = np.zeros(40, np.uint8)
+    with pytest.raises(EngramTierError, match="hands pushed one another deeper than its stack holds") as err:
+        replay(clockpro.ClockPro(tuple(state), 600), np.tile(np.arange(600), 40))
+    assert "\n" not in str(err.value)
 
 
 def test_lhd_starts_from_its_gdsf_like_densities():

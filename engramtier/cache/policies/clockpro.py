@@ -90,7 +90,7 @@ RING = 0  # st[RING]: scratch head for `push_head`, which links a node in just b
 KIND = LIST_OF
 REFERENCED, STACK, PENDING = EXTRA, EXTRA + 1, EXTRA + 2
 
-# The steps on the hand stack: a hand's run begins (COLD, TEST, HOT) or resumes after the run it pushed
+# The steps on the hand stack: a hand's run begins (COLD_RUN, TEST_RUN, HOT_RUN) or resumes after the run it pushed
 # (COLD_TESTS: HAND_cold evicted and runs HAND_test while tests outnumber m; COLD_HOTS: it moved and runs
 # HAND_hot while hot rows exceed their share; TEST_STEP, HOT_STEP: the hand's own step, after pushing).
 COLD_RUN, COLD_TESTS, COLD_HOTS, TEST_RUN, TEST_STEP, HOT_RUN, HOT_STEP = range(7)
