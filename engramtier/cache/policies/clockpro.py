@@ -96,9 +96,10 @@ REFERENCED, STACK, PENDING = EXTRA, EXTRA + 1, EXTRA + 2
 COLD_RUN, COLD_TESTS, COLD_HOTS, TEST_RUN, TEST_STEP, HOT_RUN, HOT_STEP = range(7)
 
 STATE = lists_state_type(NODE_BYTES, types.uint8[::1], types.int64[::1])
-# Hand runs nest at most 3 x capacity + 12 deep on the test traces and on loops and Zipf requests of 1 to 5
-# times the capacity's rows, with removals (2 to 1,000 rows, tests/clockpro_model.py's count): the stack
-# holds twice that, and a deeper cascade is refused in one line rather than written past its end.
+# Hand runs nested at most 3 x capacity + 12 deep (tests/clockpro_model.py's count) on the test traces, on
+# loops and Zipf requests over 1 to 5 times the capacity's rows with removals (2 to 1,000 rows), and on 400
+# random mixes of loops, Zipf, uniform requests and scans (2 to 80 rows): the stack holds twice that, and
+# a deeper cascade is refused in one line rather than written past its end.
 STACK_ROWS, STACK_SLACK = 6, 32
 
 
