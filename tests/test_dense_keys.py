@@ -77,7 +77,7 @@ def test_admission_decides_the_same_on_dense_keys(filter_text, mode):
 
 @pytest.mark.parametrize("policy", ["lru", "arc", "s3fifo", "wtinylfu", "twoq", "lfu", "sieve", "clock", "slru",
                                     "random", "lruprob", "hyperbolic", "lecar", "lhd", "lfuda",
-                                    "clock2qplus", "lirs", "lruk", "mq", "cacheus"])
+                                    "clock2qplus", "lirs", "lruk", "mq", "cacheus", "clockpro"])
 def test_a_tier_larger_than_the_working_set_never_evicts(policy):
     trace = sparse_trace(2)
     distinct = np.unique(trace.rows).size

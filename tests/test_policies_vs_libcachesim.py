@@ -12,11 +12,13 @@ import math
 import numpy as np
 import pytest
 from cacheus_model import CacheusModel
+from clockpro_model import ClockProModel
 from libcachesim_io import lcs, libcachesim_hits, next_positions, seeded_hits, write_oracle_general
 from zipf import zipf_keys
 
 from engramtier.cache import admission
 from engramtier.cache.engine import HITS, Engine
+from engramtier.cache.policies import clockpro
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 
 
@@ -184,6 +186,25 @@ def test_libcachesim_clockpro_never_evicts(trace_files):
             static_hits = int(np.isin(keys, kept).sum()) - kept.size
             cache = lcs.ClockPro(capacity, hashpower=10, init_ratio_cold=ratio)
             assert libcachesim_hits(cache, trace_files[trace]) == static_hits, (trace, capacity, ratio)
+
+
+def test_clockpro_answers_as_its_plain_model_on_the_four_traces():
+    """With no libCacheSim ClockPro to compare (above), `clockpro` follows PyClockPro's rules, which
+    tests/clockpro_model.py states in plain Python (and which gave PyClockPro's own hits on these traces, checked
+    once: README): the compiled policy must answer as the model, request by request, hit or miss and the row
+    reported evicted. The loop through 400 rows makes hand cascades evict two rows in one admission; the
+    model's deepest cascade and fullest ring must fit the policy's fixed stack and node pool."""
+    ctx, doubles = PolicyContext(n_keys=N_KEYS), 0
+    for trace, keys in TRACES.items():
+        for capacity in (2, 13, 128, 400, 1200):
+            policy, model = make_policy("clockpro", capacity, ctx), ClockProModel(capacity)
+            for t, key in enumerate(keys.tolist()):
+                hit = policy.lookup(key, t)
+                assert (hit, policy.hit_victim() if hit else policy.admit(key, t)) == model.request(key), (
+                    trace, capacity, t)
+            assert model.deepest < policy.state[clockpro.STACK].size and model.most_entries <= 2 * capacity
+            doubles += model.double_evictions
+    assert doubles > 0
 
 
 # Randomised policies: libCacheSim seeds its generator from the clock, ours draw from their `seed`, so

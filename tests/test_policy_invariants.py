@@ -14,12 +14,13 @@ import math
 import numpy as np
 import pytest
 from cacheus_model import CacheusModel
+from clockpro_model import ClockProModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zipf import zipf_keys
 
-from engramtier.cache.policies import arc, cacheus, lecar, lhd
-from engramtier.cache.policy import PolicyContext, make_policy
+from engramtier.cache.policies import arc, cacheus, clockpro, lecar, lhd
+from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
 from engramtier.xxh64 import xxh64_u64
 
@@ -47,6 +48,7 @@ CONFIGS = {
     "lruk": (range(1, 9), {"k": 2}),
     "mq": (range(1, 9), {"lifetime": 20, "qout_ratio": 1.0}),  # Qout holds ghosts, Adjust demotes often
     "cacheus": (range(2, 9), {"seed": 5}),
+    "clockpro": (range(2, 9), {}),
 }
 
 REQUEST, REMOVE = 0, 1
@@ -322,6 +324,67 @@ def test_cacheus_reports_a_second_victim_later():
     assert not policy.contains(0) and policy.occupancy() == 3
 
 
+@pytest.mark.parametrize("capacity", [2, 3, 4, 7, 16])
+def test_clockpro_answers_as_its_plain_model(capacity):
+    """Every lookup, victim, removal and the contents, against tests/clockpro_model.py, over Zipf requests with
+    removals: on twice the capacity's rows, test entries come back and expire and the cold target moves; on
+    two rows more than the capacity, hand cascades evict two rows in one admission (the second pending; 2 rows
+    never did)."""
+    doubles = 0
+    for seed, n_keys in enumerate([2 * capacity + 3, 2 * capacity + 3, capacity + 2, capacity + 2]):
+        rng = np.random.default_rng(seed)
+        keys = zipf_keys(2500, n_keys, 0.6, rng, shuffle=True).tolist()
+        removals = (rng.random(len(keys)) < 0.03).tolist()
+        policy, model = make_policy("clockpro", capacity, PolicyContext(n_keys=n_keys)), ClockProModel(capacity)
+        for t, (key, removal) in enumerate(zip(keys, removals, strict=True)):
+            if removal:
+                assert policy.remove(key) == model.remove(key), (seed, t)
+                continue
+            hit = policy.lookup(key, t)
+            assert (hit, policy.hit_victim() if hit else policy.admit(key, t)) == model.request(key), (seed, t)
+            assert policy.occupancy() == len(model.held()) <= capacity
+        assert {k for k in range(n_keys) if policy.contains(k)} == model.held()
+        assert policy.state[clockpro.ST][clockpro.COLD_TARGET] == model.cold_target
+        doubles += model.double_evictions
+    assert doubles > 0 or capacity == 2
+
+
+def test_clockpro_hands_push_one_another_and_evict_two_rows():
+    """3 rows. 4, 1, 0 enter cold; 3 evicts 1 into a test entry; 1 comes back hot (evicting 0), 2 evicts 3
+    (0's test entry expires: cold target 2), 0 evicts 4. Then 3's test entry comes back (cold target 3, so hot
+    rows may hold 0): HAND_cold evicts 2, and HAND_hot, run for the hot row 1, stands with HAND_test and
+    HAND_cold on 0, so it pushes HAND_test, which pushes HAND_cold, which evicts 0 too. 2 is reported, 0 is
+    pending, held until the next admission (4 returning, which evicts nothing) reports it. Asked for first,
+    0 is a hit, and comes back cold as on PyClockPro's miss (its test entry expired), evicting nothing; 4's
+    return then evicts 1."""
+    first = [4, 1, 0, 3, 1, 2, 0]
+    for then in ([4], [0, 4]):
+        policy = make_policy("clockpro", 3, PolicyContext(n_keys=8))
+        victims = [policy.admit(key, t) for t, key in enumerate(first) if not policy.lookup(key, t)]
+        assert victims == [-1, -1, -1, 1, 0, 3, 4]
+        assert not policy.lookup(3, 7) and policy.admit(3, 7) == 2
+        assert policy.contains(0) and not policy.contains(2) and policy.occupancy() == 3
+        if then == [0, 4]:
+            assert policy.lookup(0, 8) and policy.hit_victim() == -1 and policy.occupancy() == 3
+            assert not policy.lookup(4, 9) and policy.admit(4, 9) == 1
+        else:
+            assert not policy.lookup(4, 8) and policy.admit(4, 8) == 0
+            assert not policy.contains(0)
+        assert policy.occupancy() == 3 and policy.contains(3) and policy.contains(4)
+
+
+def test_clockpro_refuses_a_cascade_deeper_than_its_stack():
+    """The hand stack is sized from the deepest cascades measured (clockpro.py); one deeper is refused in one
+    line, not written past the array's end. 40 laps of a loop of 600 rows through 400 nest 141 hand runs (the model's
+    count); given a stack of 40 steps, the policy stops there."""
+    policy = make_policy("clockpro", 400, PolicyContext(n_keys=600))
+    state = list(policy.state)
+    state[clockpro.STACK] = np.zeros(40, np.uint8)
+    with pytest.raises(EngramTierError, match="hands pushed one another deeper than its stack holds") as err:
+        replay(clockpro.ClockPro(tuple(state), 600), np.tile(np.arange(600), 40))
+    assert "\n" not in str(err.value)
+
+
 def test_lhd_starts_from_its_gdsf_like_densities():
     # before any reconfiguration the density of class c at age a is (c + 1) / (a + 1), classes 16..31: a
     # row just admitted is in class 16 (its last-but-one hit age is MAX_AGE), one hit at age 0 in class 31.
@@ -377,6 +440,7 @@ def test_arc_ghost_hit_is_a_miss_that_returns_to_t2():
     ("lirs", 50, {}, "use at least 200 rows"),
     ("lfuda", 1, {}, "use at least 2 rows"),
     ("cacheus", 1, {}, "use at least 2 rows"),
+    ("clockpro", 1, {}, "use at least 2 rows"),
     ("cacheus", 10, {"seed": -1}, "params.seed must be an integer in [0, "),
     ("lruk", 10, {"k": 0}, "k must be an integer from 1 to 64"),
     ("mq", 10, {"n_queue": 0}, "n_queue must be an integer from 1 to 64"),

@@ -89,7 +89,7 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
 
 
 ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "random", "lruprob", "hyperbolic",
-          "lecar", "lhd", "lfuda", "clock2qplus", "lirs", "lruk", "mq", "cacheus"]
+          "lecar", "lhd", "lfuda", "clock2qplus", "lirs", "lruk", "mq", "cacheus", "clockpro"]
 ONLINE_ROWS = {"wtinylfu": (100, 110), "slru": (20, 32), "lirs": (200, 200)}
 ONLINE_STEPS = {"lirs": 200}  # its 200 rows on top hold half the table: enough misses to reach the tier below
 
@@ -326,6 +326,27 @@ def test_rows_evicted_by_a_hit_leave_their_slot(table_dir, mode):
         table.finish()
         assert_slabs_mirror_policies(table, flat)
     assert hit_evictions > 0
+
+
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+def test_clockpro_rows_held_pending_keep_their_slot_until_reported(table_dir, mode):
+    """Requests on a few more rows than a CLOCK-Pro tier holds make one admission evict two rows now and
+    then; the second stays held (pending) until a later hit or admission reports it (see clockpro.py): its
+    slot must stay filled until then and be freed after, the runtime as the simulator."""
+    path, flat = table_dir
+    rng = np.random.default_rng(4)
+    steps = [2 * zipf_keys(6, 22, 0.5, rng) for _ in range(400)]  # 22 rows through 20
+    spec = hierarchy(mode, top="clockpro", middle="lru", top_rows=20, middle_rows=40)
+    reported_by_hits = 0
+    with open_table(spec, path, device="cpu", record_trace=True) as table:
+        for ids in steps:
+            np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            first = table.engine.streams[0]
+            reported_by_hits += int(np.sum(first.hit & (first.victim >= 0)))
+        table.finish()
+        assert_slabs_mirror_policies(table, flat)
+        assert_runtime_is_simulated(table, spec)
+    assert reported_by_hits > 0
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])

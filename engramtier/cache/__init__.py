@@ -3,7 +3,8 @@
 policy      the six-operation policy interface, the registry, `compiled_policy`, single-tier `replay`
 references  policies named where they live ("module:attribute" in a TOML), resolved to builders
 policies/   the built-ins, one per module (lru fifo clock sieve lfu lfuda arc twoq s3fifo wtinylfu slru
-            lruk mq lirs clock2qplus hyperbolic lecar lhd random lruprob belady lookahead static, and
+            lruk mq lirs clock2qplus clockpro hyperbolic lecar lhd cacheus random lruprob belady lookahead
+            static, and
             partitioned, which splits a tier across n-gram orders); `_lists` holds the linked lists
             they share, `_draws` the seeded draws of the randomised ones
 keymap      the key maps policies and slot maps find rows in: dense over a trace's keys, or hashed and
