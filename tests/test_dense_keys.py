@@ -30,9 +30,10 @@ def sparse_trace(seed: int, n_steps: int = 60, step: int = 300, touched: int = 2
 
 
 def served_on_global_ids(trace: RowTrace, hierarchy: Hierarchy) -> tuple[np.ndarray, np.ndarray]:
-    """The engine fed the trace's global row ids, policies sized by the whole table (no dense keys)."""
+    """The engine fed the trace's global row ids, policies sized by the whole table (no dense keys) and
+    keyed by hashed maps, as the runtime keys them."""
     ctx = PolicyContext(n_keys=trace.n_table_rows, keys=trace.rows, step_starts=trace.step_starts,
-                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "test"))
+                        layout=SubtableLayout.from_meta(trace.meta, trace.n_table_rows, "test"), hashed=True)
     engine = Engine(hierarchy.build_policies(ctx, trace.row_bytes), hierarchy.mode, trace.n_table_rows,
                     hierarchy.build_admissions(ctx, trace.row_bytes))
     keys, ts = np.empty(trace.n_rows, np.int64), np.empty(trace.n_rows, np.int64)

@@ -73,6 +73,10 @@ def test_a_hashed_map_is_sized_by_its_nodes_not_its_keys():
     assert 2000 <= index.size - 1 <= 4000 and (index.size - 1) & (index.size - 2) == 0
     assert keymap.new_index(2**33, 1000, hashed=False).size == index.size  # a dense map would be 32 GiB
     assert keymap.new_index(5000, 1000, hashed=False).size == 5000
+    # dense up to DENSE_KEYS keys however few the nodes; hashed beyond, when a hashed map is much smaller
+    assert keymap.new_index(keymap.DENSE_KEYS, 10, hashed=False).size == keymap.DENSE_KEYS
+    assert keymap.new_index(keymap.DENSE_KEYS + 1, 10, hashed=False).size == keymap.hashed_index(10).size
+    assert keymap.new_index(1000, 10, hashed=True).size == keymap.hashed_index(10).size
     assert keymap.index_bytes(2**33, 1000, hashed=False) == index.nbytes
 
 
