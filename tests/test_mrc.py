@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zipf import zipf_keys
 
-from engramtier.cache.mrc import MissRatioCurve, _hash32, lru_mrc, mini_mrc, shards_mrc, spatial_samples, sweep
+from engramtier.cache.mrc import (
+    MissRatioCurve,
+    _hash32,
+    lru_mrc,
+    mini_mrc,
+    sample_context,
+    shards_mrc,
+    spatial_samples,
+    sweep,
+)
 from engramtier.cache.policy import PolicyContext, make_policy, replay
 from engramtier.errors import EngramTierError
 from engramtier.trace.rowtrace import RowTrace
@@ -322,6 +331,25 @@ def test_mini_simulation_estimates_the_curve_within_a_few_points():
         assert np.all(mini.estimated) and np.all(mini.sampled > 0.03 * trace.n_rows)
         assert np.mean(np.abs(mini.mean - exact)) < 0.02, policy
         assert np.all(mini.errors(exact) < 0.05) and np.all(mini.spread >= 0)
+
+
+def test_each_salt_is_moved_to_the_trace_s_compulsory_miss_ratio():
+    """A sample's whole curve sits higher or lower as it holds fewer or more of the hottest rows; the trace's
+    compulsory miss ratio (distinct rows over requests) is known without simulating, so each salt's curve is
+    moved by the difference: a size holding every row is estimated exactly, and each salt's estimate is its
+    sample's own replay moved by one offset at every size."""
+    trace = sparse_row_trace(4, n_requests=100_000, touched=20_000)
+    sizes = np.array([2_000, 8_000, 40_000])
+    samples = spatial_samples(trace, 0.05, seeds=3)
+    mini = mini_mrc(trace, samples, "lru", sizes, workers=2)
+    compulsory = trace.n_distinct / trace.n_rows
+    np.testing.assert_allclose(mini.miss_ratios[:, -1], compulsory)
+    offsets = []
+    for i, sample in enumerate(samples):
+        replayed = sweep(sample.keys, "lru", mini.scaled, sample_context(sample, trace), workers=1).miss_ratios
+        offsets.append(compulsory - sample.row_ids.size / sample.keys.size)
+        np.testing.assert_allclose(mini.miss_ratios[i] - replayed, offsets[-1])
+    assert max(np.abs(offsets)) > 1e-3  # the samples' own floors do differ from the trace's
 
 
 def test_sizes_a_policy_refuses_at_miniature_scale_are_left_out_and_bad_names_refused():
