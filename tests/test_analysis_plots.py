@@ -134,3 +134,17 @@ def test_admission_figure_draws_each_policy_and_filter_on_both_panels():
         assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1_000, 4_000, 16_000]] * 4
     assert fig.axes[0].get_ylim()[0] == 0
     plots._pyplot().close(fig)
+
+
+@pytest.mark.parametrize("n_policies", [4, 5, 11])
+def test_mini_mrc_grid_draws_one_panel_per_policy_and_hides_the_spare_axes(n_policies):
+    """Four panels a row: policies that do not fill the last row leave its spare axes hidden (11 policies:
+    the benchmark's sample, one axis spare)."""
+    sizes = np.array([100, 1_000, 10_000])
+    panels = [{"policy": f"p{i}", "sizes": sizes, "exact": [0.9, 0.6, 0.3],
+               "estimates": [[0.88, 0.62, 0.31], [0.91, np.nan, 0.29]]} for i in range(n_policies)]
+    fig = plots.mini_mrc_grid_figure(panels, 0.01, "test trace")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == [f"p{i}" for i in range(n_policies)]
+    assert len(fig.axes) - len(visible) == -n_policies % 4
+    plots._pyplot().close(fig)

@@ -476,7 +476,7 @@ def mini_mrc_grid_figure(panels: Sequence[Mapping], rate: float, title: str) -> 
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), sharey=True, squeeze=False,
                              constrained_layout=True)
-    for ax, panel in zip(axes.flat, panels, strict=True):
+    for ax, panel in zip(axes.flat[:len(panels)], panels, strict=True):  # a last row may have axes to spare
         sizes, exact, est = panel["sizes"], np.asarray(panel["exact"]), np.asarray(panel["estimates"], dtype=float)
         ax.plot(sizes, exact, color="black", lw=1.5, label="exact (full replay)")
         ax.fill_between(sizes, est.min(axis=0), est.max(axis=0), color="tab:orange", alpha=0.3, label="range over salts")
