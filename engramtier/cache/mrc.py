@@ -488,11 +488,19 @@ def sweep(
 
 
 @njit(nogil=True, cache=True)
-def _hashed_below(rows, threshold, seed, out):
-    """Positions of ``rows`` whose hash under ``seed`` lies below ``threshold``; returns how many."""
+def _rows_below(row_ids, threshold, seed, chosen):
+    """Mark in ``chosen`` (per dense key) the rows whose id hashes below ``threshold`` under ``seed``:
+    each distinct row is hashed once, not once per request."""
+    for k in range(row_ids.size):
+        chosen[k] = _hash32(row_ids[k], seed) < threshold
+
+
+@njit(nogil=True, cache=True)
+def _positions_of_chosen(keys, chosen, out):
+    """Positions of the requests (dense ``keys``) whose row is ``chosen``; returns how many."""
     n = 0
-    for t in range(rows.size):
-        if _hash32(rows[t], seed) < threshold:
+    for t in range(keys.size):
+        if chosen[keys[t]]:
             out[n] = t
             n += 1
     return n
@@ -517,12 +525,15 @@ def spatial_samples(trace, rate: float, seeds: int = 1) -> list[SampledTrace]:
         raise EngramTierError(f"miniature simulation: seeds must be a positive number of hash salts, got {seeds}")
     threshold = _threshold(rate)
     row_ids = trace.row_ids()
+    chosen = np.empty((int(seeds), row_ids.size), np.bool_)
+    for seed in range(int(seeds)):
+        _rows_below(row_ids, threshold, seed, chosen[seed])
     picked = [[] for _ in range(int(seeds))]
     steps = [[np.zeros(1, np.int64)] for _ in range(int(seeds))]
     for chunk in trace_chunks(trace, dense=True):
-        rows, positions = row_ids[chunk.rows], np.empty(chunk.rows.size, np.int64)
+        positions = np.empty(chunk.rows.size, np.int64)
         for seed in range(int(seeds)):
-            n = _hashed_below(rows, threshold, seed, positions)
+            n = _positions_of_chosen(chunk.rows, chosen[seed], positions)
             picked[seed].append(chunk.rows[positions[:n]])
             steps[seed].append(np.searchsorted(positions[:n], chunk.step_starts[1:]) + steps[seed][-1][-1])
     samples = []
