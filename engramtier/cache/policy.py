@@ -262,9 +262,10 @@ def check_keys(where: str, keys: np.ndarray, n_keys: int) -> None:
                               "of the table the policies were built for (PolicyContext(n_keys=...))")
 
 
-@njit
+@njit(cache=True)
 def check_key(name, n_keys, key):
-    """`check_keys` for one key a built-in's method receives from Python."""
+    """`check_keys` for one key a built-in's method receives from Python (cached on disk: its message's
+    string operations take seconds to compile, and every process calling a policy's method needs it)."""
     if key < 0 or key >= n_keys:
         raise EngramTierError("policy " + name + ": key " + str(key) + " lies outside its keys [0, " + str(n_keys)
                               + "); keys are row ids of the table it was built for (PolicyContext(n_keys=...))")
