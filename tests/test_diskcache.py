@@ -30,7 +30,7 @@ hits = replay(make_policy(name, 50, ctx), keys)
 policy = make_policy(name, 50, ctx)
 engine = Engine([policy, make_policy("lru", 100, ctx)], "inclusive", 500)
 served = engine.feed(keys, np.arange(keys.size), np.array([0, keys.size]))
-compiled = [_KERNELS[policy._numba_type_], drivers_for(policy, 500)[1]]
+compiled = [_KERNELS[type(policy)], drivers_for(policy, 500)[1]]
 print(json.dumps({"hits": hits, "served": served[:, 0].tolist(),
                   "loaded": [sum(f.stats.cache_hits.values()) for f in compiled],
                   "compiled": [sum(f.stats.cache_misses.values()) for f in compiled]}))

@@ -51,7 +51,7 @@ from numba import njit
 from engramtier.cache import admission
 from engramtier.cache.diskcache import cached
 from engramtier.cache.hierarchy import MODES
-from engramtier.cache.policy import check_keys, held_keys, inline_ops, is_compiled
+from engramtier.cache.policy import check_keys, held_among, held_keys, inline_ops, is_compiled, remove_keys
 from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.cache.references import user_code
 from engramtier.errors import EngramTierError
@@ -285,8 +285,8 @@ def drivers_for(policy: Any, n_keys: int) -> tuple[Any, Any, Any, Any]:
     for plain Python policies; compiled drivers are built once per policy type."""
     if not is_compiled(policy):
         return (CheckedPolicy(policy, n_keys), *_PYTHON_DRIVERS)
-    kind = policy._numba_type_
     ops = inline_ops(policy)
+    kind = type(policy) if ops is not None else policy._numba_type_
     if kind not in _DRIVERS:
         if ops is None:
             methods = (njit(inline="always")(f) for f in METHOD_OPS)
@@ -307,15 +307,6 @@ def store_tier(events, step_starts, hits_per_step):
                 n_hits += 1
         hits_per_step[s] = n_hits
     return hits_per_step.sum()
-
-
-@njit(nogil=True)
-def drop_rows_held_above(upper, lower, keys):
-    """Remove from ``lower`` each of its ``keys`` that ``upper`` holds: an exclusive hierarchy whose
-    policies start with rows (a static hot set) must not hold a row twice."""
-    for k in keys:
-        if upper.contains(k):
-            lower.remove(k)
 
 
 def tier_report(tiers: Sequence[Mapping[str, Any]], row_bytes: int) -> list[dict[str, Any]]:
@@ -366,9 +357,8 @@ class Engine:
                 with running(lower):
                     held = held_keys(lower, n_keys) if lower.occupancy() else None
                 for upper in self.policies[:i] if held is not None else ():
-                    compiled = is_compiled(upper) and is_compiled(lower)
                     with running(upper), running(lower):
-                        (drop_rows_held_above if compiled else drop_rows_held_above.py_func)(upper, lower, held)
+                        remove_keys(lower, held_among(upper, held))  # rows held above leave the tier below
         self._drivers = [drivers_for(policy, self.n_keys) for policy in self.policies]
         # jitclasses called through their methods (not `compiled_policy` built-ins): their victims are checked per feed
         self._check_victims = [is_compiled(p) and inline_ops(p) is None for p in self.policies]

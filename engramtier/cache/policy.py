@@ -5,8 +5,8 @@ dense keys in the simulator, global row ids of an Engram table in the runtime. A
 it knows per key in arrays over its nodes (its capacity plus ghosts) and finds a key's node through a
 key map (`engramtier.cache.keymap`): a dense array over the keys where they are few (a trace's), a
 hash table sized by its nodes where they are a table's hundreds of millions of rows
-(``PolicyContext.hashed``). Every built-in policy is a numba ``jitclass`` with these methods, which
-the drivers below call in compiled loops:
+(``PolicyContext.hashed``). Every policy offers these methods (a built-in's are compiled functions of
+its state, `CompiledPolicy`; the drivers inline them into their loops):
 
     lookup(key, t) -> bool    a request for ``key`` at trace position ``t``; on a hit the policy
                               updates its state (recency, frequency...) and returns True; on a miss it
@@ -32,8 +32,9 @@ Calling a jitclass method from a compiled loop costs a call plus atomic referenc
 the instance and on every array it touches, several times the work of an LRU update. So the online
 built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, the six operations are
 inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
-forward to them, and `replay` and the engine's drivers (`engine.make_drivers`) inline them into one
-loop over the bare tuple.
+(of a plain Python class, `CompiledPolicy`) call compiled copies of them, and `replay` and the
+engine's drivers (`engine.make_drivers`) inline them into one loop over the bare tuple. A user may
+still write a policy as a jitclass: the drivers then call its methods.
 
 Numba inlines those six operations and the key map's small functions (the hottest). The shared
 helpers they call (`_lists`, `nextuse`, the admission filters' internals) are plain functions compiled
@@ -54,13 +55,14 @@ keys once before their compiled loops, which then run unchecked.
 from __future__ import annotations
 
 import inspect
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from numba import njit, types
-from numba.experimental import jitclass
+from numba import njit
+from numba.np.numpy_support import as_dtype
 
 from engramtier.cache import keymap
 from engramtier.cache.diskcache import cached
@@ -239,8 +241,9 @@ def check_policy(name: str, where: str = "", search: Sequence[Path | str] = ()) 
 
 
 def is_compiled(policy: Any) -> bool:
-    """True for numba jitclass instances (compiled drivers), False for plain Python policies."""
-    return type(policy).__module__.startswith("numba.")
+    """True for built-ins (`CompiledPolicy`) and numba jitclass instances (compiled drivers), False for
+    plain Python policies."""
+    return isinstance(policy, CompiledPolicy) or type(policy).__module__.startswith("numba.")
 
 
 def _load_builtins() -> None:
@@ -248,7 +251,7 @@ def _load_builtins() -> None:
     import engramtier.cache.policies  # noqa: F401
 
 
-# jitclass instance type -> replay loop over that policy's state tuple, and its inline operations
+# built-in policy class -> replay loop over that policy's state tuple, and its inline operations
 # (lookup, admit, remove, hit_victim, prefetch) for the engine's drivers (see `compiled_policy`)
 _KERNELS: dict[Any, Any] = {}
 _INLINE_OPS: dict[Any, tuple] = {}
@@ -286,7 +289,7 @@ def prefetch_key(state, key):
 def inline_ops(policy: Any) -> tuple | None:
     """The inline (lookup, admit, remove, hit_victim, prefetch) functions of a `compiled_policy`
     instance, which act on its ``state`` tuple; None for any other policy."""
-    return _INLINE_OPS.get(getattr(policy, "_numba_type_", None))
+    return _INLINE_OPS.get(type(policy))
 
 
 @njit(inline="always")
@@ -309,54 +312,106 @@ def hits_never_evict(policy: Any) -> bool:
     return ops is not None and ops[3] is no_hit_victim
 
 
+class CompiledPolicy:
+    """A built-in policy as Python sees it: its ``state`` (a tuple of arrays) and the compiled operations
+    on that state, one class per policy (`compiled_policy`).
+
+    A plain class rather than a numba jitclass: a jitclass's constructor and each method it offers to
+    Python are compiled again in every process that uses them (numba cannot cache them on disk), ~0.5 s
+    apiece, for every policy a test worker, a subprocess or a command touches. Here every operation is
+    a function of the state tuple cached on disk (`engramtier.cache.diskcache`), and a call from Python
+    costs what a jitclass method call costs (~0.5-1 µs). Compiled loops never see the object: `replay`
+    and the engine's drivers take its bare state and inline the operations."""
+
+    __slots__ = ("state", "n_keys")
+    name = ""
+    state_type: Any = None
+    # set on each subclass by `compiled_policy`: the compiled functions of the state its methods call
+    _lookup = _admit = _remove = _contains = _occupancy = _hit_victim = _held_among = _remove_all = None
+
+    def __init__(self, state: tuple, n_keys: int) -> None:
+        self.state = tuple(state)
+        self.n_keys = int(n_keys)
+        expected = self.state_type.types
+        if len(self.state) != len(expected) or not all(_fits(a, t) for a, t in zip(self.state, expected, strict=False)):
+            raise EngramTierError(f"policy {self.name}: its state must be {len(expected)} arrays typed {self.state_type}")
+
+    def _key(self, key: Any) -> int:
+        key = operator.index(key)
+        if not 0 <= key < self.n_keys:
+            raise EngramTierError(f"policy {self.name}: key {key} lies outside its keys [0, {self.n_keys}); keys are row "
+                                  "ids of the table it was built for (PolicyContext(n_keys=...))")
+        return key
+
+    def lookup(self, key: int, t: int) -> bool:
+        return bool(self._lookup(self.state, self._key(key), operator.index(t)))
+
+    def admit(self, key: int, t: int) -> int:
+        return int(self._admit(self.state, self._key(key), operator.index(t)))
+
+    def remove(self, key: int) -> bool:
+        return bool(self._remove(self.state, self._key(key)))
+
+    def contains(self, key: int) -> bool:
+        return bool(self._contains(self.state, self._key(key)))
+
+    def occupancy(self) -> int:
+        return int(self._occupancy(self.state))
+
+    def hit_victim(self) -> int:
+        return int(self._hit_victim(self.state))
+
+    def held_among(self, candidates: np.ndarray) -> np.ndarray:
+        """The keys of ``candidates`` (int64, -1 for none) that the policy holds, in their order."""
+        out = np.empty(candidates.size, np.int64)
+        return out[:self._held_among(self.state, candidates, out)]
+
+    def remove_all(self, keys: np.ndarray) -> None:
+        """`remove` each of ``keys`` (int64, checked by the caller)."""
+        self._remove_all(self.state, keys)
+
+
+def _fits(array: Any, declared: Any) -> bool:
+    """Whether ``array`` is a numpy array of the ``declared`` numba array type's dtype and dimensions
+    (and C-contiguous where that is declared), as a jitclass field of that type would demand."""
+    return (isinstance(array, np.ndarray) and array.ndim == declared.ndim and array.dtype == as_dtype(declared.dtype)
+            and (declared.layout != "C" or array.flags.c_contiguous))
+
+
 def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains, occupancy,
-                    hit_victim=no_hit_victim) -> Any:
-    """Build the jitclass ``name``, made as ``name(state, n_keys)`` around ``state`` (a tuple of arrays
-    typed ``state_type`` whose first array is a key map and second each node's key
+                    hit_victim=no_hit_victim) -> type[CompiledPolicy]:
+    """The `CompiledPolicy` class ``name``, made as ``name(state, n_keys)`` around ``state`` (a tuple of
+    arrays typed ``state_type`` whose first array is a key map and second each node's key
     (`engramtier.cache.keymap`): `replay` prefetches the map ahead of the requests) for keys
-    ``0 <= key < n_keys``, which its methods check (`check_key`); the inlined loops do not.
+    ``0 <= key < n_keys``, which its methods check; the inlined loops do not.
 
     ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
     key)``, ``occupancy(state)`` and ``hit_victim(state)`` are ``@njit(inline='always')`` functions of
-    the state alone. They
-    are inlined into a loop for `replay`, and each method calls a copy of its function; both are
-    compiled without NRT (``_nrt=False``), since every inlined helper taking the tuple would otherwise
-    count every array in it. That is safe because they neither allocate nor keep arrays. A method only
-    reads ``self.state`` and makes one call, a pattern whose reference counting numba prunes.
+    the state alone. They are inlined into a loop for `replay` and into the engine's drivers, and each
+    method calls a compiled copy of its function; all are compiled without NRT (``_nrt=False``), since
+    every inlined helper taking the tuple would otherwise count every array in it. That is safe because
+    they neither allocate nor keep arrays. Every compiled function here is cached on disk.
     """
-    lookup_, admit_, remove_, contains_, occupancy_, hit_victim_ = (
-        cached(njit(nogil=True, _nrt=False)(fn.py_func))  # loaded from disk (`engramtier.cache.diskcache`)
-        for fn in (lookup, admit, remove, contains, occupancy, hit_victim))
+    operations = {"_lookup": lookup, "_admit": admit, "_remove": remove, "_contains": contains, "_occupancy": occupancy,
+                  "_hit_victim": hit_victim}
+    methods = {slot: staticmethod(cached(njit(nogil=True, _nrt=False)(fn.py_func)))  # loaded from disk
+               for slot, fn in operations.items()}
 
-    class Policy:
-        def __init__(self, state, n_keys):
-            self.state = state
-            self.n_keys = n_keys
+    @cached
+    @njit(nogil=True, _nrt=False)
+    def held_among(state, candidates, out):
+        n = 0
+        for k in candidates:
+            if k >= 0 and contains(state, k):
+                out[n] = k
+                n += 1
+        return n
 
-        def lookup(self, key, t):
-            check_key(name, self.n_keys, key)
-            return lookup_(self.state, key, t)
-
-        def admit(self, key, t):
-            check_key(name, self.n_keys, key)
-            return admit_(self.state, key, t)
-
-        def remove(self, key):
-            check_key(name, self.n_keys, key)
-            return remove_(self.state, key)
-
-        def contains(self, key):
-            check_key(name, self.n_keys, key)
-            return contains_(self.state, key)
-
-        def occupancy(self):
-            return occupancy_(self.state)
-
-        def hit_victim(self):
-            return hit_victim_(self.state)
-
-    Policy.__name__ = Policy.__qualname__ = name
-    cls = jitclass([("state", state_type), ("n_keys", types.int64)])(Policy)
+    @cached
+    @njit(nogil=True, _nrt=False)
+    def remove_all(state, keys):
+        for k in keys:
+            remove(state, k)
 
     @cached
     @njit(nogil=True, _nrt=False)
@@ -374,8 +429,10 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
                 admit(state, k, t)
         return n_hits
 
-    _KERNELS[cls.class_type.instance_type] = kernel
-    _INLINE_OPS[cls.class_type.instance_type] = (lookup, admit, remove, hit_victim, prefetch_key)
+    cls = type(name, (CompiledPolicy,), {"__slots__": (), "name": name, "state_type": state_type, **methods,
+                                         "_held_among": staticmethod(held_among), "_remove_all": staticmethod(remove_all)})
+    _KERNELS[cls] = kernel
+    _INLINE_OPS[cls] = (lookup, admit, remove, hit_victim, prefetch_key)
     return cls
 
 
@@ -389,15 +446,35 @@ def _held_among(policy, candidates, out):
     return n
 
 
-def held_keys(policy: Any, n_keys: int) -> np.ndarray:
-    """The keys ``policy`` holds, ascending. A `compiled_policy` is asked only about the keys its nodes
-    have held (its state's `KEY_OF` array), so the scan follows its capacity, not ``n_keys``; any other
-    policy is asked about every key."""
-    ops = inline_ops(policy)
-    candidates = policy.state[keymap.KEY_OF] if ops is not None else np.arange(n_keys, dtype=np.int64)
+@njit(nogil=True)
+def _remove_all(policy, keys):
+    for k in keys:
+        policy.remove(k)
+
+
+def held_among(policy: Any, candidates: np.ndarray) -> np.ndarray:
+    """The keys of ``candidates`` (int64, -1 for none) that ``policy`` holds, in their order."""
+    if isinstance(policy, CompiledPolicy):
+        return policy.held_among(candidates)
     out = np.empty(candidates.size, np.int64)
-    n = (_held_among if is_compiled(policy) else _held_among.py_func)(policy, candidates, out)
-    return np.unique(out[:n])
+    return out[:(_held_among if is_compiled(policy) else _held_among.py_func)(policy, candidates, out)]
+
+
+def held_keys(policy: Any, n_keys: int) -> np.ndarray:
+    """The keys ``policy`` holds, ascending. A built-in is asked only about the keys its nodes have held
+    (its state's `KEY_OF` array), so the scan follows its capacity, not ``n_keys``; any other policy is
+    asked about every key."""
+    compiled = isinstance(policy, CompiledPolicy)
+    return np.unique(held_among(policy, policy.state[keymap.KEY_OF] if compiled else np.arange(n_keys, dtype=np.int64)))
+
+
+def remove_keys(policy: Any, keys: np.ndarray) -> None:
+    """`remove` each of ``keys`` (int64, within the policy's keys) from ``policy``, in compiled code where
+    the policy is compiled."""
+    if isinstance(policy, CompiledPolicy):
+        policy.remove_all(keys)
+    else:
+        (_remove_all if is_compiled(policy) else _remove_all.py_func)(policy, keys)
 
 
 # Not cached on disk: numba cannot cache functions specialised on jitclass types.
@@ -426,7 +503,7 @@ def replay(policy: Any, keys: np.ndarray, hits: np.ndarray | None = None) -> int
     elif not (isinstance(hits, np.ndarray) and hits.dtype == np.bool_ and hits.shape == (keys.size,)):
         raise EngramTierError(f"replay: hits must be a bool array of one entry per key ({keys.size}), got "
                               f"{getattr(hits, 'dtype', type(hits).__name__)} {getattr(hits, 'shape', '')}")
-    kernel = _KERNELS.get(getattr(policy, "_numba_type_", None))
+    kernel = _KERNELS.get(type(policy))
     if kernel is not None:
         return int(kernel(policy.state, keys, hits))
     driver = _replay if is_compiled(policy) else _replay.py_func
