@@ -454,3 +454,20 @@ def test_refused_configurations(name, capacity, params, message):
 def test_unknown_policy_parameters_are_refused_in_one_line():
     with pytest.raises(EngramTierError, match="policy 'clock': unknown parameter\\(s\\) bitz; it takes bits"):
         make_policy("clock", 4, PolicyContext(n_keys=10), bitz=2)
+
+
+def test_a_built_in_refuses_a_state_of_other_arrays_and_keys_outside_its_table():
+    """A built-in is its state and compiled functions of it: a state whose arrays are not the policy's
+    (count, dtype or layout) would be read unchecked by them, so it is refused at construction, as is a key
+    outside the table at each method."""
+    policy = make_policy("arc", 8, PolicyContext(n_keys=100))
+    cls = type(policy)
+    state = list(policy.state)
+    for bad in (state[:-1], [state[0].astype(np.int64), *state[1:]], [np.asfortranarray(np.zeros((2, 2), np.int32)), *state[1:]]):
+        with pytest.raises(EngramTierError, match="policy ARC: its state must be") as err:
+            cls(tuple(bad), 100)
+        assert "\n" not in str(err.value)
+    assert cls(tuple(state), 100).occupancy() == 0
+    for call in (lambda: policy.lookup(100, 0), lambda: policy.admit(-1, 0), lambda: policy.contains(10**12)):
+        with pytest.raises(EngramTierError, match=r"policy ARC: key .* lies outside its keys \[0, 100\)"):
+            call()
