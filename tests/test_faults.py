@@ -288,11 +288,14 @@ def test_remote_populate_killed_then_rerun_has_every_row(server, tmp_path, capsy
 
 def test_ctrl_c_erases_the_progress_bar_and_leaves_no_file(tmp_path):
     """SIGINT mid-trace: the bar's line is cleared before 'interrupted' (which starts its own line), the
-    exit status is 130, and the interrupted writer leaves nothing behind."""
+    exit status is 130, and the interrupted writer leaves nothing behind. The command starts with SIGINT's
+    default action, as from a terminal: a suite started as a background job (``make test &``) ignores
+    SIGINT, and a child inherits that, would finish its trace and exit 0."""
     out = tmp_path / "big.trace"
     proc = subprocess.Popen([*ENGRAMTIER, "trace", "--synthetic-zipf", "1.0", "--vocab", "1000", "--tokens", "100000000",
                              "--table-size", "1009", "--layers", "1", "--heads", "2", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # bytes: text mode reads \r as \n
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # bytes: text mode reads \r as \n
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not any(p.suffix == ".raw" and p.stat().st_size for p in tmp_path.iterdir()):  # tracing has begun
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
