@@ -452,7 +452,7 @@ class Engine:
                         raise EngramTierError(f"engine: warm start: key {int(unique[counts.argmax()])} appears "
                                               f"{int(counts.max())} times in cache tier {i}'s keys; give each row once")
                     if policy.occupancy():
-                        keys = keys[~np.isin(keys, held_keys(policy, self.n_keys))]
+                        keys = keys[~np.isin(keys, held_among(policy, keys))]
                     warm_driver(target, keys)
                 held.append(int(policy.occupancy()))
         return held

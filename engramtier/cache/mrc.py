@@ -36,8 +36,10 @@ ratio (distinct rows over requests, the curve's value once the cache holds every
 of the curve is known exactly without simulating, the trace's distinct rows over its requests, so each
 salt's curve is moved by the difference and only the capacity misses are estimated from the sample (on
 the shipped sample at R = 0.01 this takes one salt's error from ~0.02 to ~0.007 for LRU, ARC, 2Q or
-S3-FIFO; `benchmarks/bench_mini_mrc.py`), the same idea as SHARDS' count adjustment above. A size the policy refuses at its scaled
-size (W-TinyLFU needs 100 rows, S-FIFO's small queue a row) is not estimated and is reported so.
+S3-FIFO; `benchmarks/bench_mini_mrc.py`), the same idea as SHARDS' count adjustment above.
+
+A size the policy refuses at its scaled size (W-TinyLFU needs 100 rows, S-FIFO's small queue a row) is
+not estimated and is reported so.
 """
 
 from __future__ import annotations

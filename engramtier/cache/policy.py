@@ -265,13 +265,16 @@ def check_keys(where: str, keys: np.ndarray, n_keys: int) -> None:
                               "of the table the policies were built for (PolicyContext(n_keys=...))")
 
 
+KEY_OUTSIDE = "); keys are row ids of the table it was built for (PolicyContext(n_keys=...))"  # ends a method's refusal
+
+
 @njit(cache=True)
 def check_key(name, n_keys, key):
-    """`check_keys` for one key a built-in's method receives from Python (cached on disk: its message's
-    string operations take seconds to compile, and every process calling a policy's method needs it)."""
+    """`check_keys` for one key a jitclass policy's method receives from Python (cached on disk: its
+    message's string operations take seconds to compile); built-ins check in Python (`CompiledPolicy`)."""
     if key < 0 or key >= n_keys:
         raise EngramTierError("policy " + name + ": key " + str(key) + " lies outside its keys [0, " + str(n_keys)
-                              + "); keys are row ids of the table it was built for (PolicyContext(n_keys=...))")
+                              + KEY_OUTSIDE)
 
 
 def key_space(policy: Any) -> int | None:
@@ -339,8 +342,7 @@ class CompiledPolicy:
     def _key(self, key: Any) -> int:
         key = operator.index(key)
         if not 0 <= key < self.n_keys:
-            raise EngramTierError(f"policy {self.name}: key {key} lies outside its keys [0, {self.n_keys}); keys are row "
-                                  "ids of the table it was built for (PolicyContext(n_keys=...))")
+            raise EngramTierError(f"policy {self.name}: key {key} lies outside its keys [0, {self.n_keys}" + KEY_OUTSIDE)
         return key
 
     def lookup(self, key: int, t: int) -> bool:
@@ -464,8 +466,8 @@ def held_keys(policy: Any, n_keys: int) -> np.ndarray:
     """The keys ``policy`` holds, ascending. A built-in is asked only about the keys its nodes have held
     (its state's `KEY_OF` array), so the scan follows its capacity, not ``n_keys``; any other policy is
     asked about every key."""
-    compiled = isinstance(policy, CompiledPolicy)
-    return np.unique(held_among(policy, policy.state[keymap.KEY_OF] if compiled else np.arange(n_keys, dtype=np.int64)))
+    built_in = isinstance(policy, CompiledPolicy)
+    return np.unique(held_among(policy, policy.state[keymap.KEY_OF] if built_in else np.arange(n_keys, dtype=np.int64)))
 
 
 def remove_keys(policy: Any, keys: np.ndarray) -> None:
