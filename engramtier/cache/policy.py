@@ -323,7 +323,7 @@ class CompiledPolicy:
     Python are compiled again in every process that uses them (numba cannot cache them on disk), ~0.5 s
     apiece, for every policy a test worker, a subprocess or a command touches. Here every operation is
     a function of the state tuple cached on disk (`engramtier.cache.diskcache`), and a call from Python
-    costs what a jitclass method call costs (~0.5-1 µs). Compiled loops never see the object: `replay`
+    costs about what a jitclass method call did. Compiled loops never see the object: `replay`
     and the engine's drivers take its bare state and inline the operations."""
 
     __slots__ = ("state", "n_keys")
