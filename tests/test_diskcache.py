@@ -1,7 +1,7 @@
 """Compiled policy loops are kept on disk (`engramtier.cache.diskcache`): of two processes wanting the
 engine's drivers and the replay loop at once, one compiles and the other waits and loads them, with
 the same results; the key tells policies apart, and changes when the source of an operation outside
-the package changes.
+the package changes, or for the functions those loops inline (`inlined`), any source of the package.
 
 The reuse is between processes, so those two cases run in subprocesses, with numba's cache in the
 test's own folder (NUMBA_CACHE_DIR)."""
@@ -30,7 +30,8 @@ hits = replay(make_policy(name, 50, ctx), keys)
 policy = make_policy(name, 50, ctx)
 engine = Engine([policy, make_policy("lru", 100, ctx)], "inclusive", 500)
 served = engine.feed(keys, np.arange(keys.size), np.array([0, keys.size]))
-compiled = [_KERNELS[type(policy)], drivers_for(policy, 500)[1]]
+policy.lookup(0, 0)
+compiled = [_KERNELS[type(policy)], drivers_for(policy, 500)[1], type(policy)._lookup]
 print(json.dumps({"hits": hits, "served": served[:, 0].tolist(),
                   "loaded": [sum(f.stats.cache_hits.values()) for f in compiled],
                   "compiled": [sum(f.stats.cache_misses.values()) for f in compiled]}))
@@ -51,12 +52,13 @@ def _result(process):
 
 def test_one_process_compiles_what_others_load_and_policies_keep_their_own(tmp_path):
     pair = [_result(p) for p in [_start("s3fifo", tmp_path), _start("s3fifo", tmp_path)]]  # at once
-    # each loop compiled by one of them, the other waiting for that compile and loading it
-    assert [a + b for a, b in zip(pair[0]["compiled"], pair[1]["compiled"], strict=True)] == [1, 1]
-    assert [a + b for a, b in zip(pair[0]["loaded"], pair[1]["loaded"], strict=True)] == [1, 1]
+    # each loop compiled by one of them, the other waiting for that compile and loading it; the method's
+    # operation loaded by both, as the first loop's compile saved it (`inlined`)
+    assert [a + b for a, b in zip(pair[0]["compiled"], pair[1]["compiled"], strict=True)] == [1, 1, 0]
+    assert [a + b for a, b in zip(pair[0]["loaded"], pair[1]["loaded"], strict=True)] == [1, 1, 2]
     assert pair[1]["hits"] == pair[0]["hits"] and pair[1]["served"] == pair[0]["served"]
     other = _result(_start("sieve", tmp_path))  # the same closures over other operations: compiled, not s3fifo's
-    assert other["compiled"] == [1, 1] and other["hits"] != pair[0]["hits"]
+    assert other["compiled"] == [1, 1, 0] and other["loaded"] == [0, 0, 1] and other["hits"] != pair[0]["hits"]
 
 
 def _loop_over(op):
@@ -89,3 +91,15 @@ def test_the_key_follows_the_operations_and_the_source_of_a_users_module(tmp_pat
 
 def _twice(k):
     return 2 * k
+
+
+def test_an_inlined_function_is_compiled_again_after_any_edit_of_the_package(monkeypatch):
+    """LLVM copies an inlined function's callees into it, so an edit of any module it may reach (not only
+    its own file, which is all numba's own cache checks) must miss its cached code."""
+    op = diskcache.inlined(_twice)
+    assert op.targetoptions["forceinline"] and not op.targetoptions["_nrt"]
+    codegen = cpu_target.target_context.codegen()
+    key = op._cache._index_key((types.int64,), codegen)
+    assert diskcache.inlined(_twice)._cache._index_key((types.int64,), codegen) == key  # the same in any process
+    monkeypatch.setattr(diskcache, "_source_hash", lambda path: "another edit")
+    assert op._cache._index_key((types.int64,), codegen) != key

@@ -40,7 +40,8 @@ tier below the first is offered rows by demotion: its filter judges those. A war
 (`engramtier.cache.warm`) bypasses the filter: a profile already chose those rows.
 
 The filter's state is one tuple type for every kind (`STATE`; kind `NONE` for a tier without one), so each
-policy's drivers are compiled once, with the filter's operations inlined and a branch on its kind.
+policy's drivers are compiled once, with the filter's operations inlined (`engramtier.cache.diskcache.inlined`)
+and a branch on its kind.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.errors import EngramTierError, check_number
 from engramtier.xxh64 import xxh64_u64
 
@@ -127,7 +129,7 @@ def build(text: str | None, capacity: int, row_ids: np.ndarray | None = None) ->
     return _empty_state(TINYLFU, [log2, SAMPLE_PER_ROW * capacity, 0, -1], counters=1 << log2, row_ids=row_ids)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _hashes(adm, key):
     """The two 64-bit hashes (h, g; g odd) of ``key``'s row: probe ``i`` of a table of ``2**log2``
     entries is the top ``log2`` bits of ``h + i * g`` (double hashing)."""
@@ -136,12 +138,12 @@ def _hashes(adm, key):
     return xxh64_u64(row, SEED0), xxh64_u64(row, SEED1) | np.uint64(1)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _probe(h, g, i, log2):
     return np.int64((h + np.uint64(i) * g) >> np.uint64(64 - log2))
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _bloom_has(words, base, h, g, log2):
     """Whether every probe bit of the row hashed (h, g) is set in the generation starting at word ``base``."""
     for i in range(BLOOM_HASHES):
@@ -151,7 +153,7 @@ def _bloom_has(words, base, h, g, log2):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _bloom_add(words, base, h, g, log2):
     """Set the row's probe bits in the generation starting at word ``base``; True if all were set already."""
     present = True
@@ -164,7 +166,7 @@ def _bloom_add(words, base, h, g, log2):
     return present
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _bloom_admits(adm, key):
     st, words = adm[ST], adm[BITS]
     h, g = _hashes(adm, key)
@@ -184,7 +186,7 @@ def _bloom_admits(adm, key):
     return seen
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _estimate(adm, h, g):
     """The sketch's count of the row hashed (h, g): its least counter."""
     st, sketch = adm[ST], adm[SKETCH]
@@ -194,7 +196,7 @@ def _estimate(adm, h, g):
     return least
 
 
-@njit(inline="always")
+@inlined
 def observe(adm, key):
     """A lookup of ``key`` reached the tier (hit or miss): ``tinylfu`` counts it."""
     st = adm[ST]
@@ -213,7 +215,7 @@ def observe(adm, key):
             sketch[c] >>= np.uint8(1)
 
 
-@njit(inline="always")
+@inlined
 def admits(adm, key):
     """Whether the tier may admit ``key``, offered after a miss (or a demotion); False: declined."""
     st = adm[ST]
@@ -233,7 +235,7 @@ def admits(adm, key):
     return _estimate(adm, h, g) > _estimate(adm, bar_h, bar_g)
 
 
-@njit(inline="always")
+@inlined
 def note_victim(adm, key):
     """The tier evicted ``key`` (-1: its latest admission evicted nothing, or a row left it, so it has
     room): ``tinylfu`` judges the next candidate against it."""

@@ -2,7 +2,7 @@
 
 numba caches a function on disk (``cache=True``) under a key that hashes its bytecode and, for a
 closure, the pickles of its cells. The engine's drivers (`engramtier.cache.engine.make_drivers`) and
-each policy's replay loop are closures over the policy's inline operations, and numba pickles a
+each policy's replay loop are closures over the policy's operations, and numba pickles a
 jitted function with an id drawn at random in each process, so those keys never matched: every
 process (each command line run, each test worker and subprocess) compiled every policy it used anew,
 5-18 s apiece.
@@ -12,7 +12,9 @@ module and name, and the hash of the source they can reach (the engramtier packa
 of a function defined outside it). The key is the same in every process while that source is, and
 changes with any edit of it, so an edited policy is compiled again, never served stale code. (A user
 operation calling helpers of *other* modules of its own is not re-hashed when only those change,
-numba's own limit for cached functions.)
+numba's own limit for cached functions.) The functions those loops inline (`inlined`) are kept under
+the same key, since numba's own would check only a function's own file while LLVM copies its
+callees' code into it.
 
 Every driver of every policy shares one index file, so processes compiling at once (test workers)
 take a file lock around each load and save: numba numbers a new entry's data file from the index it
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from numba import njit
 from numba.core.caching import FunctionCache
 from numba.core.serialize import dumps
 
@@ -130,3 +133,17 @@ def cached(dispatcher: Any) -> Any:
     under `ClosureCache`'s key; returns it."""
     dispatcher._cache = ClosureCache(dispatcher.py_func)
     return dispatcher
+
+
+def inlined(function: Any) -> Any:
+    """``function`` compiled as a small piece of the loops that call it: the policies' operations, their
+    helpers, the key map's probes and the admission filters' hooks.
+
+    numba's own ``inline="always"`` copies a function's IR into every caller and types it there again,
+    so each policy's replay loop and engine drivers re-compiled its whole operation tree; across the
+    policies that was most of the compile time of a first run. Here the function is compiled once
+    per signature, kept on disk (`ClosureCache`: any edit of the package compiles it again) and marked
+    for LLVM to inline wherever it is called (``forceinline``), which gives the callers the same
+    machine code (`benchmarks/bench_policies.py`, side by side). Compiled without reference counting
+    (``_nrt=False``): these functions neither allocate nor keep arrays."""
+    return cached(njit(forceinline=True, nogil=True, _nrt=False)(function))

@@ -49,7 +49,7 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache import admission
-from engramtier.cache.diskcache import cached
+from engramtier.cache.diskcache import cached, inlined
 from engramtier.cache.hierarchy import MODES
 from engramtier.cache.policy import check_keys, held_among, held_keys, inline_ops, is_compiled, remove_keys
 from engramtier.cache.prefetch import PREFETCH_AHEAD
@@ -63,7 +63,7 @@ COUNTERS = ("lookups", "hits", "promoted", "demoted", "evicted", "declined")
 LOOKUPS, HITS, PROMOTED, DEMOTED, EVICTED, DECLINED = range(len(COUNTERS))
 
 
-@njit(inline="always")
+@inlined
 def count_admission(counters, column, key, victim):
     """Count what ``admit(key)`` returned: declined (``victim == key``), or admitted into ``column``
     (PROMOTED from below, DEMOTED from above) and maybe evicting ``victim``."""
@@ -82,7 +82,7 @@ def make_drivers(lookup, admit, remove, hit_victim, prefetch, observe, admits, n
     ``note_victim(adm, key)`` act on (`engramtier.cache.admission`), as plain Python functions
     (compile them with `numba.njit`).
 
-    One source serves every kind of policy: a built-in `compiled_policy` passes its inline functions
+    One source serves every kind of policy: a built-in `compiled_policy` passes its `inlined` functions
     and its bare state tuple, so the whole tier is one loop without calls or reference counting that
     also prefetches each key's entry `PREFETCH_AHEAD` events ahead; any other policy passes functions
     that call its methods (`METHOD_OPS`). The filter sees every lookup that reaches the tier and is

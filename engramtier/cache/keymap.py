@@ -20,15 +20,15 @@ hashed
 
 Because a hashed entry is compared through ``key_of``, the order of updates matters: `insert` a key
 after its node's ``key_of`` holds it, and `delete` it while ``key_of`` still does. Keys are
-non-negative int64. The functions are inlined (``inline='always'``) and allocate nothing, so policies
-compiled without reference counting (`engramtier.cache.policy.compiled_policy`) use them freely.
+non-negative int64. The functions are `engramtier.cache.diskcache.inlined` and allocate nothing, so
+policies compiled without reference counting (`engramtier.cache.policy.compiled_policy`) use them freely.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.prefetch import prefetch
 
 # A compiled policy's state begins with its key map and each node's key (`engramtier.cache.policy`'s
@@ -76,7 +76,7 @@ def index_bytes(n_keys: int, nodes: int, hashed: bool) -> int:
     return 4 * int(n_keys)
 
 
-@njit(inline="always")
+@inlined
 def _bits(index):
     """The table's bits for a hashed map, 0 for a dense one."""
     if index.size == 0:
@@ -85,12 +85,12 @@ def _bits(index):
     return -2 - marker if marker < -1 else 0
 
 
-@njit(inline="always")
+@inlined
 def _home(key, bits):
     return np.int64((np.uint64(key) * FIBONACCI) >> np.uint64(64 - bits))
 
 
-@njit(inline="always")
+@inlined
 def _entry(index, key_of, key, bits):
     """The entry holding ``key`` in a hashed map, or the empty entry that ends its probe."""
     mask = (1 << bits) - 1
@@ -102,7 +102,7 @@ def _entry(index, key_of, key, bits):
         e = (e + 1) & mask
 
 
-@njit(inline="always")
+@inlined
 def find(index, key_of, key):
     """``key``'s node, or -1."""
     bits = _bits(index)
@@ -111,7 +111,7 @@ def find(index, key_of, key):
     return index[_entry(index, key_of, key, bits)]
 
 
-@njit(inline="always")
+@inlined
 def insert(index, key_of, key, node):
     """Map ``key`` (which ``key_of[node]`` holds already) to ``node``, replacing any earlier node;
     returns the entry written."""
@@ -121,14 +121,14 @@ def insert(index, key_of, key, node):
     return e
 
 
-@njit(inline="always")
+@inlined
 def entry(index, key_of, key):
     """The entry of a hashed map that holds ``key``, or else the free entry where `insert` would put
     it: a find and an insert in one probe, for maps that only grow until cleared."""
     return _entry(index, key_of, key, _bits(index))
 
 
-@njit(inline="always")
+@inlined
 def delete(index, key_of, key):
     """Forget ``key`` (``key_of`` still holding it); nothing happens if it is absent."""
     bits = _bits(index)
@@ -152,14 +152,14 @@ def delete(index, key_of, key):
     index[hole] = EMPTY
 
 
-@njit(inline="always")
+@inlined
 def home_entry(index, key):
     """The entry a lookup of ``key`` reads first (what compiled loops prefetch)."""
     bits = _bits(index)
     return key if bits == 0 else _home(key, bits)
 
 
-@njit(inline="always")
+@inlined
 def prefetch_home(index, key):
     """Start loading the entry a lookup of ``key`` reads first (`engramtier.cache.prefetch`)."""
     prefetch(index, home_entry(index, key))

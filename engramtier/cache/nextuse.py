@@ -14,7 +14,7 @@ next use or a recency, SHARDS's fixed-size sampler by hash value. It is 4-ary (t
 are ``4i + 1 .. 4i + 4``): half the levels of a binary heap, so a sift moves half as many items and
 rewrites half as many ``where`` entries (random writes into a table-sized array), and the four
 children's priorities sit in one or two cache lines; measured 1.1-1.4x faster Belady replays than
-binary. The helpers are compiled without reference counting (``_nrt=False``, see `compiled_policy`)
+binary. The helpers are `engramtier.cache.diskcache.inlined` (compiled without reference counting)
 and allocate nothing, so policies call them freely.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policy import PolicyContext
 from engramtier.errors import EngramTierError
 
@@ -91,7 +92,7 @@ def occurrences(ctx: PolicyContext, policy: str) -> tuple[np.ndarray, np.ndarray
     return starts, positions
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def next_request_after(key, t, keys, next_use, starts, positions):
     """Position of the first request for ``key`` after position ``t``, or ``NEVER``. ``t`` may lie outside
     the trace (a warm start before it, a runtime running past it): the occurrences answer then."""
@@ -108,7 +109,7 @@ def next_request_after(key, t, keys, next_use, starts, positions):
     return positions[lo] if lo < starts[key + 1] else NEVER
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def heap_sift_up(items, pris, where, i):
     item = items[i]
     pri = pris[i]
@@ -125,7 +126,7 @@ def heap_sift_up(items, pris, where, i):
     where[item] = i
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _largest_child(pris, first, size):
     """Index of the highest priority among the children ``first .. first + 3`` that exist.
 
@@ -143,7 +144,7 @@ def _largest_child(pris, first, size):
     return child
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def heap_sift_down(items, pris, where, i, size):
     item = items[i]
     pri = pris[i]
@@ -163,7 +164,7 @@ def heap_sift_down(items, pris, where, i, size):
     where[item] = i
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def heap_push(items, pris, where, size, item, pri):
     """Insert ``item``; the caller then holds ``size + 1`` items."""
     items[size] = item
@@ -171,7 +172,7 @@ def heap_push(items, pris, where, size, item, pri):
     heap_sift_up(items, pris, where, size)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def heap_replace_top(items, pris, where, size, item, pri):
     """Evict the item of highest priority in favour of ``item``; returns the evicted item."""
     victim = items[0]
@@ -182,7 +183,7 @@ def heap_replace_top(items, pris, where, size, item, pri):
     return victim
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def heap_set(items, pris, where, i, pri, size):
     """Give the item at heap index ``i`` a new priority."""
     old = pris[i]
@@ -193,7 +194,7 @@ def heap_set(items, pris, where, i, pri, size):
         heap_sift_down(items, pris, where, i, size)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def heap_delete(items, pris, where, i, size):
     """Remove the item at heap index ``i``; the caller then holds ``size - 1`` items."""
     where[items[i]] = -1

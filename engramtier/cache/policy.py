@@ -31,20 +31,17 @@ either registered under a name (`register`) or named where it lives, ``"module:a
 Calling a jitclass method from a compiled loop costs a call plus atomic reference-count updates on
 the instance and on every array it touches, several times the work of an LRU update. So the online
 built-ins are made by `compiled_policy`: the whole state is a tuple of arrays, the six operations are
-inline functions of that tuple compiled without reference counting (``_nrt=False``), the methods
-(of a plain Python class, `CompiledPolicy`) call compiled copies of them, and `replay` and the
-engine's drivers (`engine.make_drivers`) inline them into one loop over the bare tuple. A user may
+functions of that tuple compiled without reference counting (``_nrt=False``), the methods (of a
+plain Python class, `CompiledPolicy`) call them, and `replay` and the engine's drivers
+(`engine.make_drivers`) call them in one loop over the bare tuple, where LLVM inlines them. A user may
 still write a policy as a jitclass: the drivers then call its methods.
 
-Numba inlines those six operations and the key map's small functions (the hottest). The shared
-helpers they call (`_lists`, `nextuse`, the admission filters' internals) are plain functions compiled
-once without reference counting, ``njit(nogil=True, _nrt=False)``, which LLVM inlines into the same
-loops: numba's ``inline='always'`` re-copies a function's IR at every call site, so nesting it through
-every driver and method made compiling a policy several times slower, while the replays run as fast
-either way (`benchmarks/bench_policies.py`, side by side). A policy's own helpers are
-plain functions too, except where inlining them measurably pays (ARC, W-TinyLFU, LHD's per-request
-work, LFUDA's bucket moves: 20-40% slower replays as calls); cold ones, like LHD's reconfiguration,
-are never inlined.
+Every compiled function a built-in's operations are made of (its own helpers, `_lists`, `nextuse`, the
+key map, the admission filters' hooks) is `inlined`: compiled once per signature, kept on disk, and
+inlined by LLVM into each loop that calls it, so a loop over a policy runs as if written out in one
+piece while compiling it types only the loop. (numba's own ``inline='always'`` re-typed a policy's
+whole operation tree inside each of its loops: most of a first run's compile time, for the same
+replay speed, `benchmarks/bench_policies.py`.) Cold ones, like LHD's reconfiguration, stay calls.
 
 Compiled code does not bound-check, so a key outside ``[0, n_keys)`` would read and write memory
 that is not the policy's. Keys are checked where they cross into it: every method a built-in offers
@@ -65,7 +62,7 @@ from numba import njit
 from numba.np.numpy_support import as_dtype
 
 from engramtier.cache import keymap
-from engramtier.cache.diskcache import cached
+from engramtier.cache.diskcache import cached, inlined
 from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference, user_code
 from engramtier.errors import EngramTierError, refuse_unknown
@@ -283,7 +280,7 @@ def key_space(policy: Any) -> int | None:
     return int(policy.n_keys) if is_compiled(policy) and hasattr(policy, "n_keys") else None
 
 
-@njit(inline="always")
+@inlined
 def prefetch_key(state, key):
     """Start loading the entry of the state's key map (`INDEX`) that a lookup of ``key`` reads first."""
     keymap.prefetch_home(state[keymap.INDEX], key)
@@ -295,14 +292,14 @@ def inline_ops(policy: Any) -> tuple | None:
     return _INLINE_OPS.get(type(policy))
 
 
-@njit(inline="always")
+@inlined
 def holds_key(state, key):
     """`contains` of the policies whose state begins with a key map (`engramtier.cache.keymap`) to their
     nodes or heap entries and each one's key: held exactly when the key has a node."""
     return keymap.find(state[keymap.INDEX], state[keymap.KEY_OF], key) >= 0
 
 
-@njit(inline="always")
+@inlined
 def no_hit_victim(state):
     """`hit_victim` of the policies whose hits never evict."""
     return -1
@@ -388,16 +385,16 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     ``0 <= key < n_keys``, which its methods check; the inlined loops do not.
 
     ``lookup(state, key, t)``, ``admit(state, key, t)``, ``remove(state, key)``, ``contains(state,
-    key)``, ``occupancy(state)`` and ``hit_victim(state)`` are ``@njit(inline='always')`` functions of
-    the state alone. They are inlined into a loop for `replay` and into the engine's drivers, and each
-    method calls a compiled copy of its function; all are compiled without NRT (``_nrt=False``), since
-    every inlined helper taking the tuple would otherwise count every array in it. That is safe because
-    they neither allocate nor keep arrays. Every compiled function here is cached on disk.
+    key)``, ``occupancy(state)`` and ``hit_victim(state)`` are numba functions of the state alone,
+    `inlined` for the built-ins. They are inlined into a loop for `replay` and into the engine's drivers,
+    and each method calls an `inlined` copy of its function (loaded from disk); all are compiled without
+    NRT (``_nrt=False``), since every helper taking the tuple would otherwise count every array in it.
+    That is safe because they neither allocate nor keep arrays. Every compiled function here is cached
+    on disk.
     """
     operations = {"_lookup": lookup, "_admit": admit, "_remove": remove, "_contains": contains, "_occupancy": occupancy,
                   "_hit_victim": hit_victim}
-    methods = {slot: staticmethod(cached(njit(nogil=True, _nrt=False)(fn.py_func)))  # loaded from disk
-               for slot, fn in operations.items()}
+    methods = {slot: staticmethod(inlined(fn.py_func)) for slot, fn in operations.items()}
 
     @cached
     @njit(nogil=True, _nrt=False)

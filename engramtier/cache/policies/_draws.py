@@ -8,8 +8,8 @@ agree with it in distribution, which the tests measure over several seeds.
 """
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.errors import check_number
 from engramtier.xxh64 import xxh64_u64
 
@@ -21,7 +21,7 @@ def check_seed(policy: str, seed) -> int:
     return check_number(seed, f"policy '{policy}': params.seed", integer=True, low=0, high=SEED_HIGH)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def draw_below(st, draws, seed, n):
     """The next draw of st's counter ``st[draws]`` under ``st[seed]``, uniform in ``[0, n)``."""
     st[draws] += 1

@@ -20,17 +20,17 @@ Every list policy's state tuple begins with the same five arrays, named by `INDE
 map (`engramtier.cache.keymap`: key -> node, dense or hashed), each node's key, the links, and the
 policy's int64 scalars. `node_of`, `link_key` and `unlink_key` are the key map seen through a state.
 
-The helpers are plain compiled functions without reference counting, not ``inline='always'``: LLVM
-inlines them into the policies' loops all the same, and numba's own inlining would re-copy each one
-at every call site of every driver (see `engramtier.cache.policy.compiled_policy`).
+The helpers are `engramtier.cache.diskcache.inlined`: compiled once without reference counting and
+inlined by LLVM into the policies' loops (see `engramtier.cache.policy`).
 """
 
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from engramtier.cache import keymap
+from engramtier.cache.diskcache import inlined
 
 INDEX, KEY_OF = keymap.INDEX, keymap.KEY_OF
 PRV, NXT, ST = 2, 3, 4  # the state tuple's first arrays, shared by every list policy
@@ -53,20 +53,20 @@ def free_chain(pool: int) -> np.ndarray:
     return nxt
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def node_of(state, key):
     """``key``'s node (cached or ghost), or -1."""
     return keymap.find(state[INDEX], state[KEY_OF], key)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def link_key(state, key, s):
     """Record that node ``s`` holds ``key`` (sets ``key_of[s]``, then maps the key to it)."""
     state[KEY_OF][s] = key
     keymap.insert(state[INDEX], state[KEY_OF], key, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def unlink_key(state, s):
     """Forget node ``s``'s key (the node keeps it in ``key_of`` until reused); returns the key."""
     key = state[KEY_OF][s]
@@ -92,25 +92,25 @@ def node_records(pool: int, fields=()) -> np.ndarray:
     return nodes
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def take_node(nxt, st, free):
     s = st[free]
     st[free] = nxt[s]
     return s
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def give_node(nxt, st, free, s):
     nxt[s] = st[free]
     st[free] = s
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def tail(prv, st, q):
     return prv[st[q]]
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def push_head(prv, nxt, st, q, s):
     h = st[q]
     if h < 0:
@@ -125,7 +125,7 @@ def push_head(prv, nxt, st, q, s):
     st[q] = s
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def unlink(prv, nxt, st, q, s):
     n = nxt[s]
     if n == s:
@@ -138,7 +138,7 @@ def unlink(prv, nxt, st, q, s):
         st[q] = n
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def move_to_head(prv, nxt, st, q, s):
     h = st[q]
     if s == h:
@@ -188,7 +188,7 @@ def lists_state(n_keys: int, pool: int, scalars: list[int], node_fields=(), hash
             *(nodes[name] for name, _ in node_fields))
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def move(state, s, src, dst):
     """Move node ``s`` from list ``src`` to the head of list ``dst``."""
     prv, nxt, st, list_of = state[PRV], state[NXT], state[ST], state[LIST_OF]
@@ -199,7 +199,7 @@ def move(state, s, src, dst):
     list_of[s] = dst
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def drop(state, s, src):
     """Forget node ``s`` of list ``src`` entirely and free it; returns its key."""
     prv, nxt, st = state[PRV], state[NXT], state[ST]
@@ -210,7 +210,7 @@ def drop(state, s, src):
     return key
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def insert(state, key, dst):
     """Give ``key`` a free node at the head of list ``dst``; returns the node."""
     prv, nxt, st = state[PRV], state[NXT], state[ST]
@@ -222,14 +222,14 @@ def insert(state, key, dst):
     return s
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def holds(state, key, ghosts):
     """`contains` of a multi-list policy whose list ids from ``ghosts`` on only remember keys."""
     s = node_of(state, key)
     return s >= 0 and state[LIST_OF][s] < ghosts
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def remove_held(state, key, ghosts):
     """`remove` of such a policy: forget ``key`` if it is cached; a ghost entry stays."""
     s = node_of(state, key)

@@ -26,9 +26,10 @@ node. A miss so touches a few nodes where four linked lists would touch twice as
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from engramtier.cache import keymap
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     EXTRA,
     FREE,
@@ -63,7 +64,7 @@ P = EXTRA  # the state's one-element array holding p
 STATE = lists_state_type(types.float64[::1])  # then p, the target size of T1
 
 
-@njit(inline="always")
+@inlined
 def _take_out(state, s, q):
     """Unlink node ``s`` of list ``q`` from its ring, moving its ghost boundary past it if it is B's first."""
     prv, nxt, st, list_of = state[PRV], state[NXT], state[ST], state[LIST_OF]
@@ -75,7 +76,7 @@ def _take_out(state, s, q):
     st[LENGTH + q] -= 1
 
 
-@njit(inline="always")
+@inlined
 def _push(state, s, q):
     """Put node ``s`` at the front of T list ``q`` (the front of its ring)."""
     push_head(state[PRV], state[NXT], state[ST], q, s)
@@ -83,7 +84,7 @@ def _push(state, s, q):
     state[LIST_OF][s] = q
 
 
-@njit(inline="always")
+@inlined
 def _demote(state, ring):
     """T's LRU row of ``ring`` becomes B's newest ghost: the boundary moves one node; returns its key."""
     prv, st = state[PRV], state[ST]
@@ -96,7 +97,7 @@ def _demote(state, ring):
     return state[KEY_OF][s]
 
 
-@njit(inline="always")
+@inlined
 def _drop(state, s, q):
     """Forget node ``s`` of list ``q`` and free it; returns its key."""
     _take_out(state, s, q)
@@ -105,14 +106,14 @@ def _drop(state, s, q):
     return key
 
 
-@njit(inline="always")
+@inlined
 def _drop_oldest(state, ring):
     """Forget the oldest node of ``ring`` (B's oldest ghost, or T's LRU row when B is empty); returns its key."""
     s = state[PRV][state[ST][ring]]
     return _drop(state, s, state[LIST_OF][s])
 
 
-@njit(inline="always")
+@inlined
 def _reuse_oldest(state, key):
     """Forget L1's oldest entry (B1's oldest ghost, or T1's LRU row when B1 is empty) and give its node
     to ``key`` as T1's newest row: the ring turns one node, no link changes. Returns the forgotten key."""
@@ -129,7 +130,7 @@ def _reuse_oldest(state, key):
     return forgotten
 
 
-@njit(inline="always")
+@inlined
 def _replace(state, from_b2):
     """REPLACE: demote T1's or T2's LRU row to its ghost list; returns the demoted key."""
     st, p = state[ST], state[P][0]
@@ -139,7 +140,7 @@ def _replace(state, from_b2):
     return _demote(state, T2)
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -155,7 +156,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st, list_of, p = state[ST], state[LIST_OF], state[P]
     capacity = st[CAPACITY]
@@ -198,7 +199,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def _prefetch_next_miss(state):
     """Start loading what the next miss reads at random places: L1's oldest node's predecessor and the
     key map entry of its key (trimming B1 unlinks and unmaps it), and T1's LRU row (REPLACE demotes it)."""
@@ -212,7 +213,7 @@ def _prefetch_next_miss(state):
         prefetch(key_of, np.int64(prv[st[GHOSTS + T1]]))
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0 or state[LIST_OF][s] >= GHOSTS:
@@ -221,12 +222,12 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     return holds(state, key, GHOSTS)
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][LENGTH + T1] + state[ST][LENGTH + T2]
 

@@ -23,8 +23,9 @@ occurrences.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.nextuse import (
     heap_delete,
     heap_push,
@@ -52,12 +53,12 @@ STATE = types.Tuple((
 ))
 
 
-@njit(inline="always")
+@inlined
 def _next(state, key, t):
     return next_request_after(key, t, state[KEYS], state[NEXT_USE], state[OCC_STARTS], state[OCC_POSITIONS])
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     i = state[WHERE][key]
     if i < 0:
@@ -66,7 +67,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     where, heap_key, heap_next, st = state[WHERE], state[HEAP_KEY], state[HEAP_NEXT], state[ST]
     nxt = _next(state, key, t)
@@ -80,7 +81,7 @@ def admit(state, key, t):
     return heap_replace_top(heap_key, heap_next, where, size, key, nxt)
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     where, st = state[WHERE], state[ST]
     i = where[key]
@@ -91,7 +92,7 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][SIZE]
 

@@ -49,8 +49,9 @@ its pending links, and the weights.
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies import lfu
 from engramtier.cache.policies._draws import check_seed, draw_below
 from engramtier.cache.policies._lists import (
@@ -110,7 +111,7 @@ STATE = types.Tuple(tuple(lfu.STATE.types) + (
 ))
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _release(state, s):
     """Free node ``s`` once it is in no list."""
     if state[WHERE][s] == OUT and state[GHOST_OF][s] == 0 and state[PENDING][s] == 0:
@@ -118,14 +119,14 @@ def _release(state, s):
         give_node(state[NXT], state[ST], lfu.FREE, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _enter(state, s, where):
     push_head(state[LIST_PRV], state[LIST_NXT], state[ST], HEAD + where, s)
     state[ST][LENGTH + where] += 1
     state[WHERE][s] = where
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _leave(state, s):
     where = state[WHERE][s]
     unlink(state[LIST_PRV], state[LIST_NXT], state[ST], HEAD + where, s)
@@ -133,7 +134,7 @@ def _leave(state, s):
     state[WHERE][s] = OUT
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _demote_r_oldest(state):
     """R's oldest row to SR's front, marked demoted (R's rows never are: each is a fresh copy)."""
     st = state[ST]
@@ -144,7 +145,7 @@ def _demote_r_oldest(state):
     st[C_DEMOTED] += 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _trim_history(state):
     st = state[ST]
     while st[LENGTH + H] >= st[lfu.CAPACITY]:
@@ -153,7 +154,7 @@ def _trim_history(state):
         _release(state, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _to_history(state, s):
     """Cached row ``s`` leaves both experts for H (keeping its count, and its new mark); returns its key."""
     st, marks = state[ST], state[MARKS]
@@ -168,7 +169,7 @@ def _to_history(state, s):
     return state[KEY_OF][s]
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _pend(state, s):
     """Row ``s``, evicted, waits to be reported."""
     push_head(state[PENDING_PRV], state[PENDING_NXT], state[ST], PENDING_HEAD, s)
@@ -176,7 +177,7 @@ def _pend(state, s):
     state[PENDING][s] = 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _unpend(state, s):
     unlink(state[PENDING_PRV], state[PENDING_NXT], state[ST], PENDING_HEAD, s)
     state[ST][PENDING_LENGTH] -= 1
@@ -184,7 +185,7 @@ def _unpend(state, s):
     _release(state, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _report_pending(state):
     """The oldest pending row, reported now (no longer held); -1 when none waits."""
     st = state[ST]
@@ -196,7 +197,7 @@ def _report_pending(state):
     return key
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _forget_ghost(state, s):
     st, expert = state[ST], state[GHOST_OF][s]
     unlink(state[GHOST_PRV], state[GHOST_NXT], st, GHOST_HEAD + expert, s)
@@ -204,7 +205,7 @@ def _forget_ghost(state, s):
     state[GHOST_OF][s] = 0
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _remember_ghost(state, s, expert):
     st = state[ST]
     if st[GHOST_MAX] == 0:
@@ -218,7 +219,7 @@ def _remember_ghost(state, s, expert):
         _release(state, oldest)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _history_check(state, s):
     """A miss: a ghost's expert loses weight, the weights are normalised, the ghost is forgotten."""
     w = state[WEIGHTS]
@@ -234,7 +235,7 @@ def _history_check(state, s):
         _release(state, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _update_learning_rate(state):
     st, w = state[ST], state[WEIGHTS]
     current = float(st[NUM_HIT] // st[lfu.CAPACITY])  # libCacheSim divides integers
@@ -255,7 +256,7 @@ def _update_learning_rate(state):
     st[NUM_HIT] = 0
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _learning_rate_due(state):
     """Run the learning-rate update a miss left due (libCacheSim makes it after the admission)."""
     st = state[ST]
@@ -264,7 +265,7 @@ def _learning_rate_due(state):
         _update_learning_rate(state)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _evict(state):
     """The full cache's eviction: the experts' choice goes to H; returns its key."""
     st = state[ST]
@@ -279,7 +280,7 @@ def _evict(state):
     return victim
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _grow_sr(state):
     """A row that was new in SR came back from H: SR was too small."""
     st = state[ST]
@@ -290,7 +291,7 @@ def _grow_sr(state):
     st[R_SIZE] = st[lfu.CAPACITY] - st[SR_SIZE]
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     st = state[ST]
     _learning_rate_due(state)
@@ -319,7 +320,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     first = -1
@@ -362,13 +363,13 @@ def admit(state, key, t):
     return first if first >= 0 else _report_pending(state)
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     s = node_of(state, key)
     return s >= 0 and (state[WHERE][s] == R or state[WHERE][s] == SR or state[PENDING][s] == 1)
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:
@@ -383,13 +384,13 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     st = state[ST]
     return st[LENGTH + R] + st[LENGTH + SR] + st[PENDING_LENGTH]
 
 
-@njit(inline="always")
+@inlined
 def hit_victim(state):
     return state[ST][HIT_VICTIM]
 

@@ -8,8 +8,9 @@ rotation of the head, so a lap costs no link updates.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     NODE_BYTES,
     NODE_KEYS,
@@ -35,7 +36,7 @@ COUNT = SLOT_FIELDS  # the state's array of each slot's counter
 STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_BYTES))
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -46,7 +47,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     prv, nxt, st, count = state[PRV], state[NXT], state[ST], state[COUNT]
     victim = -1

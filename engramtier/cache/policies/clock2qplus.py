@@ -27,8 +27,8 @@ never asked; here a tier's admission filter applies as to any policy.
 import math
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     EXTRA,
     KEY_OF,
@@ -62,7 +62,7 @@ STATE = lists_state_type(NODE_LINKS, NODE_KEYS)
 MAX_USES = 2**31 - 1
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -75,7 +75,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _clean_fifo(state):
     """Move the FIFO's oldest used rows to main; evict the first unused one into the ghost. Returns its
     key, or -1 when the FIFO emptied into main without an eviction."""
@@ -97,7 +97,7 @@ def _clean_fifo(state):
     return -1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _clean_main(state):
     """Give main's oldest used rows another lap with their count cleared; evict the first unused one."""
     prv, st, uses = state[PRV], state[ST], state[USES]
@@ -109,7 +109,7 @@ def _clean_main(state):
     return drop(state, s, MAIN)
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     s = node_of(state, key)
@@ -133,17 +133,17 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     return remove_held(state, key, GHOST)
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     return holds(state, key, GHOST)
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][LENGTH + FIFO] + state[ST][LENGTH + MAIN]
 

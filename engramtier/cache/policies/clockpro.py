@@ -57,8 +57,9 @@ node's reference bit, the stack of hand steps and the pending rows (oldest first
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     EXTRA,
     FREE,
@@ -103,7 +104,7 @@ STATE = lists_state_type(NODE_BYTES, types.uint8[::1], types.int64[::1])
 STACK_ROWS, STACK_SLACK = 6, 32
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _link(state, s, kind):
     """Put node ``s`` in the ring as ``kind``, just behind HAND_hot."""
     st = state[ST]
@@ -118,7 +119,7 @@ def _link(state, s, kind):
     st[LENGTH + kind] += 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _unlink(state, s):
     """Take node ``s`` out of the ring; a hand on it steps back to the entry before it."""
     st, before = state[ST], state[PRV][s]
@@ -132,7 +133,7 @@ def _unlink(state, s):
     st[LENGTH + state[KIND][s]] -= 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _retype(state, s, kind):
     st = state[ST]
     st[LENGTH + state[KIND][s]] -= 1
@@ -141,7 +142,7 @@ def _retype(state, s, kind):
     state[REFERENCED][s] = 0
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _pend(state, key):
     """``key``, evicted beyond the one row an admission reports, waits to be reported."""
     st, pending = state[ST], state[PENDING]
@@ -149,7 +150,7 @@ def _pend(state, key):
     st[PENDING_LENGTH] += 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _report_pending(state):
     """The oldest pending row, reported now (no longer held); -1 when none waits."""
     st, pending = state[ST], state[PENDING]
@@ -161,7 +162,7 @@ def _report_pending(state):
     return key
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _find_pending(state, key):
     """``key``'s place among the pending rows (0: the oldest), or -1."""
     st, pending = state[ST], state[PENDING]
@@ -171,7 +172,7 @@ def _find_pending(state, key):
     return -1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _drop_pending(state, i):
     """Forget the ``i``-th pending row, keeping the others' order."""
     st, pending = state[ST], state[PENDING]
@@ -180,7 +181,7 @@ def _drop_pending(state, i):
     st[PENDING_LENGTH] -= 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _cold_step(state):
     """HAND_cold's look at its entry; True when it evicted the row there into a test entry."""
     st, s = state[ST], state[ST][HAND_COLD]
@@ -198,7 +199,7 @@ def _cold_step(state):
     return True
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _test_step(state):
     st, s = state[ST], state[ST][HAND_TEST]
     if state[KIND][s] == TEST:
@@ -209,7 +210,7 @@ def _test_step(state):
     st[HAND_TEST] = state[NXT][st[HAND_TEST]]
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _hot_step(state):
     st, s = state[ST], state[ST][HAND_HOT]
     if state[KIND][s] == HOT:
@@ -220,7 +221,7 @@ def _hot_step(state):
     st[HAND_HOT] = state[NXT][s]
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _push(stack, depth, step):
     if depth >= stack.size:
         raise EngramTierError("policy 'clockpro': its hands pushed one another deeper than its stack holds; "
@@ -229,7 +230,7 @@ def _push(stack, depth, step):
     return depth + 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _run_hands(state):
     """One run of HAND_cold, with every run of the other hands it sets off, in PyClockPro's order: a step
     that must wait for another hand's run is kept on the stack under it and resumed after it."""
@@ -269,7 +270,7 @@ def _run_hands(state):
         _hot_step(state)  # HOT_RUN with HAND_test elsewhere, or HOT_STEP
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _admit(state, key):
     """PyClockPro's miss: HAND_cold runs until the resident rows leave room, then ``key`` enters; returns
     the row to report evicted (the first the runs evicted, else the oldest pending one) or -1."""
@@ -290,7 +291,7 @@ def _admit(state, key):
     return st[VICTIM] if st[VICTIM] >= 0 else _report_pending(state)
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     st = state[ST]
     st[HIT_VICTIM] = -1
@@ -309,12 +310,12 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     return _admit(state, key)
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     st = state[ST]
     if st[PENDING_LENGTH] > 0:
@@ -331,7 +332,7 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     s = node_of(state, key)
     if s >= 0 and state[KIND][s] != TEST:
@@ -339,13 +340,13 @@ def contains(state, key):
     return state[ST][PENDING_LENGTH] > 0 and _find_pending(state, key) >= 0
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     st = state[ST]
     return st[LENGTH + HOT] + st[LENGTH + COLD] + st[PENDING_LENGTH]
 
 
-@njit(inline="always")
+@inlined
 def hit_victim(state):
     return state[ST][HIT_VICTIM]
 

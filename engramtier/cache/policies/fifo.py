@@ -3,14 +3,14 @@
 LRU's ring without the move on a hit, so admission, eviction and removal are LRU's own.
 """
 
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import node_of
 from engramtier.cache.policies.lru import STATE, admit_at_head, occupancy, remove, ring_state
 from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, register
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     return node_of(state, key) >= 0
 

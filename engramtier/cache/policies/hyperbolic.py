@@ -20,8 +20,9 @@ slot's ``freq`` and admission time; once the cache is full every slot holds a ro
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._draws import check_seed
 from engramtier.cache.policies._lists import NODE_KEYS, NODE_LINKS, ST, node_of
 from engramtier.cache.policies.lru import CAPACITY, HEAD, SIZE, SLOT_FIELDS, admit_at_head, occupancy, remove, ring_state
@@ -36,7 +37,7 @@ FREQ, ENTERED = SLOT_FIELDS, SLOT_FIELDS + 1  # the state's arrays of each slot'
 STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_KEYS, NODE_KEYS))
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -45,7 +46,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def least_valued_sample(state, t):
     """The sampled slot of least ``1e8 * freq / age`` (libCacheSim's score), the first among equals."""
     st, freq, entered = state[ST], state[FREQ], state[ENTERED]
@@ -58,7 +59,7 @@ def least_valued_sample(state, t):
     return best
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     if st[SIZE] < st[CAPACITY]:

@@ -24,8 +24,9 @@ links chain it into its ghost list), then LRU's links over the cached nodes, eac
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies import lfu
 from engramtier.cache.policies._draws import check_seed, draw_below
 from engramtier.cache.policies._lists import (
@@ -68,7 +69,7 @@ STATE = types.Tuple(tuple(lfu.STATE.types) + (
 ))
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0 or state[EXPERT][s] != CACHED:
@@ -78,7 +79,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def _penalise(state, expert, age):
     """Expert ``expert`` evicted a row requested again ``age`` requests later: its weight falls."""
     w = state[WEIGHTS]
@@ -91,7 +92,7 @@ def _penalise(state, expert, age):
     w[right] = (w[right] + 1e-10) / total
 
 
-@njit(inline="always")
+@inlined
 def _forget_ghost(state, s):
     prv, nxt, st = state[PRV], state[NXT], state[ST]
     expert = state[EXPERT][s]
@@ -101,7 +102,7 @@ def _forget_ghost(state, s):
     give_node(nxt, st, lfu.FREE, s)
 
 
-@njit(inline="always")
+@inlined
 def _evict(state, t):
     """Evict the experts' choice; returns its key."""
     prv, nxt, st = state[PRV], state[NXT], state[ST]
@@ -130,7 +131,7 @@ def _evict(state, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     s = node_of(state, key)
@@ -148,13 +149,13 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     s = node_of(state, key)
     return s >= 0 and state[EXPERT][s] == CACHED
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0 or state[EXPERT][s] != CACHED:

@@ -13,8 +13,9 @@ that count is not present, or, for a slot alone in its bucket, by relabelling th
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     NXT,
     PRV,
@@ -50,7 +51,7 @@ STATE = types.Tuple((
 ))
 
 
-@njit(inline="always")
+@inlined
 def _new_bucket(state, count, below, above):
     st, bucket_count, bucket_head, up, down = state[ST], state[BUCKET_COUNT], state[BUCKET_HEAD], state[UP], state[DOWN]
     b = take_node(up, st, FREE_BUCKET)
@@ -67,7 +68,7 @@ def _new_bucket(state, count, below, above):
     return b
 
 
-@njit(inline="always")
+@inlined
 def _drop_bucket(state, b):
     st, up, down = state[ST], state[UP], state[DOWN]
     below, above = down[b], up[b]
@@ -80,7 +81,7 @@ def _drop_bucket(state, b):
     give_node(up, st, FREE_BUCKET, b)
 
 
-@njit(inline="always")
+@inlined
 def leave_bucket(state, s):
     """Take slot ``s`` out of its bucket, dropping the bucket once empty."""
     prv, nxt, bucket_of, bucket_head = state[PRV], state[NXT], state[BUCKET_OF], state[BUCKET_HEAD]
@@ -90,7 +91,7 @@ def leave_bucket(state, s):
         _drop_bucket(state, b)
 
 
-@njit(inline="always")
+@inlined
 def touch(state, s):
     """A hit on slot ``s``: one more use, which moves it into the bucket just above."""
     prv, nxt, count, bucket_of, bucket_count, bucket_head, up = (
@@ -109,13 +110,13 @@ def touch(state, s):
     bucket_of[s] = above
 
 
-@njit(inline="always")
+@inlined
 def least_used(state):
     """The oldest slot among the least used: LFU's victim."""
     return state[PRV][state[BUCKET_HEAD][state[ST][LOWEST]]]
 
 
-@njit(inline="always")
+@inlined
 def join(state, s, count):
     """Slot ``s``, in no bucket, joins the bucket of ``count`` uses as its newest slot (the bucket is made if
     no slot has that count). Buckets are found by walking up from the lowest, so this costs one step per
@@ -131,14 +132,14 @@ def join(state, s, count):
     state[COUNT][s] = count
 
 
-@njit(inline="always")
+@inlined
 def enter(state, key, s):
     """Slot ``s``, taken out of every bucket, holds ``key`` now, used once."""
     join(state, s, 1)
     link_key(state, key, s)
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -147,7 +148,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     victim = -1
@@ -162,7 +163,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove_slot(state, s):
     """Forget cached slot ``s`` and free it."""
     st = state[ST]
@@ -172,7 +173,7 @@ def remove_slot(state, s):
     st[SIZE] -= 1
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:
@@ -181,7 +182,7 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][SIZE]
 

@@ -32,9 +32,10 @@ sizes where libCacheSim finishes, all far below saturation.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from engramtier.cache import keymap
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.nextuse import heap_delete, heap_push
 from engramtier.cache.policies._lists import (
     NODE_KEYS,
@@ -71,13 +72,13 @@ STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.
                      types.int64[::1], types.int64[::1]))
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _raised(p, by):
     """``p + by``, saturating at `MAX_PRIORITY` (see the module docstring)."""
     return p + by if p <= MAX_PRIORITY - by else MAX_PRIORITY
 
 
-@njit(inline="always")
+@inlined
 def _bucket_for(state, p):
     """The bucket of priority ``p``, made (and heaped) if there is none."""
     index, bucket_priority, st = state[BUCKET_INDEX], state[BUCKET_PRIORITY], state[ST]
@@ -92,7 +93,7 @@ def _bucket_for(state, p):
     return b
 
 
-@njit(inline="always")
+@inlined
 def _join(state, s, p):
     """Append node ``s`` to the bucket of priority ``p`` (as its newest row)."""
     b = _bucket_for(state, p)
@@ -101,7 +102,7 @@ def _join(state, s, p):
     state[PRIORITY][s] = p
 
 
-@njit(inline="always")
+@inlined
 def _part(state, s):
     """Take node ``s`` out of its bucket, dropping the bucket once empty; returns whether it emptied."""
     st, b, bucket_head = state[ST], state[BUCKET][s], state[BUCKET_HEAD]
@@ -115,7 +116,7 @@ def _part(state, s):
     return True
 
 
-@njit(inline="always")
+@inlined
 def _leave(state, s):
     """Take node ``s`` out of its bucket or the stranded ring; when that empties the bucket ``m``, ``m``
     becomes the smallest priority left (libCacheSim's ``update_min_freq``)."""
@@ -126,7 +127,7 @@ def _leave(state, s):
         st[M] = -state[HEAP_PRI][0]
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -146,7 +147,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def _evict(state):
     st, prv = state[ST], state[PRV]
     b = keymap.find(state[BUCKET_INDEX], state[BUCKET_PRIORITY], max(st[M], 1))
@@ -160,7 +161,7 @@ def _evict(state):
     return _drop(state, s)
 
 
-@njit(inline="always")
+@inlined
 def _drop(state, s):
     """Forget row node ``s`` (evicted or removed) and free it; returns its key."""
     st = state[ST]
@@ -171,7 +172,7 @@ def _drop(state, s):
     return key
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     victim = _evict(state) if st[SIZE] >= st[CAPACITY] else -1
@@ -182,7 +183,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:
@@ -191,7 +192,7 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][SIZE]
 

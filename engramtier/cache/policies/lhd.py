@@ -25,6 +25,7 @@ ring like `random`'s, which a full cache samples uniformly, as libCacheSim sampl
 import numpy as np
 from numba import njit, types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._draws import check_seed, draw_below
 from engramtier.cache.policies._lists import NODE_BYTES, NODE_KEYS, ST, node_of
 from engramtier.cache.policies.lru import CAPACITY, HEAD, SIZE, SLOT_FIELDS, admit_at_head, occupancy, remove, ring_state
@@ -65,7 +66,7 @@ STATE = types.Tuple(tuple(RING_STATE.types) + (
 ))
 
 
-@njit(inline="always")
+@inlined
 def _hit_age_class(age):
     if age == 0:
         return HIT_AGE_CLASSES - 1
@@ -76,18 +77,18 @@ def _hit_age_class(age):
     return log
 
 
-@njit(inline="always")
+@inlined
 def _class(state, s):
     return _hit_age_class(state[LAST_AGE][s] + state[LAST_LAST_AGE][s])
 
 
-@njit(inline="always")
+@inlined
 def _age(state, s):
     st = state[ST]
     return min((st[TIMESTAMP] - state[STAMP][s]) >> st[SHIFT], MAX_AGE - 1)
 
 
-@njit(inline="always")
+@inlined
 def _density(state, s):
     age = _age(state, s)
     if age == MAX_AGE - 1:
@@ -98,7 +99,7 @@ def _density(state, s):
     return density
 
 
-@njit(inline="always")
+@inlined
 def _victim(state):
     st, recent = state[ST], state[RECENT]
     victim, victim_rank = -1, RANK_MAX
@@ -118,7 +119,7 @@ def _victim(state):
     return victim
 
 
-@njit(nogil=True, _nrt=False)  # cold (every 2**20 accesses): compiled once, not inlined
+@njit(nogil=True, _nrt=False, forceinline=False)  # cold (every 2**20 accesses): a call (numba would pass an inlined caller's flag down)
 def _adapt_age_coarsening(state):
     st, ewma, hits, evictions = state[ST], state[EWMA], state[HITS], state[EVICTIONS]
     ewma[OBJECTS] = ewma[OBJECTS] * EWMA_DECAY + np.float32(st[SIZE])
@@ -154,7 +155,7 @@ def _adapt_age_coarsening(state):
                 evictions[c, a] = 0
 
 
-@njit(nogil=True, _nrt=False)  # cold (every 2**20 accesses): compiled once, not inlined
+@njit(nogil=True, _nrt=False, forceinline=False)  # cold (every 2**20 accesses): a call (numba would pass an inlined caller's flag down)
 def _reconfigure(state):
     """Decay the counts, maybe re-coarsen ages, and model each class's density at each age."""
     hits, evictions, densities = state[HITS], state[EVICTIONS], state[DENSITIES]
@@ -174,7 +175,7 @@ def _reconfigure(state):
             densities[c, a] = total_hits / lifetime if events > 1e-5 else np.float32(0)
 
 
-@njit(inline="always")
+@inlined
 def _access(state, s, key, admitted):
     """libCacheSim's ``update``: a hit (counted at its age and class) or an admission of slot ``s``."""
     st = state[ST]
@@ -205,7 +206,7 @@ def _access(state, s, key, admitted):
         st[RECONFIGURATIONS] += 1
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -214,7 +215,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     if st[SIZE] < st[CAPACITY]:

@@ -37,8 +37,8 @@ entry is never in Q, so one pair of links serves both).
 import itertools
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     EXTRA,
     FREE,
@@ -75,7 +75,7 @@ HIRS_RATIO = 0.01  # libCacheSim's LIRS hard-codes it
 MIN_HIR_ROWS = 2
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _enter(state, s, q, flag):
     """Put node ``s`` at the front of list ``q`` (S through prv/nxt, Q and NH through qprv/qnxt)."""
     st = state[ST]
@@ -87,7 +87,7 @@ def _enter(state, s, q, flag):
     state[FLAGS][s] |= flag
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _leave(state, s, q, flags):
     """Unlink node ``s`` from list ``q`` and clear ``flags``."""
     st = state[ST]
@@ -99,7 +99,7 @@ def _leave(state, s, q, flags):
     state[FLAGS][s] &= ~flags
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _release(state, s):
     """Free node ``s`` if it is in neither S nor Q."""
     if state[FLAGS][s] & (IN_S | IN_Q) == 0:
@@ -107,7 +107,7 @@ def _release(state, s):
         give_node(state[NXT], state[ST], FREE, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _evict_hir(state):
     """Evict Q's oldest row; it stays in S as a non-resident entry if it is there. Returns its key."""
     st, flags = state[ST], state[FLAGS]
@@ -121,7 +121,7 @@ def _evict_hir(state):
     return state[KEY_OF][s]
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _prune(state):
     """Drop HIR entries from S's bottom until an LIR row is there or one entry is left."""
     prv, st, flags = state[PRV], state[ST], state[FLAGS]
@@ -135,7 +135,7 @@ def _prune(state):
         _release(state, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _demote_lir(state):
     """Move S's bottom LIR row to Q's front (Q evicting its oldest row first if full) and prune S.
     Returns the evicted key, or -1."""
@@ -151,7 +151,7 @@ def _demote_lir(state):
     return victim
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _limit_stack(state):
     """Forget the oldest non-resident entries while S holds more than twice the capacity."""
     st = state[ST]
@@ -162,14 +162,14 @@ def _limit_stack(state):
         _release(state, s)
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _make_lir(state, s):
     st = state[ST]
     state[FLAGS][s] |= LIR | RESIDENT
     st[LIR_COUNT] += 1
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -199,7 +199,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     s = node_of(state, key)
@@ -224,7 +224,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:
@@ -243,18 +243,18 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     s = node_of(state, key)
     return s >= 0 and state[FLAGS][s] & (LIR | IN_Q) != 0
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][LIR_COUNT] + state[ST][LENGTH + Q]
 
 
-@njit(inline="always")
+@inlined
 def hit_victim(state):
     return state[ST][HIT_VICTIM]
 

@@ -11,8 +11,9 @@ share `ring_state`, `admit_at_head` (FIFO and LRU differ only on a hit), `remove
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     NODE_KEYS,
     NODE_LINKS,
@@ -46,7 +47,7 @@ STATE = types.Tuple((
 ))  # the five arrays every list policy's state begins with (`_lists`)
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -55,7 +56,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def evict_tail(state):
     """Hand the oldest slot over (the ring rotates it to the front); returns (slot, its key)."""
     s = tail(state[PRV], state[ST], HEAD)
@@ -63,7 +64,7 @@ def evict_tail(state):
     return s, unlink_key(state, s)
 
 
-@njit(inline="always")
+@inlined
 def admit_at_head(state, key, t):
     """Insert ``key`` as the newest row; when full, the oldest makes room (LRU and FIFO)."""
     prv, nxt, st = state[PRV], state[NXT], state[ST]
@@ -78,7 +79,7 @@ def admit_at_head(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     prv, nxt, st = state[PRV], state[NXT], state[ST]
     s = node_of(state, key)
@@ -91,7 +92,7 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][SIZE]
 

@@ -16,8 +16,9 @@ requests. The queue is `engramtier.cache.nextuse`'s indexed heap over nodes, key
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.nextuse import heap_delete, heap_push, heap_set
 from engramtier.cache.policies._lists import (
     EXTRA,
@@ -52,7 +53,7 @@ STATE = lists_state_type(types.int64[::1], types.int32[::1], types.int32[::1], t
 MAX_K = 64
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _use(state, s):
     """Record a use of node ``s`` now; returns its K-th most recent use time, or -1 below k uses."""
     st, history, write, uses = state[ST], state[HISTORY], state[WRITE], state[USES]
@@ -65,7 +66,7 @@ def _use(state, s):
     return history[s * k + write[s]] if uses[s] == k else -1  # the window's oldest is written next
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _enqueue(state, s, kth):
     st = state[ST]
     heap_push(state[HEAP_NODE], state[HEAP_PRI], state[HEAP_SLOT], st[QUEUED], s, -kth)
@@ -73,7 +74,7 @@ def _enqueue(state, s, kth):
     state[LIST_OF][s] = QUEUE
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _dequeue(state, s):
     """Take node ``s`` out of the heap, forget its key and free it; returns the key."""
     st = state[ST]
@@ -84,7 +85,7 @@ def _dequeue(state, s):
     return key
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -102,13 +103,13 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     st = state[ST]
     return st[LENGTH + FIFO] + st[QUEUED]
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     victim = -1
@@ -128,7 +129,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:

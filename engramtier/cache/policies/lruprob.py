@@ -14,8 +14,8 @@ libCacheSim's mean. The rows sit in `lru`'s ring, whose admission, removal and e
 """
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._draws import check_seed, draw_below
 from engramtier.cache.policies._lists import NXT, PRV, ST, move_to_head, node_of
 from engramtier.cache.policies.lru import FREE, HEAD, STATE, admit_at_head, occupancy, remove, ring_state
@@ -31,7 +31,7 @@ def threshold(prob: float) -> int:
     return int(1.0 / float(np.float32(prob)))
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:

@@ -19,8 +19,9 @@ would want when it comes back). The Qout check libCacheSim makes in its lookup h
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     KEY_OF,
     NODE_BYTES,
@@ -56,7 +57,7 @@ STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.
                      NODE_LINKS, NODE_KEYS))  # then the views of each node's list, frequency (int32) and expiry
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _queue_of(state, freq):
     """``min(floor(log2 freq), n_queue - 1)``."""
     last = state[ST][N_QUEUE] - 1
@@ -67,7 +68,7 @@ def _queue_of(state, freq):
     return q
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _leave(state, s):
     st = state[ST]
     q = state[QUEUE][s]
@@ -75,7 +76,7 @@ def _leave(state, s):
     st[LENGTH + q] -= 1
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _enter(state, s, q):
     st = state[ST]
     push_head(state[PRV], state[NXT], st, q, s)
@@ -83,7 +84,7 @@ def _enter(state, s, q):
     state[QUEUE][s] = q
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _forget(state, s):
     """Free node ``s`` (out of every list already); returns its key."""
     key = unlink_key(state, s)
@@ -91,7 +92,7 @@ def _forget(state, s):
     return key
 
 
-@njit(nogil=True, _nrt=False)
+@inlined
 def _touch(state, s):
     """Count a use of cached node ``s``: to the front of its frequency's queue, a new expiry, Adjust."""
     st, expiry = state[ST], state[EXPIRY]
@@ -107,7 +108,7 @@ def _touch(state, s):
                 expiry[old] = st[NOW] + st[LIFETIME]
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0 or state[QUEUE][s] == QOUT:
@@ -120,7 +121,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st, freq = state[ST], state[FREQ]
     s = node_of(state, key)
@@ -154,7 +155,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0 or state[QUEUE][s] == QOUT:
@@ -165,13 +166,13 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     s = node_of(state, key)
     return s >= 0 and state[QUEUE][s] != QOUT
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][HELD]
 

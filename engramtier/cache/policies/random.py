@@ -12,8 +12,8 @@ cache is full every slot ``0 .. capacity-1`` holds a row, so the victim is a uni
 the incoming key in place. The ring's order is never read.
 """
 
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._draws import check_seed, draw_below
 from engramtier.cache.policies._lists import ST, link_key, unlink_key
 from engramtier.cache.policies.lru import CAPACITY, FREE, SIZE, STATE, admit_at_head, occupancy, remove, ring_state
@@ -22,18 +22,18 @@ from engramtier.cache.policy import PolicyContext, compiled_policy, holds_key, r
 SEED, DRAWS = FREE + 1, FREE + 2  # indices into st, after the ring's scalars
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     return holds_key(state, key)
 
 
-@njit(inline="always")
+@inlined
 def random_slot(st):
     """A uniform slot of a full ring (every slot holds a row); Hyperbolic and LHD sample candidates so."""
     return draw_below(st, DRAWS, SEED, st[CAPACITY])
 
 
-@njit(inline="always")
+@inlined
 def replace(state, s, key):
     """Slot ``s`` gives up its key (returned) for ``key``."""
     victim = unlink_key(state, s)
@@ -41,7 +41,7 @@ def replace(state, s, key):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     if st[SIZE] < st[CAPACITY]:

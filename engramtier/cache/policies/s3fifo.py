@@ -18,8 +18,8 @@ fewer than 2 rows (it refuses a row as large as the queue), so such capacities a
 """
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     EXTRA,
     KEY_OF,
@@ -51,7 +51,7 @@ FREQ = EXTRA  # the state's array of each node's hit count
 STATE = lists_state_type(NODE_BYTES)  # then freq[node]
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0 or state[LIST_OF][s] == GHOST:
@@ -62,7 +62,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def _clean_main(state):
     """Reinsert main's oldest rows while they were used; evict the first unused one."""
     prv, st, freq = state[PRV], state[ST], state[FREQ]
@@ -74,7 +74,7 @@ def _clean_main(state):
     return drop(state, s, MAIN)
 
 
-@njit(inline="always")
+@inlined
 def _clean_small(state):
     """Promote small's oldest rows while they were used enough; evict the first other one into the
     ghost. Returns its key, or -1 when small emptied into main without an eviction."""
@@ -96,7 +96,7 @@ def _clean_small(state):
     return -1
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st, freq = state[ST], state[FREQ]
     s = node_of(state, key)
@@ -118,17 +118,17 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     return remove_held(state, key, GHOST)
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     return holds(state, key, GHOST)
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][LENGTH + SMALL] + state[ST][LENGTH + MAIN]
 

@@ -9,8 +9,8 @@ including where the hand goes when the row under it is removed.
 """
 
 import numpy as np
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies import lru
 from engramtier.cache.policies._lists import NXT, PRV, ST, link_key, node_of, push_head, tail, take_node, unlink, unlink_key
 from engramtier.cache.policies.clock import STATE  # the same arrays: a visited mark per slot
@@ -21,7 +21,7 @@ HAND = FREE + 1  # index into st: slot under the hand, -1 for none
 VISITED = SLOT_FIELDS  # the state's array of each slot's visited mark
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -30,13 +30,13 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def _hand_after(prv, st, s):
     """Where the hand rests once ``s`` leaves: the next newer row, or none past the newest."""
     return -1 if s == st[HEAD] else prv[s]
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     prv, nxt, st, visited = state[PRV], state[NXT], state[ST], state[VISITED]
     victim = -1
@@ -57,7 +57,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s >= 0 and s == state[ST][HAND]:

@@ -19,8 +19,9 @@ W-TinyLFU's do.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     NODE_BYTES,
     NODE_KEYS,
@@ -53,7 +54,7 @@ SEGMENT = 5  # the state's array of each node's segment
 STATE = types.Tuple((types.int32[::1], NODE_KEYS, NODE_LINKS, NODE_LINKS, types.int64[::1], NODE_BYTES))
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     st = state[ST]
     n = 0
@@ -62,7 +63,7 @@ def occupancy(state):
     return n
 
 
-@njit(inline="always")
+@inlined
 def _leave(state, s):
     """Unlink node ``s`` from its segment; returns the segment."""
     st = state[ST]
@@ -72,7 +73,7 @@ def _leave(state, s):
     return i
 
 
-@njit(inline="always")
+@inlined
 def _enter(state, s, i):
     st = state[ST]
     push_head(state[PRV], state[NXT], st, i, s)
@@ -80,7 +81,7 @@ def _enter(state, s, i):
     state[SEGMENT][s] = i
 
 
-@njit(inline="always")
+@inlined
 def _evict(state):
     """Evict the LRU row of the lowest non-empty segment; returns its key."""
     st = state[ST]
@@ -94,7 +95,7 @@ def _evict(state):
     return key
 
 
-@njit(inline="always")
+@inlined
 def _cool(state, i):
     """Demote segment ``i``'s overflow downwards, segment by segment; segment 0's is evicted (its key
     left in ``HIT_VICTIM``)."""
@@ -109,7 +110,7 @@ def _cool(state, i):
         i -= 1
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -126,7 +127,7 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     st = state[ST]
     victim = -1
@@ -141,7 +142,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:
@@ -152,7 +153,7 @@ def remove(state, key):
     return True
 
 
-@njit(inline="always")
+@inlined
 def hit_victim(state):
     return state[ST][HIT_VICTIM]
 

@@ -13,8 +13,8 @@ libCacheSim makes in its lookup happens at the start of `admit` here, with the s
 capacity whose Ain share rounds to zero rows admits nothing in libCacheSim, so it is refused.
 """
 
-from numba import njit
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     KEY_OF,
     LENGTH,
@@ -45,7 +45,7 @@ CAPACITY, IN_SHARE, OUT_SHARE, AM_SHARE = range(SCALARS, SCALARS + 4)  # indices
 STATE = lists_state_type()
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -56,7 +56,7 @@ def lookup(state, key, t):
     return where != AOUT
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     key_of, prv, st = state[KEY_OF], state[PRV], state[ST]
     s = node_of(state, key)
@@ -85,17 +85,17 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     return remove_held(state, key, AOUT)
 
 
-@njit(inline="always")
+@inlined
 def contains(state, key):
     return holds(state, key, AOUT)
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     return state[ST][LENGTH + AIN] + state[ST][LENGTH + AM]
 

@@ -30,8 +30,9 @@ segment, so such capacities are refused (the defaults need at least 100 rows).
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from engramtier.cache.diskcache import inlined
 from engramtier.cache.policies._lists import (
     EXTRA,
     LENGTH,
@@ -75,14 +76,14 @@ LOW32 = np.uint64(0xFFFFFFFF)
 SATURATED = np.uint32(0xFFFFFFFF)  # a counter's ceiling
 
 
-@njit(inline="always")
+@inlined
 def key_hash(key):
     """The key's two 32-bit sketch hashes, packed as ``h0 | h1 << 32``."""
     word = np.uint64(key)
     return (xxh64_u64(word, SEED0) & LOW32) | (xxh64_u64(word, SEED1) << np.uint64(32))
 
 
-@njit(inline="always")
+@inlined
 def _place(state, s, key):
     """Store in ``rows_of`` the counters of node ``s``'s new key, ``(h0 + i * h1) mod counters``, so
     that its estimates and counts while it stays cached hash nothing and divide nothing.
@@ -100,7 +101,7 @@ def _place(state, s, key):
         rows_of[s * N_HASHES + i] = r - n if r >= n else r
 
 
-@njit(inline="always")
+@inlined
 def _estimate(state, s):
     """The sketch's count for node ``s``'s key: its smallest counter."""
     sketch, rows_of = state[SKETCH], state[ROWS_OF]
@@ -110,14 +111,14 @@ def _estimate(state, s):
     return least
 
 
-@njit(inline="always")
+@inlined
 def _increment(state, s):
     sketch, rows_of = state[SKETCH], state[ROWS_OF]
     for i in range(N_HASHES):
         sketch[rows_of[s * N_HASHES + i]] += np.uint32(1)
 
 
-@njit(inline="always")
+@inlined
 def _count(state, s):
     """Add one use of node ``s``'s key: one to each of its counters, unless all are saturated
     (libCacheSim's rule). A first counter below saturation settles that without reading the
@@ -126,19 +127,19 @@ def _count(state, s):
         _increment(state, s)
 
 
-@njit(inline="always")
+@inlined
 def _main_victim(state):
     prv, st = state[PRV], state[ST]
     return tail(prv, st, PROBATION if st[LENGTH + PROBATION] > 0 else PROTECTED)
 
 
-@njit(inline="always")
+@inlined
 def _main_evict(state):
     s = _main_victim(state)
     return drop(state, s, state[LIST_OF][s])
 
 
-@njit(inline="always")
+@inlined
 def _main_take(state, s):
     """Move window row ``s`` into main: the lowest segment with room, else probation."""
     st = state[ST]
@@ -148,7 +149,7 @@ def _main_take(state, s):
         move(state, s, WINDOW, PROTECTED)
 
 
-@njit(inline="always")
+@inlined
 def _main_hit(state, s):
     prv, nxt, st = state[PRV], state[NXT], state[ST]
     if state[LIST_OF][s] == PROTECTED:
@@ -161,7 +162,7 @@ def _main_hit(state, s):
             st[HIT_VICTIM] = _main_evict(state)
 
 
-@njit(inline="always")
+@inlined
 def lookup(state, key, t):
     s = node_of(state, key)
     if s < 0:
@@ -182,13 +183,13 @@ def lookup(state, key, t):
     return True
 
 
-@njit(inline="always")
+@inlined
 def occupancy(state):
     st = state[ST]
     return st[LENGTH + WINDOW] + st[LENGTH + PROBATION] + st[LENGTH + PROTECTED]
 
 
-@njit(inline="always")
+@inlined
 def _evict_step(state):
     """One step of libCacheSim's WTinyLFU_evict: the evicted key, or -1 when a row only moved to main."""
     prv, st = state[PRV], state[ST]
@@ -210,7 +211,7 @@ def _evict_step(state):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def admit(state, key, t):
     victim = -1
     while occupancy(state) >= state[ST][CAPACITY]:
@@ -221,7 +222,7 @@ def admit(state, key, t):
     return victim
 
 
-@njit(inline="always")
+@inlined
 def remove(state, key):
     s = node_of(state, key)
     if s < 0:
@@ -231,7 +232,7 @@ def remove(state, key):
 
 
 
-@njit(inline="always")
+@inlined
 def hit_victim(state):
     return state[ST][HIT_VICTIM]
 
