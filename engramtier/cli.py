@@ -17,12 +17,14 @@ import sys
 from engramtier import __version__
 from engramtier.errors import EngramTierError
 
+# In this order: the simulator's commands (trace, analysis) never import torch, and a run imports only the
+# modules up to the one that registers its command (`build_parser`), so they start in well under a second.
 _COMMAND_MODULES = (
     "engramtier.trace.commands",
+    "engramtier.analysis.commands",
     "engramtier.model.commands",
     "engramtier.tiers.commands",
     "engramtier.tiers.remote.commands",
-    "engramtier.analysis.commands",
     "engramtier.serve.commands",
     "engramtier.serve.server",
 )
@@ -65,7 +67,9 @@ def _clear_progress_bars() -> None:
             bar.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; given the ``command`` a run names, of the commands registered up to
+    and including its module's (the rest are never imported)."""
     parser = OneLineParser(
         prog="engramtier",
         description="Memory-hierarchy simulator and runtime for Engram conditional-memory tables.",
@@ -75,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+        if command in subparsers.choices:
+            break
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a bad argument already reported in one line

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
-import torch
 from numba import njit, prange
 
 from engramtier.errors import EngramTierError
 
-if TYPE_CHECKING:  # torch is imported where a tensor is hashed: commands that only trace start fast
+if TYPE_CHECKING:  # torch is imported where a tensor is hashed: commands that only trace never load it
     import torch
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -349,6 +348,7 @@ class NgramHasher:
 
     def hash_torch(self, tokens: torch.Tensor) -> torch.Tensor:
         """The same row ids for a LongTensor [B, T] (or [T]) on any device, computed there."""
+        import torch
 
         if tokens.dtype != torch.int64:
             raise EngramTierError(f"hashing: token ids must be int64, got {tokens.dtype}")
@@ -373,6 +373,8 @@ class NgramHasher:
         return rows[0] if squeeze else rows
 
     def _torch_constants(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        import torch
+
         if device not in self._torch_consts:
             self._torch_consts[device] = tuple(
                 torch.from_numpy(a).to(device) for a in (self.multipliers, self.primes, self.offsets)

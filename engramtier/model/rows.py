@@ -9,15 +9,20 @@ right before use. Two layouts:
 
 A ue8m0 byte holds only an exponent (bias 127): the block's scale is 2**(byte - 127). Scales are
 powers of two so that scaling is exact and decoding is a cast and a multiply.
+
+torch is imported by the conversions themselves, not by this module: a format is also a table's row
+size for commands that only trace and simulate, and torch is most of their start-up (~1 of 1.4 s).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from engramtier.errors import EngramTierError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("bf16", "fp8_e4m3")
 FP8_BLOCK = 32  # values sharing one ue8m0 scale
@@ -51,6 +56,7 @@ class RowFormat:
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """Float rows [n, dim] -> uint8 [n, row_bytes], on the values' device."""
+        import torch
         if values.dim() != 2 or values.shape[1] != self.dim:
             raise EngramTierError(f"row format {self.kind}[{self.dim}]: expected values shaped [n, {self.dim}], got {list(values.shape)}")
         if not (values.abs() <= _MAX_MAGNITUDE).all():  # also false for NaN
@@ -65,11 +71,14 @@ class RowFormat:
         scales = (exponent + _UE8M0_BIAS).to(torch.uint8)
         return torch.cat([codes, scales], dim=1)
 
-    def decode(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 rows [..., row_bytes] -> values [..., dim] in ``dtype``, on the rows' device.
+    def decode(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """uint8 rows [..., row_bytes] -> values [..., dim] in ``dtype`` (float32 if None), on the rows' device.
 
         fp8 rows are scaled in float32, or in float64 for float64 values: a code times 2**(byte - 127)
         is exact there for every scale byte, where float32 overflows for the largest codes above byte 246."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         if rows.dtype != torch.uint8 or rows.shape[-1] != self.row_bytes:
             raise EngramTierError(
                 f"row format {self.kind}[{self.dim}]: expected uint8 rows of {self.row_bytes} bytes, "
@@ -91,6 +100,8 @@ def _block_exponent(amax: torch.Tensor) -> torch.Tensor:
     With amax = m * 2**k (m in [0.5, 1)), amax / 2**(k-9) = 512 m fits below 448 iff m <= 0.875,
     otherwise k-8 is the smallest fitting exponent; no rounded logarithm is involved.
     """
+    import torch
+
     mantissa, k = torch.frexp(amax)
     exponent = torch.where(mantissa <= 0.875, k - 9, k - 8).to(torch.int32)
     exponent = torch.where(amax > 0, exponent, -_UE8M0_BIAS)  # an all-zero block: any scale is exact
