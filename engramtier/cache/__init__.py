@@ -9,7 +9,8 @@ policies/   the built-ins, one per module (lru fifo clock sieve lfu lfuda arc tw
             they share, `_draws` the seeded draws of the randomised ones
 keymap      the key maps policies and slot maps find rows in: dense over a trace's keys, or hashed and
             sized by the nodes
-diskcache   the compiled policy loops kept on disk across processes, keyed by their operations
+diskcache   the compiled policy loops kept on disk across processes, keyed by their operations, and
+            `inlined`, how policies' operations and helpers are compiled once and inlined by LLVM
 nextuse     next-use arrays and the heap the offline policies (belady, lookahead) rank them in
 hierarchy   a hierarchy of tiers as the user declares it (TOML or Python): capacities, policies, models
 admission   admission filters in front of any tier's policy: bloom (second hit), prob:P, tinylfu
