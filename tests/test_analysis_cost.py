@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from configs import gpu_over_nvme, hierarchy, zipf_trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,28 +114,7 @@ def test_equal_cost_goes_to_the_highest_cxl_latency_within_budget():
     assert cheaper["cheapest"]["cxl_latency_ns"] == 170
 
 
-SWEEP = """
-[trace]
-source = "zipf"
-zipf_alpha = 0.9
-vocab = 500
-tokens = 3000
-seq_len = 100
-layers = [1]
-heads = 2
-max_ngram = 2
-table_size = 1009
-
-[hierarchy]
-[[hierarchy.tier]]
-name = "gpu"
-capacity = 20
-policy = "lru"
-model = "hbm"
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-
+SWEEP = zipf_trace() + hierarchy(gpu_over_nvme(20)) + """
 [timing]
 window_per_token_s = 1e-9
 

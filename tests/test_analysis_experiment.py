@@ -6,23 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from configs import gpu_over_nvme, hierarchy
 
 from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.cli import main
 
-HIERARCHY = """\
-[hierarchy]
-[[hierarchy.tier]]
-name = "gpu"
-capacity = 300
-policy = "lru"
-model = "hbm"
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-[timing]
-window_per_token_s = 3e-6
-"""
+HIERARCHY = hierarchy(gpu_over_nvme(300)) + "[timing]\nwindow_per_token_s = 3e-6\n"
 
 
 @pytest.fixture(scope="module")

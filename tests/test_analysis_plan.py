@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from configs import gpu_dram_nvme, hierarchy, zipf_trace
 
 from engramtier.analysis.config import TimingConfig, load_config
 from engramtier.analysis.experiment import build_trace
@@ -16,34 +17,8 @@ from engramtier.errors import EngramTierError
 
 SEQ_LEN, KV_PER_TOKEN, BUDGET = 32, 4096, 4 * 2**20  # one sequence reserves 128 KiB of the 4 MiB
 
-CONFIG = f"""\
-[trace]
-source = "zipf"
-zipf_alpha = 1.0
-vocab = 4000
-tokens = 6000
-seq_len = {SEQ_LEN}
-layers = [1]
-heads = 2
-max_ngram = 3
-table_size = 20011
-row_bytes = 160
-
-[hierarchy]
-[[hierarchy.tier]]
-name = "gpu"
-capacity = "1MiB"
-policy = "lru"
-model = "hbm"
-[[hierarchy.tier]]
-name = "dram"
-capacity = "64KiB"
-policy = "lru"
-model = "dram"
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-
+CONFIG = zipf_trace(zipf_alpha=1.0, vocab=4000, tokens=6000, seq_len=SEQ_LEN, max_ngram=3, table_size=20011,
+                    row_bytes=160) + hierarchy(gpu_dram_nvme("1MiB", "64KiB")) + f"""
 [timing]
 compute_s = 2e-4
 compute_per_token_s = 5e-6

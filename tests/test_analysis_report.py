@@ -7,6 +7,7 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from configs import file_trace, gpu_over_nvme, hierarchy
 
 from engramtier.analysis.report import write_report
 from engramtier.cache.mrc import lru_mrc
@@ -105,28 +106,14 @@ def test_mrc_command(zipf_trace, tmp_path, capsys):
 
 def test_sweep_command_stages(zipf_trace, tmp_path, capsys):
     config = tmp_path / "exp.toml"
-    config.write_text(f"""
-[trace]
-source = "file"
-file = "{zipf_trace.name}"
-
-[hierarchy]
-[[hierarchy.tier]]
-name = "gpu"
-capacity = 50
-policy = "lru"
-model = "hbm"
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-
+    config.write_text(file_trace(zipf_trace.name) + hierarchy(gpu_over_nvme(50)) + """
 [timing]
 window_per_token_s = 1e-7
 
 [sweep]
 policies = ["lru", "fifo"]
 sizes = [10, 100]
-tier_sizes = {{ gpu = [20, 200] }}
+tier_sizes = { gpu = [20, 200] }
 """)
     (tmp_path / zipf_trace.name).write_bytes(zipf_trace.read_bytes())  # relative to the TOML
     out = tmp_path / "s"

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from configs import file_trace, gpu_over_nvme, hierarchy
 
 from engramtier.analysis.tables import CURVE_COLUMNS, TABLE_WIDTH, curve_row, hit_rate_table, humanise, read_curves_csv, write_curves_csv
 from engramtier.cli import main
@@ -111,19 +112,7 @@ def test_mrc_writes_and_prints_its_curves(tmp_path, trace, capsys):
 
 def test_sweep_writes_and_prints_its_hit_rates(tmp_path, trace, capsys):
     config = tmp_path / "x.toml"
-    config.write_text(f"""
-[trace]
-source = "file"
-file = "{trace}"
-[hierarchy]
-[[hierarchy.tier]]
-name = "gpu"
-capacity = 300
-policy = "lru"
-model = "hbm"
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
+    config.write_text(file_trace(trace) + hierarchy(gpu_over_nvme(300)) + """
 [timing]
 window_s = 0.001
 [sweep]

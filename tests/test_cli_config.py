@@ -6,46 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from configs import gpu_dram_nvme, hierarchy, zipf_trace
 
 from engramtier.analysis.config import load_config
 from engramtier.analysis.sweep import simulate_point
 from engramtier.cli import main
 from engramtier.trace.tracefile import load_trace
 
-HIERARCHY = """
-[hierarchy]
-mode = "inclusive"
+HIERARCHY = hierarchy(gpu_dram_nvme("{gpu}", 2000, dram_policy="fifo"), mode="inclusive")
 
-[[hierarchy.tier]]
-name = "gpu"
-capacity = "{gpu}"
-policy = "lru"
-model = "hbm"
-
-[[hierarchy.tier]]
-name = "dram"
-capacity = 2000
-policy = "fifo"
-model = "dram"
-
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-"""
-
-GOOD = """
-[trace]
-source = "zipf"
-zipf_alpha = 1.0
-vocab = 500
-tokens = 3000
-seq_len = 100
-batch = 2
-layers = [1]
-heads = 2
-max_ngram = 2
-table_size = 1009
-""" + HIERARCHY.format(gpu="32KiB") + """
+GOOD = zipf_trace(zipf_alpha=1.0, batch=2) + HIERARCHY.format(gpu="32KiB") + """
 [timing]
 window_s = 1e-4
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from configs import gpu_dram_nvme, hierarchy_file
 
 from engramtier.serve.replay import random_run
 from engramtier.trace.sources import sample_text_dir
@@ -102,24 +103,7 @@ class HitEvicts(FIFO):
         return -7
 """
 
-HIERARCHY = """
-mode = "exclusive"
-[[tier]]
-name = "gpu"
-capacity = 20
-policy = "{policy}"
-model = "hbm"
-[[tier]]
-name = "dram"
-capacity = 60
-policy = "lru"
-model = "dram"
-[[tier]]
-name = "nvme"
-model = "nvme"
-[timing]
-window_s = 1e-4
-"""
+HIERARCHY = hierarchy_file(gpu_dram_nvme(20, 60, "{policy}"), mode="exclusive") + "[timing]\nwindow_s = 1e-4\n"
 
 
 def test_python_api_refuses_keys_outside_the_policy():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from configs import gpu_dram_nvme, hierarchy, zipf_trace
 
 import engramtier.cache.policy as policy_module
 from engramtier.analysis.config import load_config
@@ -115,38 +116,7 @@ class ExitingAdmit(FIFO):
 NOT_CALLABLE = 3
 """
 
-EXPERIMENT = """
-[trace]
-source = "zipf"
-zipf_alpha = 1.0
-vocab = 500
-tokens = 3000
-seq_len = 100
-batch = 2
-layers = [1]
-heads = 2
-max_ngram = 2
-table_size = 1009
-
-[hierarchy]
-mode = "inclusive"
-
-[[hierarchy.tier]]
-name = "gpu"
-capacity = 150
-policy = "{gpu}"
-model = "hbm"
-
-[[hierarchy.tier]]
-name = "dram"
-capacity = 600
-policy = "{dram}"
-model = "dram"
-
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-
+EXPERIMENT = zipf_trace(zipf_alpha=1.0, batch=2) + hierarchy(gpu_dram_nvme(150, 600, "{gpu}", "{dram}"), mode="inclusive") + """
 [timing]
 window_s = 1e-4
 

@@ -15,32 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from configs import gpu_over_nvme, hierarchy, zipf_trace
 
 from engramtier.cli import main
 from engramtier.rundir import LOCK, claim
 
-EXPERIMENT = """
-[trace]
-source = "zipf"
-zipf_alpha = 0.9
-vocab = 500
-tokens = {tokens}
-seq_len = 100
-layers = [1]
-heads = 2
-max_ngram = 2
-table_size = 1009
 
-[hierarchy]
-[[hierarchy.tier]]
-name = "gpu"
-capacity = 20
-policy = "lru"
-model = "hbm"
-[[hierarchy.tier]]
-name = "nvme"
-model = "nvme"
-
+def experiment_text(tokens: int = 3000, gpu_sizes: str = "20, 40") -> str:
+    return zipf_trace(tokens=tokens) + hierarchy(gpu_over_nvme(20)) + f"""
 [timing]
 window_per_token_s = 1e-9
 
@@ -53,7 +35,7 @@ tier_sizes = {{ gpu = [{gpu_sizes}] }}
 
 def experiment(folder: Path, name: str = "exp.toml", tokens: int = 3000, gpu_sizes: str = "20, 40") -> Path:
     path = folder / name
-    path.write_text(EXPERIMENT.format(tokens=tokens, gpu_sizes=gpu_sizes))
+    path.write_text(experiment_text(tokens, gpu_sizes))
     return path
 
 
@@ -135,7 +117,7 @@ def test_refusals_leave_no_new_folder(tmp_path, capsys):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(bytes(range(256)) * 40)
     text_config = tmp_path / "text.toml"
-    text_config.write_text(EXPERIMENT.format(tokens=1, gpu_sizes="20").replace(
+    text_config.write_text(experiment_text(tokens=1, gpu_sizes="20").replace(
         'source = "zipf"', f'source = "text"\npaths = ["{binary}"]'))
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("[trace\n")

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import uvicorn
+from configs import gpu_dram_nvme, hierarchy_file
 from prometheus_client.parser import text_string_to_metric_families
 
 from engramtier.cache.hierarchy import load_hierarchy
@@ -37,24 +38,8 @@ from engramtier.trace.sources import sample_text_dir
 from engramtier.trace.tracefile import TraceReader, save_trace
 
 SHAPE = dict(d_model=32, n_layers=3, n_heads=2, engram_layers=(0, 2), table_size=101, hash_heads=2, row_dim=16)
-HIERARCHY = """
-mode = "inclusive"
-[[tier]]
-name = "gpu"
-capacity = 40
-policy = "lru"
-model = "hbm"
-[[tier]]
-name = "dram"
-capacity = 150
-policy = "s3fifo"
-model = "dram"
-[[tier]]
-name = "nvme"
-model = "nvme"
-[timing]
-window_per_token_s = 1e-6
-"""
+HIERARCHY = hierarchy_file(gpu_dram_nvme(40, 150, dram_policy="s3fifo"), mode="inclusive") + \
+    "[timing]\nwindow_per_token_s = 1e-6\n"
 PROMPTS = ["Python is", "The interpreter reads a line", "x", "An unusual prompt: (a, b) = 1, 2", "Tutorial", "if"]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from configs import gpu_over_nvme, hierarchy_file, zipf_trace
 from zipf import zipf_keys
 
 from engramtier.analysis.config import TimingConfig
@@ -100,11 +101,8 @@ def test_sweep_command_on_ray_writes_the_local_curves(tmp_path, ray_cluster, cap
     from engramtier.cli import main
 
     config = tmp_path / "x.toml"
-    config.write_text('[trace]\nsource = "zipf"\nzipf_alpha = 1.0\nvocab = 2000\ntokens = 3000\nseq_len = 100\n'
-                      'table_size = 1009\nlayers = [1]\nheads = 2\n'
-                      '[[tier]]\nname = "gpu"\ncapacity = 100\npolicy = "lru"\nmodel = "hbm"\n'
-                      '[[tier]]\nname = "nvme"\nmodel = "nvme"\n'
-                      '[timing]\nwindow_s = 1e-5\n[sweep]\npolicies = ["lru", "fifo"]\nsizes = [200, 1000]\n')
+    config.write_text(zipf_trace(zipf_alpha=1.0, vocab=2000, max_ngram=None) + hierarchy_file(gpu_over_nvme(100))
+                      + '[timing]\nwindow_s = 1e-5\n[sweep]\npolicies = ["lru", "fifo"]\nsizes = [200, 1000]\n')
     runs = [tmp_path / "local", tmp_path / "ray"]
     assert main(["sweep", str(config), "--out", str(runs[0]), "--quiet"]) == 0
     assert main(["sweep", str(config), "--executor", "ray", "--out", str(runs[1]), "--quiet"]) == 0

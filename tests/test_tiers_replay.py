@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from configs import gpu_dram_nvme, hierarchy_file
 
 from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.cli import main
@@ -20,22 +21,7 @@ from engramtier.trace.build import StepPlan
 from engramtier.trace.sources import sample_text_dir
 
 SHAPE = dict(d_model=32, n_layers=3, n_heads=2, engram_layers=(0, 2), table_size=101, hash_heads=2, row_dim=16)
-HIERARCHY = """
-mode = "{mode}"
-[[tier]]
-name = "gpu"
-capacity = 40
-policy = "lru"
-model = "hbm"
-[[tier]]
-name = "dram"
-capacity = "{dram_bytes}B"
-policy = "s3fifo"
-model = "dram"
-[[tier]]
-name = "nvme"
-model = "nvme"
-"""
+HIERARCHY = hierarchy_file(gpu_dram_nvme(40, "{dram_bytes}B", dram_policy="s3fifo"), mode="{mode}")
 
 
 @pytest.fixture(scope="module")

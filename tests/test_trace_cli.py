@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from configs import hierarchy, tier
 
 from engramtier.cli import main
 from engramtier.model.tokenizer import load_compressed_tokenizer
@@ -115,9 +116,8 @@ def test_streamed_commands_refuse_damaged_and_old_traces_in_one_line(tmp_path, c
     at = data.index(b'"row_bytes"') + 3
     (tmp_path / "flipped.trace").write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
     (tmp_path / "old.trace").write_bytes(data[:8] + struct.pack("<I", 1) + data[12:])
-    (tmp_path / "h.toml").write_text('[hierarchy]\n[[hierarchy.tier]]\nname = "dram"\ncapacity = 100\npolicy = "lru"\n'
-                                     'model = "dram"\n[[hierarchy.tier]]\nname = "nvme"\nmodel = "nvme"\n'
-                                     '[timing]\nwindow_s = 0.001\ncompute_s = 0.001\n')
+    (tmp_path / "h.toml").write_text(hierarchy([tier("dram", 100, "lru", "dram"), tier("nvme", model="nvme")])
+                                     + "[timing]\nwindow_s = 0.001\ncompute_s = 0.001\n")
     out = str(tmp_path / "run")
     one_error_line(capsys, ["mrc", str(tmp_path / "flipped.trace"), "--out", out, "--quiet"], "header is corrupt")
     one_error_line(capsys, ["mrc", str(tmp_path / "old.trace"), "--out", out, "--quiet", "--no-exact"], "version-1", "rebuild")
