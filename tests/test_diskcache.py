@@ -51,13 +51,13 @@ def _result(process):
 
 
 def test_one_process_compiles_what_others_load_and_policies_keep_their_own(tmp_path):
-    pair = [_result(p) for p in [_start("s3fifo", tmp_path), _start("s3fifo", tmp_path)]]  # at once
+    pair = [_result(p) for p in [_start("lru", tmp_path), _start("lru", tmp_path)]]  # at once
     # each loop compiled by one of them, the other waiting for that compile and loading it; the method's
     # operation loaded by both, as the first loop's compile saved it (`inlined`)
     assert [a + b for a, b in zip(pair[0]["compiled"], pair[1]["compiled"], strict=True)] == [1, 1, 0]
     assert [a + b for a, b in zip(pair[0]["loaded"], pair[1]["loaded"], strict=True)] == [1, 1, 2]
     assert pair[1]["hits"] == pair[0]["hits"] and pair[1]["served"] == pair[0]["served"]
-    other = _result(_start("sieve", tmp_path))  # the same closures over other operations: compiled, not s3fifo's
+    other = _result(_start("fifo", tmp_path))  # closures over FIFO's lookup: compiled anew
     assert other["compiled"] == [1, 1, 0] and other["loaded"] == [0, 0, 1] and other["hits"] != pair[0]["hits"]
 
 
