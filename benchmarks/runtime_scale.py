@@ -10,8 +10,11 @@ state   memory and time to open a `TieredTable` over a computed store (`engramti
 steps   the time from `prefetch` to `wait` of a step whose rows are all cached (in gpu (emulated) and
         dram tiers), by step size, side by side with the same number of rows gathered from a flat
         in-memory table through `FlatRowSource` (the flat model's own row source, torch's
-        `index_select`) and with numpy's `take`; medians over alternating repeats; and the step's rows
-        per second as a fraction of one thread's memcpy bandwidth. Both sides use the threads they use
+        `index_select`) and with numpy's `take`; and the step's rows per second as a fraction of one
+        thread's memcpy bandwidth. The sides alternate in rounds; in each round a side runs once
+        (``first_step``: its caches as the other sides left them, a 64k-row step's policy and slot
+        maps mostly evicted) and then ``repeats`` times, whose median is its time (its own working
+        set in the CPU caches, as between the forward passes of a GPU server); medians over rounds. Both sides use the threads they use
         by default (the runtime's largest steps share their copies among numba's threads, torch its
         gather among its own); the JSON says how many cores the machine has. Steps of distinct random rows are the worst case (every
         row is a lookup); ``text-prefill`` is a real prefill step: DeepSeek-V4.1-Flash's rows (its
@@ -93,21 +96,21 @@ def _bytes(size: str) -> int:
     return parse_size(size)
 
 
-def _median_us(fn, repeats: int) -> float:
+def _timed_us(fn, repeats: int) -> tuple[float, float]:
+    """(the first call's µs, the median µs of ``repeats`` calls after it)."""
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e6)
+    return times[0] * 1e6, float(np.median(times[1:]) * 1e6)
 
 
 def memcpy_bandwidth() -> float:
     """One thread's copy bandwidth (bytes copied per second) on a 256 MiB buffer."""
     src = np.ones(1 << 28, np.uint8)
     dst = np.empty_like(src)
-    np.copyto(dst, src)
-    return src.nbytes / (_median_us(lambda: np.copyto(dst, src), 5) / 1e6)
+    return src.nbytes / (_timed_us(lambda: np.copyto(dst, src), 5)[1] / 1e6)
 
 
 def text_prefill_rows(tokens: int = 1365) -> np.ndarray:
@@ -139,18 +142,23 @@ def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
             table.prefetch(cached).wait()
         assert table.stats()["tiers"][0]["hit_rate"] > 0
         repeats = max(5, min(200, (1 << 16) // n))
-        tiered_us, flat_us, take_us = [], [], []
+        times = {"tiered": [], "flat": [], "take": []}
         slab = flat.rows.numpy()
         for _ in range(rounds):  # alternated, so both see the same machine
-            tiered_us.append(_median_us(lambda cached=cached: table.prefetch(cached).wait(), repeats))
-            flat_us.append(_median_us(lambda flat_ids=flat_ids: flat.prefetch(flat_ids).wait(), repeats))
-            take_us.append(_median_us(lambda flat_ids=flat_ids, slab=slab: np.take(slab, flat_ids.numpy(), axis=0), repeats))
-        t, f, k = float(np.median(tiered_us)), float(np.median(flat_us)), float(np.median(take_us))
+            times["tiered"].append(_timed_us(lambda cached=cached: table.prefetch(cached).wait(), repeats))
+            times["flat"].append(_timed_us(lambda flat_ids=flat_ids: flat.prefetch(flat_ids).wait(), repeats))
+            times["take"].append(_timed_us(lambda flat_ids=flat_ids, slab=slab: np.take(slab, flat_ids.numpy(), axis=0),
+                                           repeats))
+        first = {side: float(np.median([f for f, _ in runs])) for side, runs in times.items()}
+        t, f, k = (float(np.median([m for _, m in times[side]])) for side in ("tiered", "flat", "take"))
         out.append({"case": case, "rows": n, "unique_rows": int(np.unique(ids).size), "tiered_us": round(t, 2),
                     "flat_index_select_us": round(f, 2),
                     "numpy_take_us": round(k, 2), "tiered_vs_flat": round(t / f, 2),
                     "tiered_GBps": round(n * ROW_BYTES / t / 1e3, 3),
-                    "of_memcpy": round(n * ROW_BYTES / (t / 1e6) / bandwidth, 3)})
+                    "of_memcpy": round(n * ROW_BYTES / (t / 1e6) / bandwidth, 3),
+                    "first_step": {"tiered_us": round(first["tiered"], 2), "flat_index_select_us": round(first["flat"], 2),
+                                   "numpy_take_us": round(first["take"], 2),
+                                   "of_memcpy": round(n * ROW_BYTES / (first["tiered"] / 1e6) / bandwidth, 3)}})
     served = table.stats()["tiers"]
     table.close()
     return {"table_rows": n_rows, "row_bytes": ROW_BYTES, "memcpy_GBps": round(bandwidth / 1e9, 2),

@@ -13,6 +13,7 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.simulator import simulate
 from engramtier.cache.timing import TierModel
 from engramtier.errors import EngramTierError
+from engramtier.tiers import step
 from engramtier.tiers.lmdb_table import RandomRows, build_lmdb_table
 from engramtier.tiers.open import open_table
 from engramtier.trace.rowtrace import RowTrace
@@ -99,7 +100,12 @@ def test_dropping_saves_stall_without_changing_decisions(overlap):
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
-def test_runtime_zeroes_exactly_the_simulators_dropped_rows(table_dir, mode):
+@pytest.mark.parametrize("shared", [False, True])
+def test_runtime_zeroes_exactly_the_simulators_dropped_rows(table_dir, monkeypatch, mode, shared):
+    """``shared``: every step copies its slab rows on a helper thread while it decides (as large steps
+    do, the threshold lowered to one row), and the late rows are zeroed after."""
+    if shared:
+        monkeypatch.setattr(step, "PARALLEL_MIN_ROWS", 1)
     path, flat = table_dir
     steps = zipf_steps(60, seed=3)
     spec = hierarchy(mode, on_late="drop")

@@ -3,6 +3,7 @@ their policies, one step per forward pass, preloaded hot sets, and its refusals.
 
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import PolicyContext
 from engramtier.cache.simulator import simulate
 from engramtier.errors import EngramTierError
+from engramtier.tiers import step
 from engramtier.tiers.computed import ComputedStore, expected_rows
 from engramtier.tiers.cxl import CxlTier
 from engramtier.tiers.dram import DramTier
@@ -86,6 +88,41 @@ def test_hit_counts_equal_the_simulator(table_dir, mode, top, middle):
         assert_slabs_mirror_policies(table, flat)
         runtime = assert_runtime_is_simulated(table, hierarchy(mode, top, middle))
     assert runtime["tiers"][0]["hits"] > 0 and runtime["tiers"][1]["hits"] > 0 and runtime["tiers"][1]["evicted"] > 0
+
+
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+@pytest.mark.parametrize("middle", ["dram", "cxl"])  # a cxl slab is read through `read`: its rows are staged
+def test_steps_that_copy_while_they_decide_serve_the_same(table_dir, monkeypatch, mode, middle):
+    """A large step finds its sources and copies its slab rows on a helper thread while the engine
+    decides (`StepPipeline.decide`); here every step does (the threshold lowered to one row), with rows
+    from both tiers, the store and, under cxl, staging: the flat table's bytes and the simulator's hits."""
+    assert numba.get_num_threads() > 1, "the helper thread is used only where numba has two threads"
+    monkeypatch.setattr(step, "PARALLEL_MIN_ROWS", 1)
+    path, flat = table_dir
+    spec = hierarchy(mode, "clock", "lru")
+    spec["tier"][1]["storage"] = middle
+    with open_table(spec, path, device="cpu", record_trace=True) as table:
+        for ids in zipf_steps(60, seed=4):
+            np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            assert ids.size == 0 or table._pipeline._sources is not None  # the helper found this step's sources
+        table.finish()
+        assert_slabs_mirror_policies(table, flat)
+        runtime = assert_runtime_is_simulated(table, spec)
+    assert all(t["hits"] > 0 for t in runtime["tiers"]) and runtime["tiers"][0]["evicted"] > 0
+
+
+def test_a_step_above_the_threshold_copies_while_it_decides(table_dir):
+    """The same at the real threshold: steps of 40,000 requests over the small table."""
+    path, flat = table_dir
+    rng = np.random.default_rng(2)
+    spec = hierarchy("exclusive", "lru", "s3fifo")
+    with open_table(spec, path, device="cpu", record_trace=True) as table:
+        for _ in range(3):
+            ids = zipf_keys(40_000, N_ROWS, 0.6, rng)
+            np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+            assert table._pipeline._sources is not None
+        table.finish()
+        assert_runtime_is_simulated(table, spec)
 
 
 ONLINE = ["lru", "fifo", "clock", "sieve", "lfu", "arc", "twoq", "s3fifo", "wtinylfu", "slru", "random", "lruprob", "hyperbolic",

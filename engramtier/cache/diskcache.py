@@ -62,12 +62,18 @@ def _identity(value: Any) -> bytes:
 
 
 class ClosureCache(FunctionCache):
-    """numba's on-disk cache for one closure over numba functions (see the module docstring)."""
+    """numba's on-disk cache for one closure over numba functions (see the module docstring).
+    ``options``: the numba options the code was compiled with, part of the key (see `kernel`)."""
 
     _compiling: Any = None  # the compile lock this process holds from a miss until the save
 
+    def __init__(self, py_func: Any, options: str = "") -> None:
+        super().__init__(py_func)
+        self.options = options
+
     def _index_key(self, sig: Any, codegen: Any) -> tuple:
         digest = hashlib.sha256(self._py_func.__code__.co_code)
+        digest.update(self.options.encode())
         for cell in self._py_func.__closure__ or ():
             digest.update(_identity(cell.cell_contents))
         digest.update(_source_hash(PACKAGE).encode())
@@ -128,11 +134,24 @@ def _wait_for(lock: Any, seconds: float) -> None:
             time.sleep(0.05)
 
 
-def cached(dispatcher: Any) -> Any:
+def cached(dispatcher: Any, options: str = "") -> Any:
     """``dispatcher`` (a fresh `numba.njit` of a closure) loading and saving its compiled code on disk
     under `ClosureCache`'s key; returns it."""
-    dispatcher._cache = ClosureCache(dispatcher.py_func)
+    dispatcher._cache = ClosureCache(dispatcher.py_func, options)
     return dispatcher
+
+
+def kernel(**options: Any) -> Any:
+    """A decorator: the function as ``njit(nogil=True, **options)``, kept on disk under `ClosureCache`'s
+    key with ``options`` in it. For the runtime's kernels, in place of numba's ``cache=True``, which
+    (a) checks only the kernel's own file, while the key map's probes and the row copies are inlined
+    into it from others, and (b) leaves compile options out of its key, so a serial and a
+    ``parallel=True`` build of one function would load each other's code."""
+
+    def build(function: Any) -> Any:
+        return cached(njit(nogil=True, **options)(function), repr(sorted(options.items())))
+
+    return build
 
 
 def inlined(function: Any) -> Any:

@@ -14,6 +14,15 @@ from numba.extending import intrinsic
 PREFETCH_AHEAD = 8  # how many requests ahead compiled loops prefetch
 
 
+def _hint(builder, pointer):
+    """Emit LLVM's prefetch of ``pointer``: a read, kept in all cache levels, of data."""
+    i8_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8_pointer, i32, i32, i32]),
+                                          "llvm.prefetch.p0i8")
+    builder.call(hint, [builder.bitcast(pointer, i8_pointer), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                        ir.Constant(i32, 1)])
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Start loading ``array[index]`` (a 1-D array) into the cache."""
@@ -21,15 +30,20 @@ def prefetch(typingctx, array, index):
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
         view = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False,
-                                           boundscheck=False)
-        i8_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8_pointer, i32, i32, i32]),
-                                              "llvm.prefetch.p0i8")
-        # read, keep in all cache levels, data cache
-        builder.call(hint, [builder.bitcast(pointer, i8_pointer), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                            ir.Constant(i32, 1)])
+        _hint(builder, cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False,
+                                                boundscheck=False))
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
+
+
+@intrinsic
+def prefetch_address(typingctx, address):
+    """Start loading the cache line at memory ``address`` (an integer, e.g. an array's ``ctypes.data``
+    plus an offset)."""
+
+    def codegen(context, builder, signature, args):
+        _hint(builder, builder.inttoptr(args[0], ir.IntType(8).as_pointer()))
+        return context.get_dummy_value()
+
+    return types.void(types.intp), codegen

@@ -18,15 +18,17 @@ from abc import abstractmethod
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from engramtier.cache import keymap
+from engramtier.cache.diskcache import kernel
 from engramtier.errors import EngramTierError
 from engramtier.memory import available_host_bytes
 from engramtier.tiers.base import Tier, check_fits
+from engramtier.tiers.rowcopy import copy_elements
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def find_slots(index, id_of, ids, out):
     """``out[i]`` = the slot holding row ``ids[i]``, or -1; returns how many are held."""
     held = 0
@@ -37,7 +39,7 @@ def find_slots(index, id_of, ids, out):
     return held
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def remap(index, id_of, leaving, slots, ids):
     """Apply planned slot changes to the map: the ``leaving`` rows (all held) give up their slots, then
     row ``ids[i]`` takes slot ``slots[i]``. A row moving between slots is in both."""
@@ -51,24 +53,21 @@ def remap(index, id_of, leaving, slots, ids):
 
 
 def _copy_rows(src, src_index, dst, dst_index):
-    """``dst[dst_index[i]] = src[src_index[i]]``, a loop over a row's words (see `words`).
-
-    A slice assignment per row would build two array views per row and run several times slower.
-    An empty index array means "row i" (identity), so gather and scatter share this one loop.
-    """
+    """``dst[dst_index[i]] = src[src_index[i]]`` for C-contiguous uint8 rows, a memcpy per row
+    (`engramtier.tiers.rowcopy`). An empty index array means "row i" (identity), so gather and
+    scatter share this one loop."""
     width = src.shape[1]
     n = src_index.size if src_index.size else dst_index.size
     for i in prange(n):
         s = src_index[i] if src_index.size else i
         d = dst_index[i] if dst_index.size else i
-        for j in range(width):
-            dst[d, j] = src[s, j]
+        copy_elements(dst, d * width, src, s * width, width)
 
 
 # One source, two builds: the serial one wins on small batches (a parallel launch costs tens of
 # microseconds, far more on a busy machine), the parallel one on large batches with idle cores.
-_copy_rows_serial = njit(nogil=True, cache=True)(_copy_rows)
-_copy_rows_parallel = njit(nogil=True, parallel=True, cache=True)(_copy_rows)
+_copy_rows_serial = kernel()(_copy_rows)
+_copy_rows_parallel = kernel(parallel=True)(_copy_rows)
 _NO_INDEX = np.empty(0, np.int64)
 
 
@@ -79,13 +78,6 @@ def host_slab(rows: int, row_bytes: int) -> np.ndarray:
     return np.empty((rows, row_bytes), np.uint8)
 
 
-def words(rows: np.ndarray) -> np.ndarray:
-    """C-contiguous uint8 rows ``[n, row_bytes]`` viewed as the widest unsigned words that divide a row
-    (264-byte fp8 rows are 33 uint64): a row copy then moves a few words, not hundreds of bytes."""
-    width = next(w for w in (8, 4, 2, 1) if rows.shape[1] % w == 0)
-    return rows.view(np.dtype(f"u{width}"))
-
-
 def copy_rows(src: np.ndarray, src_index: np.ndarray | None, dst: np.ndarray, dst_index: np.ndarray | None,
               parallel_min_rows: int) -> None:
     """Copy rows between host arrays; identity where an index is None; threads from ``parallel_min_rows`` rows."""
@@ -93,7 +85,7 @@ def copy_rows(src: np.ndarray, src_index: np.ndarray | None, dst: np.ndarray, ds
     dst_index = _NO_INDEX if dst_index is None else dst_index
     n = max(src_index.size, dst_index.size)
     kernel = _copy_rows_parallel if n >= parallel_min_rows else _copy_rows_serial
-    kernel(words(src), src_index, words(dst), dst_index)
+    kernel(src, src_index, dst, dst_index)
 
 
 class SlabTier(Tier):

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache import keymap
+from engramtier.cache.diskcache import kernel
 from engramtier.errors import EngramTierError
 from engramtier.tiers.slab import SlabTier
 
@@ -52,7 +53,7 @@ def _vacate(index, id_of, row, mark, step, touched, before, n):
     return s, n
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def plan_slots(events, hit, victim, exclusive_lower, index, id_of, free, n_free, mark, step, touched, before,
                after, arrive_slots, arrive_rows, leaving, counts):
     """Replay one cache tier's events of a step (an `Engine` stream) on its slot map (``index`` over

@@ -40,28 +40,33 @@ stream has finished the work it queued on the previous step's rows (`release`).
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
+import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 
 from engramtier.cache import keymap
 from engramtier.cache.deadline import late_keys, late_rows
+from engramtier.cache.diskcache import kernel
 from engramtier.cache.engine import Engine
 from engramtier.cache.hierarchy import Hierarchy
 from engramtier.cache.policy import hits_never_evict
-from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch
+from engramtier.cache.prefetch import PREFETCH_AHEAD, prefetch_address
 from engramtier.errors import EngramTierError
 from engramtier.tiers.base import Tier
-from engramtier.tiers.slab import SlabTier, words
+from engramtier.tiers.rowcopy import copy_elements, copy_from_address
+from engramtier.tiers.slab import SlabTier
 from engramtier.tiers.slots import SlotPlan
 from engramtier.tiers.staging import Staging
 
 PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all numba threads
+SHARED_CHUNKS = 64  # a large step's copies, shared by two threads, are claimed in this many chunks
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def first_outside(ids, n_rows):
     """The index of the first of ``ids`` outside ``[0, n_rows)``, or -1."""
     for i in range(ids.size):
@@ -70,14 +75,14 @@ def first_outside(ids, n_rows):
     return -1
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def clear(index, entries, m):
     """Empty a step map whose ``m`` filled entries ``entries`` lists."""
     for p in range(m):
         index[entries[p]] = -1
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def dedup(ids, t0, index, needed, ts, inv, entries, stale):
     """The unique rows of ``ids`` in first-occurrence order into ``needed``, each with the trace
     position (``t0`` + index) of its last request into ``ts``; ``inv[i]`` = the unique row of
@@ -103,7 +108,7 @@ def dedup(ids, t0, index, needed, ts, inv, entries, stale):
     return u
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def add_rows(rows, index, needed, m, entries):
     """Append to the ``m`` needed rows those of ``rows`` not among them yet; returns the new count."""
     for i in range(rows.size):
@@ -116,34 +121,38 @@ def add_rows(rows, index, needed, m, entries):
     return m
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def mark_rows(index, needed, rows, flags):
     """``flags[p] = True`` for the needed index ``p`` of each of ``rows`` (all needed)."""
     for i in range(rows.size):
         flags[index[keymap.entry(index, needed, rows[i])]] = True
 
 
-def _find_sources(needed, m, tier_indexes, tier_id_ofs, store, src, slot):
-    """Each needed row's source: the fastest cache tier whose slot map (``tier_indexes[t]`` over
-    ``tier_id_ofs[t]``) holds it now, ``slot[j]`` its slot there; else the ``store``. Rows are
-    independent, so large steps share them among threads."""
-    for j in prange(m):
+def _find_sources(needed, lo, m, tier_indexes, tier_id_ofs, store, bases, row_bytes, src, slot, address):
+    """Each needed row's (``lo:m``) source: the fastest cache tier whose slot map (``tier_indexes[t]`` over
+    ``tier_id_ofs[t]``) holds it now, ``slot[j]`` its slot there; else the ``store``. ``address[j]``:
+    where the row lies in memory when its source is direct (``bases[t]``, the slab's address, is not
+    0), else 0. Rows are independent, so large steps share them among threads."""
+    for j in prange(lo, m):
         if j + PREFETCH_AHEAD < m:  # the fastest tier holds most rows: only its entries are worth prefetching
             keymap.prefetch_home(tier_indexes[0], needed[j + PREFETCH_AHEAD])
         src[j] = store
+        address[j] = 0
         for t in range(len(tier_indexes)):
             s = keymap.find(tier_indexes[t], tier_id_ofs[t], needed[j])
             if s >= 0:
                 src[j] = t
                 slot[j] = s
+                if bases[t]:
+                    address[j] = bases[t] + s * row_bytes
                 break
 
 
-find_sources_serial = njit(nogil=True, cache=True)(_find_sources)
-find_sources_parallel = njit(nogil=True, cache=True, parallel=True)(_find_sources)
+find_sources_serial = kernel()(_find_sources)
+find_sources_parallel = kernel(parallel=True)(_find_sources)
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def layout(index, needed, m, arrivals, direct, src, stage_pos, order, bounds, reads):
     """The step's staging layout, and ``reads[g]``: the rows read from each source.
 
@@ -183,54 +192,80 @@ def layout(index, needed, m, arrivals, direct, src, stage_pos, order, bounds, re
     bounds[0] = 0
 
 
-@njit(nogil=True, cache=True)
-def gather_direct(slabs, width, src, slot, order, lo, hi, staging):
-    """Staging rows ``lo:hi`` (rows of direct sources that arrive somewhere) out of their slabs. Rows
-    are ``width`` words (`engramtier.tiers.slab.words`) of flat arrays."""
+@kernel()
+def gather_direct(address, order, lo, hi, row_bytes, staging):
+    """Staging rows ``lo:hi`` (rows of direct sources that arrive somewhere) out of their slabs."""
     for p in range(lo, hi):
-        j = order[p]
-        slab, s = slabs[src[j]], slot[j] * width
-        for w in range(width):
-            staging[p * width + w] = slab[s + w]
+        copy_from_address(staging, p * row_bytes, address[order[p]], row_bytes)
 
 
-def _deliver(inv, n, stage_pos, staging, src, slot, slabs, width, late, out):
-    """``out[i]`` = request ``i``'s row: from staging, or straight out of its source's slab, which is
-    prefetched a few rows ahead (slab rows are scattered); a late row (``late`` non-empty and set) is
-    zeros. Rows are ``width`` words (`engramtier.tiers.slab.words`) of flat arrays."""
+def _deliver(inv, n, address, stage_pos, staging, row_bytes, late, rest, out):
+    """``out`` (flat bytes) row ``i`` = request ``i``'s row: straight out of its slab when its source is
+    direct (``address``), prefetched a few rows ahead (slab rows are scattered), else from staging; a
+    late row (``late`` non-empty and set) is zeros. A row of a direct source that arrives in some tier
+    is staged too, but its slab still holds it until the step's apply. ``rest``: only the rows not
+    read from slabs (`deliver_shared` has copied those)."""
     for i in prange(n):
-        if i + PREFETCH_AHEAD < n:
-            ahead = inv[i + PREFETCH_AHEAD]
-            if stage_pos[ahead] < 0:
-                prefetch(slabs[src[ahead]], slot[ahead] * width)
+        if not rest and i + PREFETCH_AHEAD < n:
+            ahead = address[inv[i + PREFETCH_AHEAD]]
+            if ahead:
+                prefetch_address(ahead)
         j = inv[i]
-        d = i * width
+        d = i * row_bytes
         if late.size and late[j]:
-            for w in range(width):
-                out[d + w] = 0
-        elif stage_pos[j] >= 0:
-            p = stage_pos[j] * width
-            for w in range(width):
-                out[d + w] = staging[p + w]
+            for b in range(row_bytes):  # a slice assignment here would keep numba from sharing the loop
+                out[d + b] = 0
+        elif address[j]:
+            if not rest:
+                copy_from_address(out, d, address[j], row_bytes)
         else:
-            slab, s = slabs[src[j]], slot[j] * width
-            for w in range(width):
-                out[d + w] = slab[s + w]
+            copy_elements(out, d, staging, stage_pos[j] * row_bytes, row_bytes)
 
 
 # One source, two builds: threads pay off only for large steps (a parallel launch costs tens of µs).
-deliver_serial = njit(nogil=True, cache=True)(_deliver)
-deliver_parallel = njit(nogil=True, cache=True, parallel=True)(_deliver)
+deliver_serial = kernel()(_deliver)
+deliver_parallel = kernel(parallel=True)(_deliver)
 
 
-@njit(nogil=True, cache=True)
+@kernel()
+def deliver_shared(address, n, row_bytes, claimed, from_end, out):
+    """``out`` (flat bytes) row ``i`` = the row at ``address[i]`` where that is not 0 (request ``i``'s
+    row read from a slab), chunk by chunk (``claimed.size`` chunks), while another thread runs the same
+    from the other end (``from_end``). Each claims a chunk before copying it and stops at the first
+    chunk the other claimed, so they meet wherever the other's work ends; both may claim one chunk at
+    the same moment and copy it twice, the same bytes, which is harmless. Every chunk is copied by a
+    thread that claimed it, so once both have returned the rows are all there."""
+    k = claimed.size
+    for c in range(k):
+        chunk = k - 1 - c if from_end else c
+        if claimed[chunk]:
+            return
+        claimed[chunk] = 1
+        hi = (chunk + 1) * n // k
+        for i in range(chunk * n // k, hi):
+            if i + PREFETCH_AHEAD < hi and address[i + PREFETCH_AHEAD]:
+                prefetch_address(address[i + PREFETCH_AHEAD])
+            if address[i]:
+                copy_from_address(out, i * row_bytes, address[i], row_bytes)
+
+
+@kernel()
+def unique_sources(inv, n, request_src, request_slot, request_address, src, slot, address):
+    """The sources found per request (`deliver_shared`'s), per unique row: ``src[inv[i]] = request_src[i]``
+    and so on (a row's requests all found the same)."""
+    for i in range(n):
+        j = inv[i]
+        src[j], slot[j], address[j] = request_src[i], request_slot[i], request_address[i]
+
+
+@kernel()
 def staging_rows(index, needed, rows, stage_pos, out):
     """``out[i]`` = the staging row of needed row ``rows[i]``."""
     for i in range(rows.size):
         out[i] = stage_pos[index[keymap.entry(index, needed, rows[i])]]
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def request_rows(inv, n, stage_pos, out):
     """``out[i]`` = the staging row of request ``i``'s row (the device gather's index)."""
     for i in range(n):
@@ -265,11 +300,10 @@ class StepPipeline:
         # On a CPU, a tier whose slab is host memory copied by plain loads is read in place (see module doc).
         host = device.type != "cuda"
         views = [tier.direct_rows() if host else None for tier in self.caches]
-        empty = np.empty((0, self.row_bytes), np.uint8)
-        self.slabs = tuple(words(v if v is not None else empty).reshape(-1) for v in views) or (words(empty).reshape(-1),)
-        self.word, self.width = words(empty).dtype, words(empty).shape[1]  # rows are `width` words
-        self._staging_words = (None, None)  # (the host staging array, its flat word view)
+        self._views = views  # what the addresses below point into (the tiers' slabs: they never move)
+        self._bases = np.array([v.ctypes.data if v is not None else 0 for v in views] + [0], np.int64)
         self.direct = np.array([v is not None for v in views] + [False], np.bool_)  # the store is read through read()
+        self._staged_sources = np.flatnonzero(~self.direct)
         self._direct_tiers = [v is not None for v in views]
         self.store_source = len(self.caches)
         nobody = (keymap.hashed_index(1), np.full(1, -1, np.int64))  # stands in for the tiers of a cacheless table
@@ -295,6 +329,11 @@ class StepPipeline:
         self.speculative = False
         self.late_rows: np.ndarray | None = None
         self.late_keys = np.empty(0, np.int64)
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="step-copy")  # shares a large step's copies
+        self._claimed = np.zeros(SHARED_CHUNKS, np.int64)
+        self._sources: Future | None = None  # the helper's finding of a step's sources
+        self._delivery: Future | None = None  # then its copying
+        self._delivered: np.ndarray | None = None  # what it copies into: the step's rows, flat
 
     def _count_device_tiers(self) -> int:
         """How many leading cache tiers read straight into device memory (a real gpu tier, uva dram
@@ -312,11 +351,12 @@ class StepPipeline:
         grow, so steps of one shape allocate nothing."""
         if n > self._requests_cap:
             self._requests_cap = max(n, 2 * self._requests_cap)
-            self._inv, self._select = (np.empty(self._requests_cap, np.int64) for _ in range(2))
+            self._inv, self._select, self._request_src, self._request_slot, self._request_address = (
+                np.empty(self._requests_cap, np.int64) for _ in range(5))
         if m > self._needed_cap:
             self._needed_cap = cap = max(m, 2 * self._needed_cap)
             self._needed, self._entries, self._ts, self._src, self._slot, self._stage_pos, self._order, \
-                self._positions = (np.empty(cap, np.int64) for _ in range(8))
+                self._positions, self._address = (np.empty(cap, np.int64) for _ in range(9))
             self._late = np.zeros(cap, np.bool_)
             self._map = keymap.hashed_index(cap)
             self.m = 0  # a fresh map: no entries of the last step to clear
@@ -332,14 +372,42 @@ class StepPipeline:
 
     def decide(self, ids: np.ndarray, speculative: bool) -> list[int]:
         """Decide a step of row ids (int64, any order, `check`ed); returns the rows each tier served
-        (the store last)."""
+        (the store last).
+
+        A large step delivered on the host overlaps its copies with the decisions. Its rows' sources
+        are where they were at the last step's end, so a helper thread finds each request's source
+        while this one dedups the step and runs the engine, then copies the rows that come straight out
+        of slabs while this one makes the slot plans (which wait for the sources: they edit the slot
+        maps, and put them back) and the staging layout, and then joins the copying from the other end
+        (`deliver_shared`). The rows that must be staged, and late rows, follow in `move`."""
         n = ids.size
         self._reserve(n, max(1, self._needed_per_request * n))
-        needed, entries = self._needed, self._entries
-        u = int(dedup(ids, self._requests, self._map, needed, self._ts, self._inv, entries, self.m))
-        self._requests += n
-        self._step_starts[1] = u
+        self._sources = self._delivery = None
+        if not speculative and self.fetch_stream is None and n >= PARALLEL_MIN_ROWS and numba.get_num_threads() > 1:
+            self._start_delivery(ids)
+        try:
+            u = int(dedup(ids, self._requests, self._map, self._needed, self._ts, self._inv, self._entries, self.m))
+            self._requests += n
+            self._step_starts[1] = u
+            served_rows, m = self._plan(n, u, speculative)
+        finally:
+            if self._delivery is not None:
+                self._join_delivery()
+        self.n, self.u, self.m, self.speculative = n, u, m, speculative
+        return served_rows
+
+    def _plan(self, n: int, u: int, speculative: bool) -> tuple[list[int], int]:
+        """The engine's decisions on the step's ``u`` unique rows (of ``n`` requests), each cache tier's
+        slot plan, the needed rows' sources (those of the first ``u`` may be the helper's, see `decide`),
+        and the staging layout; returns (rows each tier served, needed rows)."""
+        needed = self._needed
         served = self.engine.feed(needed[:u], self._ts[:u], self._step_starts, checked=True)  # ids passed `check`
+        found = 0
+        if self._sources is not None:
+            self._sources.result()
+            unique_sources(self._inv, n, self._request_src, self._request_slot, self._request_address, self._src,
+                           self._slot, self._address)
+            found = u
         self.late_rows = None
         if self.deadline is not None and not speculative:
             dropped = late_rows(self.hierarchy, served, self.row_bytes, *self.deadline)[:, 0]
@@ -357,13 +425,39 @@ class StepPipeline:
             elif plan.plan(stream, step, name):
                 arrivals = tuple(p.arrive_rows for p in self.plans)
                 if plan.arrive_rows.size:  # rows demoted into a tier from outside the step are needed too
-                    m = int(add_rows(plan.arrive_rows, self._map, needed, m, entries))
-        find = find_sources_parallel if m >= PARALLEL_MIN_ROWS else find_sources_serial
-        find(needed, m, self._tier_indexes, self._tier_id_ofs, self.store_source, self._src, self._slot)
+                    m = int(add_rows(plan.arrive_rows, self._map, needed, m, self._entries))
+        self._find_sources(found, m)
         layout(self._map, needed, m, arrivals, self.direct, self._src, self._stage_pos, self._order, self._bounds,
                self._reads)
-        self.n, self.u, self.m, self.speculative = n, u, m, speculative
-        return served_rows
+        return served_rows, m
+
+    def _find_sources(self, lo: int, m: int) -> None:
+        """Sources of needed rows ``lo:m``."""
+        find = find_sources_parallel if m - lo >= PARALLEL_MIN_ROWS and self._delivery is None else find_sources_serial
+        find(self._needed, lo, m, self._tier_indexes, self._tier_id_ofs, self.store_source, self._bases, self.row_bytes,
+             self._src, self._slot, self._address)
+
+    def _start_delivery(self, ids: np.ndarray) -> None:
+        """On the helper thread: find each request's source, then copy the rows read from slabs (see
+        `decide`)."""
+        self._delivered = np.empty(ids.size * self.row_bytes, np.uint8)
+        self._claimed[:] = 0
+        self._sources = self._helper.submit(
+            find_sources_serial, ids, 0, ids.size, self._tier_indexes, self._tier_id_ofs, self.store_source, self._bases,
+            self.row_bytes, self._request_src, self._request_slot, self._request_address)
+        self._delivery = self._helper.submit(self._deliver_shared, False)
+
+    def _deliver_shared(self, from_end: bool) -> None:
+        if self._sources.exception() is None:  # no rows to copy where their sources were not found
+            deliver_shared(self._request_address, self._delivered.size // self.row_bytes, self.row_bytes, self._claimed,
+                           from_end, self._delivered)
+
+    def _join_delivery(self) -> None:
+        """Copy rows from the other end until meeting the helper thread, then wait for it."""
+        try:
+            self._deliver_shared(True)
+        finally:
+            self._delivery.result()
 
     @property
     def reads_store(self) -> bool:
@@ -427,17 +521,10 @@ class StepPipeline:
             self.store.read(self._needed[order[lo:hi]], staging[lo:hi])
         lo, hi = bounds[store + 1], bounds[store + 2]
         if hi > lo:
-            gather_direct(self.slabs, self.width, self._src, slot, order, lo, hi, self._flat_staging())
+            gather_direct(self._address, order, lo, hi, self.row_bytes, self.staging.host_rows)
         if self.fetch_stream is not None and on_device < total:
             self.staging.upload(on_device, total)
         return staging, on_device
-
-    def _flat_staging(self) -> np.ndarray:
-        """The whole host staging buffer as one flat array of words (made again only when it grows)."""
-        array = self.staging.host_rows
-        if self._staging_words[0] is not array:
-            self._staging_words = (array, words(array).reshape(-1))
-        return self._staging_words[1]
 
     def _late_flags(self) -> np.ndarray:
         """Per needed row, whether a tier drops it."""
@@ -452,11 +539,15 @@ class StepPipeline:
         n = self.n
         late = self._late[:0] if self.late_rows is None else self._late_flags()
         if self.fetch_stream is None:
-            out = np.empty(n * self.width, self.word)
-            kernel = deliver_parallel if n >= PARALLEL_MIN_ROWS else deliver_serial
-            kernel(self._inv, n, self._stage_pos, self._flat_staging(), self._src, self._slot, self.slabs, self.width,
-                   late, out)
-            return torch.from_numpy(out.view(np.uint8).reshape(n, self.row_bytes))
+            out, rest = self._delivered, True  # the rows read from slabs are there already (see `decide`)
+            if out is None:
+                out, rest = np.empty(n * self.row_bytes, np.uint8), False
+            self._delivered = None
+            if not rest or late.size or self._reads[self._staged_sources].any():
+                kernel = deliver_parallel if n >= PARALLEL_MIN_ROWS else deliver_serial
+                kernel(self._inv, n, self._address, self._stage_pos, self.staging.host_rows, self.row_bytes, late, rest,
+                       out)
+            return torch.from_numpy(out.reshape(n, self.row_bytes))
         select = self._select[:n]
         request_rows(self._inv, n, self._stage_pos, select)
         with torch.cuda.stream(self.fetch_stream):
@@ -474,6 +565,10 @@ class StepPipeline:
                 zero = late[self._inv[:n]]
                 rows[torch.from_numpy(zero).to(self.device)] = 0
             return rows
+
+    def close(self) -> None:
+        """Stop the helper thread."""
+        self._helper.shutdown(wait=True)
 
     def release(self, event: Any) -> None:
         """``event``, recorded on the consumer's stream, follows all its work on the rows delivered so

@@ -372,6 +372,7 @@ class TieredTable:
             return
         self._closed = True
         self._worker.shutdown(wait=True)
+        self._pipeline.close()
         for tier in [*self.caches, self.store]:
             tier.close()
 
