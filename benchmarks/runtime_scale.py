@@ -13,8 +13,9 @@ steps   the time from `prefetch` to `wait` of a step whose rows are all cached (
         `index_select`) and with numpy's `take`; and the step's rows per second as a fraction of one
         thread's memcpy bandwidth. The sides alternate in rounds; in each round a side runs once
         (``first_step``: its caches as the other sides left them, a 64k-row step's policy and slot
-        maps mostly evicted) and then ``repeats`` times, whose median is its time (its own working
-        set in the CPU caches, as between the forward passes of a GPU server); medians over rounds. Both sides use the threads they use
+        maps mostly evicted) and then at least `STEADY_REPEATS` times, whose median is its time (its
+        own working set in the CPU caches, as between the forward passes of a GPU server, where the
+        CPU runs little else); medians over rounds. Both sides use the threads they use
         by default (the runtime's largest steps share their copies among numba's threads, torch its
         gather among its own); the JSON says how many cores the machine has. Steps of distinct random rows are the worst case (every
         row is a lookup); ``text-prefill`` is a real prefill step: DeepSeek-V4.1-Flash's rows (its
@@ -45,6 +46,11 @@ from engramtier.tiers.open import tiered_table
 from engramtier.tiers.pages import PAGE_KEY, rows_offset
 
 ROW_BYTES = 264  # DeepSeek-V4.1-Flash's fp8 rows
+# Steps of a side per round after its first: on the 2-core VM a 64k-row step whose maps and rows another
+# side has pushed out of the CPU caches takes ~10 steps to come back to its steady time (4.5 -> 2.2 ms;
+# the same after a 256 MiB memcpy or 20 ms asleep, not after 20 ms of arithmetic), so fewer would time
+# the way back rather than the step.
+STEADY_REPEATS = 20
 V41_ROWS = 768_022_850
 
 
@@ -141,7 +147,7 @@ def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
         for _ in range(3):  # into the caches (and the slabs' pages), and every kernel warm
             table.prefetch(cached).wait()
         assert table.stats()["tiers"][0]["hit_rate"] > 0
-        repeats = max(5, min(200, (1 << 16) // n))
+        repeats = max(STEADY_REPEATS, min(200, (1 << 16) // n))
         times = {"tiered": [], "flat": [], "take": []}
         slab = flat.rows.numpy()
         for _ in range(rounds):  # alternated, so both see the same machine
