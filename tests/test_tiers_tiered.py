@@ -409,6 +409,22 @@ def test_warm_start_hits_equal_the_simulator_and_serves_the_table_bytes(table_di
 
 
 @pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
+def test_a_warm_start_that_leaves_room_admits_into_the_free_slots(table_dir, mode):
+    """Warm rows fill only part of each tier: the rows admitted later take the free slots, not the warm
+    rows' (the slot plans are made after the warm rows are copied in)."""
+    path, flat = table_dir
+    profile = np.zeros(N_ROWS)
+    profile[:8] = np.arange(8, 0, -1)  # 8 rows profiled: 12- and 30-row tiers keep room
+    warm = Hierarchy.from_dict(hierarchy(mode)).with_warm(profile)
+    with open_table(warm, path, device="cpu", record_trace=True) as table:
+        assert 0 < table.engine.policies[0].occupancy() < table.caches[0].capacity_rows
+        for ids in zipf_steps(40, seed=8):
+            np.testing.assert_array_equal(table.prefetch(torch.from_numpy(ids)).wait().numpy(), flat[ids])
+        table.finish()
+        assert_slabs_mirror_policies(table, flat)
+
+
+@pytest.mark.parametrize("mode", ["inclusive", "exclusive"])
 def test_partitioned_hit_counts_equal_the_simulator(table_dir, mode):
     """Order-aware placement runs through the same engine: fixed shares above, profile shares (from the
     trace, the same curves over global ids as over the simulator's dense keys) below."""

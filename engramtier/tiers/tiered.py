@@ -163,8 +163,8 @@ class TieredTable:
         if stable_rows and not self.cuda:
             raise EngramTierError("tiered table: stable_rows keeps a step's rows in device buffers for CUDA graphs; "
                                   "it needs a cuda device")
+        self._preload()  # before the slot plans, which take the slots left free as theirs to hand out
         self._pipeline = StepPipeline(self.hierarchy, self.engine, self.caches, store, self.device, deadline, stable_rows)
-        self._preload()
         self._lossy = deadline is not None
         self._log = StepLog(record_trace)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tiered-fetch")
