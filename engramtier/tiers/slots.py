@@ -63,10 +63,11 @@ def plan_slots(events, hit, victim, exclusive_lower, index, id_of, free, n_free,
     row itself when declined) takes the victim's slot or pops a free one; for an exclusive lower tier
     (``exclusive_lower``) a lookup hit frees the row's slot (the row moves up) and a DEMOTE event
     (-1 - row) is admitted the same way; a hit that evicted (``victim`` >= 0 on a hit, see
-    `hit_victim`) frees the evicted row's slot. ``free[:n_free[0]]`` is the stack of free slots, updated
-    to the step's end. Each slot touched is listed once in ``touched`` with its row ``before`` and
-    ``after`` the step (``mark[slot] == step`` once listed); the map is left as it was, because the rows
-    move only after the step's gather.
+    `hit_victim`) frees the evicted row's slot. The free slots are ``free[:n_free[0]]``, a stack of
+    slots freed, then the slots from ``n_free[1]`` on, never used yet; both are updated to the step's
+    end. Each slot touched is listed once in ``touched`` with its row ``before`` and ``after`` the step
+    (``mark[slot] == step`` once listed; ``step`` > 0); the map is left as it was, because the rows move
+    only after the step's gather.
 
     The plan comes out as ``counts`` = [arrivals, leaving rows]: ``arrive_rows[i]`` takes slot
     ``arrive_slots[i]``, and ``leaving`` rows give up their slots (gone, or moved to another slot), what
@@ -103,11 +104,15 @@ def plan_slots(events, hit, victim, exclusive_lower, index, id_of, free, n_free,
         if v == k:
             continue
         if v < 0:
-            if n_free[0] == 0:
+            if n_free[0] > 0:
+                n_free[0] -= 1
+                s = free[n_free[0]]
+            elif n_free[1] < free.size:
+                s = n_free[1]
+                n_free[1] += 1
+            else:
                 bad = j
                 break
-            n_free[0] -= 1
-            s = free[n_free[0]]
         else:
             s, n = _vacate(index, id_of, v, mark, step, touched, before, n)
             if s < 0:
@@ -143,11 +148,17 @@ class SlotPlan:
     def __init__(self, tier: SlabTier, exclusive_lower: bool) -> None:
         self.tier = tier
         self.exclusive_lower = exclusive_lower
-        free = np.flatnonzero(tier.id_of < 0)[::-1]  # popped from the end: lowest slot first
+        # Slots are handed out lowest first. Those past the last one held have never been used, so they
+        # are a count, not a list: at open the stack holds only the holes below it, and the stack and
+        # the marks are memory the kernel maps as slots are first used (np.empty, np.zeros), not at open
+        # (at 8M slots, 128 MiB the open would otherwise write).
+        held = np.flatnonzero(tier.id_of >= 0)
+        used = int(held[-1]) + 1 if held.size else 0
+        holes = np.flatnonzero(tier.id_of[:used] < 0)[::-1]  # popped from the end: lowest first
         self.free = np.empty(tier.capacity_rows, np.int64)
-        self.free[: free.size] = free
-        self.n_free = np.array([free.size], np.int64)
-        self.mark = np.full(tier.capacity_rows, -1, np.int64)
+        self.free[: holes.size] = holes
+        self.n_free = np.array([holes.size, used], np.int64)
+        self.mark = np.zeros(tier.capacity_rows, np.int64)  # steps count from 1
         self._capacity = 0
         self._counts = np.zeros(2, np.int64)
         self._reserve(1)
@@ -159,7 +170,7 @@ class SlotPlan:
         `clear`)."""
         self._reserve(stream.events.size)
         bad = plan_slots(stream.events, stream.hit, stream.victim, self.exclusive_lower, self.tier.index,
-                         self.tier.id_of, self.free, self.n_free, self.mark, step, self._touched, self._before,
+                         self.tier.id_of, self.free, self.n_free, self.mark, step + 1, self._touched, self._before,
                          self._after, self._slots, self._rows, self._leaving, self._counts)
         if bad >= 0:
             raise EngramTierError(
