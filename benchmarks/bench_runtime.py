@@ -291,6 +291,7 @@ def scale_parts(args) -> dict:
     """The parts that need no model (`runtime_scale`)."""
     out = {}
     if "state" in args.parts:
+        out["fresh_memory"] = runtime_scale.fresh_memory()
         out["state"] = runtime_scale.state(args.state_rows, [("256MiB", "2GiB"), ("32MiB", "128MiB")])
     if "steps" in args.parts:
         out["steps"] = runtime_scale.steps(args.step_sizes, runtime_scale.V41_ROWS, args.step_rounds)

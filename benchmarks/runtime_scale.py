@@ -6,7 +6,8 @@ state   memory and time to open a `TieredTable` over a computed store (`engramti
         rows computed from their ids, so no disk) of 1M..768M rows, with the same caches: each in a
         fresh process, RSS after imports and a warm-up open of a tiny table (the one-time cost of
         loading kernels), then after opening the table; slabs are allocated untouched, so the RSS
-        growth is the bookkeeping.
+        growth is the bookkeeping. First, ``fresh_memory``: seconds to write 1 GiB of memory new
+        to a process (see `fresh_memory`).
 steps   the time from `prefetch` to `wait` of a step whose rows are all cached (in gpu (emulated) and
         dram tiers), by step size, side by side with the same number of rows gathered from a flat
         in-memory table through `FlatRowSource` (the flat model's own row source, torch's
@@ -82,6 +83,25 @@ def _open_cost(n_rows: int, gpu: str, dram: str) -> dict:
             "rss_after_mib": round(after / 2**20), "rss_growth_mib": round((after - before) / 2**20),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10),
             "cache_rows": capacity}
+
+
+def _write_fresh_memory() -> dict:
+    """Seconds to write 1 GiB of memory new to the process, then 1 GiB again once that is freed."""
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        block = np.ones(1 << 30, np.uint8)
+        seconds.append(round(time.perf_counter() - start, 3))
+        del block
+    return {"first_GiB_s": seconds[0], "again_GiB_s": seconds[1]}
+
+
+def fresh_memory() -> dict:
+    """`_write_fresh_memory` in a fresh process. Run before the opens: on a VM whose hypervisor backs
+    guest memory only when first written (the 2-core VM: 3.5-9 s per GiB, then 0.16), a table's open
+    writing its maps would otherwise time the hypervisor; the figure says what it was."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_write_fresh_memory)
 
 
 def state(rows: list[int], configs: list[tuple[str, str]]) -> list[dict]:
