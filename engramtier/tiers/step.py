@@ -22,8 +22,10 @@ in two halves, each a few compiled (numba, nogil) kernels over buffers reused fr
        slots, so each slab holds exactly what its policy holds at every step boundary.
 
 On a CPU, a tier whose slab is plain host memory (`SlabTier.direct_rows`) is not staged: its rows are
-delivered straight out of the slab, so a step of cached rows copies each row once, the way a flat
-table's gather does. Rows are staged when they come from the store or a tier that must be read
+delivered straight out of the slab (a memcpy per row, `engramtier.tiers.rowcopy`), so a step of cached
+rows copies each row once, the way a flat table's gather does. A large step (`PARALLEL_MIN_ROWS`
+requests) runs 4 and the delivery of those rows on a helper thread alongside 1-3 and 5 (see
+`StepPipeline.decide`): sources are where the last step left them, so they need no decision. Rows are staged when they come from the store or a tier that must be read
 through `read` (a modeled CXL tier), and when they arrive in some tier (a slot they are read from may
 be rewritten by the same step's apply). On a CUDA device every needed row is staged, tiers that read
 into device memory first (they fill the front of the device staging), the rest through pinned host
