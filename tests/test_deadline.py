@@ -105,7 +105,7 @@ def test_runtime_zeroes_exactly_the_simulators_dropped_rows(table_dir, monkeypat
     """``shared``: every step copies its slab rows on a helper thread while it decides (as large steps
     do, the threshold lowered to one row), and the late rows are zeroed after."""
     if shared:
-        monkeypatch.setattr(step, "PARALLEL_MIN_ROWS", 1)
+        monkeypatch.setattr(step, "SHARED_MIN_ROWS", 1)
     path, flat = table_dir
     steps = zipf_steps(60, seed=3)
     spec = hierarchy(mode, on_late="drop")

@@ -97,7 +97,7 @@ def test_steps_that_copy_while_they_decide_serve_the_same(table_dir, monkeypatch
     decides (`StepPipeline.decide`); here every step does (the threshold lowered to one row), with rows
     from both tiers, the store and, under cxl, staging: the flat table's bytes and the simulator's hits."""
     assert numba.get_num_threads() > 1, "the helper thread is used only where numba has two threads"
-    monkeypatch.setattr(step, "PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(step, "SHARED_MIN_ROWS", 1)
     path, flat = table_dir
     spec = hierarchy(mode, "clock", "lru")
     spec["tier"][1]["storage"] = middle

@@ -23,15 +23,18 @@ in two halves, each a few compiled (numba, nogil) kernels over buffers reused fr
 
 On a CPU, a tier whose slab is plain host memory (`SlabTier.direct_rows`) is not staged: its rows are
 delivered straight out of the slab (a memcpy per row, `engramtier.tiers.rowcopy`), so a step of cached
-rows copies each row once, the way a flat table's gather does. A large step (`PARALLEL_MIN_ROWS`
-requests) runs 4 and the delivery of those rows on a helper thread alongside 1-3 and 5 (see
-`StepPipeline.decide`): sources are where the last step left them, so they need no decision. Rows are staged when they come from the store or a tier that must be read
-through `read` (a modeled CXL tier), and when they arrive in some tier (a slot they are read from may
-be rewritten by the same step's apply). On a CUDA device every needed row is staged, tiers that read
-into device memory first (they fill the front of the device staging), the rest through pinned host
-memory and one copy; delivery is one gather on the device, ordered after the step's copies by a CUDA
-event that the consumer's stream waits on, so nothing blocks the host on the device but the next
-step's reuse of the pinned staging (it waits for the previous step's copies before refilling it).
+rows copies each row once, the way a flat table's gather does. Rows are staged when they come from the
+store or a tier that must be read through `read` (a modeled CXL tier), and when they arrive in some tier
+(a slot they are read from may be rewritten by the same step's apply). On a CUDA device every needed row
+is staged, tiers that read into device memory first (they fill the front of the device staging), the
+rest through pinned host memory and one copy; delivery is one gather on the device, ordered after the
+step's copies by a CUDA event that the consumer's stream waits on, so nothing blocks the host on the
+device but the next step's reuse of the pinned staging (it waits for the previous step's copies before
+refilling it).
+
+A large step on a CPU (`SHARED_MIN_ROWS` requests) runs 4 and the delivery of the rows read in place
+on a helper thread, alongside 1-3 and 5 (`StepPipeline.decide`): sources are where the last step left
+them, so they wait on no decision.
 
 With ``stable_rows`` (for serving stacks that capture CUDA graphs), a step's rows land in one device
 buffer per step size, its index in one pinned and one device buffer per size, and the device staging
@@ -65,6 +68,7 @@ from engramtier.tiers.slots import SlotPlan
 from engramtier.tiers.staging import Staging
 
 PARALLEL_MIN_ROWS = 1 << 15  # row copies of at least this many rows use all numba threads
+SHARED_MIN_ROWS = 1 << 14  # steps of at least this many requests copy while they decide (see `decide`)
 SHARED_CHUNKS = 64  # a large step's copies, shared by two threads, are claimed in this many chunks
 
 
@@ -169,14 +173,21 @@ def layout(index, needed, m, arrivals, direct, src, stage_pos, order, bounds, re
     for g in range(direct.size):
         reads[g] = 0
     for j in range(m):
-        stage_pos[j] = 0  # 1: arrives in some tier
+        stage_pos[j] = -1  # 1: arrives in some tier
         reads[src[j]] += 1
+    staged = 0
     for t in range(len(arrivals)):
         rows = arrivals[t]
+        staged += rows.size
         for i in range(rows.size):
             stage_pos[index[keymap.entry(index, needed, rows[i])]] = 1
+    for g in range(direct.size):
+        if not direct[g]:
+            staged += reads[g]
+    if staged == 0:  # every row is read in place and none arrives anywhere (a step of hits, on a CPU)
+        return
     for j in range(m):
-        g = src[j] if not direct[src[j]] else (n_groups - 1 if stage_pos[j] else -1)
+        g = src[j] if not direct[src[j]] else (n_groups - 1 if stage_pos[j] > 0 else -1)
         stage_pos[j] = g
         if g >= 0:
             bounds[g + 1] += 1
@@ -385,7 +396,7 @@ class StepPipeline:
         n = ids.size
         self._reserve(n, max(1, self._needed_per_request * n))
         self._sources = self._delivery = None
-        if not speculative and self.fetch_stream is None and n >= PARALLEL_MIN_ROWS and numba.get_num_threads() > 1:
+        if not speculative and self.fetch_stream is None and n >= SHARED_MIN_ROWS and numba.get_num_threads() > 1:
             self._start_delivery(ids)
         try:
             u = int(dedup(ids, self._requests, self._map, self._needed, self._ts, self._inv, self._entries, self.m))
