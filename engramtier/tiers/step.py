@@ -264,8 +264,8 @@ def deliver_shared(address, n, row_bytes, claimed, from_end, out):
 
 @kernel()
 def unique_sources(inv, n, request_src, request_slot, request_address, src, slot, address):
-    """The sources found per request (`deliver_shared`'s), per unique row: ``src[inv[i]] = request_src[i]``
-    and so on (a row's requests all found the same)."""
+    """The sources found per request (on the helper thread, see `StepPipeline.decide`) per unique row:
+    ``src[inv[i]] = request_src[i]`` and so on (a row's requests all found the same)."""
     for i in range(n):
         j = inv[i]
         src[j], slot[j], address[j] = request_src[i], request_slot[i], request_address[i]
