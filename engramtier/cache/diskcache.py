@@ -143,10 +143,11 @@ def cached(dispatcher: Any, options: str = "") -> Any:
 
 def kernel(**options: Any) -> Any:
     """A decorator: the function as ``njit(nogil=True, **options)``, kept on disk under `ClosureCache`'s
-    key with ``options`` in it. For the runtime's kernels, in place of numba's ``cache=True``, which
-    (a) checks only the kernel's own file, while the key map's probes and the row copies are inlined
-    into it from others, and (b) leaves compile options out of its key, so a serial and a
-    ``parallel=True`` build of one function would load each other's code."""
+    key with ``options`` in it. For kernels that inline code of other modules (the runtime's, with the
+    key map's probes and the row copies; the miss-ratio curves', with the heap's helpers), in place of
+    numba's ``cache=True``, which (a) checks only the kernel's own file and (b) leaves compile options
+    out of its key, so a serial and a ``parallel=True`` build of one function would load each other's
+    code."""
 
     def build(function: Any) -> Any:
         return cached(njit(nogil=True, **options)(function), repr(sorted(options.items())))

@@ -53,6 +53,7 @@ import numpy as np
 from numba import njit, uint64
 from tqdm import tqdm
 
+from engramtier.cache.diskcache import kernel
 from engramtier.cache.nextuse import heap_delete, heap_push
 from engramtier.cache.policy import PolicyContext, check_policy, make_policy, replay
 from engramtier.errors import EngramTierError
@@ -156,7 +157,7 @@ def _unmark(bits, tree, time, now):
         _fenwick_add(tree, word, -1)
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def _rebuild_tree(bits, tree, now):
     """The Fenwick tree of the complete words' counts (those before ``now``'s word), in O(words)."""
     tree[:] = 0
@@ -178,7 +179,7 @@ def _hash32(key, seed):
     return np.int64(z >> uint64(32))
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def _sample(keys, threshold, seed, table, table_ids, n_ids, ids_out, hashes_out):
     """The requests whose key hashes below ``threshold``, as compact ids (0, 1, ... in order of first
     sampling, through the open-addressing ``table`` of keys, -1 = empty, a power of two in size) and
@@ -203,7 +204,7 @@ def _sample(keys, threshold, seed, table, table_ids, n_ids, ids_out, hashes_out)
     return n, n_ids
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def _depth_pass(ids, bits, tree, last, state, hist):
     """Add to ``hist[d]`` the requests of stack depth ``d`` (``d < hist.size``) among ``ids``, which
     continue the stream whose (marked keys, time) are ``state``."""
@@ -226,7 +227,7 @@ def _depth_pass(ids, bits, tree, last, state, hist):
     state[KEYS], state[NOW] = n_marked, now
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def _shards_size_pass(ids, hashes, bits, tree, last, where, heap_key, heap_hash, state, hist, total, s_max):
     """Fixed-size SHARDS over sampled ``ids``: weighted histogram of estimated depths
     (``ceil(1 + (d - 1) / R)``, capped at ``hist.size - 1``) and total weight (first requests
@@ -489,7 +490,7 @@ def sweep(
 # ---------------------------------------------------------------------------------- miniature simulation
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def _rows_below(row_ids, threshold, seed, chosen):
     """Mark in ``chosen`` (per dense key) the rows whose id hashes below ``threshold`` under ``seed``:
     each distinct row is hashed once, not once per request."""
@@ -497,7 +498,7 @@ def _rows_below(row_ids, threshold, seed, chosen):
         chosen[k] = _hash32(row_ids[k], seed) < threshold
 
 
-@njit(nogil=True, cache=True)
+@kernel()
 def _positions_of_chosen(keys, chosen, out):
     """Positions of the requests (dense ``keys``) whose row is ``chosen``; returns how many."""
     n = 0
