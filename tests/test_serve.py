@@ -26,10 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from engramtier.cache.hierarchy import load_hierarchy
 from engramtier.cli import main
 from engramtier.model.run import load_model
+from engramtier.serve import engine as engine_module
 from engramtier.serve.app import build_app
 from engramtier.serve.engine import ServeEngine
 from engramtier.serve.generate import generate
-from engramtier.serve.metrics import ServeMetrics
+from engramtier.serve.metrics import ServeMetrics, histogram_quantile
 from engramtier.serve.replay import random_run
 from engramtier.tiers.lmdb_table import FlatTableRows, build_lmdb_table
 from engramtier.tiers.open import open_for_model
@@ -176,6 +177,34 @@ def test_concurrent_completions_equal_generate_and_metrics_equal_the_table(run_d
     assert metrics[("engramtier:num_requests_running",)] == 0 == metrics[("engramtier:num_requests_waiting",)]
     if budget == 5:  # chunked: no step holds more than the budget
         assert metrics[("engramtier:step_tokens_bucket", "8.0")] == stats["steps"]
+
+
+def test_under_load_the_engine_publishes_and_the_table_forgets_its_step_records(run_dir, loaded, monkeypatch):
+    """With no scrape and no idle moment, the engine still publishes every few steps (`PUBLISH_STEPS`)
+    and the table keeps only the records since: what a server holds per step does not grow."""
+    monkeypatch.setattr(engine_module, "PUBLISH_STEPS", 3)
+    with serving(run_dir, loaded) as (port, engine, table):
+        kept = []
+        prefetch = table.prefetch
+        table.prefetch = lambda ids: (kept.append(len(table._log.steps)), prefetch(ids))[1]
+        status, result, _ = post(port, {"prompt": PROMPTS[0], "max_tokens": 40, "temperature": 0, "ignore_eos": True})
+        assert status == 200 and result["usage"]["completion_tokens"] == 40
+        metrics = scrape(port)
+        stats = table.stats()
+    assert len(kept) >= 40 and max(kept) <= 3  # records kept when a step starts: at most the unpublished ones
+    assert metrics[("engramtier:step_stall_seconds_count",)] == stats["steps"] >= 40
+    assert metrics[("engramtier:step_stall_seconds_sum",)] == pytest.approx(stats["stall_seconds"])
+
+
+def test_histogram_quantile_interpolates_within_buckets():
+    metrics = ServeMetrics()
+    assert histogram_quantile(metrics.step_stall, 0.5) is None
+    for value in [2e-5] * 50 + [3e-4] * 49 + [7.0]:  # buckets (1e-5, 2.5e-5], (2.5e-4, 5e-4] and +Inf
+        metrics.step_stall.observe(value)
+    assert histogram_quantile(metrics.step_stall, 0.5) == pytest.approx(2.5e-5)  # the 50th of 100: the top of its bucket
+    assert histogram_quantile(metrics.step_stall, 0.25) == pytest.approx(1e-5 + 1.5e-5 * 25 / 50)
+    assert histogram_quantile(metrics.step_stall, 0.99) == pytest.approx(5e-4)
+    assert histogram_quantile(metrics.step_stall, 1.0) == 1.0  # beyond the largest bound: that bound
 
 
 def test_recorded_steps_simulate_to_the_same_hits(run_dir, loaded, tmp_path):

@@ -252,6 +252,30 @@ def test_per_step_records_and_stall(table_dir):
     assert 0 <= stats["stall_fraction"] <= 1
 
 
+def test_forgotten_steps_stay_in_the_totals(table_dir):
+    """A server forgets the records it has published (`forget_steps`): the totals are those of every
+    step, the records kept are those not forgotten, and older ones are refused in one line."""
+    path, _ = table_dir
+    with open_table(hierarchy("inclusive"), path, device="cpu") as table:
+        for i, ids in enumerate(zipf_steps(30, seed=2, max_len=20)):
+            table.prefetch(torch.from_numpy(ids)).wait()
+            if i == 19:
+                table.finish()
+                every = table.step_records()
+                table.forget_steps(12)
+        table.finish()
+        stats, kept = table.stats(), table.step_records(since=12)
+        with pytest.raises(EngramTierError, match="steps before step 12 were retired"):
+            table.step_records()
+    assert [r["step"] for r in kept] == list(range(12, 30)) and kept[:8] == every[12:20]
+    assert len(table._log.steps) == 18
+    records = every[:12] + kept
+    assert stats["steps"] == 30 and stats["requests"] == sum(r["requests"] for r in records)
+    assert stats["lookups"] == sum(r["unique"] for r in records)
+    for key, field in (("stall_seconds", "stall_s"), ("step_seconds", "step_s"), ("fetch_seconds", "fetch_s")):
+        assert stats[key] == pytest.approx(sum(r[field] for r in records))
+
+
 def test_refusals(table_dir, tmp_path, monkeypatch):
     path, _ = table_dir
     with pytest.raises(EngramTierError, match="no table at"):

@@ -38,6 +38,10 @@ from engramtier.trace.build import addressing_meta
 from engramtier.trace.schedule import ScheduledStep, Scheduler
 from engramtier.trace.workload import STEP_COLUMNS
 
+# Under load the engine publishes its steps (histograms, tier counters) at least this often, without a
+# scrape or an idle moment, and the table then keeps them only in its totals: memory stays flat.
+PUBLISH_STEPS = 1024
+
 
 class QueueFull(Exception):
     """The waiting queue holds ``max_queue`` requests: the server answers 429."""
@@ -128,6 +132,7 @@ class ServeEngine:
         self._active: dict[int, Completion] = {}
         self._observed = 0  # step records already in the histograms
         self._stepped = False  # steps ran since the last snapshot
+        self._unpublished = 0  # how many
         self._started = time.perf_counter()
         self._columns: dict[str, list[int]] | None = {name: [] for name in STEP_COLUMNS} if record_trace else None
         self._thread = threading.Thread(target=self._run, name="engramtier-engine", daemon=True)
@@ -195,7 +200,7 @@ class ServeEngine:
                 stopping = self._stopping
             self._admit(inbox)
             self._abort(aborts)
-            if refreshes or (self._stepped and not self.scheduler.has_work):
+            if refreshes or (self._stepped and not self.scheduler.has_work) or self._unpublished >= PUBLISH_STEPS:
                 self._snapshot(refreshes)
             if self.scheduler.has_work:
                 try:
@@ -255,6 +260,7 @@ class ServeEngine:
             c = self._active[i]
             self._finish(c, "stop" if i in stopped else "length")
         self._stepped = True
+        self._unpublished += 1
         self._publish_counts()
 
     def _sampled(self, c: Completion, logits: torch.Tensor) -> bool:
@@ -303,7 +309,8 @@ class ServeEngine:
 
     def _snapshot(self, refreshes: list[Future]) -> None:
         """Close the table's last step, put the new steps' stall and time into the histograms and its
-        per-tier counts into the counters; resolve ``refreshes``."""
+        per-tier counts into the counters, and have the table keep those steps only in its totals (a
+        server up for days keeps no record per step); resolve ``refreshes``."""
         try:
             if self._stepped and self.failure is None:
                 self.table.finish()
@@ -312,8 +319,10 @@ class ServeEngine:
                     self.metrics.step_stall.observe(record["stall_s"])
                     self.metrics.step_seconds.observe(record["step_s"])
                 self._observed += len(records)
+                self.table.forget_steps(self._observed)
                 self.metrics.publish_tiers(self.table.stats()["tiers"])
             self._stepped = False
+            self._unpublished = 0
         except BaseException as err:
             self._fail(err)
         for future in refreshes:

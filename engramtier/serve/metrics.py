@@ -32,6 +32,25 @@ STEP_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
 LATENCY_BUCKETS = (1e-3, 5e-3, 1e-2, 2e-2, 4e-2, 6e-2, 8e-2, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
 
 
+def histogram_quantile(histogram: Histogram, q: float) -> float | None:
+    """The ``q`` quantile of what ``histogram`` observed, interpolated linearly within its bucket (as
+    Prometheus's ``histogram_quantile`` does; its largest finite bound if it falls beyond); None if it
+    observed nothing. The server's closing summary uses it: the histogram holds every step, the table
+    only the steps since the last snapshot (`ServeEngine`)."""
+    buckets = [(float(s.labels["le"]), s.value) for s in histogram.collect()[0].samples if s.name.endswith("_bucket")]
+    total = buckets[-1][1]
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, cumulative in buckets:
+        if cumulative >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (cumulative - below)
+        lower, below = upper, cumulative
+    return lower
+
+
 class _TableCollector:
     """The table's per-tier counts of the last snapshot, as counters labelled by tier."""
 

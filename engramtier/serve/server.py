@@ -19,8 +19,8 @@ from engramtier.outputs import check_output_file
 from engramtier.serve.app import build_app
 from engramtier.serve.commands import checked_hierarchy, format_ms, load_served_run, serving_options, table_opener, tier_table
 from engramtier.serve.engine import ServeEngine
-from engramtier.serve.metrics import ServeMetrics
-from engramtier.tiers.records import distribution, sized_tiers
+from engramtier.serve.metrics import ServeMetrics, histogram_quantile
+from engramtier.tiers.records import sized_tiers
 from engramtier.trace.schedule import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, Scheduler
 from engramtier.trace.tracefile import save_trace
 
@@ -113,17 +113,17 @@ def _serve(args: argparse.Namespace, hierarchy, sock: socket.socket) -> None:
         if engine.failure is not None:
             raise EngramTierError(f"serve: the engine failed and the server stopped: {engine.failure}")
         stats = table.stats()
-        records = [r for r in table.step_records() if not r["speculative"]]
         if args.record:
-            if not records:
+            if not stats["steps"]:
                 print("no request was served, so no trace was written", file=sys.stderr)
             else:
                 trace, columns = engine.recorded()
                 save_trace(trace, args.record, step_columns=columns)
                 print(f"{args.record}: {trace.n_steps} served steps, {trace.n_rows} row ids")
-    stall = distribution([r["stall_s"] for r in records]) if records else None
-    print(f"served {stats['steps']} steps; " + (f"stall per step p50 {format_ms(stall['p50'])}, p99 {format_ms(stall['p99'])}, "
-          f"total {stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)" if stall else "no steps"))
+    stall = [histogram_quantile(engine.metrics.step_stall, q) for q in (0.5, 0.99)]
+    print(f"served {stats['steps']} steps; " + (
+        f"stall per step p50 ~{format_ms(stall[0])}, p99 ~{format_ms(stall[1])} (in /metrics' buckets), "
+        f"total {stats['stall_seconds']:.4f} s ({100 * stats['stall_fraction']:.2f}% of step time)" if stats["steps"] else "no steps"))
     print(tier_table(sized_tiers(stats["tiers"], stats["row_bytes"])))
 
 

@@ -60,11 +60,30 @@ class StepRecord:
     dropped: list[int] | tuple = ()
 
 
+TOTALS = ("steps", "speculative_steps", "requests", "lookups", "fetch_seconds", "stall_seconds", "step_seconds",
+          "dropped_rows")
+
+
+def _sums(records: list[StepRecord]) -> dict:
+    """`TOTALS` over ``records``."""
+    speculative = sum(r.speculative for r in records)
+    return {"steps": len(records) - speculative, "speculative_steps": speculative,
+            "requests": sum(r.requests for r in records), "lookups": sum(r.unique for r in records),
+            "fetch_seconds": float(sum(r.fetch_s for r in records)),
+            "stall_seconds": float(sum(r.stall_s for r in records)),
+            "step_seconds": float(sum(r.step_s for r in records if r.step_s is not None)),
+            "dropped_rows": sum(sum(r.dropped) for r in records)}
+
+
 class StepLog:
-    """Every step's record, in order, and (``record_trace``) its row ids."""
+    """The steps' records, in order, and (``record_trace``) their row ids. A server that has published
+    the records of its steps `retire`s them, so that a table serving for days keeps its totals, not a
+    record per step; ``first`` is the number of the oldest record kept."""
 
     def __init__(self, record_trace: bool) -> None:
         self.steps: list[StepRecord] = []
+        self.first = 0
+        self._retired = dict.fromkeys(TOTALS, 0)
         self.trace: list[np.ndarray] | None = [] if record_trace else None
         self._demand: StepRecord | None = None  # the last demand step
 
@@ -98,11 +117,25 @@ class StepLog:
         np.cumsum([ids.size for ids in self.trace], out=starts[1:])
         return RowTrace(np.concatenate(self.trace), starts, n_rows, row_bytes, dict(meta or {}))
 
+    def retire(self, upto: int) -> None:
+        """Keep the records of steps before ``upto`` only in the totals (after `close_step_time`, so that
+        their times are final)."""
+        n = min(upto - self.first, len(self.steps))
+        if n <= 0:
+            return
+        for key, value in _sums(self.steps[:n]).items():
+            self._retired[key] += value
+        del self.steps[:n]
+        self.first += n
+
     def step_records(self, names: Sequence[str], lossy: bool, since: int = 0) -> list[dict]:
         """One JSON-ready dict per step from step ``since`` on: requests, unique rows, rows served per tier,
         fetch, stall and step seconds; a speculative step says so, and has no stall and no step time of
         its own; ``lossy``: the rows each tier dropped too."""
-        steps = self.steps[since:]
+        if since < self.first:
+            raise EngramTierError(f"tiered table: the records of steps before step {self.first} were retired "
+                                  f"(forget_steps); ask for steps from {self.first} on")
+        steps = self.steps[since - self.first:]
         records = [{"step": i, "requests": r.requests, "unique": r.unique, "served": dict(zip(names, r.served, strict=True)),
                     "fetch_s": r.fetch_s, "stall_s": r.stall_s, "step_s": r.step_s, "speculative": r.speculative}
                    for i, r in enumerate(steps, start=since)]
@@ -112,21 +145,12 @@ class StepLog:
                 for rec, r in zip(records, steps, strict=True)]
 
     def totals(self) -> dict:
-        """Per run: steps (demand), speculative steps, requests, lookups, fetch, stall and step seconds."""
-        steps = [r.step_s for r in self.steps if r.step_s is not None]
-        seconds = float(sum(steps))
-        stall = float(sum(r.stall_s for r in self.steps))
-        speculative = sum(r.speculative for r in self.steps)
-        return {
-            "steps": len(self.steps) - speculative,
-            "speculative_steps": speculative,
-            "requests": sum(r.requests for r in self.steps),
-            "lookups": sum(r.unique for r in self.steps),
-            "fetch_seconds": float(sum(r.fetch_s for r in self.steps)),
-            "stall_seconds": stall,
-            "step_seconds": seconds,
-            "stall_fraction": stall / seconds if seconds > 0 else 0.0,
-        }
+        """Per run, retired steps included: steps (demand), speculative steps, requests, lookups, fetch,
+        stall and step seconds, and the stall fraction."""
+        totals = {key: self._retired[key] + value for key, value in _sums(self.steps).items()}
+        del totals["dropped_rows"]
+        seconds = totals["step_seconds"]
+        return {**totals, "stall_fraction": totals["stall_seconds"] / seconds if seconds > 0 else 0.0}
 
     def dropped_rows(self) -> int:
-        return sum(sum(r.dropped) for r in self.steps)
+        return self._retired["dropped_rows"] + _sums(self.steps)["dropped_rows"]

@@ -331,6 +331,11 @@ class TieredTable:
         step time of its own. A server asking again and again asks for the steps it has not seen."""
         return self._log.step_records([t.name for t in self.hierarchy.tiers], self._lossy, since)
 
+    def forget_steps(self, upto: int) -> None:
+        """Keep the records of steps before step ``upto`` only in the totals of `stats` (call after
+        `finish`): a server that has published its steps' records keeps no record per step."""
+        self._log.retire(upto)
+
     def tier_stats(self) -> list[dict]:
         """Per tier, fastest first: the engine's counters (the simulator's), ``served_bytes`` (hits x row
         bytes, the simulator's ``bytes_read``), and what the tier really read (``bytes_read``, ``rows_read``:
