@@ -10,7 +10,7 @@ one after another (compute efficiency on a CPU is not the point here); the Engra
 stall of the first forward that waits for it, are those of one batched step.
 
 The engine thread is the only one that touches the model, the scheduler and the table (prefetch,
-wait, finish, stats, step_records, recorded_trace, close). HTTP handlers hand it requests (`submit`),
+wait, finish, stats, step_records, forget_steps, recorded_trace, close). HTTP handlers hand it requests (`submit`),
 aborts and snapshot requests (`refresh`) through a condition variable, and it hands tokens back to
 each request's asyncio queue with ``call_soon_threadsafe``.
 
