@@ -9,10 +9,10 @@ with its own KV cache, reading its slice of the step's rows through `_SequenceRo
 one after another (compute efficiency on a CPU is not the point here); the Engram traffic, and the
 stall of the first forward that waits for it, are those of one batched step.
 
-The engine thread is the only one that touches the model, the scheduler and the table (prefetch,
-wait, finish, stats, step_records, forget_steps, recorded_trace, close). HTTP handlers hand it requests (`submit`),
-aborts and snapshot requests (`refresh`) through a condition variable, and it hands tokens back to
-each request's asyncio queue with ``call_soon_threadsafe``.
+The engine thread is the only one that touches the model, the scheduler and the table (prefetch, wait,
+finish, stats, step_records, forget_steps, recorded_trace, close). HTTP handlers hand it requests
+(`submit`), aborts and snapshot requests (`refresh`) through a condition variable, and it hands tokens
+back to each request's asyncio queue with ``call_soon_threadsafe``.
 
 Sampling and decoding are `generate`'s (`engramtier.serve.generate.sample`, each token's raw bytes
 through an incremental UTF-8 decoder), so greedy completions equal `engramtier generate`'s.
