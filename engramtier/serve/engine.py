@@ -331,7 +331,7 @@ class ServeEngine:
     def _fail(self, err: BaseException) -> None:
         """A step failed: every completion in flight ends with the error, and the engine takes no more."""
         self.failure = err
-        self._stepped = False
+        self._stepped, self._unpublished = False, 0
         message = f"the engine failed: {err}"
         for c in list(self._active.values()):
             del self._active[c.id]
