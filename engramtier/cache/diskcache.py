@@ -7,7 +7,7 @@ jitted function with an id drawn at random in each process, so those keys never 
 process (each command line run, each test worker and subprocess) compiled every policy it used anew,
 5-18 s apiece.
 
-`cached` gives such a closure a cache keyed instead by what its cells *are*: each numba function's
+`kernel` gives such a closure a cache keyed instead by what its cells *are*: each numba function's
 module and name, and the hash of the source they can reach (the engramtier package, and the module
 of a function defined outside it). The key is the same in every process while that source is, and
 changes with any edit of it, so an edited policy is compiled again, never served stale code. (A user
@@ -134,23 +134,19 @@ def _wait_for(lock: Any, seconds: float) -> None:
             time.sleep(0.05)
 
 
-def cached(dispatcher: Any, options: str = "") -> Any:
-    """``dispatcher`` (a fresh `numba.njit` of a closure) loading and saving its compiled code on disk
-    under `ClosureCache`'s key; returns it."""
-    dispatcher._cache = ClosureCache(dispatcher.py_func, options)
-    return dispatcher
-
-
 def kernel(**options: Any) -> Any:
-    """A decorator: the function as ``njit(nogil=True, **options)``, kept on disk under `ClosureCache`'s
-    key with ``options`` in it. For kernels that inline code of other modules (the runtime's, with the
-    key map's probes and the row copies; the miss-ratio curves', with the heap's helpers), in place of
-    numba's ``cache=True``, which (a) checks only the kernel's own file and (b) leaves compile options
-    out of its key, so a serial and a ``parallel=True`` build of one function would load each other's
-    code."""
+    """A decorator: the function as ``njit(nogil=True, **options)``, loading and saving its compiled code
+    on disk under `ClosureCache`'s key with ``options`` in it. Every function of the package whose code
+    LLVM copies in from other modules is compiled so: the policies' replay loops and the engine's
+    drivers (closures over a policy's operations), the runtime's kernels (the key map's probes, the row
+    copies), the miss-ratio curves' (the heap's helpers), and the `inlined` functions themselves. numba's
+    own ``cache=True`` would (a) check only a function's own file and (b) leave compile options out of
+    its key, so that a serial and a ``parallel=True`` build of one function load each other's code."""
 
     def build(function: Any) -> Any:
-        return cached(njit(nogil=True, **options)(function), repr(sorted(options.items())))
+        dispatcher = njit(nogil=True, **options)(function)
+        dispatcher._cache = ClosureCache(function, repr(sorted(options.items())))
+        return dispatcher
 
     return build
 
@@ -162,8 +158,8 @@ def inlined(function: Any) -> Any:
     numba's own ``inline="always"`` copies a function's IR into every caller and types it there again,
     so each policy's replay loop and engine drivers re-compiled its whole operation tree; across the
     policies that was most of the compile time of a first run. Here the function is compiled once
-    per signature, kept on disk (`ClosureCache`: any edit of the package compiles it again) and marked
+    per signature, kept on disk (`kernel`: any edit of the package compiles it again) and marked
     for LLVM to inline wherever it is called (``forceinline``), which gives the callers the same
     machine code (`benchmarks/bench_policies.py`, side by side). Compiled without reference counting
     (``_nrt=False``): these functions neither allocate nor keep arrays."""
-    return cached(njit(forceinline=True, nogil=True, _nrt=False)(function))
+    return kernel(forceinline=True, _nrt=False)(function)

@@ -49,7 +49,7 @@ import numpy as np
 from numba import njit
 
 from engramtier.cache import admission
-from engramtier.cache.diskcache import cached, inlined
+from engramtier.cache.diskcache import inlined, kernel
 from engramtier.cache.hierarchy import MODES
 from engramtier.cache.policy import check_keys, held_among, held_keys, inline_ops, is_compiled, remove_keys
 from engramtier.cache.prefetch import PREFETCH_AHEAD
@@ -292,7 +292,7 @@ def drivers_for(policy: Any, n_keys: int) -> tuple[Any, Any, Any, Any]:
             methods = (njit(inline="always")(f) for f in METHOD_OPS)
             _DRIVERS[kind] = tuple(njit(nogil=True)(d) for d in make_drivers(*methods, *admission.OPS))
         else:
-            _DRIVERS[kind] = tuple(cached(njit(nogil=True, _nrt=False)(d)) for d in make_drivers(*ops, *admission.OPS))
+            _DRIVERS[kind] = tuple(kernel(_nrt=False)(d) for d in make_drivers(*ops, *admission.OPS))
     return (policy if ops is None else policy.state, *_DRIVERS[kind])
 
 

@@ -62,7 +62,7 @@ from numba import njit
 from numba.np.numpy_support import as_dtype
 
 from engramtier.cache import keymap
-from engramtier.cache.diskcache import cached, inlined
+from engramtier.cache.diskcache import inlined, kernel
 from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.cache.references import is_reference, refuse_non_policy, resolve_reference, user_code
 from engramtier.errors import EngramTierError, refuse_unknown
@@ -396,8 +396,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
                   "_hit_victim": hit_victim}
     methods = {slot: staticmethod(inlined(fn.py_func)) for slot, fn in operations.items()}
 
-    @cached
-    @njit(nogil=True, _nrt=False)
+    @kernel(_nrt=False)
     def held_among(state, candidates, out):
         n = 0
         for k in candidates:
@@ -406,15 +405,13 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
                 n += 1
         return n
 
-    @cached
-    @njit(nogil=True, _nrt=False)
+    @kernel(_nrt=False)
     def remove_all(state, keys):
         for k in keys:
             remove(state, k)
 
-    @cached
-    @njit(nogil=True, _nrt=False)
-    def kernel(state, keys, hits):
+    @kernel(_nrt=False)
+    def replay_loop(state, keys, hits):
         n_hits = 0
         for t in range(keys.size):
             if t + PREFETCH_AHEAD < keys.size:
@@ -430,7 +427,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
 
     cls = type(name, (CompiledPolicy,), {"__slots__": (), "name": name, "state_type": state_type, **methods,
                                          "_held_among": staticmethod(held_among), "_remove_all": staticmethod(remove_all)})
-    _KERNELS[cls] = kernel
+    _KERNELS[cls] = replay_loop
     _INLINE_OPS[cls] = (lookup, admit, remove, hit_victim, prefetch_key)
     return cls
 
@@ -502,8 +499,8 @@ def replay(policy: Any, keys: np.ndarray, hits: np.ndarray | None = None) -> int
     elif not (isinstance(hits, np.ndarray) and hits.dtype == np.bool_ and hits.shape == (keys.size,)):
         raise EngramTierError(f"replay: hits must be a bool array of one entry per key ({keys.size}), got "
                               f"{getattr(hits, 'dtype', type(hits).__name__)} {getattr(hits, 'shape', '')}")
-    kernel = _KERNELS.get(type(policy))
-    if kernel is not None:
-        return int(kernel(policy.state, keys, hits))
+    loop = _KERNELS.get(type(policy))
+    if loop is not None:
+        return int(loop(policy.state, keys, hits))
     driver = _replay if is_compiled(policy) else _replay.py_func
     return int(driver(policy, keys, hits))
