@@ -313,7 +313,7 @@ class StepPipeline:
         # On a CPU, a tier whose slab is host memory copied by plain loads is read in place (see module doc).
         host = device.type != "cuda"
         views = [tier.direct_rows() if host else None for tier in self.caches]
-        self._views = views  # what the addresses below point into (the tiers' slabs: they never move)
+        # where each direct tier's slab lies: the tiers keep their slabs, which never move
         self._bases = np.array([v.ctypes.data if v is not None else 0 for v in views] + [0], np.int64)
         self.direct = np.array([v is not None for v in views] + [False], np.bool_)  # the store is read through read()
         self._staged_sources = np.flatnonzero(~self.direct)
