@@ -13,15 +13,16 @@ steps   the time from `prefetch` to `wait` of a step whose rows are all cached (
         in-memory table through `FlatRowSource` (the flat model's own row source, torch's
         `index_select`) and with numpy's `take`; and the step's rows per second as a fraction of one
         thread's memcpy bandwidth. The sides alternate in rounds; in each round a side runs once
-        (``first_step``: its caches as the other sides left them, a 64k-row step's policy and slot
-        maps mostly evicted) and then at least `STEADY_REPEATS` times, whose median is its time (its
-        own working set in the CPU caches, as between the forward passes of a GPU server, where the
-        CPU runs little else); medians over rounds. Both sides use the threads they use
-        by default (the runtime's largest steps share their copies among numba's threads, torch its
-        gather among its own); the JSON says how many cores the machine has. Steps of distinct random rows are the worst case (every
-        row is a lookup); ``text-prefill`` is a real prefill step: DeepSeek-V4.1-Flash's rows (its
-        preset's hashing, 48 per token) of 1,365 tokens of the shipped sample text, 65,520 requests of
-        which the repeated n-grams make fewer unique rows.
+        (``first_step``: its caches as the other sides left them, a 64k-row step's policy and slot maps
+        mostly evicted; the runtime's first `RECOVERY_SHOWN` steps are reported one by one) and then at
+        least `STEADY_REPEATS` times, whose median is its time (its own working set in the CPU caches,
+        as between the forward passes of a GPU server, where the CPU runs little else); medians over
+        rounds. Both sides use the threads they use by default (the runtime's largest steps copy on a
+        helper thread while they decide, torch shares its gather among its threads); the JSON says how
+        many cores the machine has. Steps of distinct random rows are the worst case (every row is a
+        lookup); ``text-prefill`` is a real prefill step: DeepSeek-V4.1-Flash's rows (its preset's
+        hashing, 48 per token) of 1,365 tokens of the shipped sample text, 65,520 requests of which the
+        repeated n-grams make fewer unique rows.
 store   rows per second of the LMDB store reading a step's rows (uniformly random: no two on one page
         by design), warm (in the page cache) and cold (dropped from it before every read), for 1 and
         several reader threads, side by side with a plain loop over the same pages in sorted order
@@ -48,10 +49,11 @@ from engramtier.tiers.pages import PAGE_KEY, rows_offset
 
 ROW_BYTES = 264  # DeepSeek-V4.1-Flash's fp8 rows
 # Steps of a side per round after its first: on the 2-core VM a 64k-row step whose maps and rows another
-# side has pushed out of the CPU caches takes ~10 steps to come back to its steady time (4.5 -> 2.2 ms;
-# the same after a 256 MiB memcpy or 20 ms asleep, not after 20 ms of arithmetic), so fewer would time
-# the way back rather than the step.
+# side has pushed out of the CPU caches takes ~10 steps to come back to its steady time
+# (``tiered_first_steps_us``; by hand, the same after a 256 MiB memcpy or 20 ms asleep, not after 20 ms
+# of arithmetic), so fewer would time the way back rather than the step.
 STEADY_REPEATS = 20
+RECOVERY_SHOWN = 12  # a round's first steps of the runtime, reported one by one (``tiered_first_steps_us``)
 V41_ROWS = 768_022_850
 
 
@@ -122,21 +124,21 @@ def _bytes(size: str) -> int:
     return parse_size(size)
 
 
-def _timed_us(fn, repeats: int) -> tuple[float, float]:
-    """(the first call's µs, the median µs of ``repeats`` calls after it)."""
-    times = []
-    for _ in range(repeats + 1):
+def _timed_us(fn, calls: int) -> np.ndarray:
+    """µs of each of ``calls`` calls in a row."""
+    times = np.empty(calls)
+    for i in range(calls):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return times[0] * 1e6, float(np.median(times[1:]) * 1e6)
+        times[i] = (time.perf_counter() - start) * 1e6
+    return times
 
 
 def memcpy_bandwidth() -> float:
     """One thread's copy bandwidth (bytes copied per second) on a 256 MiB buffer."""
     src = np.ones(1 << 28, np.uint8)
     dst = np.empty_like(src)
-    return src.nbytes / (_timed_us(lambda: np.copyto(dst, src), 5)[1] / 1e6)
+    return src.nbytes / (np.median(_timed_us(lambda: np.copyto(dst, src), 6)[1:]) / 1e6)
 
 
 def text_prefill_rows(tokens: int = 1365) -> np.ndarray:
@@ -168,15 +170,16 @@ def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
             table.prefetch(cached).wait()
         assert table.stats()["tiers"][0]["hit_rate"] > 0
         repeats = max(STEADY_REPEATS, min(200, (1 << 16) // n))
-        times = {"tiered": [], "flat": [], "take": []}
+        runs = {"tiered": [], "flat": [], "take": []}
         slab = flat.rows.numpy()
         for _ in range(rounds):  # alternated, so both see the same machine
-            times["tiered"].append(_timed_us(lambda cached=cached: table.prefetch(cached).wait(), repeats))
-            times["flat"].append(_timed_us(lambda flat_ids=flat_ids: flat.prefetch(flat_ids).wait(), repeats))
-            times["take"].append(_timed_us(lambda flat_ids=flat_ids, slab=slab: np.take(slab, flat_ids.numpy(), axis=0),
-                                           repeats))
-        first = {side: float(np.median([f for f, _ in runs])) for side, runs in times.items()}
-        t, f, k = (float(np.median([m for _, m in times[side]])) for side in ("tiered", "flat", "take"))
+            runs["tiered"].append(_timed_us(lambda cached=cached: table.prefetch(cached).wait(), repeats + 1))
+            runs["flat"].append(_timed_us(lambda flat_ids=flat_ids: flat.prefetch(flat_ids).wait(), repeats + 1))
+            runs["take"].append(_timed_us(lambda flat_ids=flat_ids, slab=slab: np.take(slab, flat_ids.numpy(), axis=0),
+                                          repeats + 1))
+        by_step = {side: np.median(np.array(r), axis=0) for side, r in runs.items()}  # each call's median over rounds
+        first = {side: float(times[0]) for side, times in by_step.items()}
+        t, f, k = (float(np.median(np.median(np.array(runs[side])[:, 1:], axis=1))) for side in ("tiered", "flat", "take"))
         out.append({"case": case, "rows": n, "unique_rows": int(np.unique(ids).size), "tiered_us": round(t, 2),
                     "flat_index_select_us": round(f, 2),
                     "numpy_take_us": round(k, 2), "tiered_vs_flat": round(t / f, 2),
@@ -184,7 +187,9 @@ def steps(sizes: list[int], n_rows: int, rounds: int, seed: int = 0) -> dict:
                     "of_memcpy": round(n * ROW_BYTES / (t / 1e6) / bandwidth, 3),
                     "first_step": {"tiered_us": round(first["tiered"], 2), "flat_index_select_us": round(first["flat"], 2),
                                    "numpy_take_us": round(first["take"], 2),
-                                   "of_memcpy": round(n * ROW_BYTES / (first["tiered"] / 1e6) / bandwidth, 3)}})
+                                   "of_memcpy": round(n * ROW_BYTES / (first["tiered"] / 1e6) / bandwidth, 3)},
+                    # the way back to the steady time, step by step after the other sides ran
+                    "tiered_first_steps_us": [round(float(x), 1) for x in by_step["tiered"][:RECOVERY_SHOWN]]})
     served = table.stats()["tiers"]
     table.close()
     return {"table_rows": n_rows, "row_bytes": ROW_BYTES, "memcpy_GBps": round(bandwidth / 1e9, 2),
