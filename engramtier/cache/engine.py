@@ -51,7 +51,7 @@ from numba import njit
 from engramtier.cache import admission
 from engramtier.cache.diskcache import inlined, kernel
 from engramtier.cache.hierarchy import MODES
-from engramtier.cache.policy import check_keys, held_among, held_keys, inline_ops, is_compiled, remove_keys
+from engramtier.cache.policy import check_keys, held_among, held_keys, inline_ops, is_compiled, method_remove, remove_keys
 from engramtier.cache.prefetch import PREFETCH_AHEAD
 from engramtier.cache.references import user_code
 from engramtier.errors import EngramTierError
@@ -216,10 +216,6 @@ def _method_admit(policy, key, t):
     return policy.admit(key, t)
 
 
-def _method_remove(policy, key):
-    return policy.remove(key)
-
-
 def _method_hit_victim(policy):
     return policy.hit_victim()
 
@@ -228,7 +224,7 @@ def _no_prefetch(policy, key):
     pass
 
 
-METHOD_OPS = (_method_lookup, _method_admit, _method_remove, _method_hit_victim, _no_prefetch)
+METHOD_OPS = (_method_lookup, _method_admit, method_remove, _method_hit_victim, _no_prefetch)
 _PYTHON_DRIVERS = make_drivers(*METHOD_OPS, *admission.OPS)
 _DRIVERS: dict[Any, tuple[Any, Any, Any]] = {}  # numba type of a policy -> its compiled (fill, victim, warm)
 

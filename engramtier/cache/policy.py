@@ -396,19 +396,7 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
                   "_hit_victim": hit_victim}
     methods = {slot: staticmethod(inlined(fn.py_func)) for slot, fn in operations.items()}
 
-    @kernel(_nrt=False)
-    def held_among(state, candidates, out):
-        n = 0
-        for k in candidates:
-            if k >= 0 and contains(state, k):
-                out[n] = k
-                n += 1
-        return n
-
-    @kernel(_nrt=False)
-    def remove_all(state, keys):
-        for k in keys:
-            remove(state, k)
+    held_among, remove_all = (kernel(_nrt=False)(loop) for loop in set_loops(contains, remove))
 
     @kernel(_nrt=False)
     def replay_loop(state, keys, hits):
@@ -432,20 +420,44 @@ def compiled_policy(name: str, state_type: Any, lookup, admit, remove, contains,
     return cls
 
 
-@njit(nogil=True)
-def _held_among(policy, candidates, out):
-    n = 0
-    for k in candidates:
-        if k >= 0 and policy.contains(k):
-            out[n] = k
-            n += 1
-    return n
+def set_loops(contains, remove) -> tuple[Any, Any]:
+    """The loops ``held_among(target, candidates, out)`` (the keys of ``candidates``, int64 with -1 for
+    none, that the target holds, in their order, into ``out``; returns how many) and ``remove_all(target,
+    keys)`` over a ``target`` that ``contains(target, key)`` and ``remove(target, key)`` act on: a
+    built-in's state and its operations, or a policy and `method_contains`, `method_remove`. Plain
+    Python functions (compile them with numba)."""
+
+    def held_among(target, candidates, out):
+        n = 0
+        for k in candidates:
+            if k >= 0 and contains(target, k):
+                out[n] = k
+                n += 1
+        return n
+
+    def remove_all(target, keys):
+        for k in keys:
+            remove(target, k)
+
+    return held_among, remove_all
 
 
-@njit(nogil=True)
-def _remove_all(policy, keys):
-    for k in keys:
-        policy.remove(k)
+def method_contains(policy, key):
+    return policy.contains(key)
+
+
+def method_remove(policy, key):
+    return policy.remove(key)
+
+
+# `set_loops` for policies that are not built-ins: calling their methods, in Python or in compiled code (a jitclass)
+_PYTHON_SET_LOOPS = set_loops(method_contains, method_remove)
+_JIT_SET_LOOPS = tuple(njit(nogil=True)(loop) for loop in set_loops(njit(inline="always")(method_contains),
+                                                                     njit(inline="always")(method_remove)))
+
+
+def _set_loops_of(policy: Any) -> tuple[Any, Any]:
+    return _JIT_SET_LOOPS if is_compiled(policy) else _PYTHON_SET_LOOPS
 
 
 def held_among(policy: Any, candidates: np.ndarray) -> np.ndarray:
@@ -453,7 +465,7 @@ def held_among(policy: Any, candidates: np.ndarray) -> np.ndarray:
     if isinstance(policy, CompiledPolicy):
         return policy.held_among(candidates)
     out = np.empty(candidates.size, np.int64)
-    return out[:(_held_among if is_compiled(policy) else _held_among.py_func)(policy, candidates, out)]
+    return out[:_set_loops_of(policy)[0](policy, candidates, out)]
 
 
 def held_keys(policy: Any, n_keys: int) -> np.ndarray:
@@ -470,7 +482,7 @@ def remove_keys(policy: Any, keys: np.ndarray) -> None:
     if isinstance(policy, CompiledPolicy):
         policy.remove_all(keys)
     else:
-        (_remove_all if is_compiled(policy) else _remove_all.py_func)(policy, keys)
+        _set_loops_of(policy)[1](policy, keys)
 
 
 # Not cached on disk: numba cannot cache functions specialised on jitclass types.
